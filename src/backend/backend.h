@@ -1,0 +1,99 @@
+// The backend interface: the compute of one forward pass over a ragged batch, on one device, with the
+// KV cache pools the backend owns. The engine talks to this interface only; cpu/ is the fp32
+// reference (OpenMP) and cuda/ the GPU implementation.
+//
+// Batch metadata are flat host arrays (ForwardBatch) so that a GPU backend can copy them to the device
+// in a few transfers and capture decode steps in CUDA graphs. Block ids index the backend's KV pools;
+// the engine's block manager decides them, the backend never allocates blocks itself.
+//
+// Thread-safety: a Backend is driven by one thread (the engine loop). read_kv_block/write_kv_block
+// may be called from the transfer layer's thread only between forward() calls of that loop, unless
+// an implementation documents otherwise.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "common/status.h"
+#include "model/config.h"
+#include "model/tensor.h"
+#include "model/weight_source.h"
+
+namespace tandem::backend {
+
+// Geometry of the paged KV cache. Per layer one pool
+//   [num_blocks, 2 (K then V), block_size, num_kv_heads, head_dim]
+// so one block of one layer (its K and V) is one contiguous run of block_bytes() (DESIGN.md §4).
+struct KvCacheSpec {
+  int num_layers = 0;
+  int num_blocks = 0;
+  int block_size = 16;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  model::DType dtype = model::DType::kF32;
+
+  size_t block_elements() const { return 2ull * block_size * num_kv_heads * head_dim; }
+  size_t block_bytes() const { return block_elements() * model::dtype_size(dtype); }
+};
+
+// One step's input: the new tokens of every sequence in the batch, sequence after sequence.
+// For sequence s, its new tokens are token_ids[query_starts[s] .. query_starts[s+1]) at consecutive
+// positions ending at context_lens[s] - 1; tokens at positions below that are already in its blocks
+// (prefix-cached or computed by earlier steps). A prefill chunk and a decode token look the same.
+struct ForwardBatch {
+  std::span<const int32_t> token_ids;     // [num_tokens]
+  std::span<const int32_t> positions;     // [num_tokens] absolute position of each new token
+  std::span<const int32_t> query_starts;  // [num_seqs + 1] offsets into token_ids
+  std::span<const int32_t> context_lens;  // [num_seqs] tokens in the KV cache after this step
+  std::span<const int32_t> block_tables;  // [num_seqs, max_blocks_per_seq] block ids; unused slots -1
+  int max_blocks_per_seq = 0;
+  std::span<const int32_t> logits_indices;  // [num_logits] indices into token_ids to compute logits for
+
+  int num_tokens() const { return static_cast<int>(token_ids.size()); }
+  int num_seqs() const { return static_cast<int>(context_lens.size()); }
+  int num_logits() const { return static_cast<int>(logits_indices.size()); }
+};
+
+// Checks the batch's shapes and invariants against the cache geometry; InvalidArgument naming the
+// first broken one. Backends call it before launching anything.
+Status validate_batch(const ForwardBatch& batch, const KvCacheSpec& kv, int vocab_size);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual const model::ModelConfig& config() const = 0;
+  virtual const KvCacheSpec& kv_cache_spec() const = 0;
+  // "cpu", "cuda:0"
+  virtual std::string device_name() const = 0;
+
+  // Runs the model over `batch`: writes each new token's K/V into its block, and the logits of the
+  // rows named by batch.logits_indices into `logits` ([num_logits, vocab_size] fp32, host).
+  // Returns InvalidArgument for a malformed batch, Internal for a device failure.
+  virtual Status forward(const ForwardBatch& batch, std::span<float> logits) = 0;
+
+  // Raw bytes of one block of one layer (K and V, kv_cache_spec().block_bytes()), for moving KV
+  // between workers. InvalidArgument for an out-of-range layer/block or a wrong-sized buffer.
+  virtual Status read_kv_block(int layer, int block, std::span<std::byte> out) = 0;
+  virtual Status write_kv_block(int layer, int block, std::span<const std::byte> in) = 0;
+};
+
+struct BackendOptions {
+  std::string device = "cpu";  // "cpu" or "cuda:N"
+  int block_size = 16;
+  // KV blocks to allocate; 0 sizes the pool from memory (kv_cache_bytes on CPU; the GPU's free memory
+  // times gpu_memory_utilization on CUDA).
+  int num_kv_blocks = 0;
+  size_t cpu_kv_cache_bytes = 1ull << 30;
+  double gpu_memory_utilization = 0.9;
+  int num_threads = 0;  // CPU: OpenMP threads; 0 = all cores
+};
+
+// Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error
+// with an actionable message (unknown device, not enough memory, CUDA not built in).
+std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, const BackendOptions& options);
+
+}  // namespace tandem::backend

@@ -1,0 +1,312 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numbers>
+
+#include "common/error.h"
+
+namespace tandem::backend::cpu {
+namespace {
+
+using model::DType;
+using model::TensorSpec;
+
+std::vector<float> read_f32(const model::WeightSource& source, const TensorSpec& spec) {
+  std::vector<float> out(static_cast<size_t>(model::num_elements(spec.shape)));
+  source.read(spec, DType::kF32, out.data());
+  return out;
+}
+
+// y[t, o] = sum_i x[t, i] * w[o, i] (+ bias[o]): x [num_tokens, in], w [out, in], y [num_tokens, out].
+void linear(const float* x, int num_tokens, int in, const float* w, int out, const float* bias, float* y) {
+#pragma omp parallel for schedule(static)
+  for (int o = 0; o < out; ++o) {
+    const float* row = w + static_cast<size_t>(o) * in;
+    const float b = bias ? bias[o] : 0.0f;
+    for (int t = 0; t < num_tokens; ++t) {
+      const float* xt = x + static_cast<size_t>(t) * in;
+      float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+      for (int i = 0; i < in; ++i) acc += xt[i] * row[i];
+      y[static_cast<size_t>(t) * out + o] = acc + b;
+    }
+  }
+}
+
+// RMSNorm of one vector as transformers computes it: x * rsqrt(mean(x^2) + eps) * weight.
+void rms_norm(const float* x, const float* weight, int n, float eps, float* out) {
+  float sum = 0.0f;
+  for (int i = 0; i < n; ++i) sum += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
+  for (int i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * scale);
+}
+
+void rms_norm_rows(const float* x, const float* weight, int rows, int n, float eps, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int r = 0; r < rows; ++r) rms_norm(x + static_cast<size_t>(r) * n, weight, n, eps, out + static_cast<size_t>(r) * n);
+}
+
+// RoPE inverse frequencies, with Llama-3.1's smooth scaling of long wavelengths when configured
+// (transformers' _compute_llama3_parameters).
+std::vector<float> rope_inv_freq(const model::ModelConfig& c) {
+  const int half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  for (int i = 0; i < half; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
+    inv[i] = 1.0f / std::pow(c.rope_theta, exponent);
+  }
+  if (c.rope_scaling.type == model::RopeScaling::Type::kLlama3) {
+    const auto& s = c.rope_scaling;
+    const float old_len = static_cast<float>(s.original_max_position_embeddings);
+    const float low_freq_wavelen = old_len / s.low_freq_factor;
+    const float high_freq_wavelen = old_len / s.high_freq_factor;
+    for (int i = 0; i < half; ++i) {
+      const float wavelen = 2.0f * std::numbers::pi_v<float> / inv[i];
+      if (wavelen > low_freq_wavelen) {
+        inv[i] = inv[i] / s.factor;
+      } else if (wavelen >= high_freq_wavelen) {
+        const float smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        inv[i] = (1.0f - smooth) * inv[i] / s.factor + smooth * inv[i];
+      }
+    }
+  }
+  return inv;
+}
+
+template <typename T>
+void grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(const model::WeightSource& weights, const BackendOptions& options)
+    : config_(weights.config()) {
+  weights.validate();
+  if (options.num_threads > 0) omp_set_num_threads(options.num_threads);
+  const auto& c = config_;
+  kv_.num_layers = c.num_layers;
+  kv_.block_size = options.block_size;
+  kv_.num_kv_heads = c.num_kv_heads;
+  kv_.head_dim = c.head_dim;
+  kv_.dtype = DType::kF32;
+  kv_.num_blocks = options.num_kv_blocks > 0
+                       ? options.num_kv_blocks
+                       : static_cast<int>(options.cpu_kv_cache_bytes / (kv_.block_bytes() * c.num_layers));
+  if (kv_.num_blocks <= 0) throw Error("--kv-cache-bytes is too small for one KV block per layer");
+
+  // Read every tensor once, in the order expected_tensors lists them.
+  const std::vector<TensorSpec> specs = model::expected_tensors(c);
+  size_t next = 0;
+  auto take = [&](const std::string& name) {
+    TANDEM_CHECK(next < specs.size() && specs[next].name == name);
+    return read_f32(weights, specs[next++]);
+  };
+  auto append = [](std::vector<float>& dst, const std::vector<float>& src) { dst.insert(dst.end(), src.begin(), src.end()); };
+  embed_ = take("model.embed_tokens.weight");
+  layers_.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& w = layers_[l];
+    w.input_norm = take(p + "input_layernorm.weight");
+    w.qkv = take(p + "self_attn.q_proj.weight");
+    append(w.qkv, take(p + "self_attn.k_proj.weight"));
+    append(w.qkv, take(p + "self_attn.v_proj.weight"));
+    if (c.attention_bias) {
+      w.qkv_bias = take(p + "self_attn.q_proj.bias");
+      append(w.qkv_bias, take(p + "self_attn.k_proj.bias"));
+      append(w.qkv_bias, take(p + "self_attn.v_proj.bias"));
+    }
+    if (c.qk_norm) {
+      w.q_norm = take(p + "self_attn.q_norm.weight");
+      w.k_norm = take(p + "self_attn.k_norm.weight");
+    }
+    w.o_proj = take(p + "self_attn.o_proj.weight");
+    w.post_norm = take(p + "post_attention_layernorm.weight");
+    w.gate_up = take(p + "mlp.gate_proj.weight");
+    append(w.gate_up, take(p + "mlp.up_proj.weight"));
+    w.down = take(p + "mlp.down_proj.weight");
+  }
+  final_norm_ = take("model.norm.weight");
+  if (!c.tie_word_embeddings) lm_head_ = take("lm_head.weight");
+  inv_freq_ = rope_inv_freq(c);
+
+  kv_pools_.resize(c.num_layers);
+  for (auto& pool : kv_pools_) pool.assign(static_cast<size_t>(kv_.num_blocks) * kv_.block_elements(), 0.0f);
+  spdlog::info("cpu backend: model={} layers={} kv_blocks={} kv_tokens={} kv_bytes={}", weights.describe(),
+               c.num_layers, kv_.num_blocks, static_cast<int64_t>(kv_.num_blocks) * kv_.block_size,
+               kv_.block_bytes() * kv_.num_blocks * c.num_layers);
+}
+
+void CpuBackend::apply_rope(float* x, int num_heads, int position) const {
+  const int d = config_.head_dim, half = d / 2;
+  for (int i = 0; i < half; ++i) {
+    // transformers forms the angle as an fp32 product and takes cos/sin of it.
+    const float angle = static_cast<float>(position) * inv_freq_[i];
+    const float cos_a = static_cast<float>(std::cos(static_cast<double>(angle)));
+    const float sin_a = static_cast<float>(std::sin(static_cast<double>(angle)));
+    for (int h = 0; h < num_heads; ++h) {
+      float* head = x + static_cast<size_t>(h) * d;
+      const float x1 = head[i], x2 = head[i + half];
+      head[i] = x1 * cos_a - x2 * sin_a;
+      head[i + half] = x2 * cos_a + x1 * sin_a;
+    }
+  }
+}
+
+void CpuBackend::write_kv(const ForwardBatch& b, int layer, const float* k, const float* v) {
+  const int kv_size = config_.kv_size();
+  const int qkv_stride = config_.q_size() + 2 * kv_size;
+  for (int s = 0; s < b.num_seqs(); ++s) {
+    const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
+    for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) {
+      const int pos = b.positions[t];
+      float* block = kv_block(layer, table[pos / kv_.block_size]);
+      const int slot = pos % kv_.block_size;
+      float* k_dst = block + static_cast<size_t>(slot) * kv_size;
+      float* v_dst = block + static_cast<size_t>(kv_.block_size + slot) * kv_size;
+      std::memcpy(k_dst, k + static_cast<size_t>(t) * qkv_stride, sizeof(float) * kv_size);
+      std::memcpy(v_dst, v + static_cast<size_t>(t) * qkv_stride, sizeof(float) * kv_size);
+    }
+  }
+}
+
+void CpuBackend::attention(const ForwardBatch& b, int layer, const float* q, float* out) const {
+  const auto& c = config_;
+  const int d = c.head_dim;
+  const int group = c.num_heads / c.num_kv_heads;
+  const int kv_size = c.kv_size();
+  const int qkv_stride = c.q_size() + 2 * kv_size;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  // Map each token row to its sequence once, so the parallel loop is flat over (token, head).
+  std::vector<int> seq_of_token(b.num_tokens());
+  for (int s = 0; s < b.num_seqs(); ++s) {
+    for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) seq_of_token[t] = s;
+  }
+  const int num_tokens = b.num_tokens();
+#pragma omp parallel
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 4)
+    for (int work = 0; work < num_tokens * c.num_heads; ++work) {
+      const int t = work / c.num_heads, h = work % c.num_heads;
+      const int kv_head = h / group;
+      const int32_t* table = b.block_tables.data() + static_cast<size_t>(seq_of_token[t]) * b.max_blocks_per_seq;
+      const int num_keys = b.positions[t] + 1;  // causal: keys at positions 0..pos
+      const float* qh = q + static_cast<size_t>(t) * qkv_stride + static_cast<size_t>(h) * d;
+      grow(scores, static_cast<size_t>(num_keys));
+      float max_score = -INFINITY;
+      for (int j = 0; j < num_keys; ++j) {
+        const float* block = kv_block(layer, table[j / kv_.block_size]);
+        const float* kj = block + static_cast<size_t>(j % kv_.block_size) * kv_size + static_cast<size_t>(kv_head) * d;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int i = 0; i < d; ++i) dot += qh[i] * kj[i];
+        scores[j] = dot * scale;
+        max_score = std::max(max_score, scores[j]);
+      }
+      float denom = 0.0f;
+      for (int j = 0; j < num_keys; ++j) {
+        scores[j] = std::exp(scores[j] - max_score);
+        denom += scores[j];
+      }
+      float* oh = out + static_cast<size_t>(t) * c.q_size() + static_cast<size_t>(h) * d;
+      std::fill(oh, oh + d, 0.0f);
+      for (int j = 0; j < num_keys; ++j) {
+        const float* block = kv_block(layer, table[j / kv_.block_size]);
+        const float* vj = block + static_cast<size_t>(kv_.block_size + j % kv_.block_size) * kv_size + static_cast<size_t>(kv_head) * d;
+        const float p = scores[j] / denom;
+#pragma omp simd
+        for (int i = 0; i < d; ++i) oh[i] += p * vj[i];
+      }
+    }
+  }
+}
+
+Status CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
+  const auto& c = config_;
+  TANDEM_RETURN_IF_ERROR(validate_batch(b, kv_, c.vocab_size));
+  if (logits.size() != static_cast<size_t>(b.num_logits()) * c.vocab_size) {
+    return Status::InvalidArgument("logits buffer must be [num_logits, vocab_size]");
+  }
+  const int n = b.num_tokens();
+  if (n == 0) return Status::Ok();
+  const int hidden = c.hidden_size, q_size = c.q_size(), kv_size = c.kv_size();
+  const int qkv_stride = q_size + 2 * kv_size;
+  const int inter = c.intermediate_size;
+  grow(hidden_, static_cast<size_t>(n) * hidden);    // [n, hidden] residual stream
+  grow(normed_, static_cast<size_t>(n) * hidden);    // [n, hidden]
+  grow(qkv_, static_cast<size_t>(n) * qkv_stride);   // [n, q_size + 2 kv_size]
+  grow(attn_out_, static_cast<size_t>(n) * q_size);  // [n, q_size]
+  grow(gate_up_, static_cast<size_t>(n) * 2 * inter);  // [n, 2 inter]
+  grow(mlp_out_, static_cast<size_t>(n) * hidden);   // [n, hidden]
+
+  for (int t = 0; t < n; ++t) {
+    std::memcpy(&hidden_[static_cast<size_t>(t) * hidden], &embed_[static_cast<size_t>(b.token_ids[t]) * hidden], sizeof(float) * hidden);
+  }
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    rms_norm_rows(hidden_.data(), w.input_norm.data(), n, hidden, c.rms_norm_eps, normed_.data());
+    linear(normed_.data(), n, hidden, w.qkv.data(), qkv_stride, w.qkv_bias.empty() ? nullptr : w.qkv_bias.data(), qkv_.data());
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; ++t) {
+      float* q = &qkv_[static_cast<size_t>(t) * qkv_stride];
+      float* k = q + q_size;
+      if (c.qk_norm) {
+        for (int h = 0; h < c.num_heads; ++h) rms_norm(q + h * c.head_dim, w.q_norm.data(), c.head_dim, c.rms_norm_eps, q + h * c.head_dim);
+        for (int h = 0; h < c.num_kv_heads; ++h) rms_norm(k + h * c.head_dim, w.k_norm.data(), c.head_dim, c.rms_norm_eps, k + h * c.head_dim);
+      }
+      apply_rope(q, c.num_heads, b.positions[t]);
+      apply_rope(k, c.num_kv_heads, b.positions[t]);
+    }
+    write_kv(b, l, qkv_.data() + q_size, qkv_.data() + q_size + kv_size);
+    attention(b, l, qkv_.data(), attn_out_.data());
+    linear(attn_out_.data(), n, q_size, w.o_proj.data(), hidden, nullptr, mlp_out_.data());
+    for (size_t i = 0; i < static_cast<size_t>(n) * hidden; ++i) hidden_[i] += mlp_out_[i];
+
+    rms_norm_rows(hidden_.data(), w.post_norm.data(), n, hidden, c.rms_norm_eps, normed_.data());
+    linear(normed_.data(), n, hidden, w.gate_up.data(), 2 * inter, nullptr, gate_up_.data());
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; ++t) {
+      float* gate = &gate_up_[static_cast<size_t>(t) * 2 * inter];
+      const float* up = gate + inter;
+      for (int i = 0; i < inter; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    }
+    // down_proj reads the activated gate half of each row: stride 2 * inter, so gather first.
+    for (int t = 0; t < n; ++t) {
+      std::memmove(&gate_up_[static_cast<size_t>(t) * inter], &gate_up_[static_cast<size_t>(t) * 2 * inter], sizeof(float) * inter);
+    }
+    linear(gate_up_.data(), n, inter, w.down.data(), hidden, nullptr, mlp_out_.data());
+    for (size_t i = 0; i < static_cast<size_t>(n) * hidden; ++i) hidden_[i] += mlp_out_[i];
+  }
+
+  const int num_logits = b.num_logits();
+  for (int r = 0; r < num_logits; ++r) {
+    rms_norm(&hidden_[static_cast<size_t>(b.logits_indices[r]) * hidden], final_norm_.data(), hidden, c.rms_norm_eps,
+             &normed_[static_cast<size_t>(r) * hidden]);
+  }
+  const std::vector<float>& head = c.tie_word_embeddings ? embed_ : lm_head_;
+  linear(normed_.data(), num_logits, hidden, head.data(), c.vocab_size, nullptr, logits.data());
+  return Status::Ok();
+}
+
+Status CpuBackend::read_kv_block(int layer, int block, std::span<std::byte> out) {
+  if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
+  if (out.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
+  std::memcpy(out.data(), kv_block(layer, block), out.size());
+  return Status::Ok();
+}
+
+Status CpuBackend::write_kv_block(int layer, int block, std::span<const std::byte> in) {
+  if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
+  if (in.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
+  std::memcpy(kv_block(layer, block), in.data(), in.size());
+  return Status::Ok();
+}
+
+}  // namespace tandem::backend::cpu

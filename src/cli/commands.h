@@ -1,0 +1,17 @@
+// The `tandem` subcommands. Each registers its flags on the CLI11 app and returns the function that
+// runs it; main() parses, calls it, and turns a thrown tandem::Error into one line on stderr.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+
+namespace tandem::cli {
+
+using Runner = std::function<int()>;
+
+Runner add_generate_command(CLI::App& app);
+Runner add_make_model_command(CLI::App& app);
+Runner add_devices_command(CLI::App& app);
+
+}  // namespace tandem::cli

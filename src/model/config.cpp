@@ -1,0 +1,170 @@
+#include "model/config.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "common/error.h"
+#include "model/architecture.h"
+
+namespace tandem::model {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void fail(const std::string& source, const std::string& what) {
+  throw Error(source + ": " + what);
+}
+
+template <typename T>
+T get_required(const json& j, const char* key, const std::string& source) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) fail(source, std::string("missing required key '") + key + "'");
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    fail(source, std::string("key '") + key + "' has the wrong type (" + it->type_name() + ")");
+  }
+}
+
+template <typename T>
+T get_optional(const json& j, const char* key, T fallback, const std::string& source) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    fail(source, std::string("key '") + key + "' has the wrong type (" + it->type_name() + ")");
+  }
+}
+
+void require_positive(int value, const char* key, const std::string& source) {
+  if (value <= 0) fail(source, std::string("'") + key + "' must be positive, got " + std::to_string(value));
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const json& j, const std::string& source) {
+  if (!j.is_object()) fail(source, "expected a JSON object");
+  ModelConfig c;
+  auto archs = j.find("architectures");
+  if (archs == j.end() || !archs->is_array() || archs->empty() || !(*archs)[0].is_string()) {
+    fail(source, "missing 'architectures' (expected e.g. [\"Qwen3ForCausalLM\"])");
+  }
+  c.architecture_name = (*archs)[0].get<std::string>();
+  const ArchitectureTraits* traits = find_architecture(c.architecture_name);
+  if (traits == nullptr) {
+    fail(source, "unsupported architecture '" + c.architecture_name + "' (supported: " +
+                     supported_architecture_names() + ")");
+  }
+  c.architecture = traits->architecture;
+  c.model_type = get_optional<std::string>(j, "model_type", std::string(traits->model_type), source);
+  c.vocab_size = get_required<int>(j, "vocab_size", source);
+  c.hidden_size = get_required<int>(j, "hidden_size", source);
+  c.intermediate_size = get_required<int>(j, "intermediate_size", source);
+  c.num_layers = get_required<int>(j, "num_hidden_layers", source);
+  c.num_heads = get_required<int>(j, "num_attention_heads", source);
+  c.num_kv_heads = get_optional<int>(j, "num_key_value_heads", c.num_heads, source);
+  require_positive(c.vocab_size, "vocab_size", source);
+  require_positive(c.hidden_size, "hidden_size", source);
+  require_positive(c.intermediate_size, "intermediate_size", source);
+  require_positive(c.num_layers, "num_hidden_layers", source);
+  require_positive(c.num_heads, "num_attention_heads", source);
+  require_positive(c.num_kv_heads, "num_key_value_heads", source);
+  if (c.num_heads % c.num_kv_heads != 0) {
+    fail(source, "num_attention_heads (" + std::to_string(c.num_heads) +
+                     ") must be a multiple of num_key_value_heads (" + std::to_string(c.num_kv_heads) + ")");
+  }
+  int default_head_dim = c.hidden_size / c.num_heads;
+  c.head_dim = get_optional<int>(j, "head_dim", default_head_dim, source);
+  require_positive(c.head_dim, "head_dim", source);
+  if (c.head_dim % 2 != 0) fail(source, "'head_dim' must be even for RoPE, got " + std::to_string(c.head_dim));
+  c.max_position_embeddings = get_optional<int>(j, "max_position_embeddings", 4096, source);
+  c.rms_norm_eps = get_optional<float>(j, "rms_norm_eps", 1e-6f, source);
+  c.tie_word_embeddings = get_optional<bool>(j, "tie_word_embeddings", false, source);
+  c.attention_bias = traits->always_qkv_bias || get_optional<bool>(j, "attention_bias", false, source);
+  c.qk_norm = traits->qk_norm;
+  c.torch_dtype = get_optional<std::string>(j, "torch_dtype", get_optional<std::string>(j, "dtype", "bfloat16", source), source);
+  c.bos_token_id = get_optional<int>(j, "bos_token_id", -1, source);
+  if (auto eos = j.find("eos_token_id"); eos != j.end() && !eos->is_null()) {
+    if (eos->is_number_integer()) c.eos_token_ids.push_back(eos->get<int>());
+    else if (eos->is_array()) for (const auto& e : *eos) c.eos_token_ids.push_back(e.get<int>());
+    else fail(source, "key 'eos_token_id' has the wrong type (" + std::string(eos->type_name()) + ")");
+  }
+
+  // transformers 5 moves rope_theta into "rope_parameters"; older files keep it at the top level.
+  const json* rope = nullptr;
+  if (auto it = j.find("rope_parameters"); it != j.end() && it->is_object()) rope = &*it;
+  if (auto it = j.find("rope_scaling"); it != j.end() && it->is_object()) rope = &*it;
+  c.rope_theta = get_optional<float>(j, "rope_theta", 10000.0f, source);
+  if (rope != nullptr) {
+    c.rope_theta = get_optional<float>(*rope, "rope_theta", c.rope_theta, source);
+    std::string type = get_optional<std::string>(*rope, "rope_type", get_optional<std::string>(*rope, "type", "default", source), source);
+    if (type == "llama3") {
+      RopeScaling& s = c.rope_scaling;
+      s.type = RopeScaling::Type::kLlama3;
+      s.factor = get_required<float>(*rope, "factor", source);
+      s.low_freq_factor = get_required<float>(*rope, "low_freq_factor", source);
+      s.high_freq_factor = get_required<float>(*rope, "high_freq_factor", source);
+      s.original_max_position_embeddings = get_required<int>(*rope, "original_max_position_embeddings", source);
+      if (s.high_freq_factor <= s.low_freq_factor) fail(source, "rope_scaling: high_freq_factor must exceed low_freq_factor");
+    } else if (type != "default") {
+      fail(source, "unsupported rope_scaling type '" + type + "' (supported: default, llama3)");
+    }
+  }
+  return c;
+}
+
+ModelConfig load_model_config(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw Error(path.string() + ": cannot open (is this a Hugging Face model directory?)");
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::parse_error& e) {
+    throw Error(path.string() + ": invalid JSON: " + e.what());
+  }
+  return parse_model_config(j, path.string());
+}
+
+json model_config_to_json(const ModelConfig& c) {
+  json j;
+  j["architectures"] = {c.architecture_name};
+  j["model_type"] = c.model_type;
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_kv_heads;
+  j["head_dim"] = c.head_dim;
+  j["max_position_embeddings"] = c.max_position_embeddings;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["hidden_act"] = "silu";
+  j["tie_word_embeddings"] = c.tie_word_embeddings;
+  j["attention_bias"] = c.attention_bias;
+  j["attention_dropout"] = 0.0;
+  j["torch_dtype"] = c.torch_dtype;
+  if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+  if (c.eos_token_ids.size() == 1) j["eos_token_id"] = c.eos_token_ids[0];
+  else if (!c.eos_token_ids.empty()) j["eos_token_id"] = c.eos_token_ids;
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", c.rope_scaling.factor},
+                         {"low_freq_factor", c.rope_scaling.low_freq_factor},
+                         {"high_freq_factor", c.rope_scaling.high_freq_factor},
+                         {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  if (c.architecture == Architecture::kQwen2 || c.architecture == Architecture::kQwen3) {
+    j["use_sliding_window"] = false;
+    j["sliding_window"] = nullptr;
+    j["max_window_layers"] = c.num_layers;
+  }
+  if (c.architecture == Architecture::kLlama) j["mlp_bias"] = false;
+  return j;
+}
+
+}  // namespace tandem::model
