@@ -1,0 +1,84 @@
+// Engine: continuous batching over one Backend (DESIGN.md §3 "engine"). The engine loop runs on its
+// own thread: schedule -> build the ForwardBatch -> backend.forward -> sample -> apply stop rules ->
+// emit outputs. Workers use only this header.
+//
+// Thread-safety: every public method may be called from any thread. Output callbacks run on the
+// engine thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "engine/request.h"
+
+namespace tandem::engine {
+
+struct EngineOptions {
+  int max_batch_tokens = 2048;  // --max-batch-tokens: tokens per step (decodes + prefill chunks)
+  int max_seqs = 256;           // --max-seqs: sequences per step
+  bool enable_prefix_caching = true;
+  int max_model_len = 0;        // 0 = the model's max_position_embeddings
+};
+
+// Incremental detokenization, supplied by the tokenizer part (the engine does not own vocabularies).
+class TextStream {
+ public:
+  virtual ~TextStream() = default;
+  // Feeds one token; returns the text it completes (never a partial UTF-8 character).
+  virtual std::string push(int32_t token_id) = 0;
+};
+class TextStreamFactory {
+ public:
+  virtual ~TextStreamFactory() = default;
+  virtual std::unique_ptr<TextStream> new_stream(bool skip_special_tokens) = 0;
+};
+
+// Blocks reserved on a decode worker for a remote prefill.
+struct KvReservation {
+  std::vector<int32_t> block_ids;  // one per block_size tokens of the prompt
+  int num_cached_tokens = 0;       // leading prompt tokens already in those blocks (prefix cache)
+};
+
+struct EngineStats {
+  int num_running = 0;
+  int num_waiting = 0;
+  int num_kv_blocks_total = 0;
+  int num_kv_blocks_used = 0;
+  int num_kv_blocks_cached = 0;       // unreferenced, kept for prefix reuse, evictable
+  int64_t prefix_cache_queries = 0;   // prompt tokens looked up
+  int64_t prefix_cache_hits = 0;      // prompt tokens found
+  int64_t num_preemptions = 0;
+  int64_t prompt_tokens_total = 0;
+  int64_t generation_tokens_total = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+
+  // Admits a request. InvalidArgument for bad sampling parameters or token ids, TooLarge for a
+  // prompt that can never fit (longer than max_model_len or than the whole KV pool). On OK, `on_output`
+  // receives the outputs until one per choice has finished == true.
+  virtual Status submit(Request request, OutputCallback on_output) = 0;
+  // Ends the request with FinishReason::kAbort and frees its blocks; no-op for an unknown id.
+  virtual void abort(const std::string& request_id) = 0;
+
+  // Decode side of a remote prefill: reserves blocks for `prompt_token_ids` (reusing cached prefix
+  // blocks) under `request_id`, until submit() with kDecodeFromKv or kLocal for that id, or
+  // release_blocks(). ResourceExhausted when the pool cannot hold the prompt now.
+  virtual StatusOr<KvReservation> reserve_kv(const std::string& request_id,
+                                             const std::vector<int32_t>& prompt_token_ids) = 0;
+  // Frees blocks held for `request_id` (a reservation, or a finished kPrefillOnly request's blocks).
+  virtual void release_blocks(const std::string& request_id) = 0;
+
+  virtual EngineStats stats() const = 0;
+  virtual backend::Backend& backend() = 0;
+};
+
+// Starts the engine loop thread. `text` may be null (no text deltas, no stop strings).
+std::unique_ptr<Engine> create_engine(std::unique_ptr<backend::Backend> backend, const EngineOptions& options,
+                                      std::shared_ptr<TextStreamFactory> text = nullptr);
+
+}  // namespace tandem::engine
