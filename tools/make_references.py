@@ -190,12 +190,15 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--tandem-model", action="append", default=[], metavar="DIR:PRESET:SEED")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--skip-fixtures", action="store_true", help="only the --tandem-model references")
     args = parser.parse_args()
     os.makedirs(os.path.join(args.out, "models"), exist_ok=True)
     os.makedirs(os.path.join(args.out, "references"), exist_ok=True)
     torch.set_num_threads(8)
     failures = 0
     for i, (name, config_class, model_class, kwargs, dtype, shard) in enumerate(FIXTURES):
+        if args.skip_fixtures:
+            break
         try:
             build_fixture(args.out, name, config_class, model_class, kwargs, dtype, shard, args.seed + 100 * i)
         except Exception:
