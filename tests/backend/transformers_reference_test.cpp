@@ -38,3 +38,35 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, TransformersReference,
 
 }  // namespace
 }  // namespace tandem::backend
+
+namespace tandem::backend {
+namespace {
+
+// transformers loaded the directory `tandem make-model --preset tiny-qwen3 --seed 0` writes
+// (tools/make_references.py --tandem-model); the same command here must give a directory on which we
+// match transformers' largest logits and greedy path.
+TEST(TandemMadeModel, TransformersLoadsWhatMakeModelWrites) {
+  auto references = tandem::testing::load_references("tandem_tiny-qwen3_seed0");
+  ASSERT_EQ(references.size(), 2u);
+  const std::string dir = ::testing::TempDir() + "/tandem_made_tiny_qwen3";
+  const std::string cmd = std::string(TANDEM_BINARY) + " make-model --preset tiny-qwen3 --seed 0 --out " + dir + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  auto weights = model::open_weight_source(dir);
+  BackendOptions options;
+  options.num_kv_blocks = 8;
+  auto backend = create_backend(*weights, options);
+  for (const auto& ref : references) {
+    auto result = reference_greedy_decode(*backend, ref.ids, static_cast<int>(ref.greedy.size()));
+    ASSERT_TRUE(result.ok());
+    std::vector<float> ours, theirs;
+    for (const auto& [token, logit] : ref.top_logits) {
+      ours.push_back(result->prefill_logits[token]);
+      theirs.push_back(logit);
+    }
+    EXPECT_LT(tandem::testing::relative_error(ours, theirs), 1e-4);
+    EXPECT_EQ(result->tokens, ref.greedy);
+  }
+}
+
+}  // namespace
+}  // namespace tandem::backend
