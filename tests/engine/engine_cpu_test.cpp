@@ -25,7 +25,7 @@ class EngineCpu : public ::testing::Test {
     // Reference tokens, one sequence at a time on a backend of its own.
     backend::BackendOptions o;
     o.num_kv_blocks = 16;
-    o.num_threads = 2;
+    o.num_threads = 1;  // no OpenMP spinning against the other tests ctest runs beside these
     auto ref_backend = backend::create_backend(*weights_, o);
     std::mt19937 rng(11);
     const int vocab = weights_->config().vocab_size;
@@ -52,7 +52,7 @@ class EngineCpu : public ::testing::Test {
   static std::unique_ptr<Engine> make(int num_blocks, EngineOptions options = {}) {
     backend::BackendOptions o;
     o.num_kv_blocks = num_blocks;
-    o.num_threads = 2;
+    o.num_threads = 1;  // no OpenMP spinning against the other tests ctest runs beside these
     return create_engine(backend::create_backend(*weights_, o), options);
   }
 
