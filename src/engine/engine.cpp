@@ -12,6 +12,7 @@
 #include <deque>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <thread>
 #include <unordered_map>
 
@@ -290,8 +291,12 @@ class EngineImpl final : public Engine {
     c->index = index;
     c->token_ids = state.request.prompt_token_ids;
     c->num_prompt_tokens = c->num_tokens();
-    c->stop = std::make_unique<StopChecker>(&state.request.sampling, config_.eos_token_ids, max_model_len_,
-                                            text_ ? text_->new_stream(state.request.sampling.skip_special_tokens) : nullptr);
+    std::unique_ptr<TextStream> stream;
+    if (text_) {
+      stream = text_->new_stream(state.request.sampling.skip_special_tokens);
+      if (!stream) throw std::runtime_error("new_stream returned null");
+    }
+    c->stop = std::make_unique<StopChecker>(&state.request.sampling, config_.eos_token_ids, max_model_len_, std::move(stream));
     return c;
   }
 
@@ -311,7 +316,13 @@ class EngineImpl final : public Engine {
   void admit(const std::shared_ptr<RequestState>& state_ptr, std::vector<PendingOutput>* outs) {
     RequestState& state = *state_ptr;
     prompt_tokens_total_ += static_cast<int64_t>(state.request.prompt_token_ids.size());
-    state.choices.push_back(new_choice(state, 0));
+    try {
+      state.choices.push_back(new_choice(state, 0));
+    } catch (const std::exception& e) {  // the detokenizer is someone else's code: fail the request, not the loop
+      if (!state.reserved_blocks.empty()) blocks_.free(state.reserved_blocks);
+      end_request(state_ptr, FinishReason::kError, Status::Internal(std::string("detokenizer: ") + e.what()), outs);
+      return;
+    }
     Choice* c = state.choices[0].get();
     if (state.request.prefill_mode != PrefillMode::kDecodeFromKv) {
       scheduler_.add_waiting(c, state.n);
@@ -337,6 +348,9 @@ class EngineImpl final : public Engine {
     const bool prefill_only = state.request.prefill_mode == PrefillMode::kPrefillOnly;
     if (out.finish_reason != FinishReason::kNone || prefill_only) {
       out.finished = true;
+      spdlog::debug("choice finished request_id={} index={} reason={} prompt_tokens={} cached_tokens={} output_tokens={}",
+                    state.request.request_id, c->index, finish_reason_name(out.finish_reason), c->num_prompt_tokens,
+                    c->num_cached_prompt_tokens, c->num_output_tokens());
       if (prefill_only) {
         // The prompt's KV stays in its blocks for the transfer until release_blocks().
         HeldBlocks held;
@@ -486,6 +500,10 @@ class EngineImpl final : public Engine {
         }
         aborts_.clear();
         step = &scheduler_.schedule();
+        if (!step->preempted.empty()) {
+          spdlog::debug("preempted num_seqs={} free_blocks={} running={} waiting={}", step->preempted.size(),
+                        blocks_.num_free_blocks(), scheduler_.num_running(), scheduler_.num_waiting());
+        }
         if (step->empty()) {
           // Nothing fits now: wait for blocks to be released or for new work.
           blocked_ = scheduler_.num_running() + scheduler_.num_waiting() > 0;
@@ -502,8 +520,13 @@ class EngineImpl final : public Engine {
         }
         std::lock_guard<std::mutex> lock(mu_);
         if (status.ok()) {
-          complete_step(*step, &outs);
-        } else {
+          try {
+            complete_step(*step, &outs);
+          } catch (const std::exception& e) {  // e.g. out of memory: fail the step, keep serving
+            status = Status::Internal(std::string("engine step failed: ") + e.what());
+          }
+        }
+        if (!status.ok()) {
           spdlog::error("forward failed, failing the step's requests num_seqs={} error={}", step->seqs.size(), status.to_string());
           std::vector<std::shared_ptr<RequestState>> failed;
           for (const ScheduledSeq& s : step->seqs) {
