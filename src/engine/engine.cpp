@@ -72,7 +72,7 @@ class EngineImpl final : public Engine {
  public:
   EngineImpl(std::unique_ptr<backend::Backend> backend, const EngineOptions& options,
              std::shared_ptr<TextStreamFactory> text)
-      : backend_(std::move(backend)),
+      : backend_((check_options(options, *backend), std::move(backend))),
         text_(std::move(text)),
         config_(backend_->config()),
         kv_(backend_->kv_cache_spec()),
@@ -83,8 +83,6 @@ class EngineImpl final : public Engine {
         seed_source_(std::random_device{}()),
         runner_(backend_.get()),
         samplers_(std::max(1, omp_get_max_threads())) {
-    if (options.max_batch_tokens <= 0) throw Error("--max-batch-tokens must be positive");
-    if (options.max_seqs <= 0) throw Error("--max-seqs must be positive");
     spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} prefix_caching={}",
                  backend_->device_name(), kv_.num_blocks, kv_.block_size, max_model_len_, options.max_batch_tokens,
                  options.max_seqs, options.enable_prefix_caching);
@@ -220,6 +218,16 @@ class EngineImpl final : public Engine {
   backend::Backend& backend() override { return *backend_; }
 
  private:
+  // Startup errors a user can act on, before any member that would assert on them is built.
+  static void check_options(const EngineOptions& options, const backend::Backend& backend) {
+    if (options.max_batch_tokens <= 0) throw Error("--max-batch-tokens must be positive");
+    if (options.max_seqs <= 0) throw Error("--max-seqs must be positive");
+    if (options.max_model_len < 0) throw Error("--max-model-len must not be negative");
+    if (backend.kv_cache_spec().num_blocks <= 0 || backend.kv_cache_spec().block_size <= 0) {
+      throw Error("the backend has no KV cache blocks (raise the KV cache size)");
+    }
+  }
+
   int compute_max_model_len(const EngineOptions& options) const {
     int len = options.max_model_len > 0 ? options.max_model_len : config_.max_position_embeddings;
     if (len <= 0) len = kv_.num_blocks * kv_.block_size;
