@@ -40,7 +40,7 @@ def render(template, inputs):
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
-    kwargs = {"messages": inputs["messages"], "tools": inputs.get("tools"),
+    kwargs = {"messages": inputs["messages"], "tools": inputs.get("tools"), "documents": None,
               "add_generation_prompt": inputs.get("add_generation_prompt", False)}
     for key in ("bos_token", "eos_token"):
         if inputs.get(key):
