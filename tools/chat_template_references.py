@@ -192,15 +192,19 @@ def snippet_cases():
     tag kind and -/+ modifier around varied text, and a list of expressions."""
     import random
     rng = random.Random(7)
-    texts = ["", " ", "  ", "\n", " \n ", "\n  ", "a", " a ", "\t\n\t", "x\n  ", "\n\n", "  \n"]
+    texts = ["", " ", "  ", "\n", " \n ", "\n  ", "a", " a ", "\t\n\t", "x\n  ", "\n\n", "  \n", "\r\n", " \r\n  ", "\r"]
     tags = ["{% if true %}I{% endif %}", "{%- if true %}I{% endif %}", "{% if true -%} I {%- endif %}",
             "{%+ if true %}I{% endif +%}", "{% if true %}\nI\n{% endif %}", "{%- if false %}I{% else -%} E {%- endif -%}",
             "{{ 'v' }}", "{{- 'v' }}", "{{ 'v' -}}", "{{- 'v' -}}", "{# c #}", "{#- c -#}", "{#+ c #}",
             "{% set x = 1 %}", "{%- set x = 1 -%}", "{% for i in [1, 2] %}{{ i }}{% endfor %}",
             "{% for i in [1, 2] -%}\n  {{ i }}\n{%- endfor %}", "{% raw %} r {% endraw %}", "{%- raw -%} r {%- endraw -%}",
-            "{% macro m() %} M {% endmacro %}{{ m() }}"]
+            "{% macro m() %} M {% endmacro %}{{ m() }}", "{% if false %}A{% elif true %}\n B\n{% endif %}",
+            "{%- for i in [1, 2] -%}\n {{ i }}{% if not loop.last %},{% endif %} \n{%- endfor -%}",
+            "{%+ for i in [] %}x{% else %}\ne\n{% endfor %}", "{% set y %} blk\n{% endset %}{{ y }}",
+            "{%- macro f(a, b=2) -%} {{ a }}{{ b }} {%- endmacro -%}{{ f(1) }}{{ f(3, b=4) }}", "{{ '\\n' }}",
+            "  {% if true %}\n    indented\n  {% endif %}\n", "{#- multi\nline\ncomment #}", "{{ 'a' }}{{- ' b ' -}}{{ 'c' }}"]
     cases = []
-    for n in range(240):
+    for n in range(700):
         parts = [rng.choice(texts)]
         for _ in range(rng.randint(1, 3)):
             parts += [rng.choice(tags), rng.choice(texts)]

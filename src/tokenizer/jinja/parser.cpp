@@ -181,7 +181,13 @@ std::vector<Segment> segment(const std::string& input) {
         if (!raw.empty()) out.push_back({Segment::Type::kText, raw, tag_line});
         line += count_newlines(src, pos, p + 2);
         pos = p + 2;
-        if (strip_after) strip_next = true;
+        if (strip_after) {
+          strip_next = true;
+        } else if (pos < src.size() && src[pos] == '\n') {
+          ++pos;  // trim_blocks applies after {% endraw %} too
+          ++line;
+          line_starting = true;
+        }
         break;
       }
       continue;
