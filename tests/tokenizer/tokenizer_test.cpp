@@ -170,6 +170,19 @@ TEST(RegexSplitterTest, WhitespaceAndCaseFoldingFollowOniguruma) {
   EXPECT_EQ(split("IT'S"), (std::vector<std::string>{"IT", "'S"}));
 }
 
+TEST(UnicodeTest, NfcQuickCheckOnlyPassesTextNfcLeavesAlone) {
+  for (const char* text : {"plain ASCII", "caf\u00e9", "\u4f60\u597d", "\U0001F600\U0001F44D\U0001F3FD", "\uFF21\uFF22"}) {
+    EXPECT_TRUE(is_nfc_quick(text)) << text;
+    EXPECT_EQ(nfc(text), text);
+  }
+  // A combining mark, a canonical singleton (CJK compatibility ideograph), Hangul jamo, a
+  // second element of a Bengali two-part vowel: each may change.
+  for (const char* text : {"e\u0301", "\uF900", "\u1100\u1161", "\u09C7\u09BE"}) {
+    EXPECT_FALSE(is_nfc_quick(text)) << text;
+    EXPECT_NE(nfc(text), text) << text;
+  }
+}
+
 TEST(UnicodeTest, LossyReplacementUsesMaximalSubparts) {
   // Unicode 15 §3.9, Table 3-8's example: 61 F1 80 80 E1 80 C2 62 80 63 80 BF 64.
   const std::string bytes = "\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64";
