@@ -242,7 +242,7 @@ def snippet_cases():
         "{'a': 1}.get('b', 'dflt')", "{'a': 1}.get('a')", "{'a': 1}.get('zz')", "[1, [2, (3, 'x')], {'k': 'v'}]", "(1,)", "()",
         "'quote\\'s'", "\"dq \\\\\"", "'\\u00e9\\x41\\101'", "'multi' 'part' \"literal\"", "1_000 + 1", "0.5e1", "12 // 5 * 5",
         "'%d items' | replace('%d', 3 | string)", "messages | length", "undefined_var | length", "undefined_var | list",
-        "[1] | tojson(ensure_ascii=true)", "{'é': '😀 \\\\u x', 'k': ['ü']} | tojson(ensure_ascii=true)", "'ﬁ straße' | upper",
+        "[1] | tojson(ensure_ascii=true)", "[undefined_var, 1]", "2 ** 62 + (2 ** 62 - 1)", "{'é': '😀 \\\\u x', 'k': ['ü']} | tojson(ensure_ascii=true)", "'ﬁ straße' | upper",
         "'İ' | lower", "'1_000' | int", "'1__0' | int", "' -2.5e1 ' | float", "'nan' | float", "'.5' | float", "'5.' | float", "'e5' | float",
         "'a' ~ undefined_var ~ 'b'", "('x' if false) ~ 'y'", "[none, true, 1.5, 'é\\n']", "{'k': [none]}",
     ]

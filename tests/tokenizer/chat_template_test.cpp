@@ -108,6 +108,13 @@ TEST(ChatTemplateTest, UnsupportedRuntimeConstructsAreUnsupportedErrors) {
   EXPECT_NE(r.status().message().find("list.append"), std::string::npos) << r.status().message();
   EXPECT_NE(r.status().message().find("line 2"), std::string::npos) << r.status().message();
 
+  // Python's ints are unbounded; ours stop at 64 bits with an error rather than a wrong number.
+  for (const char* big : {"{{ 2 ** 64 }}", "{{ 2 ** 62 * 4 }}", "{{ 9223372036854775807 + 1 }}"}) {
+    r = ChatTemplate(big).render(inputs);
+    ASSERT_FALSE(r.ok()) << big;
+    EXPECT_EQ(r.status().code(), StatusCode::kUnsupported);
+  }
+
   const ChatTemplate format("{{ '%s!' % 'x' }}");
   r = format.render(inputs);
   ASSERT_FALSE(r.ok());

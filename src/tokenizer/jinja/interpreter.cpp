@@ -568,9 +568,22 @@ Value arith(const std::string& op, const Value& a, const Value& b, int line) {
   };
   if (a.is_number() && b.is_number()) {
     const bool floats = a.is_float() || b.is_float();
-    if (op == "+") return floats ? Value::floating(a.as_float() + b.as_float()) : Value::integer(a.as_int() + b.as_int());
-    if (op == "-") return floats ? Value::floating(a.as_float() - b.as_float()) : Value::integer(a.as_int() - b.as_int());
-    if (op == "*") return floats ? Value::floating(a.as_float() * b.as_float()) : Value::integer(a.as_int() * b.as_int());
+    // Python's ints are unbounded; ours are 64-bit, so an overflow is an error, not a wrong number.
+    auto checked = [&](bool overflowed, int64_t r) {
+      if (overflowed) fail("unsupported construct: integer result beyond 64 bits", line);
+      return Value::integer(r);
+    };
+    if (op == "+" || op == "-" || op == "*") {
+      if (floats) {
+        const double x = a.as_float(), y = b.as_float();
+        return Value::floating(op == "+" ? x + y : op == "-" ? x - y : x * y);
+      }
+      int64_t r = 0;
+      const bool overflowed = op == "+"   ? __builtin_add_overflow(a.as_int(), b.as_int(), &r)
+                              : op == "-" ? __builtin_sub_overflow(a.as_int(), b.as_int(), &r)
+                                          : __builtin_mul_overflow(a.as_int(), b.as_int(), &r);
+      return checked(overflowed, r);
+    }
     if (op == "/") {
       if (b.as_float() == 0) fail("division by zero", line);
       return Value::floating(a.as_float() / b.as_float());
@@ -591,9 +604,10 @@ Value arith(const std::string& op, const Value& a, const Value& b, int line) {
     }
     if (op == "**") {
       if (!floats && b.as_int() >= 0) {
-        int64_t r = 1;
-        for (int64_t i = 0; i < b.as_int(); ++i) r *= a.as_int();
-        return Value::integer(r);
+        int64_t p = 1;
+        bool overflowed = false;
+        for (int64_t i = 0; i < b.as_int() && !overflowed; ++i) overflowed = __builtin_mul_overflow(p, a.as_int(), &p);
+        return checked(overflowed, p);
       }
       return Value::floating(std::pow(a.as_float(), b.as_float()));
     }

@@ -307,6 +307,7 @@ std::string Value::repr() const {
       return out + "}";
     }
     case Kind::kFunction: return "<function " + fn_->name + ">";
+    case Kind::kUndefined: return "Undefined";
     default: return str();
   }
 }
