@@ -262,8 +262,27 @@ for _ in range(120):
         chars.append(chr(cp))
     randoms.append("".join(chars))
 
+# Wider random strings: any assigned-looking BMP or SMP code point, mixed with spaces, digits and
+# apostrophes so that every regex branch meets unusual characters. (A code point assigned in a
+# later Unicode version than one of the three implementations knows could split differently; none
+# of the 200 did.)
+wide = []
+for _ in range(200):
+    n = rng.randint(1, 16)
+    chars = []
+    while len(chars) < n:
+        r = rng.random()
+        if r < 0.15:
+            chars.append(rng.choice([" ", "  ", "'", "'s", "\n", "\t", "1", "22", "a", "A"]))
+            continue
+        cp = rng.randint(0xA0, 0x2FFFF) if r < 0.9 else rng.randint(0x20, 0x9F)
+        if cp in excluded or 0xD800 <= cp <= 0xDFFF or 0xE000 <= cp <= 0xF8FF or 0x80 <= cp <= 0x9F:
+            continue
+        chars.append(chr(cp))
+    wide.append("".join(chars))
+
 corpus = (english + contractions + code + cjk + rtl + other_scripts + emoji + combining + digits +
-          whitespace + crlf + specials + ignore_merges + combos + randoms)
+          whitespace + crlf + specials + ignore_merges + combos + randoms + wide)
 seen = set()
 unique = []
 for s in corpus:
