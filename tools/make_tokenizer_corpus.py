@@ -234,6 +234,18 @@ ignore_merges_words = [" việc", " hợp", " nhiều", " điều", " jeho", "ek
 ignore_merges = [w for w in ignore_merges_words] + [
     "Tôi" + "".join(ignore_merges_words[i:i + 6]) for i in range(0, 36, 6)]
 
+# Pre-tokens longer than 48 bytes take BPE's heap path (bpe.cpp merge_large): runs of letters
+# without spaces (CJK, Thai), of symbols and emoji, base64, repeated letters.
+long_pieces = [
+    "今天天气很好我们去公园散步吧然后一起吃晚饭再看一场电影最后回家休息" * 4,
+    "日本語の文章はスペースを使わずに書かれることが多いのでとても長い単語になります" * 3,
+    "ภาษาไทยไม่มีช่องว่างระหว่างคำจึงเป็นคำยาวมากสำหรับตัวแบ่งคำ" * 3,
+    "a" * 300, "ab" * 150, "Supercalifragilisticexpialidocious" * 8,
+    "🎉🎊🎈🥳👍🏽" * 20, "==--**//" * 40, "!?" * 100,
+    "SGVsbG8gV29ybGQhVGhpcyBpc2Fsb25nYmFzZTY0c3RyaW5nZm9ydGVzdGluZ3RoZWhlYXBwYXRo" * 3,
+    "مرحبابالعالمالعربيةجميلةجدا" * 5, "ПриветмирэтооченьдлинноеслововбезпробеловДа" * 4,
+]
+
 fragments = english + contractions + code + cjk + rtl + other_scripts + emoji + combining + digits + crlf + specials
 fragments = [f for f in fragments if f]
 rng = random.Random(20261125)
@@ -289,7 +301,7 @@ for _ in range(200):
     wide.append("".join(chars))
 
 corpus = (english + contractions + code + cjk + rtl + other_scripts + emoji + combining + digits +
-          whitespace + crlf + specials + ignore_merges + combos + randoms + wide)
+          whitespace + crlf + specials + ignore_merges + long_pieces + combos + randoms + wide)
 seen = set()
 unique = []
 for s in corpus:
