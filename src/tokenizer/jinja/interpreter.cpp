@@ -798,6 +798,9 @@ class Interpreter {
           fail("macro '" + macro->name + "' got an unexpected keyword argument '" + k + "'", c.line);
         }
       }
+      // Python stops runaway recursion with RecursionError; a crash here would take the server down.
+      if (macro_depth_ >= kMaxMacroDepth) fail("macro '" + macro->name + "' nested too deeply (recursion?)", c.line);
+      ++macro_depth_;
       const size_t saved_barrier = barrier_;
       frames_.push_back(std::move(frame));
       barrier_ = frames_.size() - 1;
@@ -811,6 +814,7 @@ class Interpreter {
       exec(macro->bodies[0], &out);
       frames_.pop_back();
       barrier_ = saved_barrier;
+      --macro_depth_;
       return Value::string(out);
     });
   }
@@ -1297,8 +1301,10 @@ class Interpreter {
     fail("unsupported construct: test '" + name + "'", line);
   }
 
+  static constexpr int kMaxMacroDepth = 200;
   std::vector<Frame> frames_;
-  size_t barrier_ = 0;  // inside a macro: frames below this index (but 0) are not visible
+  size_t barrier_ = 0;
+  int macro_depth_ = 0;  // inside a macro: frames below this index (but 0) are not visible
 };
 
 }  // namespace
