@@ -212,6 +212,7 @@ class EngineImpl final : public Engine {
     s.num_preemptions = scheduler_.num_preemptions();
     s.prompt_tokens_total = prompt_tokens_total_;
     s.generation_tokens_total = generation_tokens_total_;
+    s.max_model_len = max_model_len_;
     return s;
   }
 

@@ -55,6 +55,9 @@ struct EngineStats {
   int64_t num_preemptions = 0;
   int64_t prompt_tokens_total = 0;
   int64_t generation_tokens_total = 0;
+  // The longest sequence (prompt + output) this engine runs: EngineOptions::max_model_len (or the
+  // model's max_position_embeddings) capped by the KV pool. A prompt must be shorter than this.
+  int max_model_len = 0;
 };
 
 class Engine {

@@ -235,6 +235,7 @@ TEST(EngineFake, BackendFailureFailsTheStepsRequestsAndTheEngineGoesOn) {
 
 TEST(EngineFake, SubmitRejectsBadRequests) {
   FakeEngine fe = make_engine(10);  // 40 token slots: max_model_len 40
+  EXPECT_EQ(fe.engine->stats().max_model_len, 40);
   Collector collector;
   auto cb = collector.callback();
   EXPECT_EQ(fe.engine->submit(make_request("big", std::vector<int32_t>(40, 1), 1), cb).code(), StatusCode::kTooLarge);
