@@ -4,6 +4,18 @@
 //
 // Thread-safety: every public method may be called from any thread. Output callbacks run on the
 // engine thread.
+//
+// Usage (a worker):
+//   auto engine = create_engine(backend::create_backend(*weights, backend_options), EngineOptions{},
+//                               detokenizers);  // detokenizers may be null
+//   Request r;
+//   r.request_id = "req-1";
+//   r.prompt_token_ids = ids;
+//   r.sampling.max_tokens = 64;
+//   Status s = engine->submit(std::move(r), [queue](RequestOutput out) { queue->push(std::move(out)); });
+//   if (!s.ok()) ...  // map s.code() to the HTTP status; nothing was queued
+//   ...
+//   engine->abort("req-1");  // the client went away: a final kAbort output follows
 #pragma once
 
 #include <memory>
