@@ -2,12 +2,11 @@
 // sample, apply stop rules -> deliver outputs (without the lock). See engine.h for the contract.
 #include "engine/engine.h"
 
+#include <omp.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
-#include <omp.h>
-
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -196,6 +195,19 @@ class EngineImpl final : public Engine {
       if (!release_held(request_id)) return;
     }
     cv_.notify_all();
+  }
+
+  int num_cached_prefix_tokens(const std::vector<int32_t>& prompt_token_ids) const override {
+    if (prompt_token_ids.empty()) return 0;
+    Sequence probe;
+    probe.token_ids = prompt_token_ids;
+    probe.num_prompt_tokens = probe.num_tokens();
+    std::vector<int32_t> cached;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!blocks_.prefix_caching()) return 0;
+    blocks_.update_block_hashes(probe);
+    blocks_.find_cached_prefix(probe, probe.num_tokens() / kv_.block_size, &cached);
+    return static_cast<int>(cached.size()) * kv_.block_size;
   }
 
   EngineStats stats() const override {

@@ -107,6 +107,14 @@ class Engine {
   // Full blocks keep their contents in the prefix cache. No-op for an unknown id.
   virtual void release_blocks(const std::string& request_id) = 0;
 
+  // Leading tokens of `prompt_token_ids` whose KV this engine's prefix cache holds now (a multiple of
+  // block_size; 0 with prefix caching off), for routing and the local-or-remote prefill decision. A
+  // hint: the blocks may be evicted before a later reserve_kv/submit. Looks only; changes nothing.
+  virtual int num_cached_prefix_tokens(const std::vector<int32_t>& prompt_token_ids) const {
+    (void)prompt_token_ids;
+    return 0;
+  }
+
   virtual EngineStats stats() const = 0;
   virtual backend::Backend& backend() = 0;
 };
