@@ -1,6 +1,9 @@
 #include "backend/backend.h"
 
 #include "backend/cpu/cpu_backend.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "common/error.h"
 
 namespace tandem::backend {
@@ -40,7 +43,11 @@ std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, cons
   if (options.block_size <= 0) throw Error("--block-size must be positive");
   if (options.device == "cpu") return std::make_unique<cpu::CpuBackend>(weights, options);
   if (options.device.rfind("cuda", 0) == 0) {
-    throw Error("--device " + options.device + ": the CUDA backend is not implemented yet (use --device cpu)");
+#ifdef TANDEM_HAVE_CUDA
+    return cuda::create_cuda_backend(weights, options);
+#else
+    throw Error("--device " + options.device + ": this build has no CUDA (configure with nvcc available and -DTANDEM_CUDA=ON), use --device cpu");
+#endif
   }
   throw Error("--device: unknown device '" + options.device + "' (use cpu or cuda:N)");
 }

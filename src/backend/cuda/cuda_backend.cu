@@ -1,0 +1,609 @@
+// CudaBackend: the forward pass on one GPU. bf16 weights (q/k/v and gate/up fused), bf16 paged KV cache,
+// fp32 residual stream and fp32 accumulation everywhere; cuBLAS GEMMs, our kernels for the rest
+// (kernels.cuh, attention.cuh). One stream; forward() ends with the logits on the host, so a device
+// fault surfaces as Status::Internal from the same call.
+#include "backend/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numbers>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/cuda_check.cuh"
+#include "backend/cuda/cuda_log.h"
+#include "backend/cuda/kernels.cuh"
+#include "common/error.h"
+
+namespace tandem::backend::cuda {
+namespace {
+
+using model::DType;
+using model::TensorSpec;
+
+constexpr size_t kAlign = 256;
+constexpr int kInitialMaxTokens = 8192;   // activations are sized for this many tokens per step up front
+constexpr int kInitialMaxLogits = 256;
+constexpr int kMaxPartials = 4096;        // split-KV slots: [4096, 16, head_dim] fp32
+
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+double gib(size_t bytes) { return static_cast<double>(bytes) / (1ull << 30); }
+
+int parse_device(const std::string& device) {
+  if (device == "cuda") return 0;
+  const std::string prefix = "cuda:";
+  if (device.rfind(prefix, 0) != 0) throw Error("--device " + device + ": expected cuda:N");
+  try {
+    size_t used = 0;
+    const int index = std::stoi(device.substr(prefix.size()), &used);
+    if (used + prefix.size() != device.size() || index < 0) throw std::invalid_argument(device);
+    return index;
+  } catch (const std::exception&) {
+    throw Error("--device " + device + ": expected cuda:N with N a device index");
+  }
+}
+
+// RoPE inverse frequencies with Llama-3.1's smoothing of long wavelengths (transformers'
+// _compute_llama3_parameters); the same formula as the CPU backend's.
+std::vector<float> rope_inv_freq(const model::ModelConfig& c) {
+  const int half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  for (int i = 0; i < half; ++i) {
+    inv[i] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
+  }
+  if (c.rope_scaling.type == model::RopeScaling::Type::kLlama3) {
+    const auto& s = c.rope_scaling;
+    const float old_len = static_cast<float>(s.original_max_position_embeddings);
+    const float low_freq_wavelen = old_len / s.low_freq_factor;
+    const float high_freq_wavelen = old_len / s.high_freq_factor;
+    for (int i = 0; i < half; ++i) {
+      const float wavelen = 2.0f * std::numbers::pi_v<float> / inv[i];
+      if (wavelen > low_freq_wavelen) {
+        inv[i] = inv[i] / s.factor;
+      } else if (wavelen >= high_freq_wavelen) {
+        const float smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        inv[i] = (1.0f - smooth) * inv[i] / s.factor + smooth * inv[i];
+      }
+    }
+  }
+  return inv;
+}
+
+// One decoder layer's weights, bf16, device (pointers into the weight arena).
+struct LayerWeights {
+  __nv_bfloat16* input_norm;  // [hidden]
+  __nv_bfloat16* qkv;         // [q_size + 2 kv_size, hidden]: q, k, v rows fused
+  __nv_bfloat16* qkv_bias;    // [q_size + 2 kv_size] or null
+  __nv_bfloat16* q_norm;      // [head_dim] or null
+  __nv_bfloat16* k_norm;      // [head_dim] or null
+  __nv_bfloat16* o_proj;      // [hidden, q_size]
+  __nv_bfloat16* post_norm;   // [hidden]
+  __nv_bfloat16* gate_up;     // [2 inter, hidden]: gate rows then up rows
+  __nv_bfloat16* down;        // [hidden, inter]
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const model::WeightSource& weights, const BackendOptions& options);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  const model::ModelConfig& config() const override { return config_; }
+  const KvCacheSpec& kv_cache_spec() const override { return kv_; }
+  std::string device_name() const override { return "cuda:" + std::to_string(device_); }
+  Status forward(const ForwardBatch& batch, std::span<float> logits) override;
+  Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
+  Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
+
+ private:
+  using bf16 = __nv_bfloat16;
+
+  void load_weights(const model::WeightSource& weights);
+  void allocate_kv_pool(const BackendOptions& options);
+  Status ensure_workspace(int num_tokens, int num_logits);
+  Status ensure_metadata(size_t bytes);
+  void free_workspace();
+  // y[rows, out] = x[rows, in] * w[out, in]^T; y bf16, or fp32 when y_fp32.
+  Status gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32);
+  Status run_forward(const ForwardBatch& batch, std::span<float> logits);
+  bf16* layer_pool(int layer) const { return kv_pool_ + static_cast<size_t>(layer) * layer_pool_elements_; }
+
+  model::ModelConfig config_;
+  KvCacheSpec kv_;
+  int device_ = 0;
+  int num_sms_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+
+  void* weight_arena_ = nullptr;  // every weight below, bf16, device
+  bf16* embed_ = nullptr;         // [vocab, hidden] bf16, device
+  bf16* lm_head_ = nullptr;       // [vocab, hidden] bf16, device (== embed_ when tied)
+  bf16* final_norm_ = nullptr;    // [hidden] bf16, device
+  float* inv_freq_ = nullptr;     // [head_dim / 2] fp32, device
+  std::vector<LayerWeights> layers_;
+
+  bf16* kv_pool_ = nullptr;  // [num_layers, num_blocks, 2, block_size, num_kv_heads, head_dim] bf16, device
+  size_t layer_pool_elements_ = 0;
+
+  // Activations, sized for max_tokens_ tokens and max_logits_ logits rows; regrown when a step needs more.
+  int max_tokens_ = 0;
+  int max_logits_ = 0;
+  float* residual_ = nullptr;  // [max_tokens, hidden] fp32, device
+  bf16* normed_ = nullptr;     // [max_tokens, hidden] bf16, device
+  bf16* qkv_ = nullptr;        // [max_tokens, q_size + 2 kv_size] bf16, device
+  bf16* attn_out_ = nullptr;   // [max_tokens, q_size] bf16, device
+  bf16* delta_ = nullptr;      // [max_tokens, hidden] bf16, device: o_proj / down_proj output
+  bf16* gate_up_ = nullptr;    // [max_tokens, 2 inter] bf16, device
+  bf16* act_ = nullptr;        // [max_tokens, inter] bf16, device
+  float* logits_dev_ = nullptr;     // [max_logits, vocab] fp32, device
+  float* partial_out_ = nullptr;    // [kMaxPartials, kAttentionRows, head_dim] fp32, device
+  float* partial_ml_ = nullptr;     // [kMaxPartials, kAttentionRows, 2] fp32, device
+  // One step's metadata, packed: token ids, positions, slots, block tables, logits rows, attention plan.
+  size_t metadata_capacity_ = 0;
+  std::byte* metadata_host_ = nullptr;  // [metadata_capacity] bytes, pinned host
+  std::byte* metadata_dev_ = nullptr;   // [metadata_capacity] bytes, device
+  std::vector<int32_t> slots_;          // [num_tokens] host scratch
+};
+
+CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOptions& options)
+    : config_(weights.config()), device_(parse_device(options.device)) {
+  weights.validate();
+  const auto& c = config_;
+  if (c.head_dim != 16 && c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128) {
+    throw Error("cuda backend: head_dim " + std::to_string(c.head_dim) + " is not supported (16, 32, 64 or 128)");
+  }
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    throw Error("--device " + options.device + ": no usable CUDA device (" +
+                (err != cudaSuccess ? std::string(cudaGetErrorString(err)) : std::string("none found")) +
+                "); use --device cpu");
+  }
+  if (device_ >= count) {
+    throw Error("--device " + options.device + ": this machine has " + std::to_string(count) + " CUDA device(s)");
+  }
+  TANDEM_CUDA_THROW(cudaSetDevice(device_), device_);
+  cudaDeviceProp prop{};
+  TANDEM_CUDA_THROW(cudaGetDeviceProperties(&prop, device_), device_);
+  num_sms_ = prop.multiProcessorCount;
+  TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
+  TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
+  TANDEM_CUBLAS_THROW(cublasSetStream(cublas_, stream_), device_);
+
+  kv_.num_layers = c.num_layers;
+  kv_.block_size = options.block_size;
+  kv_.num_kv_heads = c.num_kv_heads;
+  kv_.head_dim = c.head_dim;
+  kv_.dtype = DType::kBF16;
+
+  const auto start = std::chrono::steady_clock::now();
+  load_weights(weights);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  throw_if_error(ensure_workspace(kInitialMaxTokens, kInitialMaxLogits));
+  allocate_kv_pool(options);
+  char line[512];
+  std::snprintf(line, sizeof(line),
+                "cuda backend: device=cuda:%d gpu=\"%s\" model=%s layers=%d load_seconds=%.2f kv_blocks=%d kv_tokens=%lld "
+                "kv_bytes=%zu kv_gib=%.2f",
+                device_, prop.name, weights.describe().c_str(), c.num_layers, load_s, kv_.num_blocks,
+                static_cast<long long>(kv_.num_blocks) * kv_.block_size, kv_.block_bytes() * kv_.num_blocks * c.num_layers,
+                gib(kv_.block_bytes() * kv_.num_blocks * c.num_layers));
+  log_info(line);
+}
+
+CudaBackend::~CudaBackend() {
+  // Destructors do not throw: errors here are logged only.
+  cudaSetDevice(device_);
+  if (stream_) cudaStreamSynchronize(stream_);
+  free_workspace();
+  cudaFree(kv_pool_);
+  cudaFree(weight_arena_);
+  cudaFree(inv_freq_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::load_weights(const model::WeightSource& weights) {
+  const auto& c = config_;
+  const std::vector<TensorSpec> specs = model::expected_tensors(c);
+  auto find = [&](const std::string& name) -> const TensorSpec& {
+    for (const auto& s : specs) {
+      if (s.name == name) return s;
+    }
+    throw Error("cuda backend: the model has no tensor " + name);
+  };
+  auto bytes_of = [](const TensorSpec& s) { return static_cast<size_t>(model::num_elements(s.shape)) * sizeof(bf16); };
+
+  // One upload per device tensor; fused tensors are read part by part into one staging buffer.
+  struct Upload {
+    bf16** dst;
+    std::vector<const TensorSpec*> parts;
+    size_t bytes = 0;
+    size_t offset = 0;  // in the arena
+  };
+  std::vector<Upload> uploads;
+  auto add = [&](bf16** dst, std::vector<std::string> names) {
+    Upload u;
+    u.dst = dst;
+    for (const auto& n : names) {
+      u.parts.push_back(&find(n));
+      u.bytes += bytes_of(*u.parts.back());
+    }
+    uploads.push_back(std::move(u));
+  };
+  add(&embed_, {"model.embed_tokens.weight"});
+  layers_.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    LayerWeights& w = layers_[l];
+    add(&w.input_norm, {p + "input_layernorm.weight"});
+    add(&w.qkv, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"});
+    if (c.attention_bias) add(&w.qkv_bias, {p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias", p + "self_attn.v_proj.bias"});
+    if (c.qk_norm) {
+      add(&w.q_norm, {p + "self_attn.q_norm.weight"});
+      add(&w.k_norm, {p + "self_attn.k_norm.weight"});
+    }
+    add(&w.o_proj, {p + "self_attn.o_proj.weight"});
+    add(&w.post_norm, {p + "post_attention_layernorm.weight"});
+    add(&w.gate_up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
+    add(&w.down, {p + "mlp.down_proj.weight"});
+  }
+  add(&final_norm_, {"model.norm.weight"});
+  if (!c.tie_word_embeddings) add(&lm_head_, {"lm_head.weight"});
+
+  size_t total = 0, largest = 0;
+  for (auto& u : uploads) {
+    u.offset = total;
+    total += align_up(u.bytes);
+    largest = std::max(largest, u.bytes);
+  }
+  size_t free_bytes = 0, total_bytes = 0;
+  TANDEM_CUDA_THROW(cudaMemGetInfo(&free_bytes, &total_bytes), device_);
+  if (total > free_bytes) {
+    throw Error("cuda:" + std::to_string(device_) + ": the weights of " + weights.describe() + " need " +
+                std::to_string(gib(total)) + " GiB but only " + std::to_string(gib(free_bytes)) + " GiB of " +
+                std::to_string(gib(total_bytes)) +
+                " GiB is free; free the GPU (or lower --gpu-memory-utilization of the other processes on it)");
+  }
+  TANDEM_CUDA_THROW(cudaMalloc(&weight_arena_, total), device_);
+  for (auto& u : uploads) *u.dst = reinterpret_cast<bf16*>(static_cast<std::byte*>(weight_arena_) + u.offset);
+  if (c.tie_word_embeddings) lm_head_ = embed_;
+
+  // Two pinned staging buffers: the host reads (mmap'd checkpoint or generated weights) into one while
+  // the copy engine uploads the other.
+  std::byte* staging[2] = {nullptr, nullptr};  // [largest] bytes each, pinned host
+  cudaEvent_t uploaded[2] = {nullptr, nullptr};
+  auto cleanup = [&]() {
+    for (int i = 0; i < 2; ++i) {
+      if (uploaded[i]) cudaEventDestroy(uploaded[i]);
+      if (staging[i]) cudaFreeHost(staging[i]);
+    }
+  };
+  try {
+    for (int i = 0; i < 2; ++i) {
+      TANDEM_CUDA_THROW(cudaHostAlloc(&staging[i], largest, cudaHostAllocDefault), device_);
+      TANDEM_CUDA_THROW(cudaEventCreateWithFlags(&uploaded[i], cudaEventDisableTiming), device_);
+    }
+    for (size_t i = 0; i < uploads.size(); ++i) {
+      const int slot = static_cast<int>(i % 2);
+      TANDEM_CUDA_THROW(cudaEventSynchronize(uploaded[slot]), device_);  // its previous upload is done
+      size_t offset = 0;
+      for (const TensorSpec* part : uploads[i].parts) {
+        weights.read(*part, DType::kBF16, staging[slot] + offset);
+        offset += bytes_of(*part);
+      }
+      TANDEM_CUDA_THROW(cudaMemcpyAsync(*uploads[i].dst, staging[slot], uploads[i].bytes, cudaMemcpyHostToDevice, stream_),
+                        device_);
+      TANDEM_CUDA_THROW(cudaEventRecord(uploaded[slot], stream_), device_);
+    }
+    TANDEM_CUDA_THROW(cudaStreamSynchronize(stream_), device_);
+  } catch (...) {
+    cudaStreamSynchronize(stream_);
+    cleanup();
+    throw;
+  }
+  cleanup();
+
+  const std::vector<float> inv = rope_inv_freq(c);
+  TANDEM_CUDA_THROW(cudaMalloc(&inv_freq_, inv.size() * sizeof(float)), device_);
+  TANDEM_CUDA_THROW(cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice), device_);
+}
+
+void CudaBackend::allocate_kv_pool(const BackendOptions& options) {
+  const size_t per_block = kv_.block_bytes() * kv_.num_layers;  // one block id across all layers
+  size_t free_bytes = 0, total_bytes = 0;
+  TANDEM_CUDA_THROW(cudaMemGetInfo(&free_bytes, &total_bytes), device_);
+  const std::string where = "cuda:" + std::to_string(device_);
+  if (options.num_kv_blocks > 0) {
+    kv_.num_blocks = options.num_kv_blocks;
+    const size_t asked = per_block * kv_.num_blocks;
+    if (asked > free_bytes) {
+      throw Error(where + ": " + std::to_string(kv_.num_blocks) + " KV blocks need " + std::to_string(gib(asked)) +
+                  " GiB but only " + std::to_string(gib(free_bytes)) + " GiB is free after the weights; lower --num-kv-blocks");
+    }
+  } else {
+    if (options.gpu_memory_utilization <= 0.0 || options.gpu_memory_utilization > 1.0) {
+      throw Error("--gpu-memory-utilization must be in (0, 1], got " + std::to_string(options.gpu_memory_utilization));
+    }
+    const size_t budget = static_cast<size_t>(static_cast<double>(free_bytes) * options.gpu_memory_utilization);
+    const size_t blocks = budget / per_block;
+    if (blocks < 1) {
+      throw Error(where + ": --gpu-memory-utilization " + std::to_string(options.gpu_memory_utilization) + " of the " +
+                  std::to_string(gib(free_bytes)) + " GiB free after the weights leaves no room for one KV block (" +
+                  std::to_string(per_block) + " bytes); raise --gpu-memory-utilization or free the GPU");
+    }
+    kv_.num_blocks = static_cast<int>(std::min<size_t>(blocks, INT32_MAX / std::max(1, kv_.block_size)));
+  }
+  layer_pool_elements_ = static_cast<size_t>(kv_.num_blocks) * kv_.block_elements();
+  const size_t bytes = per_block * kv_.num_blocks;
+  cudaError_t err = cudaMalloc(&kv_pool_, bytes);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(where + ": allocating the KV cache (" + std::to_string(kv_.num_blocks) + " blocks, " +
+                std::to_string(gib(bytes)) + " GiB) failed with " + cudaGetErrorString(err) + " (" +
+                std::to_string(gib(free_bytes)) + " GiB was free); lower --gpu-memory-utilization or --num-kv-blocks");
+  }
+  // Zeroed so that a read of a never-written slot is deterministic (it is masked anyway).
+  TANDEM_CUDA_THROW(cudaMemsetAsync(kv_pool_, 0, bytes, stream_), device_);
+  TANDEM_CUDA_THROW(cudaStreamSynchronize(stream_), device_);
+}
+
+void CudaBackend::free_workspace() {
+  for (void* p : {static_cast<void*>(residual_), static_cast<void*>(normed_), static_cast<void*>(qkv_),
+                  static_cast<void*>(attn_out_), static_cast<void*>(delta_), static_cast<void*>(gate_up_),
+                  static_cast<void*>(act_), static_cast<void*>(logits_dev_), static_cast<void*>(partial_out_),
+                  static_cast<void*>(partial_ml_), static_cast<void*>(metadata_dev_)}) {
+    cudaFree(p);
+  }
+  if (metadata_host_) cudaFreeHost(metadata_host_);
+  residual_ = nullptr;
+  normed_ = qkv_ = attn_out_ = delta_ = gate_up_ = act_ = nullptr;
+  logits_dev_ = partial_out_ = partial_ml_ = nullptr;
+  metadata_dev_ = metadata_host_ = nullptr;
+  max_tokens_ = max_logits_ = 0;
+  metadata_capacity_ = 0;
+}
+
+Status CudaBackend::ensure_workspace(int num_tokens, int num_logits) {
+  if (num_tokens <= max_tokens_ && num_logits <= max_logits_) return Status::Ok();
+  const auto& c = config_;
+  const int tokens = std::max(num_tokens, max_tokens_);
+  const int logits = std::max(num_logits, max_logits_);
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  // Keep the metadata buffers; everything sized by tokens or logits is reallocated.
+  const size_t t = static_cast<size_t>(tokens);
+  const size_t qkv_size = static_cast<size_t>(c.q_size() + 2 * c.kv_size());
+  struct Want {
+    void** ptr;
+    size_t bytes;
+  };
+  const Want wants[] = {
+      {reinterpret_cast<void**>(&residual_), t * c.hidden_size * sizeof(float)},
+      {reinterpret_cast<void**>(&normed_), t * c.hidden_size * sizeof(bf16)},
+      {reinterpret_cast<void**>(&qkv_), t * qkv_size * sizeof(bf16)},
+      {reinterpret_cast<void**>(&attn_out_), t * c.q_size() * sizeof(bf16)},
+      {reinterpret_cast<void**>(&delta_), t * c.hidden_size * sizeof(bf16)},
+      {reinterpret_cast<void**>(&gate_up_), t * 2 * c.intermediate_size * sizeof(bf16)},
+      {reinterpret_cast<void**>(&act_), t * c.intermediate_size * sizeof(bf16)},
+      {reinterpret_cast<void**>(&logits_dev_), static_cast<size_t>(logits) * c.vocab_size * sizeof(float)},
+      {reinterpret_cast<void**>(&partial_out_), static_cast<size_t>(kMaxPartials) * kAttentionRows * c.head_dim * sizeof(float)},
+      {reinterpret_cast<void**>(&partial_ml_), static_cast<size_t>(kMaxPartials) * kAttentionRows * 2 * sizeof(float)},
+  };
+  for (const Want& w : wants) {
+    cudaFree(*w.ptr);
+    *w.ptr = nullptr;
+  }
+  for (const Want& w : wants) {
+    cudaError_t err = cudaMalloc(w.ptr, w.bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_bytes = 0, total_bytes = 0;
+      cudaMemGetInfo(&free_bytes, &total_bytes);
+      max_tokens_ = max_logits_ = 0;
+      return Status::ResourceExhausted("cuda:" + std::to_string(device_) + ": activations for " + std::to_string(tokens) +
+                                       " tokens need " + std::to_string(w.bytes) + " more bytes, " +
+                                       std::to_string(free_bytes) + " free: " + cudaGetErrorString(err) +
+                                       "; schedule fewer tokens per step");
+    }
+  }
+  max_tokens_ = tokens;
+  max_logits_ = logits;
+  return Status::Ok();
+}
+
+Status CudaBackend::ensure_metadata(size_t bytes) {
+  if (bytes <= metadata_capacity_) return Status::Ok();
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  cudaFree(metadata_dev_);
+  if (metadata_host_) cudaFreeHost(metadata_host_);
+  metadata_dev_ = metadata_host_ = nullptr;
+  metadata_capacity_ = 0;
+  const size_t capacity = std::max<size_t>(bytes * 3 / 2, 1 << 20);
+  TANDEM_CUDA_RETURN(cudaMalloc(&metadata_dev_, capacity), device_);
+  TANDEM_CUDA_RETURN(cudaHostAlloc(&metadata_host_, capacity, cudaHostAllocDefault), device_);
+  metadata_capacity_ = capacity;
+  return Status::Ok();
+}
+
+Status CudaBackend::gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32) {
+  // Row-major y[rows, out] = x[rows, in] w[out, in]^T is column-major y^T[out, rows] = w^T x^T.
+  const float alpha = 1.0f, beta = 0.0f;
+  TANDEM_CUBLAS_RETURN(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w, CUDA_R_16BF, in, x,
+                                    CUDA_R_16BF, in, &beta, y, y_fp32 ? CUDA_R_32F : CUDA_R_16BF, out,
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                       device_);
+  return Status::Ok();
+}
+
+Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) {
+  TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
+  if (logits.size() != static_cast<size_t>(batch.num_logits()) * config_.vocab_size) {
+    return Status::InvalidArgument("logits buffer must be [num_logits, vocab_size]");
+  }
+  if (batch.num_tokens() == 0) return Status::Ok();
+  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  Status s = run_forward(batch, logits);
+  if (!s.ok()) log_error(std::string("cuda backend: step failed: ") + s.message());
+  return s;
+}
+
+Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) {
+  const auto& c = config_;
+  const int n = b.num_tokens(), num_seqs = b.num_seqs(), num_logits = b.num_logits();
+  const int hidden = c.hidden_size, q_size = c.q_size(), kv_size = c.kv_size();
+  const int qkv_size = q_size + 2 * kv_size, inter = c.intermediate_size;
+  TANDEM_RETURN_IF_ERROR(ensure_workspace(n, num_logits));
+
+  // Host side of the step: KV slot of every new token, and the attention plan.
+  slots_.resize(n);
+  for (int s = 0; s < num_seqs; ++s) {
+    const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
+    for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) {
+      const int pos = b.positions[t];
+      slots_[t] = table[pos / kv_.block_size] * kv_.block_size + pos % kv_.block_size;
+    }
+  }
+  const AttentionPlan plan = plan_attention(b.query_starts.data(), b.context_lens.data(), num_seqs, c.num_heads,
+                                            c.num_kv_heads, 2 * num_sms_, kMaxPartials);
+
+  // Pack the metadata into one pinned buffer and upload it in one copy.
+  size_t offset = 0;
+  auto reserve = [&](size_t bytes) {
+    const size_t at = offset;
+    offset = align_up(offset + bytes);
+    return at;
+  };
+  const size_t off_ids = reserve(sizeof(int32_t) * n);
+  const size_t off_pos = reserve(sizeof(int32_t) * n);
+  const size_t off_slots = reserve(sizeof(int32_t) * n);
+  const size_t off_tables = reserve(sizeof(int32_t) * b.block_tables.size());
+  const size_t off_rows = reserve(sizeof(int32_t) * num_logits);
+  const size_t off_items = reserve(sizeof(AttentionWorkItem) * plan.items.size());
+  const size_t off_combines = reserve(sizeof(AttentionCombineItem) * plan.combines.size());
+  TANDEM_RETURN_IF_ERROR(ensure_metadata(offset));
+  std::byte* h = metadata_host_;
+  std::memcpy(h + off_ids, b.token_ids.data(), sizeof(int32_t) * n);
+  std::memcpy(h + off_pos, b.positions.data(), sizeof(int32_t) * n);
+  std::memcpy(h + off_slots, slots_.data(), sizeof(int32_t) * n);
+  std::memcpy(h + off_tables, b.block_tables.data(), sizeof(int32_t) * b.block_tables.size());
+  std::memcpy(h + off_rows, b.logits_indices.data(), sizeof(int32_t) * num_logits);
+  std::memcpy(h + off_items, plan.items.data(), sizeof(AttentionWorkItem) * plan.items.size());
+  std::memcpy(h + off_combines, plan.combines.data(), sizeof(AttentionCombineItem) * plan.combines.size());
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(metadata_dev_, metadata_host_, offset, cudaMemcpyHostToDevice, stream_), device_);
+  std::byte* d = metadata_dev_;
+  const int32_t* d_ids = reinterpret_cast<const int32_t*>(d + off_ids);
+  const int32_t* d_pos = reinterpret_cast<const int32_t*>(d + off_pos);
+  const int32_t* d_slots = reinterpret_cast<const int32_t*>(d + off_slots);
+  const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + off_tables);
+  const int32_t* d_rows = reinterpret_cast<const int32_t*>(d + off_rows);
+
+  TANDEM_CUDA_RETURN(launch_embedding(d_ids, embed_, residual_, n, hidden, stream_), device_);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& w = layers_[l];
+    // The previous layer's MLP output joins the residual here (none before the first layer).
+    TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, l == 0 ? nullptr : delta_, w.input_norm, normed_, nullptr, n, hidden,
+                                           c.rms_norm_eps, true, stream_),
+                       device_);
+    TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.qkv, qkv_size, qkv_, false));
+    QkvParams qp;
+    qp.qkv = qkv_;
+    qp.bias = w.qkv_bias;
+    qp.q_norm = w.q_norm;
+    qp.k_norm = w.k_norm;
+    qp.inv_freq = inv_freq_;
+    qp.positions = d_pos;
+    qp.slots = d_slots;
+    qp.kv_pool = layer_pool(l);
+    qp.num_tokens = n;
+    qp.num_heads = c.num_heads;
+    qp.num_kv_heads = c.num_kv_heads;
+    qp.head_dim = c.head_dim;
+    qp.block_size = kv_.block_size;
+    qp.eps = c.rms_norm_eps;
+    TANDEM_CUDA_RETURN(launch_qkv_rope_kv_write(qp, stream_), device_);
+    AttentionParams ap;
+    ap.q = qkv_;
+    ap.q_row_stride = qkv_size;
+    ap.kv_pool = layer_pool(l);
+    ap.block_tables = d_tables;
+    ap.max_blocks_per_seq = b.max_blocks_per_seq;
+    ap.positions = d_pos;
+    ap.out = attn_out_;
+    ap.items = reinterpret_cast<const AttentionWorkItem*>(d + off_items);
+    ap.combines = reinterpret_cast<const AttentionCombineItem*>(d + off_combines);
+    ap.partial_out = partial_out_;
+    ap.partial_ml = partial_ml_;
+    ap.num_items = static_cast<int>(plan.items.size());
+    ap.num_combines = static_cast<int>(plan.combines.size());
+    ap.num_heads = c.num_heads;
+    ap.num_kv_heads = c.num_kv_heads;
+    ap.head_dim = c.head_dim;
+    ap.block_size = kv_.block_size;
+    ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    TANDEM_CUDA_RETURN(launch_attention(ap, stream_), device_);
+    TANDEM_RETURN_IF_ERROR(gemm(attn_out_, n, q_size, w.o_proj, hidden, delta_, false));
+    TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, w.post_norm, normed_, nullptr, n, hidden, c.rms_norm_eps,
+                                           true, stream_),
+                       device_);
+    TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.gate_up, 2 * inter, gate_up_, false));
+    TANDEM_CUDA_RETURN(launch_silu_and_mul(gate_up_, act_, n, inter, stream_), device_);
+    TANDEM_RETURN_IF_ERROR(gemm(act_, n, inter, w.down, hidden, delta_, false));
+  }
+  if (num_logits > 0) {
+    // Only the rows that need logits: the last MLP output is added on the fly, the residual left alone.
+    TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, final_norm_, normed_, d_rows, num_logits, hidden,
+                                           c.rms_norm_eps, false, stream_),
+                       device_);
+    TANDEM_RETURN_IF_ERROR(gemm(normed_, num_logits, hidden, lm_head_, c.vocab_size, logits_dev_, true));
+    TANDEM_CUDA_RETURN(cudaMemcpyAsync(logits.data(), logits_dev_, logits.size_bytes(), cudaMemcpyDeviceToHost, stream_),
+                       device_);
+  }
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  return Status::Ok();
+}
+
+Status CudaBackend::read_kv_block(int layer, int block, std::span<std::byte> out) {
+  if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
+  if (out.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
+  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  const bf16* src = layer_pool(layer) + static_cast<size_t>(block) * kv_.block_elements();
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(out.data(), src, out.size(), cudaMemcpyDeviceToHost, stream_), device_);
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  return Status::Ok();
+}
+
+Status CudaBackend::write_kv_block(int layer, int block, std::span<const std::byte> in) {
+  if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
+  if (in.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
+  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  bf16* dst = layer_pool(layer) + static_cast<size_t>(block) * kv_.block_elements();
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(dst, in.data(), in.size(), cudaMemcpyHostToDevice, stream_), device_);
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> create_cuda_backend(const model::WeightSource& weights, const BackendOptions& options) {
+  return std::make_unique<CudaBackend>(weights, options);
+}
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace tandem::backend::cuda

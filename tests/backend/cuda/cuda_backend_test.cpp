@@ -1,0 +1,228 @@
+// The whole CUDA backend (bf16) against transformers' fp32 fixtures (greedy tokens equal for the first 16
+// steps, logits within 2e-2 relative), against the CPU backend, and against itself one sequence at a
+// time: a ragged batch with chunked prefill and prefix-cached context gives what each sequence gets alone.
+// Skipped where no GPU is visible.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+
+// The fixtures live in the source tree at build time; TANDEM_TEST_DATA_DIR in the environment moves
+// them (the GPU machine runs these binaries from another checkout).
+inline const char* tandem_gpu_test_data_dir() {
+  const char* env = std::getenv("TANDEM_TEST_DATA_DIR");
+  return env ? env : TANDEM_BUILD_TEST_DATA_DIR;
+}
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/reference_decode.h"
+#include "common/error.h"
+#include "model/weight_source.h"
+#include "testing/reference_fixtures.h"
+
+namespace tandem::backend {
+namespace {
+
+using tandem::testing::relative_error;
+
+#define GPU_OR_SKIP() \
+  if (cuda::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device"
+
+std::string fixture(const std::string& name) { return std::string(tandem_gpu_test_data_dir()) + "/models/" + name; }
+
+std::unique_ptr<Backend> make_gpu(const model::WeightSource& weights, int num_blocks) {
+  BackendOptions options;
+  options.device = "cuda:0";
+  options.num_kv_blocks = num_blocks;
+  return create_backend(weights, options);
+}
+
+class CudaTransformersReference : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaTransformersReference, GreedyFirst16TokensAndLogitsMatchInBf16) {
+  GPU_OR_SKIP();
+  const std::string name = GetParam();
+  auto weights = model::open_weight_source(fixture(name));
+  auto backend = make_gpu(*weights, 8);
+  EXPECT_EQ(backend->device_name(), "cuda:0");
+  auto references = tandem::testing::load_references(name);
+  ASSERT_EQ(references.size(), 4u);
+  for (const auto& ref : references) {
+    auto result = reference_greedy_decode(*backend, ref.ids, 16);
+    ASSERT_TRUE(result.ok()) << result.status().to_string();
+    EXPECT_LT(relative_error(result->prefill_logits, ref.last_logits), 2e-2) << name << " prompt of " << ref.ids.size();
+    std::vector<int32_t> want(ref.greedy.begin(), ref.greedy.begin() + 16);
+    EXPECT_EQ(result->tokens, want) << name << " prompt of " << ref.ids.size();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaTransformersReference,
+                         ::testing::Values("llama_gqa_rope3", "llama_mqa_tied_bf16", "qwen2_gqa_tied_fp16", "qwen3_gqa",
+                                           "qwen3_mqa_tied_bf16"));
+
+struct Sequence {
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> blocks;
+  int computed = 0;
+};
+
+// Runs `seqs` together: sequences still prefilling take chunks of up to `chunk` tokens, the others
+// decode one token; each sequence generates `num_new` tokens. Returns each one's first logits row.
+std::vector<std::vector<float>> run_ragged(Backend& backend, std::vector<Sequence>& seqs, const std::vector<int>& prompt_lens,
+                                           int num_new, int chunk) {
+  const int vocab = backend.config().vocab_size;
+  std::vector<std::vector<float>> first(seqs.size());
+  std::vector<int> generated(seqs.size(), 0);
+  for (int step = 0; step < 1000; ++step) {
+    std::vector<int32_t> ids, positions, starts{0}, context, tables, rows;
+    std::vector<size_t> which;
+    int max_blocks = 1;
+    for (auto& s : seqs) max_blocks = std::max<int>(max_blocks, static_cast<int>(s.blocks.size()));
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (generated[i] >= num_new) continue;
+      Sequence& s = seqs[i];
+      const int take = std::min(chunk, static_cast<int>(s.tokens.size()) - s.computed);
+      for (int k = 0; k < take; ++k) {
+        ids.push_back(s.tokens[s.computed + k]);
+        positions.push_back(s.computed + k);
+      }
+      starts.push_back(static_cast<int32_t>(ids.size()));
+      context.push_back(s.computed + take);
+      rows.push_back(static_cast<int32_t>(ids.size()) - 1);
+      std::vector<int32_t> table(max_blocks, -1);
+      std::copy(s.blocks.begin(), s.blocks.end(), table.begin());
+      tables.insert(tables.end(), table.begin(), table.end());
+      which.push_back(i);
+    }
+    if (which.empty()) break;
+    std::vector<float> logits(rows.size() * vocab);
+    Status st = backend.forward(ForwardBatch{ids, positions, starts, context, tables, max_blocks, rows}, logits);
+    EXPECT_TRUE(st.ok()) << st.to_string();
+    if (!st.ok()) break;
+    for (size_t r = 0; r < which.size(); ++r) {
+      Sequence& s = seqs[which[r]];
+      s.computed = context[r];
+      if (s.computed < static_cast<int>(s.tokens.size())) continue;
+      std::vector<float> row(logits.begin() + r * vocab, logits.begin() + (r + 1) * vocab);
+      if (generated[which[r]] == 0) first[which[r]] = row;
+      s.tokens.push_back(argmax(row));
+      ++generated[which[r]];
+    }
+  }
+  (void)prompt_lens;
+  return first;
+}
+
+TEST(CudaBatching, RaggedChunkedBatchMatchesOneAtATimeAndTheCpuBackend) {
+  GPU_OR_SKIP();
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  const int vocab = weights->config().vocab_size;
+  std::mt19937 rng(11);
+  const std::vector<int> prompt_lens = {1, 16, 17, 45, 5, 100};
+  const int num_new = 12;
+  std::vector<int32_t> free_blocks(96);
+  std::iota(free_blocks.begin(), free_blocks.end(), 0);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+  std::vector<Sequence> seqs(prompt_lens.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (int t = 0; t < prompt_lens[i]; ++t) seqs[i].tokens.push_back(static_cast<int32_t>(rng() % vocab));
+    for (int b = 0; b < (prompt_lens[i] + num_new + 15) / 16; ++b) {
+      seqs[i].blocks.push_back(free_blocks.back());
+      free_blocks.pop_back();
+    }
+  }
+  const std::vector<Sequence> prompts = seqs;
+
+  // Alone, on a fresh GPU backend and on the CPU backend.
+  std::vector<ReferenceDecodeResult> alone_gpu, alone_cpu;
+  {
+    auto solo = make_gpu(*weights, 16);
+    BackendOptions cpu_options;
+    cpu_options.num_kv_blocks = 16;
+    auto cpu = create_backend(*weights, cpu_options);
+    for (const auto& s : prompts) {
+      alone_gpu.push_back(reference_greedy_decode(*solo, s.tokens, num_new).value());
+      alone_cpu.push_back(reference_greedy_decode(*cpu, s.tokens, num_new).value());
+    }
+  }
+  for (int chunk : {7, 1000}) {
+    std::vector<Sequence> batch = prompts;
+    auto gpu = make_gpu(*weights, 96);
+    auto first = run_ragged(*gpu, batch, prompt_lens, num_new, chunk);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      std::vector<int32_t> got(batch[i].tokens.begin() + prompt_lens[i], batch[i].tokens.end());
+      EXPECT_EQ(got, alone_gpu[i].tokens) << "sequence " << i << " chunk " << chunk;
+      EXPECT_LT(relative_error(first[i], alone_gpu[i].prefill_logits), 1e-2) << "sequence " << i << " chunk " << chunk;
+      EXPECT_LT(relative_error(first[i], alone_cpu[i].prefill_logits), 2e-2) << "sequence " << i << " vs cpu";
+      EXPECT_EQ(got, alone_cpu[i].tokens) << "sequence " << i << " vs cpu";
+    }
+  }
+}
+
+TEST(CudaBatching, KvBlocksRoundTripAndContinueOnAnotherBackend) {
+  GPU_OR_SKIP();
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  auto a = make_gpu(*weights, 16);
+  auto b = make_gpu(*weights, 16);
+  EXPECT_EQ(a->kv_cache_spec().dtype, model::DType::kBF16);
+  std::vector<int32_t> prompt = {5, 9, 200, 17, 3, 3, 44, 81, 120, 7, 66, 2, 90, 91, 92, 93, 94, 95};
+  auto expected = reference_greedy_decode(*a, prompt, 6).value();
+  std::vector<std::byte> buffer(a->kv_cache_spec().block_bytes());
+  for (int layer = 0; layer < a->config().num_layers; ++layer) {
+    for (int blk = 0; blk < 2; ++blk) {
+      ASSERT_TRUE(a->read_kv_block(layer, blk, buffer).ok());
+      ASSERT_TRUE(b->write_kv_block(layer, 10 + blk, buffer).ok());
+    }
+  }
+  std::vector<int32_t> table = {10, 11, 12}, tokens = {prompt.back()}, got;
+  int context = static_cast<int>(prompt.size());
+  std::vector<float> logits(a->config().vocab_size);
+  for (int step = 0; step < 6; ++step) {
+    const int32_t pos = context - 1, starts[2] = {0, 1}, ctx[1] = {context}, rows[1] = {0};
+    ASSERT_TRUE(b->forward(ForwardBatch{tokens, std::span<const int32_t>(&pos, 1), starts, ctx, table, 3, rows}, logits).ok());
+    got.push_back(argmax(logits));
+    tokens = {got.back()};
+    ++context;
+  }
+  EXPECT_EQ(got, expected.tokens);
+  EXPECT_EQ(b->read_kv_block(0, 16, buffer).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(CudaBackendErrors, MalformedBatchIsRejected) {
+  GPU_OR_SKIP();
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  auto backend = make_gpu(*weights, 4);
+  const std::vector<int32_t> ids = {1, 2}, positions = {0, 1}, starts = {0, 2}, context = {2}, table = {70}, rows = {1};
+  std::vector<float> logits(backend->config().vocab_size);
+  EXPECT_EQ(backend->forward(ForwardBatch{ids, positions, starts, context, table, 1, rows}, logits).code(),
+            StatusCode::kInvalidArgument);
+}
+
+TEST(CudaBackendErrors, TooManyKvBlocksSaysWhatWasAskedAndWhichFlag) {
+  GPU_OR_SKIP();
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  try {
+    make_gpu(*weights, 2000000000);
+    FAIL() << "expected an out-of-memory error";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("GiB"), std::string::npos) << what;
+    EXPECT_NE(what.find("--num-kv-blocks"), std::string::npos) << what;
+  }
+}
+
+TEST(CudaBackendErrors, PoolSizedFromFreeMemory) {
+  GPU_OR_SKIP();
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  BackendOptions options;
+  options.device = "cuda:0";
+  options.gpu_memory_utilization = 0.05;
+  auto backend = create_backend(*weights, options);
+  EXPECT_GT(backend->kv_cache_spec().num_blocks, 1000);
+}
+
+}  // namespace
+}  // namespace tandem::backend
