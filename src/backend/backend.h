@@ -90,6 +90,7 @@ struct BackendOptions {
   size_t cpu_kv_cache_bytes = 1ull << 30;
   double gpu_memory_utilization = 0.9;
   int num_threads = 0;  // CPU: OpenMP threads; 0 = all cores
+  bool cuda_graphs = true;  // CUDA: replay decode steps (one token per sequence) from captured graphs
 };
 
 // Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error

@@ -277,6 +277,34 @@ AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context
   return plan;
 }
 
+AttentionPlan plan_decode_attention(const int32_t* context_lens, int num_seqs, int bucket, int num_heads,
+                                    int num_kv_heads, int splits) {
+  AttentionPlan plan;
+  const int group = num_heads / num_kv_heads;
+  const int heads_per_tile = std::min(group, kAttentionRows);
+  for (int s = 0; s < bucket; ++s) {
+    const bool real = s < num_seqs;
+    const int keys = real ? context_lens[s] : 0;
+    const int chunk = std::max(kKeys, ((keys + splits - 1) / splits + kKeys - 1) / kKeys * kKeys);
+    for (int kvh = 0; kvh < num_kv_heads; ++kvh) {
+      for (int h = 0; h < group; h += heads_per_tile) {
+        const int heads = std::min(heads_per_tile, group - h);
+        const int tokens = real ? 1 : 0;
+        if (splits == 1) {
+          plan.items.push_back({s, s, tokens, h, heads, kvh, 0, keys, -1});
+          continue;
+        }
+        plan.combines.push_back({s, tokens, h, heads, kvh, plan.num_partials, splits});
+        for (int sp = 0; sp < splits; ++sp) {
+          const int begin = std::min(keys, sp * chunk), end = std::min(keys, (sp + 1) * chunk);
+          plan.items.push_back({s, s, tokens, h, heads, kvh, begin, end, plan.num_partials++});
+        }
+      }
+    }
+  }
+  return plan;
+}
+
 cudaError_t launch_attention(const AttentionParams& p, cudaStream_t stream) {
   if (p.num_heads <= 0 || p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0 ||
       p.num_items < 0 || p.num_combines < 0 || (p.num_combines > 0 && (!p.partial_out || !p.partial_ml))) {

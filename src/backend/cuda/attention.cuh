@@ -60,6 +60,13 @@ struct AttentionPlan {
 AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context_lens, int num_seqs, int num_heads,
                              int num_kv_heads, int target_blocks, int max_partials);
 
+// The plan of a decode step (one new token per sequence, token s of sequence s) in a fixed shape, for a
+// step captured in a CUDA graph: `bucket` sequences (those past num_seqs are padding with no rows), each
+// KV head's tiles split into exactly `splits` key ranges (some may be empty). Only the items' contents
+// change from step to step, so the captured grid sizes stay valid.
+AttentionPlan plan_decode_attention(const int32_t* context_lens, int num_seqs, int bucket, int num_heads,
+                                    int num_kv_heads, int splits);
+
 struct AttentionParams {
   const __nv_bfloat16* q = nullptr;  // query of token t, head h at q + t * q_row_stride + h * head_dim; bf16, device
   int q_row_stride = 0;

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +34,9 @@ constexpr size_t kAlign = 256;
 constexpr int kInitialMaxTokens = 8192;   // activations are sized for this many tokens per step up front
 constexpr int kInitialMaxLogits = 256;
 constexpr int kMaxPartials = 4096;        // split-KV slots: [4096, 16, head_dim] fp32
+constexpr std::array<int, 9> kGraphBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256};  // decode batch sizes captured
+constexpr int kGraphMinWidth = 16;        // block-table widths captured: 16, 32, 64, ... blocks
+constexpr size_t kCublasWorkspaceBytes = 32ull << 20;
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1ull << 30); }
@@ -90,6 +94,22 @@ struct LayerWeights {
   __nv_bfloat16* down;        // [hidden, inter]
 };
 
+// Where each array of one step's metadata sits in the packed buffer (byte offsets).
+struct StepLayout {
+  size_t ids = 0, positions = 0, slots = 0, tables = 0, rows = 0, items = 0, combines = 0, total = 0;
+};
+
+// What enqueue_step launches over: the device metadata and the step's sizes.
+struct StepArgs {
+  const std::byte* metadata = nullptr;  // device, laid out as `layout`
+  StepLayout layout;
+  int num_tokens = 0;
+  int num_logits = 0;
+  int max_blocks_per_seq = 0;
+  int num_items = 0;
+  int num_combines = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(const model::WeightSource& weights, const BackendOptions& options);
@@ -115,6 +135,12 @@ class CudaBackend final : public Backend {
   // y[rows, out] = x[rows, in] * w[out, in]^T; y bf16, or fp32 when y_fp32.
   Status gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32);
   Status run_forward(const ForwardBatch& batch, std::span<float> logits);
+  Status run_decode_graph(const ForwardBatch& batch, std::span<float> logits);
+  Status enqueue_step(const StepArgs& args);
+  Status finish_step(std::span<float> logits);
+  void fill_slots(const ForwardBatch& batch);
+  static StepLayout layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items, size_t num_combines);
+  void clear_graphs();
   bf16* layer_pool(int layer) const { return kv_pool_ + static_cast<size_t>(layer) * layer_pool_elements_; }
 
   model::ModelConfig config_;
@@ -131,7 +157,9 @@ class CudaBackend final : public Backend {
   float* inv_freq_ = nullptr;     // [head_dim / 2] fp32, device
   std::vector<LayerWeights> layers_;
 
-  bf16* kv_pool_ = nullptr;  // [num_layers, num_blocks, 2, block_size, num_kv_heads, head_dim] bf16, device
+  // [num_layers, num_blocks + 1, 2, block_size, num_kv_heads, head_dim] bf16, device; block num_blocks is
+  // a scratch block the engine never sees (graph padding tokens write their K/V there).
+  bf16* kv_pool_ = nullptr;
   size_t layer_pool_elements_ = 0;
 
   // Activations, sized for max_tokens_ tokens and max_logits_ logits rows; regrown when a step needs more.
@@ -152,6 +180,20 @@ class CudaBackend final : public Backend {
   std::byte* metadata_host_ = nullptr;  // [metadata_capacity] bytes, pinned host
   std::byte* metadata_dev_ = nullptr;   // [metadata_capacity] bytes, device
   std::vector<int32_t> slots_;          // [num_tokens] host scratch
+
+  // Decode steps captured as CUDA graphs, one per (batch bucket, block-table width); they hold the
+  // activation buffers' addresses, so they are dropped whenever ensure_workspace reallocates.
+  struct DecodeGraph {
+    int bucket = 0;
+    int width = 0;
+    int splits = 1;
+    cudaGraphExec_t exec = nullptr;
+    std::byte* metadata = nullptr;  // [metadata_bytes] bytes, device: this graph's step metadata
+    size_t metadata_bytes = 0;
+  };
+  bool graphs_enabled_ = true;
+  std::vector<DecodeGraph> graphs_;
+  void* cublas_workspace_ = nullptr;  // [kCublasWorkspaceBytes] bytes, device (fixed, so GEMMs can be captured)
 };
 
 CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOptions& options)
@@ -178,6 +220,10 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
   TANDEM_CUBLAS_THROW(cublasSetStream(cublas_, stream_), device_);
+  // A fixed cuBLAS workspace: GEMMs captured in CUDA graphs must not allocate.
+  TANDEM_CUDA_THROW(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes), device_);
+  TANDEM_CUBLAS_THROW(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes), device_);
+  graphs_enabled_ = options.cuda_graphs;
 
   kv_.num_layers = c.num_layers;
   kv_.block_size = options.block_size;
@@ -204,7 +250,9 @@ CudaBackend::~CudaBackend() {
   // Destructors do not throw: errors here are logged only.
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
+  clear_graphs();
   free_workspace();
+  cudaFree(cublas_workspace_);
   cudaFree(kv_pool_);
   cudaFree(weight_arena_);
   cudaFree(inv_freq_);
@@ -325,7 +373,7 @@ void CudaBackend::allocate_kv_pool(const BackendOptions& options) {
   const std::string where = "cuda:" + std::to_string(device_);
   if (options.num_kv_blocks > 0) {
     kv_.num_blocks = options.num_kv_blocks;
-    const size_t asked = per_block * kv_.num_blocks;
+    const size_t asked = per_block * (static_cast<size_t>(kv_.num_blocks) + 1);
     if (asked > free_bytes) {
       throw Error(where + ": " + std::to_string(kv_.num_blocks) + " KV blocks need " + std::to_string(gib(asked)) +
                   " GiB but only " + std::to_string(gib(free_bytes)) + " GiB is free after the weights; lower --num-kv-blocks");
@@ -335,7 +383,7 @@ void CudaBackend::allocate_kv_pool(const BackendOptions& options) {
       throw Error("--gpu-memory-utilization must be in (0, 1], got " + std::to_string(options.gpu_memory_utilization));
     }
     const size_t budget = static_cast<size_t>(static_cast<double>(free_bytes) * options.gpu_memory_utilization);
-    const size_t blocks = budget / per_block;
+    const size_t blocks = budget / per_block > 0 ? budget / per_block - 1 : 0;
     if (blocks < 1) {
       throw Error(where + ": --gpu-memory-utilization " + std::to_string(options.gpu_memory_utilization) + " of the " +
                   std::to_string(gib(free_bytes)) + " GiB free after the weights leaves no room for one KV block (" +
@@ -343,8 +391,9 @@ void CudaBackend::allocate_kv_pool(const BackendOptions& options) {
     }
     kv_.num_blocks = static_cast<int>(std::min<size_t>(blocks, INT32_MAX / std::max(1, kv_.block_size)));
   }
-  layer_pool_elements_ = static_cast<size_t>(kv_.num_blocks) * kv_.block_elements();
-  const size_t bytes = per_block * kv_.num_blocks;
+  // One more block than the engine sees: padding tokens of graph-captured decode steps write there.
+  layer_pool_elements_ = static_cast<size_t>(kv_.num_blocks + 1) * kv_.block_elements();
+  const size_t bytes = per_block * (kv_.num_blocks + 1);
   cudaError_t err = cudaMalloc(&kv_pool_, bytes);
   if (err != cudaSuccess) {
     cudaGetLastError();
@@ -375,6 +424,7 @@ void CudaBackend::free_workspace() {
 
 Status CudaBackend::ensure_workspace(int num_tokens, int num_logits) {
   if (num_tokens <= max_tokens_ && num_logits <= max_logits_) return Status::Ok();
+  clear_graphs();  // they captured the old buffers' addresses
   const auto& c = config_;
   const int tokens = std::max(num_tokens, max_tokens_);
   const int logits = std::max(num_logits, max_logits_);
@@ -456,55 +506,37 @@ Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) 
   return s;
 }
 
-Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) {
-  const auto& c = config_;
-  const int n = b.num_tokens(), num_seqs = b.num_seqs(), num_logits = b.num_logits();
-  const int hidden = c.hidden_size, q_size = c.q_size(), kv_size = c.kv_size();
-  const int qkv_size = q_size + 2 * kv_size, inter = c.intermediate_size;
-  TANDEM_RETURN_IF_ERROR(ensure_workspace(n, num_logits));
-
-  // Host side of the step: KV slot of every new token, and the attention plan.
-  slots_.resize(n);
-  for (int s = 0; s < num_seqs; ++s) {
-    const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
-    for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) {
-      const int pos = b.positions[t];
-      slots_[t] = table[pos / kv_.block_size] * kv_.block_size + pos % kv_.block_size;
-    }
-  }
-  const AttentionPlan plan = plan_attention(b.query_starts.data(), b.context_lens.data(), num_seqs, c.num_heads,
-                                            c.num_kv_heads, 2 * num_sms_, kMaxPartials);
-
-  // Pack the metadata into one pinned buffer and upload it in one copy.
+StepLayout CudaBackend::layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items,
+                                     size_t num_combines) {
+  StepLayout l;
   size_t offset = 0;
   auto reserve = [&](size_t bytes) {
     const size_t at = offset;
     offset = align_up(offset + bytes);
     return at;
   };
-  const size_t off_ids = reserve(sizeof(int32_t) * n);
-  const size_t off_pos = reserve(sizeof(int32_t) * n);
-  const size_t off_slots = reserve(sizeof(int32_t) * n);
-  const size_t off_tables = reserve(sizeof(int32_t) * b.block_tables.size());
-  const size_t off_rows = reserve(sizeof(int32_t) * num_logits);
-  const size_t off_items = reserve(sizeof(AttentionWorkItem) * plan.items.size());
-  const size_t off_combines = reserve(sizeof(AttentionCombineItem) * plan.combines.size());
-  TANDEM_RETURN_IF_ERROR(ensure_metadata(offset));
-  std::byte* h = metadata_host_;
-  std::memcpy(h + off_ids, b.token_ids.data(), sizeof(int32_t) * n);
-  std::memcpy(h + off_pos, b.positions.data(), sizeof(int32_t) * n);
-  std::memcpy(h + off_slots, slots_.data(), sizeof(int32_t) * n);
-  std::memcpy(h + off_tables, b.block_tables.data(), sizeof(int32_t) * b.block_tables.size());
-  std::memcpy(h + off_rows, b.logits_indices.data(), sizeof(int32_t) * num_logits);
-  std::memcpy(h + off_items, plan.items.data(), sizeof(AttentionWorkItem) * plan.items.size());
-  std::memcpy(h + off_combines, plan.combines.data(), sizeof(AttentionCombineItem) * plan.combines.size());
-  TANDEM_CUDA_RETURN(cudaMemcpyAsync(metadata_dev_, metadata_host_, offset, cudaMemcpyHostToDevice, stream_), device_);
-  std::byte* d = metadata_dev_;
-  const int32_t* d_ids = reinterpret_cast<const int32_t*>(d + off_ids);
-  const int32_t* d_pos = reinterpret_cast<const int32_t*>(d + off_pos);
-  const int32_t* d_slots = reinterpret_cast<const int32_t*>(d + off_slots);
-  const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + off_tables);
-  const int32_t* d_rows = reinterpret_cast<const int32_t*>(d + off_rows);
+  l.ids = reserve(sizeof(int32_t) * num_tokens);
+  l.positions = reserve(sizeof(int32_t) * num_tokens);
+  l.slots = reserve(sizeof(int32_t) * num_tokens);
+  l.tables = reserve(sizeof(int32_t) * table_entries);
+  l.rows = reserve(sizeof(int32_t) * num_logits);
+  l.items = reserve(sizeof(AttentionWorkItem) * num_items);
+  l.combines = reserve(sizeof(AttentionCombineItem) * num_combines);
+  l.total = offset;
+  return l;
+}
+
+Status CudaBackend::enqueue_step(const StepArgs& a) {
+  const auto& c = config_;
+  const int n = a.num_tokens;
+  const int hidden = c.hidden_size, q_size = c.q_size(), kv_size = c.kv_size();
+  const int qkv_size = q_size + 2 * kv_size, inter = c.intermediate_size;
+  const std::byte* d = a.metadata;
+  const int32_t* d_ids = reinterpret_cast<const int32_t*>(d + a.layout.ids);
+  const int32_t* d_pos = reinterpret_cast<const int32_t*>(d + a.layout.positions);
+  const int32_t* d_slots = reinterpret_cast<const int32_t*>(d + a.layout.slots);
+  const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + a.layout.tables);
+  const int32_t* d_rows = reinterpret_cast<const int32_t*>(d + a.layout.rows);
 
   TANDEM_CUDA_RETURN(launch_embedding(d_ids, embed_, residual_, n, hidden, stream_), device_);
   for (int l = 0; l < c.num_layers; ++l) {
@@ -535,15 +567,15 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
     ap.q_row_stride = qkv_size;
     ap.kv_pool = layer_pool(l);
     ap.block_tables = d_tables;
-    ap.max_blocks_per_seq = b.max_blocks_per_seq;
+    ap.max_blocks_per_seq = a.max_blocks_per_seq;
     ap.positions = d_pos;
     ap.out = attn_out_;
-    ap.items = reinterpret_cast<const AttentionWorkItem*>(d + off_items);
-    ap.combines = reinterpret_cast<const AttentionCombineItem*>(d + off_combines);
+    ap.items = reinterpret_cast<const AttentionWorkItem*>(d + a.layout.items);
+    ap.combines = reinterpret_cast<const AttentionCombineItem*>(d + a.layout.combines);
     ap.partial_out = partial_out_;
     ap.partial_ml = partial_ml_;
-    ap.num_items = static_cast<int>(plan.items.size());
-    ap.num_combines = static_cast<int>(plan.combines.size());
+    ap.num_items = a.num_items;
+    ap.num_combines = a.num_combines;
     ap.num_heads = c.num_heads;
     ap.num_kv_heads = c.num_kv_heads;
     ap.head_dim = c.head_dim;
@@ -558,17 +590,169 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
     TANDEM_CUDA_RETURN(launch_silu_and_mul(gate_up_, act_, n, inter, stream_), device_);
     TANDEM_RETURN_IF_ERROR(gemm(act_, n, inter, w.down, hidden, delta_, false));
   }
-  if (num_logits > 0) {
+  if (a.num_logits > 0) {
     // Only the rows that need logits: the last MLP output is added on the fly, the residual left alone.
-    TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, final_norm_, normed_, d_rows, num_logits, hidden,
+    TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, final_norm_, normed_, d_rows, a.num_logits, hidden,
                                            c.rms_norm_eps, false, stream_),
                        device_);
-    TANDEM_RETURN_IF_ERROR(gemm(normed_, num_logits, hidden, lm_head_, c.vocab_size, logits_dev_, true));
+    TANDEM_RETURN_IF_ERROR(gemm(normed_, a.num_logits, hidden, lm_head_, c.vocab_size, logits_dev_, true));
+  }
+  return Status::Ok();
+}
+
+void CudaBackend::fill_slots(const ForwardBatch& b) {
+  slots_.resize(b.num_tokens());
+  for (int s = 0; s < b.num_seqs(); ++s) {
+    const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
+    for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) {
+      const int pos = b.positions[t];
+      slots_[t] = table[pos / kv_.block_size] * kv_.block_size + pos % kv_.block_size;
+    }
+  }
+}
+
+Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) {
+  const int n = b.num_tokens(), num_seqs = b.num_seqs(), num_logits = b.num_logits();
+  TANDEM_RETURN_IF_ERROR(ensure_workspace(n, num_logits));
+  fill_slots(b);
+  if (graphs_enabled_ && n == num_seqs && num_logits <= num_seqs && num_seqs <= kGraphBuckets.back()) {
+    return run_decode_graph(b, logits);
+  }
+  const AttentionPlan plan = plan_attention(b.query_starts.data(), b.context_lens.data(), num_seqs, config_.num_heads,
+                                            config_.num_kv_heads, 2 * num_sms_, kMaxPartials);
+
+  // Pack the metadata into one pinned buffer and upload it in one copy.
+  const StepLayout layout = layout_step(n, b.block_tables.size(), num_logits, plan.items.size(), plan.combines.size());
+  TANDEM_RETURN_IF_ERROR(ensure_metadata(layout.total));
+  std::byte* h = metadata_host_;
+  std::memcpy(h + layout.ids, b.token_ids.data(), sizeof(int32_t) * n);
+  std::memcpy(h + layout.positions, b.positions.data(), sizeof(int32_t) * n);
+  std::memcpy(h + layout.slots, slots_.data(), sizeof(int32_t) * n);
+  std::memcpy(h + layout.tables, b.block_tables.data(), sizeof(int32_t) * b.block_tables.size());
+  std::memcpy(h + layout.rows, b.logits_indices.data(), sizeof(int32_t) * num_logits);
+  std::memcpy(h + layout.items, plan.items.data(), sizeof(AttentionWorkItem) * plan.items.size());
+  std::memcpy(h + layout.combines, plan.combines.data(), sizeof(AttentionCombineItem) * plan.combines.size());
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(metadata_dev_, metadata_host_, layout.total, cudaMemcpyHostToDevice, stream_), device_);
+  StepArgs args;
+  args.metadata = metadata_dev_;
+  args.layout = layout;
+  args.num_tokens = n;
+  args.num_logits = num_logits;
+  args.max_blocks_per_seq = b.max_blocks_per_seq;
+  args.num_items = static_cast<int>(plan.items.size());
+  args.num_combines = static_cast<int>(plan.combines.size());
+  TANDEM_RETURN_IF_ERROR(enqueue_step(args));
+  return finish_step(logits);
+}
+
+Status CudaBackend::finish_step(std::span<float> logits) {
+  if (!logits.empty()) {
     TANDEM_CUDA_RETURN(cudaMemcpyAsync(logits.data(), logits_dev_, logits.size_bytes(), cudaMemcpyDeviceToHost, stream_),
                        device_);
   }
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
   return Status::Ok();
+}
+
+// A decode step through a CUDA graph captured for (batch bucket, block-table width bucket): the step's
+// metadata is padded to the bucket (padding tokens write their K/V into the hidden scratch block and
+// have no attention rows) and copied into the graph's own metadata buffer before each replay.
+Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> logits) {
+  const int num_seqs = b.num_seqs(), num_logits = b.num_logits();
+  int bucket = kGraphBuckets.back();
+  for (int size : kGraphBuckets) {
+    if (size >= num_seqs) {
+      bucket = size;
+      break;
+    }
+  }
+  int width = kGraphMinWidth;
+  while (width < b.max_blocks_per_seq) width *= 2;
+  TANDEM_RETURN_IF_ERROR(ensure_workspace(bucket, bucket));
+  DecodeGraph* graph = nullptr;
+  for (auto& g : graphs_) {
+    if (g.bucket == bucket && g.width == width) graph = &g;
+  }
+
+  const auto& c = config_;
+  const int group = c.num_heads / c.num_kv_heads;
+  const int tiles = bucket * c.num_kv_heads * ((group + kAttentionRows - 1) / kAttentionRows);
+  int splits = std::clamp((2 * num_sms_ + tiles - 1) / tiles, 1, 32);
+  if (splits > 1 && tiles * splits > kMaxPartials) splits = std::max(1, kMaxPartials / tiles);
+  if (graph) splits = graph->splits;
+  const AttentionPlan plan =
+      plan_decode_attention(b.context_lens.data(), num_seqs, bucket, c.num_heads, c.num_kv_heads, splits);
+  const StepLayout layout = layout_step(bucket, static_cast<size_t>(bucket) * width, bucket, plan.items.size(),
+                                        plan.combines.size());
+  TANDEM_RETURN_IF_ERROR(ensure_metadata(layout.total));
+
+  std::byte* h = metadata_host_;
+  auto* ids = reinterpret_cast<int32_t*>(h + layout.ids);
+  auto* positions = reinterpret_cast<int32_t*>(h + layout.positions);
+  auto* slots = reinterpret_cast<int32_t*>(h + layout.slots);
+  auto* tables = reinterpret_cast<int32_t*>(h + layout.tables);
+  auto* rows = reinterpret_cast<int32_t*>(h + layout.rows);
+  const int scratch_slot = kv_.num_blocks * kv_.block_size;  // the hidden block past the engine's blocks
+  for (int s = 0; s < bucket; ++s) {
+    const bool real = s < num_seqs;
+    ids[s] = real ? b.token_ids[s] : 0;
+    positions[s] = real ? b.positions[s] : 0;
+    slots[s] = real ? slots_[s] : scratch_slot;
+    rows[s] = s < num_logits ? b.logits_indices[s] : s;
+    int32_t* row = tables + static_cast<size_t>(s) * width;
+    for (int k = 0; k < width; ++k) {
+      row[k] = real && k < b.max_blocks_per_seq ? b.block_tables[static_cast<size_t>(s) * b.max_blocks_per_seq + k] : -1;
+    }
+  }
+  std::memcpy(h + layout.items, plan.items.data(), sizeof(AttentionWorkItem) * plan.items.size());
+  std::memcpy(h + layout.combines, plan.combines.data(), sizeof(AttentionCombineItem) * plan.combines.size());
+
+  if (!graph) {
+    DecodeGraph g;
+    g.bucket = bucket;
+    g.width = width;
+    g.splits = splits;
+    g.metadata_bytes = layout.total;
+    TANDEM_CUDA_RETURN(cudaMalloc(&g.metadata, layout.total), device_);
+    StepArgs args;
+    args.metadata = g.metadata;
+    args.layout = layout;
+    args.num_tokens = bucket;
+    args.num_logits = bucket;
+    args.max_blocks_per_seq = width;
+    args.num_items = static_cast<int>(plan.items.size());
+    args.num_combines = static_cast<int>(plan.combines.size());
+    cudaGraph_t captured = nullptr;
+    TANDEM_CUDA_RETURN(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), device_);
+    Status enqueued = enqueue_step(args);
+    cudaError_t end = cudaStreamEndCapture(stream_, &captured);
+    if (enqueued.ok() && end == cudaSuccess) end = cudaGraphInstantiate(&g.exec, captured, 0);
+    if (captured) cudaGraphDestroy(captured);
+    if (!enqueued.ok() || end != cudaSuccess) {
+      cudaFree(g.metadata);
+      cudaGetLastError();
+      graphs_enabled_ = false;  // run eagerly from now on
+      log_error("cuda backend: capturing a decode graph failed on cuda:" + std::to_string(device_) + " (" +
+                (enqueued.ok() ? std::string(cudaGetErrorString(end)) : enqueued.message()) +
+                "); decode steps run without CUDA graphs");
+      return run_forward(b, logits);
+    }
+    log_info("cuda backend: captured decode graph batch_bucket=" + std::to_string(bucket) +
+             " block_table_width=" + std::to_string(width) + " kv_splits=" + std::to_string(splits));
+    graphs_.push_back(g);
+    graph = &graphs_.back();
+  }
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(graph->metadata, metadata_host_, layout.total, cudaMemcpyHostToDevice, stream_), device_);
+  TANDEM_CUDA_RETURN(cudaGraphLaunch(graph->exec, stream_), device_);
+  return finish_step(logits);
+}
+
+void CudaBackend::clear_graphs() {
+  for (auto& g : graphs_) {
+    cudaGraphExecDestroy(g.exec);
+    cudaFree(g.metadata);
+  }
+  graphs_.clear();
 }
 
 Status CudaBackend::read_kv_block(int layer, int block, std::span<std::byte> out) {

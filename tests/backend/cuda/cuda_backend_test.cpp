@@ -235,6 +235,67 @@ TEST(CudaBatching, KvBlocksRoundTripAndContinueOnAnotherBackend) {
   EXPECT_EQ(b->read_kv_block(0, 16, buffer).code(), StatusCode::kInvalidArgument);
 }
 
+// Decode steps replayed from CUDA graphs (batch buckets, padded block tables, fixed KV splits) give the
+// logits of the same steps run eagerly: batch sizes 3 then 2 (buckets 4 and 2), contexts crossing
+// 256 tokens (block-table width bucket 16 -> 32 blocks).
+TEST(CudaGraphs, DecodeStepsMatchEagerSteps) {
+  GPU_OR_SKIP();
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  const int vocab = weights->config().vocab_size;
+  BackendOptions options;
+  options.device = "cuda:0";
+  options.num_kv_blocks = 64;
+  auto graphed = create_backend(*weights, options);
+  options.cuda_graphs = false;
+  auto eager = create_backend(*weights, options);
+  std::mt19937 rng(3);
+  const std::vector<int> prompt_lens = {250, 7, 120};
+  std::vector<Sequence> seqs(3);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    for (int t = 0; t < prompt_lens[i]; ++t) seqs[i].tokens.push_back(static_cast<int32_t>(rng() % vocab));
+    for (int b = 0; b < 20; ++b) seqs[i].blocks.push_back(static_cast<int32_t>(i * 20 + b));
+  }
+  // Prefill each on both backends.
+  for (auto* backend : {graphed.get(), eager.get()}) {
+    for (auto& s : seqs) {
+      const int n = static_cast<int>(s.tokens.size());
+      std::vector<int32_t> positions(n);
+      std::iota(positions.begin(), positions.end(), 0);
+      const int32_t starts[2] = {0, n}, ctx[1] = {n}, rows[1] = {n - 1};
+      std::vector<float> logits(vocab);
+      ASSERT_TRUE(backend->forward(ForwardBatch{s.tokens, positions, starts, ctx, s.blocks, 20, rows}, logits).ok());
+    }
+  }
+  std::vector<int> context = prompt_lens;
+  for (int step = 0; step < 12; ++step) {
+    const int batch = step < 6 ? 3 : 2;
+    std::vector<int32_t> ids, positions, starts{0}, ctx, tables, rows;
+    for (int i = 0; i < batch; ++i) {
+      ids.push_back(static_cast<int32_t>(rng() % vocab));
+      positions.push_back(context[i]);
+      starts.push_back(i + 1);
+      ctx.push_back(++context[i]);
+      const int blocks = (context[i] + 15) / 16;
+      for (int b = 0; b < 20; ++b) tables.push_back(b < blocks ? seqs[i].blocks[b] : -1);
+      rows.push_back(i);
+    }
+    // Narrow block tables while every context fits, as an engine would send them.
+    int width = 1;
+    for (int c : ctx) width = std::max(width, (c + 15) / 16);
+    std::vector<int32_t> narrow;
+    for (int i = 0; i < batch; ++i) narrow.insert(narrow.end(), tables.begin() + i * 20, tables.begin() + i * 20 + width);
+    std::vector<float> a(static_cast<size_t>(batch) * vocab), b(a.size());
+    ASSERT_TRUE(graphed->forward(ForwardBatch{ids, positions, starts, ctx, narrow, width, rows}, a).ok());
+    ASSERT_TRUE(eager->forward(ForwardBatch{ids, positions, starts, ctx, narrow, width, rows}, b).ok());
+    EXPECT_LT(relative_error(a, b), 2e-3) << "step " << step;
+    for (int i = 0; i < batch; ++i) {
+      EXPECT_EQ(argmax(std::span<const float>(a).subspan(i * vocab, vocab)),
+                argmax(std::span<const float>(b).subspan(i * vocab, vocab)))
+          << "step " << step << " sequence " << i;
+    }
+  }
+}
+
 TEST(CudaBackendErrors, MalformedBatchIsRejected) {
   GPU_OR_SKIP();
   auto weights = model::open_weight_source(fixture("qwen3_gqa"));
