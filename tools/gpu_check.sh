@@ -44,6 +44,17 @@ if [[ $skip != *" compare "* ]]; then
   step compare python3 "$bundle/tools/compare_transformers.py" --model "$model_dir" --tool "$bin/backend_tool" \
     --out "$out/compare" --lengths 16,500,1500,4000
 fi
+if [[ $skip != *" llama "* ]]; then
+  # Llama-3.1-8B shapes (16 GB of bf16 weights): load time from the written checkpoint, the same
+  # comparison with transformers, and batch-1 decode.
+  llama_dir=${TMPDIR:-/tmp}/tandem_llama_3_1_8b
+  step make_llama "$bin/tandem" make-model --preset llama-3.1-8b --seed 0 --out "$llama_dir"
+  step compare_llama python3 "$bundle/tools/compare_transformers.py" --model "$llama_dir" --tool "$bin/backend_tool" \
+    --out "$out/compare_llama" --lengths 16,1000,4000
+  step bench_llama "$bin/backend_tool" bench --model "$llama_dir" --device cuda:0 --prompt-len 1024 --decode-steps 32 \
+    --batch 1,16
+  rm -rf "$llama_dir"
+fi
 if [[ $skip != *" bench "* ]]; then
   step bench "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 --decode-steps 64 \
     --batch 1,8,32,128
@@ -60,19 +71,21 @@ for name in ("kernels", "backend"):
         j = json.load(open(path))
         failed = [f"{s['name']}.{t['name']}" for s in j["testsuites"] for t in s["testsuite"] if t.get("failures")]
         summary[name + "_tests"] = {"tests": j["tests"], "failures": j["failures"], "disabled": j.get("disabled", 0), "failed": failed}
-cmp = os.path.join(out, "compare", "compare.json")
-if os.path.exists(cmp):
+for key in ("compare", "compare_llama"):
+  cmp = os.path.join(out, key, "compare.json")
+  if os.path.exists(cmp):
     c = json.load(open(cmp))
-    summary["compare"] = {"pass": c["pass"], "worst_vs_hf_bf16": max(v for p in c["prompts"] for k, v in p.items() if k.endswith("_vs_hf_bf16")),
+    summary[key] = {"pass": c["pass"], "worst_vs_hf_bf16": max(v for p in c["prompts"] for k, v in p.items() if k.endswith("_vs_hf_bf16")),
                           "hf_bf16_vs_hf_fp32": [p["hf_bf16_vs_hf_fp32"] for p in c["prompts"]],
                           "ours_alone_vs_hf_bf16": [p["ours_alone_vs_hf_bf16"] for p in c["prompts"]],
                           "ours_alone_vs_hf_fp32": [p["ours_alone_vs_hf_fp32"] for p in c["prompts"]],
                           "lengths": c["lengths"]}
-bench = os.path.join(out, "bench.log")
-if os.path.exists(bench):
-    for line in open(bench):
+for key in ("bench", "bench_llama"):
+  path = os.path.join(out, key + ".log")
+  if os.path.exists(path):
+    for line in open(path):
         if line.startswith("{"):
-            summary["bench"] = json.loads(line)
+            summary[key] = json.loads(line)
 summary["pass"] = all(v["rc"] == 0 for v in steps.values())
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 print(json.dumps(summary, indent=1))

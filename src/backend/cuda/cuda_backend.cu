@@ -7,6 +7,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <numbers>
 #include <string>
 #include <vector>
@@ -123,8 +125,19 @@ class CudaBackend final : public Backend {
   Status forward(const ForwardBatch& batch, std::span<float> logits) override;
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
+  StatusOr<KvExport> export_kv_handles() override;
+  Status copy_blocks_from_peer(const KvExport& peer, std::span<const int32_t> peer_blocks,
+                               std::span<const int32_t> local_blocks, int layer_begin, int layer_end) override {
+    return copy_with_peer(peer, peer_blocks, local_blocks, layer_begin, layer_end, true);
+  }
+  Status copy_blocks_to_peer(const KvExport& peer, std::span<const int32_t> local_blocks,
+                             std::span<const int32_t> peer_blocks, int layer_begin, int layer_end) override {
+    return copy_with_peer(peer, peer_blocks, local_blocks, layer_begin, layer_end, false);
+  }
 
  private:
+  Status copy_with_peer(const KvExport& peer, std::span<const int32_t> peer_blocks, std::span<const int32_t> local_blocks,
+                        int layer_begin, int layer_end, bool from_peer);
   using bf16 = __nv_bfloat16;
 
   void load_weights(const model::WeightSource& weights);
@@ -193,6 +206,8 @@ class CudaBackend final : public Backend {
   };
   bool graphs_enabled_ = true;
   std::vector<DecodeGraph> graphs_;
+  // Peers' KV allocations opened through CUDA IPC, by handle bytes; closed in the destructor.
+  std::map<std::string, void*> peer_pools_;
   void* cublas_workspace_ = nullptr;  // [kCublasWorkspaceBytes] bytes, device (fixed, so GEMMs can be captured)
 };
 
@@ -251,6 +266,7 @@ CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
   clear_graphs();
+  for (auto& [handle, ptr] : peer_pools_) cudaIpcCloseMemHandle(ptr);
   free_workspace();
   cudaFree(cublas_workspace_);
   cudaFree(kv_pool_);
@@ -771,6 +787,82 @@ Status CudaBackend::write_kv_block(int layer, int block, std::span<const std::by
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
   bf16* dst = layer_pool(layer) + static_cast<size_t>(block) * kv_.block_elements();
   TANDEM_CUDA_RETURN(cudaMemcpyAsync(dst, in.data(), in.size(), cudaMemcpyHostToDevice, stream_), device_);
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  return Status::Ok();
+}
+
+StatusOr<KvExport> CudaBackend::export_kv_handles() {
+  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  cudaIpcMemHandle_t handle;
+  TANDEM_CUDA_RETURN(cudaIpcGetMemHandle(&handle, kv_pool_), device_);
+  KvExport out;
+  out.device = device_name();
+  out.device_ordinal = device_;
+  out.process_id = static_cast<int64_t>(getpid());
+  out.spec = kv_;
+  out.layer_stride_bytes = layer_pool_elements_ * sizeof(bf16);
+  const auto* bytes = reinterpret_cast<const std::byte*>(&handle);
+  out.handle.assign(bytes, bytes + sizeof(handle));
+  return out;
+}
+
+Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t> peer_blocks,
+                                   std::span<const int32_t> local_blocks, int layer_begin, int layer_end, bool from_peer) {
+  const KvCacheSpec& ps = peer.spec;
+  if (ps.num_layers != kv_.num_layers || ps.block_size != kv_.block_size || ps.num_kv_heads != kv_.num_kv_heads ||
+      ps.head_dim != kv_.head_dim || ps.dtype != kv_.dtype) {
+    return Status::InvalidArgument("peer " + peer.device + " has a different KV geometry");
+  }
+  if (peer.handle.size() != sizeof(cudaIpcMemHandle_t)) return Status::InvalidArgument("peer KV handle has the wrong size");
+  if (peer_blocks.size() != local_blocks.size()) return Status::InvalidArgument("peer and local block lists differ in length");
+  if (layer_end < 0) layer_end = kv_.num_layers;
+  if (layer_begin < 0 || layer_begin >= layer_end || layer_end > kv_.num_layers) return Status::InvalidArgument("layer range out of bounds");
+  for (size_t i = 0; i < local_blocks.size(); ++i) {
+    if (local_blocks[i] < 0 || local_blocks[i] >= kv_.num_blocks || peer_blocks[i] < 0 || peer_blocks[i] >= ps.num_blocks) {
+      return Status::InvalidArgument("KV block id out of range in a peer copy");
+    }
+  }
+  if (peer.process_id == static_cast<int64_t>(getpid())) {
+    return Status::Unavailable("a CUDA IPC handle cannot be opened in the process that exported it");
+  }
+  if (local_blocks.empty()) return Status::Ok();
+  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  const std::string key(reinterpret_cast<const char*>(peer.handle.data()), peer.handle.size());
+  auto it = peer_pools_.find(key);
+  if (it == peer_pools_.end()) {
+    cudaIpcMemHandle_t handle;
+    std::memcpy(&handle, peer.handle.data(), sizeof(handle));
+    void* ptr = nullptr;
+    cudaError_t err = cudaIpcOpenMemHandle(&ptr, handle, cudaIpcMemLazyEnablePeerAccess);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      return Status::Unavailable(cuda_failure("cudaIpcOpenMemHandle", device_, err) + " (peer " + peer.device + " pid " +
+                                 std::to_string(peer.process_id) + ")");
+    }
+    it = peer_pools_.emplace(key, ptr).first;
+  }
+  // Block ids to the device in one copy: [peer ids][local ids].
+  const size_t n = local_blocks.size();
+  TANDEM_RETURN_IF_ERROR(ensure_metadata(2 * n * sizeof(int32_t)));
+  std::memcpy(metadata_host_, peer_blocks.data(), n * sizeof(int32_t));
+  std::memcpy(metadata_host_ + n * sizeof(int32_t), local_blocks.data(), n * sizeof(int32_t));
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(metadata_dev_, metadata_host_, 2 * n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
+                     device_);
+  const auto* peer_ids = reinterpret_cast<const int32_t*>(metadata_dev_);
+  const auto* local_ids = peer_ids + n;
+  std::byte* peer_base = static_cast<std::byte*>(it->second) + layer_begin * peer.layer_stride_bytes;
+  const size_t local_stride = layer_pool_elements_ * sizeof(bf16);
+  std::byte* local_base = reinterpret_cast<std::byte*>(kv_pool_) + layer_begin * local_stride;
+  const int layers = layer_end - layer_begin;
+  if (from_peer) {
+    TANDEM_CUDA_RETURN(launch_copy_kv_blocks(peer_base, peer.layer_stride_bytes, local_base, local_stride, kv_.block_bytes(),
+                                             peer_ids, local_ids, static_cast<int>(n), layers, stream_),
+                       device_);
+  } else {
+    TANDEM_CUDA_RETURN(launch_copy_kv_blocks(local_base, local_stride, peer_base, peer.layer_stride_bytes, kv_.block_bytes(),
+                                             local_ids, peer_ids, static_cast<int>(n), layers, stream_),
+                       device_);
+  }
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
   return Status::Ok();
 }

@@ -3,6 +3,7 @@
 #include "backend/cuda/kernels.cuh"
 
 #include <algorithm>
+#include <cstddef>
 
 namespace tandem::backend::cuda {
 namespace {
@@ -140,7 +141,29 @@ __global__ void silu_and_mul_kernel(const bf16* gate_up, bf16* out, int num_toke
   }
 }
 
+__global__ void copy_kv_blocks_kernel(const std::byte* src, size_t src_stride, std::byte* dst, size_t dst_stride,
+                                      size_t block_vectors, const int32_t* src_ids, const int32_t* dst_ids) {
+  const int pair = blockIdx.x, layer = blockIdx.y;
+  const uint4* from = reinterpret_cast<const uint4*>(src + layer * src_stride) + static_cast<size_t>(src_ids[pair]) * block_vectors;
+  uint4* to = reinterpret_cast<uint4*>(dst + layer * dst_stride) + static_cast<size_t>(dst_ids[pair]) * block_vectors;
+  for (size_t i = threadIdx.x; i < block_vectors; i += blockDim.x) to[i] = from[i];
+}
+
 }  // namespace
+
+cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst, size_t dst_layer_stride_bytes,
+                                  size_t block_bytes, const int32_t* src_ids, const int32_t* dst_ids, int num_pairs,
+                                  int num_layers, cudaStream_t stream) {
+  if (block_bytes % 16 != 0 || src_layer_stride_bytes % 16 != 0 || dst_layer_stride_bytes % 16 != 0 || num_pairs < 0 ||
+      num_layers <= 0 || num_layers > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  if (num_pairs == 0) return cudaSuccess;
+  copy_kv_blocks_kernel<<<dim3(num_pairs, num_layers), 256, 0, stream>>>(
+      static_cast<const std::byte*>(src), src_layer_stride_bytes, static_cast<std::byte*>(dst), dst_layer_stride_bytes,
+      block_bytes / 16, src_ids, dst_ids);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_embedding(const int32_t* token_ids, const bf16* embed, float* residual, int num_tokens, int hidden,
                              cudaStream_t stream) {

@@ -52,4 +52,12 @@ cudaError_t launch_qkv_rope_kv_write(const QkvParams& p, cudaStream_t stream);
 //   gate_up [num_tokens, 2 inter] bf16; out [num_tokens, inter] bf16.
 cudaError_t launch_silu_and_mul(const bf16* gate_up, bf16* out, int num_tokens, int inter, cudaStream_t stream);
 
+// For every layer l in [0, num_layers) and pair i: copies block src_ids[i] of src's layer l onto block
+// dst_ids[i] of dst's layer l. Pools are [num_layers] x layer_stride_bytes apart; a block is block_bytes
+// (a multiple of 16). src or dst may be a peer's pool mapped through CUDA IPC.
+//   src_ids, dst_ids [num_pairs] int32, device.
+cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst, size_t dst_layer_stride_bytes,
+                                  size_t block_bytes, const int32_t* src_ids, const int32_t* dst_ids, int num_pairs,
+                                  int num_layers, cudaStream_t stream);
+
 }  // namespace tandem::backend::cuda

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <unistd.h>
 #include <numeric>
 #include <random>
 
@@ -294,6 +296,100 @@ TEST(CudaGraphs, DecodeStepsMatchEagerSteps) {
           << "step " << step << " sequence " << i;
     }
   }
+}
+
+// KV transfer over CUDA IPC between two processes sharing the GPU (issue 8 item 4): the parent
+// prefills a prompt and exports its pools; a child process (this binary, filtered to
+// CudaIpc.ChildRole) opens them, copies the prompt's blocks into its own pool, decodes the continuation,
+// and pushes its copies back into two other blocks of the parent. The continuation equals the parent's,
+// and the pushed blocks equal the originals byte for byte.
+void write_export(const std::string& path, const KvExport& e) {
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fprintf(f, "%s %d %lld %d %zu\n", e.device.c_str(), e.device_ordinal, static_cast<long long>(e.process_id),
+               e.spec.num_blocks, e.layer_stride_bytes);
+  for (std::byte b : e.handle) std::fprintf(f, "%02x", static_cast<unsigned>(b));
+  std::fprintf(f, "\n");
+  std::fclose(f);
+}
+
+KvExport read_export(const std::string& path, const KvCacheSpec& geometry) {
+  KvExport e;
+  std::ifstream in(path);
+  long long pid = 0;
+  std::string hex;
+  in >> e.device >> e.device_ordinal >> pid >> e.spec.num_blocks >> e.layer_stride_bytes >> hex;
+  e.process_id = pid;
+  const int blocks = e.spec.num_blocks;
+  e.spec = geometry;
+  e.spec.num_blocks = blocks;
+  for (size_t i = 0; i + 1 < hex.size(); i += 2) e.handle.push_back(static_cast<std::byte>(std::stoi(hex.substr(i, 2), nullptr, 16)));
+  return e;
+}
+
+const std::vector<int32_t> kIpcPrompt = {5, 9, 200, 17, 3, 3, 44, 81, 120, 7, 66, 2, 90, 91, 92, 93, 94, 95};
+
+TEST(CudaIpc, PrefillInOneProcessDecodeInAnother) {
+  GPU_OR_SKIP();
+  if (std::getenv("TANDEM_IPC_FILE")) GTEST_SKIP() << "child process";
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  auto a = make_gpu(*weights, 16);
+  auto expected = reference_greedy_decode(*a, kIpcPrompt, 6).value();  // KV of the prompt in blocks 0, 1
+  auto exported = a->export_kv_handles();
+  ASSERT_TRUE(exported.ok()) << exported.status().to_string();
+  EXPECT_EQ(a->copy_blocks_from_peer(*exported, std::vector<int32_t>{0}, std::vector<int32_t>{1}).code(),
+            StatusCode::kUnavailable);  // not in the exporting process
+  const std::string dir = ::testing::TempDir();
+  const std::string handle_file = dir + "/tandem_ipc_handle.txt", out_file = dir + "/tandem_ipc_tokens.txt";
+  write_export(handle_file, *exported);
+  std::remove(out_file.c_str());
+  char exe[4096] = {};
+  ASSERT_GT(readlink("/proc/self/exe", exe, sizeof(exe) - 1), 0);
+  const std::string cmd = "TANDEM_IPC_FILE=" + handle_file + " TANDEM_IPC_OUT=" + out_file + " " + exe +
+                          " --gtest_filter=CudaIpc.ChildRole > " + dir + "/tandem_ipc_child.log 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << "child failed; see " << dir << "/tandem_ipc_child.log";
+  std::ifstream in(out_file);
+  std::vector<int32_t> got;
+  for (int32_t t; in >> t;) got.push_back(t);
+  EXPECT_EQ(got, expected.tokens);
+  std::vector<std::byte> original(a->kv_cache_spec().block_bytes()), pushed(original.size());
+  for (int layer = 0; layer < a->config().num_layers; ++layer) {
+    for (int b = 0; b < 2; ++b) {
+      ASSERT_TRUE(a->read_kv_block(layer, b, original).ok());
+      ASSERT_TRUE(a->read_kv_block(layer, 5 + b, pushed).ok());
+      // Block 1 holds the decoded tokens' K/V past the prompt in the parent; compare the prompt's slots.
+      const size_t slots = b == 0 ? 16 : 2;
+      const size_t half = original.size() / 2, slot_bytes = half / 16;
+      EXPECT_TRUE(std::equal(original.begin(), original.begin() + slots * slot_bytes, pushed.begin())) << "K layer " << layer;
+      EXPECT_TRUE(std::equal(original.begin() + half, original.begin() + half + slots * slot_bytes, pushed.begin() + half))
+          << "V layer " << layer;
+    }
+  }
+}
+
+TEST(CudaIpc, ChildRole) {
+  const char* handle_file = std::getenv("TANDEM_IPC_FILE");
+  const char* out_file = std::getenv("TANDEM_IPC_OUT");
+  if (!handle_file || !out_file) GTEST_SKIP() << "runs as the child of CudaIpc.PrefillInOneProcessDecodeInAnother";
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  auto b = make_gpu(*weights, 16);
+  const KvExport peer = read_export(handle_file, b->kv_cache_spec());
+  Status st = b->copy_blocks_from_peer(peer, std::vector<int32_t>{0, 1}, std::vector<int32_t>{10, 11});
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  std::vector<int32_t> table = {10, 11, 12}, tokens = {kIpcPrompt.back()}, got;
+  int context = static_cast<int>(kIpcPrompt.size());
+  std::vector<float> logits(b->config().vocab_size);
+  for (int step = 0; step < 6; ++step) {
+    const int32_t pos = context - 1, starts[2] = {0, 1}, ctx[1] = {context}, rows[1] = {0};
+    ASSERT_TRUE(b->forward(ForwardBatch{tokens, std::span<const int32_t>(&pos, 1), starts, ctx, table, 3, rows}, logits).ok());
+    got.push_back(argmax(logits));
+    tokens = {got.back()};
+    ++context;
+  }
+  st = b->copy_blocks_to_peer(peer, std::vector<int32_t>{10, 11}, std::vector<int32_t>{5, 6});
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  std::ofstream out(out_file);
+  for (int32_t t : got) out << t << "\n";
 }
 
 TEST(CudaBackendErrors, MalformedBatchIsRejected) {
