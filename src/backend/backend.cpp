@@ -1,5 +1,7 @@
 #include "backend/backend.h"
 
+#include <vector>
+
 #include "backend/cpu/cpu_backend.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
@@ -35,6 +37,22 @@ Status validate_batch(const ForwardBatch& b, const KvCacheSpec& kv, int vocab_si
   }
   for (int32_t row : b.logits_indices) {
     if (row < 0 || row >= b.num_tokens()) return Status::InvalidArgument("logits index out of range");
+  }
+  return Status::Ok();
+}
+
+Status Backend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
+  const int vocab = config().vocab_size;
+  if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
+  std::vector<float> logits(static_cast<size_t>(batch.num_logits()) * vocab);
+  TANDEM_RETURN_IF_ERROR(forward(batch, logits));
+  for (size_t r = 0; r < tokens.size(); ++r) {
+    const float* row = logits.data() + r * vocab;
+    int32_t best = 0;
+    for (int i = 1; i < vocab; ++i) {
+      if (row[i] > row[best]) best = i;
+    }
+    tokens[r] = best;
   }
   return Status::Ok();
 }

@@ -89,6 +89,12 @@ class Backend {
   // Returns InvalidArgument for a malformed batch, Internal for a device failure.
   virtual Status forward(const ForwardBatch& batch, std::span<float> logits) = 0;
 
+  // Greedy fast path: runs the model like forward() but returns, for each row of batch.logits_indices,
+  // its argmax token ([num_logits] int32, host; ties to the lowest id, NaN never wins, as argmax() in
+  // reference_decode.h) instead of the logits, so a GPU backend copies 4 bytes per row instead of
+  // 4 * vocab_size. The default runs forward() into a temporary buffer and takes the argmax on the host.
+  virtual Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens);
+
   // Raw bytes of one block of one layer (K and V, kv_cache_spec().block_bytes()), for moving KV
   // between workers. InvalidArgument for an out-of-range layer/block or a wrong-sized buffer.
   virtual Status read_kv_block(int layer, int block, std::span<std::byte> out) = 0;

@@ -123,6 +123,7 @@ class CudaBackend final : public Backend {
   const KvCacheSpec& kv_cache_spec() const override { return kv_; }
   std::string device_name() const override { return "cuda:" + std::to_string(device_); }
   Status forward(const ForwardBatch& batch, std::span<float> logits) override;
+  Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) override;
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
   StatusOr<KvExport> export_kv_handles() override;
@@ -186,6 +187,8 @@ class CudaBackend final : public Backend {
   bf16* gate_up_ = nullptr;    // [max_tokens, 2 inter] bf16, device
   bf16* act_ = nullptr;        // [max_tokens, inter] bf16, device
   float* logits_dev_ = nullptr;     // [max_logits, vocab] fp32, device
+  int32_t* greedy_dev_ = nullptr;   // [max_logits] int32, device: argmax of each logits row
+  std::span<int32_t> greedy_tokens_;  // set for the duration of forward_greedy: where the argmax tokens go
   float* partial_out_ = nullptr;    // [kMaxPartials, kAttentionRows, head_dim] fp32, device
   float* partial_ml_ = nullptr;     // [kMaxPartials, kAttentionRows, 2] fp32, device
   // One step's metadata, packed: token ids, positions, slots, block tables, logits rows, attention plan.
@@ -425,7 +428,8 @@ void CudaBackend::allocate_kv_pool(const BackendOptions& options) {
 void CudaBackend::free_workspace() {
   for (void* p : {static_cast<void*>(residual_), static_cast<void*>(normed_), static_cast<void*>(qkv_),
                   static_cast<void*>(attn_out_), static_cast<void*>(delta_), static_cast<void*>(gate_up_),
-                  static_cast<void*>(act_), static_cast<void*>(logits_dev_), static_cast<void*>(partial_out_),
+                  static_cast<void*>(act_), static_cast<void*>(logits_dev_), static_cast<void*>(greedy_dev_),
+                  static_cast<void*>(partial_out_),
                   static_cast<void*>(partial_ml_), static_cast<void*>(metadata_dev_)}) {
     cudaFree(p);
   }
@@ -433,6 +437,7 @@ void CudaBackend::free_workspace() {
   residual_ = nullptr;
   normed_ = qkv_ = attn_out_ = delta_ = gate_up_ = act_ = nullptr;
   logits_dev_ = partial_out_ = partial_ml_ = nullptr;
+  greedy_dev_ = nullptr;
   metadata_dev_ = metadata_host_ = nullptr;
   max_tokens_ = max_logits_ = 0;
   metadata_capacity_ = 0;
@@ -461,6 +466,7 @@ Status CudaBackend::ensure_workspace(int num_tokens, int num_logits) {
       {reinterpret_cast<void**>(&gate_up_), t * 2 * c.intermediate_size * sizeof(bf16)},
       {reinterpret_cast<void**>(&act_), t * c.intermediate_size * sizeof(bf16)},
       {reinterpret_cast<void**>(&logits_dev_), static_cast<size_t>(logits) * c.vocab_size * sizeof(float)},
+      {reinterpret_cast<void**>(&greedy_dev_), static_cast<size_t>(logits) * sizeof(int32_t)},
       {reinterpret_cast<void**>(&partial_out_), static_cast<size_t>(kMaxPartials) * kAttentionRows * c.head_dim * sizeof(float)},
       {reinterpret_cast<void**>(&partial_ml_), static_cast<size_t>(kMaxPartials) * kAttentionRows * 2 * sizeof(float)},
   };
@@ -508,6 +514,18 @@ Status CudaBackend::gemm(const bf16* x, int rows, int in, const bf16* w, int out
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                        device_);
   return Status::Ok();
+}
+
+Status CudaBackend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
+  TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
+  if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
+  if (batch.num_tokens() == 0) return Status::Ok();
+  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  greedy_tokens_ = tokens;
+  Status s = run_forward(batch, {});
+  greedy_tokens_ = {};
+  if (!s.ok()) log_error(std::string("cuda backend: step failed: ") + s.message());
+  return s;
 }
 
 Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) {
@@ -662,7 +680,13 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
 }
 
 Status CudaBackend::finish_step(std::span<float> logits) {
-  if (!logits.empty()) {
+  if (!greedy_tokens_.empty()) {
+    const int rows = static_cast<int>(greedy_tokens_.size());
+    TANDEM_CUDA_RETURN(launch_argmax(logits_dev_, greedy_dev_, rows, config_.vocab_size, stream_), device_);
+    TANDEM_CUDA_RETURN(cudaMemcpyAsync(greedy_tokens_.data(), greedy_dev_, greedy_tokens_.size_bytes(), cudaMemcpyDeviceToHost,
+                                       stream_),
+                       device_);
+  } else if (!logits.empty()) {
     TANDEM_CUDA_RETURN(cudaMemcpyAsync(logits.data(), logits_dev_, logits.size_bytes(), cudaMemcpyDeviceToHost, stream_),
                        device_);
   }

@@ -141,6 +141,53 @@ __global__ void silu_and_mul_kernel(const bf16* gate_up, bf16* out, int num_toke
   }
 }
 
+__global__ void argmax_kernel(const float* logits, int32_t* tokens, int vocab) {
+  const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+  float best = -INFINITY;
+  int best_index = vocab;  // "none yet": loses every tie
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = row[i];
+    if (v > best) {  // strided ascending scan: the first maximum of this thread wins
+      best = v;
+      best_index = i;
+    }
+  }
+  __shared__ float best_s[32];
+  __shared__ int index_s[32];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  auto better = [](float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); };
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int i = __shfl_xor_sync(0xffffffffu, best_index, offset);
+    if (better(v, i, best, best_index)) {
+      best = v;
+      best_index = i;
+    }
+  }
+  if (lane == 0) {
+    best_s[warp] = best;
+    index_s[warp] = best_index;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int num_warps = blockDim.x / kWarp;
+    best = lane < num_warps ? best_s[lane] : -INFINITY;
+    best_index = lane < num_warps ? index_s[lane] : vocab;
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int i = __shfl_xor_sync(0xffffffffu, best_index, offset);
+      if (better(v, i, best, best_index)) {
+        best = v;
+        best_index = i;
+      }
+    }
+    // A row of NaN/-inf only: token 0, as the host argmax gives.
+    if (lane == 0) tokens[blockIdx.x] = best_index < vocab ? best_index : 0;
+  }
+}
+
 __global__ void copy_kv_blocks_kernel(const std::byte* src, size_t src_stride, std::byte* dst, size_t dst_stride,
                                       size_t block_vectors, const int32_t* src_ids, const int32_t* dst_ids) {
   const int pair = blockIdx.x, layer = blockIdx.y;
@@ -150,6 +197,13 @@ __global__ void copy_kv_blocks_kernel(const std::byte* src, size_t src_stride, s
 }
 
 }  // namespace
+
+cudaError_t launch_argmax(const float* logits, int32_t* tokens, int num_rows, int vocab, cudaStream_t stream) {
+  if (num_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
+  if (num_rows == 0) return cudaSuccess;
+  argmax_kernel<<<num_rows, 1024, 0, stream>>>(logits, tokens, vocab);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst, size_t dst_layer_stride_bytes,
                                   size_t block_bytes, const int32_t* src_ids, const int32_t* dst_ids, int num_pairs,

@@ -52,6 +52,10 @@ cudaError_t launch_qkv_rope_kv_write(const QkvParams& p, cudaStream_t stream);
 //   gate_up [num_tokens, 2 inter] bf16; out [num_tokens, inter] bf16.
 cudaError_t launch_silu_and_mul(const bf16* gate_up, bf16* out, int num_tokens, int inter, cudaStream_t stream);
 
+// tokens[r] = argmax over logits[r, :] (ties to the lowest index; NaN never wins).
+//   logits [num_rows, vocab] fp32; tokens [num_rows] int32.
+cudaError_t launch_argmax(const float* logits, int32_t* tokens, int num_rows, int vocab, cudaStream_t stream);
+
 // For every layer l in [0, num_layers) and pair i: copies block src_ids[i] of src's layer l onto block
 // dst_ids[i] of dst's layer l. Pools are [num_layers] x layer_stride_bytes apart; a block is block_bytes
 // (a multiple of 16). src or dst may be a peer's pool mapped through CUDA IPC.

@@ -392,6 +392,54 @@ TEST(CudaIpc, ChildRole) {
   for (int32_t t : got) out << t << "\n";
 }
 
+// forward_greedy returns the argmax of the logits forward() returns for the same step, on a prefill
+// batch (eager) and on decode steps (graphs), and the default (host) implementation agrees.
+TEST(CudaGreedy, ForwardGreedyEqualsArgmaxOfForward) {
+  GPU_OR_SKIP();
+  auto weights = model::open_weight_source(fixture("qwen3_gqa"));
+  const int vocab = weights->config().vocab_size;
+  auto backend = make_gpu(*weights, 32);
+  std::mt19937 rng(9);
+  std::vector<int32_t> ids, positions, starts{0}, ctx, tables, rows;
+  const std::vector<int> lens = {5, 40, 1};
+  for (size_t s = 0; s < lens.size(); ++s) {
+    for (int t = 0; t < lens[s]; ++t) {
+      ids.push_back(static_cast<int32_t>(rng() % vocab));
+      positions.push_back(t);
+    }
+    starts.push_back(static_cast<int32_t>(ids.size()));
+    ctx.push_back(lens[s]);
+    rows.push_back(static_cast<int32_t>(ids.size()) - 1);
+    for (int b = 0; b < 4; ++b) tables.push_back(static_cast<int32_t>(s * 4 + b));
+  }
+  rows.push_back(2);  // a mid-prompt row too
+  for (int step = 0; step < 4; ++step) {
+    const ForwardBatch batch{ids, positions, starts, ctx, tables, 4, rows};
+    std::vector<float> logits(rows.size() * vocab);
+    std::vector<int32_t> greedy(rows.size()), host_greedy(rows.size());
+    ASSERT_TRUE(backend->forward(batch, logits).ok());
+    ASSERT_TRUE(backend->forward_greedy(batch, greedy).ok());
+    ASSERT_TRUE(backend->Backend::forward_greedy(batch, host_greedy).ok());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      EXPECT_EQ(greedy[r], argmax(std::span<const float>(logits).subspan(r * vocab, vocab))) << "step " << step << " row " << r;
+    }
+    EXPECT_EQ(greedy, host_greedy);
+    // Next: one decode token per sequence (the graph path).
+    ids.clear(); positions.clear(); rows.clear();
+    starts = {0};
+    for (size_t s = 0; s < lens.size(); ++s) {
+      ids.push_back(greedy[s]);
+      positions.push_back(ctx[s]);
+      starts.push_back(static_cast<int32_t>(s + 1));
+      ctx[s] += 1;
+      rows.push_back(static_cast<int32_t>(s));
+    }
+  }
+  std::vector<int32_t> wrong(1);
+  EXPECT_EQ(backend->forward_greedy(ForwardBatch{ids, positions, starts, ctx, tables, 4, rows}, wrong).code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST(CudaBackendErrors, MalformedBatchIsRejected) {
   GPU_OR_SKIP();
   auto weights = model::open_weight_source(fixture("qwen3_gqa"));
