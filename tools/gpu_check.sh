@@ -33,10 +33,12 @@ step() {  # step NAME COMMAND...: runs it, logs to DIR/NAME.log, records the exi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/device.txt" 2>&1
 step kernels "$bin/cuda_kernels_test" --gtest_output=json:"$out/kernels.json"
 step backend "$bin/cuda_backend_test" --gtest_output=json:"$out/backend.json"
+# The same with prefill attention on the SIMT kernel only (the tensor-core kernel switched off).
+TANDEM_ATTENTION_MMA=0 step backend_simt "$bin/cuda_backend_test"
 if [[ $skip != *" sanitizer "* ]]; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/cuda_kernels_test" --gtest_brief=1
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/cuda_kernels_test" \
-    --gtest_filter='Shapes/Attention.*/0:Shapes/Attention.*/6:Sizes/AddRmsNorm.*' --gtest_brief=1
+    --gtest_filter='Shapes/Attention.*/0:Shapes/Attention.*/6:Shapes/Attention.*/9:Sizes/AddRmsNorm.*' --gtest_brief=1
 fi
 if [[ $skip != *" compare "* ]]; then
   model_dir=${TMPDIR:-/tmp}/tandem_qwen3_0_6b
@@ -56,6 +58,8 @@ if [[ $skip != *" llama "* ]]; then
   rm -rf "$llama_dir"
 fi
 if [[ $skip != *" bench "* ]]; then
+  TANDEM_ATTENTION_MMA=0 step bench_simt "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 \
+    --decode-steps 16 --batch 1
   step bench "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 --decode-steps 64 \
     --batch 1,8,32,128
 fi
@@ -80,7 +84,7 @@ for key in ("compare", "compare_llama"):
                           "ours_alone_vs_hf_bf16": [p["ours_alone_vs_hf_bf16"] for p in c["prompts"]],
                           "ours_alone_vs_hf_fp32": [p["ours_alone_vs_hf_fp32"] for p in c["prompts"]],
                           "lengths": c["lengths"]}
-for key in ("bench", "bench_llama"):
+for key in ("bench", "bench_llama", "bench_simt"):
   path = os.path.join(out, key + ".log")
   if os.path.exists(path):
     for line in open(path):

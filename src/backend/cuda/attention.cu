@@ -215,10 +215,224 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_combine_kernel(Atten
   }
 }
 
+
+// ---- Tensor-core prefill tiles (mma.sync m16n8k16 bf16, fp32 accumulators; FlashAttention-2's
+// register reuse of the score fragments as the A operand of P*V). sm_80 and later.
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// d += a * b for one m16n8k16 tile.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+template <int D>
+__global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(AttentionParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int kRows = kAttentionMmaRows;
+  constexpr int kKeyTile = 32;
+  constexpr int kStride = D + 8;  // bf16 row stride: 16-byte padding keeps ldmatrix free of bank conflicts
+  constexpr int kChunks = D / 8;  // 16-byte chunks per row
+  __shared__ __align__(16) bf16 q_s[kRows][kStride];     // [rows, D] bf16, shared
+  __shared__ __align__(16) bf16 k_s[kKeyTile][kStride];  // [keys, D] bf16, shared
+  __shared__ __align__(16) bf16 v_s[kKeyTile][kStride];  // [keys, D] bf16, shared
+
+  const AttentionWorkItem w = p.mma_items[blockIdx.x];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int g = lane / 4, t4 = lane % 4;  // mma fragment coordinates
+  const int group = p.num_heads / p.num_kv_heads;
+  const int rows = w.num_tokens * w.num_heads;
+
+  for (int c = threadIdx.x; c < kRows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, part = c % kChunks;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (r < rows) {
+      const int t = w.token_begin + r / w.num_heads;
+      const int h = w.kv_head * group + w.head_begin + r % w.num_heads;
+      v = *reinterpret_cast<const uint4*>(p.q + static_cast<size_t>(t) * p.q_row_stride + static_cast<size_t>(h) * D + part * 8);
+    }
+    *reinterpret_cast<uint4*>(&q_s[r][part * 8]) = v;
+  }
+  // This thread's two rows (g and g + 8 of the warp's 16) and their causal limits.
+  const int row0 = warp * 16 + g, row1 = row0 + 8;
+  const int limit0 = row0 < rows ? p.positions[w.token_begin + row0 / w.num_heads] + 1 : 0;
+  const int limit1 = row1 < rows ? p.positions[w.token_begin + row1 / w.num_heads] + 1 : 0;
+  __syncthreads();
+
+  // Q fragments of the warp's 16 rows, all of D: D / 16 k-steps of 4 registers.
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    // x4: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
+    const int r = warp * 16 + (lane % 16);
+    const int col = ks * 16 + (lane / 16) * 8;
+    ldmatrix_x4(qf[ks], &q_s[r][col]);
+  }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+  const float scale = p.scale * kLog2e;
+  const int32_t* table = p.block_tables + static_cast<size_t>(w.seq) * p.max_blocks_per_seq;
+  const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * D;
+
+  for (int key0 = w.key_begin; key0 < w.key_end; key0 += kKeyTile) {
+    __syncthreads();  // previous tile consumed
+    for (int c = threadIdx.x; c < kKeyTile * kChunks; c += blockDim.x) {
+      const int j = c / kChunks, part = c % kChunks;
+      const int key = key0 + j;
+      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+      if (key < w.key_end) {
+        const int block = table[key / p.block_size], offset = key % p.block_size;
+        const bf16* k_src = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size +
+                            static_cast<size_t>(w.kv_head) * D + part * 8;
+        kv = *reinterpret_cast<const uint4*>(k_src);
+        vv = *reinterpret_cast<const uint4*>(k_src + static_cast<size_t>(p.block_size) * kv_size);
+      }
+      *reinterpret_cast<uint4*>(&k_s[j][part * 8]) = kv;
+      *reinterpret_cast<uint4*>(&v_s[j][part * 8]) = vv;
+    }
+    __syncthreads();
+
+    // S = Q K^T for 16 rows x 32 keys: 4 n-tiles of 8 keys.
+    float s[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {  // two n-tiles per ldmatrix.x4
+        // matrices: (keys np*16+0-7, k 0-7), (keys +0-7, k 8-15), (keys +8-15, k 0-7), (keys +8-15, k 8-15)
+        uint32_t b[4];
+        const int key = np * 16 + (lane / 16) * 8 + (lane % 8);
+        const int col = ks * 16 + ((lane / 8) % 2) * 8;
+        ldmatrix_x4(b, &k_s[key][col]);
+        mma_bf16(s[2 * np], qf[ks], b[0], b[1]);
+        mma_bf16(s[2 * np + 1], qf[ks], b[2], b[3]);
+      }
+    }
+    // Mask, scale to log2 units, online softmax per row (a row's 32 scores live in the 4 threads of a quad).
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int key = key0 + n * 8 + 2 * t4 + e;
+        const bool in_range = key < w.key_end;
+        s[n][e] = in_range && key < limit0 ? s[n][e] * scale : -INFINITY;
+        s[n][2 + e] = in_range && key < limit1 ? s[n][2 + e] * scale : -INFINITY;
+        mx0 = fmaxf(mx0, s[n][e]);
+        mx1 = fmaxf(mx1, s[n][2 + e]);
+      }
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off *= 2) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float new0 = fmaxf(m0, mx0), new1 = fmaxf(m1, mx1);
+    const float use0 = new0 == -INFINITY ? 0.0f : new0, use1 = new1 == -INFINITY ? 0.0f : new1;
+    const float corr0 = exp2f(m0 - use0), corr1 = exp2f(m1 - use1);
+    m0 = new0;
+    m1 = new1;
+    float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[n][e] = exp2f(s[n][e] - use0);
+        s[n][2 + e] = exp2f(s[n][2 + e] - use1);
+        sum0 += s[n][e];
+        sum1 += s[n][2 + e];
+      }
+    }
+    l0 = l0 * corr0 + sum0;  // per-thread partial sums; the quad is reduced at the end
+    l1 = l1 * corr1 + sum1;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= corr0;
+      o[n][1] *= corr0;
+      o[n][2] *= corr1;
+      o[n][3] *= corr1;
+    }
+    // O += P V: P's score fragments become A fragments (k = keys), two k-steps of 16 keys.
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      uint32_t a[4];
+      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {  // two n-tiles (16 dims) per ldmatrix.x4.trans
+        // matrices: (keys kk*16+0-7, dims np*16+0-7), (keys +8-15, dims +0-7), (keys +0-7, dims +8-15),
+        // (keys +8-15, dims +8-15)
+        uint32_t b[4];
+        const int key = kk * 16 + ((lane / 8) % 2) * 8 + (lane % 8);
+        const int col = np * 16 + (lane / 16) * 8;
+        ldmatrix_x4_trans(b, &v_s[key][col]);
+        mma_bf16(o[2 * np], a, b[0], b[1]);
+        mma_bf16(o[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int off = 1; off < 4; off *= 2) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+  }
+  const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half ? row1 : row0;
+    if (r >= rows) continue;
+    const int t = w.token_begin + r / w.num_heads;
+    const int h = w.kv_head * group + w.head_begin + r % w.num_heads;
+    bf16* out = p.out + static_cast<size_t>(t) * p.num_heads * D + static_cast<size_t>(h) * D;
+    const float inv = half ? inv1 : inv0;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      const int dim = n * 8 + 2 * t4;
+      *reinterpret_cast<__nv_bfloat162*>(out + dim) =
+          __floats2bfloat162_rn(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+    }
+  }
+#endif
+}
+
 template <int D>
 cudaError_t launch_for_dim(const AttentionParams& p, cudaStream_t stream) {
   if (p.num_items > 0) attention_kernel<D><<<p.num_items, kWarps * kWarp, 0, stream>>>(p);
   cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  if constexpr (D == 64 || D == 128) {
+    if (p.num_mma_items > 0) attention_mma_kernel<D><<<p.num_mma_items, kWarps * kWarp, 0, stream>>>(p);
+    err = cudaGetLastError();
+  } else if (p.num_mma_items > 0) {
+    return cudaErrorInvalidValue;
+  }
   if (err != cudaSuccess || p.num_combines == 0) return err;
   attention_combine_kernel<D><<<p.num_combines, kWarps * kWarp, 0, stream>>>(p);
   return cudaGetLastError();
@@ -227,19 +441,28 @@ cudaError_t launch_for_dim(const AttentionParams& p, cudaStream_t stream) {
 }  // namespace
 
 AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context_lens, int num_seqs, int num_heads,
-                             int num_kv_heads, int target_blocks, int max_partials) {
+                             int num_kv_heads, int target_blocks, int max_partials, bool use_mma) {
   AttentionPlan plan;
   const int group = num_heads / num_kv_heads;
   const int heads_per_tile = std::min(group, kAttentionRows);
   const int tokens_per_tile = std::max(1, kAttentionRows / group);
+  const bool mma_ok = use_mma && group <= kAttentionMmaRows;
+  const int mma_tokens_per_tile = std::max(1, kAttentionMmaRows / group);
+  constexpr int kMmaMinTokens = 16;
   // Tiles first, unsplit.
   for (int s = 0; s < num_seqs; ++s) {
     const int begin = query_starts[s], end = query_starts[s + 1];
     const int context = context_lens[s];
-    for (int t = begin; t < end; t += tokens_per_tile) {
-      const int tokens = std::min(tokens_per_tile, end - t);
+    const bool mma = mma_ok && end - begin >= kMmaMinTokens;
+    const int step = mma ? mma_tokens_per_tile : tokens_per_tile;
+    for (int t = begin; t < end; t += step) {
+      const int tokens = std::min(step, end - t);
       const int key_end = context - end + t + tokens;  // last token of the tile sees keys [0, its position]
       for (int kvh = 0; kvh < num_kv_heads; ++kvh) {
+        if (mma) {
+          plan.mma_items.push_back({s, t, tokens, 0, group, kvh, 0, key_end, -1});
+          continue;
+        }
         for (int h = 0; h < group; h += heads_per_tile) {
           plan.items.push_back({s, t, tokens, h, std::min(heads_per_tile, group - h), kvh, 0, key_end, -1});
         }
@@ -247,7 +470,7 @@ AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context
     }
   }
   const int num_tiles = static_cast<int>(plan.items.size());
-  if (num_tiles == 0 || num_tiles >= target_blocks) return plan;
+  if (num_tiles == 0 || num_tiles + static_cast<int>(plan.mma_items.size()) >= target_blocks) return plan;
 
   // Few tiles (decode, short batches): split each tile's keys so that about target_blocks blocks run.
   constexpr int kMinSplitKeys = 256;

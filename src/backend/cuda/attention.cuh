@@ -48,17 +48,24 @@ struct AttentionCombineItem {
   int32_t num_splits;
 };
 
+// Query rows of one tile of the tensor-core prefill kernel: 4 warps of 16 rows (one mma m16 tile each).
+constexpr int kAttentionMmaRows = 64;
+
 struct AttentionPlan {
   std::vector<AttentionWorkItem> items;
+  // Tiles of kAttentionMmaRows rows for the tensor-core kernel (prefill chunks of >= 16 tokens with
+  // head_dim 64 or 128); never split, partial is -1.
+  std::vector<AttentionWorkItem> mma_items;
   std::vector<AttentionCombineItem> combines;  // empty when nothing was split
   int num_partials = 0;
 };
 
 // Tiles the batch and splits the keys of tiles when there are fewer than `target_blocks` tiles, using
-// at most `max_partials` partial slots. query_starts [num_seqs + 1] and context_lens [num_seqs] are host
-// arrays as in ForwardBatch. Host code only.
+// at most `max_partials` partial slots. With use_mma, sequences with at least 16 new tokens go to the
+// tensor-core kernel (REQUIRES then: head_dim 64 or 128, num_heads / num_kv_heads <= 64).
+// query_starts [num_seqs + 1] and context_lens [num_seqs] are host arrays as in ForwardBatch. Host code only.
 AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context_lens, int num_seqs, int num_heads,
-                             int num_kv_heads, int target_blocks, int max_partials);
+                             int num_kv_heads, int target_blocks, int max_partials, bool use_mma = false);
 
 // The plan of a decode step (one new token per sequence, token s of sequence s) in a fixed shape, for a
 // step captured in a CUDA graph: `bucket` sequences (those past num_seqs are padding with no rows), each
@@ -77,10 +84,12 @@ struct AttentionParams {
   __nv_bfloat16* out = nullptr;            // [num_tokens, num_heads * head_dim] bf16, device
   const AttentionWorkItem* items = nullptr;      // [num_items], device
   const AttentionCombineItem* combines = nullptr;  // [num_combines], device
+  const AttentionWorkItem* mma_items = nullptr;    // [num_mma_items], device
   float* partial_out = nullptr;  // [max_partials, kAttentionRows, head_dim] fp32, device (unnormalized)
   float* partial_ml = nullptr;   // [max_partials, kAttentionRows, 2] fp32, device (running max in log2 units, sum)
   int num_items = 0;
   int num_combines = 0;
+  int num_mma_items = 0;
   int num_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;  // 16, 32, 64 or 128

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <numbers>
@@ -98,7 +99,7 @@ struct LayerWeights {
 
 // Where each array of one step's metadata sits in the packed buffer (byte offsets).
 struct StepLayout {
-  size_t ids = 0, positions = 0, slots = 0, tables = 0, rows = 0, items = 0, combines = 0, total = 0;
+  size_t ids = 0, positions = 0, slots = 0, tables = 0, rows = 0, items = 0, combines = 0, mma_items = 0, total = 0;
 };
 
 // What enqueue_step launches over: the device metadata and the step's sizes.
@@ -110,6 +111,7 @@ struct StepArgs {
   int max_blocks_per_seq = 0;
   int num_items = 0;
   int num_combines = 0;
+  int num_mma_items = 0;
 };
 
 class CudaBackend final : public Backend {
@@ -153,7 +155,8 @@ class CudaBackend final : public Backend {
   Status enqueue_step(const StepArgs& args);
   Status finish_step(std::span<float> logits);
   void fill_slots(const ForwardBatch& batch);
-  static StepLayout layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items, size_t num_combines);
+  static StepLayout layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items, size_t num_combines,
+                                size_t num_mma_items = 0);
   void clear_graphs();
   bf16* layer_pool(int layer) const { return kv_pool_ + static_cast<size_t>(layer) * layer_pool_elements_; }
 
@@ -208,6 +211,9 @@ class CudaBackend final : public Backend {
     size_t metadata_bytes = 0;
   };
   bool graphs_enabled_ = true;
+  // Prefill chunks of >= 16 tokens through the tensor-core attention kernel (head_dim 64/128, sm_80+);
+  // TANDEM_ATTENTION_MMA=0 in the environment turns it off (to compare the two kernels).
+  bool use_mma_ = false;
   std::vector<DecodeGraph> graphs_;
   // Peers' KV allocations opened through CUDA IPC, by handle bytes; closed in the destructor.
   std::map<std::string, void*> peer_pools_;
@@ -235,6 +241,10 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   cudaDeviceProp prop{};
   TANDEM_CUDA_THROW(cudaGetDeviceProperties(&prop, device_), device_);
   num_sms_ = prop.multiProcessorCount;
+  {
+    const char* env = std::getenv("TANDEM_ATTENTION_MMA");
+    use_mma_ = (c.head_dim == 64 || c.head_dim == 128) && prop.major >= 8 && !(env && std::string(env) == "0");
+  }
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
   TANDEM_CUBLAS_THROW(cublasSetStream(cublas_, stream_), device_);
@@ -541,7 +551,7 @@ Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) 
 }
 
 StepLayout CudaBackend::layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items,
-                                     size_t num_combines) {
+                                     size_t num_combines, size_t num_mma_items) {
   StepLayout l;
   size_t offset = 0;
   auto reserve = [&](size_t bytes) {
@@ -556,6 +566,7 @@ StepLayout CudaBackend::layout_step(int num_tokens, size_t table_entries, int nu
   l.rows = reserve(sizeof(int32_t) * num_logits);
   l.items = reserve(sizeof(AttentionWorkItem) * num_items);
   l.combines = reserve(sizeof(AttentionCombineItem) * num_combines);
+  l.mma_items = reserve(sizeof(AttentionWorkItem) * num_mma_items);
   l.total = offset;
   return l;
 }
@@ -606,6 +617,8 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     ap.out = attn_out_;
     ap.items = reinterpret_cast<const AttentionWorkItem*>(d + a.layout.items);
     ap.combines = reinterpret_cast<const AttentionCombineItem*>(d + a.layout.combines);
+    ap.mma_items = reinterpret_cast<const AttentionWorkItem*>(d + a.layout.mma_items);
+    ap.num_mma_items = a.num_mma_items;
     ap.partial_out = partial_out_;
     ap.partial_ml = partial_ml_;
     ap.num_items = a.num_items;
@@ -649,14 +662,17 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
   const int n = b.num_tokens(), num_seqs = b.num_seqs(), num_logits = b.num_logits();
   TANDEM_RETURN_IF_ERROR(ensure_workspace(n, num_logits));
   fill_slots(b);
-  if (graphs_enabled_ && n == num_seqs && num_logits <= num_seqs && num_seqs <= kGraphBuckets.back()) {
+  bool one_token_each = n == num_seqs && num_logits <= num_seqs && num_seqs <= kGraphBuckets.back();
+  for (int i = 0; one_token_each && i <= num_seqs; ++i) one_token_each = b.query_starts[i] == i;
+  if (graphs_enabled_ && one_token_each) {
     return run_decode_graph(b, logits);
   }
   const AttentionPlan plan = plan_attention(b.query_starts.data(), b.context_lens.data(), num_seqs, config_.num_heads,
-                                            config_.num_kv_heads, 2 * num_sms_, kMaxPartials);
+                                            config_.num_kv_heads, 2 * num_sms_, kMaxPartials, use_mma_);
 
   // Pack the metadata into one pinned buffer and upload it in one copy.
-  const StepLayout layout = layout_step(n, b.block_tables.size(), num_logits, plan.items.size(), plan.combines.size());
+  const StepLayout layout =
+      layout_step(n, b.block_tables.size(), num_logits, plan.items.size(), plan.combines.size(), plan.mma_items.size());
   TANDEM_RETURN_IF_ERROR(ensure_metadata(layout.total));
   std::byte* h = metadata_host_;
   std::memcpy(h + layout.ids, b.token_ids.data(), sizeof(int32_t) * n);
@@ -666,6 +682,7 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
   std::memcpy(h + layout.rows, b.logits_indices.data(), sizeof(int32_t) * num_logits);
   std::memcpy(h + layout.items, plan.items.data(), sizeof(AttentionWorkItem) * plan.items.size());
   std::memcpy(h + layout.combines, plan.combines.data(), sizeof(AttentionCombineItem) * plan.combines.size());
+  std::memcpy(h + layout.mma_items, plan.mma_items.data(), sizeof(AttentionWorkItem) * plan.mma_items.size());
   TANDEM_CUDA_RETURN(cudaMemcpyAsync(metadata_dev_, metadata_host_, layout.total, cudaMemcpyHostToDevice, stream_), device_);
   StepArgs args;
   args.metadata = metadata_dev_;
@@ -675,6 +692,7 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
   args.max_blocks_per_seq = b.max_blocks_per_seq;
   args.num_items = static_cast<int>(plan.items.size());
   args.num_combines = static_cast<int>(plan.combines.size());
+  args.num_mma_items = static_cast<int>(plan.mma_items.size());
   TANDEM_RETURN_IF_ERROR(enqueue_step(args));
   return finish_step(logits);
 }

@@ -4,7 +4,8 @@
 //   backend_tool logits --model M --device cuda:0 --prompts FILE --mode alone|batched|chunked:N --out FILE.f32
 //     FILE: {"prompts": [[ids...], ...]}; writes float32 [num_prompts, vocab] row-major.
 //   backend_tool bench --model M --device cuda:0 [--prompt-len 1024] [--decode-steps 128] [--batch 1,8,32]
-//     prints one JSON object: load seconds, prefill tokens/s, decode ms/step at each batch size.
+//     prints one JSON object: load seconds, prefill tokens/s, decode ms/step at each batch size, with
+//     host logits (forward) and with the device argmax (forward_greedy).
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -166,20 +167,27 @@ int run_bench(const std::map<std::string, std::string>& f) {
       for (int b = 0; b < blocks_each; ++b) tables.push_back(i * blocks_each + b);
     }
     std::vector<float> logits(static_cast<size_t>(batch) * vocab);
-    auto step = [&](int k) {
+    std::vector<int32_t> greedy(batch);
+    // greedy: forward_greedy (argmax on the device, 4 bytes per row back); else forward() with the
+    // [batch, vocab] fp32 logits copied to the host, as an engine sampling on the host gets them.
+    auto step = [&](int k, bool on_device) {
       for (int i = 0; i < batch; ++i) {
         ids[i] = static_cast<int32_t>(rng() % vocab);
         positions[i] = prompt_len + k;
         context[i] = prompt_len + k + 1;
       }
-      tandem::throw_if_error(backend->forward(tb::ForwardBatch{ids, positions, starts, context, tables, blocks_each, rows}, logits));
+      const tb::ForwardBatch fb{ids, positions, starts, context, tables, blocks_each, rows};
+      tandem::throw_if_error(on_device ? backend->forward_greedy(fb, greedy) : backend->forward(fb, logits));
     };
-    for (int k = 0; k < 4; ++k) step(k);
-    auto t = Clock::now();
-    for (int k = 0; k < decode_steps; ++k) step(k);
-    const double ms = seconds_since(t) * 1e3 / decode_steps;
-    result["decode_ms_per_step_batch" + std::to_string(batch)] = ms;
-    result["decode_tokens_per_s_batch" + std::to_string(batch)] = batch * 1e3 / ms;
+    for (bool on_device : {false, true}) {
+      for (int k = 0; k < 4; ++k) step(k, on_device);
+      auto t = Clock::now();
+      for (int k = 0; k < decode_steps; ++k) step(k, on_device);
+      const double ms = seconds_since(t) * 1e3 / decode_steps;
+      const std::string suffix = (on_device ? "_greedy_batch" : "_batch") + std::to_string(batch);
+      result["decode_ms_per_step" + suffix] = ms;
+      result["decode_tokens_per_s" + suffix] = batch * 1e3 / ms;
+    }
   }
   std::printf("%s\n", result.dump().c_str());
   return 0;

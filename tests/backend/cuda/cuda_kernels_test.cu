@@ -300,13 +300,16 @@ TEST_P(Attention, MatchesCpuOverPagedCache) {
   const int q_stride = (c.num_heads + 2 * c.num_kv_heads) * d;  // as in the fused qkv buffer
   const auto q = random_bf16(static_cast<size_t>(num_tokens) * q_stride, rng, 2.0f);
 
+  for (bool use_mma : {false, true}) {
+  if (use_mma && d != 64 && d != 128) continue;
   const AttentionPlan plan = plan_attention(starts.data(), context.data(), num_seqs, c.num_heads, c.num_kv_heads,
-                                            c.target_blocks, 4096);
+                                            c.target_blocks, 4096, use_mma);
   if (c.target_blocks > 1000) EXPECT_FALSE(plan.combines.empty()) << "the split path was not exercised";
   DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(num_tokens) * c.num_heads * d);
   DeviceVec<int32_t> d_tables(tables), d_pos(positions);
   DeviceVec<AttentionWorkItem> d_items(plan.items);
   DeviceVec<AttentionCombineItem> d_combines(plan.combines);
+  DeviceVec<AttentionWorkItem> d_mma(plan.mma_items);
   DeviceVec<float> d_po(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * d);
   DeviceVec<float> d_pml(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * 2);
   AttentionParams p;
@@ -319,6 +322,8 @@ TEST_P(Attention, MatchesCpuOverPagedCache) {
   p.out = d_out.ptr;
   p.items = d_items.ptr;
   p.combines = d_combines.ptr;
+  p.mma_items = d_mma.ptr;
+  p.num_mma_items = static_cast<int>(plan.mma_items.size());
   p.partial_out = d_po.ptr;
   p.partial_ml = d_pml.ptr;
   p.num_items = static_cast<int>(plan.items.size());
@@ -362,11 +367,14 @@ TEST_P(Attention, MatchesCpuOverPagedCache) {
       }
     }
   }
-  EXPECT_LT(rel_error(got, want), 8e-3);
+  EXPECT_LT(rel_error(got, want), 8e-3) << (use_mma ? "tensor-core prefill tiles" : "SIMT tiles only") << ", "
+                                       << plan.mma_items.size() << " mma tiles";
+  }
 }
 
 const std::vector<std::pair<int, int>> kMixed = {{1, 1}, {1, 17}, {5, 5}, {16, 16}, {17, 40}, {3, 600}, {1, 33}};
 const std::vector<std::pair<int, int>> kLongDecode = {{1, 3000}, {1, 1}, {2, 1025}};
+const std::vector<std::pair<int, int>> kLongPrefill = {{200, 700}, {130, 130}, {16, 16}, {64, 97}, {1, 5}};
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Attention,
@@ -374,7 +382,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AttentionCase{8, 8, 64, kMixed, 1}, AttentionCase{32, 1, 128, kMixed, 1},
                       AttentionCase{4, 2, 16, kMixed, 1}, AttentionCase{4, 1, 32, {{40, 40}, {1, 1}}, 1},
                       AttentionCase{16, 8, 128, kLongDecode, 100000}, AttentionCase{32, 8, 128, kLongDecode, 100000},
-                      AttentionCase{8, 1, 64, kMixed, 100000}));
+                      AttentionCase{8, 1, 64, kMixed, 100000}, AttentionCase{16, 8, 128, kLongPrefill, 1},
+                      AttentionCase{32, 8, 128, kLongPrefill, 1}, AttentionCase{64, 1, 64, kLongPrefill, 1},
+                      AttentionCase{128, 1, 128, {{20, 20}}, 1}));
 
 }  // namespace
 }  // namespace tandem::backend::cuda
