@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 step kernels "$bin/cuda_kernels_test" --gtest_output=json:"$out/kernels.json"
 step backend "$bin/cuda_backend_test" --gtest_output=json:"$out/backend.json"
 # The same with prefill attention on the SIMT kernel only (the tensor-core kernel switched off).
-TANDEM_ATTENTION_MMA=0 step backend_simt "$bin/cuda_backend_test"
+step backend_simt env TANDEM_ATTENTION_MMA=0 "$bin/cuda_backend_test"
 if [[ $skip != *" sanitizer "* ]]; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/cuda_kernels_test" --gtest_brief=1
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/cuda_kernels_test" \
@@ -58,7 +58,7 @@ if [[ $skip != *" llama "* ]]; then
   rm -rf "$llama_dir"
 fi
 if [[ $skip != *" bench "* ]]; then
-  TANDEM_ATTENTION_MMA=0 step bench_simt "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 \
+  step bench_simt env TANDEM_ATTENTION_MMA=0 "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 \
     --decode-steps 16 --batch 1
   step bench "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 --decode-steps 64 \
     --batch 1,8,32,128
