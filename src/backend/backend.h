@@ -112,6 +112,7 @@ class Backend {
   // head_dim, dtype, layers) equals ours; the peer does not touch those blocks meanwhile.
   // InvalidArgument for mismatched geometry or block ids out of range; Unavailable when the handle
   // cannot be opened (another host, no peer access): the caller falls back to TCP.
+  // Threading as read_kv_block: from the engine thread, or from another thread between forward() calls.
   virtual Status copy_blocks_from_peer(const KvExport& peer, std::span<const int32_t> peer_blocks,
                                        std::span<const int32_t> local_blocks, int layer_begin = 0, int layer_end = -1) {
     (void)peer, (void)peer_blocks, (void)local_blocks, (void)layer_begin, (void)layer_end;
