@@ -4,6 +4,10 @@
 // the context optionally split across thread blocks and merged by a second kernel (flash-decoding), so
 // that a few long sequences still fill the GPU.
 //
+// Two kernels share the work items: a SIMT kernel (fp32 FMAs from shared memory; any head_dim of 16-128;
+// decode and short chunks, split-KV) and, for prefill chunks of >= 16 tokens with head_dim 64/128, a
+// tensor-core kernel (mma.sync m16n8k16 bf16 with fp32 accumulators, 64 query rows per block).
+//
 // The K/V of this step's tokens must already be in their blocks (launch_qkv_rope_kv_write), so a
 // prefix-cached or chunked prefill reads its earlier context exactly like a decode step does.
 //
