@@ -19,9 +19,12 @@ namespace tandem::tokenizer {
 
 class BpeModel {
  public:
-  // Builds from the "model" object of tokenizer.json. Throws tandem::Error naming what is not
-  // supported (a model type other than BPE, byte_fallback, dropout, subword prefixes) or malformed.
-  explicit BpeModel(const nlohmann::json& model);
+  // Builds from the "model" object of tokenizer.json, whose "vocab" (token -> id, in file order)
+  // and "merges" (pairs in rank order) the loader hands over separately, already parsed. Throws
+  // tandem::Error naming what is not supported (a model type other than BPE, byte_fallback,
+  // dropout, subword prefixes) or malformed.
+  BpeModel(const nlohmann::json& model, const std::vector<std::pair<std::string, int32_t>>& vocab,
+           const std::vector<std::pair<std::string, std::string>>& merges);
 
   BpeModel(const BpeModel&) = delete;
   BpeModel& operator=(const BpeModel&) = delete;
