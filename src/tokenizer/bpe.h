@@ -98,7 +98,7 @@ class BpeModel {
 
   // Cache of recent pre-token results: text repeats a small set of words, and BPE costs
   // O(n^2) per word. A shard is cleared when full, which is cheaper than LRU bookkeeping per hit.
-  static constexpr size_t kMaxCachedWordBytes = 64;
+  static constexpr size_t kMaxCachedWordBytes = 256;  // as Hugging Face's BPE cache
   static constexpr size_t kNumCacheShards = 16;
   static constexpr size_t kMaxShardEntries = (1 << 16) / kNumCacheShards;
   struct CacheShard {
