@@ -1,0 +1,30 @@
+// Progress of a benchmark run on stderr: a redrawn bar on a terminal, plain periodic lines otherwise (a
+// log file or CI keeps readable lines instead of carriage returns).
+// Thread-safety: called from the client's I/O thread only.
+#pragma once
+
+#include <cstdio>
+#include <string>
+
+#include "bench/openai_client.h"
+
+namespace tandem::bench {
+
+enum class ProgressMode { kAuto, kBar, kLines, kNone };
+
+class ProgressPrinter {
+ public:
+  // kAuto picks kBar when out is a terminal, else kLines. Lines are printed every line_interval_s.
+  ProgressPrinter(std::FILE* out, ProgressMode mode, std::string title, double line_interval_s = 5.0);
+  void update(const RunProgress& progress);
+
+ private:
+  std::FILE* out_;
+  ProgressMode mode_;
+  std::string title_;
+  double line_interval_s_;
+  double last_line_s_ = -1e9;
+  bool finished_ = false;
+};
+
+}  // namespace tandem::bench
