@@ -1,0 +1,119 @@
+// How much `tandem bench serve`'s client distorts what it measures. A stub OpenAI server (its own
+// thread, same process) answers every request at once with N streamed tokens, each its own write, and
+// records when it wrote each; the client loads it and we compare:
+//   - sustained streamed requests/s (at an infinite rate with a concurrency cap, and at a fixed rate);
+//   - timestamp error: client's arrival timestamp of a chunk minus the server's write time (same clock);
+//   - dispatch lag: when a request actually left minus its scheduled arrival time.
+// Usage: serve_client_overhead [--requests N] [--tokens N] [--rate R] [--concurrency C]
+//        serve_client_overhead --serve-only   (just run the stub and print its URL, for trying the CLI)
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "bench/arrivals.h"
+#include "bench/metrics.h"
+#include "bench/openai_client.h"
+#include "stub_openai_server.h"
+
+using namespace tandem::bench;
+
+namespace {
+
+struct Summary {
+  double requests_per_s = 0;
+  int failed = 0;
+  std::vector<double> error_ms;  // per chunk
+  std::vector<double> lag_ms;    // per request
+};
+
+Summary measure(int num_requests, int num_tokens, double rate, int concurrency) {
+  testing::StubOpenAIServer server([num_tokens](const std::string&) {
+    testing::StubScript s;
+    s.gaps_ms.assign(static_cast<size_t>(num_tokens), 0.0);
+    return s;
+  });
+  ClientOptions options;
+  options.base_url = server.base_url();
+  options.model = "stub";
+  options.keep_generated_text = false;
+  auto client = std::move(OpenAIClient::create(options).value());
+  std::vector<BenchRequest> requests;
+  for (int i = 0; i < num_requests; ++i) requests.push_back({"r" + std::to_string(i), 1, num_tokens});
+  auto offsets = make_arrival_offsets(num_requests, rate, 1.0, 0);
+  int64_t start_ns = 0;
+  auto results = client->run(requests, offsets, concurrency, {}, start_ns);
+  int64_t end_ns = start_ns;
+  for (const auto& r : results) end_ns = std::max(end_ns, r.done_ns);
+  std::map<std::string, std::vector<int64_t>> sent;
+  for (auto& rec : server.records()) sent[rec.prompt] = std::move(rec.sent_ns);
+  Summary s;
+  s.requests_per_s = num_requests / (static_cast<double>(end_ns - start_ns) * 1e-9);
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    if (!r.success) {
+      ++s.failed;
+      continue;
+    }
+    s.lag_ms.push_back(static_cast<double>(r.start_ns - r.scheduled_ns) * 1e-6);
+    const auto& truth = sent[requests[i].prompt];
+    for (size_t k = 0; k < std::min(truth.size(), r.chunk_ns.size()); ++k) {
+      s.error_ms.push_back(static_cast<double>(r.chunk_ns[k] - truth[k]) * 1e-6);
+    }
+  }
+  return s;
+}
+
+void print(const char* name, const Summary& s) {
+  auto stats = [](std::vector<double> v) {
+    if (v.empty()) return std::string("n/a");
+    char line[160];
+    std::snprintf(line, sizeof(line), "mean %.3f  p50 %.3f  p99 %.3f  max %.3f", 
+                  std::accumulate(v.begin(), v.end(), 0.0) / v.size(), percentile(v, 50), percentile(v, 99),
+                  *std::max_element(v.begin(), v.end()));
+    return std::string(line);
+  };
+  std::printf("%s\n  sustained: %.0f streamed requests/s, %d failed\n  timestamp error (ms): %s\n  dispatch lag (ms):    %s\n",
+              name, s.requests_per_s, s.failed, stats(s.error_ms).c_str(), stats(s.lag_ms).c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int num_requests = 20000, num_tokens = 8, concurrency = 64;
+  double rate = 2000;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto next = [&]() { return i + 1 < argc ? argv[++i] : "0"; };
+    if (arg == "--requests") num_requests = std::atoi(next());
+    else if (arg == "--tokens") num_tokens = std::atoi(next());
+    else if (arg == "--rate") rate = std::atof(next());
+    else if (arg == "--concurrency") concurrency = std::atoi(next());
+    else if (arg == "--serve-only") {
+      testing::StubOpenAIServer server([num_tokens](const std::string&) {
+        testing::StubScript s;
+        s.gaps_ms = testing::uniform_gaps(num_tokens, 20, 10);
+        return s;
+      }, /*record=*/false);
+      std::printf("%s\n", server.base_url().c_str());
+      std::fflush(stdout);
+      std::this_thread::sleep_for(std::chrono::hours(1));
+      return 0;
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", arg.c_str());
+      return 2;
+    }
+  }
+  std::printf("stub answers at once: %d requests x %d tokens, one write per token\n", num_requests, num_tokens);
+  print(("rate inf, max concurrency " + std::to_string(concurrency)).c_str(),
+        measure(num_requests, num_tokens, tandem::bench::kInfiniteRate, concurrency));
+  print(("Poisson rate " + std::to_string(static_cast<int>(rate)) + " req/s, no concurrency cap").c_str(),
+        measure(num_requests, num_tokens, rate, 0));
+  return 0;
+}
