@@ -87,6 +87,7 @@ RunMetrics compute_metrics(const std::vector<RequestResult>& results, int64_t ru
   std::vector<double> tokens_per_bucket(num_buckets, 0.0);
   std::vector<double> tokens_per_second(static_cast<size_t>(std::ceil(std::max(duration_s, 0.0))) + 2, 0.0);
   std::vector<std::pair<int64_t, int>> edges;  // (+1 at start, -1 at end) for peak concurrency
+  const int32_t added_tokens = codec != nullptr ? codec->num_added_special_tokens() : 0;
   for (const RequestResult& r : results) {
     if (r.start_ns > 0) {
       edges.emplace_back(r.start_ns, 1);
@@ -100,7 +101,7 @@ RunMetrics compute_metrics(const std::vector<RequestResult>& results, int64_t ru
     ++m.completed;
     const int32_t output_tokens = output_tokens_of(r, codec);
     const int32_t input_tokens = r.prompt_len >= 0 ? r.prompt_len : std::max(r.usage_prompt_tokens, 0);
-    if (r.prompt_len >= 0 && r.usage_prompt_tokens >= 0 && r.usage_prompt_tokens != r.prompt_len) {
+    if (r.prompt_len >= 0 && r.usage_prompt_tokens >= 0 && r.usage_prompt_tokens != r.prompt_len + added_tokens) {
       ++m.prompt_len_mismatches;
     }
     m.total_input_tokens += input_tokens;

@@ -49,7 +49,9 @@ struct RunMetrics {
   double total_token_throughput = 0;
   double peak_output_throughput = 0;  // most output tokens in any one-second window of the run
   int32_t peak_concurrent_requests = 0;
-  int32_t prompt_len_mismatches = 0;  // successful requests whose usage.prompt_tokens != prompt_len
+  // Successful requests whose usage.prompt_tokens != prompt_len + the special tokens the server adds
+  // (meaningful for /v1/completions; a chat template adds more).
+  int32_t prompt_len_mismatches = 0;
   LatencySummary ttft, tpot, itl, e2el;
   // Output tokens per second over the run, in buckets of timeline_bucket_s from the run start.
   double timeline_bucket_s = 1.0;

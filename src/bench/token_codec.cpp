@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tandem::bench {
 namespace {
@@ -49,6 +50,45 @@ class WordCodec final : public TokenCodec {
   int32_t vocab_size_;
 };
 
+// The real tokenizer of a model directory. Prompts are encoded without special tokens, as vLLM's
+// random dataset counts them; the server adds its own (num_added_special_tokens).
+class TokenizerCodec final : public TokenCodec {
+ public:
+  TokenizerCodec(std::unique_ptr<tokenizer::Tokenizer> tok, std::string dir)
+      : tok_(std::move(tok)), dir_(std::move(dir)),
+        num_added_(static_cast<int32_t>(tok_->encode("", /*add_special_tokens=*/true).size())) {}
+
+  std::vector<int32_t> encode(std::string_view text) const override { return tok_->encode(text, false); }
+  std::string decode(std::span<const int32_t> ids) const override { return tok_->decode(ids, false); }
+  int32_t vocab_size() const override { return tok_->vocab_size(); }
+  // Added tokens ("<think>", "<|im_start|>") would be cut out by the server as units; keep prompts to the
+  // ordinary vocabulary, as a user's text would be.
+  bool is_special(int32_t id) const override {
+    return id >= ordinary_limit() || tok_->is_special(id) || !tok_->token_bytes(id).has_value();
+  }
+  int32_t num_added_special_tokens() const override { return num_added_; }
+  std::string name() const override { return dir_; }
+
+ private:
+  // Added tokens sit at the end of the vocabulary in Qwen3 (151643..151668, some not "special", like
+  // <think>) and Llama-3.1 (128000..128255): every id from the lowest special one in the last 2048 up
+  // is kept out of prompts.
+  int32_t ordinary_limit() const {
+    if (limit_ < 0) {
+      int32_t limit = tok_->vocab_size();
+      for (int32_t id = tok_->vocab_size() - 1; id >= 0 && id >= tok_->vocab_size() - 2048; --id) {
+        if (tok_->is_special(id)) limit = id;
+      }
+      limit_ = limit;
+    }
+    return limit_;
+  }
+  std::unique_ptr<tokenizer::Tokenizer> tok_;
+  std::string dir_;
+  int32_t num_added_;
+  mutable int32_t limit_ = -1;
+};
+
 }  // namespace
 
 std::unique_ptr<TokenCodec> make_word_codec(int32_t vocab_size) {
@@ -66,8 +106,11 @@ std::unique_ptr<TokenCodec> open_token_codec(const std::string& spec, const std:
     throw Error(flag + ": '" + spec + "' has no tokenizer.json (expected a model or tokenizer directory, "
                 "or builtin:words)");
   }
-  throw Error(flag + ": '" + spec + "': real tokenizers are not built into this tandem yet; "
-              "use builtin:words against stub servers");
+  try {
+    return std::make_unique<TokenizerCodec>(tokenizer::Tokenizer::load(spec), spec);
+  } catch (const Error& e) {
+    throw Error(flag + ": " + e.what());
+  }
 }
 
 }  // namespace tandem::bench

@@ -23,6 +23,9 @@ class TokenCodec {
   // Ids in [0, vocab_size()) that are ordinary (non-special) tokens may be sampled for prompts.
   virtual int32_t vocab_size() const = 0;
   virtual bool is_special(int32_t id) const = 0;
+  // Tokens a server adds when it encodes a completion prompt (Llama-3.1's <|begin_of_text|>: 1; Qwen3: 0),
+  // so the prompt length can be checked against the server's usage.
+  virtual int32_t num_added_special_tokens() const { return 0; }
   // A short name for the result file ("words", a tokenizer directory).
   virtual std::string name() const = 0;
 };
@@ -32,7 +35,8 @@ class TokenCodec {
 std::unique_ptr<TokenCodec> make_word_codec(int32_t vocab_size = 32000);
 
 // Opens a codec by spec: "builtin:words", or a directory holding tokenizer.json (a Hugging Face
-// model or tokenizer directory). Throws tandem::Error naming `flag` when it cannot.
+// model or tokenizer directory, read by tandem::tokenizer). Throws tandem::Error naming `flag` when it
+// cannot.
 std::unique_ptr<TokenCodec> open_token_codec(const std::string& spec, const std::string& flag);
 
 }  // namespace tandem::bench

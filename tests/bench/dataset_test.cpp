@@ -185,3 +185,30 @@ TEST(Arrivals, PoissonMeanRateAndGammaBurstiness) {
 
 }  // namespace
 }  // namespace tandem::bench
+
+namespace tandem::bench {
+namespace {
+
+// The real Qwen3 and Llama-3.1 tokenizers (scripts/fetch_data.sh): random prompts re-encode to the asked
+// number of tokens, as the server will count them.
+TEST(RandomDataset, RealTokenizersSeeTheAskedLength) {
+  for (const char* name : {"qwen3", "llama3_1"}) {
+    const std::string dir = std::string(TANDEM_DATA_DIR) + "/tokenizers/" + name;
+    if (!std::filesystem::exists(dir + "/tokenizer.json")) GTEST_SKIP() << "no " << dir;
+    auto codec = open_token_codec(dir, "--tokenizer");
+    RandomDatasetOptions options;
+    options.input_len = 300;
+    options.output_len = 4;
+    auto requests = make_random_dataset(*codec, options, 20, 5);
+    for (const auto& r : requests) {
+      const std::vector<int32_t> ids = codec->encode(r.prompt);
+      EXPECT_EQ(static_cast<int32_t>(ids.size()), 300) << name;
+      EXPECT_EQ(r.prompt_len, 300) << name;
+      for (int32_t id : ids) EXPECT_FALSE(codec->is_special(id)) << name << " " << id;
+    }
+    EXPECT_EQ(codec->num_added_special_tokens(), std::string(name) == "llama3_1" ? 1 : 0);
+  }
+}
+
+}  // namespace
+}  // namespace tandem::bench
