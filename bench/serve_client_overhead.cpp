@@ -2,8 +2,12 @@
 // thread, same process) answers every request at once with N streamed tokens, each its own write, and
 // records when it wrote each; the client loads it and we compare:
 //   - sustained streamed requests/s (at an infinite rate with a concurrency cap, and at a fixed rate);
-//   - timestamp error: client's arrival timestamp of a chunk minus the server's write time (same clock);
-//   - dispatch lag: when a request actually left minus its scheduled arrival time.
+//   - timestamp error: how far the client's timestamp of a chunk lies outside [just before, just after] the
+//     server's write of it (same clock), so a stub thread preempted around its write is not blamed on
+//     the client; negative would mean a chunk seen before it was sent (never observed);
+//   - dispatch lag: when a request actually left minus its scheduled arrival time (meaningless at rate inf,
+//     where every request is due at once and waits for a concurrency slot).
+// Each with kernel arrival timestamps (the default) and with user-space read times, for comparison.
 // Usage: serve_client_overhead [--requests N] [--tokens N] [--rate R] [--concurrency C]
 //        serve_client_overhead --serve-only   (just run the stub and print its URL, for trying the CLI)
 #include <algorithm>
@@ -33,7 +37,7 @@ struct Summary {
   std::vector<double> lag_ms;    // per request
 };
 
-Summary measure(int num_requests, int num_tokens, double rate, int concurrency) {
+Summary measure(int num_requests, int num_tokens, double rate, int concurrency, bool kernel_timestamps) {
   testing::StubOpenAIServer server([num_tokens](const std::string&) {
     testing::StubScript s;
     s.gaps_ms.assign(static_cast<size_t>(num_tokens), 0.0);
@@ -43,6 +47,7 @@ Summary measure(int num_requests, int num_tokens, double rate, int concurrency) 
   options.base_url = server.base_url();
   options.model = "stub";
   options.keep_generated_text = false;
+  options.kernel_timestamps = kernel_timestamps;
   auto client = std::move(OpenAIClient::create(options).value());
   std::vector<BenchRequest> requests;
   for (int i = 0; i < num_requests; ++i) requests.push_back({"r" + std::to_string(i), 1, num_tokens});
@@ -51,8 +56,8 @@ Summary measure(int num_requests, int num_tokens, double rate, int concurrency) 
   auto results = client->run(requests, offsets, concurrency, {}, start_ns);
   int64_t end_ns = start_ns;
   for (const auto& r : results) end_ns = std::max(end_ns, r.done_ns);
-  std::map<std::string, std::vector<int64_t>> sent;
-  for (auto& rec : server.records()) sent[rec.prompt] = std::move(rec.sent_ns);
+  std::map<std::string, testing::StubRecord> sent;
+  for (auto& rec : server.records()) sent[rec.prompt] = std::move(rec);
   Summary s;
   s.requests_per_s = num_requests / (static_cast<double>(end_ns - start_ns) * 1e-9);
   for (size_t i = 0; i < results.size(); ++i) {
@@ -63,8 +68,10 @@ Summary measure(int num_requests, int num_tokens, double rate, int concurrency) 
     }
     s.lag_ms.push_back(static_cast<double>(r.start_ns - r.scheduled_ns) * 1e-6);
     const auto& truth = sent[requests[i].prompt];
-    for (size_t k = 0; k < std::min(truth.size(), r.chunk_ns.size()); ++k) {
-      s.error_ms.push_back(static_cast<double>(r.chunk_ns[k] - truth[k]) * 1e-6);
+    for (size_t k = 0; k < std::min(truth.sent_ns.size(), r.chunk_ns.size()); ++k) {
+      const int64_t t = r.chunk_ns[k];
+      const int64_t error_ns = t < truth.sent_ns[k] ? t - truth.sent_ns[k] : std::max<int64_t>(0, t - truth.sent_end_ns[k]);
+      s.error_ms.push_back(static_cast<double>(error_ns) * 1e-6);
     }
   }
   return s;
@@ -86,7 +93,7 @@ void print(const char* name, const Summary& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int num_requests = 20000, num_tokens = 8, concurrency = 64;
+  int num_requests = 10000, num_tokens = 8, concurrency = 64;
   double rate = 2000;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
@@ -111,9 +118,12 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("stub answers at once: %d requests x %d tokens, one write per token\n", num_requests, num_tokens);
-  print(("rate inf, max concurrency " + std::to_string(concurrency)).c_str(),
-        measure(num_requests, num_tokens, tandem::bench::kInfiniteRate, concurrency));
-  print(("Poisson rate " + std::to_string(static_cast<int>(rate)) + " req/s, no concurrency cap").c_str(),
-        measure(num_requests, num_tokens, rate, 0));
+  for (bool kernel : {true, false}) {
+    const std::string clock = kernel ? "kernel arrival timestamps" : "user-space read timestamps";
+    print(("rate inf, max concurrency " + std::to_string(concurrency) + ", " + clock).c_str(),
+          measure(num_requests, num_tokens, tandem::bench::kInfiniteRate, concurrency, kernel));
+    print(("Poisson rate " + std::to_string(static_cast<int>(rate)) + " req/s, no concurrency cap, " + clock).c_str(),
+          measure(num_requests, num_tokens, rate, 0, kernel));
+  }
   return 0;
 }

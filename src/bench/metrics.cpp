@@ -85,7 +85,9 @@ RunMetrics compute_metrics(const std::vector<RequestResult>& results, int64_t ru
   m.timeline_bucket_s = duration_s > 60 ? 1.0 : std::max(0.05, duration_s / 60.0);
   const size_t num_buckets = static_cast<size_t>(std::ceil(std::max(duration_s, 1e-9) / m.timeline_bucket_s)) + 1;
   std::vector<double> tokens_per_bucket(num_buckets, 0.0);
-  std::vector<double> tokens_per_second(static_cast<size_t>(std::ceil(std::max(duration_s, 0.0))) + 2, 0.0);
+  // vLLM counts tokens per one-second window; a run shorter than a second uses one window of its length.
+  const double peak_window_s = std::clamp(duration_s, 1e-3, 1.0);
+  std::vector<double> tokens_per_second(static_cast<size_t>(std::ceil(std::max(duration_s, 0.0) / peak_window_s)) + 2, 0.0);
   std::vector<std::pair<int64_t, int>> edges;  // (+1 at start, -1 at end) for peak concurrency
   const int32_t added_tokens = codec != nullptr ? codec->num_added_special_tokens() : 0;
   for (const RequestResult& r : results) {
@@ -121,7 +123,8 @@ RunMetrics compute_metrics(const std::vector<RequestResult>& results, int64_t ru
       const double offset_s = std::max(0.0, static_cast<double>(t - run_start_ns) * 1e-9);
       tokens_per_bucket[std::min(num_buckets - 1, static_cast<size_t>(offset_s / m.timeline_bucket_s))] +=
           tokens_per_chunk;
-      tokens_per_second[std::min(tokens_per_second.size() - 1, static_cast<size_t>(offset_s))] += tokens_per_chunk;
+      tokens_per_second[std::min(tokens_per_second.size() - 1, static_cast<size_t>(offset_s / peak_window_s))] +=
+          tokens_per_chunk;
     }
     if (slo.any()) {
       // As vLLM: every given SLO must hold; TPOT is 0 for one-token outputs, so it always holds then.
@@ -144,7 +147,7 @@ RunMetrics compute_metrics(const std::vector<RequestResult>& results, int64_t ru
   m.input_throughput = static_cast<double>(m.total_input_tokens) / d;
   m.output_throughput = static_cast<double>(m.total_output_tokens) / d;
   m.total_token_throughput = static_cast<double>(m.total_input_tokens + m.total_output_tokens) / d;
-  m.peak_output_throughput = tokens_per_second.empty() ? 0 : *std::max_element(tokens_per_second.begin(), tokens_per_second.end());
+  m.peak_output_throughput = *std::max_element(tokens_per_second.begin(), tokens_per_second.end()) / peak_window_s;
   // The last, partial bucket would read low; drop it when the run covers more than one bucket.
   const size_t full_buckets = std::max<size_t>(1, static_cast<size_t>(std::ceil(d / m.timeline_bucket_s)));
   tokens_per_bucket.resize(std::min(tokens_per_bucket.size(), full_buckets));

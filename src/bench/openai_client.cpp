@@ -5,6 +5,8 @@
 #include "bench/openai_client.h"
 
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -17,8 +19,10 @@
 #include <boost/asio/write.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 
 #include "bench/http_stream.h"
 
@@ -54,6 +58,71 @@ void raise_open_file_limit() {
   if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
     limit.rlim_cur = limit.rlim_max;
     setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+int64_t clock_ns(clockid_t clock) {
+  timespec ts{};
+  clock_gettime(clock, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Asks the kernel to stamp received data with its arrival time (SO_TIMESTAMPNS), so a chunk's timestamp
+// does not depend on when this thread got round to reading it: on a loaded machine the event loop may be
+// busy with other sockets, or descheduled, for milliseconds. Returns false where it is not supported.
+bool enable_kernel_timestamps(tcp::socket& sock) {
+  int one = 1;
+  return setsockopt(sock.native_handle(), SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) == 0;
+}
+
+struct TimedRead {
+  size_t num_bytes = 0;
+  int64_t t_ns = 0;  // steady clock: the kernel's arrival time of the newest data read, else "now"
+  error_code ec;
+};
+
+// Reads what the socket holds (waiting for data if none), with its arrival time.
+asio::awaitable<TimedRead> timed_read(tcp::socket& sock, std::vector<char>& buffer) {
+  TimedRead result;
+  for (;;) {
+    iovec iov{buffer.data(), buffer.size()};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec)) * 2];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    const ssize_t n = ::recvmsg(sock.native_handle(), &msg, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      // Asio re-arms the descriptor when a wait starts, so data that came meanwhile is not missed.
+      co_await sock.async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, result.ec));
+      if (result.ec) co_return result;
+      continue;
+    }
+    const int64_t mono_now = steady_now_ns();
+    result.t_ns = mono_now;
+    if (n < 0) {
+      result.ec = error_code(errno, boost::system::system_category());
+      co_return result;
+    }
+    if (n == 0) {
+      result.ec = asio::error::eof;
+      co_return result;
+    }
+    result.num_bytes = static_cast<size_t>(n);
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+        timespec ts{};
+        std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+        // The stamp is CLOCK_REALTIME; move it to the monotonic clock through the clocks' current offset
+        // (an NTP slew changes that offset by microseconds per second at most).
+        const int64_t real_ns = static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+        const int64_t mono_ns = real_ns - (clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC));
+        // Trust it only when it is plausible: not after now, and not before the request began.
+        if (mono_ns <= mono_now && mono_ns > mono_now - 60'000'000'000) result.t_ns = mono_ns;
+      }
+    }
+    co_return result;
   }
 }
 
@@ -189,8 +258,17 @@ asio::awaitable<Exchange> exchange(RunState& st, const std::shared_ptr<tcp::sock
   bool saw_done = false;
   int64_t last_read_ns = 0;
   while (!http.complete()) {
-    size_t n = co_await sock->async_read_some(asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
-    const int64_t t_ns = steady_now_ns();
+    size_t n = 0;
+    int64_t t_ns = 0;
+    if (st.impl.options.kernel_timestamps) {
+      TimedRead read = co_await timed_read(*sock, buffer);
+      n = read.num_bytes;
+      t_ns = read.t_ns;
+      ec = read.ec;
+    } else {
+      n = co_await sock->async_read_some(asio::buffer(buffer), asio::redirect_error(asio::use_awaitable, ec));
+      t_ns = steady_now_ns();
+    }
     if (ec) {
       if (*timed_out) {
         r.error = "timed out (--request-timeout)";
@@ -269,6 +347,7 @@ asio::awaitable<void> run_request(RunState& st, size_t index) {
         break;
       }
       sock->set_option(tcp::no_delay(true), ec);
+      if (st.impl.options.kernel_timestamps) enable_kernel_timestamps(*sock);
     }
     // The deadline closes the socket, which ends whatever read or write is pending with an error.
     deadline.async_wait([weak = std::weak_ptr<tcp::socket>(sock), timed_out](const error_code& wait_ec) {
@@ -323,9 +402,9 @@ asio::awaitable<void> report_progress(RunState& st, const ProgressFn& progress, 
   asio::steady_timer timer(st.io);
   error_code ec;
   for (;;) {
+    if (st.completed >= total) co_return;  // run() reports the end itself
     RunProgress p{total, st.completed, st.failed, st.in_flight, static_cast<double>(steady_now_ns() - start_ns) * 1e-9};
     progress(p);
-    if (st.completed >= total) co_return;
     timer.expires_after(std::chrono::milliseconds(250));
     co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
@@ -478,6 +557,12 @@ std::vector<RequestResult> OpenAIClient::run(const std::vector<BenchRequest>& re
                    asio::detached);
   }
   io.run();
+  if (progress) {
+    int64_t end_ns = run_start_ns;
+    for (const RequestResult& r : results) end_ns = std::max(end_ns, r.done_ns);
+    progress(RunProgress{static_cast<int32_t>(requests.size()), st.completed, st.failed, 0,
+                         static_cast<double>(end_ns - run_start_ns) * 1e-9});
+  }
   return results;
 }
 

@@ -28,6 +28,9 @@ struct ClientOptions {
   std::string extra_body_json;       // a JSON object merged into every request body; empty for none
   double request_timeout_s = 3600.0;  // a request still streaming after this fails with a timeout
   bool keep_generated_text = true;
+  // Timestamp chunks with the kernel's arrival time of their bytes (SO_TIMESTAMPNS) rather than when the
+  // event loop read them; falls back to the read time where the kernel gives none.
+  bool kernel_timestamps = true;
 };
 
 // What happened to one request. Times are steady-clock (CLOCK_MONOTONIC) nanoseconds, comparable with

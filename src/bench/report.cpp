@@ -167,6 +167,7 @@ StatusOr<nlohmann::json> build_report_data(const std::vector<std::string>& resul
   nlohmann::json timeline = xy_chart("throughput_timeline", "Output throughput over time", "time since run start (s)", "output tokens/s");
   nlohmann::json summary = nlohmann::json::array();
 
+  size_t run_series = 0;  // colour of each per-run series: every series its own, the file's by dash
   for (size_t fi = 0; fi < files.size(); ++fi) {
     const File& f = files[fi];
     const nlohmann::json& runs = f.doc["runs"];
@@ -196,9 +197,10 @@ StatusOr<nlohmann::json> build_report_data(const std::vector<std::string>& resul
     if (has_goodput) goodput["datasets"].push_back({{"label", f.label + " goodput"}, {"data", good}, {"color", fi}, {"dash", 0}});
     goodput["datasets"].push_back({{"label", f.label + " request throughput"}, {"data", thr}, {"color", fi}, {"dash", 1}});
 
-    int dash = 0;
+    const size_t dash = fi;
     for (const auto& run : runs) {
       const std::string series = f.label + " @ " + rate_of(run["request_rate"]).first;
+      const size_t color = run_series++;
       std::vector<double> ttfts, tpots, e2els;
       for (const auto& q : run.value("requests", nlohmann::json::array())) {
         if (!q.value("success", false)) continue;
@@ -206,17 +208,16 @@ StatusOr<nlohmann::json> build_report_data(const std::vector<std::string>& resul
         if (q.contains("e2el_ms")) e2els.push_back(q["e2el_ms"].get<double>());
         if (q.value("output_tokens", 0) > 1 && q.contains("tpot_ms")) tpots.push_back(q["tpot_ms"].get<double>());
       }
-      ttft_cdf["datasets"].push_back({{"label", series}, {"data", cdf_points(ttfts)}, {"color", fi}, {"dash", dash}});
-      tpot_cdf["datasets"].push_back({{"label", series}, {"data", cdf_points(tpots)}, {"color", fi}, {"dash", dash}});
-      e2el_cdf["datasets"].push_back({{"label", series}, {"data", cdf_points(e2els)}, {"color", fi}, {"dash", dash}});
+      ttft_cdf["datasets"].push_back({{"label", series}, {"data", cdf_points(ttfts)}, {"color", color}, {"dash", dash}});
+      tpot_cdf["datasets"].push_back({{"label", series}, {"data", cdf_points(tpots)}, {"color", color}, {"dash", dash}});
+      e2el_cdf["datasets"].push_back({{"label", series}, {"data", cdf_points(e2els)}, {"color", color}, {"dash", dash}});
       nlohmann::json points = nlohmann::json::array();
       if (run.contains("timeline") && run["timeline"].is_object()) {
         const double bucket = run["timeline"].value("bucket_s", 1.0);
         const auto& values = run["timeline"]["output_throughput"];
         for (size_t i = 0; i < values.size(); ++i) points.push_back({{"x", (static_cast<double>(i) + 0.5) * bucket}, {"y", values[i]}});
       }
-      timeline["datasets"].push_back({{"label", series}, {"data", points}, {"color", fi}, {"dash", dash}});
-      ++dash;
+      timeline["datasets"].push_back({{"label", series}, {"data", points}, {"color", color}, {"dash", dash}});
       summary.push_back({{"series", series},
                          {"completed", run.value("completed", 0)},
                          {"failed", run.value("failed", 0)},
@@ -286,7 +287,7 @@ constexpr const char* kRenderScript = R"JS(
           x: { type: spec.x_type, title: { display: true, text: spec.x_title } },
           y: { beginAtZero: true, title: { display: true, text: spec.y_title } },
         },
-        plugins: { legend: { position: 'bottom' } },
+        plugins: { legend: { position: 'bottom', labels: { usePointStyle: true, pointStyle: 'line' } } },
       },
     });
     window.tandemReport.charts[spec.id] = chart;

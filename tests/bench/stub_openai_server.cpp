@@ -179,6 +179,7 @@ struct StubOpenAIServer::Impl {
       if (!s.coalesce) {
         if (record) rec.sent_ns.push_back(now_ns());
         co_await asio::async_write(sock, asio::buffer(out), asio::redirect_error(asio::use_awaitable, ec));
+        if (record) rec.sent_end_ns.push_back(now_ns());
         out.clear();
         if (ec) { finish(); co_return false; }
       }
@@ -217,6 +218,7 @@ struct StubOpenAIServer::Impl {
       rec.sent_ns.assign(static_cast<size_t>(num_tokens), t);
     }
     co_await asio::async_write(sock, asio::buffer(out), asio::redirect_error(asio::use_awaitable, ec));
+    if (record && s.coalesce) rec.sent_end_ns.assign(static_cast<size_t>(num_tokens), now_ns());
     finish();
     co_return !ec;
   }

@@ -30,6 +30,7 @@ struct StubRecord {
   std::string prompt;               // prompt, or the first message's content
   int64_t received_ns = 0;          // steady clock, when the request was fully read
   std::vector<int64_t> sent_ns;     // steady clock, just before each token's write
+  std::vector<int64_t> sent_end_ns; // steady clock, just after it: the token left in [sent, sent_end]
 };
 
 class StubOpenAIServer {
