@@ -58,11 +58,14 @@ double worst_timing_error_ms(std::string& why) {
   std::map<std::string, testing::StubRecord> sent;
   for (auto& rec : server.records()) sent[rec.prompt] = rec;
   double worst = 0;
-  auto check = [&](const std::string& what, double measured_ms, double truth_ms) {
-    double err = std::abs(measured_ms - truth_ms);
+  // The server wrote each token between sent_ns (just before its write) and sent_end_ns (just after): a
+  // measurement is off by its distance from that interval.
+  auto check = [&](const std::string& what, double measured_ms, double truth_lo_ms, double truth_hi_ms) {
+    double err = measured_ms < truth_lo_ms ? truth_lo_ms - measured_ms : std::max(0.0, measured_ms - truth_hi_ms);
     if (err > worst) {
       worst = err;
-      why = what + " measured " + std::to_string(measured_ms) + " ms, server says " + std::to_string(truth_ms) + " ms";
+      why = what + " measured " + std::to_string(measured_ms) + " ms, server says [" + std::to_string(truth_lo_ms) +
+            ", " + std::to_string(truth_hi_ms) + "] ms";
     }
   };
   for (size_t i = 0; i < results.size(); ++i) {
@@ -70,7 +73,9 @@ double worst_timing_error_ms(std::string& why) {
     EXPECT_TRUE(r.success) << r.error;
     const auto& rec = sent.at(texts[i]);
     const std::vector<int64_t>& s = rec.sent_ns;
+    const std::vector<int64_t>& e = rec.sent_end_ns;
     EXPECT_EQ(r.chunk_ns.size(), s.size());
+    EXPECT_EQ(e.size(), s.size());
     EXPECT_EQ(r.usage_completion_tokens, 10);
     if (!r.success || r.chunk_ns.size() != s.size()) return 1e9;
     // The stub follows its script (timers never fire early); the client must see those times.
@@ -78,12 +83,15 @@ double worst_timing_error_ms(std::string& why) {
     EXPECT_GE(static_cast<double>(s[0] - rec.received_ns) * 1e-6, script.gaps_ms[0] - 0.05);
     const int32_t n = output_tokens_of(r, nullptr);
     const double ms = 1e-6;
-    check("TTFT of " + texts[i], r.ttft_s() * 1e3, static_cast<double>(s.front() - r.start_ns) * ms);
-    check("E2E of " + texts[i], r.latency_s() * 1e3, static_cast<double>(s.back() - r.start_ns) * ms);
-    check("TPOT of " + texts[i], tpot_s_of(r, n) * 1e3, static_cast<double>(s.back() - s.front()) * ms / (n - 1));
+    check("TTFT of " + texts[i], r.ttft_s() * 1e3, static_cast<double>(s.front() - r.start_ns) * ms,
+          static_cast<double>(e.front() - r.start_ns) * ms);
+    check("E2E of " + texts[i], r.latency_s() * 1e3, static_cast<double>(s.back() - r.start_ns) * ms,
+          static_cast<double>(e.back() - r.start_ns) * ms);
+    check("TPOT of " + texts[i], tpot_s_of(r, n) * 1e3, static_cast<double>(s.back() - e.front()) * ms / (n - 1),
+          static_cast<double>(e.back() - s.front()) * ms / (n - 1));
     for (size_t k = 1; k < s.size(); ++k) {
       check("ITL " + std::to_string(k) + " of " + texts[i], static_cast<double>(r.chunk_ns[k] - r.chunk_ns[k - 1]) * ms,
-            static_cast<double>(s[k] - s[k - 1]) * ms);
+            static_cast<double>(s[k] - e[k - 1]) * ms, static_cast<double>(e[k] - s[k - 1]) * ms);
     }
   }
   return worst;
