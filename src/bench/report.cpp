@@ -222,6 +222,7 @@ StatusOr<nlohmann::json> build_report_data(const std::vector<std::string>& resul
                          {"completed", run.value("completed", 0)},
                          {"failed", run.value("failed", 0)},
                          {"request_throughput", run.value("request_throughput", 0.0)},
+                         {"request_goodput", run.contains("request_goodput") ? run["request_goodput"] : nlohmann::json(nullptr)},
                          {"output_throughput", run.value("output_throughput", 0.0)},
                          {"mean_ttft_ms", run.value("mean_ttft_ms", 0.0)},
                          {"median_tpot_ms", run.value("median_tpot_ms", 0.0)},
@@ -327,13 +328,14 @@ std::string render_report_html(const nlohmann::json& data, const std::string& ch
             html_escape(f.value("date", "")) + "; " + html_escape(c.value("dataset_name", "")) + " dataset, " +
             html_escape(c.value("endpoint", "")) + ", model " + html_escape(c.value("model", "")) + "</li>\n";
   }
-  html += "</ul>\n<table>\n<tr><th>series</th><th>ok</th><th>failed</th><th>req/s</th><th>output tok/s</th>"
+  html += "</ul>\n<table>\n<tr><th>series</th><th>ok</th><th>failed</th><th>req/s</th><th>goodput req/s</th><th>output tok/s</th>"
           "<th>mean TTFT ms</th><th>median TPOT ms</th><th>mean E2E ms</th></tr>\n";
   for (const auto& s : data["summary"]) {
-    html += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2f}</td><td>{:.1f}</td><td>{:.2f}</td><td>{:.2f}</td>"
+    const std::string goodput = s["request_goodput"].is_number() ? fmt::format("{:.2f}", s["request_goodput"].get<double>()) : "&ndash;";
+    html += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2f}</td><td>{}</td><td>{:.1f}</td><td>{:.2f}</td><td>{:.2f}</td>"
                         "<td>{:.2f}</td></tr>\n",
                         html_escape(s["series"].get<std::string>()), s["completed"].get<int>(), s["failed"].get<int>(),
-                        s["request_throughput"].get<double>(), s["output_throughput"].get<double>(),
+                        s["request_throughput"].get<double>(), goodput, s["output_throughput"].get<double>(),
                         s["mean_ttft_ms"].get<double>(), s["median_tpot_ms"].get<double>(), s["mean_e2el_ms"].get<double>());
   }
   html += "</table>\n<div id=\"charts\"></div>\n";

@@ -1,5 +1,6 @@
 // `tandem bench serve`: the serving benchmark, with the flags of `vllm bench serve`.
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -109,6 +110,10 @@ Runner add_bench_serve_command(CLI::App& bench) {
     auto built = bench::build_dataset(o, codec.get());
     throw_if_error(built.status());
     std::vector<bench::BenchRequest> requests = std::move(*built);
+    if (static_cast<int32_t>(requests.size()) < o.num_prompts) {
+      spdlog::warn("bench serve: --dataset-path holds {} prompts, fewer than --num-prompts {}; each run sends {}",
+                   requests.size(), o.num_prompts, requests.size());
+    }
 
     Status reachable = client->check_reachable(5.0);
     if (!reachable.ok()) throw Error("--base-url: " + reachable.message() + " (is the server running?)");
