@@ -107,6 +107,9 @@ Runner add_bench_serve_command(CLI::App& bench) {
     std::unique_ptr<bench::TokenCodec> codec;
     const std::string spec = tokenizer_spec(o);
     if (o.dataset != "jsonl" || !spec.empty()) codec = bench::open_token_codec(spec, "--tokenizer");
+    // Before the dataset, which can take seconds to tokenize: an unreachable server fails at once.
+    Status reachable = client->check_reachable(5.0);
+    if (!reachable.ok()) throw Error("--base-url: " + reachable.message() + " (is the server running?)");
     auto built = bench::build_dataset(o, codec.get());
     throw_if_error(built.status());
     std::vector<bench::BenchRequest> requests = std::move(*built);
@@ -115,8 +118,6 @@ Runner add_bench_serve_command(CLI::App& bench) {
                    requests.size(), o.num_prompts, requests.size());
     }
 
-    Status reachable = client->check_reachable(5.0);
-    if (!reachable.ok()) throw Error("--base-url: " + reachable.message() + " (is the server running?)");
     if (o.client.model.empty()) {
       auto models = client->get("/v1/models", 10.0);
       nlohmann::json list = models.ok() ? nlohmann::json::parse(*models, nullptr, false) : nlohmann::json();
