@@ -15,7 +15,14 @@ ProgressPrinter::ProgressPrinter(std::FILE* out, ProgressMode mode, std::string 
 void ProgressPrinter::update(const RunProgress& p) {
   if (mode_ == ProgressMode::kNone || finished_) return;
   const bool done = p.completed >= p.total;
-  const double rate = p.elapsed_s > 0 ? p.completed / p.elapsed_s : 0.0;
+  // The current rate, over a window of the last few seconds; the average over the run once it is done.
+  constexpr double kWindowS = 3.0;
+  recent_.emplace_back(p.elapsed_s, p.completed);
+  while (recent_.size() > 2 && recent_[1].first <= p.elapsed_s - kWindowS) recent_.pop_front();
+  const double window_s = p.elapsed_s - recent_.front().first;
+  double rate = window_s > 0.2 ? (p.completed - recent_.front().second) / window_s
+                               : (p.elapsed_s > 0 ? p.completed / p.elapsed_s : 0.0);
+  if (done && p.elapsed_s > 0) rate = p.completed / p.elapsed_s;
   const int elapsed = static_cast<int>(p.elapsed_s);
   const std::string clock = fmt::format("{}:{:02}", elapsed / 60, elapsed % 60);
   if (mode_ == ProgressMode::kBar) {

@@ -305,6 +305,14 @@ StatusOr<nlohmann::json> run_serve_benchmark(const ServeBenchmarkOptions& o, Ope
     std::vector<double> offsets = make_arrival_offsets(static_cast<int32_t>(requests.size()), rate, o.burstiness, o.seed);
     const std::string title = std::isinf(rate) ? "rate inf" : fmt::format("rate {:g}", rate);
     ProgressPrinter progress(stderr, o.progress, "bench serve " + title, o.progress_interval_s);
+    if (o.progress != ProgressMode::kNone) {
+      const std::string arrivals = std::isinf(rate) ? "all at once"
+                                   : o.burstiness == 1.0 ? fmt::format("Poisson at {:g} req/s", rate)
+                                                         : fmt::format("gamma at {:g} req/s, burstiness {:g}", rate, o.burstiness);
+      const std::string cap = o.max_concurrency > 0 ? fmt::format("at most {} in flight", o.max_concurrency) : "no concurrency cap";
+      std::fprintf(stderr, "bench serve: %zu requests to %s%s, %s, %s\n", requests.size(), o.client.base_url.c_str(),
+                   o.client.endpoint.c_str(), arrivals.c_str(), cap.c_str());
+    }
     run.results = client.run(requests, offsets, o.max_concurrency,
                              [&](const RunProgress& p) { progress.update(p); }, run.run_start_ns);
     int64_t end_ns = run.run_start_ns;
