@@ -84,6 +84,26 @@ TEST_F(BenchCliTest, BadFlagsNameTheFlagBeforeAnyRequest) {
   expect_flag_error("bench serve --base-url https://127.0.0.1:1 --tokenizer builtin:words", "--base-url");
 }
 
+TEST(BenchCli, FailingWarmupStopsBeforeTheMeasuredRun) {
+  StubOpenAIServer server([](const std::string&) {
+    StubScript s;
+    s.fault = StubScript::Fault::kHttp500;
+    return s;
+  });
+  const std::string cmd = std::string(TANDEM_BINARY) + " bench serve --base-url " + server.base_url() +
+                          " --model wrong --tokenizer builtin:words --num-prompts 50 --progress none 2>&1";
+  std::string output;
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  char buffer[4096];
+  while (size_t n = std::fread(buffer, 1, sizeof(buffer), pipe)) output.append(buffer, n);
+  EXPECT_NE(::pclose(pipe), 0);
+  EXPECT_NE(output.find("warm-up request"), std::string::npos) << output;
+  EXPECT_NE(output.find("HTTP 500"), std::string::npos) << output;
+  EXPECT_NE(output.find("--model"), std::string::npos) << output;
+  EXPECT_EQ(server.num_requests(), 1);
+}
+
 TEST_F(BenchCliTest, SweepWritesAResultFileWithEveryDocumentedField) {
   const fs::path result = dir_ / "result.json";
   CommandResult r = run(serve_args() + "--num-prompts 30 --random-input-len 16 --random-output-len 6 "

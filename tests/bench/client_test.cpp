@@ -156,6 +156,25 @@ TEST(OpenAIClient, UnreachableServerFailsEveryRequestWithoutCrashing) {
   }
 }
 
+TEST(OpenAIClient, SlowStreamFailsWithATimeout) {
+  StubOpenAIServer server([](const std::string& prompt) {
+    StubScript s;
+    s.gaps_ms = prompt == "slow" ? std::vector<double>{5, 3000} : std::vector<double>{1, 1};
+    return s;
+  });
+  ClientOptions options;
+  options.base_url = server.base_url();
+  options.request_timeout_s = 0.3;
+  auto client = OpenAIClient::create(options).value();
+  const int64_t before = steady_now_ns();
+  auto results = run_all(*client, prompts({"slow", "fast"}));
+  EXPECT_LT(static_cast<double>(steady_now_ns() - before) * 1e-9, 2.0);  // did not wait for the slow token
+  EXPECT_FALSE(results[0].success);
+  EXPECT_NE(results[0].error.find("timed out"), std::string::npos) << results[0].error;
+  EXPECT_EQ(results[0].chunk_ns.size(), 1u);
+  EXPECT_TRUE(results[1].success) << results[1].error;
+}
+
 TEST(OpenAIClient, MaxConcurrencyLimitsRequestsInFlight) {
   StubOpenAIServer server([](const std::string&) {
     StubScript s;

@@ -2,6 +2,10 @@
 #include <gtest/gtest.h>
 
 #include "bench/metrics.h"
+#include "bench/progress.h"
+
+#include <algorithm>
+#include <cstdio>
 
 namespace tandem::bench {
 namespace {
@@ -110,6 +114,32 @@ TEST(MetricsTable, PrintsVllmStyleSections) {
   EXPECT_NE(table.find("Maximum request concurrency:"), std::string::npos);
   EXPECT_NE(table.find("P99 TTFT (ms):"), std::string::npos);
   EXPECT_NE(table.find("Median ITL (ms):"), std::string::npos);
+}
+
+std::string progress_output(ProgressMode mode) {
+  std::FILE* out = std::tmpfile();
+  ProgressPrinter printer(out, mode, "run", /*line_interval_s=*/1.0);
+  printer.update({10, 0, 0, 1, 0.0});
+  printer.update({10, 4, 1, 3, 0.5});   // within the line interval: no line
+  printer.update({10, 10, 1, 0, 2.0});  // done
+  printer.update({10, 10, 1, 0, 2.1});  // after done: nothing
+  std::rewind(out);
+  std::string text;
+  char buffer[1024];
+  while (size_t n = std::fread(buffer, 1, sizeof(buffer), out)) text.append(buffer, n);
+  std::fclose(out);
+  return text;
+}
+
+TEST(ProgressPrinter, BarRedrawsInPlaceAndLinesArePeriodic) {
+  std::string bar = progress_output(ProgressMode::kBar);
+  EXPECT_EQ(std::count(bar.begin(), bar.end(), '\r'), 3);
+  EXPECT_EQ(std::count(bar.begin(), bar.end(), '\n'), 1);
+  EXPECT_NE(bar.find("10/10 req  5.0 req/s"), std::string::npos) << bar;
+  std::string lines = progress_output(ProgressMode::kLines);
+  EXPECT_EQ(lines.find('\r'), std::string::npos);
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 2) << lines;
+  EXPECT_NE(lines.find("run: 10/10 requests done (1 failed), 5.0 req/s, 0 in flight, elapsed 0:02"), std::string::npos) << lines;
 }
 
 }  // namespace
