@@ -165,6 +165,7 @@ StatusOr<nlohmann::json> build_report_data(const std::vector<std::string>& resul
   nlohmann::json tpot_cdf = xy_chart("tpot_cdf", "TPOT distribution (CDF)", "TPOT (ms)", "fraction of requests");
   nlohmann::json e2el_cdf = xy_chart("e2el_cdf", "End-to-end latency distribution (CDF)", "E2E latency (ms)", "fraction of requests");
   nlohmann::json timeline = xy_chart("throughput_timeline", "Output throughput over time", "time since run start (s)", "output tokens/s");
+  for (nlohmann::json* chart : {&ttft_cdf, &tpot_cdf, &e2el_cdf}) (*chart)["log_toggle"] = true;
   nlohmann::json summary = nlohmann::json::array();
 
   size_t run_series = 0;  // colour of each per-run series: every series its own, the file's by dash
@@ -262,6 +263,21 @@ constexpr const char* kRenderScript = R"JS(
     canvas.id = 'canvas-' + spec.id;
     holder.appendChild(canvas);
     section.appendChild(heading);
+    if (spec.log_toggle) {
+      // Latencies can span decades (a queue building up); a log axis keeps both ends readable.
+      const toggle = document.createElement('label');
+      toggle.className = 'toggle';
+      const box = document.createElement('input');
+      box.type = 'checkbox';
+      box.addEventListener('change', () => {
+        const chart = window.tandemReport.charts[spec.id];
+        chart.options.scales.x.type = box.checked ? 'logarithmic' : 'linear';
+        chart.update();
+      });
+      toggle.appendChild(box);
+      toggle.appendChild(document.createTextNode(' log scale'));
+      section.appendChild(toggle);
+    }
     section.appendChild(holder);
     container.appendChild(section);
     const datasets = spec.datasets.map(d => ({
@@ -308,6 +324,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 12px 0 20px 0; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
 .meta { color: #666; font-size: 13px; }
+.toggle { font-size: 12px; color: #444; display: block; margin-bottom: 4px; }
 )CSS";
 
 }  // namespace
