@@ -79,6 +79,7 @@ std::unordered_map<std::string, Value> make_globals(const ChatInputs& in) {
   });
   g["messages"] = Value::from_json(in.messages);
   g["tools"] = Value::from_json(in.tools);
+  g["documents"] = Value::none();  // apply_chat_template always passes documents (RAG), None when absent
   g["add_generation_prompt"] = Value::boolean(in.add_generation_prompt);
   if (!in.bos_token.empty()) g["bos_token"] = Value::string(in.bos_token);
   if (!in.eos_token.empty()) g["eos_token"] = Value::string(in.eos_token);

@@ -344,7 +344,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
     // Each piece between added tokens is normalized on its own, as Hugging Face does.
     std::string normalized;
     std::string_view piece = segment.text;
-    if (im.nfc) {
+    if (im.nfc && !is_nfc_quick(piece)) {
       normalized = nfc(piece);
       piece = normalized;
     }

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <functional>
+#include <optional>
 
 #include "tokenizer/unicode.h"
 
@@ -55,13 +57,66 @@ std::string py_strip(const std::string& s, const Value* chars, bool left, bool r
   return from_u32(text.substr(b, e - b));
 }
 
+// Python's str.upper()/lower() use the full case mappings (SpecialCasing.txt); utf8proc has only
+// the simple ones, so the unconditional multi-character mappings of Latin text are added here.
 std::string map_case(const std::string& s, bool upper) {
   std::string out;
   for (char32_t c : to_u32(s)) {
+    if (upper) {
+      switch (c) {
+        case 0xDF: out += "SS"; continue;
+        case 0xFB00: out += "FF"; continue;
+        case 0xFB01: out += "FI"; continue;
+        case 0xFB02: out += "FL"; continue;
+        case 0xFB03: out += "FFI"; continue;
+        case 0xFB04: out += "FFL"; continue;
+        case 0xFB05: case 0xFB06: out += "ST"; continue;
+        case 0x149: out += "\u02BCN"; continue;
+        default: break;
+      }
+    } else if (c == 0x130) {
+      out += "i\u0307";
+      continue;
+    }
     const auto m = upper ? utf8proc_toupper(static_cast<utf8proc_int32_t>(c)) : utf8proc_tolower(static_cast<utf8proc_int32_t>(c));
     append_utf8(static_cast<char32_t>(m), &out);
   }
   return out;
+}
+
+// Python's float(str): decimal digits with optional sign, point, exponent and single underscores
+// between digits, or inf/infinity/nan; surrounding whitespace allowed. No hex (strtod takes 0x1A).
+std::optional<double> py_float(const std::string& text) {
+  std::string s = py_strip(text, nullptr, true, true);
+  std::string lower = map_case(s, false);
+  const std::string unsigned_part = (!lower.empty() && (lower[0] == '+' || lower[0] == '-')) ? lower.substr(1) : lower;
+  if (unsigned_part == "inf" || unsigned_part == "infinity" || unsigned_part == "nan") return std::stod(lower);
+  std::string digits;
+  bool seen_digit = false, seen_point = false, seen_exp = false, prev_digit = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (c >= '0' && c <= '9') {
+      seen_digit = true;
+      prev_digit = true;
+      digits += c;
+      continue;
+    }
+    if (c == '_' && prev_digit && i + 1 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '9') continue;
+    prev_digit = false;
+    if ((c == '+' || c == '-') && (i == 0 || s[i - 1] == 'e' || s[i - 1] == 'E')) {
+      digits += c;
+    } else if (c == '.' && !seen_point && !seen_exp) {
+      seen_point = true;
+      digits += c;
+    } else if ((c == 'e' || c == 'E') && seen_digit && !seen_exp && i + 1 < s.size()) {
+      seen_exp = true;
+      digits += c;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (!seen_digit || digits.back() == 'e' || digits.back() == 'E' || digits.back() == '+' || digits.back() == '-') return std::nullopt;
+  return std::strtod(digits.c_str(), nullptr);
 }
 
 bool is_cased_letter(char32_t c) {
@@ -513,9 +568,22 @@ Value arith(const std::string& op, const Value& a, const Value& b, int line) {
   };
   if (a.is_number() && b.is_number()) {
     const bool floats = a.is_float() || b.is_float();
-    if (op == "+") return floats ? Value::floating(a.as_float() + b.as_float()) : Value::integer(a.as_int() + b.as_int());
-    if (op == "-") return floats ? Value::floating(a.as_float() - b.as_float()) : Value::integer(a.as_int() - b.as_int());
-    if (op == "*") return floats ? Value::floating(a.as_float() * b.as_float()) : Value::integer(a.as_int() * b.as_int());
+    // Python's ints are unbounded; ours are 64-bit, so an overflow is an error, not a wrong number.
+    auto checked = [&](bool overflowed, int64_t r) {
+      if (overflowed) fail("unsupported construct: integer result beyond 64 bits", line);
+      return Value::integer(r);
+    };
+    if (op == "+" || op == "-" || op == "*") {
+      if (floats) {
+        const double x = a.as_float(), y = b.as_float();
+        return Value::floating(op == "+" ? x + y : op == "-" ? x - y : x * y);
+      }
+      int64_t r = 0;
+      const bool overflowed = op == "+"   ? __builtin_add_overflow(a.as_int(), b.as_int(), &r)
+                              : op == "-" ? __builtin_sub_overflow(a.as_int(), b.as_int(), &r)
+                                          : __builtin_mul_overflow(a.as_int(), b.as_int(), &r);
+      return checked(overflowed, r);
+    }
     if (op == "/") {
       if (b.as_float() == 0) fail("division by zero", line);
       return Value::floating(a.as_float() / b.as_float());
@@ -536,9 +604,10 @@ Value arith(const std::string& op, const Value& a, const Value& b, int line) {
     }
     if (op == "**") {
       if (!floats && b.as_int() >= 0) {
-        int64_t r = 1;
-        for (int64_t i = 0; i < b.as_int(); ++i) r *= a.as_int();
-        return Value::integer(r);
+        int64_t p = 1;
+        bool overflowed = false;
+        for (int64_t i = 0; i < b.as_int() && !overflowed; ++i) overflowed = __builtin_mul_overflow(p, a.as_int(), &p);
+        return checked(overflowed, p);
       }
       return Value::floating(std::pow(a.as_float(), b.as_float()));
     }
@@ -549,6 +618,7 @@ Value arith(const std::string& op, const Value& a, const Value& b, int line) {
     items.insert(items.end(), b.list_data().items.begin(), b.list_data().items.end());
     return Value::list(items, a.list_data().is_tuple);
   }
+  if (op == "*" && (a.is_int() || a.is_bool()) && (b.is_string() || b.is_list())) return arith(op, b, a, line);
   if (op == "*" && ((a.is_string() || a.is_list()) && (b.is_int() || b.is_bool()))) {
     const int64_t n = std::max<int64_t>(0, b.as_int());
     if (a.is_string()) {
@@ -872,7 +942,7 @@ class Interpreter {
     const int line = c.line;
     if (name == "tojson") {
       Args a(c, "tojson", {"ensure_ascii", "indent", "separators", "sort_keys"});
-      if (a.get(0) && a.get(0)->truthy()) fail("unsupported construct: tojson(ensure_ascii=true)", line);
+      const bool ensure_ascii = a.get(0) && a.get(0)->truthy();
       int indent = -1;
       if (const Value* i = a.get(1); i && !i->is_none()) {
         if (!i->is_int()) fail("unsupported construct: tojson indent that is not an integer", line);
@@ -886,7 +956,7 @@ class Interpreter {
         key_sep = parts[1].as_string();
       }
       try {
-        return Value::string(v.to_json(indent, item_sep, key_sep, a.get_or(3, Value::boolean(false)).truthy()));
+        return Value::string(v.to_json(indent, item_sep, key_sep, a.get_or(3, Value::boolean(false)).truthy(), ensure_ascii));
       } catch (const TemplateError& err) {
         fail(err.what(), line);
       }
@@ -1037,10 +1107,16 @@ class Interpreter {
       Args a(c, "round", {"precision", "method"});
       const int64_t precision = a.get_or(0, Value::integer(0)).as_int();
       const std::string method = a.get_or(1, Value::string("common")).str();
+      if (method == "common" && precision >= 0 && std::isfinite(v.as_float())) {
+        // Python's round() rounds the exact binary value correctly (2.675 -> 2.67); printf does too.
+        char buf[512];
+        std::snprintf(buf, sizeof(buf), "%.*f", static_cast<int>(std::min<int64_t>(precision, 300)), v.as_float());
+        return Value::floating(std::strtod(buf, nullptr));
+      }
       const double scale = std::pow(10.0, static_cast<double>(precision));
       const double x = v.as_float() * scale;
       double r;
-      if (method == "common") r = std::nearbyint(x);  // Python's round(): half to even
+      if (method == "common") r = std::nearbyint(x);
       else if (method == "ceil") r = std::ceil(x);
       else if (method == "floor") r = std::floor(x);
       else fail("method must be common, ceil or floor", line);
@@ -1058,12 +1134,7 @@ class Interpreter {
           if (used == s.size()) return Value::integer(i);
         } catch (const std::exception&) {
         }
-        try {
-          size_t used = 0;
-          const double d = std::stod(s, &used);
-          if (used == s.size()) return Value::integer(static_cast<int64_t>(d));
-        } catch (const std::exception&) {
-        }
+        if (const auto d = py_float(s); d && std::isfinite(*d)) return Value::integer(static_cast<int64_t>(*d));
       }
       return dflt;
     }
@@ -1071,13 +1142,7 @@ class Interpreter {
       Args a(c, "float", {"default"});
       if (v.is_number()) return Value::floating(v.as_float());
       if (v.is_string()) {
-        const std::string s = py_strip(v.as_string(), nullptr, true, true);
-        try {
-          size_t used = 0;
-          const double d = std::stod(s, &used);
-          if (used == s.size()) return Value::floating(d);
-        } catch (const std::exception&) {
-        }
+        if (const auto d = py_float(v.as_string())) return Value::floating(*d);
       }
       return a.get_or(0, Value::floating(0.0));
     }
