@@ -57,7 +57,7 @@ Summary measure(int num_requests, int num_tokens, double rate, int concurrency, 
   int64_t end_ns = start_ns;
   for (const auto& r : results) end_ns = std::max(end_ns, r.done_ns);
   std::map<std::string, testing::StubRecord> sent;
-  for (auto& rec : server.records()) sent[rec.prompt] = std::move(rec);
+  for (auto& rec : server.wait_for_records(results.size())) sent[rec.prompt] = std::move(rec);
   Summary s;
   s.requests_per_s = num_requests / (static_cast<double>(end_ns - start_ns) * 1e-9);
   for (size_t i = 0; i < results.size(); ++i) {

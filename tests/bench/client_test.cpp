@@ -56,7 +56,7 @@ double worst_timing_error_ms(std::string& why) {
   auto requests = prompts(texts);
   auto results = run_all(*client, requests);
   std::map<std::string, testing::StubRecord> sent;
-  for (auto& rec : server.records()) sent[rec.prompt] = rec;
+  for (auto& rec : server.wait_for_records(texts.size())) sent[rec.prompt] = rec;
   double worst = 0;
   // The server wrote each token between sent_ns (just before its write) and sent_end_ns (just after): a
   // measurement is off by its distance from that interval.
@@ -71,6 +71,10 @@ double worst_timing_error_ms(std::string& why) {
   for (size_t i = 0; i < results.size(); ++i) {
     const RequestResult& r = results[i];
     EXPECT_TRUE(r.success) << r.error;
+    if (sent.count(texts[i]) == 0) {
+      ADD_FAILURE() << "the stub has no record of " << texts[i];
+      return 1e9;
+    }
     const auto& rec = sent.at(texts[i]);
     const std::vector<int64_t>& s = rec.sent_ns;
     const std::vector<int64_t>& e = rec.sent_end_ns;
@@ -102,7 +106,7 @@ TEST(OpenAIClient, TimingsEqualTheServersSendTimesWithin1ms) {
   // stall either thread for a moment, so a run may be repeated; a wrong definition fails every attempt.
   std::string why;
   double worst = 0;
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  for (int attempt = 0; attempt < 5; ++attempt) {
     worst = worst_timing_error_ms(why);
     if (worst < 1.0) break;
   }
@@ -198,14 +202,21 @@ TEST(OpenAIClient, RequestsLeaveAtTheirArrivalTimes) {
   });
   auto client = make_client(server);
   std::vector<double> offsets = {0, 0.010, 0.050, 0.051, 0.120};
-  int64_t run_start_ns = 0;
-  auto results = client->run(prompts(std::vector<std::string>(5, "x")), offsets, 0, {}, run_start_ns);
-  for (size_t i = 0; i < offsets.size(); ++i) {
-    ASSERT_TRUE(results[i].success);
-    const double late_ms = static_cast<double>(results[i].start_ns - run_start_ns) * 1e-6 - offsets[i] * 1e3;
-    EXPECT_GE(late_ms, -0.01) << i;
-    EXPECT_LT(late_ms, 5.0) << i;
+  // Never early; late by less than 5 ms in at least one of three attempts (a loaded machine can delay the
+  // event loop's timer once in a while; a wrong schedule is wrong every time).
+  double worst_late_ms = 1e9;
+  for (int attempt = 0; attempt < 3 && worst_late_ms >= 5.0; ++attempt) {
+    int64_t run_start_ns = 0;
+    auto results = client->run(prompts(std::vector<std::string>(5, "x")), offsets, 0, {}, run_start_ns);
+    worst_late_ms = 0;
+    for (size_t i = 0; i < offsets.size(); ++i) {
+      ASSERT_TRUE(results[i].success);
+      const double late_ms = static_cast<double>(results[i].start_ns - run_start_ns) * 1e-6 - offsets[i] * 1e3;
+      EXPECT_GE(late_ms, -0.01) << i;
+      worst_late_ms = std::max(worst_late_ms, late_ms);
+    }
   }
+  EXPECT_LT(worst_late_ms, 5.0);
 }
 
 TEST(OpenAIClient, SendsCompletionAndChatBodies) {
@@ -221,7 +232,7 @@ TEST(OpenAIClient, SendsCompletionAndChatBodies) {
   ASSERT_TRUE(a[0].success) << a[0].error;
   ASSERT_TRUE(b[0].success) << b[0].error;
   EXPECT_EQ(b[0].generated_text, "w0 w1 ");
-  auto records = server.records();
+  auto records = server.wait_for_records(2);
   ASSERT_EQ(records.size(), 2u);
   for (const auto& rec : records) {
     auto body = nlohmann::json::parse(rec.body);

@@ -250,6 +250,18 @@ std::vector<StubRecord> StubOpenAIServer::records() const {
   return impl_->records;
 }
 
+std::vector<StubRecord> StubOpenAIServer::wait_for_records(size_t n, double timeout_s) const {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                                std::chrono::duration<double>(timeout_s));
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(impl_->mu);
+      if (impl_->records.size() >= n || std::chrono::steady_clock::now() >= deadline) return impl_->records;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 int64_t StubOpenAIServer::num_requests() const { return impl_->num_requests.load(); }
 int32_t StubOpenAIServer::peak_in_flight() const { return impl_->peak_in_flight.load(); }
 

@@ -45,6 +45,9 @@ class StubOpenAIServer {
   uint16_t port() const;
   std::string base_url() const;
   std::vector<StubRecord> records() const;
+  // records() once it holds at least n records, or after timeout_s: the stub files a record after its
+  // last write, which the client may see before the stub's thread gets there.
+  std::vector<StubRecord> wait_for_records(size_t n, double timeout_s = 5.0) const;
   int64_t num_requests() const;       // completion requests received (not /metrics)
   int32_t peak_in_flight() const;     // most completion requests being answered at once
 
