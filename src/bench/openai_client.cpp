@@ -328,9 +328,20 @@ asio::awaitable<void> run_request(RunState& st, size_t index) {
   const std::string message = st.impl.build_request(request);
   r.start_ns = steady_now_ns();
   auto timed_out = std::make_shared<bool>(false);
+  // The deadline covers the whole request, connecting included: it closes the current socket, which ends
+  // whatever connect, read or write is pending with an error.
+  auto current = std::make_shared<std::weak_ptr<tcp::socket>>();
   asio::steady_timer deadline(st.io);
   deadline.expires_at(from_ns(r.start_ns) + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
                                                 std::chrono::duration<double>(st.impl.options.request_timeout_s)));
+  deadline.async_wait([current, timed_out](const error_code& wait_ec) {
+    if (wait_ec) return;
+    *timed_out = true;
+    if (auto s = current->lock()) {
+      error_code ignored;
+      s->close(ignored);
+    }
+  });
   for (int attempt = 0; attempt < 2; ++attempt) {
     std::shared_ptr<tcp::socket> sock;
     bool reused = false;
@@ -338,29 +349,22 @@ asio::awaitable<void> run_request(RunState& st, size_t index) {
       sock = std::move(st.idle.back());
       st.idle.pop_back();
       reused = true;
+      *current = sock;
     } else {
       sock = std::make_shared<tcp::socket>(st.io);
+      *current = sock;
       error_code ec;
       co_await asio::async_connect(*sock, st.impl.endpoints, asio::redirect_error(asio::use_awaitable, ec));
       if (ec) {
-        r.error = "cannot connect to " + st.impl.options.base_url + ": " + ec.message();
+        r.error = *timed_out ? "timed out connecting (--request-timeout)"
+                             : "cannot connect to " + st.impl.options.base_url + ": " + ec.message();
         break;
       }
       sock->set_option(tcp::no_delay(true), ec);
       if (st.impl.options.kernel_timestamps) enable_kernel_timestamps(*sock);
     }
-    // The deadline closes the socket, which ends whatever read or write is pending with an error.
-    deadline.async_wait([weak = std::weak_ptr<tcp::socket>(sock), timed_out](const error_code& wait_ec) {
-      if (wait_ec) return;
-      *timed_out = true;
-      if (auto s = weak.lock()) {
-        error_code ignored;
-        s->close(ignored);
-      }
-    });
     bool reusable = false;
     Exchange outcome = co_await exchange(st, sock, message, reused, timed_out, r, reusable);
-    deadline.cancel();
     if (outcome == Exchange::kRetry) {
       r.chunk_ns.clear();
       r.generated_text.clear();
@@ -369,6 +373,7 @@ asio::awaitable<void> run_request(RunState& st, size_t index) {
     if (reusable && !*timed_out) st.idle.push_back(std::move(sock));
     break;
   }
+  deadline.cancel();
   if (!r.success && r.error.empty()) r.error = "failed for an unknown reason";
   if (r.done_ns == 0) r.done_ns = steady_now_ns();
   --st.in_flight;
