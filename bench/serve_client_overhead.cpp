@@ -10,6 +10,8 @@
 // Each with kernel arrival timestamps (the default) and with user-space read times, for comparison.
 // Usage: serve_client_overhead [--requests N] [--tokens N] [--rate R] [--concurrency C]
 //        serve_client_overhead --serve-only   (just run the stub and print its URL, for trying the CLI)
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -30,8 +32,17 @@ using namespace tandem::bench;
 
 namespace {
 
+// CPU seconds (user + system) this thread has used.
+double thread_cpu_s() {
+  rusage usage{};
+  getrusage(RUSAGE_THREAD, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) * 1e-6;
+}
+
 struct Summary {
   double requests_per_s = 0;
+  double client_cpu_us_per_request = 0;  // the client's event-loop thread, user + system
   int failed = 0;
   std::vector<double> error_ms;  // per chunk
   std::vector<double> lag_ms;    // per request
@@ -53,13 +64,16 @@ Summary measure(int num_requests, int num_tokens, double rate, int concurrency, 
   for (int i = 0; i < num_requests; ++i) requests.push_back({"r" + std::to_string(i), 1, num_tokens});
   auto offsets = make_arrival_offsets(num_requests, rate, 1.0, 0);
   int64_t start_ns = 0;
+  const double cpu_before = thread_cpu_s();
   auto results = client->run(requests, offsets, concurrency, {}, start_ns);
+  const double client_cpu_s = thread_cpu_s() - cpu_before;
   int64_t end_ns = start_ns;
   for (const auto& r : results) end_ns = std::max(end_ns, r.done_ns);
   std::map<std::string, testing::StubRecord> sent;
   for (auto& rec : server.wait_for_records(results.size())) sent[rec.prompt] = std::move(rec);
   Summary s;
   s.requests_per_s = num_requests / (static_cast<double>(end_ns - start_ns) * 1e-9);
+  s.client_cpu_us_per_request = client_cpu_s * 1e6 / num_requests;
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
     if (!r.success) {
@@ -86,8 +100,10 @@ void print(const char* name, const Summary& s) {
                   *std::max_element(v.begin(), v.end()));
     return std::string(line);
   };
-  std::printf("%s\n  sustained: %.0f streamed requests/s, %d failed\n  timestamp error (ms): %s\n  dispatch lag (ms):    %s\n",
-              name, s.requests_per_s, s.failed, stats(s.error_ms).c_str(), stats(s.lag_ms).c_str());
+  std::printf("%s\n  sustained: %.0f streamed requests/s, %d failed; client CPU %.0f us per request\n"
+              "  timestamp error (ms): %s\n  dispatch lag (ms):    %s\n",
+              name, s.requests_per_s, s.failed, s.client_cpu_us_per_request, stats(s.error_ms).c_str(),
+              stats(s.lag_ms).c_str());
 }
 
 }  // namespace
