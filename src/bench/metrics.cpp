@@ -177,7 +177,17 @@ std::string format_metrics_table(const RunMetrics& m, const std::string& title, 
   header(" " + title + " ", '=');
   line("Successful requests:", std::to_string(m.completed));
   line("Failed requests:", std::to_string(m.failed));
-  for (const auto& [reason, count] : m.failure_reasons) out += fmt::format("  {:>6} x {}\n", count, reason);
+  // The most frequent reasons first; bodies with request ids can make every reason distinct, so cap it.
+  std::vector<std::pair<int32_t, std::string>> reasons;
+  for (const auto& [reason, count] : m.failure_reasons) reasons.emplace_back(count, reason);
+  std::stable_sort(reasons.begin(), reasons.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  constexpr size_t kMaxReasons = 10;
+  for (size_t i = 0; i < std::min(reasons.size(), kMaxReasons); ++i) {
+    out += fmt::format("  {:>6} x {}\n", reasons[i].first, reasons[i].second);
+  }
+  if (reasons.size() > kMaxReasons) {
+    out += fmt::format("  ... and {} more reasons (all in the result file)\n", reasons.size() - kMaxReasons);
+  }
   line("Request rate configured (RPS):", std::isinf(request_rate) ? "inf" : fmt::format("{:.2f}", request_rate));
   if (max_concurrency > 0) line("Maximum request concurrency:", std::to_string(max_concurrency));
   line("Benchmark duration (s):", fmt::format("{:.2f}", m.duration_s));

@@ -94,6 +94,26 @@ TEST(Metrics, PeakConcurrencyAndFailuresExcludedFromLatency) {
   EXPECT_NEAR(m.ttft.mean_ms, 70, 1e-6);
 }
 
+TEST(MetricsTable, ListsTheMostFrequentFailureReasonsFirstAndCapsThem) {
+  std::vector<RequestResult> results;
+  for (int i = 0; i < 12; ++i) {
+    RequestResult r;
+    r.error = "HTTP 500: request id " + std::to_string(i);
+    results.push_back(r);
+  }
+  for (int i = 0; i < 3; ++i) {
+    RequestResult r;
+    r.error = "connection closed";
+    results.push_back(r);
+  }
+  RunMetrics m = compute_metrics(results, 0, 1.0, {}, SloConfig{}, nullptr);
+  EXPECT_EQ(m.failed, 15);
+  EXPECT_EQ(m.failure_reasons.size(), 13u);
+  std::string table = format_metrics_table(m, "t", 0, 1.0);
+  EXPECT_LT(table.find("3 x connection closed"), table.find("1 x HTTP 500"));
+  EXPECT_NE(table.find("... and 3 more reasons"), std::string::npos) << table;
+}
+
 TEST(ParseSlo, RejectsUnknownMetricsAndBadNumbers) {
   EXPECT_FALSE(parse_slo({"ttfb:100"}).ok());
   EXPECT_FALSE(parse_slo({"ttft:"}).ok());
