@@ -22,6 +22,7 @@ struct BenchServeFlags {
   std::string request_rates = "inf";
   std::string percentiles = "90,99";
   std::string progress = "auto";
+  bool no_server_metrics = false;
 };
 
 template <typename T>
@@ -86,7 +87,7 @@ Runner add_bench_serve_command(CLI::App& bench) {
   cmd->add_option("--goodput", o.goodput, "SLOs for goodput in ms: ttft:MS tpot:MS e2el:MS");
   cmd->add_option("--save-result", o.save_result, "Write the result file (JSON) here");
   cmd->add_option("--label", o.label, "Name of this series in reports (default: model @ base URL)");
-  cmd->add_flag("!--no-server-metrics", o.scrape_metrics, "Do not scrape the server's /metrics");
+  cmd->add_flag("--no-server-metrics", flags->no_server_metrics, "Do not scrape the server's /metrics");
   cmd->add_option("--progress", flags->progress, "auto, bar, lines or none")->capture_default_str();
   cmd->add_option("--progress-interval", o.progress_interval_s, "Seconds between progress lines")->capture_default_str();
   cmd->add_option("--request-timeout", o.client.request_timeout_s, "Seconds before a request fails")->capture_default_str();
@@ -94,6 +95,7 @@ Runner add_bench_serve_command(CLI::App& bench) {
   return [flags, cmd]() {
     bench::ServeBenchmarkOptions& o = flags->options;
     if (cmd->count("--base-url") == 0) o.client.base_url = "http://" + flags->host + ":" + std::to_string(flags->port);
+    o.scrape_metrics = !flags->no_server_metrics;
     o.request_rates = value_or_throw(bench::parse_request_rates(flags->request_rates), "--request-rate");
     o.percentiles = value_or_throw(bench::parse_percentiles(flags->percentiles), "--percentiles");
     if (flags->progress == "auto") o.progress = bench::ProgressMode::kAuto;
