@@ -153,13 +153,16 @@ TEST_F(BenchCliTest, PrefixAndJsonlDatasetsRunOnChat) {
                              "--max-concurrency 2 --progress none");
   ASSERT_EQ(prefix.rc, 0) << prefix.err;
   EXPECT_NE(prefix.out.find("Successful requests:                     6"), std::string::npos) << prefix.out;
+  EXPECT_NE(prefix.out.find("tandem_stub_requests_total"), std::string::npos) << prefix.out;
   const fs::path jsonl = dir_ / "prompts.jsonl";
   std::ofstream(jsonl) << "{\"prompt\": \"tell me a story\", \"output_len\": 3}\n{\"prompt\": \"and another\"}\n";
   CommandResult j = run("bench serve --base-url " + server_.base_url() + " --dataset-name jsonl --dataset-path " +
-                        jsonl.string() + " --num-prompts 5 --progress none");
+                        jsonl.string() + " --num-prompts 5 --progress none --no-server-metrics");
   ASSERT_EQ(j.rc, 0) << j.err;  // no --model: the first of the server's /v1/models
   EXPECT_NE(slurp(dir_ / "stdout").find("Successful"), std::string::npos);
   EXPECT_NE(j.out.find("Successful requests:                     2"), std::string::npos) << j.out;
+  EXPECT_EQ(j.out.find("tandem_stub_requests_total"), std::string::npos) << j.out;
+  EXPECT_NE(j.err.find("fewer than --num-prompts"), std::string::npos) << j.err;
 }
 
 TEST_F(BenchCliTest, ReportPageLoadsOfflineWithOneChartPerPlot) {
