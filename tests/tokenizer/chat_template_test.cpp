@@ -129,6 +129,13 @@ TEST(ChatTemplateTest, RaiseExceptionIsAnInvalidArgument) {
   EXPECT_NE(r.status().message().find("need a message"), std::string::npos);
 }
 
+TEST(ChatTemplateTest, RunawayMacroRecursionIsAnError) {
+  const ChatTemplate t("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+  const auto r = t.render(ChatInputs{});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("nested too deeply"), std::string::npos) << r.status().message();
+}
+
 TEST(ChatTemplateTest, UndefinedAttributeAccessFails) {
   const ChatTemplate t("{{ nothing.here }}");
   EXPECT_FALSE(t.render(ChatInputs{}).ok());

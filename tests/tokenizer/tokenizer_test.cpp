@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "common/error.h"
@@ -108,6 +110,17 @@ TEST(TokenizerTest, SpecialTokensComeFromTokenizerConfig) {
   EXPECT_EQ(llama.eos_id(), 128009);
   EXPECT_EQ(llama.vocab_size(), 128256);
   EXPECT_FALSE(llama.chat_template().empty());
+}
+
+TEST(TokenizerTest, ChatTemplateMayLiveInItsOwnFile) {
+  const std::string dir = ::testing::TempDir() + "/tandem_chat_template_file";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(testing::model_dir("qwen3") + "/tokenizer.json", dir + "/tokenizer.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::ofstream(dir + "/chat_template.jinja") << "{{ messages[0].content }}";
+  const auto tok = Tokenizer::load(dir);
+  EXPECT_EQ(tok->chat_template(), "{{ messages[0].content }}");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(TokenizerTest, TokenLookupsUseTheFileSpelling) {
