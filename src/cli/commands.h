@@ -14,5 +14,11 @@ Runner add_generate_command(CLI::App& app);
 Runner add_make_model_command(CLI::App& app);
 Runner add_devices_command(CLI::App& app);
 Runner add_tokenize_command(CLI::App& app);
+// `tandem bench`: a group whose subcommands are registered in bench_command.cpp, one line each.
+Runner add_bench_command(CLI::App& app);
+
+// `tandem bench <name>` subcommands: each adds itself to the bench group and returns its runner.
+Runner add_bench_serve_command(CLI::App& bench);
+Runner add_bench_report_command(CLI::App& bench);
 
 }  // namespace tandem::cli

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   add(tandem::cli::add_make_model_command);
   add(tandem::cli::add_devices_command);
   add(tandem::cli::add_tokenize_command);
+  add(tandem::cli::add_bench_command);
 
   try {
     app.parse(argc, argv);
