@@ -41,19 +41,25 @@ Status validate_batch(const ForwardBatch& b, const KvCacheSpec& kv, int vocab_si
   return Status::Ok();
 }
 
-Status Backend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
-  const int vocab = config().vocab_size;
-  if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
-  std::vector<float> logits(static_cast<size_t>(batch.num_logits()) * vocab);
-  TANDEM_RETURN_IF_ERROR(forward(batch, logits));
-  for (size_t r = 0; r < tokens.size(); ++r) {
-    const float* row = logits.data() + r * vocab;
-    int32_t best = 0;
-    for (int i = 1; i < vocab; ++i) {
-      if (row[i] > row[best]) best = i;
+int32_t argmax(std::span<const float> logits) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i) {
+    // NaN never wins: a NaN in front is replaced by the first number after it.
+    if (logits[i] > logits[best] || (logits[best] != logits[best] && logits[i] == logits[i])) {
+      best = static_cast<int32_t>(i);
     }
-    tokens[r] = best;
   }
+  return best;
+}
+
+Status Backend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
+  const size_t vocab = static_cast<size_t>(config().vocab_size);
+  if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
+  // Reused across calls: the engine thread calls this every greedy step.
+  thread_local std::vector<float> logits;
+  logits.resize(tokens.size() * vocab);
+  TANDEM_RETURN_IF_ERROR(forward(batch, logits));
+  for (size_t r = 0; r < tokens.size(); ++r) tokens[r] = argmax(std::span<const float>(logits.data() + r * vocab, vocab));
   return Status::Ok();
 }
 

@@ -90,9 +90,9 @@ class Backend {
   virtual Status forward(const ForwardBatch& batch, std::span<float> logits) = 0;
 
   // Greedy fast path: runs the model like forward() but returns, for each row of batch.logits_indices,
-  // its argmax token ([num_logits] int32, host; ties to the lowest id, NaN never wins, as argmax() in
-  // reference_decode.h) instead of the logits, so a GPU backend copies 4 bytes per row instead of
-  // 4 * vocab_size. The default runs forward() into a temporary buffer and takes the argmax on the host.
+  // its argmax token ([num_logits] int32, host; as argmax() below) instead of the logits, so a GPU
+  // backend copies 4 bytes per row instead of 4 * vocab_size. The default runs forward() into a
+  // reused per-thread buffer and takes the argmax on the host.
   virtual Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens);
 
   // Raw bytes of one block of one layer (K and V, kv_cache_spec().block_bytes()), for moving KV
@@ -124,6 +124,9 @@ class Backend {
     return Status::Unsupported(device_name() + " cannot copy KV to a peer");
   }
 };
+
+// The greedy token of one row of logits: ties go to the lowest id (as torch.argmax), NaN never wins.
+int32_t argmax(std::span<const float> logits);
 
 struct BackendOptions {
   std::string device = "cpu";  // "cpu" or "cuda:N"

@@ -4,14 +4,6 @@
 
 namespace tandem::backend {
 
-int32_t argmax(std::span<const float> logits) {
-  int32_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i) {
-    if (logits[i] > logits[best]) best = static_cast<int32_t>(i);
-  }
-  return best;
-}
-
 StatusOr<ReferenceDecodeResult> reference_greedy_decode(Backend& backend, const std::vector<int32_t>& prompt,
                                                         int max_tokens) {
   if (prompt.empty()) return Status::InvalidArgument("prompt must not be empty");

@@ -19,6 +19,4 @@ struct ReferenceDecodeResult {
 StatusOr<ReferenceDecodeResult> reference_greedy_decode(Backend& backend, const std::vector<int32_t>& prompt,
                                                         int max_tokens);
 
-int32_t argmax(std::span<const float> logits);
-
 }  // namespace tandem::backend

@@ -18,6 +18,8 @@ Runner add_bench_command(CLI::App& app) {
   };
   add(add_bench_serve_command);
   add(add_bench_report_command);
+  add(add_bench_throughput_command);
+  add(add_bench_latency_command);
   return [commands]() {
     for (auto& [sub, run] : *commands) {
       if (sub->parsed()) return run();

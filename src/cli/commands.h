@@ -20,5 +20,7 @@ Runner add_bench_command(CLI::App& app);
 // `tandem bench <name>` subcommands: each adds itself to the bench group and returns its runner.
 Runner add_bench_serve_command(CLI::App& bench);
 Runner add_bench_report_command(CLI::App& bench);
+Runner add_bench_throughput_command(CLI::App& bench);
+Runner add_bench_latency_command(CLI::App& bench);
 
 }  // namespace tandem::cli

@@ -1,0 +1,246 @@
+// `tandem bench throughput` and `tandem bench latency`: offline benchmarks in one process through the
+// engine, named and flagged as `vllm bench throughput|latency` are. Random token-id prompts of exact
+// lengths, greedy, ignore_eos, so every request generates exactly --output-len tokens.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "cli/commands.h"
+#include "common/error.h"
+#include "engine/engine.h"
+#include "model/weight_source.h"
+
+namespace tandem::cli {
+namespace {
+
+using Seconds = std::chrono::duration<double>;
+
+struct OfflineOptions {
+  std::string model;
+  std::string device = "cpu";
+  uint64_t weights_seed = 0;
+  int input_len = 512;
+  int output_len = 128;
+  int num_prompts = 64;   // throughput
+  int batch_size = 1;     // latency
+  int num_iters = 5;      // latency
+  int num_iters_warmup = 1;
+  int max_batch_tokens = 8192;
+  int max_seqs = 256;
+  int num_kv_blocks = 0;
+  double gpu_memory_utilization = 0.9;
+  int threads = 0;
+  uint64_t seed = 0;
+  double limit = 0;       // the physical limit of the headline figure, for the ratio (0 = not given)
+  std::string output_json;
+};
+
+void add_common_flags(CLI::App* cmd, OfflineOptions& o) {
+  cmd->add_option("--model", o.model, "Hugging Face model directory or random:<preset>")->required();
+  cmd->add_option("--device", o.device, "cpu or cuda:N")->capture_default_str();
+  cmd->add_option("--weights-seed", o.weights_seed, "Seed of random:<preset> weights")->capture_default_str();
+  cmd->add_option("--input-len", o.input_len, "Prompt tokens per request")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--output-len", o.output_len, "Generated tokens per request")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--max-num-batched-tokens,--max-batch-tokens", o.max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
+  cmd->add_option("--max-num-seqs,--max-seqs", o.max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--num-kv-blocks", o.num_kv_blocks, "KV blocks (0 = size the pool from memory)")->capture_default_str();
+  cmd->add_option("--gpu-memory-utilization", o.gpu_memory_utilization, "Fraction of GPU memory for weights and KV")->capture_default_str()->check(CLI::Range(0.05, 0.99));
+  cmd->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Seed of the random prompts")->capture_default_str();
+  cmd->add_option("--limit", o.limit, "Physical limit of the headline figure (same unit), to report the ratio");
+  cmd->add_option("--output-json", o.output_json, "Write one JSON record per figure to this file");
+}
+
+std::unique_ptr<engine::Engine> make_engine(const OfflineOptions& o, int num_seqs_at_once) {
+  auto weights = model::open_weight_source(o.model, o.weights_seed);
+  backend::BackendOptions b;
+  b.device = o.device;
+  b.num_threads = o.threads;
+  b.gpu_memory_utilization = o.gpu_memory_utilization;
+  const int blocks_per_seq = (o.input_len + o.output_len + b.block_size - 1) / b.block_size;
+  // CPU: exactly enough for every request at once unless told; GPU: sized from free memory.
+  b.num_kv_blocks = o.num_kv_blocks > 0 ? o.num_kv_blocks : (o.device == "cpu" ? blocks_per_seq * num_seqs_at_once : 0);
+  engine::EngineOptions e;
+  e.max_batch_tokens = o.max_batch_tokens;
+  e.max_seqs = o.max_seqs;
+  e.enable_prefix_caching = false;  // random prompts share nothing; keep the measurement about compute
+  return engine::create_engine(backend::create_backend(*weights, b), e);
+}
+
+std::vector<std::vector<int32_t>> random_prompts(int count, int length, int vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> token(0, vocab - 1);
+  std::vector<std::vector<int32_t>> prompts(count, std::vector<int32_t>(length));
+  for (auto& p : prompts) for (auto& t : p) t = token(rng);
+  return prompts;
+}
+
+// Timings of one batch of requests submitted together.
+struct BatchTiming {
+  double elapsed_s = 0;                  // first submit to last finish
+  std::vector<double> first_token_s;     // per request, from submit
+  std::vector<double> finish_s;          // per request, from submit
+  int64_t output_tokens = 0;
+};
+
+BatchTiming run_batch(engine::Engine& engine, const std::vector<std::vector<int32_t>>& prompts, int output_len,
+                      const std::string& tag) {
+  std::mutex mu;
+  std::condition_variable done_cv;
+  size_t num_done = 0;
+  Status failure;
+  BatchTiming timing;
+  timing.first_token_s.assign(prompts.size(), -1);
+  timing.finish_s.assign(prompts.size(), -1);
+  const auto start = engine::Clock::now();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    engine::Request r;
+    r.request_id = tag + "-" + std::to_string(i);
+    r.prompt_token_ids = prompts[i];
+    r.sampling.temperature = 0.0f;
+    r.sampling.max_tokens = output_len;
+    r.sampling.ignore_eos = true;
+    Status s = engine.submit(std::move(r), [&, i](engine::RequestOutput out) {
+      const double t = Seconds(engine::Clock::now() - start).count();
+      std::lock_guard<std::mutex> lock(mu);
+      if (!out.token_ids.empty() && timing.first_token_s[i] < 0) timing.first_token_s[i] = t;
+      timing.output_tokens += static_cast<int64_t>(out.token_ids.size());
+      if (out.finished) {
+        timing.finish_s[i] = t;
+        if (out.finish_reason == engine::FinishReason::kError && failure.ok()) failure = out.error;
+        ++num_done;
+        done_cv.notify_all();
+      }
+    });
+    throw_if_error(s);
+  }
+  std::unique_lock<std::mutex> lock(mu);
+  done_cv.wait(lock, [&] { return num_done == prompts.size(); });
+  timing.elapsed_s = Seconds(engine::Clock::now() - start).count();
+  if (!failure.ok()) throw Error("benchmark request failed: " + failure.to_string());
+  return timing;
+}
+
+double percentile(std::vector<double> values, double p) {
+  std::sort(values.begin(), values.end());
+  if (values.empty()) return 0;
+  const double rank = p / 100.0 * static_cast<double>(values.size() - 1);
+  const size_t lo = static_cast<size_t>(rank);
+  const size_t hi = std::min(lo + 1, values.size() - 1);
+  return values[lo] + (values[hi] - values[lo]) * (rank - static_cast<double>(lo));
+}
+
+struct Figure {
+  std::string name;
+  double value;
+  std::string unit;
+};
+
+void write_json(const OfflineOptions& o, const std::string& bench, const std::string& device_name,
+                const std::vector<Figure>& figures) {
+  if (o.output_json.empty()) return;
+  nlohmann::json records = nlohmann::json::array();
+  for (size_t i = 0; i < figures.size(); ++i) {
+    nlohmann::json r = {{"benchmark", bench}, {"figure", figures[i].name}, {"value", figures[i].value},
+                        {"unit", figures[i].unit}, {"model", o.model}, {"device", device_name},
+                        {"input_len", o.input_len}, {"output_len", o.output_len}};
+    if (bench == "throughput") r["num_prompts"] = o.num_prompts;
+    else r["batch_size"] = o.batch_size;
+    // The limit belongs to the headline figure, listed first.
+    if (i == 0 && o.limit > 0) {
+      r["limit"] = o.limit;
+      r["ratio_to_limit"] = figures[i].unit == "ms" ? o.limit / figures[i].value : figures[i].value / o.limit;
+    }
+    records.push_back(r);
+  }
+  std::ofstream out(o.output_json);
+  out << records.dump(2) << "\n";
+  if (!out) throw Error("--output-json: cannot write '" + o.output_json + "'");
+}
+
+int run_throughput(const OfflineOptions& o) {
+  auto engine = make_engine(o, o.num_prompts);
+  const int vocab = engine->backend().config().vocab_size;
+  // Warm-up: module loads, graph captures and allocator growth stay out of the measurement.
+  run_batch(*engine, random_prompts(std::min(o.num_prompts, 8), std::min(o.input_len, 64), vocab, o.seed + 1),
+            std::min(o.output_len, 8), "warmup");
+  const auto prompts = random_prompts(o.num_prompts, o.input_len, vocab, o.seed);
+  BatchTiming t = run_batch(*engine, prompts, o.output_len, "throughput");
+  const double total_tokens = static_cast<double>(o.num_prompts) * o.input_len + static_cast<double>(t.output_tokens);
+  std::vector<Figure> figures = {
+      {"output_throughput", static_cast<double>(t.output_tokens) / t.elapsed_s, "tok/s"},
+      {"request_throughput", o.num_prompts / t.elapsed_s, "req/s"},
+      {"total_token_throughput", total_tokens / t.elapsed_s, "tok/s"},
+      {"elapsed", t.elapsed_s, "s"},
+  };
+  const std::string device_name = engine->backend().device_name();
+  std::printf("Throughput: %.2f requests/s, %.2f total tokens/s, %.2f output tokens/s\n", figures[1].value,
+              figures[2].value, figures[0].value);
+  std::printf("Model %s on %s: %d prompts x %d in / %d out in %.2f s\n", o.model.c_str(), device_name.c_str(),
+              o.num_prompts, o.input_len, o.output_len, t.elapsed_s);
+  if (o.limit > 0) std::printf("Ratio to the limit %.0f tok/s: %.1f%%\n", o.limit, 100.0 * figures[0].value / o.limit);
+  write_json(o, "throughput", device_name, figures);
+  return 0;
+}
+
+int run_latency(const OfflineOptions& o) {
+  auto engine = make_engine(o, o.batch_size);
+  const int vocab = engine->backend().config().vocab_size;
+  std::vector<double> latencies, ttfts, decode_ms_per_token;
+  for (int iter = 0; iter < o.num_iters_warmup + o.num_iters; ++iter) {
+    const auto prompts = random_prompts(o.batch_size, o.input_len, vocab, o.seed + static_cast<uint64_t>(iter));
+    BatchTiming t = run_batch(*engine, prompts, o.output_len, "latency" + std::to_string(iter));
+    if (iter < o.num_iters_warmup) continue;
+    latencies.push_back(t.elapsed_s);
+    const double ttft = *std::max_element(t.first_token_s.begin(), t.first_token_s.end());
+    ttfts.push_back(ttft);
+    if (o.output_len > 1) decode_ms_per_token.push_back(1000.0 * (t.elapsed_s - ttft) / (o.output_len - 1));
+  }
+  const std::string device_name = engine->backend().device_name();
+  std::vector<Figure> figures;
+  if (!decode_ms_per_token.empty()) figures.push_back({"decode_ms_per_token_median", percentile(decode_ms_per_token, 50), "ms"});
+  figures.push_back({"prefill_ms_median", 1000.0 * percentile(ttfts, 50), "ms"});
+  figures.push_back({"prefill_tokens_per_s_median", o.batch_size * o.input_len / percentile(ttfts, 50), "tok/s"});
+  figures.push_back({"latency_s_median", percentile(latencies, 50), "s"});
+  figures.push_back({"latency_s_p90", percentile(latencies, 90), "s"});
+  std::printf("Model %s on %s: batch %d, %d in / %d out, %d iterations after %d warm-up\n", o.model.c_str(),
+              device_name.c_str(), o.batch_size, o.input_len, o.output_len, o.num_iters, o.num_iters_warmup);
+  for (const auto& f : figures) std::printf("  %-30s %12.3f %s\n", f.name.c_str(), f.value, f.unit.c_str());
+  if (o.limit > 0 && !decode_ms_per_token.empty()) {
+    std::printf("Ratio to the limit %.3f ms/token: %.1f%%\n", o.limit, 100.0 * o.limit / figures[0].value);
+  }
+  write_json(o, "latency", device_name, figures);
+  return 0;
+}
+
+}  // namespace
+
+Runner add_bench_throughput_command(CLI::App& bench) {
+  auto o = std::make_shared<OfflineOptions>();
+  CLI::App* cmd = bench.add_subcommand("throughput", "Offline throughput: N requests through the engine at once");
+  add_common_flags(cmd, *o);
+  cmd->add_option("--num-prompts", o->num_prompts, "Requests")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  return [o]() { return run_throughput(*o); };
+}
+
+Runner add_bench_latency_command(CLI::App& bench) {
+  auto o = std::make_shared<OfflineOptions>();
+  o->output_len = 128;
+  CLI::App* cmd = bench.add_subcommand("latency", "Latency of one batch: prefill time and decode ms/token");
+  add_common_flags(cmd, *o);
+  cmd->add_option("--batch-size", o->batch_size, "Requests per batch")->capture_default_str()->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--num-iters", o->num_iters, "Measured iterations")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--num-iters-warmup", o->num_iters_warmup, "Warm-up iterations")->capture_default_str()->check(CLI::Range(0, 100000));
+  return [o]() { return run_latency(*o); };
+}
+
+}  // namespace tandem::cli
