@@ -4,7 +4,7 @@
 # libraries they need (spdlog, fmt, gomp; not libc/libstdc++, not CUDA's, which the GPU machine has in
 # /usr/local/cuda/lib64), and the check scripts. Keep the folder under ~60 MB.
 #
-#   tools/prepare_device_bundle.sh [--no-build] [DEST]     DEST defaults to .device/cuda of this checkout
+#   [BUILD_DIR=build] tools/prepare_device_bundle.sh [--no-build] [DEST]     DEST defaults to .device/cuda of this checkout
 #
 # `run` sends the lead's checkout (/work/main), so from a worktree pass DEST=/work/main/.device/cuda.
 # Then, on the GPU machine (repo root):
@@ -15,13 +15,14 @@ build=1
 if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
 dest=${1:-.device/cuda}
 if (( build )); then
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build build -j"$(nproc)" --target tandem cuda_kernels_test cuda_backend_test backend_tool backend_test
+  cmake -S . -B "${BUILD_DIR:-build}" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "${BUILD_DIR:-build}" -j"$(nproc)" --target tandem cuda_kernels_test cuda_backend_test backend_tool backend_test
 fi
 rm -rf "$dest"
 mkdir -p "$dest/bin" "$dest/lib" "$dest/tools"
-bins=(build/tandem build/tests/backend/cuda_kernels_test build/tests/backend/cuda_backend_test
-      build/tests/backend/backend_tool build/tests/backend/backend_test)
+b=${BUILD_DIR:-build}
+bins=($b/tandem $b/tests/backend/cuda_kernels_test $b/tests/backend/cuda_backend_test
+      $b/tests/backend/backend_tool $b/tests/backend/backend_test)
 cp "${bins[@]}" "$dest/bin/"
 # Shared libraries outside the C/C++ runtime and CUDA.
 ldd "${bins[@]}" | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
@@ -31,5 +32,5 @@ ldd "${bins[@]}" | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
     *) cp -L "$lib" "$dest/lib/" ;;
   esac
 done
-cp tools/gpu_check.sh tools/compare_transformers.py "$dest/tools/"
+cp tools/gpu_check.sh tools/gpu_bench.sh tools/compare_transformers.py "$dest/tools/"
 du -sh "$dest"

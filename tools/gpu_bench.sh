@@ -1,0 +1,36 @@
+#!/bin/bash
+# The offline benchmarks of issue 9 on a GPU machine, from a carried bundle (tools/prepare_device_bundle.sh
+# puts build/tandem and its libraries in BUNDLE/bin and BUNDLE/lib). Each figure is written as JSON
+# (one record per figure, with the device, the limit of DESIGN.md §6 and the ratio) into DIR.
+#
+#   tools/gpu_bench.sh DIR [BUNDLE]        run from the repository root; BUNDLE defaults to .device/cuda
+#
+# Skip workloads with SKIP="llama" (space-separated: qwen_tp qwen_lat llama).
+set -u
+out=${1:?usage: gpu_bench.sh DIR [BUNDLE]}
+bundle=${2:-.device/cuda}
+skip=" ${SKIP:-} "
+mkdir -p "$out"
+export LD_LIBRARY_PATH=$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+tandem=$bundle/bin/tandem
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
+run() {  # run NAME ARGS...: one benchmark, its console output in DIR/NAME.log
+  local name=$1; shift
+  echo "== $name: tandem bench $*"
+  local t0; t0=$(date +%s)
+  timeout "${STEP_TIMEOUT:-300}" "$tandem" --log-level info bench "$@" --output-json "$out/$name.json" > "$out/$name.log" 2>&1
+  echo "   rc=$? in $(( $(date +%s) - t0 )) s"
+  grep -E "Throughput|Ratio|decode_ms|prefill_ms|prefill_tokens|kv_blocks" "$out/$name.log" | head -8
+}
+# Limits (DESIGN.md §6 and issue 9, one H200): Qwen3-0.6B offline ~45,000 output tok/s (reading the KV
+# cache); Llama-3.1-8B offline ~5,800; batch-1 decode 0.29 ms (Qwen3-0.6B) and 3.6 ms (Llama-3.1-8B).
+[[ $skip == *" qwen_tp "* ]] || run qwen3_throughput throughput --model random:qwen3-0.6b --device cuda:0 \
+  --num-prompts 256 --input-len 512 --output-len 512 --max-num-seqs 256 --max-num-batched-tokens 8192 --limit 45000
+[[ $skip == *" qwen_lat "* ]] || run qwen3_latency latency --model random:qwen3-0.6b --device cuda:0 \
+  --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --limit 0.29
+if [[ $skip != *" llama "* ]]; then
+  run llama_throughput throughput --model random:llama-3.1-8b --device cuda:0 \
+    --num-prompts 64 --input-len 1024 --output-len 256 --max-num-seqs 64 --max-num-batched-tokens 8192 --limit 5800
+  run llama_latency latency --model random:llama-3.1-8b --device cuda:0 \
+    --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --limit 3.6
+fi
