@@ -1,5 +1,6 @@
 // `tandem generate`: offline generation in one process through the engine (continuous batching), for
-// debugging and quick checks. Prompts are token ids for now (text prompts come with the tokenizer).
+// debugging and quick checks. Prompts are token ids, or text (--prompt, --chat through the model's chat
+// template, or a prompts file with --prompts-format text|chat) through the model's tokenizer.
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -11,9 +12,12 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/model_files.h"
 #include "common/error.h"
 #include "engine/engine.h"
 #include "model/weight_source.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 namespace tandem::cli {
 namespace {
@@ -22,6 +26,10 @@ struct GenerateOptions {
   std::string model;
   std::string prompt_ids;
   std::string prompts_file;
+  std::string prompt_text;
+  std::string chat_text;
+  std::string prompts_format = "ids";
+  std::string tokenizer_dir;
   int max_tokens = 16;
   uint64_t weights_seed = 0;
   float temperature = 0.0f;
@@ -76,6 +84,20 @@ std::vector<std::vector<int32_t>> read_prompts_file(const std::string& path) {
   return prompts;
 }
 
+// Non-empty lines of a text prompts file.
+std::vector<std::string> read_text_lines(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("--prompts-file: cannot open '" + path + "'");
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) lines.push_back(line);
+  }
+  if (lines.empty()) throw Error("--prompts-file: '" + path + "' holds no prompts");
+  return lines;
+}
+
 }  // namespace
 
 Runner add_generate_command(CLI::App& app) {
@@ -84,8 +106,14 @@ Runner add_generate_command(CLI::App& app) {
   cmd->add_option("--model", opts->model, "Hugging Face model directory or random:<preset>")->required();
   auto* ids = cmd->add_option("--prompt-ids", opts->prompt_ids, "One prompt as comma-separated token ids, e.g. 1,2,3");
   auto* file = cmd->add_option("--prompts-file", opts->prompts_file, "File with one prompt per line (comma-separated token ids)");
-  ids->excludes(file);
-  file->excludes(ids);
+  auto* text = cmd->add_option("--prompt", opts->prompt_text, "One prompt as text (through the tokenizer)");
+  auto* chat = cmd->add_option("--chat", opts->chat_text, "One user message, rendered with the model's chat template");
+  for (CLI::Option* a : {ids, file, text, chat}) {
+    for (CLI::Option* b : {ids, file, text, chat}) if (a != b) a->excludes(b);
+  }
+  cmd->add_option("--prompts-format", opts->prompts_format, "Lines of --prompts-file: ids (comma-separated token ids), text, or chat (user messages)")
+      ->capture_default_str()->check(CLI::IsMember({"ids", "text", "chat"}));
+  cmd->add_option("--tokenizer", opts->tokenizer_dir, "Directory with tokenizer.json (default: the model's, or the real one of a random preset's vocabulary)");
   cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate per prompt")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--seed", opts->weights_seed, "Seed of random:<preset> weights")->capture_default_str();
   cmd->add_option("--temperature", opts->temperature, "Sampling temperature (0 = greedy)")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
@@ -102,16 +130,48 @@ Runner add_generate_command(CLI::App& app) {
   cmd->add_option("--threads", opts->threads, "CPU threads (0 = all cores)")->capture_default_str();
   return [opts, sseed]() {
     opts->has_sampling_seed = sseed->count() > 0;
-    std::vector<std::vector<int32_t>> prompts;
-    if (!opts->prompts_file.empty()) {
-      prompts = read_prompts_file(opts->prompts_file);
-    } else if (!opts->prompt_ids.empty()) {
-      prompts.push_back(parse_ids(opts->prompt_ids, "--prompt-ids"));
-    } else {
-      throw Error("give --prompt-ids or --prompts-file");
-    }
     auto weights = model::open_weight_source(opts->model, opts->weights_seed);
     const int vocab = weights->config().vocab_size;
+    // Text in means text out: a tokenizer encodes the prompts and the engine streams text deltas.
+    const bool text_mode = !opts->prompt_text.empty() || !opts->chat_text.empty() ||
+                           (!opts->prompts_file.empty() && opts->prompts_format != "ids");
+    std::shared_ptr<const tokenizer::Tokenizer> tok;
+    std::unique_ptr<tokenizer::ChatTemplate> chat_template;
+    if (text_mode) {
+      tok = tokenizer::Tokenizer::load(find_tokenizer_dir(opts->model, opts->tokenizer_dir, vocab));
+      if (!opts->chat_text.empty() || opts->prompts_format == "chat") {
+        if (tok->chat_template().empty()) throw Error("--chat: the tokenizer has no chat_template");
+        chat_template = std::make_unique<tokenizer::ChatTemplate>(tok->chat_template());
+      }
+    }
+    auto encode_text = [&](const std::string& text) { return tok->encode(text, /*add_special_tokens=*/true); };
+    auto encode_chat = [&](const std::string& message) {
+      tokenizer::ChatInputs inputs;
+      inputs.messages = nlohmann::ordered_json::array({{{"role", "user"}, {"content", message}}});
+      inputs.add_generation_prompt = true;
+      inputs.bos_token = tok->bos_token();
+      inputs.eos_token = tok->eos_token();
+      auto rendered = chat_template->render(inputs);
+      throw_if_error(rendered.status());
+      // The template writes the special tokens itself.
+      return tok->encode(*rendered, /*add_special_tokens=*/false);
+    };
+    std::vector<std::vector<int32_t>> prompts;
+    if (!opts->prompts_file.empty() && opts->prompts_format == "ids") {
+      prompts = read_prompts_file(opts->prompts_file);
+    } else if (!opts->prompts_file.empty()) {
+      for (const std::string& line : read_text_lines(opts->prompts_file)) {
+        prompts.push_back(opts->prompts_format == "chat" ? encode_chat(line) : encode_text(line));
+      }
+    } else if (!opts->prompt_ids.empty()) {
+      prompts.push_back(parse_ids(opts->prompt_ids, "--prompt-ids"));
+    } else if (!opts->prompt_text.empty()) {
+      prompts.push_back(encode_text(opts->prompt_text));
+    } else if (!opts->chat_text.empty()) {
+      prompts.push_back(encode_chat(opts->chat_text));
+    } else {
+      throw Error("give --prompt-ids, --prompt, --chat or --prompts-file");
+    }
     for (const auto& prompt : prompts) {
       for (int32_t id : prompt) {
         if (id >= vocab) throw Error("token id " + std::to_string(id) + " is outside the vocabulary (size " + std::to_string(vocab) + ")");
@@ -130,11 +190,13 @@ Runner add_generate_command(CLI::App& app) {
     engine_options.max_batch_tokens = opts->max_batch_tokens;
     engine_options.max_seqs = opts->max_seqs;
     engine_options.enable_prefix_caching = !opts->no_prefix_caching;
-    auto engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options);
+    auto engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options,
+                                        tok ? std::make_shared<DetokenizerStreams>(tok) : nullptr);
 
     std::mutex mu;
     std::condition_variable cv;
     std::vector<std::vector<int32_t>> outputs(prompts.size());
+    std::vector<std::string> texts(prompts.size());
     std::vector<std::string> errors(prompts.size());
     size_t num_finished = 0;
     const auto start = std::chrono::steady_clock::now();
@@ -153,6 +215,7 @@ Runner add_generate_command(CLI::App& app) {
       Status status = engine->submit(std::move(request), [&, i](engine::RequestOutput out) {
         std::lock_guard<std::mutex> lock(mu);
         outputs[i].insert(outputs[i].end(), out.token_ids.begin(), out.token_ids.end());
+        texts[i] += out.text;
         if (out.finished) {
           if (out.finish_reason == engine::FinishReason::kError) errors[i] = out.error.to_string();
           ++num_finished;
@@ -169,9 +232,14 @@ Runner add_generate_command(CLI::App& app) {
     size_t num_tokens = 0;
     for (size_t i = 0; i < prompts.size(); ++i) {
       if (!errors[i].empty()) throw Error("prompt " + std::to_string(i) + ": " + errors[i]);
-      std::string line;
-      for (size_t t = 0; t < outputs[i].size(); ++t) line += (t ? "," : "") + std::to_string(outputs[i][t]);
-      std::printf("%s\n", line.c_str());
+      if (text_mode) {
+        // One block per prompt; a blank line between prompts keeps multi-line texts apart.
+        std::printf("%s%s\n", i ? "\n" : "", texts[i].c_str());
+      } else {
+        std::string line;
+        for (size_t t = 0; t < outputs[i].size(); ++t) line += (t ? "," : "") + std::to_string(outputs[i][t]);
+        std::printf("%s\n", line.c_str());
+      }
       num_tokens += outputs[i].size();
     }
     const engine::EngineStats stats = engine->stats();
