@@ -1,0 +1,86 @@
+// Byte-level BPE (Sennrich et al. 2016; GPT-2's byte-level variant): a pre-token's bytes start as
+// one symbol each and the adjacent pair of lowest merge rank is merged until none is left, leftmost
+// first among equal ranks -- the order of Hugging Face tokenizers' BPE::merge_word.
+// Ownership: a BpeModel owns its vocabulary and merge table. Thread-safety: encode_word and the
+// lookups may be called from any number of threads at once (the word cache takes a mutex).
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace tandem::tokenizer {
+
+class BpeModel {
+ public:
+  // Builds from the "model" object of tokenizer.json. Throws tandem::Error naming what is not
+  // supported (a model type other than BPE, byte_fallback, dropout, subword prefixes) or malformed.
+  explicit BpeModel(const nlohmann::json& model);
+
+  BpeModel(const BpeModel&) = delete;
+  BpeModel& operator=(const BpeModel&) = delete;
+
+  // Appends the ids of one pre-token given as raw bytes.
+  void encode_word(std::string_view bytes, std::vector<int32_t>* ids) const;
+
+  // Id of the token whose raw bytes are `bytes`, or -1.
+  int32_t bytes_to_id(std::string_view bytes) const;
+  // Raw bytes of token `id`. REQUIRES: 0 <= id < num_ids() and has_id(id).
+  const std::string& id_to_bytes(int32_t id) const { return id_to_bytes_[static_cast<size_t>(id)]; }
+  bool has_id(int32_t id) const { return id >= 0 && static_cast<size_t>(id) < present_.size() && present_[id]; }
+  // One past the largest id.
+  int32_t num_ids() const { return static_cast<int32_t>(id_to_bytes_.size()); }
+
+ private:
+  struct Merge {
+    int32_t rank;
+    int32_t merged_id;
+  };
+  // Open-addressing table keyed by (left id << 32 | right id); ~280k merges for Llama-3.1, probed
+  // once per adjacent pair per merge step, so it is the hot loop of encoding.
+  class MergeTable {
+   public:
+    void reserve(size_t n);
+    void insert(uint64_t key, Merge merge);
+    const Merge* find(uint64_t key) const;
+
+   private:
+    static constexpr uint64_t kEmpty = ~uint64_t{0};
+    std::vector<uint64_t> keys_;
+    std::vector<Merge> values_;
+    size_t mask_ = 0;
+  };
+
+  static uint64_t pair_key(int32_t left, int32_t right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
+  }
+  void merge_small(std::vector<int32_t>* symbols) const;
+  void merge_large(std::string_view bytes, std::vector<int32_t>* out) const;
+
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> bytes_to_id_;
+  std::vector<std::string> id_to_bytes_;  // [num_ids] raw bytes; empty where no token has the id
+  std::vector<bool> present_;             // [num_ids]
+  int32_t byte_ids_[256];                 // id of each single-byte token
+  MergeTable merges_;
+  // Llama-3's "ignore_merges": a pre-token that is itself in the vocabulary is emitted whole,
+  // as tiktoken does, even where merging would split it differently.
+  bool ignore_merges_ = false;
+
+  // Cache of recent pre-token results: text repeats a small set of words, and BPE costs
+  // O(n^2) per word. Cleared when full, which is cheaper than LRU bookkeeping per hit.
+  static constexpr size_t kMaxCachedWordBytes = 64;
+  static constexpr size_t kMaxCacheEntries = 1 << 16;
+  mutable std::mutex cache_mu_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache_;  // GUARDED_BY(cache_mu_)
+};
+
+}  // namespace tandem::tokenizer
