@@ -1,13 +1,18 @@
-// `tandem generate`: offline generation in one process, for debugging.
+// `tandem generate`: offline generation in one process through the engine (continuous batching), for
+// debugging and quick checks. Prompts are token ids for now (text prompts come with the tokenizer).
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <fstream>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "backend/backend.h"
-#include "backend/reference_decode.h"
 #include "cli/commands.h"
 #include "common/error.h"
+#include "engine/engine.h"
 #include "model/weight_source.h"
 
 namespace tandem::cli {
@@ -16,59 +21,163 @@ namespace {
 struct GenerateOptions {
   std::string model;
   std::string prompt_ids;
+  std::string prompts_file;
   int max_tokens = 16;
-  uint64_t seed = 0;
+  uint64_t weights_seed = 0;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  int top_k = 0;
+  float min_p = 0.0f;
+  uint64_t sampling_seed = 0;
+  bool has_sampling_seed = false;
+  bool ignore_eos = false;
+  int max_batch_tokens = 2048;
+  int max_seqs = 256;
+  int num_kv_blocks = 0;
+  bool no_prefix_caching = false;
   std::string device = "cpu";
   int threads = 0;
 };
 
-std::vector<int32_t> parse_ids(const std::string& text) {
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
   std::vector<int32_t> ids;
   std::stringstream in(text);
   std::string item;
   while (std::getline(in, item, ',')) {
+    const size_t first = item.find_first_not_of(" \t\r");
+    const size_t last = item.find_last_not_of(" \t\r");
+    item = first == std::string::npos ? "" : item.substr(first, last - first + 1);
     try {
       size_t used = 0;
       long value = std::stol(item, &used);
       if (used != item.size() || value < 0 || value > INT32_MAX) throw std::invalid_argument(item);
       ids.push_back(static_cast<int32_t>(value));
     } catch (const std::exception&) {
-      throw Error("--prompt-ids: '" + item + "' is not a token id (expected e.g. 1,2,3)");
+      throw Error(where + ": '" + item + "' is not a token id (expected e.g. 1,2,3)");
     }
   }
-  if (ids.empty()) throw Error("--prompt-ids: no token ids given");
+  if (ids.empty()) throw Error(where + ": no token ids given");
   return ids;
+}
+
+// One prompt per line, comma-separated token ids; blank lines and lines starting with '#' are skipped.
+std::vector<std::vector<int32_t>> read_prompts_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw Error("--prompts-file: cannot open '" + path + "'");
+  std::vector<std::vector<int32_t>> prompts;
+  std::string line;
+  int line_no = 0;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string::npos || line[line.find_first_not_of(" \t\r")] == '#') continue;
+    prompts.push_back(parse_ids(line, path + ":" + std::to_string(line_no)));
+  }
+  if (prompts.empty()) throw Error("--prompts-file: '" + path + "' holds no prompts");
+  return prompts;
 }
 
 }  // namespace
 
 Runner add_generate_command(CLI::App& app) {
   auto opts = std::make_shared<GenerateOptions>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate greedily from a prompt, offline (one process)");
+  CLI::App* cmd = app.add_subcommand("generate", "Generate from token-id prompts, offline (one process, the engine)");
   cmd->add_option("--model", opts->model, "Hugging Face model directory or random:<preset>")->required();
-  cmd->add_option("--prompt-ids", opts->prompt_ids, "Prompt as comma-separated token ids, e.g. 1,2,3")->required();
-  cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate")->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--seed", opts->seed, "Seed of random:<preset> weights")->capture_default_str();
+  auto* ids = cmd->add_option("--prompt-ids", opts->prompt_ids, "One prompt as comma-separated token ids, e.g. 1,2,3");
+  auto* file = cmd->add_option("--prompts-file", opts->prompts_file, "File with one prompt per line (comma-separated token ids)");
+  ids->excludes(file);
+  file->excludes(ids);
+  cmd->add_option("--max-tokens", opts->max_tokens, "Tokens to generate per prompt")->capture_default_str()->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--seed", opts->weights_seed, "Seed of random:<preset> weights")->capture_default_str();
+  cmd->add_option("--temperature", opts->temperature, "Sampling temperature (0 = greedy)")->capture_default_str()->check(CLI::Range(0.0f, 100.0f));
+  cmd->add_option("--top-p", opts->top_p, "Nucleus sampling mass, (0, 1]")->capture_default_str();
+  cmd->add_option("--top-k", opts->top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str();
+  cmd->add_option("--min-p", opts->min_p, "Keep tokens with p >= min_p * p_max")->capture_default_str();
+  auto* sseed = cmd->add_option("--sampling-seed", opts->sampling_seed, "Seed of the token sampling (default: random)");
+  cmd->add_flag("--ignore-eos", opts->ignore_eos, "Keep generating after EOS");
+  cmd->add_option("--max-batch-tokens", opts->max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-seqs", opts->max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--num-kv-blocks", opts->num_kv_blocks, "KV blocks (0 = enough for every prompt at once)")->capture_default_str();
+  cmd->add_flag("--no-prefix-caching", opts->no_prefix_caching, "Disable the prefix cache");
   cmd->add_option("--device", opts->device, "cpu or cuda:N")->capture_default_str();
   cmd->add_option("--threads", opts->threads, "CPU threads (0 = all cores)")->capture_default_str();
-  return [opts]() {
-    std::vector<int32_t> prompt = parse_ids(opts->prompt_ids);
-    auto weights = model::open_weight_source(opts->model, opts->seed);
+  return [opts, sseed]() {
+    opts->has_sampling_seed = sseed->count() > 0;
+    std::vector<std::vector<int32_t>> prompts;
+    if (!opts->prompts_file.empty()) {
+      prompts = read_prompts_file(opts->prompts_file);
+    } else if (!opts->prompt_ids.empty()) {
+      prompts.push_back(parse_ids(opts->prompt_ids, "--prompt-ids"));
+    } else {
+      throw Error("give --prompt-ids or --prompts-file");
+    }
+    auto weights = model::open_weight_source(opts->model, opts->weights_seed);
     const int vocab = weights->config().vocab_size;
-    for (int32_t id : prompt) {
-      if (id >= vocab) throw Error("--prompt-ids: token id " + std::to_string(id) + " is outside the vocabulary (size " + std::to_string(vocab) + ")");
+    for (const auto& prompt : prompts) {
+      for (int32_t id : prompt) {
+        if (id >= vocab) throw Error("token id " + std::to_string(id) + " is outside the vocabulary (size " + std::to_string(vocab) + ")");
+      }
     }
     backend::BackendOptions backend_options;
     backend_options.device = opts->device;
     backend_options.num_threads = opts->threads;
     const int block_size = backend_options.block_size;
-    backend_options.num_kv_blocks = (static_cast<int>(prompt.size()) + opts->max_tokens + block_size - 1) / block_size;
-    auto backend = backend::create_backend(*weights, backend_options);
-    auto result = backend::reference_greedy_decode(*backend, prompt, opts->max_tokens);
-    throw_if_error(result.status());
-    std::string line;
-    for (size_t i = 0; i < result->tokens.size(); ++i) line += (i ? "," : "") + std::to_string(result->tokens[i]);
-    std::printf("%s\n", line.c_str());
+    int blocks = opts->num_kv_blocks;
+    if (blocks <= 0) {
+      for (const auto& prompt : prompts) blocks += (static_cast<int>(prompt.size()) + opts->max_tokens + block_size - 1) / block_size;
+    }
+    backend_options.num_kv_blocks = blocks;
+    engine::EngineOptions engine_options;
+    engine_options.max_batch_tokens = opts->max_batch_tokens;
+    engine_options.max_seqs = opts->max_seqs;
+    engine_options.enable_prefix_caching = !opts->no_prefix_caching;
+    auto engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options);
+
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::vector<int32_t>> outputs(prompts.size());
+    std::vector<std::string> errors(prompts.size());
+    size_t num_finished = 0;
+    const auto start = std::chrono::steady_clock::now();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      engine::Request request;
+      request.request_id = std::to_string(i);
+      request.prompt_token_ids = prompts[i];
+      engine::SamplingParams& s = request.sampling;
+      s.max_tokens = opts->max_tokens;
+      s.temperature = opts->temperature;
+      s.top_p = opts->top_p;
+      s.top_k = opts->top_k;
+      s.min_p = opts->min_p;
+      s.ignore_eos = opts->ignore_eos;
+      if (opts->has_sampling_seed) s.seed = opts->sampling_seed + i;
+      Status status = engine->submit(std::move(request), [&, i](engine::RequestOutput out) {
+        std::lock_guard<std::mutex> lock(mu);
+        outputs[i].insert(outputs[i].end(), out.token_ids.begin(), out.token_ids.end());
+        if (out.finished) {
+          if (out.finish_reason == engine::FinishReason::kError) errors[i] = out.error.to_string();
+          ++num_finished;
+          cv.notify_all();
+        }
+      });
+      if (!status.ok()) throw Error("prompt " + std::to_string(i) + ": " + status.to_string());
+    }
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return num_finished == prompts.size(); });
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    size_t num_tokens = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      if (!errors[i].empty()) throw Error("prompt " + std::to_string(i) + ": " + errors[i]);
+      std::string line;
+      for (size_t t = 0; t < outputs[i].size(); ++t) line += (t ? "," : "") + std::to_string(outputs[i][t]);
+      std::printf("%s\n", line.c_str());
+      num_tokens += outputs[i].size();
+    }
+    const engine::EngineStats stats = engine->stats();
+    std::fprintf(stderr, "generated %zu tokens for %zu prompts in %.3f s (%.1f tok/s); prefix cache hits %lld/%lld tokens; preemptions %lld\n",
+                 num_tokens, prompts.size(), seconds, num_tokens / seconds, static_cast<long long>(stats.prefix_cache_hits),
+                 static_cast<long long>(stats.prefix_cache_queries), static_cast<long long>(stats.num_preemptions));
     return 0;
   };
 }

@@ -11,9 +11,7 @@
 #include "tokenizer/tokenizer.h"
 #include "worker/fake_engine.h"
 #include "worker/worker.h"
-#ifdef TANDEM_HAVE_ENGINE
 #include "backend/backend.h"
-#endif
 
 namespace tandem::cli {
 namespace {
@@ -132,7 +130,6 @@ Runner add_worker_command(CLI::App& app) {
       }
       engine = worker::create_fake_engine(fake, text);
     } else if (o->engine == "real") {
-#ifdef TANDEM_HAVE_ENGINE
       auto weights = model::open_weight_source(o->model, o->seed);
       backend::BackendOptions backend_options;
       backend_options.device = o->device;
@@ -142,9 +139,6 @@ Runner add_worker_command(CLI::App& app) {
       engine_options.max_batch_tokens = o->max_batch_tokens;
       engine_options.max_seqs = o->max_seqs;
       engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options, text);
-#else
-      throw Error("--engine real: this build has no engine yet (use --engine fake)");
-#endif
     } else {
       throw Error("--engine: unknown engine '" + o->engine + "' (use real or fake)");
     }

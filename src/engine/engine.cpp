@@ -1,0 +1,523 @@
+// The engine loop: schedule -> prepare the batch -> forward (without the lock) -> complete the step,
+// sample, apply stop rules -> deliver outputs (without the lock). See engine.h for the contract.
+#include "engine/engine.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "common/error.h"
+#include "common/random.h"
+#include "engine/block_manager.h"
+#include "engine/model_runner.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "engine/stop_checker.h"
+
+namespace tandem::engine {
+namespace {
+
+struct RequestState;
+
+// One choice of one request: the scheduler's Sequence plus what sampling and stop rules need.
+struct Choice : Sequence {
+  RequestState* request = nullptr;
+  int index = 0;
+  std::unique_ptr<StopChecker> stop;
+};
+
+struct RequestState {
+  Request request;
+  OutputCallback callback;
+  uint64_t seed = 0;
+  int n = 1;
+  std::vector<std::unique_ptr<Choice>> choices;  // [0] first; the others appear at the fork
+  std::vector<bool> done;                        // [n] the choice's final output was emitted
+  int num_done = 0;
+  bool forked = false;
+  std::vector<int32_t> reserved_blocks;  // kDecodeFromKv: taken from reserve_kv at submit
+  int reserved_cached_tokens = 0;
+};
+
+struct PendingOutput {
+  std::shared_ptr<RequestState> request;  // keeps the callback alive until delivered
+  RequestOutput output;
+};
+
+// Blocks held outside the scheduler: a reservation, or the prompt KV of a finished prefill-only request.
+struct HeldBlocks {
+  std::vector<int32_t> block_ids;
+  int num_tokens = 0;
+  int num_cached_tokens = 0;
+  bool reservation = false;
+};
+
+uint64_t model_salt(const model::ModelConfig& c) {
+  std::string key = c.architecture_name + "|" + std::to_string(c.vocab_size) + "|" + std::to_string(c.hidden_size) + "|" +
+                    std::to_string(c.num_layers) + "|" + std::to_string(c.num_kv_heads) + "|" + std::to_string(c.head_dim);
+  return fnv1a64(key);
+}
+
+class EngineImpl final : public Engine {
+ public:
+  EngineImpl(std::unique_ptr<backend::Backend> backend, const EngineOptions& options,
+             std::shared_ptr<TextStreamFactory> text)
+      : backend_(std::move(backend)),
+        text_(std::move(text)),
+        config_(backend_->config()),
+        kv_(backend_->kv_cache_spec()),
+        max_model_len_(compute_max_model_len(options)),
+        blocks_(kv_.num_blocks, kv_.block_size, options.enable_prefix_caching, model_salt(config_)),
+        scheduler_({options.max_batch_tokens, options.max_seqs}, &blocks_),
+        max_seqs_(options.max_seqs),
+        seed_source_(std::random_device{}()),
+        runner_(backend_.get()),
+        sampler_(config_.vocab_size, config_.eos_token_ids) {
+    if (options.max_batch_tokens <= 0) throw Error("--max-batch-tokens must be positive");
+    if (options.max_seqs <= 0) throw Error("--max-seqs must be positive");
+    spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} prefix_caching={}",
+                 backend_->device_name(), kv_.num_blocks, kv_.block_size, max_model_len_, options.max_batch_tokens,
+                 options.max_seqs, options.enable_prefix_caching);
+    thread_ = std::thread([this] { loop(); });
+  }
+
+  ~EngineImpl() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    // Every accepted request ends: the ones still live are aborted.
+    std::vector<PendingOutput> outs;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& state : intake_) admit(state, &outs);
+      intake_.clear();
+      std::vector<std::shared_ptr<RequestState>> live;
+      for (auto& [id, state] : live_) live.push_back(state);
+      for (auto& state : live) end_request(state, FinishReason::kAbort, Status::Ok(), &outs);
+    }
+    deliver(outs);
+  }
+
+  Status submit(Request request, OutputCallback on_output) override {
+    auto state = std::make_shared<RequestState>();
+    TANDEM_RETURN_IF_ERROR(validate(request));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stop_) return Status::Unavailable("the engine is shutting down");
+      if (live_.count(request.request_id) != 0) {
+        return Status::InvalidArgument("request_id '" + request.request_id + "' is already in use");
+      }
+      auto held = held_.find(request.request_id);
+      if (request.prefill_mode == PrefillMode::kDecodeFromKv) {
+        if (held == held_.end() || !held->second.reservation) {
+          return Status::NotFound("no KV reservation for request_id '" + request.request_id + "' (call reserve_kv first)");
+        }
+        if (held->second.num_tokens != static_cast<int>(request.prompt_token_ids.size())) {
+          return Status::InvalidArgument("the prompt has " + std::to_string(request.prompt_token_ids.size()) +
+                                         " tokens; the reservation was made for " + std::to_string(held->second.num_tokens));
+        }
+        state->reserved_blocks = std::move(held->second.block_ids);
+        state->reserved_cached_tokens = held->second.num_cached_tokens;
+        held_.erase(held);
+      } else if (held != held_.end()) {
+        if (!held->second.reservation) {
+          return Status::InvalidArgument("request_id '" + request.request_id + "' still holds prefill KV (release_blocks first)");
+        }
+        // kLocal after a reservation: the remote prefill was given up; prefill here instead.
+        blocks_.free(held->second.block_ids);
+        held_.erase(held);
+      }
+      state->seed = request.sampling.seed ? *request.sampling.seed : seed_source_.next();
+      state->n = request.sampling.n;
+      state->done.assign(state->n, false);
+      state->callback = std::move(on_output);
+      state->request = std::move(request);
+      live_[state->request.request_id] = state;
+      intake_.push_back(std::move(state));
+      blocked_ = false;
+    }
+    cv_.notify_all();
+    return Status::Ok();
+  }
+
+  void abort(const std::string& request_id) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      release_held(request_id);
+      if (live_.count(request_id) == 0) return;
+      aborts_.push_back(request_id);
+    }
+    cv_.notify_all();
+  }
+
+  StatusOr<KvReservation> reserve_kv(const std::string& request_id, const std::vector<int32_t>& prompt_token_ids) override {
+    TANDEM_RETURN_IF_ERROR(validate_prompt(prompt_token_ids));
+    std::lock_guard<std::mutex> lock(mu_);
+    if (live_.count(request_id) != 0 || held_.count(request_id) != 0) {
+      return Status::InvalidArgument("request_id '" + request_id + "' already holds KV or is running");
+    }
+    Sequence probe;
+    probe.token_ids = prompt_token_ids;
+    probe.num_prompt_tokens = probe.num_tokens();
+    std::vector<int32_t> cached;
+    if (blocks_.prefix_caching()) {
+      blocks_.update_block_hashes(probe);
+      blocks_.find_cached_prefix(probe, probe.num_tokens() / kv_.block_size, &cached);
+    }
+    HeldBlocks held;
+    if (!blocks_.allocate_table(held.block_ids, cached, probe.num_tokens())) {
+      return Status::ResourceExhausted("not enough free KV blocks for a prompt of " + std::to_string(probe.num_tokens()) +
+                                       " tokens now");
+    }
+    const int num_cached_tokens = static_cast<int>(cached.size()) * kv_.block_size;
+    blocks_.record_prefix_lookup(probe.num_tokens(), num_cached_tokens);
+    held.num_tokens = probe.num_tokens();
+    held.num_cached_tokens = num_cached_tokens;
+    held.reservation = true;
+    KvReservation reservation{held.block_ids, num_cached_tokens};
+    held_.emplace(request_id, std::move(held));
+    return reservation;
+  }
+
+  void release_blocks(const std::string& request_id) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!release_held(request_id)) return;
+    }
+    cv_.notify_all();
+  }
+
+  EngineStats stats() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    EngineStats s;
+    const BlockManagerStats b = blocks_.stats();
+    s.num_running = scheduler_.num_running();
+    s.num_waiting = scheduler_.num_waiting() + static_cast<int>(intake_.size());
+    s.num_kv_blocks_total = b.num_blocks;
+    s.num_kv_blocks_used = b.num_used;
+    s.num_kv_blocks_cached = b.num_cached;
+    s.prefix_cache_queries = b.prefix_queries;
+    s.prefix_cache_hits = b.prefix_hits;
+    s.num_preemptions = scheduler_.num_preemptions();
+    s.prompt_tokens_total = prompt_tokens_total_;
+    s.generation_tokens_total = generation_tokens_total_;
+    return s;
+  }
+
+  backend::Backend& backend() override { return *backend_; }
+
+ private:
+  int compute_max_model_len(const EngineOptions& options) const {
+    int len = options.max_model_len > 0 ? options.max_model_len : config_.max_position_embeddings;
+    if (len <= 0) len = kv_.num_blocks * kv_.block_size;
+    // One sequence alone must always fit in the pool, or preemption could never make progress.
+    return std::min(len, kv_.num_blocks * kv_.block_size);
+  }
+
+  Status validate_prompt(const std::vector<int32_t>& prompt) const {
+    if (prompt.empty()) return Status::InvalidArgument("the prompt must have at least one token");
+    for (int32_t id : prompt) {
+      if (id < 0 || id >= config_.vocab_size) {
+        return Status::InvalidArgument("prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " +
+                                       std::to_string(config_.vocab_size) + ")");
+      }
+    }
+    if (static_cast<int>(prompt.size()) >= max_model_len_) {
+      return Status::TooLarge("the prompt has " + std::to_string(prompt.size()) + " tokens; this engine takes at most " +
+                              std::to_string(max_model_len_ - 1) + " (max_model_len " + std::to_string(max_model_len_) +
+                              ", KV pool " + std::to_string(kv_.num_blocks * kv_.block_size) + " tokens)");
+    }
+    return Status::Ok();
+  }
+
+  Status validate(const Request& r) const {
+    if (r.request_id.empty()) return Status::InvalidArgument("request_id must not be empty");
+    TANDEM_RETURN_IF_ERROR(validate_prompt(r.prompt_token_ids));
+    const SamplingParams& p = r.sampling;
+    auto bad = [](const std::string& m) { return Status::InvalidArgument(m); };
+    if (!std::isfinite(p.temperature) || p.temperature < 0) return bad("temperature must be >= 0");
+    if (!(p.top_p > 0 && p.top_p <= 1)) return bad("top_p must be in (0, 1]");
+    if (p.top_k < -1) return bad("top_k must be -1, 0 (off) or positive");
+    if (!(p.min_p >= 0 && p.min_p <= 1)) return bad("min_p must be in [0, 1]");
+    if (!(p.presence_penalty >= -2 && p.presence_penalty <= 2)) return bad("presence_penalty must be in [-2, 2]");
+    if (!(p.frequency_penalty >= -2 && p.frequency_penalty <= 2)) return bad("frequency_penalty must be in [-2, 2]");
+    if (!(p.repetition_penalty > 0) || !std::isfinite(p.repetition_penalty)) return bad("repetition_penalty must be > 0");
+    if (p.max_tokens < 1) return bad("max_tokens must be >= 1");
+    if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) return bad("min_tokens must be in [0, max_tokens]");
+    if (p.logprobs < -1 || p.logprobs > 20) return bad("logprobs must be in [0, 20]");
+    if (p.n < 1 || p.n > max_seqs_) return bad("n must be in [1, max_seqs = " + std::to_string(max_seqs_) + "]");
+    for (const auto& [id, bias] : p.logit_bias) {
+      if (id < 0 || id >= config_.vocab_size) return bad("logit_bias token id " + std::to_string(id) + " is outside the vocabulary");
+      if (!(bias >= -100 && bias <= 100)) return bad("logit_bias values must be in [-100, 100]");
+    }
+    for (const std::string& s : p.stop) {
+      if (s.empty()) return bad("stop strings must not be empty");
+    }
+    if (!p.stop.empty() && !text_) return bad("stop strings need a detokenizer; this engine has none");
+    if (r.prefill_mode != PrefillMode::kLocal && p.n != 1) return bad("n > 1 is not supported with disaggregated prefill");
+    if (r.prefill_mode == PrefillMode::kDecodeFromKv && (r.first_token_id < 0 || r.first_token_id >= config_.vocab_size)) {
+      return bad("first_token_id must be a token id of the vocabulary");
+    }
+    return Status::Ok();
+  }
+
+  // REQUIRES: mu_ held. True when something was released.
+  bool release_held(const std::string& request_id) {
+    auto it = held_.find(request_id);
+    if (it == held_.end()) return false;
+    blocks_.free(it->second.block_ids);
+    held_.erase(it);
+    blocked_ = false;
+    return true;
+  }
+
+  std::unique_ptr<Choice> new_choice(RequestState& state, int index) {
+    auto c = std::make_unique<Choice>();
+    c->seq_id = next_seq_id_++;
+    c->request = &state;
+    c->index = index;
+    c->token_ids = state.request.prompt_token_ids;
+    c->num_prompt_tokens = c->num_tokens();
+    c->stop = std::make_unique<StopChecker>(&state.request.sampling, config_.eos_token_ids, max_model_len_,
+                                            text_ ? text_->new_stream(state.request.sampling.skip_special_tokens) : nullptr);
+    return c;
+  }
+
+  RequestOutput base_output(const RequestState& state, const Choice* c, int index) const {
+    RequestOutput out;
+    out.request_id = state.request.request_id;
+    out.index = index;
+    out.num_prompt_tokens = static_cast<int>(state.request.prompt_token_ids.size());
+    if (c != nullptr) {
+      out.num_cached_prompt_tokens = c->num_cached_prompt_tokens;
+      out.num_output_tokens = c->num_output_tokens();
+    }
+    return out;
+  }
+
+  // REQUIRES: mu_ held. Moves a submitted request into the scheduler.
+  void admit(const std::shared_ptr<RequestState>& state_ptr, std::vector<PendingOutput>* outs) {
+    RequestState& state = *state_ptr;
+    prompt_tokens_total_ += static_cast<int64_t>(state.request.prompt_token_ids.size());
+    state.choices.push_back(new_choice(state, 0));
+    Choice* c = state.choices[0].get();
+    if (state.request.prefill_mode != PrefillMode::kDecodeFromKv) {
+      scheduler_.add_waiting(c, state.n);
+      return;
+    }
+    // The prompt's KV is in the reserved blocks; the first token came from the prefill worker.
+    c->block_table = std::move(state.reserved_blocks);
+    c->num_computed_tokens = c->num_prompt_tokens;
+    c->num_cached_prompt_tokens = state.reserved_cached_tokens;
+    scheduler_.add_running(c);
+    on_token(state_ptr, c, state.request.first_token_id, nullptr, outs);
+  }
+
+  // REQUIRES: mu_ held. Appends a sampled token to choice c, applies the stop rules, emits its output.
+  void on_token(const std::shared_ptr<RequestState>& state_ptr, Choice* c, int32_t token, TokenLogprobs* logprobs,
+                std::vector<PendingOutput>* outs) {
+    RequestState& state = *state_ptr;
+    c->token_ids.push_back(token);
+    RequestOutput out = base_output(state, c, c->index);
+    out.token_ids.push_back(token);
+    if (logprobs != nullptr) out.logprobs.push_back(std::move(*logprobs));
+    out.finish_reason = c->stop->push(token, c->num_output_tokens(), c->num_tokens(), &out.text, &out.stop_reason);
+    const bool prefill_only = state.request.prefill_mode == PrefillMode::kPrefillOnly;
+    if (out.finish_reason != FinishReason::kNone || prefill_only) {
+      out.finished = true;
+      if (prefill_only) {
+        // The prompt's KV stays in its blocks for the transfer until release_blocks().
+        HeldBlocks held;
+        held.block_ids = scheduler_.finish_keep_blocks(c);
+        held.num_tokens = c->num_prompt_tokens;
+        out.kv_block_ids = held.block_ids;
+        held_[state.request.request_id] = std::move(held);
+      } else {
+        scheduler_.finish(c);
+      }
+      mark_done(state, c->index);
+    }
+    outs->push_back({state_ptr, std::move(out)});
+  }
+
+  // REQUIRES: mu_ held.
+  void mark_done(RequestState& state, int index) {
+    if (state.done[index]) return;
+    state.done[index] = true;
+    if (++state.num_done == state.n) live_.erase(state.request.request_id);
+  }
+
+  // REQUIRES: mu_ held. Ends every unfinished choice of a request (abort, error, shutdown).
+  void end_request(const std::shared_ptr<RequestState>& state_ptr, FinishReason reason, const Status& error,
+                   std::vector<PendingOutput>* outs) {
+    RequestState& state = *state_ptr;
+    for (int i = 0; i < state.n; ++i) {
+      if (state.done[i]) continue;
+      Choice* c = i < static_cast<int>(state.choices.size()) ? state.choices[i].get() : nullptr;
+      RequestOutput out = base_output(state, c, i);
+      if (c != nullptr) {
+        out.text = c->stop->flush();
+        scheduler_.finish(c);
+      }
+      out.finished = true;
+      out.finish_reason = reason;
+      out.error = error;
+      outs->push_back({state_ptr, std::move(out)});
+    }
+    for (int i = 0; i < state.n; ++i) mark_done(state, i);
+  }
+
+  // REQUIRES: mu_ held. After a successful forward: advance, sample, stop.
+  void complete_step(const SchedulerOutput& step, std::vector<PendingOutput>* outs) {
+    scheduler_.complete_step();
+    int row = 0;
+    for (const ScheduledSeq& s : step.seqs) {
+      if (!s.needs_sample) continue;
+      std::span<const float> logits = runner_.logits_row(row++);
+      Choice* c = static_cast<Choice*>(s.seq);
+      if (c->status != SequenceStatus::kRunning) continue;
+      RequestState& state = *c->request;
+      std::shared_ptr<RequestState> state_ptr = live_.at(state.request.request_id);
+      if (c->index == 0 && state.n > 1 && !state.forked) {
+        // n > 1: every choice's first token comes from the same prompt logits; the siblings share the
+        // prompt's full blocks and recompute only its partial last block (see Scheduler::fork).
+        state.forked = true;
+        for (int i = 1; i < state.n; ++i) {
+          state.choices.push_back(new_choice(state, i));
+          Choice* child = state.choices.back().get();
+          TokenLogprobs lp;
+          const int32_t token = sample(state, child, logits, &lp);
+          child->token_ids.push_back(token);
+          scheduler_.fork(c, child);
+          child->token_ids.pop_back();
+          on_token(state_ptr, child, token, state.request.sampling.logprobs >= 0 ? &lp : nullptr, outs);
+        }
+      }
+      TokenLogprobs lp;
+      const int32_t token = sample(state, c, logits, &lp);
+      on_token(state_ptr, c, token, state.request.sampling.logprobs >= 0 ? &lp : nullptr, outs);
+    }
+  }
+
+  int32_t sample(const RequestState& state, const Choice* c, std::span<const float> logits, TokenLogprobs* lp) {
+    SampleInput in;
+    in.params = &state.request.sampling;
+    in.seed = state.seed;
+    in.choice_index = c->index;
+    in.prompt_token_ids = c->prompt();
+    in.output_token_ids = c->output();
+    ++generation_tokens_total_;
+    return sampler_.sample(logits, in, lp);
+  }
+
+  void deliver(std::vector<PendingOutput>& outs) {
+    for (PendingOutput& p : outs) {
+      try {
+        p.request->callback(std::move(p.output));
+      } catch (const std::exception& e) {
+        spdlog::error("output callback threw request_id={} error={}", p.output.request_id, e.what());
+      }
+    }
+    outs.clear();
+  }
+
+  void loop() {
+    std::vector<PendingOutput> outs;
+    while (true) {
+      const SchedulerOutput* step = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] {
+          return stop_ || !intake_.empty() || !aborts_.empty() ||
+                 (!blocked_ && scheduler_.num_running() + scheduler_.num_waiting() > 0);
+        });
+        if (stop_) break;
+        for (auto& state : intake_) admit(state, &outs);
+        intake_.clear();
+        for (const std::string& id : aborts_) {
+          auto it = live_.find(id);
+          if (it == live_.end()) continue;
+          std::shared_ptr<RequestState> state = it->second;
+          end_request(state, FinishReason::kAbort, Status::Ok(), &outs);
+        }
+        aborts_.clear();
+        step = &scheduler_.schedule();
+        if (step->empty()) {
+          // Nothing fits now: wait for blocks to be released or for new work.
+          blocked_ = scheduler_.num_running() + scheduler_.num_waiting() > 0;
+        } else {
+          runner_.prepare(*step);
+        }
+      }
+      if (!step->empty()) {
+        Status status;
+        try {
+          status = runner_.execute();
+        } catch (const std::exception& e) {
+          status = Status::Internal(std::string("backend forward threw: ") + e.what());
+        }
+        std::lock_guard<std::mutex> lock(mu_);
+        if (status.ok()) {
+          complete_step(*step, &outs);
+        } else {
+          spdlog::error("forward failed, failing the step's requests num_seqs={} error={}", step->seqs.size(), status.to_string());
+          std::vector<std::shared_ptr<RequestState>> failed;
+          for (const ScheduledSeq& s : step->seqs) {
+            Choice* c = static_cast<Choice*>(s.seq);
+            auto it = live_.find(c->request->request.request_id);
+            if (it != live_.end() && std::find(failed.begin(), failed.end(), it->second) == failed.end()) failed.push_back(it->second);
+          }
+          for (auto& state : failed) end_request(state, FinishReason::kError, status, &outs);
+        }
+      }
+      deliver(outs);
+    }
+  }
+
+  std::unique_ptr<backend::Backend> backend_;
+  std::shared_ptr<TextStreamFactory> text_;
+  const model::ModelConfig config_;
+  const backend::KvCacheSpec kv_;
+  const int max_model_len_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;                                                    // GUARDED_BY(mu_)
+  bool blocked_ = false;  // the last schedule() found nothing runnable     GUARDED_BY(mu_)
+  BlockManager blocks_;                                                  // GUARDED_BY(mu_)
+  Scheduler scheduler_;                                                  // GUARDED_BY(mu_)
+  const int max_seqs_;
+  std::deque<std::shared_ptr<RequestState>> intake_;                     // GUARDED_BY(mu_)
+  std::vector<std::string> aborts_;                                      // GUARDED_BY(mu_)
+  std::unordered_map<std::string, std::shared_ptr<RequestState>> live_;  // GUARDED_BY(mu_)
+  std::unordered_map<std::string, HeldBlocks> held_;                     // GUARDED_BY(mu_)
+  int64_t prompt_tokens_total_ = 0;                                      // GUARDED_BY(mu_)
+  int64_t generation_tokens_total_ = 0;                                  // GUARDED_BY(mu_)
+  int64_t next_seq_id_ = 0;                                              // GUARDED_BY(mu_)
+  SplitMix64 seed_source_;                                               // GUARDED_BY(mu_)
+
+  // Engine thread only.
+  ModelRunner runner_;
+  Sampler sampler_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> create_engine(std::unique_ptr<backend::Backend> backend, const EngineOptions& options,
+                                      std::shared_ptr<TextStreamFactory> text) {
+  if (!backend) throw Error("create_engine: no backend");
+  return std::make_unique<EngineImpl>(std::move(backend), options, std::move(text));
+}
+
+}  // namespace tandem::engine

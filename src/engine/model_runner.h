@@ -1,0 +1,46 @@
+// ModelRunner: turns one scheduler step into the backend's ForwardBatch (flat host arrays, sized once
+// and reused, so a step allocates nothing once warm) and runs it. It reads sequences and block tables;
+// it never edits them (nano-vllm's split: the scheduler decides, the runner executes).
+//
+// Ownership: borrows the Backend (which must outlive it). Thread-safety: none (the engine loop).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "backend/backend.h"
+#include "engine/scheduler.h"
+
+namespace tandem::engine {
+
+class ModelRunner {
+ public:
+  explicit ModelRunner(backend::Backend* backend);
+
+  // Builds the batch for `step` (read from the sequences now) into the runner's buffers.
+  void prepare(const SchedulerOutput& step);
+  // Runs the prepared batch. On OK, logits_row(r) holds the logits of the r-th scheduled sequence
+  // whose needs_sample is true, in schedule order.
+  Status execute();
+
+  std::span<const float> logits_row(int r) const {
+    return {logits_.data() + static_cast<size_t>(r) * vocab_size_, static_cast<size_t>(vocab_size_)};
+  }
+  backend::ForwardBatch batch() const;
+
+ private:
+  backend::Backend* backend_;
+  int vocab_size_;
+  int block_size_;
+  std::vector<int32_t> token_ids_;       // [num_tokens]
+  std::vector<int32_t> positions_;       // [num_tokens]
+  std::vector<int32_t> query_starts_;    // [num_seqs + 1]
+  std::vector<int32_t> context_lens_;    // [num_seqs]
+  std::vector<int32_t> block_tables_;    // [num_seqs, max_blocks_per_seq], -1 padded
+  std::vector<int32_t> logits_indices_;  // [num_logits]
+  int max_blocks_per_seq_ = 0;
+  std::vector<float> logits_;            // [num_logits, vocab] fp32, host; capacity kept between steps
+};
+
+}  // namespace tandem::engine
