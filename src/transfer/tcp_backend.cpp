@@ -22,6 +22,7 @@
 
 #include "common/error.h"
 #include "common/socket.h"
+#include "transfer/expectations.h"
 #include "transfer/transfer.h"
 
 namespace tandem::transfer {
@@ -50,6 +51,7 @@ std::string strip_scheme(const std::string& address) {
 // Receiver side state shared with the connection threads, which may outlive the backend object.
 struct Receiver {
   std::shared_ptr<KvMemory> memory;
+  Expectations expectations;
   std::mutex mu;
   std::set<int> fds;  // GUARDED_BY(mu): open incoming connections, shut down on shutdown()
   bool stopped = false;  // GUARDED_BY(mu)
@@ -86,8 +88,8 @@ struct Receiver {
           break;
         }
         if (result.ok()) {
-          result = memory->write_block(static_cast<int32_t>(ntohl(where[0])), static_cast<int32_t>(ntohl(where[1])),
-                                       buffer);
+          result = expectations.write(*memory, id, static_cast<int32_t>(ntohl(where[0])),
+                                      static_cast<int32_t>(ntohl(where[1])), buffer);
         }
       }
       if (lost) break;
@@ -165,6 +167,11 @@ class TcpBackend : public TransferBackend {
       }
     }
   }
+
+  void expect(const std::string& transfer_id, std::vector<int32_t> dst_blocks) override {
+    receiver_->expectations.expect(transfer_id, dst_blocks);
+  }
+  void forget(const std::string& transfer_id) override { receiver_->expectations.forget(transfer_id); }
 
   void shutdown() override {
     if (listener_) listener_->close();

@@ -13,6 +13,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -61,6 +62,13 @@ class TransferBackend {
   // have written some blocks: the receiver treats the destination as garbage.
   virtual StatusOr<TransferStats> push(const std::string& peer_address, const std::string& transfer_id,
                                        std::span<const BlockCopy> copies, int timeout_ms) = 0;
+  // Receiving side: accept pushes named `transfer_id` into these destination blocks (of every
+  // layer) until forget(transfer_id). Pushes with an unknown id or a block outside the set are
+  // refused (NotFound / InvalidArgument in the pusher's ack), so a late push never lands in blocks
+  // that were given back.
+  virtual void expect(const std::string& transfer_id, std::vector<int32_t> dst_blocks) = 0;
+  // Once this returns, no further byte of `transfer_id` is written here.
+  virtual void forget(const std::string& transfer_id) = 0;
   // Stops accepting pushes; idempotent.
   virtual void shutdown() = 0;
 };

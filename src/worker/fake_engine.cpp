@@ -322,7 +322,13 @@ class FakeEngine : public engine::Engine {
             free_seq(*seq, false);
             continue;
           }
-          for (auto& c : seq->choices) c.last_token = r.first_token_id, c.num_output = 1;
+          // As the real engine: the first token (sampled by the prefill worker) is emitted here.
+          bool all_done = true;
+          for (auto& c : seq->choices) all_done &= advance(*seq, c, r.first_token_id);
+          if (all_done) {
+            free_seq(*seq, false);
+            continue;
+          }
         } else {
           if (options_.prefill_us_per_token > 0) {
             lock.unlock();

@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -144,16 +145,23 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
 
   // Submits to the engine; every engine output goes to the request's owner. `info` rides on the
   // first output (where prefill ran).
-  void submit(engine::Request request, rpc::pb::PrefillInfo info) {
+  void submit(engine::Request request, rpc::pb::PrefillInfo info,
+              std::optional<rpc::pb::TokenLogprobs> first_logprobs = std::nullopt) {
     const std::string id = request.request_id;
     const int n = request.sampling.n;
     auto remaining = std::make_shared<std::atomic<int>>(n);
     auto first = std::make_shared<std::atomic<bool>>(true);
     auto self = shared_from_this();
-    Status status = engine->submit(std::move(request), [self, remaining, first, info](engine::RequestOutput out) {
+    Status status = engine->submit(std::move(request), [self, remaining, first, info,
+                                                        first_logprobs](engine::RequestOutput out) {
       rpc::pb::Envelope env;
       to_proto(out, env.mutable_output());
-      if (info.present() && first->exchange(false)) *env.mutable_output()->mutable_prefill() = info;
+      if (first->exchange(false)) {
+        if (info.present()) *env.mutable_output()->mutable_prefill() = info;
+        if (first_logprobs && env.output().logprobs_size() == 0 && env.output().token_ids_size() > 0) {
+          *env.mutable_output()->add_logprobs() = *first_logprobs;
+        }
+      }
       bool last = out.finished && remaining->fetch_sub(1) == 1;
       self->send_output(out.request_id, env, last);
     });
@@ -266,6 +274,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       std::lock_guard<std::mutex> lock(mu);
       pending[id] = p;
     }
+    transfer->expect(id, reservation->block_ids);
     const auto& spec = engine->backend().kv_cache_spec();
     rpc::pb::Envelope env;
     auto* rp = env.mutable_remote_prefill();
@@ -282,9 +291,11 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     sp->set_frequency_penalty(s.frequency_penalty);
     sp->set_repetition_penalty(s.repetition_penalty);
     for (auto [tok, bias] : s.logit_bias) sp->add_logit_bias_ids(tok), sp->add_logit_bias_values(bias);
-    sp->set_max_tokens(1);
-    sp->set_min_tokens(0);
-    sp->set_ignore_eos(true);
+    // The first token is sampled there under the request's own rules (min_tokens masks EOS).
+    sp->set_max_tokens(s.max_tokens);
+    sp->set_min_tokens(s.min_tokens);
+    sp->set_ignore_eos(s.ignore_eos);
+    sp->mutable_stop_token_ids()->Add(s.stop_token_ids.begin(), s.stop_token_ids.end());
     sp->set_logprobs(s.logprobs);
     sp->set_n(1);
     sp->set_skip_special_tokens(s.skip_special_tokens);
@@ -306,6 +317,8 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       timed_out = !cv.wait_for(lock, std::chrono::milliseconds(timeout_ms), [&] { return p->done || p->aborted; });
       pending.erase(id);
     }
+    // From here no late push can land in the reserved blocks, whatever happens next to them.
+    transfer->forget(id);
     if (p->aborted) {
       abort_on(conn, id);
       release();
@@ -317,7 +330,8 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       return fall_back(std::move(request), timed_out ? "timeout after " + std::to_string(timeout_ms) + " ms"
                                                      : "prefill_failed: " + p->result.error_message());
     }
-    // The KV is in our blocks: emit the first token, then decode from the KV.
+    // The KV is in our blocks: decode from it. The engine emits the first token itself; its
+    // logprobs (computed on the prefill worker) ride on that first output.
     const auto& r = p->result;
     transfer_bytes.fetch_add(r.kv_bytes());
     rpc::pb::PrefillInfo info;
@@ -325,23 +339,12 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     info.set_remote(true);
     info.set_kv_bytes(r.kv_bytes());
     info.set_transfer_seconds(r.transfer_seconds());
-    for (int i = 0; i < request.sampling.n; ++i) {
-      rpc::pb::Envelope first;
-      auto* out = first.mutable_output();
-      out->set_request_id(id);
-      out->set_index(i);
-      out->add_token_ids(r.first_token_id());
-      if (r.has_logprobs()) *out->add_logprobs() = r.first_logprobs();
-      out->set_num_prompt_tokens(static_cast<int>(request.prompt_token_ids.size()));
-      out->set_num_cached_prompt_tokens(reservation->num_cached_tokens);
-      out->set_num_output_tokens(1);
-      if (i == 0) *out->mutable_prefill() = info;
-      send_output(id, first, false);
-    }
     request.prefill_mode = engine::PrefillMode::kDecodeFromKv;
     request.first_token_id = r.first_token_id();
     reservations.fetch_sub(1);  // the engine owns the blocks from here
-    submit(std::move(request), rpc::pb::PrefillInfo());
+    std::optional<rpc::pb::TokenLogprobs> first_logprobs;
+    if (r.has_logprobs()) first_logprobs = r.first_logprobs();
+    submit(std::move(request), info, first_logprobs);
   }
 
   void abort_on(const std::shared_ptr<Connection>& conn, const std::string& id) {
