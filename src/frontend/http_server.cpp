@@ -163,12 +163,14 @@ struct HttpServer::Impl {
       parser.body_limit(options.max_body_bytes);
       stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
       co_await http::async_read_header(stream, buffer, parser, redirect_error(use_awaitable, ec));
-      if (ec) break;
-      if (parser.content_length() && *parser.content_length() > options.max_body_bytes) {
+      // Beast refuses a Content-Length over the limit while parsing the header.
+      if (ec == http::error::body_limit ||
+          (!ec && parser.content_length() && *parser.content_length() > options.max_body_bytes)) {
         stream.expires_never();
         co_await refuse_too_large(stream);
         break;
       }
+      if (ec) break;
       co_await http::async_read(stream, buffer, parser, redirect_error(use_awaitable, ec));
       stream.expires_never();
       if (ec == http::error::body_limit) {
