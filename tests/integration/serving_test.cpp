@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <thread>
 
@@ -267,6 +269,26 @@ TEST(Serving, ClientDisconnect_AbortsTheRequestAndFreesItsBlocks) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   EXPECT_EQ(cluster.metric("tandem_client_disconnects_total"), 2);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, OfficialOpenAiNodeClient_Works) {
+  std::string npm_dir = std::getenv("TANDEM_NPM_DIR") ? std::getenv("TANDEM_NPM_DIR") : std::string(TANDEM_DATA_DIR) + "/npm";
+  if (!std::filesystem::exists(npm_dir + "/node_modules/openai")) GTEST_SKIP() << "no openai npm package in " << npm_dir << " (scripts/fetch_data.sh)";
+  if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "no node";
+  const std::string tokenizer = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
+  Cluster cluster({"--tokenizer", tokenizer});
+  cluster.add_worker("both", {"--model", kModel, "--tokenizer", tokenizer, "--num-kv-blocks", "256"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  std::string command = "node " + std::string(TANDEM_SOURCE_DIR) + "/tests/integration/openai_client.mjs http://127.0.0.1:" +
+                        std::to_string(cluster.http_port()) + " " + npm_dir + " 2>&1";
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  while (pipe && fgets(buffer, sizeof(buffer), pipe)) out += buffer;
+  int status = pipe ? pclose(pipe) : -1;
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("openai client: ok"), std::string::npos) << out;
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
