@@ -226,6 +226,12 @@ specials = [
     "<|im_start|>system\nYou are helpful.<|im_end|>", "a<|im_start|>b<|im_end|>c",
 ]
 
+# Llama-3.1 vocabulary entries that BPE merging would split differently: with "ignore_merges" such a
+# pre-token is emitted whole (found by running the merges over every vocabulary entry).
+ignore_merges_words = [" việc", " hợp", " nhiều", " điều", " jeho", "ektedir", " Việt", " ایران", " ngoài", " nhiên", "ıldı", "mektedir", "аракт", "lardan", " biệt", " değiş", " характ", " nhiệm", " використ", " každ", "iyordu", " даже", " ulaş", "ılmış", " oluştur", " практи", " культу", "larından", " zdrav", " nhanh", ".:.:.:.:.:.:.:.:", " اطلاعات", "алась", " характер", " розвит", " hiểu", " geliş", " вироб", "ıntı", " biểu", " dikkat", " diễn", " küçük", " uygulam", "атися", " všechny", "rodní", " riêng"]
+ignore_merges = [w for w in ignore_merges_words] + [
+    "Tôi" + "".join(ignore_merges_words[i:i + 6]) for i in range(0, 36, 6)]
+
 fragments = english + contractions + code + cjk + rtl + other_scripts + emoji + combining + digits + crlf + specials
 fragments = [f for f in fragments if f]
 rng = random.Random(20261125)
@@ -257,7 +263,7 @@ for _ in range(120):
     randoms.append("".join(chars))
 
 corpus = (english + contractions + code + cjk + rtl + other_scripts + emoji + combining + digits +
-          whitespace + crlf + specials + combos + randoms)
+          whitespace + crlf + specials + ignore_merges + combos + randoms)
 seen = set()
 unique = []
 for s in corpus:

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add(tandem::cli::add_worker_command);
   add(tandem::cli::add_frontend_command);
   add(tandem::cli::add_serve_command);
+  add(tandem::cli::add_tokenize_command);
 
   try {
     app.parse(argc, argv);

@@ -44,6 +44,43 @@ const BpeModel::Merge* BpeModel::MergeTable::find(uint64_t key) const {
   }
 }
 
+uint32_t BpeModel::hash_bytes(std::string_view bytes) {
+  // FNV-1a: tokens are short, so a simple byte loop beats a block hash here.
+  uint32_t h = 2166136261u;
+  for (char c : bytes) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 16777619u;
+  }
+  return h;
+}
+
+void BpeModel::VocabIndex::reserve(size_t n) {
+  size_t cap = 16;
+  while (cap < n * 2) cap <<= 1;
+  slots_.assign(cap, 0);
+  mask_ = cap - 1;
+}
+
+void BpeModel::VocabIndex::insert(uint32_t hash, int32_t id) {
+  for (size_t i = mix(hash) & mask_;; i = (i + 1) & mask_) {
+    if (slots_[i] == 0) {
+      slots_[i] = (static_cast<uint64_t>(hash) << 32) | static_cast<uint32_t>(id + 1);
+      return;
+    }
+  }
+}
+
+int32_t BpeModel::VocabIndex::find(std::string_view bytes, uint32_t hash, const std::vector<std::string>& id_to_bytes) const {
+  for (size_t i = mix(hash) & mask_;; i = (i + 1) & mask_) {
+    const uint64_t slot = slots_[i];
+    if (slot == 0) return -1;
+    if (static_cast<uint32_t>(slot >> 32) == hash) {
+      const int32_t id = static_cast<int32_t>(static_cast<uint32_t>(slot)) - 1;
+      if (id_to_bytes[static_cast<size_t>(id)] == bytes) return id;
+    }
+  }
+}
+
 namespace {
 
 bool empty_or_null(const nlohmann::json& model, const char* key) {
@@ -73,9 +110,12 @@ BpeModel::BpeModel(const nlohmann::json& model) {
     const int32_t id = id_json.get<int32_t>();
     auto bytes = byte_level_decode(token);
     if (!bytes) throw Error("unsupported vocabulary: token '" + token + "' is not in the byte-level alphabet (only byte-level BPE is supported)");
-    bytes_to_id_.emplace(*bytes, id);
+    if (present_[id]) throw Error("tokenizer.json: two tokens have id " + std::to_string(id));
+    const uint32_t hash = hash_bytes(*bytes);
+    if (bytes_to_id_.find(*bytes, hash, id_to_bytes_) >= 0) continue;  // a duplicate spelling keeps its first id
     id_to_bytes_[id] = std::move(*bytes);
     present_[id] = true;
+    bytes_to_id_.insert(hash, id);
   }
   for (int b = 0; b < 256; ++b) {
     const int32_t id = bytes_to_id(std::string_view(reinterpret_cast<const char*>(&b), 1));
@@ -110,8 +150,7 @@ BpeModel::BpeModel(const nlohmann::json& model) {
 }
 
 int32_t BpeModel::bytes_to_id(std::string_view bytes) const {
-  auto it = bytes_to_id_.find(bytes);
-  return it == bytes_to_id_.end() ? -1 : it->second;
+  return bytes_to_id_.find(bytes, hash_bytes(bytes), id_to_bytes_);
 }
 
 // O(n^2) pair scans; for the short words that make up almost all text this beats a heap.

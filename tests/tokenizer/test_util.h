@@ -25,11 +25,15 @@ inline std::string test_data(const std::string& name) { return std::string(TANDE
 
 inline std::string model_dir(const std::string& model) { return std::string(TANDEM_DATA_DIR) + "/tokenizers/" + model; }
 
-// The real tokenizer files are fetched by scripts/fetch_data.sh; loaded once per test binary.
+// The real tokenizer files are fetched by scripts/fetch_data.sh; each is loaded once per test
+// process, and only when a test asks for it (ctest runs every test in its own process).
 inline const Tokenizer& real_tokenizer(const std::string& model) {
-  static std::unique_ptr<Tokenizer> qwen3 = Tokenizer::load(model_dir("qwen3"));
-  static std::unique_ptr<Tokenizer> llama = Tokenizer::load(model_dir("llama3_1"));
-  return model == "qwen3" ? *qwen3 : *llama;
+  if (model == "qwen3") {
+    static const std::unique_ptr<Tokenizer> qwen3 = Tokenizer::load(model_dir("qwen3"));
+    return *qwen3;
+  }
+  static const std::unique_ptr<Tokenizer> llama = Tokenizer::load(model_dir("llama3_1"));
+  return *llama;
 }
 
 inline std::string from_hex(const std::string& hex) {

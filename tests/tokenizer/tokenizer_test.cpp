@@ -3,7 +3,9 @@
 // rules where that port is known to differ (see tools/make_tokenizer_corpus.py).
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
+#include <thread>
 
 #include "common/error.h"
 #include "test_util.h"
@@ -172,6 +174,32 @@ TEST(UnicodeTest, LossyReplacementUsesMaximalSubparts) {
   // Unicode 15 §3.9, Table 3-8's example: 61 F1 80 80 E1 80 C2 62 80 63 80 BF 64.
   const std::string bytes = "\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64";
   EXPECT_EQ(utf8_lossy(bytes), "a\uFFFD\uFFFD\uFFFDb\uFFFDc\uFFFD\uFFFDd");
+}
+
+}  // namespace
+}  // namespace tandem::tokenizer
+
+namespace tandem::tokenizer {
+namespace {
+
+// encode/decode are const and share the word cache: concurrent use gives the serial results.
+TEST(TokenizerTest, ConcurrentEncodesMatchSerial) {
+  const Tokenizer& tok = testing::real_tokenizer("qwen3");
+  const auto corpus = testing::read_json(testing::test_data("corpus.json")).get<std::vector<std::string>>();
+  std::vector<std::vector<int32_t>> serial;
+  for (const auto& s : corpus) serial.push_back(tok.encode(s, false));
+  std::vector<std::thread> threads;
+  std::atomic<int> mismatches{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = 0; i < corpus.size(); ++i) {
+        const size_t j = (i * 7 + static_cast<size_t>(t) * 131) % corpus.size();
+        if (tok.encode(corpus[j], false) != serial[j]) ++mismatches;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 }  // namespace
