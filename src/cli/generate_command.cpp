@@ -94,8 +94,8 @@ Runner add_generate_command(CLI::App& app) {
   cmd->add_option("--min-p", opts->min_p, "Keep tokens with p >= min_p * p_max")->capture_default_str();
   auto* sseed = cmd->add_option("--sampling-seed", opts->sampling_seed, "Seed of the token sampling (default: random)");
   cmd->add_flag("--ignore-eos", opts->ignore_eos, "Keep generating after EOS");
-  cmd->add_option("--max-batch-tokens", opts->max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-seqs", opts->max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-batch-tokens", opts->max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
+  cmd->add_option("--max-seqs", opts->max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--num-kv-blocks", opts->num_kv_blocks, "KV blocks (0 = enough for every prompt at once)")->capture_default_str();
   cmd->add_flag("--no-prefix-caching", opts->no_prefix_caching, "Disable the prefix cache");
   cmd->add_option("--device", opts->device, "cpu or cuda:N")->capture_default_str();

@@ -6,10 +6,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <omp.h>
+
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 #include <thread>
 #include <unordered_map>
 
@@ -69,7 +72,7 @@ class EngineImpl final : public Engine {
  public:
   EngineImpl(std::unique_ptr<backend::Backend> backend, const EngineOptions& options,
              std::shared_ptr<TextStreamFactory> text)
-      : backend_(std::move(backend)),
+      : backend_((check_options(options, *backend), std::move(backend))),
         text_(std::move(text)),
         config_(backend_->config()),
         kv_(backend_->kv_cache_spec()),
@@ -79,9 +82,7 @@ class EngineImpl final : public Engine {
         max_seqs_(options.max_seqs),
         seed_source_(std::random_device{}()),
         runner_(backend_.get()),
-        sampler_(config_.vocab_size, config_.eos_token_ids) {
-    if (options.max_batch_tokens <= 0) throw Error("--max-batch-tokens must be positive");
-    if (options.max_seqs <= 0) throw Error("--max-seqs must be positive");
+        samplers_(std::max(1, omp_get_max_threads())) {
     spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} prefix_caching={}",
                  backend_->device_name(), kv_.num_blocks, kv_.block_size, max_model_len_, options.max_batch_tokens,
                  options.max_seqs, options.enable_prefix_caching);
@@ -217,6 +218,16 @@ class EngineImpl final : public Engine {
   backend::Backend& backend() override { return *backend_; }
 
  private:
+  // Startup errors a user can act on, before any member that would assert on them is built.
+  static void check_options(const EngineOptions& options, const backend::Backend& backend) {
+    if (options.max_batch_tokens <= 0) throw Error("--max-batch-tokens must be positive");
+    if (options.max_seqs <= 0) throw Error("--max-seqs must be positive");
+    if (options.max_model_len < 0) throw Error("--max-model-len must not be negative");
+    if (backend.kv_cache_spec().num_blocks <= 0 || backend.kv_cache_spec().block_size <= 0) {
+      throw Error("the backend has no KV cache blocks (raise the KV cache size)");
+    }
+  }
+
   int compute_max_model_len(const EngineOptions& options) const {
     int len = options.max_model_len > 0 ? options.max_model_len : config_.max_position_embeddings;
     if (len <= 0) len = kv_.num_blocks * kv_.block_size;
@@ -288,8 +299,12 @@ class EngineImpl final : public Engine {
     c->index = index;
     c->token_ids = state.request.prompt_token_ids;
     c->num_prompt_tokens = c->num_tokens();
-    c->stop = std::make_unique<StopChecker>(&state.request.sampling, config_.eos_token_ids, max_model_len_,
-                                            text_ ? text_->new_stream(state.request.sampling.skip_special_tokens) : nullptr);
+    std::unique_ptr<TextStream> stream;
+    if (text_) {
+      stream = text_->new_stream(state.request.sampling.skip_special_tokens);
+      if (!stream) throw std::runtime_error("new_stream returned null");
+    }
+    c->stop = std::make_unique<StopChecker>(&state.request.sampling, config_.eos_token_ids, max_model_len_, std::move(stream));
     return c;
   }
 
@@ -309,7 +324,13 @@ class EngineImpl final : public Engine {
   void admit(const std::shared_ptr<RequestState>& state_ptr, std::vector<PendingOutput>* outs) {
     RequestState& state = *state_ptr;
     prompt_tokens_total_ += static_cast<int64_t>(state.request.prompt_token_ids.size());
-    state.choices.push_back(new_choice(state, 0));
+    try {
+      state.choices.push_back(new_choice(state, 0));
+    } catch (const std::exception& e) {  // the detokenizer is someone else's code: fail the request, not the loop
+      if (!state.reserved_blocks.empty()) blocks_.free(state.reserved_blocks);
+      end_request(state_ptr, FinishReason::kError, Status::Internal(std::string("detokenizer: ") + e.what()), outs);
+      return;
+    }
     Choice* c = state.choices[0].get();
     if (state.request.prefill_mode != PrefillMode::kDecodeFromKv) {
       scheduler_.add_waiting(c, state.n);
@@ -335,6 +356,9 @@ class EngineImpl final : public Engine {
     const bool prefill_only = state.request.prefill_mode == PrefillMode::kPrefillOnly;
     if (out.finish_reason != FinishReason::kNone || prefill_only) {
       out.finished = true;
+      spdlog::debug("choice finished request_id={} index={} reason={} prompt_tokens={} cached_tokens={} output_tokens={}",
+                    state.request.request_id, c->index, finish_reason_name(out.finish_reason), c->num_prompt_tokens,
+                    c->num_cached_prompt_tokens, c->num_output_tokens());
       if (prefill_only) {
         // The prompt's KV stays in its blocks for the transfer until release_blocks().
         HeldBlocks held;
@@ -380,44 +404,76 @@ class EngineImpl final : public Engine {
   // REQUIRES: mu_ held. After a successful forward: advance, sample, stop.
   void complete_step(const SchedulerOutput& step, std::vector<PendingOutput>* outs) {
     scheduler_.complete_step();
+    // Plan every draw first, run them in parallel (each depends only on its own row, params and
+    // stream), then apply them in schedule order.
+    jobs_.clear();
     int row = 0;
     for (const ScheduledSeq& s : step.seqs) {
       if (!s.needs_sample) continue;
-      std::span<const float> logits = runner_.logits_row(row++);
+      const int r = row++;
       Choice* c = static_cast<Choice*>(s.seq);
       if (c->status != SequenceStatus::kRunning) continue;
+      const RequestState& state = *c->request;
+      // n > 1: every choice's first token comes from the same prompt logits (the leader's row).
+      const int num_draws = c->index == 0 && state.n > 1 && !state.forked ? state.n : 1;
+      for (int i = 0; i < num_draws; ++i) {
+        SampleJob job;
+        job.row = r;
+        job.choice = c;
+        job.in.params = &state.request.sampling;
+        job.in.seed = state.seed;
+        job.in.choice_index = c->index + i;
+        job.in.prompt_token_ids = c->prompt();
+        job.in.output_token_ids = c->output();
+        job.group_size = i == 0 ? num_draws : 0;
+        jobs_.push_back(std::move(job));
+      }
+    }
+    run_sample_jobs();
+    generation_tokens_total_ += static_cast<int64_t>(jobs_.size());
+
+    for (size_t j = 0; j < jobs_.size();) {
+      Choice* c = jobs_[j].choice;
       RequestState& state = *c->request;
       std::shared_ptr<RequestState> state_ptr = live_.at(state.request.request_id);
+      const bool want_logprobs = state.request.sampling.logprobs >= 0;
       if (c->index == 0 && state.n > 1 && !state.forked) {
-        // n > 1: every choice's first token comes from the same prompt logits; the siblings share the
-        // prompt's full blocks and recompute only its partial last block (see Scheduler::fork).
+        // The siblings share the prompt's full blocks and recompute only its partial last block
+        // (see Scheduler::fork).
         state.forked = true;
         for (int i = 1; i < state.n; ++i) {
+          SampleJob& job = jobs_[j + i];
           state.choices.push_back(new_choice(state, i));
           Choice* child = state.choices.back().get();
-          TokenLogprobs lp;
-          const int32_t token = sample(state, child, logits, &lp);
-          child->token_ids.push_back(token);
+          child->token_ids.push_back(job.token);
           scheduler_.fork(c, child);
           child->token_ids.pop_back();
-          on_token(state_ptr, child, token, state.request.sampling.logprobs >= 0 ? &lp : nullptr, outs);
+          on_token(state_ptr, child, job.token, want_logprobs ? &job.logprobs : nullptr, outs);
         }
       }
-      TokenLogprobs lp;
-      const int32_t token = sample(state, c, logits, &lp);
-      on_token(state_ptr, c, token, state.request.sampling.logprobs >= 0 ? &lp : nullptr, outs);
+      on_token(state_ptr, c, jobs_[j].token, want_logprobs ? &jobs_[j].logprobs : nullptr, outs);
+      j += jobs_[j].group_size;
     }
   }
 
-  int32_t sample(const RequestState& state, const Choice* c, std::span<const float> logits, TokenLogprobs* lp) {
-    SampleInput in;
-    in.params = &state.request.sampling;
-    in.seed = state.seed;
-    in.choice_index = c->index;
-    in.prompt_token_ids = c->prompt();
-    in.output_token_ids = c->output();
-    ++generation_tokens_total_;
-    return sampler_.sample(logits, in, lp);
+  // Samples every planned job; rows in parallel when there are several (a 150k-entry row costs
+  // 0.1-0.7 ms on one core, bench/sampler_bench).
+  void run_sample_jobs() {
+    const int num_jobs = static_cast<int>(jobs_.size());
+    const int num_threads = static_cast<int>(samplers_.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (num_jobs > 1)
+    for (int j = 0; j < num_jobs; ++j) {
+      Sampler& sampler = sampler_for_thread();
+      SampleJob& job = jobs_[j];
+      job.token = sampler.sample(runner_.logits_row(job.row), job.in, &job.logprobs);
+    }
+  }
+
+  Sampler& sampler_for_thread() {
+    const int t = omp_get_thread_num();
+    TANDEM_CHECK(t < static_cast<int>(samplers_.size()));
+    if (!samplers_[t]) samplers_[t] = std::make_unique<Sampler>(config_.vocab_size, config_.eos_token_ids);
+    return *samplers_[t];
   }
 
   void deliver(std::vector<PendingOutput>& outs) {
@@ -452,6 +508,10 @@ class EngineImpl final : public Engine {
         }
         aborts_.clear();
         step = &scheduler_.schedule();
+        if (!step->preempted.empty()) {
+          spdlog::debug("preempted num_seqs={} free_blocks={} running={} waiting={}", step->preempted.size(),
+                        blocks_.num_free_blocks(), scheduler_.num_running(), scheduler_.num_waiting());
+        }
         if (step->empty()) {
           // Nothing fits now: wait for blocks to be released or for new work.
           blocked_ = scheduler_.num_running() + scheduler_.num_waiting() > 0;
@@ -468,8 +528,13 @@ class EngineImpl final : public Engine {
         }
         std::lock_guard<std::mutex> lock(mu_);
         if (status.ok()) {
-          complete_step(*step, &outs);
-        } else {
+          try {
+            complete_step(*step, &outs);
+          } catch (const std::exception& e) {  // e.g. out of memory: fail the step, keep serving
+            status = Status::Internal(std::string("engine step failed: ") + e.what());
+          }
+        }
+        if (!status.ok()) {
           spdlog::error("forward failed, failing the step's requests num_seqs={} error={}", step->seqs.size(), status.to_string());
           std::vector<std::shared_ptr<RequestState>> failed;
           for (const ScheduledSeq& s : step->seqs) {
@@ -508,7 +573,16 @@ class EngineImpl final : public Engine {
 
   // Engine thread only.
   ModelRunner runner_;
-  Sampler sampler_;
+  struct SampleJob {
+    int row = 0;               // logits row of the step
+    Choice* choice = nullptr;  // the sequence whose row it is (the leader, for a fork's draws)
+    SampleInput in;
+    int group_size = 1;        // on a group's first job: draws for that row (n at a fork)
+    int32_t token = -1;
+    TokenLogprobs logprobs{-1, 0.0f, {}};
+  };
+  std::vector<SampleJob> jobs_;
+  std::vector<std::unique_ptr<Sampler>> samplers_;  // one per OpenMP thread, made on first use
   std::thread thread_;
 };
 

@@ -37,8 +37,11 @@ class TextStreamFactory {
 
 // Blocks reserved on a decode worker for a remote prefill.
 struct KvReservation {
-  std::vector<int32_t> block_ids;  // one per block_size tokens of the prompt
-  int num_cached_tokens = 0;       // leading prompt tokens already in those blocks (prefix cache)
+  std::vector<int32_t> block_ids;  // one per block_size tokens of the prompt (the last may be partial)
+  // Leading prompt tokens already in those blocks (prefix cache), a multiple of block_size. Those
+  // blocks may be shared with running sequences: a transfer writes only block_ids[num_cached_tokens /
+  // block_size ..], never the ones before.
+  int num_cached_tokens = 0;
 };
 
 struct EngineStats {
@@ -56,13 +59,28 @@ struct EngineStats {
 
 class Engine {
  public:
+  // Stops the loop thread and ends every live request with kAbort.
   virtual ~Engine() = default;
 
-  // Admits a request. InvalidArgument for bad sampling parameters or token ids, TooLarge for a
-  // prompt that can never fit (longer than max_model_len or than the whole KV pool). On OK, `on_output`
-  // receives the outputs until one per choice has finished == true.
+  // Admits a request. InvalidArgument for bad sampling parameters or token ids, a request_id already
+  // live, n > 1 with a PrefillMode other than kLocal, or stop strings on an engine without a
+  // TextStreamFactory; TooLarge for a prompt that can never fit (prompt length >= max_model_len, which
+  // is capped by the KV pool's size); NotFound for kDecodeFromKv without a reservation under that id;
+  // Unavailable while shutting down. On OK, `on_output` receives the outputs until one per choice has
+  // finished == true (on the engine thread; from the destroying thread for requests the destructor
+  // aborts).
+  //
+  // kPrefillOnly: the one output carries the first token, finished == true, and kv_block_ids. Its
+  // finish_reason is kNone when decoding should continue elsewhere, or kStop/kLength when the first
+  // token already ends the request (EOS, a stop rule, max_tokens == 1). The blocks stay held either
+  // way until release_blocks() or abort() for that id.
+  // kDecodeFromKv: first_token_id is streamed as the choice's first output token (without logprobs),
+  // counts toward max_tokens and goes through the stop rules like a sampled token.
+  // A kLocal submit for an id holding a reservation frees the reservation first (local fallback).
   virtual Status submit(Request request, OutputCallback on_output) = 0;
-  // Ends the request with FinishReason::kAbort and frees its blocks; no-op for an unknown id.
+  // Ends the request with FinishReason::kAbort and frees its blocks; also releases blocks held for the
+  // id (a reservation or a finished prefill's KV). No-op for an unknown id. The final output follows
+  // within one engine step.
   virtual void abort(const std::string& request_id) = 0;
 
   // Decode side of a remote prefill: reserves blocks for `prompt_token_ids` (reusing cached prefix
@@ -71,6 +89,7 @@ class Engine {
   virtual StatusOr<KvReservation> reserve_kv(const std::string& request_id,
                                              const std::vector<int32_t>& prompt_token_ids) = 0;
   // Frees blocks held for `request_id` (a reservation, or a finished kPrefillOnly request's blocks).
+  // Full blocks keep their contents in the prefix cache. No-op for an unknown id.
   virtual void release_blocks(const std::string& request_id) = 0;
 
   virtual EngineStats stats() const = 0;

@@ -20,7 +20,9 @@ struct SamplingParams {
   float top_p = 1.0f;              // (0, 1]
   int top_k = 0;                   // 0 or -1 = off
   float min_p = 0.0f;              // [0, 1]
-  std::optional<uint64_t> seed;    // reproducible per request whatever else is in the batch
+  // Reproducible per request whatever else is in the batch: the draw for output position i of choice
+  // c depends only on (seed, c, i) and the logits.
+  std::optional<uint64_t> seed;
   float presence_penalty = 0.0f;   // [-2, 2]
   float frequency_penalty = 0.0f;  // [-2, 2]
   float repetition_penalty = 1.0f; // > 0; 1 = off
@@ -30,8 +32,10 @@ struct SamplingParams {
   std::vector<int32_t> stop_token_ids;
   std::vector<std::string> stop;   // matched on detokenized text; the text is trimmed before the match
   bool ignore_eos = false;
-  int logprobs = -1;               // -1 = none; 0..20 = chosen token's logprob plus this many top alternatives
-  int n = 1;                       // choices sharing the prompt's KV blocks
+  // -1 = none; 0..20 = chosen token's logprob plus this many top alternatives. Logprobs are the
+  // log-softmax of the logits after logit_bias, penalties and temperature, before top-k/top-p/min-p.
+  int logprobs = -1;
+  int n = 1;                       // choices sharing the prompt's KV blocks (kLocal only); <= max_seqs
   bool skip_special_tokens = true;
 };
 
@@ -60,7 +64,7 @@ struct RequestOutput {
   std::vector<TokenLogprobs> logprobs; // one per new token, when requested
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  std::string stop_reason;             // the stop string or stop token id that ended it
+  std::string stop_reason;             // the stop string or stop token id that ended it ("" for EOS)
   Status error;                        // when finish_reason == kError
   int num_prompt_tokens = 0;
   int num_cached_prompt_tokens = 0;    // prompt tokens served from the prefix cache

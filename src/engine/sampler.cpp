@@ -1,7 +1,9 @@
 #include "engine/sampler.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <queue>
 
@@ -23,14 +25,46 @@ bool by_logit_desc(const std::pair<float, int32_t>& a, const std::pair<float, in
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
 
+// exp(x) for x <= 0, vectorisable (no calls, no branches): 2^n * e^r with n = round(x / ln 2) and
+// |r| <= ln2 / 2 (Cody-Waite split of ln 2), e^r by its Taylor series to r^7 (relative error < 2e-8,
+// below float rounding). Inputs below -87 (including -inf) give exactly 0.
+inline float exp_nonpositive(float x) {
+  const float clamped = x > -87.0f ? x : -87.0f;
+  const float t = clamped * 1.44269504088896341f;
+  const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest (|t| < 2^22)
+  const float r = (clamped - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float scale = std::bit_cast<float>(static_cast<int32_t>(n + 127.0f) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+float max_of(const float* x, int n) {
+  float m = kNegInf;
+#pragma omp simd reduction(max : m)
+  for (int i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 }  // namespace
 
 Sampler::Sampler(int vocab_size, std::vector<int> eos_token_ids)
     : vocab_size_(vocab_size),
       eos_token_ids_(std::move(eos_token_ids)),
       work_(vocab_size),
+      probs_(vocab_size),
+      bucket_(vocab_size),
+      block_sums_((vocab_size + kBlock - 1) / kBlock),
       counts_(vocab_size, 0),
-      seen_(vocab_size, 0) {
+      seen_(vocab_size, 0),
+      bucket_count_(kNumBuckets),
+      bucket_mass_(kNumBuckets) {
   cand_.reserve(vocab_size);
 }
 
@@ -76,95 +110,163 @@ void Sampler::process(const SampleInput& in) {
       counts_[t] = 0;
     }
   }
+  float* w = work_.data();
+  const int n = vocab_size_;
   if (p.temperature > 0.0f && p.temperature != 1.0f) {
     const float inv = 1.0f / p.temperature;
-    for (float& x : work_) x *= inv;
+    float m = kNegInf;
+#pragma omp simd reduction(max : m)
+    for (int i = 0; i < n; ++i) {
+      w[i] *= inv;
+      m = w[i] > m ? w[i] : m;
+    }
+    max_logit_ = m;
+  } else {
+    max_logit_ = max_of(w, n);
   }
+}
+
+int32_t Sampler::draw_untruncated(double u, double total) {
+  const double target = u * total;
+  double cum = 0;
+  const int num_blocks = static_cast<int>(block_sums_.size());
+  int b = 0;
+  while (b < num_blocks - 1 && cum + block_sums_[b] <= target) cum += block_sums_[b++];
+  const int end = std::min(vocab_size_, (b + 1) * kBlock);
+  int32_t last_possible = -1;
+  for (int i = b * kBlock; i < end; ++i) {
+    if (probs_[i] == 0.0f) continue;
+    cum += probs_[i];
+    last_possible = i;
+    if (cum > target) return i;
+  }
+  if (last_possible >= 0) return last_possible;  // rounding left the target just past this block
+  for (int i = vocab_size_; i-- > 0;) {
+    if (probs_[i] > 0.0f) return i;
+  }
+  return 0;
+}
+
+void Sampler::gather_bucket(int bucket, std::vector<std::pair<float, int32_t>>* out) const {
+  out->clear();
+  for (int32_t i = 0; i < vocab_size_; ++i) {
+    if (bucket_[i] == bucket) out->emplace_back(work_[i], i);
+  }
+  std::sort(out->begin(), out->end(), by_logit_desc);
 }
 
 int32_t Sampler::draw(const SamplingParams& p, double u) {
-  const float max_logit = *std::max_element(work_.begin(), work_.end());
-  const bool top_k_on = p.top_k > 0 && p.top_k < vocab_size_;
-  if (p.min_p <= 0.0f && !top_k_on && p.top_p >= 1.0f) {
-    double total = 0;
-    for (float x : work_) total += std::exp(static_cast<double>(x - max_logit));
-    const double target = u * total;
-    double cum = 0;
-    int32_t last_possible = 0;
-    for (int32_t i = 0; i < vocab_size_; ++i) {
-      if (work_[i] == kNegInf) continue;
-      cum += std::exp(static_cast<double>(work_[i] - max_logit));
-      last_possible = i;
-      if (cum > target) return i;
+  const int n = vocab_size_;
+  const float m = max_logit_;
+  const float* w = work_.data();
+  float* pr = probs_.data();
+  double total = 0;
+  for (size_t b = 0; b < block_sums_.size(); ++b) {
+    const int begin = static_cast<int>(b) * kBlock, end = std::min(n, begin + kBlock);
+    float s = 0;  // <= 1024 terms in (0, 1]: float is exact enough, and the blocks add in double
+#pragma omp simd reduction(+ : s)
+    for (int i = begin; i < end; ++i) {
+      pr[i] = exp_nonpositive(w[i] - m);  // p_i / p_max
+      s += pr[i];
     }
-    return last_possible;  // rounding left target at the very top
+    block_sums_[b] = s;
+    total += s;
   }
 
-  const float threshold = p.min_p > 0.0f ? max_logit + std::log(p.min_p) : kNegInf;
-  cand_.clear();
-  for (int32_t i = 0; i < vocab_size_; ++i) {
-    if (work_[i] >= threshold && work_[i] != kNegInf) cand_.emplace_back(work_[i], i);
+  const bool top_k_on = p.top_k > 0 && p.top_k < n;
+  if (p.min_p <= 0.0f && !top_k_on && p.top_p >= 1.0f) return draw_untruncated(u, total);
+
+  // Histogram of the tokens that survive min_p (p >= min_p * p_max), by distance below the maximum.
+  const float min_rel = p.min_p > 0.0f ? p.min_p : 0.0f;
+  std::fill(bucket_count_.begin(), bucket_count_.end(), 0);
+  std::fill(bucket_mass_.begin(), bucket_mass_.end(), 0.0);
+  uint16_t* bk = bucket_.data();
+#pragma omp simd
+  for (int i = 0; i < n; ++i) {
+    const float scaled = (m - w[i]) * kBucketsPerUnit;
+    const float d = scaled < kNumBuckets - 1 ? scaled : static_cast<float>(kNumBuckets - 1);
+    bk[i] = (pr[i] > 0.0f && pr[i] >= min_rel) ? static_cast<uint16_t>(d) : kExcluded;
   }
-  size_t keep = cand_.size();
-  if (top_k_on && static_cast<size_t>(p.top_k) < keep) {
-    std::nth_element(cand_.begin(), cand_.begin() + p.top_k, cand_.end(), by_logit_desc);
-    keep = p.top_k;
+  int kept = 0;
+  for (int i = 0; i < n; ++i) {
+    if (bk[i] == kExcluded) continue;
+    ++bucket_count_[bk[i]];
+    bucket_mass_[bk[i]] += pr[i];
+    ++kept;
+  }
+
+  // Kept set = every token in buckets [0, full_end) plus partial_ (tokens of bucket full_end, best first).
+  int full_end = kNumBuckets;
+  partial_.clear();
+  bool has_partial = false;
+  if (top_k_on && kept > p.top_k) {
+    int cum = 0, b = 0;
+    while (cum + bucket_count_[b] < p.top_k) cum += bucket_count_[b++];
+    full_end = b;
+    gather_bucket(b, &partial_);
+    partial_.resize(p.top_k - cum);
+    has_partial = true;
   }
   if (p.top_p < 1.0f) {
-    // Keep a token iff the probability of the tokens ranked above it is below top_p (the smallest set
-    // whose mass reaches top_p). Sort only as far as needed: growing chunks from the top.
-    double total = 0;
-    for (size_t j = 0; j < keep; ++j) total += std::exp(static_cast<double>(cand_[j].first - max_logit));
-    const double limit = static_cast<double>(p.top_p) * total;
+    // Keep a token iff the probability of the kept tokens ranked above it is below top_p: the
+    // smallest set whose mass reaches top_p.
+    double kept_mass = 0;
+    for (int b = 0; b < full_end; ++b) kept_mass += bucket_mass_[b];
+    for (const auto& [x, id] : partial_) kept_mass += pr[id];
+    const double limit = static_cast<double>(p.top_p) * kept_mass;
     double above = 0;
-    size_t sorted = 0, chunk = 64;
-    size_t cut = keep;
-    while (cut == keep && sorted < keep) {
-      const size_t end = std::min(keep, sorted + chunk);
-      if (end < keep) std::nth_element(cand_.begin() + sorted, cand_.begin() + end, cand_.begin() + keep, by_logit_desc);
-      std::sort(cand_.begin() + sorted, cand_.begin() + end, by_logit_desc);
-      for (size_t j = sorted; j < end; ++j) {
-        if (above >= limit) {
-          cut = j;
-          break;
-        }
-        above += std::exp(static_cast<double>(cand_[j].first - max_logit));
-      }
-      sorted = end;
-      chunk *= 4;
+    int b = 0;
+    while (b < full_end && above + bucket_mass_[b] < limit) above += bucket_mass_[b++];
+    if (b < full_end) {  // the boundary falls inside bucket b
+      gather_bucket(b, &partial_);
+      full_end = b;
+      has_partial = true;
     }
-    keep = std::max<size_t>(cut, 1);
+    size_t keep = 0;
+    while (keep < partial_.size() && above < limit) above += pr[partial_[keep++].second];
+    partial_.resize(std::max<size_t>(keep, full_end == 0 ? 1 : 0));
   }
-  double total = 0;
-  for (size_t j = 0; j < keep; ++j) total += std::exp(static_cast<double>(cand_[j].first - max_logit));
-  const double target = u * total;
+
+  cand_.clear();
+  for (int32_t i = 0; i < n; ++i) {
+    if (bk[i] < full_end) cand_.push_back(i);
+  }
+  if (has_partial) {
+    for (const auto& [x, id] : partial_) cand_.push_back(id);
+  }
+  double cand_mass = 0;
+  for (int32_t id : cand_) cand_mass += pr[id];
+  const double target = u * cand_mass;
   double cum = 0;
-  for (size_t j = 0; j < keep; ++j) {
-    cum += std::exp(static_cast<double>(cand_[j].first - max_logit));
-    if (cum > target) return cand_[j].second;
+  for (int32_t id : cand_) {
+    cum += pr[id];
+    if (cum > target) return id;
   }
-  return cand_[keep - 1].second;
+  return cand_.back();
 }
 
-void Sampler::fill_logprobs(int32_t chosen, int num_top, TokenLogprobs* out) const {
-  const float max_logit = *std::max_element(work_.begin(), work_.end());
+void Sampler::fill_logprobs(int32_t chosen, int num_top, TokenLogprobs* out) {
+  const float m = max_logit_;
+  const float* w = work_.data();
+  const int n = vocab_size_;
   double total = 0;
-  for (float x : work_) total += std::exp(static_cast<double>(x - max_logit));
-  const float lse = max_logit + static_cast<float>(std::log(total));
+#pragma omp simd reduction(+ : total)
+  for (int i = 0; i < n; ++i) total += exp_nonpositive(w[i] - m);
+  const float lse = m + static_cast<float>(std::log(total));
   out->token_id = chosen;
-  out->logprob = work_[chosen] - lse;
+  out->logprob = w[chosen] - lse;
   out->top.clear();
   if (num_top <= 0) return;
-  // Min-heap of the num_top best (logit, -id): O(vocab log num_top).
+  // Min-heap of the num_top best (logit, id); most tokens fail the one comparison with its top.
   using Entry = std::pair<float, int32_t>;
   auto worse = [](const Entry& a, const Entry& b) { return by_logit_desc(a, b); };
   std::priority_queue<Entry, std::vector<Entry>, decltype(worse)> heap(worse);
-  for (int32_t i = 0; i < vocab_size_; ++i) {
+  for (int32_t i = 0; i < n; ++i) {
     if (static_cast<int>(heap.size()) < num_top) {
-      heap.emplace(work_[i], i);
-    } else if (by_logit_desc({work_[i], i}, heap.top())) {
+      heap.emplace(w[i], i);
+    } else if (w[i] > heap.top().first || (w[i] == heap.top().first && i < heap.top().second)) {
       heap.pop();
-      heap.emplace(work_[i], i);
+      heap.emplace(w[i], i);
     }
   }
   out->top.resize(heap.size());
@@ -176,12 +278,15 @@ void Sampler::fill_logprobs(int32_t chosen, int num_top, TokenLogprobs* out) con
 
 int32_t Sampler::sample(std::span<const float> logits, const SampleInput& in, TokenLogprobs* logprobs) {
   TANDEM_CHECK(static_cast<int>(logits.size()) == vocab_size_);
-  std::copy(logits.begin(), logits.end(), work_.begin());
+  std::memcpy(work_.data(), logits.data(), sizeof(float) * vocab_size_);
   process(in);
   const SamplingParams& p = *in.params;
   int32_t chosen;
   if (p.temperature <= 0.0f) {
-    chosen = static_cast<int32_t>(std::max_element(work_.begin(), work_.end()) - work_.begin());  // first max
+    // First index holding the maximum: ties go to the lowest id, as torch.argmax.
+    const float* w = work_.data();
+    chosen = 0;
+    while (chosen < vocab_size_ - 1 && w[chosen] != max_logit_) ++chosen;
   } else {
     chosen = draw(p, uniform_for(in.seed, in.choice_index, static_cast<int>(in.output_token_ids.size())));
   }

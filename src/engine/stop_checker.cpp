@@ -1,5 +1,7 @@
 #include "engine/stop_checker.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 namespace tandem::engine {
@@ -27,7 +29,11 @@ FinishReason StopChecker::push(int32_t token_id, int num_output_tokens, int num_
 
   if (text_) {
     const size_t before = output_text_.size();
-    output_text_ += text_->push(token_id);
+    try {
+      output_text_ += text_->push(token_id);
+    } catch (const std::exception& e) {
+      spdlog::error("detokenizer failed token_id={} error={}", token_id, e.what());
+    }
     if (may_stop && max_stop_len_ > 0 && output_text_.size() > before) {
       // A match must end inside the new text; it can start up to max_stop_len - 1 bytes earlier.
       const size_t from = before >= max_stop_len_ - 1 ? before - (max_stop_len_ - 1) : 0;

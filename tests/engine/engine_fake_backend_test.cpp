@@ -341,3 +341,97 @@ TEST(EngineFake, DestroyingTheEngineAbortsLiveRequests) {
 
 }  // namespace
 }  // namespace tandem::engine
+
+namespace tandem::engine {
+namespace {
+
+using testing::Collector;
+using testing::FakeBackend;
+using testing::make_request;
+
+TEST(EngineFake, LocalSubmitAfterAReservationFreesItAndPrefillsHere) {
+  auto backend = std::make_unique<FakeBackend>(8, 4);
+  auto engine = create_engine(std::move(backend), {});
+  const std::vector<int32_t> prompt = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20};
+  ASSERT_TRUE(engine->reserve_kv("r", prompt).ok());  // 5 of 8 blocks
+  Collector collector;
+  ASSERT_TRUE(engine->submit(make_request("r", prompt, 8), collector.callback()).ok());  // needs 7 blocks
+  ASSERT_TRUE(collector.wait_finished(1));
+  std::vector<int32_t> tokens = prompt, expected;
+  for (int i = 0; i < 8; ++i) {
+    expected.push_back(FakeBackend::next_token(tokens, FakeBackend::Mode::kHash));
+    tokens.push_back(expected.back());
+  }
+  EXPECT_EQ(collector.get("r").tokens, expected);
+  EXPECT_EQ(engine->stats().num_kv_blocks_used, 0);
+}
+
+// Random traffic from two client threads with aborts and n > 1 against a pool small enough to
+// preempt: every choice ends exactly once, every choice that was not aborted matches the reference,
+// and no block stays referenced.
+TEST(EngineFake, RandomTrafficWithAbortsEndsEveryChoiceOnceAndLeaksNothing) {
+  EngineOptions options;
+  options.max_batch_tokens = 48;
+  options.max_seqs = 12;
+  auto backend = std::make_unique<FakeBackend>(40, 4);
+  auto engine = create_engine(std::move(backend), options);
+  Collector collector;
+  std::mutex mu;
+  std::map<std::string, std::pair<std::vector<int32_t>, int>> submitted;  // id -> prompt, max_tokens
+  std::atomic<int> num_choices{0};
+  auto client = [&](int which) {
+    std::mt19937 rng(100 + which);
+    for (int i = 0; i < 150; ++i) {
+      const std::string id = std::to_string(which) + "-" + std::to_string(i);
+      std::vector<int32_t> prompt(1 + rng() % 40);
+      for (auto& t : prompt) t = static_cast<int32_t>(rng() % 8);  // few distinct tokens: prefix hits
+      Request r = make_request(id, prompt, 1 + rng() % 24);
+      r.sampling.n = rng() % 5 == 0 ? 2 : 1;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        submitted[id] = {prompt, r.sampling.max_tokens};
+      }
+      ASSERT_TRUE(engine->submit(r, collector.callback()).ok());
+      num_choices += r.sampling.n;
+      if (rng() % 6 == 0) {
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
+        engine->abort(id);
+      }
+      if (rng() % 10 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  std::thread a(client, 0), b(client, 1);
+  a.join();
+  b.join();
+  ASSERT_TRUE(collector.wait_finished(num_choices));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(collector.num_finished(), num_choices.load());
+  int aborted = 0;
+  for (const auto& [id, pm] : submitted) {
+    for (int index = 0; index < 2; ++index) {
+      auto c = collector.get(id, index);
+      if (index == 1 && c.num_finished == 0) continue;  // n == 1
+      EXPECT_EQ(c.num_finished, 1) << id << "/" << index;
+      if (c.last.finish_reason == FinishReason::kAbort) {
+        ++aborted;
+        continue;
+      }
+      std::vector<int32_t> tokens = pm.first, expected;
+      for (int i = 0; i < pm.second; ++i) {
+        expected.push_back(FakeBackend::next_token(tokens, FakeBackend::Mode::kHash));
+        tokens.push_back(expected.back());
+      }
+      EXPECT_EQ(c.tokens, expected) << id << "/" << index;
+      EXPECT_EQ(c.last.finish_reason, FinishReason::kLength) << id;
+    }
+  }
+  EXPECT_GT(aborted, 0);
+  const EngineStats stats = engine->stats();
+  EXPECT_EQ(stats.num_kv_blocks_used, 0);
+  EXPECT_EQ(stats.num_running + stats.num_waiting, 0);
+  EXPECT_GT(stats.num_preemptions, 0);
+  EXPECT_GT(stats.prefix_cache_hits, 0);
+}
+
+}  // namespace
+}  // namespace tandem::engine
