@@ -1,6 +1,7 @@
 // `tandem frontend`: the OpenAI-compatible HTTP server with the embedded worker registry.
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <csignal>
 
 #include "cli/commands.h"
@@ -44,6 +45,22 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--drain-timeout-ms", o->drain_timeout_ms, "On SIGTERM, wait this long for running requests")->capture_default_str();
   cmd->add_option("--ready-file", f.ready_file, "Write {http_port, registry_port} here once listening");
   return [o]() {
+    // Before any thread starts, so that every thread blocks the signals.
+    auto target = std::make_shared<std::atomic<frontend::Frontend*>>(nullptr);
+    auto early_stop = std::make_shared<std::atomic<bool>>(false);
+    int drain_ms = o->drain_timeout_ms;
+    handle_termination_signals([target, early_stop, drain_ms](int signo) {
+      // First SIGTERM drains; SIGINT or a second signal stops at once.
+      static int count = 0;
+      frontend::Frontend* server = target->load();
+      if (!server) {
+        early_stop->store(true);
+      } else if (++count == 1 && signo == SIGTERM) {
+        server->drain(drain_ms);
+      } else {
+        server->stop();
+      }
+    });
     if (o->registry != "embedded") {
       throw Error("--registry: '" + o->registry + "' is not supported yet (only the embedded registry)");
     }
@@ -53,17 +70,10 @@ Runner add_frontend_command(CLI::App& app) {
     std::unique_ptr<frontend::PromptCodec> codec;
     if (!o->tokenizer.empty()) codec = frontend::load_prompt_codec(o->tokenizer);
     frontend::Frontend server(o->options, std::move(codec));
-    int drain_ms = o->drain_timeout_ms;
-    handle_termination_signals([&server, drain_ms](int signo) {
-      // First signal drains; a second one stops at once.
-      static int count = 0;
-      if (++count == 1 && signo == SIGTERM) {
-        server.drain(drain_ms);
-      } else {
-        server.stop();
-      }
-    });
+    target->store(&server);
+    if (early_stop->load()) return 0;
     server.run();
+    target->store(nullptr);
     return 0;
   };
 }

@@ -153,6 +153,9 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--child-log-level", o->log_level, "Log level of the frontend and workers")->capture_default_str();
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
   return [o]() {
+    // Before any thread starts (make-model uses OpenMP), so that every thread blocks the signals.
+    std::atomic<bool> stopping{false};
+    handle_termination_signals([&stopping](int) { stopping.store(true); });
     const bool demo = o->model.empty();
     fs::path model = demo ? demo_model(o->cache_dir) : fs::path(o->model);
     if (!demo && !fs::exists(model / "config.json")) throw Error("--model: no config.json in " + model.string());
@@ -160,9 +163,6 @@ Runner add_serve_command(CLI::App& app) {
     const int num_workers = o->num_prefill_workers + o->num_decode_workers;
     int threads = o->threads > 0 ? o->threads
                                  : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / num_workers);
-
-    std::atomic<bool> stopping{false};
-    handle_termination_signals([&stopping](int) { stopping.store(true); });
 
     fs::path ready = fs::temp_directory_path() / ("tandem-serve-" + std::to_string(getpid()) + ".json");
     fs::remove(ready);

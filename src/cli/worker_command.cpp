@@ -1,6 +1,7 @@
 // `tandem worker`: one engine serving a role (prefill, decode, both) behind the request plane.
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <filesystem>
 
 #include "cli/commands.h"
@@ -28,6 +29,7 @@ struct WorkerCommandOptions {
   int heartbeat_ms = 1000;
   int remote_prefill_timeout_ms = 30000;
   int transfer_timeout_ms = 10000;
+  int drain_timeout_ms = 30000;
   std::string engine = "real";
   int fake_step_ms = 0;
   double fake_prefill_us_per_token = 0;
@@ -84,6 +86,7 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "Heartbeat interval")->capture_default_str()->check(CLI::Range(10, 60000));
   cmd->add_option("--remote-prefill-timeout-ms", o->remote_prefill_timeout_ms, "Deadline of a remote prefill before a local fallback")->capture_default_str();
   cmd->add_option("--transfer-timeout-ms", o->transfer_timeout_ms, "Deadline of one KV push")->capture_default_str();
+  cmd->add_option("--drain-timeout-ms", o->drain_timeout_ms, "On SIGTERM, finish held requests up to this long")->capture_default_str();
   cmd->add_option("--engine", o->engine, "real, or fake (no model math; for serving tests and benchmarks)")->capture_default_str();
   cmd->add_option("--fake-step-ms", o->fake_step_ms, "Fake engine: time per decode step")->capture_default_str();
   cmd->add_option("--fake-prefill-us-per-token", o->fake_prefill_us_per_token, "Fake engine: prefill time per prompt token")->capture_default_str();
@@ -95,6 +98,16 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of random:<preset> weights")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer directory for text output and stop strings (default: the model directory)");
   return [o]() {
+    // Before any thread starts (engine, OpenMP, listeners), so that every thread blocks the signals.
+    auto target = std::make_shared<std::atomic<worker::Worker*>>(nullptr);
+    auto early_stop = std::make_shared<std::atomic<bool>>(false);
+    handle_termination_signals([target, early_stop](int) {
+      if (worker::Worker* w = target->load()) {
+        w->request_stop();
+      } else {
+        early_stop->store(true);
+      }
+    });
     worker::WorkerOptions options;
     options.role = worker::parse_role(o->role);
     options.frontend = o->frontend;
@@ -105,6 +118,7 @@ Runner add_worker_command(CLI::App& app) {
     options.heartbeat_ms = o->heartbeat_ms;
     options.remote_prefill_timeout_ms = o->remote_prefill_timeout_ms;
     options.transfer_timeout_ms = o->transfer_timeout_ms;
+    options.drain_timeout_ms = o->drain_timeout_ms;
     if (o->model.empty() && o->engine != "fake") throw Error("--model is required (or --engine fake)");
     options.model_name = !o->served_model_name.empty() ? o->served_model_name
                          : o->model.empty()              ? std::string("fake")
@@ -144,8 +158,10 @@ Runner add_worker_command(CLI::App& app) {
     }
 
     worker::Worker w(options, std::move(engine));
-    handle_termination_signals([&w](int) { w.request_stop(); });
+    target->store(&w);
+    if (early_stop->load()) return 0;
     w.run();
+    target->store(nullptr);
     return 0;
   };
 }

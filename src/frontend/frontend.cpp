@@ -55,6 +55,7 @@ struct WorkerRecord {
   Clock::time_point last_seen = Clock::now();
   int outstanding = 0;
   int prefills_outstanding = 0;
+  bool draining = false;  // routes nothing new; finishes what it holds
   std::unique_ptr<PrefixIndex> prefix;
   std::set<std::string> requests;  // decode requests riding on this worker
 
@@ -143,6 +144,10 @@ struct Frontend::Impl {
         break;
       }
       case rpc::pb::Envelope::kHeartbeat: w.heartbeat = env.heartbeat(); break;
+      case rpc::pb::Envelope::kDrain:
+        w.draining = true;
+        spdlog::info("event=worker_draining worker_id={} requests={}", w.info.worker_id(), w.requests.size());
+        break;
       case rpc::pb::Envelope::kOutput: on_output(w, env.output()); break;
       default: break;
     }
@@ -254,7 +259,7 @@ struct Frontend::Impl {
 
   bool any_decode_worker() const {
     for (const auto& [key, w] : workers) {
-      if (w.registered && w.can_decode()) return true;
+      if (w.registered && !w.draining && w.can_decode()) return true;
     }
     return false;
   }
@@ -263,7 +268,7 @@ struct Frontend::Impl {
     std::set<std::string> names;
     if (!options.served_model_name.empty()) names.insert(options.served_model_name);
     for (const auto& [key, w] : workers) {
-      if (w.registered && w.can_decode() && options.served_model_name.empty()) names.insert(w.info.model());
+      if (w.registered && !w.draining && w.can_decode() && options.served_model_name.empty()) names.insert(w.info.model());
     }
     return {names.begin(), names.end()};
   }
@@ -355,7 +360,7 @@ struct Frontend::Impl {
     std::vector<Candidate> candidates;
     std::vector<WorkerRecord*> records;
     for (auto& [key, w] : workers) {
-      if (!w.registered || (w.info.model() != a.model && options.served_model_name.empty())) continue;
+      if (!w.registered || w.draining || (w.info.model() != a.model && options.served_model_name.empty())) continue;
       Candidate c;
       c.can_decode = w.can_decode();
       c.is_prefill = w.is_prefill();
@@ -692,13 +697,13 @@ struct Frontend::Impl {
                              "tandem_worker_kv_blocks_used", "tandem_worker_kv_blocks_total", "tandem_worker_kv_blocks_cached",
                              "tandem_worker_kv_reservations", "tandem_worker_prefills_in_flight", "tandem_workers",
                              "tandem_worker_kv_transfer_bytes_total", "tandem_worker_remote_prefill_fallbacks_total",
-                             "tandem_worker_outstanding_requests"}) {
+                             "tandem_worker_outstanding_requests", "tandem_worker_info"}) {
       metrics.clear(name);
     }
     std::map<std::string, int> by_role;
     for (const auto& [key, w] : workers) {
       if (!w.registered) continue;
-      by_role[role_label(w.info.role())]++;
+      if (!w.draining) by_role[role_label(w.info.role())]++;
       const auto& h = w.heartbeat;
       std::string l = labels({{"worker", w.info.worker_id()}, {"role", role_label(w.info.role())}});
       metrics.set("vllm:num_requests_running", l, h.num_running());
@@ -716,6 +721,10 @@ struct Frontend::Impl {
       metrics.set("tandem_worker_kv_transfer_bytes_total", l, static_cast<double>(h.kv_transfer_bytes_total()));
       metrics.set("tandem_worker_remote_prefill_fallbacks_total", l, static_cast<double>(h.remote_prefill_fallbacks_total()));
       metrics.set("tandem_worker_outstanding_requests", l, w.outstanding);
+      metrics.set("tandem_worker_info",
+                  labels({{"worker", w.info.worker_id()}, {"role", role_label(w.info.role())},
+                          {"pid", std::to_string(w.info.pid())}, {"draining", w.draining ? "true" : "false"}}),
+                  1);
     }
     for (const char* role : {"prefill", "decode", "both"}) metrics.set("tandem_workers", labels({{"role", role}}), by_role[role]);
     metrics.set("tandem_prefill_queue_depth", "", prefill_queue);
@@ -743,7 +752,8 @@ struct Frontend::Impl {
     for (const char* name : {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                              "tandem_worker_kv_blocks_total", "tandem_worker_kv_blocks_cached", "tandem_worker_kv_reservations",
                              "tandem_worker_prefills_in_flight", "tandem_workers", "tandem_worker_outstanding_requests",
-                             "tandem_requests_active", "tandem_router_max_local_prefill", "tandem_router_max_prefill_queue"}) {
+                             "tandem_requests_active", "tandem_router_max_local_prefill", "tandem_router_max_prefill_queue",
+                             "tandem_worker_info"}) {
       metrics.describe(name, "gauge", "");
     }
     for (const char* name : {"vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",

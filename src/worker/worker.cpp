@@ -95,6 +95,9 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::unique_ptr<transfer::TransferBackend> transfer;
   std::unique_ptr<net::Listener> rpc_listener;
   std::atomic<bool> stop{false};
+  std::atomic<int> stop_requests{0};
+  bool drain_announced = false;
+  Clock::time_point drain_deadline;
 
   std::mutex mu;
   std::condition_variable cv;
@@ -181,6 +184,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     }
     if (!decodes()) {
       send_error(g.request_id(), Status::InvalidArgument("a prefill worker does not decode"), request.sampling.n);
+      return;
+    }
+    if (stop_requests.load() > 0) {
+      send_error(g.request_id(), Status::Unavailable("worker " + options.worker_id + " is draining"), request.sampling.n);
       return;
     }
     if (g.remote_prefill_address().empty()) {
@@ -611,8 +618,22 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       while (!stop.load() && conn->is_open()) {
         {
           std::unique_lock<std::mutex> lock(mu);
-          cv.wait_for(lock, std::chrono::milliseconds(options.heartbeat_ms),
-                      [&] { return stop.load() || !conn->is_open(); });
+          cv.wait_for(lock, std::chrono::milliseconds(drain_announced ? 50 : options.heartbeat_ms),
+                      [&] { return stop.load() || !conn->is_open() || (stop_requests.load() > 0 && !drain_announced); });
+        }
+        if (stop_requests.load() > 0 && !drain_announced) {
+          drain_announced = true;
+          drain_deadline = Clock::now() + std::chrono::milliseconds(options.drain_timeout_ms);
+          rpc::pb::Envelope env;
+          env.mutable_drain()->set_worker_id(options.worker_id);
+          conn->send(env);
+          spdlog::info("event=draining worker_id={} deadline_ms={}", options.worker_id, options.drain_timeout_ms);
+        }
+        if (drain_announced && (idle() || Clock::now() > drain_deadline)) {
+          spdlog::info("event=drained worker_id={} idle={}", options.worker_id, idle());
+          conn->send(heartbeat());
+          stop.store(true);
+          break;
         }
         if (conn->is_open()) conn->send(heartbeat());
       }
@@ -621,6 +642,16 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       abort_owned_by(conn);
     }
     shutdown();
+  }
+
+  // Nothing held: no request, no remote prefill either way, no KV push queued.
+  bool idle() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!owners.empty() || !pending.empty() || !push_jobs.empty()) return false;
+    }
+    engine::EngineStats s = engine->stats();
+    return prefills_in_flight.load() == 0 && reservations.load() == 0 && s.num_running == 0 && s.num_waiting == 0;
   }
 
   void shutdown() {
@@ -654,7 +685,13 @@ Worker::~Worker() = default;
 void Worker::run() { impl_->run(); }
 
 void Worker::request_stop() {
-  impl_->stop.store(true);
+  // Drain first when there is a frontend to tell; a second request (or no frontend) stops at once.
+  bool connected;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    connected = impl_->frontend && impl_->frontend->is_open();
+  }
+  if (impl_->stop_requests.fetch_add(1) > 0 || !connected) impl_->stop.store(true);
   impl_->cv.notify_all();
 }
 

@@ -37,6 +37,7 @@ struct WorkerOptions {
   int dial_timeout_ms = 2000;
   int remote_prefill_timeout_ms = 30000;  // default deadline of a remote prefill (prefill + push)
   int transfer_timeout_ms = 10000;        // deadline of one KV push
+  int drain_timeout_ms = 30000;           // on a stop request, finish held requests up to this long
 };
 
 class Worker {
@@ -46,6 +47,8 @@ class Worker {
   ~Worker();
   // Registers, serves, re-registers after a lost frontend; returns after request_stop().
   void run();
+  // The first call drains (leaves the registry, finishes what it holds up to drain_timeout_ms, then
+  // run() returns); a second call stops at once.
   void request_stop();
 
  private:

@@ -8,9 +8,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <functional>
+#include <signal.h>
+#include <sstream>
 #include <memory>
 #include <thread>
 
+#include "common/socket.h"
 #include "harness.h"
 
 namespace tandem::testing {
@@ -290,6 +295,87 @@ TEST(Serving, OfficialOpenAiNodeClient_Works) {
   EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("openai client: ok"), std::string::npos) << out;
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, WorkerSigterm_DrainsItsRequestsThenLeaves) {
+  Cluster cluster;
+  int decode = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  HttpResponse streamed;
+  std::thread client([&] {
+    streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":30,"stream":true,"return_token_ids":true})");
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  cluster.worker(decode).terminate();  // SIGTERM, waits for the exit
+  client.join();
+  auto events = sse_events(streamed.body);
+  int tokens = 0;
+  for (const auto& e : events) {
+    auto j = json::parse(e, nullptr, false);
+    if (!j.is_discarded() && j.contains("choices") && !j["choices"].empty()) tokens += j["choices"][0].value("token_ids", json::array()).size();
+    EXPECT_EQ(e.find("\"error\""), std::string::npos) << e;
+  }
+  EXPECT_EQ(tokens, 30);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 503);
+}
+
+// `tandem serve` with the fake engine on the demo model: serves, prints the curl line, restarts a
+// killed worker, and stops every process on SIGTERM.
+TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
+  if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  char dir_template[] = "/tmp/tandem-serve-test-XXXXXX";
+  std::string dir = mkdtemp(dir_template);
+  int port = 0;
+  {
+    auto probe = net::Listener::bind("127.0.0.1", 0);
+    ASSERT_TRUE(probe.ok());
+    port = (*probe)->port();
+  }
+  Process serve({TANDEM_BINARY, "serve", "--port", std::to_string(port), "--engine", "fake", "--cache-dir", dir,
+                 "--child-log-level", "warn"},
+                dir + "/serve.log");
+  auto wait_until = [](const std::function<bool()>& f, int ms) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (f()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  auto read_log = [&] {
+    std::ifstream in(dir + "/serve.log");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  ASSERT_TRUE(wait_until([&] { return http(port, "GET", "/health").status == 200 && read_log().find("curl ") != std::string::npos; }, 60000))
+      << read_log();
+  EXPECT_NE(read_log().find("http://127.0.0.1:" + std::to_string(port)), std::string::npos);
+  HttpResponse chat = http(port, "POST", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"Hello!"}],"max_tokens":5})",
+                           {{"Content-Type", "application/json"}});
+  EXPECT_EQ(chat.status, 200) << chat.body;
+  // The decode worker's pid, from the frontend's worker info.
+  auto decode_pid = [&]() -> int {
+    std::istringstream in(http(port, "GET", "/metrics").body);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("tandem_worker_info{", 0) != 0 || line.find("role=\"decode\"") == std::string::npos) continue;
+      size_t p = line.find("pid=\"");
+      return std::atoi(line.c_str() + p + 5);
+    }
+    return 0;
+  };
+  ASSERT_TRUE(wait_until([&] { return decode_pid() > 0; }, 10000));
+  int first = decode_pid();
+  ::kill(first, SIGKILL);
+  ASSERT_TRUE(wait_until([&] { int pid = decode_pid(); return pid > 0 && pid != first; }, 20000)) << read_log();
+  int second = decode_pid();
+  EXPECT_EQ(http(port, "POST", "/v1/completions", R"({"prompt":"Hi","max_tokens":3})", {{"Content-Type", "application/json"}}).status, 200);
+  serve.terminate();
+  EXPECT_FALSE(serve.running());
+  EXPECT_NE(::kill(second, 0), 0) << "the restarted worker outlived serve";
+  EXPECT_NE(http(port, "GET", "/health").status, 200);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
