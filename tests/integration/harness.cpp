@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -151,7 +152,10 @@ Cluster::Cluster(std::vector<std::string> frontend_args) {
   log_dir_ = mkdtemp(tmpl);
   std::string ready = log_dir_ + "/ready.json";
   std::vector<std::string> argv = {TANDEM_BINARY, "--log-level", "info", "frontend", "--host", "127.0.0.1",
-                                   "--port", "0", "--ready-file", ready, "--heartbeat-timeout-ms", "2000"};
+                                   "--port", "0", "--ready-file", ready};
+  if (std::find(frontend_args.begin(), frontend_args.end(), "--heartbeat-timeout-ms") == frontend_args.end()) {
+    argv.insert(argv.end(), {"--heartbeat-timeout-ms", "2000"});
+  }
   argv.insert(argv.end(), frontend_args.begin(), frontend_args.end());
   frontend_ = Process(argv, log_dir_ + "/frontend.log");
   for (int i = 0; i < 500 && http_port_ == 0; ++i) {

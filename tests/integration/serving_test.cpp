@@ -139,6 +139,40 @@ TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
+TEST(Serving, PrefillWorkerHung_RemotePrefillTimesOutAndFallsBack) {
+  Cluster cluster({"--max-local-prefill", "50", "--remote-prefill-timeout-ms", "500", "--heartbeat-timeout-ms", "60000"});
+  int prefill = cluster.add_worker("prefill", {"--engine", "fake"});
+  cluster.add_worker("decode", {"--engine", "fake"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  ::kill(cluster.worker(prefill).pid(), SIGSTOP);  // alive to the kernel, silent to everyone
+  auto start = std::chrono::steady_clock::now();
+  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(100, 5) + R"(],"max_tokens":4,"return_token_ids":true})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(ids_of(r).size(), 4u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 1);
+  ::kill(cluster.worker(prefill).pid(), SIGCONT);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, DecodeWorkerHung_IsDroppedAfterItsHeartbeatsStop) {
+  Cluster cluster({"--heartbeat-timeout-ms", "500"});
+  int decode = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  HttpResponse streamed;
+  std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":10000,"stream":true})", 10000); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto start = std::chrono::steady_clock::now();
+  ::kill(cluster.worker(decode).pid(), SIGSTOP);
+  client.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  auto events = sse_events(streamed.body);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_NE(events[events.size() - 2].find("\"error\""), std::string::npos);
+  EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 503);
+  ::kill(cluster.worker(decode).pid(), SIGCONT);
+}
+
 TEST(Serving, DecodeWorkerKilled_StreamsEndWithAnErrorEvent) {
   Cluster cluster;
   int decode = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
