@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 
@@ -116,6 +117,14 @@ struct Frontend::Impl {
 
   Executor& io() { return http->executor(); }
 
+  // Connection threads may outlive run(): they post only while the I/O context exists.
+  std::mutex post_mu;
+  bool accepting_posts = true;  // GUARDED_BY(post_mu)
+  void post_from_connection(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(post_mu);
+    if (accepting_posts) io().post(std::move(fn));
+  }
+
   // ---- registry -------------------------------------------------------------------------------
 
   void on_worker_connected(uint64_t key, std::shared_ptr<rpc::Connection> conn) {
@@ -180,14 +189,16 @@ struct Frontend::Impl {
     registry->start([this](int fd, std::string peer) {
       uint64_t key = next_key.fetch_add(1);
       auto conn = rpc::Connection::adopt(fd, peer);
-      io().post([this, key, conn] { on_worker_connected(key, conn); });
+      post_from_connection([this, key, conn] { on_worker_connected(key, conn); });
       conn->start(
           [this, key](rpc::pb::Envelope& env) {
             auto message = std::make_shared<rpc::pb::Envelope>();
             message->Swap(&env);
-            io().post([this, key, message] { on_worker_message(key, *message); });
+            post_from_connection([this, key, message] { on_worker_message(key, *message); });
           },
-          [this, key](const Status& reason) { io().post([this, key, reason] { on_worker_closed(key, reason); }); });
+          [this, key](const Status& reason) {
+            post_from_connection([this, key, reason] { on_worker_closed(key, reason); });
+          });
     });
   }
 
@@ -791,6 +802,9 @@ Frontend::Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec) 
 
 Frontend::~Frontend() {
   if (impl_->registry) impl_->registry->close();
+  std::lock_guard<std::mutex> lock(impl_->post_mu);
+  impl_->accepting_posts = false;
+  for (auto& [key, w] : impl_->workers) w.conn->close();
 }
 
 uint16_t Frontend::http_port() const { return impl_->http->port(); }

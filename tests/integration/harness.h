@@ -50,8 +50,10 @@ class Cluster {
   // Starts a worker; returns its index in workers().
   int add_worker(const std::string& role, std::vector<std::string> args);
   Process& worker(int index) { return workers_[index]; }
-  // Waits until `count` workers are registered (tandem_workers gauges); false on timeout.
-  bool wait_for_workers(int count, int timeout_ms = 20000);
+  Process& frontend() { return frontend_; }
+  // Waits until `count` workers are registered (tandem_workers gauges); false on timeout. Generous:
+  // under ASan a worker loading the real tokenizer takes tens of seconds to start.
+  bool wait_for_workers(int count, int timeout_ms = 90000);
   std::string metrics();
   // Sum of every series of `name` whose label text contains `label_filter`.
   double metric(const std::string& name, const std::string& label_filter = "");

@@ -355,6 +355,28 @@ TEST(Serving, WorkerSigterm_DrainsItsRequestsThenLeaves) {
   EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 503);
 }
 
+TEST(Serving, FrontendSigterm_DrainsRunningRequestsThenExits) {
+  Cluster cluster;
+  cluster.add_worker("both", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  HttpResponse streamed;
+  std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":25,"stream":true})"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  ::kill(cluster.frontend().pid(), SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  HttpResponse health = http(cluster.http_port(), "GET", "/health");
+  EXPECT_EQ(health.status, 503);
+  EXPECT_NE(health.body.find("draining"), std::string::npos) << health.body;
+  EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1],"max_tokens":1})").status, 503);
+  client.join();
+  auto events = sse_events(streamed.body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  for (const auto& e : events) EXPECT_EQ(e.find("\"error\""), std::string::npos) << e;
+  for (int i = 0; i < 100 && cluster.frontend().running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(cluster.frontend().running());
+}
+
 // `tandem serve` with the fake engine on the demo model: serves, prints the curl line, restarts a
 // killed worker, and stops every process on SIGTERM.
 TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
