@@ -31,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-scripts/fetch_data.sh
+[ "${SKIP_DATA:-0}" = 1 ] || scripts/fetch_data.sh
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   BUILD_DIR=${BUILD_DIR:-build}

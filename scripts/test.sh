@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The test command: sets up (idempotent), builds, runs every CPU test through ctest.
-# GPU-only tests are labelled `gpu` and skipped here; tools/gpu_check.sh runs them on a GPU machine.
+# The test command: sets up (idempotent), builds, runs every CPU test through ctest, then the same
+# suite again under AddressSanitizer + UBSan in build-asan/ (skip with TANDEM_SKIP_ASAN=1).
+# GPU-only tests carry the ctest label `gpu` and are skipped here; tools/gpu_check.sh runs them on a
+# GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "$(nproc)" -LE gpu "$@"
+if [ "${TANDEM_SKIP_ASAN:-0}" != 1 ]; then
+  echo "test: AddressSanitizer/UBSan build in build-asan/"
+  SKIP_DATA=1 BUILD_DIR=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DTANDEM_CUDA=OFF -DTANDEM_SANITIZE=ON" scripts/setup.sh
+  ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -LE "gpu|no_asan" "$@"
+fi

@@ -187,22 +187,91 @@ def constructs_cases():
     return cases
 
 
+def snippet_cases():
+    """Small templates of their own (case["template"]): Jinja2's whitespace rules for every mix of
+    tag kind and -/+ modifier around varied text, and a list of expressions."""
+    import random
+    rng = random.Random(7)
+    texts = ["", " ", "  ", "\n", " \n ", "\n  ", "a", " a ", "\t\n\t", "x\n  ", "\n\n", "  \n", "\r\n", " \r\n  ", "\r"]
+    tags = ["{% if true %}I{% endif %}", "{%- if true %}I{% endif %}", "{% if true -%} I {%- endif %}",
+            "{%+ if true %}I{% endif +%}", "{% if true %}\nI\n{% endif %}", "{%- if false %}I{% else -%} E {%- endif -%}",
+            "{{ 'v' }}", "{{- 'v' }}", "{{ 'v' -}}", "{{- 'v' -}}", "{# c #}", "{#- c -#}", "{#+ c #}",
+            "{% set x = 1 %}", "{%- set x = 1 -%}", "{% for i in [1, 2] %}{{ i }}{% endfor %}",
+            "{% for i in [1, 2] -%}\n  {{ i }}\n{%- endfor %}", "{% raw %} r {% endraw %}", "{%- raw -%} r {%- endraw -%}",
+            "{% macro m() %} M {% endmacro %}{{ m() }}", "{% if false %}A{% elif true %}\n B\n{% endif %}",
+            "{%- for i in [1, 2] -%}\n {{ i }}{% if not loop.last %},{% endif %} \n{%- endfor -%}",
+            "{%+ for i in [] %}x{% else %}\ne\n{% endfor %}", "{% set y %} blk\n{% endset %}{{ y }}",
+            "{%- macro f(a, b=2) -%} {{ a }}{{ b }} {%- endmacro -%}{{ f(1) }}{{ f(3, b=4) }}", "{{ '\\n' }}",
+            "  {% if true %}\n    indented\n  {% endif %}\n", "{#- multi\nline\ncomment #}", "{{ 'a' }}{{- ' b ' -}}{{ 'c' }}"]
+    cases = []
+    for n in range(700):
+        parts = [rng.choice(texts)]
+        for _ in range(rng.randint(1, 3)):
+            parts += [rng.choice(tags), rng.choice(texts)]
+        cases.append({"name": f"whitespace/{n}", "template": "".join(parts), "inputs": {"messages": []}})
+    expressions = [
+        "1 + 2 * 3", "(1 + 2) * 3", "2 ** 3 ** 2", "-2 ** 2", "7 % -3", "-7.5 // 2", "1 / 3", "10 / 5", "3 * 'ab'",
+        "[1, 2] + [3]", "'a' ~ 1 ~ 2.5 ~ none ~ true", "1 == 1.0", "1 is number", "true + 1", "'abc' < 'abd'",
+        "[1, 2] < [1, 3]", "not 1 == 2", "not (1 and 0)", "0 or '' or 'last'", "1 and 'x'", "none or 5",
+        "'x' if none else 'y'", "[][0] is defined", "{'a': 1}.a", "{'a': 1}['a']", "{'a': {'b': [1, 2]}}.a.b[1]",
+        "'hello'[1:4]", "'hello'[::-2]", "'hello'[-1]", "[1, 2, 3, 4][1:-1]", "[1, 2, 3][::-1]", "'héllo wörld'[1:8:2]",
+        "'  x  '.strip()", "'xxhixx'.strip('x')", "'a,b,c'.split(',', 1)", "'a b  c'.split()", "'a b  c'.split(' ')",
+        "'Hello'.lower().upper()", "'hello world'.title()", "'ß'.upper()", "'abc'.replace('b', 'BB')", "'aaa'.replace('a', 'b', 2)",
+        "'abc'.startswith('ab')", "'abc'.endswith(('x', 'c'))", "'abcabc'.find('c')", "'abcabc'.count('bc')",
+        "', '.join(['a', 'b'])", "'x'.join('abc')", "'line1\\nline2'.splitlines()", "'123'.isdigit()",
+        "range(5) | list", "range(2, 10, 3) | list", "range(5, 0, -2) | list", "[3, 1, 2] | sort(reverse=true)",
+        "['b', 'a', 'C'] | sort", "['b', 'a', 'C'] | sort(case_sensitive=true)", "[{'n': 2}, {'n': 1}] | sort(attribute='n') | map(attribute='n') | list",
+        "[1, 2, 3] | join('-')", "[1, 2, 3] | first", "[1, 2, 3] | last", "'abc' | first", "[] | first is defined",
+        "'abc' | list", "{'b': 1, 'a': 2} | list", "{'b': 1, 'a': 2} | dictsort(by='value')", "[1, 2, 3] | length",
+        "'héllo' | length", "{'a': 1} | length", "'  trim me  ' | trim", "'xxtrimxx' | trim('x')", "none | string",
+        "none | default('d')", "false | default('d')", "false | default('d', true)", "3.7 | int", "'3.7' | int", "'0x1A' | int",
+        "'  12 ' | int", "'abc' | int(5)", "2 | float", "'1e3' | float", "-3.5 | abs", "2.675 | round(2)", "2.5 | round",
+        "3.14159 | round(3, 'floor')", "[1, 2.5] | sum", "[[1], [2]] | sum(start=[])", "['a', 'B'] | max", "[3, 1] | min",
+        "[1, 1, 2, 'a', 'A'] | unique | list", "'Hello World' | wordcount", "'a\\nb\\n\\nc' | indent", "'a\\nb' | indent('> ', true)",
+        "'a\\n\\nb' | indent(2, blank=true)", "'<b>&\\'\"' | e", "'x' | safe", "[1, 2, 3, 4] | select('even') | list",
+        "[1, 2, 3, 4] | reject('odd') | list", "[1, 2, 3] | select('>', 1) | list", "[1, 2, 3] | select('in', [1, 3]) | list",
+        "[{'a': 1}, {'a': 0}] | selectattr('a') | list", "[{'a': 1}, {'b': 0}] | selectattr('a', 'defined') | list",
+        "['a', 'b'] | map('upper') | list", "[{'x': {'y': 1}}] | map(attribute='x.y') | list", "[[1, 2]] | map(attribute='0') | list",
+        "{'a': 1, 'b': [1, 2]} | tojson", "{'b': 1, 'a': 2} | tojson(sort_keys=true)", "[1, 'x'] | tojson(separators=(',', ':'))",
+        "{'nested': {'list': [1, {'k': none}], 'e': {}}} | tojson(indent=3)", "'é\\u2028\\x00\\t\"' | tojson", "1.0 | tojson",
+        "1e100 | tojson", "3 is odd", "4 is divisibleby 2", "'abc' is lower", "'ABC' is upper", "none is none", "1 is string",
+        "'a' is string", "[] is iterable", "{} is mapping", "[] is sequence", "1 is integer", "1.0 is float", "true is boolean",
+        "true is true", "0 is false", "x is undefined", "x is defined", "1 is eq 1", "1 is ne 2", "1 is lt 2", "2 is ge 2",
+        "1 is in [1]", "[1] is sameas [1]", "none is sameas none", "'a' in ['a']", "'b' not in {'a': 1}", "'bc' in 'abc'",
+        "namespace(a=1).a", "dict(a=1, b=2)", "{'a': 1}.items() | list", "{'a': 1}.keys() | list", "{'a': 1}.values() | list",
+        "{'a': 1}.get('b', 'dflt')", "{'a': 1}.get('a')", "{'a': 1}.get('zz')", "[1, [2, (3, 'x')], {'k': 'v'}]", "(1,)", "()",
+        "'quote\\'s'", "\"dq \\\\\"", "'\\u00e9\\x41\\101'", "'multi' 'part' \"literal\"", "1_000 + 1", "0.5e1", "12 // 5 * 5",
+        "'%d items' | replace('%d', 3 | string)", "messages | length", "undefined_var | length", "undefined_var | list",
+        "[1] | tojson(ensure_ascii=true)", "[undefined_var, 1]", "2 ** 62 + (2 ** 62 - 1)", "{'é': '😀 \\\\u x', 'k': ['ü']} | tojson(ensure_ascii=true)", "'ﬁ straße' | upper",
+        "'İ' | lower", "'1_000' | int", "'1__0' | int", "' -2.5e1 ' | float", "'nan' | float", "'.5' | float", "'5.' | float", "'e5' | float",
+        "'a' ~ undefined_var ~ 'b'", "('x' if false) ~ 'y'", "[none, true, 1.5, 'é\\n']", "{'k': [none]}",
+    ]
+    for i, e in enumerate(expressions):
+        cases.append({"name": f"expr/{i}: {e}", "template": "{{ " + e + " }}", "inputs": {"messages": []}})
+    error_expressions = ["x.y", "x[0]", "1 + 'a'", "'a' + none", "x + 1", "none.attr.attr",
+                         "1 / 0", "'abc' is divisibleby 0", "x()", "{'a': 1}.pop('a')"]
+    for i, e in enumerate(error_expressions):
+        cases.append({"name": f"error/{i}: {e}", "template": "{{ " + e + " }}", "inputs": {"messages": []}})
+    return cases
+
+
 def main():
     suites = {
         "qwen3": ("config:qwen3", qwen3_cases()),
         "llama3_1": ("config:llama3_1", llama_cases()),
         "llama3_1_tools": ("file:llama3_1_tools.jinja", llama_tools_cases()),
         "constructs": ("file:constructs.jinja", constructs_cases()),
+        "snippets": ("inline:", snippet_cases()),
     }
     for name, (source, cases) in suites.items():
         kind, ref = source.split(":", 1)
-        template = config_template(ref) if kind == "config" else file_template(ref)
+        template = config_template(ref) if kind == "config" else file_template(ref) if kind == "file" else None
         for case in cases:
             try:
-                case["expected"] = render(template, case["inputs"])
+                case["expected"] = render(case.get("template", template), case["inputs"])
             except jinja2.exceptions.TemplateError as e:
                 case["error"] = f"{type(e).__name__}: {e}"
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
                 case["error"] = f"{type(e).__name__}: {e}"
         out = {"generator": f"tools/chat_template_references.py with jinja2 {jinja2.__version__}",
                "template": source, "now": NOW.isoformat(), "cases": cases}

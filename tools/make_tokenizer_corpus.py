@@ -6,11 +6,13 @@ reference script.
 
 Left out on purpose (the Node reference disagrees with Hugging Face there; tests/tokenizer covers
 them with expectations derived from Oniguruma's rules): U+0085 and U+FEFF (JavaScript's \\s differs
-from Oniguruma's), and U+017F after an apostrophe (the Node port folds case in ASCII only).
+from Oniguruma's), and U+017F after an apostrophe (the Node port folds case in ASCII only). Random
+strings also skip code points unassigned in Unicode 14 (see unassigned()).
 """
 import json
 import os
 import random
+import unicodedata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "..", "tests", "data", "tokenizer")
@@ -232,6 +234,18 @@ ignore_merges_words = [" việc", " hợp", " nhiều", " điều", " jeho", "ek
 ignore_merges = [w for w in ignore_merges_words] + [
     "Tôi" + "".join(ignore_merges_words[i:i + 6]) for i in range(0, 36, 6)]
 
+# Pre-tokens longer than 48 bytes take BPE's heap path (bpe.cpp merge_large): runs of letters
+# without spaces (CJK, Thai), of symbols and emoji, base64, repeated letters.
+long_pieces = [
+    "今天天气很好我们去公园散步吧然后一起吃晚饭再看一场电影最后回家休息" * 4,
+    "日本語の文章はスペースを使わずに書かれることが多いのでとても長い単語になります" * 3,
+    "ภาษาไทยไม่มีช่องว่างระหว่างคำจึงเป็นคำยาวมากสำหรับตัวแบ่งคำ" * 3,
+    "a" * 300, "ab" * 150, "Supercalifragilisticexpialidocious" * 8,
+    "🎉🎊🎈🥳👍🏽" * 20, "==--**//" * 40, "!?" * 100,
+    "SGVsbG8gV29ybGQhVGhpcyBpc2Fsb25nYmFzZTY0c3RyaW5nZm9ydGVzdGluZ3RoZWhlYXBwYXRo" * 3,
+    "مرحبابالعالمالعربيةجميلةجدا" * 5, "ПриветмирэтооченьдлинноеслововбезпробеловДа" * 4,
+]
+
 fragments = english + contractions + code + cjk + rtl + other_scripts + emoji + combining + digits + crlf + specials
 fragments = [f for f in fragments if f]
 rng = random.Random(20261125)
@@ -246,6 +260,13 @@ for _ in range(160):
     combos.append(s)
 
 # Random code points from script blocks (letters, marks, digits, symbols) exercise the regex classes.
+def unassigned(cp):
+    """Unassigned in Unicode 14 (this Python's database, and PCRE2 10.42's). Later versions assign
+    some of these as letters or digits: Node 20's ICU knows Unicode 17, Hugging Face's Oniguruma
+    15.x, so their regex splits differ there, and references for them would not be sound."""
+    return unicodedata.category(chr(cp)) == "Cn"
+
+
 ranges = [(0x20, 0x7E), (0xA0, 0x17E), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x5FF), (0x600, 0x6FF),
           (0x900, 0x97F), (0xE00, 0xE7F), (0x3040, 0x30FF), (0x4E00, 0x4FFF), (0xAC00, 0xAD00),
           (0x1F300, 0x1F64F), (0x2000, 0x206F), (0x0300, 0x036F), (0xFF00, 0xFFEF)]
@@ -257,13 +278,30 @@ for _ in range(120):
     while len(chars) < n:
         lo, hi = rng.choice(ranges)
         cp = rng.randint(lo, hi)
-        if cp in excluded or 0xD800 <= cp <= 0xDFFF:
+        if cp in excluded or 0xD800 <= cp <= 0xDFFF or unassigned(cp):
             continue
         chars.append(chr(cp))
     randoms.append("".join(chars))
 
+# Wider random strings: any BMP or SMP code point assigned in Unicode 14, mixed with spaces, digits
+# and apostrophes so that every regex branch meets unusual characters.
+wide = []
+for _ in range(200):
+    n = rng.randint(1, 16)
+    chars = []
+    while len(chars) < n:
+        r = rng.random()
+        if r < 0.15:
+            chars.append(rng.choice([" ", "  ", "'", "'s", "\n", "\t", "1", "22", "a", "A"]))
+            continue
+        cp = rng.randint(0xA0, 0x2FFFF) if r < 0.9 else rng.randint(0x20, 0x9F)
+        if cp in excluded or 0xD800 <= cp <= 0xDFFF or 0xE000 <= cp <= 0xF8FF or 0x80 <= cp <= 0x9F or unassigned(cp):
+            continue
+        chars.append(chr(cp))
+    wide.append("".join(chars))
+
 corpus = (english + contractions + code + cjk + rtl + other_scripts + emoji + combining + digits +
-          whitespace + crlf + specials + ignore_merges + combos + randoms)
+          whitespace + crlf + specials + ignore_merges + long_pieces + combos + randoms + wide)
 seen = set()
 unique = []
 for s in corpus:

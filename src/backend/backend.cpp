@@ -1,6 +1,11 @@
 #include "backend/backend.h"
 
+#include <vector>
+
 #include "backend/cpu/cpu_backend.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "common/error.h"
 
 namespace tandem::backend {
@@ -36,11 +41,31 @@ Status validate_batch(const ForwardBatch& b, const KvCacheSpec& kv, int vocab_si
   return Status::Ok();
 }
 
+Status Backend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
+  const int vocab = config().vocab_size;
+  if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
+  std::vector<float> logits(static_cast<size_t>(batch.num_logits()) * vocab);
+  TANDEM_RETURN_IF_ERROR(forward(batch, logits));
+  for (size_t r = 0; r < tokens.size(); ++r) {
+    const float* row = logits.data() + r * vocab;
+    int32_t best = 0;
+    for (int i = 1; i < vocab; ++i) {
+      if (row[i] > row[best]) best = i;
+    }
+    tokens[r] = best;
+  }
+  return Status::Ok();
+}
+
 std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, const BackendOptions& options) {
   if (options.block_size <= 0) throw Error("--block-size must be positive");
   if (options.device == "cpu") return std::make_unique<cpu::CpuBackend>(weights, options);
   if (options.device.rfind("cuda", 0) == 0) {
-    throw Error("--device " + options.device + ": the CUDA backend is not implemented yet (use --device cpu)");
+#ifdef TANDEM_HAVE_CUDA
+    return cuda::create_cuda_backend(weights, options);
+#else
+    throw Error("--device " + options.device + ": this build has no CUDA (configure with nvcc available and -DTANDEM_CUDA=ON), use --device cpu");
+#endif
   }
   throw Error("--device: unknown device '" + options.device + "' (use cpu or cuda:N)");
 }

@@ -16,6 +16,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "model/config.h"
@@ -61,6 +62,19 @@ struct ForwardBatch {
 // first broken one. Backends call it before launching anything.
 Status validate_batch(const ForwardBatch& batch, const KvCacheSpec& kv, int vocab_size);
 
+// This backend's KV pools as another process on the same host can map them (CUDA IPC): what the decode
+// worker sends a prefill worker once, so the prefill worker can write KV straight into its blocks.
+// Valid while the exporting backend lives. The transfer layer serializes it; the backend only makes and
+// consumes it.
+struct KvExport {
+  std::string device;        // "cuda:0" of the exporting process
+  int device_ordinal = -1;
+  int64_t process_id = 0;    // exporter's pid (a handle cannot be opened in the process that made it)
+  KvCacheSpec spec;          // geometry of the exporter's pools (num_blocks: blocks usable by the engine)
+  size_t layer_stride_bytes = 0;  // bytes from one layer's pool to the next in the exported allocation
+  std::vector<std::byte> handle;  // opaque: cudaIpcMemHandle_t of the allocation holding every layer's pool
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -75,10 +89,40 @@ class Backend {
   // Returns InvalidArgument for a malformed batch, Internal for a device failure.
   virtual Status forward(const ForwardBatch& batch, std::span<float> logits) = 0;
 
+  // Greedy fast path: runs the model like forward() but returns, for each row of batch.logits_indices,
+  // its argmax token ([num_logits] int32, host; ties to the lowest id, NaN never wins, as argmax() in
+  // reference_decode.h) instead of the logits, so a GPU backend copies 4 bytes per row instead of
+  // 4 * vocab_size. The default runs forward() into a temporary buffer and takes the argmax on the host.
+  virtual Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens);
+
   // Raw bytes of one block of one layer (K and V, kv_cache_spec().block_bytes()), for moving KV
   // between workers. InvalidArgument for an out-of-range layer/block or a wrong-sized buffer.
   virtual Status read_kv_block(int layer, int block, std::span<std::byte> out) = 0;
   virtual Status write_kv_block(int layer, int block, std::span<const std::byte> in) = 0;
+
+  // Device-to-device KV transfer between processes on one host (CUDA IPC). Unsupported on backends
+  // without device memory (the CPU backend); the transfer layer then falls back to read/write_kv_block.
+  //
+  // export_kv_handles: describes this backend's pools for a peer process.
+  virtual StatusOr<KvExport> export_kv_handles() { return Status::Unsupported(device_name() + " cannot export KV pools"); }
+  // Copies, for every layer in [layer_begin, layer_end) (layer_end -1: all), the peer's block
+  // peer_blocks[i] into our block local_blocks[i] (from_peer), or ours into the peer's (to_peer), in one
+  // batched device copy per call; returns when the copy is complete. The peer's pools are opened on first
+  // use and kept open until this backend is destroyed. REQUIRES: peer's geometry (block size, heads,
+  // head_dim, dtype, layers) equals ours; the peer does not touch those blocks meanwhile.
+  // InvalidArgument for mismatched geometry or block ids out of range; Unavailable when the handle
+  // cannot be opened (another host, no peer access): the caller falls back to TCP.
+  // Threading as read_kv_block: from the engine thread, or from another thread between forward() calls.
+  virtual Status copy_blocks_from_peer(const KvExport& peer, std::span<const int32_t> peer_blocks,
+                                       std::span<const int32_t> local_blocks, int layer_begin = 0, int layer_end = -1) {
+    (void)peer, (void)peer_blocks, (void)local_blocks, (void)layer_begin, (void)layer_end;
+    return Status::Unsupported(device_name() + " cannot copy KV from a peer");
+  }
+  virtual Status copy_blocks_to_peer(const KvExport& peer, std::span<const int32_t> local_blocks,
+                                     std::span<const int32_t> peer_blocks, int layer_begin = 0, int layer_end = -1) {
+    (void)peer, (void)peer_blocks, (void)local_blocks, (void)layer_begin, (void)layer_end;
+    return Status::Unsupported(device_name() + " cannot copy KV to a peer");
+  }
 };
 
 struct BackendOptions {
@@ -90,6 +134,7 @@ struct BackendOptions {
   size_t cpu_kv_cache_bytes = 1ull << 30;
   double gpu_memory_utilization = 0.9;
   int num_threads = 0;  // CPU: OpenMP threads; 0 = all cores
+  bool cuda_graphs = true;  // CUDA: replay decode steps (one token per sequence) from captured graphs
 };
 
 // Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error

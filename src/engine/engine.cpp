@@ -2,12 +2,11 @@
 // sample, apply stop rules -> deliver outputs (without the lock). See engine.h for the contract.
 #include "engine/engine.h"
 
+#include <omp.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <cmath>
-#include <omp.h>
-
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -83,6 +82,7 @@ class EngineImpl final : public Engine {
         seed_source_(std::random_device{}()),
         runner_(backend_.get()),
         samplers_(std::max(1, omp_get_max_threads())) {
+    samplers_[0] = std::make_unique<Sampler>(config_.vocab_size, config_.eos_token_ids);
     spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} prefix_caching={}",
                  backend_->device_name(), kv_.num_blocks, kv_.block_size, max_model_len_, options.max_batch_tokens,
                  options.max_seqs, options.enable_prefix_caching);
@@ -198,6 +198,19 @@ class EngineImpl final : public Engine {
     cv_.notify_all();
   }
 
+  int num_cached_prefix_tokens(const std::vector<int32_t>& prompt_token_ids) const override {
+    if (prompt_token_ids.empty()) return 0;
+    Sequence probe;
+    probe.token_ids = prompt_token_ids;
+    probe.num_prompt_tokens = probe.num_tokens();
+    std::vector<int32_t> cached;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!blocks_.prefix_caching()) return 0;
+    blocks_.update_block_hashes(probe);
+    blocks_.find_cached_prefix(probe, probe.num_tokens() / kv_.block_size, &cached);
+    return static_cast<int>(cached.size()) * kv_.block_size;
+  }
+
   EngineStats stats() const override {
     std::lock_guard<std::mutex> lock(mu_);
     EngineStats s;
@@ -212,6 +225,7 @@ class EngineImpl final : public Engine {
     s.num_preemptions = scheduler_.num_preemptions();
     s.prompt_tokens_total = prompt_tokens_total_;
     s.generation_tokens_total = generation_tokens_total_;
+    s.max_model_len = max_model_len_;
     return s;
   }
 
@@ -459,6 +473,10 @@ class EngineImpl final : public Engine {
   // Samples every planned job; rows in parallel when there are several (a 150k-entry row costs
   // 0.1-0.7 ms on one core, bench/sampler_bench).
   void run_sample_jobs() {
+    if (greedy_step_) {
+      for (SampleJob& job : jobs_) job.token = runner_.greedy_token(job.row);
+      return;
+    }
     const int num_jobs = static_cast<int>(jobs_.size());
     const int num_threads = static_cast<int>(samplers_.size());
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (num_jobs > 1)
@@ -467,6 +485,19 @@ class EngineImpl final : public Engine {
       SampleJob& job = jobs_[j];
       job.token = sampler.sample(runner_.logits_row(job.row), job.in, &job.logprobs);
     }
+  }
+
+  // REQUIRES: mu_ held. Every row of the step would be sampled by plain argmax.
+  bool is_greedy_step(const SchedulerOutput& step) const {
+    for (const ScheduledSeq& s : step.seqs) {
+      if (!s.needs_sample) continue;
+      const Choice* c = static_cast<const Choice*>(s.seq);
+      SampleInput in;
+      in.params = &c->request->request.sampling;
+      in.output_token_ids = c->output();
+      if (!samplers_[0]->is_plain_greedy(in)) return false;
+    }
+    return true;
   }
 
   Sampler& sampler_for_thread() {
@@ -517,12 +548,13 @@ class EngineImpl final : public Engine {
           blocked_ = scheduler_.num_running() + scheduler_.num_waiting() > 0;
         } else {
           runner_.prepare(*step);
+          greedy_step_ = is_greedy_step(*step);
         }
       }
       if (!step->empty()) {
         Status status;
         try {
-          status = runner_.execute();
+          status = greedy_step_ ? runner_.execute_greedy() : runner_.execute();
         } catch (const std::exception& e) {
           status = Status::Internal(std::string("backend forward threw: ") + e.what());
         }
@@ -583,6 +615,7 @@ class EngineImpl final : public Engine {
   };
   std::vector<SampleJob> jobs_;
   std::vector<std::unique_ptr<Sampler>> samplers_;  // one per OpenMP thread, made on first use
+  bool greedy_step_ = false;  // the step in flight asks the backend for argmax tokens only
   std::thread thread_;
 };
 

@@ -4,6 +4,18 @@
 //
 // Thread-safety: every public method may be called from any thread. Output callbacks run on the
 // engine thread.
+//
+// Usage (a worker):
+//   auto engine = create_engine(backend::create_backend(*weights, backend_options), EngineOptions{},
+//                               detokenizers);  // detokenizers may be null
+//   Request r;
+//   r.request_id = "req-1";
+//   r.prompt_token_ids = ids;
+//   r.sampling.max_tokens = 64;
+//   Status s = engine->submit(std::move(r), [queue](RequestOutput out) { queue->push(std::move(out)); });
+//   if (!s.ok()) ...  // map s.code() to the HTTP status; nothing was queued
+//   ...
+//   engine->abort("req-1");  // the client went away: a final kAbort output follows
 #pragma once
 
 #include <memory>
@@ -55,6 +67,9 @@ struct EngineStats {
   int64_t num_preemptions = 0;
   int64_t prompt_tokens_total = 0;
   int64_t generation_tokens_total = 0;
+  // The longest sequence (prompt + output) this engine runs: EngineOptions::max_model_len (or the
+  // model's max_position_embeddings) capped by the KV pool. A prompt must be shorter than this.
+  int max_model_len = 0;
 };
 
 class Engine {
@@ -91,6 +106,14 @@ class Engine {
   // Frees blocks held for `request_id` (a reservation, or a finished kPrefillOnly request's blocks).
   // Full blocks keep their contents in the prefix cache. No-op for an unknown id.
   virtual void release_blocks(const std::string& request_id) = 0;
+
+  // Leading tokens of `prompt_token_ids` whose KV this engine's prefix cache holds now (a multiple of
+  // block_size; 0 with prefix caching off), for routing and the local-or-remote prefill decision. A
+  // hint: the blocks may be evicted before a later reserve_kv/submit. Looks only; changes nothing.
+  virtual int num_cached_prefix_tokens(const std::vector<int32_t>& prompt_token_ids) const {
+    (void)prompt_token_ids;
+    return 0;
+  }
 
   virtual EngineStats stats() const = 0;
   virtual backend::Backend& backend() = 0;

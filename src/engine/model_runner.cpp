@@ -47,4 +47,18 @@ Status ModelRunner::execute() {
   return backend_->forward(batch(), std::span<float>(logits_.data(), logits_size));
 }
 
+Status ModelRunner::execute_greedy() {
+  TANDEM_RETURN_IF_ERROR(execute());
+  greedy_tokens_.resize(logits_indices_.size());
+  for (size_t r = 0; r < logits_indices_.size(); ++r) {
+    const float* row = logits_.data() + r * static_cast<size_t>(vocab_size_);
+    int32_t best = 0;
+    for (int32_t i = 1; i < vocab_size_; ++i) {
+      if (row[i] > row[best] || (row[best] != row[best] && row[i] == row[i])) best = i;  // NaN never wins
+    }
+    greedy_tokens_[r] = best;
+  }
+  return Status::Ok();
+}
+
 }  // namespace tandem::engine

@@ -24,6 +24,13 @@ class ModelRunner {
   // whose needs_sample is true, in schedule order.
   Status execute();
 
+  // Runs the prepared batch for a step whose every sampled row is plain greedy
+  // (Sampler::is_plain_greedy): on OK, greedy_token(r) is the argmax of row r (ties to the lowest id).
+  // Backend::forward_greedy, once the backend interface has it, lets a GPU return 4 bytes per row here
+  // instead of the whole row; until then the rows come back and the argmax is taken on the host.
+  Status execute_greedy();
+  int32_t greedy_token(int r) const { return greedy_tokens_[r]; }
+
   std::span<const float> logits_row(int r) const {
     return {logits_.data() + static_cast<size_t>(r) * vocab_size_, static_cast<size_t>(vocab_size_)};
   }
@@ -41,6 +48,7 @@ class ModelRunner {
   std::vector<int32_t> logits_indices_;  // [num_logits]
   int max_blocks_per_seq_ = 0;
   std::vector<float> logits_;            // [num_logits, vocab] fp32, host; capacity kept between steps
+  std::vector<int32_t> greedy_tokens_;   // [num_logits] argmax of each row (execute_greedy)
 };
 
 }  // namespace tandem::engine

@@ -276,21 +276,42 @@ void Sampler::fill_logprobs(int32_t chosen, int num_top, TokenLogprobs* out) {
   }
 }
 
+namespace {
+
+// First index holding the maximum: ties go to the lowest id, as torch.argmax.
+int32_t argmax_first(const float* x, int n, float max_value) {
+  int32_t i = 0;
+  while (i < n - 1 && x[i] != max_value) ++i;
+  return i;
+}
+
+}  // namespace
+
+bool Sampler::is_plain_greedy(const SampleInput& in) const {
+  const SamplingParams& p = *in.params;
+  const bool masks_stops = static_cast<int>(in.output_token_ids.size()) < p.min_tokens &&
+                           (!p.stop_token_ids.empty() || (!p.ignore_eos && !eos_token_ids_.empty()));
+  return p.temperature <= 0.0f && p.logprobs < 0 && !masks_stops && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
+         p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f;
+}
+
 int32_t Sampler::sample(std::span<const float> logits, const SampleInput& in, TokenLogprobs* logprobs) {
   TANDEM_CHECK(static_cast<int>(logits.size()) == vocab_size_);
+  const SamplingParams& p = *in.params;
+  const bool want_logprobs = logprobs != nullptr && p.logprobs >= 0;
+  if (is_plain_greedy(in)) {
+    // Plain greedy: nothing modifies the row, so skip the copy.
+    return argmax_first(logits.data(), vocab_size_, max_of(logits.data(), vocab_size_));
+  }
   std::memcpy(work_.data(), logits.data(), sizeof(float) * vocab_size_);
   process(in);
-  const SamplingParams& p = *in.params;
   int32_t chosen;
   if (p.temperature <= 0.0f) {
-    // First index holding the maximum: ties go to the lowest id, as torch.argmax.
-    const float* w = work_.data();
-    chosen = 0;
-    while (chosen < vocab_size_ - 1 && w[chosen] != max_logit_) ++chosen;
+    chosen = argmax_first(work_.data(), vocab_size_, max_logit_);
   } else {
     chosen = draw(p, uniform_for(in.seed, in.choice_index, static_cast<int>(in.output_token_ids.size())));
   }
-  if (logprobs != nullptr && p.logprobs >= 0) fill_logprobs(chosen, p.logprobs, logprobs);
+  if (want_logprobs) fill_logprobs(chosen, p.logprobs, logprobs);
   return chosen;
 }
 

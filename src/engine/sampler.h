@@ -45,6 +45,10 @@ class Sampler {
   // The per-draw random stream (exposed for tests): uniform in [0, 1) with 53 bits.
   static double uniform_for(uint64_t seed, int choice_index, int position);
 
+  // True when sample() would return the plain argmax of the row (greedy, nothing modifies the logits,
+  // no logprobs): the engine can then ask the backend for argmax tokens instead of whole rows.
+  bool is_plain_greedy(const SampleInput& in) const;
+
  private:
   void process(const SampleInput& in);
   int32_t draw(const SamplingParams& p, double u);

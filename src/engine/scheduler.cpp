@@ -45,9 +45,9 @@ void Scheduler::fork(Sequence* parent, Sequence* child) {
   running_.push_back(child);
 }
 
-void Scheduler::preempt_newest() {
-  Sequence* victim = running_.back();
-  running_.pop_back();
+void Scheduler::preempt_at(size_t index) {
+  Sequence* victim = running_[index];
+  running_.erase(running_.begin() + static_cast<ptrdiff_t>(index));
   reserved_seats_ -= victim->num_seats - 1;
   blocks_->free(victim->block_table);
   victim->num_computed_tokens = 0;
@@ -62,29 +62,41 @@ void Scheduler::preempt_newest() {
 const SchedulerOutput& Scheduler::schedule() {
   output_.seqs.clear();
   output_.preempted.clear();
+  ++step_;
   int budget = config_.max_batch_tokens;
 
-  // Running sequences, oldest first. Sequences at indices >= i are not scheduled yet, so the newest
-  // (running_.back()) is always a legal victim; when it is the sequence itself, it gives way.
-  for (size_t i = 0; i < running_.size() && budget > 0 && static_cast<int>(output_.seqs.size()) < config_.max_seqs;) {
-    Sequence* seq = running_[i];
-    const int num_new = std::min(seq->num_tokens() - seq->num_computed_tokens, budget);
-    if (num_new <= 0) {  // nothing to compute (cannot happen for a live sequence); skip defensively
-      ++i;
-      continue;
+  // Running sequences, oldest first: pass 0 takes the decodes (one token left to compute), pass 1 the
+  // ones with more (an unfinished prefill, a fork catching up on its partial block), so a long prefill
+  // never holds back the decodes beside it. A sequence that needs a block when none is free takes it
+  // from the newest running sequence not scheduled in this step; when there is none, the sequence
+  // gives way itself if it is the newest, and otherwise waits for the next step (the newer sequences
+  // are all scheduled, so they make progress and free blocks).
+  for (int pass = 0; pass < 2; ++pass) {
+    for (size_t i = 0; i < running_.size() && budget > 0 && static_cast<int>(output_.seqs.size()) < config_.max_seqs;
+         ++i) {
+      Sequence* seq = running_[i];
+      const int remaining = seq->num_tokens() - seq->num_computed_tokens;
+      if (seq->scheduled_step == step_ || remaining <= 0 || (remaining == 1) != (pass == 0)) continue;
+      const int num_new = std::min(remaining, budget);
+      bool allocated = blocks_->allocate(*seq, {}, seq->num_computed_tokens + num_new);
+      while (!allocated) {
+        size_t victim = running_.size() - 1;  // newest first, and only sequences newer than seq
+        while (victim > i && running_[victim]->scheduled_step == step_) --victim;
+        if (victim == i) break;
+        preempt_at(victim);
+        allocated = blocks_->allocate(*seq, {}, seq->num_computed_tokens + num_new);
+      }
+      if (!allocated) {
+        if (i + 1 == running_.size()) {
+          preempt_at(i);  // the newest: it waits for blocks
+          break;
+        }
+        continue;
+      }
+      seq->scheduled_step = step_;
+      output_.seqs.push_back({seq, num_new, seq->num_computed_tokens + num_new == seq->num_tokens()});
+      budget -= num_new;
     }
-    bool allocated = blocks_->allocate(*seq, {}, seq->num_computed_tokens + num_new);
-    while (!allocated && running_.back() != seq) {
-      preempt_newest();
-      allocated = blocks_->allocate(*seq, {}, seq->num_computed_tokens + num_new);
-    }
-    if (!allocated) {
-      preempt_newest();  // seq itself, the newest left: it waits for blocks
-      break;
-    }
-    output_.seqs.push_back({seq, num_new, seq->num_computed_tokens + num_new == seq->num_tokens()});
-    budget -= num_new;
-    ++i;
   }
 
   // Waiting sequences in order, while nothing had to be preempted this step (admitting now would only

@@ -1,7 +1,8 @@
 // Scheduler: continuous batching over sequences. Each step has a token budget (max_batch_tokens) and a
-// sequence cap (max_seqs). Running sequences go first, oldest first — a decode takes one token, an
-// unfinished prefill the next chunk; then waiting sequences are admitted in arrival order, their prompts
-// chunked into what is left of the budget, reusing prefix-cached blocks. When a running sequence needs
+// sequence cap (max_seqs). Running decodes go first (oldest first, one token each), then running
+// sequences with more to compute (an unfinished prefill's next chunk); then waiting sequences are
+// admitted in arrival order, their prompts chunked into what is left of the budget, reusing
+// prefix-cached blocks. When a running sequence needs
 // a block and none is free, the newest running sequence is preempted: its blocks are freed (the full
 // ones stay in the prefix cache) and it waits at the head of the queue to be recomputed.
 //
@@ -77,7 +78,7 @@ class Scheduler {
   const std::deque<Sequence*>& waiting() const { return waiting_; }
 
  private:
-  void preempt_newest();
+  void preempt_at(size_t index);
   void remove(Sequence* seq);
 
   const SchedulerConfig config_;
@@ -86,6 +87,7 @@ class Scheduler {
   std::deque<Sequence*> waiting_;   // arrival order; preempted sequences go back to the front
   int reserved_seats_ = 0;          // seats held by running sequences for siblings not forked yet
   int64_t num_preemptions_ = 0;
+  int64_t step_ = 0;  // schedule() calls so far; stamps Sequence::scheduled_step
   SchedulerOutput output_;
   std::vector<int32_t> cached_blocks_;  // scratch for prefix lookups
 };

@@ -34,6 +34,7 @@ struct Sequence {
   int num_seats = 1;  // places under max_seqs it holds: itself plus the siblings it has yet to fork
   // Set by the scheduler when the sequence loses its blocks (it will recompute); cleared by the engine.
   bool preempted = false;
+  int64_t scheduled_step = -1;  // the scheduler's step that last scheduled it
 
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
   int num_output_tokens() const { return num_tokens() - num_prompt_tokens; }

@@ -52,7 +52,10 @@ void RandomWeights::read(const TensorSpec& spec, DType out_dtype, void* out) con
     std::vector<float> chunk(kChunkElements);
 #pragma omp for schedule(static)
     for (size_t c = 0; c < num_chunks; ++c) {
-      SplitMix64 rng(tensor_seed + 0x9e3779b97f4a7c15ull * (c + 1));
+      // Seed each chunk's stream from a hash of (tensor, chunk): seeding with tensor_seed + k * step
+      // would make chunk c+1's stream chunk c's shifted by one draw (duplicate embedding rows).
+      SplitMix64 seeder(tensor_seed ^ (0xd1b54a32d192ed03ull * (c + 1)));
+      SplitMix64 rng(seeder.next());
       const size_t begin = c * kChunkElements;
       const size_t n = std::min(kChunkElements, count - begin);
       for (size_t i = 0; i < n; ++i) chunk[i] = dist.mean + half_width * (2.0f * rng.uniform() - 1.0f);

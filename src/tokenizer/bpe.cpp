@@ -221,10 +221,12 @@ void BpeModel::encode_word(std::string_view bytes, std::vector<int32_t>* ids) co
     }
   }
   const bool cacheable = bytes.size() <= kMaxCachedWordBytes;
+  const uint32_t hash = hash_bytes(bytes);
+  CacheShard& shard = cache_[(hash >> 28) % kNumCacheShards];
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mu_);
-    auto it = cache_.find(bytes);
-    if (it != cache_.end()) {
+    std::lock_guard<std::mutex> lock(shard.mu);
+    auto it = shard.words.find(bytes);
+    if (it != shard.words.end()) {
       ids->insert(ids->end(), it->second.begin(), it->second.end());
       return;
     }
@@ -239,9 +241,9 @@ void BpeModel::encode_word(std::string_view bytes, std::vector<int32_t>* ids) co
   }
   ids->insert(ids->end(), result.begin(), result.end());
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mu_);
-    if (cache_.size() >= kMaxCacheEntries) cache_.clear();
-    cache_.emplace(std::string(bytes), std::move(result));
+    std::lock_guard<std::mutex> lock(shard.mu);
+    if (shard.words.size() >= kMaxShardEntries) shard.words.clear();
+    shard.words.emplace(std::string(bytes), std::move(result));
   }
 }
 

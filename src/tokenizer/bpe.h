@@ -2,7 +2,8 @@
 // one symbol each and the adjacent pair of lowest merge rank is merged until none is left, leftmost
 // first among equal ranks -- the order of Hugging Face tokenizers' BPE::merge_word.
 // Ownership: a BpeModel owns its vocabulary and merge table. Thread-safety: encode_word and the
-// lookups may be called from any number of threads at once (the word cache takes a mutex).
+// lookups may be called from any number of threads at once (the word cache is sharded, each
+// shard behind its own mutex, so concurrent encodes rarely wait on each other).
 #pragma once
 
 #include <cstdint>
@@ -93,11 +94,15 @@ class BpeModel {
   bool ignore_merges_ = false;
 
   // Cache of recent pre-token results: text repeats a small set of words, and BPE costs
-  // O(n^2) per word. Cleared when full, which is cheaper than LRU bookkeeping per hit.
+  // O(n^2) per word. A shard is cleared when full, which is cheaper than LRU bookkeeping per hit.
   static constexpr size_t kMaxCachedWordBytes = 64;
-  static constexpr size_t kMaxCacheEntries = 1 << 16;
-  mutable std::mutex cache_mu_;
-  mutable std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> cache_;  // GUARDED_BY(cache_mu_)
+  static constexpr size_t kNumCacheShards = 16;
+  static constexpr size_t kMaxShardEntries = (1 << 16) / kNumCacheShards;
+  struct CacheShard {
+    std::mutex mu;
+    std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> words;  // GUARDED_BY(mu)
+  };
+  mutable CacheShard cache_[kNumCacheShards];
 };
 
 }  // namespace tandem::tokenizer

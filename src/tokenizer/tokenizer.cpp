@@ -256,11 +256,18 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& dir) {
   std::string tokenizer_json = read_file(tokenizer_path);
   std::string config_json;
   if (std::ifstream(config_path).good()) config_json = read_file(config_path);
+  std::unique_ptr<Tokenizer> tokenizer;
   try {
-    return from_json(tokenizer_json, config_json);
+    tokenizer = from_json(tokenizer_json, config_json);
   } catch (const Error& e) {
     throw Error(tokenizer_path + ": " + e.what());
   }
+  // Newer Hugging Face checkpoints keep the template in its own file beside tokenizer_config.json.
+  const std::string template_path = dir + "/chat_template.jinja";
+  if (tokenizer->impl_->chat_template.empty() && std::ifstream(template_path).good()) {
+    tokenizer->impl_->chat_template = read_file(template_path);
+  }
+  return tokenizer;
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json, std::string_view tokenizer_config_json) {
@@ -344,7 +351,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
     // Each piece between added tokens is normalized on its own, as Hugging Face does.
     std::string normalized;
     std::string_view piece = segment.text;
-    if (im.nfc) {
+    if (im.nfc && !is_nfc_quick(piece)) {
       normalized = nfc(piece);
       piece = normalized;
     }

@@ -25,7 +25,7 @@ class RegexSplitter;
 class Tokenizer {
  public:
   // Loads `dir`/tokenizer.json and, when present, `dir`/tokenizer_config.json (special tokens,
-  // chat template). Throws tandem::Error naming the file, or the unsupported model type,
+  // chat template) and `dir`/chat_template.jinja. Throws tandem::Error naming the file, or the unsupported model type,
   // normalizer, pre-tokenizer, post-processor or decoder.
   static std::unique_ptr<Tokenizer> load(const std::string& dir);
   // The same from the files' contents; `tokenizer_config_json` may be empty.
@@ -65,7 +65,8 @@ class Tokenizer {
   const std::string& eos_token() const;
   std::optional<int32_t> bos_id() const;
   std::optional<int32_t> eos_id() const;
-  // The chat_template of tokenizer_config.json, empty when there is none.
+  // The chat_template of tokenizer_config.json (or, when it has none, of chat_template.jinja in
+  // the same directory), empty when there is none.
   const std::string& chat_template() const;
 
  private:

@@ -155,6 +155,27 @@ std::string nfc(std::string_view text) {
   return result;
 }
 
+bool is_nfc_quick(std::string_view text) {
+  size_t pos = 0;
+  while (pos < text.size()) {
+    if (static_cast<uint8_t>(text[pos]) < 0x80) {
+      ++pos;
+      continue;
+    }
+    const char32_t cp = next_code_point(text, &pos);
+    // Below U+0300 nothing is a combining mark or a second element of a composition, and the
+    // precomposed letters there are their own NFC; what could combine with them comes later and
+    // is caught by the test below.
+    if (cp < 0x300) continue;
+    // Hangul jamo compose algorithmically (Unicode §3.12), outside utf8proc's tables.
+    if ((cp >= 0x1100 && cp <= 0x11FF) || (cp >= 0xA960 && cp <= 0xA97F) || (cp >= 0xD7B0 && cp <= 0xD7FF)) return false;
+    const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(cp));
+    const bool canonical_decomposition = p->decomp_seqindex != UINT16_MAX && p->decomp_type == 0;
+    if (p->combining_class != 0 || p->comb_index != UINT16_MAX || canonical_decomposition) return false;
+  }
+  return true;
+}
+
 bool is_whitespace(char32_t cp) {
   // The White_Space property (PropList.txt), which Rust's char::is_whitespace implements.
   switch (cp) {

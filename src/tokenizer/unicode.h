@@ -35,6 +35,12 @@ void append_utf8(char32_t cp, std::string* out);
 // Unicode NFC (utf8proc). REQUIRES: valid UTF-8.
 std::string nfc(std::string_view text);
 
+// True when `text` is certainly in NFC already, so nfc() would return it unchanged: every code
+// point is below U+0300 or is a starter that neither decomposes canonically nor takes part in a
+// canonical composition (CJK, emoji, most symbols). False means "maybe": normalize.
+// REQUIRES: valid UTF-8.
+bool is_nfc_quick(std::string_view text);
+
 // Rust's char::is_whitespace (the White_Space property) and char::is_alphanumeric
 // (Alphabetic or Numeric: general categories L*, Nl, Nd, No plus Other_Alphabetic marks).
 bool is_whitespace(char32_t cp);

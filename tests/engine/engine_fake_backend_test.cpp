@@ -235,6 +235,7 @@ TEST(EngineFake, BackendFailureFailsTheStepsRequestsAndTheEngineGoesOn) {
 
 TEST(EngineFake, SubmitRejectsBadRequests) {
   FakeEngine fe = make_engine(10);  // 40 token slots: max_model_len 40
+  EXPECT_EQ(fe.engine->stats().max_model_len, 40);
   Collector collector;
   auto cb = collector.callback();
   EXPECT_EQ(fe.engine->submit(make_request("big", std::vector<int32_t>(40, 1), 1), cb).code(), StatusCode::kTooLarge);
@@ -274,6 +275,8 @@ TEST(EngineFake, PrefillOnlyThenDecodeFromKvOnAnotherEngineMatchesLocal) {
   // Warm decode's prefix cache with the first block so the reservation reuses it.
   ASSERT_TRUE(decode.engine->submit(make_request("warm", {5, 4, 3, 2, 1}, 1), dc.callback()).ok());
   ASSERT_TRUE(dc.wait_finished(1));
+  EXPECT_EQ(decode.engine->num_cached_prefix_tokens(prompt), 4);
+  EXPECT_EQ(decode.engine->num_cached_prefix_tokens({9, 9, 9, 9, 9}), 0);
   auto reservation = decode.engine->reserve_kv("r", prompt);
   ASSERT_TRUE(reservation.ok()) << reservation.status().to_string();
   EXPECT_EQ(reservation->block_ids.size(), 3u);

@@ -30,6 +30,32 @@ TEST(Sampler, GreedyTakesTheArgmaxWithTiesToTheLowestId) {
   EXPECT_EQ(sampler.sample(logits, input(p), nullptr), 1);
 }
 
+TEST(Sampler, PlainGreedyOnlyWhenNothingChangesTheArgmaxOrNeedsTheRow) {
+  Sampler sampler(8, {7});
+  SamplingParams p;
+  p.temperature = 0;
+  EXPECT_TRUE(sampler.is_plain_greedy(input(p)));
+  SamplingParams q = p;
+  q.logprobs = 0;
+  EXPECT_FALSE(sampler.is_plain_greedy(input(q)));
+  q = p;
+  q.min_tokens = 1;  // EOS must be masked for the first token
+  EXPECT_FALSE(sampler.is_plain_greedy(input(q)));
+  const std::vector<int32_t> one = {1};
+  EXPECT_TRUE(sampler.is_plain_greedy(input(q, 0, {}, one)));
+  q.ignore_eos = true;
+  EXPECT_TRUE(sampler.is_plain_greedy(input(q)));
+  q = p;
+  q.repetition_penalty = 1.1f;
+  EXPECT_FALSE(sampler.is_plain_greedy(input(q)));
+  q = p;
+  q.logit_bias = {{1, 1.0f}};
+  EXPECT_FALSE(sampler.is_plain_greedy(input(q)));
+  q = p;
+  q.temperature = 0.5f;
+  EXPECT_FALSE(sampler.is_plain_greedy(input(q)));
+}
+
 TEST(Sampler, LogitBiasIsAddedFirst) {
   Sampler sampler(4, {});
   SamplingParams p;

@@ -56,6 +56,26 @@ TEST(Scheduler, DecodesFirstThenChunkedPrefillInTheRemainingBudget) {
   EXPECT_EQ(next.seqs[2].num_new_tokens, 6);
 }
 
+TEST(Scheduler, NewerDecodesGoBeforeAnOlderSequencesPrefillChunk) {
+  BlockManager bm(64, 4, true, 1);
+  Scheduler sched({8, 16}, &bm);
+  auto a = make_seq(1, 30);
+  sched.add_waiting(a.get());
+  complete(sched, sched.schedule());  // a: first chunk of 8
+  // b arrives with its prompt's KV already in place (decode from KV) and one token to compute.
+  auto b = make_seq(2, 4, 100);
+  ASSERT_TRUE(bm.allocate(*b, {}, 4));
+  b->num_computed_tokens = 4;
+  b->token_ids.push_back(7);
+  sched.add_running(b.get());
+  const SchedulerOutput& out = sched.schedule();
+  ASSERT_EQ(out.seqs.size(), 2u);
+  EXPECT_EQ(out.seqs[0].seq, b.get());
+  EXPECT_EQ(out.seqs[0].num_new_tokens, 1);
+  EXPECT_EQ(out.seqs[1].seq, a.get());
+  EXPECT_EQ(out.seqs[1].num_new_tokens, 7);
+}
+
 TEST(Scheduler, RespectsMaxSeqs) {
   BlockManager bm(64, 4, true, 1);
   Scheduler sched({100, 2}, &bm);

@@ -5,6 +5,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "common/error.h"
@@ -110,6 +112,17 @@ TEST(TokenizerTest, SpecialTokensComeFromTokenizerConfig) {
   EXPECT_FALSE(llama.chat_template().empty());
 }
 
+TEST(TokenizerTest, ChatTemplateMayLiveInItsOwnFile) {
+  const std::string dir = ::testing::TempDir() + "/tandem_chat_template_file";
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(testing::model_dir("qwen3") + "/tokenizer.json", dir + "/tokenizer.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  std::ofstream(dir + "/chat_template.jinja") << "{{ messages[0].content }}";
+  const auto tok = Tokenizer::load(dir);
+  EXPECT_EQ(tok->chat_template(), "{{ messages[0].content }}");
+  std::filesystem::remove_all(dir);
+}
+
 TEST(TokenizerTest, TokenLookupsUseTheFileSpelling) {
   const Tokenizer& qwen = real_tokenizer("qwen3");
   EXPECT_EQ(qwen.token_to_id("Hello"), 9707);
@@ -168,6 +181,19 @@ TEST(RegexSplitterTest, WhitespaceAndCaseFoldingFollowOniguruma) {
   // Case-insensitive contractions fold U+017F (long s) to s.
   EXPECT_EQ(split("x'\u017F\u017F"), (std::vector<std::string>{"x", "'\u017F", "\u017F"}));
   EXPECT_EQ(split("IT'S"), (std::vector<std::string>{"IT", "'S"}));
+}
+
+TEST(UnicodeTest, NfcQuickCheckOnlyPassesTextNfcLeavesAlone) {
+  for (const char* text : {"plain ASCII", "caf\u00e9", "\u4f60\u597d", "\U0001F600\U0001F44D\U0001F3FD", "\uFF21\uFF22"}) {
+    EXPECT_TRUE(is_nfc_quick(text)) << text;
+    EXPECT_EQ(nfc(text), text);
+  }
+  // A combining mark, a canonical singleton (CJK compatibility ideograph), Hangul jamo, a
+  // second element of a Bengali two-part vowel: each may change.
+  for (const char* text : {"e\u0301", "\uF900", "\u1100\u1161", "\u09C7\u09BE"}) {
+    EXPECT_FALSE(is_nfc_quick(text)) << text;
+    EXPECT_NE(nfc(text), text) << text;
+  }
 }
 
 TEST(UnicodeTest, LossyReplacementUsesMaximalSubparts) {

@@ -24,7 +24,9 @@ std::vector<float> read_f32(const model::WeightSource& source, const TensorSpec&
 
 // y[t, o] = sum_i x[t, i] * w[o, i] (+ bias[o]): x [num_tokens, in], w [out, in], y [num_tokens, out].
 void linear(const float* x, int num_tokens, int in, const float* w, int out, const float* bias, float* y) {
-#pragma omp parallel for schedule(static)
+  // Below ~64K multiply-adds the fork/join costs more than it saves.
+  const bool parallel = static_cast<int64_t>(num_tokens) * in * out > (1 << 16);
+#pragma omp parallel for schedule(static) if (parallel)
   for (int o = 0; o < out; ++o) {
     const float* row = w + static_cast<size_t>(o) * in;
     const float b = bias ? bias[o] : 0.0f;

@@ -34,9 +34,11 @@ int count_newlines(const std::string& s, size_t from, size_t to) {
 }
 
 // Position of the closing `close` ("}}" or "%}") of a tag whose body starts at `pos`, skipping
-// string literals; npos when missing.
+// string literals and, as Jinja's lexer does with its balancing stack, brackets still open
+// ({{ {'a': {'b': 1}} }} ends at the last "}}"); npos when missing.
 size_t find_tag_end(const std::string& src, size_t pos, const char* close) {
   char quote = 0;
+  int depth = 0;
   for (size_t i = pos; i + 1 < src.size(); ++i) {
     const char c = src[i];
     if (quote) {
@@ -44,8 +46,15 @@ size_t find_tag_end(const std::string& src, size_t pos, const char* close) {
       else if (c == quote) quote = 0;
       continue;
     }
-    if (c == '\'' || c == '"') quote = c;
-    else if (c == close[0] && src[i + 1] == close[1]) return i;
+    if (c == '\'' || c == '"') {
+      quote = c;
+    } else if (depth == 0 && c == close[0] && src[i + 1] == close[1]) {
+      return i;
+    } else if (c == '(' || c == '[' || c == '{') {
+      ++depth;
+    } else if ((c == ')' || c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
   }
   return std::string::npos;
 }
@@ -164,11 +173,21 @@ std::vector<Segment> segment(const std::string& input) {
         if (strip_after) ++p;
         if (src.compare(p, 2, "%}") != 0) throw TemplateError("malformed {% endraw %}", tag_line);
         std::string raw = src.substr(pos, open - pos);
+        if (strip_next) {  // {% raw -%}
+          raw.erase(0, raw.find_first_not_of(" \t\n\r\v\f") == std::string::npos ? raw.size() : raw.find_first_not_of(" \t\n\r\v\f"));
+          strip_next = false;
+        }
         if (strip_before) raw = rstrip_ws(raw);
         if (!raw.empty()) out.push_back({Segment::Type::kText, raw, tag_line});
         line += count_newlines(src, pos, p + 2);
         pos = p + 2;
-        if (strip_after) strip_next = true;
+        if (strip_after) {
+          strip_next = true;
+        } else if (pos < src.size() && src[pos] == '\n') {
+          ++pos;  // trim_blocks applies after {% endraw %} too
+          ++line;
+          line_starting = true;
+        }
         break;
       }
       continue;

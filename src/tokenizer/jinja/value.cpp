@@ -163,11 +163,33 @@ std::string string_repr(const std::string& s) {
   return out;
 }
 
-void json_string(const std::string& s, std::string* out) {
+// Python's json encoder: \" \\ \n \r \t \b \f, other controls as \u00XX; with ensure_ascii every
+// non-ASCII code point as \uXXXX (a surrogate pair above the BMP), else the UTF-8 as is.
+void json_string(const std::string& s, bool ensure_ascii, std::string* out) {
   out->push_back('"');
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    switch (c) {
+  const std::string text = ensure_ascii ? utf8_lossy(s) : s;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const auto u = static_cast<unsigned char>(text[pos]);
+    char buf[16];
+    if (u >= 0x80) {
+      if (!ensure_ascii) {
+        out->push_back(text[pos++]);
+        continue;
+      }
+      const char32_t cp = next_code_point(text, &pos);
+      if (cp < 0x10000) {
+        std::snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned>(cp));
+      } else {
+        const char32_t v = cp - 0x10000;
+        std::snprintf(buf, sizeof(buf), "\\u%04x\\u%04x", static_cast<unsigned>(0xD800 + (v >> 10)),
+                      static_cast<unsigned>(0xDC00 + (v & 0x3FF)));
+      }
+      *out += buf;
+      continue;
+    }
+    ++pos;
+    switch (u) {
       case '"': *out += "\\\""; break;
       case '\\': *out += "\\\\"; break;
       case '\n': *out += "\\n"; break;
@@ -177,11 +199,10 @@ void json_string(const std::string& s, std::string* out) {
       case '\f': *out += "\\f"; break;
       default:
         if (u < 0x20) {
-          char buf[8];
           std::snprintf(buf, sizeof(buf), "\\u%04x", u);
           *out += buf;
         } else {
-          out->push_back(c);
+          out->push_back(static_cast<char>(u));
         }
     }
   }
@@ -189,7 +210,7 @@ void json_string(const std::string& s, std::string* out) {
 }
 
 void to_json_impl(const Value& v, int indent, int depth, const std::string& item_sep, const std::string& key_sep,
-                  bool sort_keys, std::string* out) {
+                  bool sort_keys, bool ensure_ascii, std::string* out) {
   const auto newline = [&](int d) {
     out->push_back('\n');
     out->append(static_cast<size_t>(indent * d), ' ');
@@ -205,7 +226,7 @@ void to_json_impl(const Value& v, int indent, int depth, const std::string& item
       else *out += python_float_repr(d);
       return;
     }
-    case Value::Kind::kString: json_string(v.as_string(), out); return;
+    case Value::Kind::kString: json_string(v.as_string(), ensure_ascii, out); return;
     case Value::Kind::kList: {
       const auto& items = v.list_data().items;
       if (items.empty()) {
@@ -216,7 +237,7 @@ void to_json_impl(const Value& v, int indent, int depth, const std::string& item
       for (size_t i = 0; i < items.size(); ++i) {
         if (i > 0) *out += item_sep;
         if (indent >= 0) newline(depth + 1);
-        to_json_impl(items[i], indent, depth + 1, item_sep, key_sep, sort_keys, out);
+        to_json_impl(items[i], indent, depth + 1, item_sep, key_sep, sort_keys, ensure_ascii, out);
       }
       if (indent >= 0) newline(depth);
       out->push_back(']');
@@ -234,9 +255,9 @@ void to_json_impl(const Value& v, int indent, int depth, const std::string& item
       for (size_t i = 0; i < items.size(); ++i) {
         if (i > 0) *out += item_sep;
         if (indent >= 0) newline(depth + 1);
-        json_string(items[i]->first, out);
+        json_string(items[i]->first, ensure_ascii, out);
         *out += key_sep;
-        to_json_impl(items[i]->second, indent, depth + 1, item_sep, key_sep, sort_keys, out);
+        to_json_impl(items[i]->second, indent, depth + 1, item_sep, key_sep, sort_keys, ensure_ascii, out);
       }
       if (indent >= 0) newline(depth);
       out->push_back('}');
@@ -286,14 +307,15 @@ std::string Value::repr() const {
       return out + "}";
     }
     case Kind::kFunction: return "<function " + fn_->name + ">";
+    case Kind::kUndefined: return "Undefined";
     default: return str();
   }
 }
 
 std::string Value::to_json(int indent, const std::string& item_separator, const std::string& key_separator,
-                           bool sort_keys) const {
+                           bool sort_keys, bool ensure_ascii) const {
   std::string out;
-  to_json_impl(*this, indent, 0, item_separator, key_separator, sort_keys, &out);
+  to_json_impl(*this, indent, 0, item_separator, key_separator, sort_keys, ensure_ascii, &out);
   return out;
 }
 

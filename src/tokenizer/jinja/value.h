@@ -131,10 +131,10 @@ class Value {
   // Python's str() and repr().
   std::string str() const;
   std::string repr() const;
-  // Python's json.dumps(value, ensure_ascii=False, indent=indent, separators=...): what Hugging Face's
+  // Python's json.dumps(value, ensure_ascii=..., indent=indent, separators=...): what Hugging Face's
   // tojson filter does. indent < 0 means none. Throws TemplateError for values JSON cannot hold.
   std::string to_json(int indent, const std::string& item_separator, const std::string& key_separator,
-                      bool sort_keys) const;
+                      bool sort_keys, bool ensure_ascii = false) const;
 
   // Python ==, and <, for the types where Python defines them (TemplateError otherwise).
   bool equals(const Value& other) const;

@@ -1,0 +1,20 @@
+// The CUDA backend's entry points for code outside src/backend/cuda (plain C++: no CUDA header here,
+// STYLE.md "Layout"). The backend itself (cuda_backend.cu) keeps bf16 weights and a bf16 paged KV cache
+// on one GPU and computes in fp32; see backend.h for the interface and its thread-safety.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+
+namespace tandem::backend::cuda {
+
+// Loads `weights` onto the GPU named by options.device ("cuda" or "cuda:N"), sizes the KV pool from the
+// free memory times options.gpu_memory_utilization (or takes options.num_kv_blocks) and logs its blocks
+// and tokens. Throws tandem::Error naming the device, the memory asked and free, and the flag to change.
+std::unique_ptr<Backend> create_cuda_backend(const model::WeightSource& weights, const BackendOptions& options);
+
+// CUDA devices this process can use; 0 when there is no driver or no device. Never throws.
+int cuda_device_count();
+
+}  // namespace tandem::backend::cuda

@@ -1,0 +1,259 @@
+// Element-wise and row-wise kernels of the forward pass (see kernels.cuh). Arithmetic is fp32; bf16 is
+// only the storage format of activations, weights and the KV cache.
+#include "backend/cuda/kernels.cuh"
+
+#include <algorithm>
+#include <cstddef>
+
+namespace tandem::backend::cuda {
+namespace {
+
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Sum over the block; every thread gets the result. REQUIRES: blockDim.x a multiple of 32, <= 1024.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];  // one per warp
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  v = warp_sum(v);
+  __syncthreads();  // partial[] may still be read by a previous call
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int num_warps = blockDim.x / kWarp;
+  v = lane < num_warps ? partial[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__global__ void embedding_kernel(const int32_t* token_ids, const bf16* embed, float* residual, int hidden) {
+  const int t = blockIdx.x;
+  const bf16* row = embed + static_cast<size_t>(token_ids[t]) * hidden;
+  float* out = residual + static_cast<size_t>(t) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = __bfloat162float(row[i]);
+}
+
+__global__ void add_rms_norm_kernel(float* residual, const bf16* delta, const bf16* weight, bf16* out, const int32_t* rows,
+                                    int hidden, float eps, bool write_residual) {
+  const int r = blockIdx.x;
+  const size_t in_row = static_cast<size_t>(rows ? rows[r] : r) * hidden;
+  float* x = residual + in_row;
+  // Each thread keeps its elements in registers between the two passes when hidden is small enough;
+  // otherwise it re-reads them (the row is in L1/L2 by then).
+  float sum_sq = 0.0f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float v = x[i];
+    if (delta) v += __bfloat162float(delta[in_row + i]);
+    if (write_residual) x[i] = v;
+    sum_sq += v * v;
+  }
+  const float scale = rsqrtf(block_sum(sum_sq) / static_cast<float>(hidden) + eps);
+  bf16* o = out + static_cast<size_t>(r) * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    float v = x[i];
+    if (delta && !write_residual) v += __bfloat162float(delta[in_row + i]);
+    o[i] = __float2bfloat16(__bfloat162float(weight[i]) * (v * scale));
+  }
+}
+
+constexpr int kMaxPairsPerLane = 4;  // head_dim <= 256
+
+__global__ void qkv_rope_kv_write_kernel(QkvParams p) {
+  const int t = blockIdx.x;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, num_warps = blockDim.x / kWarp;
+  const int d = p.head_dim, half = d / 2;
+  const int total_heads = p.num_heads + 2 * p.num_kv_heads;
+  const size_t stride = static_cast<size_t>(total_heads) * d;
+  const int pos = p.positions[t];
+  const int slot = p.slots[t];
+  const int block = slot / p.block_size, offset = slot % p.block_size;
+  const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * d;
+  // K of this token at [block, 0, offset, :, :], V at [block, 1, offset, :, :].
+  bf16* k_dst = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size;
+  bf16* v_dst = k_dst + static_cast<size_t>(p.block_size) * kv_size;
+
+  for (int h = warp; h < total_heads; h += num_warps) {
+    bf16* x = p.qkv + t * stride + static_cast<size_t>(h) * d;
+    const bf16* bias = p.bias ? p.bias + static_cast<size_t>(h) * d : nullptr;
+    float lo[kMaxPairsPerLane], hi[kMaxPairsPerLane];
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kMaxPairsPerLane; ++k) {
+      const int i = lane + k * kWarp;
+      lo[k] = hi[k] = 0.0f;
+      if (i < half) {
+        lo[k] = __bfloat162float(x[i]);
+        hi[k] = __bfloat162float(x[i + half]);
+        if (bias) {
+          lo[k] += __bfloat162float(bias[i]);
+          hi[k] += __bfloat162float(bias[i + half]);
+        }
+        sum_sq += lo[k] * lo[k] + hi[k] * hi[k];
+      }
+    }
+    const bool is_q = h < p.num_heads, is_k = !is_q && h < p.num_heads + p.num_kv_heads;
+    if (!is_q && !is_k) {  // V: copy into the cache
+      bf16* dst = v_dst + static_cast<size_t>(h - p.num_heads - p.num_kv_heads) * d;
+#pragma unroll
+      for (int k = 0; k < kMaxPairsPerLane; ++k) {
+        const int i = lane + k * kWarp;
+        if (i < half) {
+          dst[i] = __float2bfloat16(lo[k]);
+          dst[i + half] = __float2bfloat16(hi[k]);
+        }
+      }
+      continue;
+    }
+    const bf16* norm = is_q ? p.q_norm : p.k_norm;
+    float scale = 1.0f;
+    if (norm) scale = rsqrtf(warp_sum(sum_sq) / static_cast<float>(d) + p.eps);
+    bf16* dst = is_q ? x : k_dst + static_cast<size_t>(h - p.num_heads) * d;
+#pragma unroll
+    for (int k = 0; k < kMaxPairsPerLane; ++k) {
+      const int i = lane + k * kWarp;
+      if (i < half) {
+        float a = lo[k], b = hi[k];
+        if (norm) {
+          a = __bfloat162float(norm[i]) * (a * scale);
+          b = __bfloat162float(norm[i + half]) * (b * scale);
+        }
+        // transformers forms the angle as an fp32 product (position * inv_freq) before cos/sin.
+        float sin_a, cos_a;
+        sincosf(static_cast<float>(pos) * p.inv_freq[i], &sin_a, &cos_a);
+        dst[i] = __float2bfloat16(a * cos_a - b * sin_a);
+        dst[i + half] = __float2bfloat16(b * cos_a + a * sin_a);
+      }
+    }
+  }
+}
+
+__global__ void silu_and_mul_kernel(const bf16* gate_up, bf16* out, int num_tokens, int inter) {
+  const size_t total = static_cast<size_t>(num_tokens) * inter;
+  for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const size_t t = idx / inter, i = idx % inter;
+    const float g = __bfloat162float(gate_up[t * 2 * inter + i]);
+    const float u = __bfloat162float(gate_up[t * 2 * inter + inter + i]);
+    out[idx] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+__global__ void argmax_kernel(const float* logits, int32_t* tokens, int vocab) {
+  const float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+  float best = -INFINITY;
+  int best_index = vocab;  // "none yet": loses every tie
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = row[i];
+    if (v > best) {  // strided ascending scan: the first maximum of this thread wins
+      best = v;
+      best_index = i;
+    }
+  }
+  __shared__ float best_s[32];
+  __shared__ int index_s[32];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  auto better = [](float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); };
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int i = __shfl_xor_sync(0xffffffffu, best_index, offset);
+    if (better(v, i, best, best_index)) {
+      best = v;
+      best_index = i;
+    }
+  }
+  if (lane == 0) {
+    best_s[warp] = best;
+    index_s[warp] = best_index;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int num_warps = blockDim.x / kWarp;
+    best = lane < num_warps ? best_s[lane] : -INFINITY;
+    best_index = lane < num_warps ? index_s[lane] : vocab;
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+      const int i = __shfl_xor_sync(0xffffffffu, best_index, offset);
+      if (better(v, i, best, best_index)) {
+        best = v;
+        best_index = i;
+      }
+    }
+    // A row of NaN/-inf only: token 0, as the host argmax gives.
+    if (lane == 0) tokens[blockIdx.x] = best_index < vocab ? best_index : 0;
+  }
+}
+
+__global__ void copy_kv_blocks_kernel(const std::byte* src, size_t src_stride, std::byte* dst, size_t dst_stride,
+                                      size_t block_vectors, const int32_t* src_ids, const int32_t* dst_ids) {
+  const int pair = blockIdx.x, layer = blockIdx.y;
+  const uint4* from = reinterpret_cast<const uint4*>(src + layer * src_stride) + static_cast<size_t>(src_ids[pair]) * block_vectors;
+  uint4* to = reinterpret_cast<uint4*>(dst + layer * dst_stride) + static_cast<size_t>(dst_ids[pair]) * block_vectors;
+  for (size_t i = threadIdx.x; i < block_vectors; i += blockDim.x) to[i] = from[i];
+}
+
+}  // namespace
+
+cudaError_t launch_argmax(const float* logits, int32_t* tokens, int num_rows, int vocab, cudaStream_t stream) {
+  if (num_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
+  if (num_rows == 0) return cudaSuccess;
+  argmax_kernel<<<num_rows, 1024, 0, stream>>>(logits, tokens, vocab);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst, size_t dst_layer_stride_bytes,
+                                  size_t block_bytes, const int32_t* src_ids, const int32_t* dst_ids, int num_pairs,
+                                  int num_layers, cudaStream_t stream) {
+  if (block_bytes % 16 != 0 || src_layer_stride_bytes % 16 != 0 || dst_layer_stride_bytes % 16 != 0 || num_pairs < 0 ||
+      num_layers <= 0 || num_layers > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  if (num_pairs == 0) return cudaSuccess;
+  copy_kv_blocks_kernel<<<dim3(num_pairs, num_layers), 256, 0, stream>>>(
+      static_cast<const std::byte*>(src), src_layer_stride_bytes, static_cast<std::byte*>(dst), dst_layer_stride_bytes,
+      block_bytes / 16, src_ids, dst_ids);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_embedding(const int32_t* token_ids, const bf16* embed, float* residual, int num_tokens, int hidden,
+                             cudaStream_t stream) {
+  if (num_tokens < 0 || hidden <= 0) return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  embedding_kernel<<<num_tokens, 256, 0, stream>>>(token_ids, embed, residual, hidden);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_add_rms_norm(float* residual, const bf16* delta, const bf16* weight, bf16* out, const int32_t* rows,
+                                int num_rows, int hidden, float eps, bool write_residual, cudaStream_t stream) {
+  if (num_rows < 0 || hidden <= 0) return cudaErrorInvalidValue;
+  if (num_rows == 0) return cudaSuccess;
+  const int threads = hidden >= 1024 ? 512 : (hidden >= 256 ? 256 : 64);
+  add_rms_norm_kernel<<<num_rows, threads, 0, stream>>>(residual, delta, weight, out, rows, hidden, eps, write_residual);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_qkv_rope_kv_write(const QkvParams& p, cudaStream_t stream) {
+  if (p.num_tokens < 0 || p.head_dim <= 0 || p.head_dim % 2 != 0 || p.head_dim > 2 * kWarp * kMaxPairsPerLane ||
+      p.num_heads <= 0 || p.num_kv_heads <= 0 || p.block_size <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.num_tokens == 0) return cudaSuccess;
+  qkv_rope_kv_write_kernel<<<p.num_tokens, 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_silu_and_mul(const bf16* gate_up, bf16* out, int num_tokens, int inter, cudaStream_t stream) {
+  if (num_tokens < 0 || inter <= 0) return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  const size_t total = static_cast<size_t>(num_tokens) * inter;
+  const int threads = 256;
+  const int blocks = static_cast<int>(std::min<size_t>((total + threads - 1) / threads, 132 * 16));
+  silu_and_mul_kernel<<<blocks, threads, 0, stream>>>(gate_up, out, num_tokens, inter);
+  return cudaGetLastError();
+}
+
+}  // namespace tandem::backend::cuda

@@ -1,0 +1,35 @@
+#!/bin/bash
+# Builds (unless --no-build) and collects what tools/gpu_check.sh needs on the lent GPU machine into one
+# folder that travels with a `run` call (carry=[".device/cuda"]): the binaries, the non-system shared
+# libraries they need (spdlog, fmt, gomp; not libc/libstdc++, not CUDA's, which the GPU machine has in
+# /usr/local/cuda/lib64), and the check scripts. Keep the folder under ~60 MB.
+#
+#   tools/prepare_device_bundle.sh [--no-build] [DEST]     DEST defaults to .device/cuda of this checkout
+#
+# `run` sends the lead's checkout (/work/main), so from a worktree pass DEST=/work/main/.device/cuda.
+# Then, on the GPU machine (repo root):
+#   LD_LIBRARY_PATH=$PWD/.device/cuda/lib:/usr/local/cuda/lib64 .device/cuda/tools/gpu_check.sh $OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=1
+if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
+dest=${1:-.device/cuda}
+if (( build )); then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build -j"$(nproc)" --target tandem cuda_kernels_test cuda_backend_test backend_tool backend_test
+fi
+rm -rf "$dest"
+mkdir -p "$dest/bin" "$dest/lib" "$dest/tools"
+bins=(build/tandem build/tests/backend/cuda_kernels_test build/tests/backend/cuda_backend_test
+      build/tests/backend/backend_tool build/tests/backend/backend_test)
+cp "${bins[@]}" "$dest/bin/"
+# Shared libraries outside the C/C++ runtime and CUDA.
+ldd "${bins[@]}" | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
+  case "$(basename "$lib")" in
+    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|libgcc_s.so*|libstdc++.so*|ld-linux*) ;;
+    libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*) ;;
+    *) cp -L "$lib" "$dest/lib/" ;;
+  esac
+done
+cp tools/gpu_check.sh tools/compare_transformers.py "$dest/tools/"
+du -sh "$dest"
