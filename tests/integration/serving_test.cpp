@@ -297,17 +297,19 @@ TEST(Serving, ClientDisconnect_AbortsTheRequestAndFreesItsBlocks) {
   cluster.add_worker("prefill", {"--engine", "fake"});
   cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "10"});
   ASSERT_TRUE(cluster.wait_for_workers(2));
-  for (int prompt_len : {5, 100}) {  // local and remote prefill
-    HttpResponse r = http(cluster.http_port(), "POST", "/v1/completions",
-                          R"({"prompt":[)" + prompt_ids(prompt_len, 3) + R"(],"max_tokens":10000,"stream":true})",
-                          {{"Content-Type", "application/json"}}, /*timeout_ms=*/400);
-    EXPECT_EQ(r.status, 200);
+  for (const char* stream : {"true", "false"}) {
+    for (int prompt_len : {5, 100}) {  // local and remote prefill
+      HttpResponse r = http(cluster.http_port(), "POST", "/v1/completions",
+                            R"({"prompt":[)" + prompt_ids(prompt_len, 3) + R"(],"max_tokens":10000,"stream":)" + stream + "}",
+                            {{"Content-Type", "application/json"}}, /*timeout_ms=*/400);
+      EXPECT_EQ(r.status, std::string(stream) == "true" ? 200 : 0);  // a non-streamed answer never came
+    }
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (cluster.metric("tandem_client_disconnects_total") < 2 && std::chrono::steady_clock::now() < deadline) {
+  while (cluster.metric("tandem_client_disconnects_total") < 4 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  EXPECT_EQ(cluster.metric("tandem_client_disconnects_total"), 2);
+  EXPECT_EQ(cluster.metric("tandem_client_disconnects_total"), 4);
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
