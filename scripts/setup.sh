@@ -17,6 +17,7 @@ PACKAGES=(
   libpcre2-dev libutf8proc-dev
   libboost-dev libboost-system-dev libprotobuf-dev protobuf-compiler
   python3 python3-jinja2 curl
+  chromium  # headless, for the test of tandem bench report's HTML page
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

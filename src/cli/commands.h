@@ -17,5 +17,11 @@ Runner add_worker_command(CLI::App& app);
 Runner add_frontend_command(CLI::App& app);
 Runner add_serve_command(CLI::App& app);
 Runner add_tokenize_command(CLI::App& app);
+// `tandem bench`: a group whose subcommands are registered in bench_command.cpp, one line each.
+Runner add_bench_command(CLI::App& app);
+
+// `tandem bench <name>` subcommands: each adds itself to the bench group and returns its runner.
+Runner add_bench_serve_command(CLI::App& bench);
+Runner add_bench_report_command(CLI::App& bench);
 
 }  // namespace tandem::cli

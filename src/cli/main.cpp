@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   add(tandem::cli::add_frontend_command);
   add(tandem::cli::add_serve_command);
   add(tandem::cli::add_tokenize_command);
+  add(tandem::cli::add_bench_command);
 
   try {
     app.parse(argc, argv);

@@ -86,7 +86,14 @@ class EngineImpl final : public Engine {
     spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} prefix_caching={}",
                  backend_->device_name(), kv_.num_blocks, kv_.block_size, max_model_len_, options.max_batch_tokens,
                  options.max_seqs, options.enable_prefix_caching);
-    thread_ = std::thread([this] { loop(); });
+    // OpenMP thread counts are per thread: the loop thread (which runs the backend's forward and the
+    // sampling) inherits the creating thread's, so BackendOptions::num_threads, applied on the thread
+    // that built the backend, still holds.
+    const int omp_threads = omp_get_max_threads();
+    thread_ = std::thread([this, omp_threads] {
+      omp_set_num_threads(omp_threads);
+      loop();
+    });
   }
 
   ~EngineImpl() override {

@@ -2,9 +2,10 @@
 // sequence cap (max_seqs). Running decodes go first (oldest first, one token each), then running
 // sequences with more to compute (an unfinished prefill's next chunk); then waiting sequences are
 // admitted in arrival order, their prompts chunked into what is left of the budget, reusing
-// prefix-cached blocks. When a running sequence needs
-// a block and none is free, the newest running sequence is preempted: its blocks are freed (the full
-// ones stay in the prefix cache) and it waits at the head of the queue to be recomputed.
+// prefix-cached blocks. When a running sequence needs a block and none is free, the newest running
+// sequence not yet scheduled in the step is preempted: its blocks are freed (the full ones stay in the
+// prefix cache) and it waits at the head of the queue to be recomputed (vLLM's recompute policy; no
+// swapping to host memory). No waiting sequence is admitted in a step that preempted.
 //
 // The scheduler decides; it never touches device memory (the model runner turns its output into a
 // ForwardBatch) and never samples. Ownership: holds non-owning Sequence pointers; the caller keeps each

@@ -32,7 +32,7 @@ struct Sequence {
   int num_published_blocks = 0;  // leading blocks of block_table already offered to the prefix cache
   SequenceStatus status = SequenceStatus::kWaiting;
   int num_seats = 1;  // places under max_seqs it holds: itself plus the siblings it has yet to fork
-  // Set by the scheduler when the sequence loses its blocks (it will recompute); cleared by the engine.
+  // Set by the scheduler when the sequence lost its blocks and went back to wait (it recomputes them).
   bool preempted = false;
   int64_t scheduled_step = -1;  // the scheduler's step that last scheduled it
 

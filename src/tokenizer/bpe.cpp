@@ -90,7 +90,8 @@ bool empty_or_null(const nlohmann::json& model, const char* key) {
 
 }  // namespace
 
-BpeModel::BpeModel(const nlohmann::json& model) {
+BpeModel::BpeModel(const nlohmann::json& model, const std::vector<std::pair<std::string, int32_t>>& vocab,
+                   const std::vector<std::pair<std::string, std::string>>& merges) {
   const std::string type = model.value("type", std::string("BPE"));
   if (type != "BPE") throw Error("unsupported tokenizer model type '" + type + "' (only byte-level BPE is supported)");
   if (model.value("byte_fallback", false)) throw Error("unsupported BPE option byte_fallback=true");
@@ -98,16 +99,17 @@ BpeModel::BpeModel(const nlohmann::json& model) {
   if (!empty_or_null(model, "continuing_subword_prefix")) throw Error("unsupported BPE option continuing_subword_prefix");
   if (!empty_or_null(model, "end_of_word_suffix")) throw Error("unsupported BPE option end_of_word_suffix");
   ignore_merges_ = model.value("ignore_merges", false);
+  if (vocab.empty()) throw Error("tokenizer.json: model.vocab is missing or empty");
 
-  const auto& vocab = model.at("vocab");
-  if (!vocab.is_object()) throw Error("tokenizer.json: model.vocab is not an object");
   int32_t max_id = -1;
-  for (const auto& [token, id_json] : vocab.items()) max_id = std::max(max_id, id_json.get<int32_t>());
+  for (const auto& [token, id] : vocab) {
+    if (id < 0) throw Error("tokenizer.json: negative id for token '" + token + "'");
+    max_id = std::max(max_id, id);
+  }
   id_to_bytes_.resize(static_cast<size_t>(max_id + 1));
   present_.assign(static_cast<size_t>(max_id + 1), false);
   bytes_to_id_.reserve(vocab.size());
-  for (const auto& [token, id_json] : vocab.items()) {
-    const int32_t id = id_json.get<int32_t>();
+  for (const auto& [token, id] : vocab) {
     auto bytes = byte_level_decode(token);
     if (!bytes) throw Error("unsupported vocabulary: token '" + token + "' is not in the byte-level alphabet (only byte-level BPE is supported)");
     if (present_[id]) throw Error("tokenizer.json: two tokens have id " + std::to_string(id));
@@ -123,24 +125,9 @@ BpeModel::BpeModel(const nlohmann::json& model) {
     byte_ids_[b] = id;
   }
 
-  const auto& merges = model.at("merges");
   merges_.reserve(merges.size());
   int32_t rank = 0;
-  std::string left, right;
-  for (const auto& m : merges) {
-    // Two spellings: "a b" (older files) and ["a", "b"] (tokenizers >= 0.20).
-    if (m.is_string()) {
-      const auto& s = m.get_ref<const std::string&>();
-      const size_t space = s.find(' ');
-      if (space == std::string::npos) throw Error("tokenizer.json: malformed merge '" + s + "'");
-      left = s.substr(0, space);
-      right = s.substr(space + 1);
-    } else if (m.is_array() && m.size() == 2) {
-      left = m[0].get<std::string>();
-      right = m[1].get<std::string>();
-    } else {
-      throw Error("tokenizer.json: malformed merge " + m.dump());
-    }
+  for (const auto& [left, right] : merges) {
     auto lb = byte_level_decode(left), rb = byte_level_decode(right);
     if (!lb || !rb) throw Error("tokenizer.json: merge '" + left + " " + right + "' is not in the byte-level alphabet");
     const int32_t lid = bytes_to_id(*lb), rid = bytes_to_id(*rb), mid = bytes_to_id(*lb + *rb);

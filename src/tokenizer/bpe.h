@@ -19,9 +19,12 @@ namespace tandem::tokenizer {
 
 class BpeModel {
  public:
-  // Builds from the "model" object of tokenizer.json. Throws tandem::Error naming what is not
-  // supported (a model type other than BPE, byte_fallback, dropout, subword prefixes) or malformed.
-  explicit BpeModel(const nlohmann::json& model);
+  // Builds from the "model" object of tokenizer.json, whose "vocab" (token -> id, in file order)
+  // and "merges" (pairs in rank order) the loader hands over separately, already parsed. Throws
+  // tandem::Error naming what is not supported (a model type other than BPE, byte_fallback,
+  // dropout, subword prefixes) or malformed.
+  BpeModel(const nlohmann::json& model, const std::vector<std::pair<std::string, int32_t>>& vocab,
+           const std::vector<std::pair<std::string, std::string>>& merges);
 
   BpeModel(const BpeModel&) = delete;
   BpeModel& operator=(const BpeModel&) = delete;
@@ -95,7 +98,7 @@ class BpeModel {
 
   // Cache of recent pre-token results: text repeats a small set of words, and BPE costs
   // O(n^2) per word. A shard is cleared when full, which is cheaper than LRU bookkeeping per hit.
-  static constexpr size_t kMaxCachedWordBytes = 64;
+  static constexpr size_t kMaxCachedWordBytes = 256;  // as Hugging Face's BPE cache
   static constexpr size_t kNumCacheShards = 16;
   static constexpr size_t kMaxShardEntries = (1 << 16) / kNumCacheShards;
   struct CacheShard {

@@ -105,6 +105,139 @@ char32_t last_char(std::string_view s) {
   return next_code_point(s, &pos);
 }
 
+// model.vocab and model.merges of a tokenizer.json, parsed straight into flat vectors.
+struct ModelTables {
+  std::vector<std::pair<std::string, int32_t>> vocab;
+  std::vector<std::pair<std::string, std::string>> merges;
+};
+
+// SAX handler that builds the DOM of tokenizer.json except model.vocab and model.merges (nearly
+// all of the file), which go to ModelTables: building and walking ~400k std::map nodes and JSON
+// strings for them was most of the load time. A vocab or merges of another shape (a Unigram
+// model's list, say) goes to the DOM as usual, so the model type check can name it.
+class TokenizerJsonSax {
+ public:
+  using json = nlohmann::json;
+  TokenizerJsonSax(json* root, ModelTables* tables) : dom_(*root), tables_(tables) {}
+
+  bool null() { return in_table() ? false : (flush_pending() && dom_.null()); }
+  bool boolean(bool v) { return in_table() ? false : (flush_pending() && dom_.boolean(v)); }
+  bool number_integer(json::number_integer_t v) {
+    if (state_ == State::kVocab) return vocab_entry(v);
+    return in_table() ? false : (flush_pending() && dom_.number_integer(v));
+  }
+  bool number_unsigned(json::number_unsigned_t v) {
+    if (state_ == State::kVocab) return vocab_entry(static_cast<json::number_integer_t>(v));
+    return in_table() ? false : (flush_pending() && dom_.number_unsigned(v));
+  }
+  bool number_float(json::number_float_t v, const std::string& s) {
+    return in_table() ? false : (flush_pending() && dom_.number_float(v, s));
+  }
+  bool string(std::string& s) {
+    if (state_ == State::kMerges) {  // "left right"
+      const size_t space = s.find(' ');
+      if (space == std::string::npos) return false;
+      tables_->merges.emplace_back(s.substr(0, space), s.substr(space + 1));
+      return true;
+    }
+    if (state_ == State::kMergePair) {
+      pair_.push_back(std::move(s));
+      return pair_.size() <= 2;
+    }
+    return in_table() ? false : (flush_pending() && dom_.string(s));
+  }
+  bool binary(json::binary_t& b) { return in_table() ? false : (flush_pending() && dom_.binary(b)); }
+  bool start_object(std::size_t n) {
+    if (pending_ == "vocab") {
+      pending_.clear();
+      state_ = State::kVocab;
+      return true;
+    }
+    if (in_table()) return false;
+    if (!flush_pending()) return false;
+    path_.push_back(last_key_);
+    return dom_.start_object(n);
+  }
+  bool key(std::string& k) {
+    if (state_ == State::kVocab) {
+      vocab_key_ = std::move(k);
+      return true;
+    }
+    if (path_.size() == 2 && path_[1] == "model" && (k == "vocab" || k == "merges")) {
+      pending_ = k;  // decided by the value's shape
+      return true;
+    }
+    last_key_ = k;
+    return dom_.key(k);
+  }
+  bool end_object() {
+    if (state_ == State::kVocab) {
+      state_ = State::kNone;
+      return true;
+    }
+    path_.pop_back();
+    return dom_.end_object();
+  }
+  bool start_array(std::size_t n) {
+    if (pending_ == "merges") {
+      pending_.clear();
+      state_ = State::kMerges;
+      return true;
+    }
+    if (state_ == State::kMerges) {  // ["left", "right"]
+      state_ = State::kMergePair;
+      pair_.clear();
+      return true;
+    }
+    if (in_table()) return false;
+    if (!flush_pending()) return false;
+    path_.push_back(last_key_);
+    return dom_.start_array(n);
+  }
+  bool end_array() {
+    if (state_ == State::kMergePair) {
+      if (pair_.size() != 2) return false;
+      tables_->merges.emplace_back(std::move(pair_[0]), std::move(pair_[1]));
+      state_ = State::kMerges;
+      return true;
+    }
+    if (state_ == State::kMerges) {
+      state_ = State::kNone;
+      return true;
+    }
+    path_.pop_back();
+    return dom_.end_array();
+  }
+  template <typename Exception>
+  bool parse_error(std::size_t position, const std::string& last_token, const Exception& ex) {
+    return dom_.parse_error(position, last_token, ex);
+  }
+
+ private:
+  enum class State { kNone, kVocab, kMerges, kMergePair };
+  bool in_table() const { return state_ != State::kNone; }
+  // A vocab or merges key whose value is not of the expected shape: hand it to the DOM after all.
+  bool flush_pending() {
+    if (pending_.empty()) return true;
+    std::string k = std::move(pending_);
+    pending_.clear();
+    last_key_ = k;
+    return dom_.key(k);
+  }
+  bool vocab_entry(json::number_integer_t id) {
+    if (id < 0 || id > INT32_MAX) return false;
+    tables_->vocab.emplace_back(std::move(vocab_key_), static_cast<int32_t>(id));
+    return true;
+  }
+
+  nlohmann::detail::json_sax_dom_parser<json> dom_;
+  ModelTables* tables_;
+  State state_ = State::kNone;
+  std::vector<std::string> path_;  // names of the open containers ("" for the root and array items)
+  std::string last_key_, pending_, vocab_key_;
+  std::vector<std::string> pair_;
+};
+
 }  // namespace
 
 struct Tokenizer::Impl {
@@ -272,15 +405,23 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& dir) {
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json, std::string_view tokenizer_config_json) {
   nlohmann::json root, config;
+  ModelTables tables;
   try {
-    root = nlohmann::json::parse(tokenizer_json);
+    TokenizerJsonSax sax(&root, &tables);
+    if (!nlohmann::json::sax_parse(tokenizer_json, &sax)) {
+      // A vocab or merges of another shape: parse it plainly so the error can name the model type.
+      root = nlohmann::json::parse(tokenizer_json);
+      const std::string type = root.value("model", nlohmann::json::object()).value("type", std::string("BPE"));
+      if (type != "BPE") throw Error("unsupported tokenizer model type '" + type + "' (only byte-level BPE is supported)");
+      throw Error("malformed tokenizer.json: model.vocab must map tokens to ids and model.merges list pairs");
+    }
     if (!tokenizer_config_json.empty()) config = nlohmann::json::parse(tokenizer_config_json);
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("malformed JSON: ") + e.what());
   }
   auto impl = std::make_unique<Impl>();
   try {
-    impl->model = std::make_unique<BpeModel>(root.at("model"));
+    impl->model = std::make_unique<BpeModel>(root.at("model"), tables.vocab, tables.merges);
     impl->parse_normalizer(root.value("normalizer", nlohmann::json()));
     impl->parse_pre_tokenizer(root.value("pre_tokenizer", nlohmann::json()));
     impl->parse_post_processor(root.value("post_processor", nlohmann::json()));

@@ -5,7 +5,8 @@
 // Decoding follows the tokenizers library (ByteLevel decoder, lossy UTF-8); it does not apply
 // transformers' clean_up_tokenization_spaces, so decode(encode(s)) gives back s (NFC(s) for Qwen3).
 //
-// Ownership: a Tokenizer owns its vocabulary, merges and compiled regexes (~50 MB for Llama-3.1).
+// Ownership: a Tokenizer owns its vocabulary, merges and compiled regexes (resident size after
+// load, measured: 23 MB for Llama-3.1, 18 MB for Qwen3; load takes ~0.3-0.5 s on a 2-core VM).
 // Thread-safety: after construction every method is const and safe to call from many threads.
 #pragma once
 
@@ -25,8 +26,8 @@ class RegexSplitter;
 class Tokenizer {
  public:
   // Loads `dir`/tokenizer.json and, when present, `dir`/tokenizer_config.json (special tokens,
-  // chat template) and `dir`/chat_template.jinja. Throws tandem::Error naming the file, or the unsupported model type,
-  // normalizer, pre-tokenizer, post-processor or decoder.
+  // chat template) and `dir`/chat_template.jinja. Throws tandem::Error naming the file, or the
+  // unsupported model type, normalizer, pre-tokenizer, post-processor or decoder.
   static std::unique_ptr<Tokenizer> load(const std::string& dir);
   // The same from the files' contents; `tokenizer_config_json` may be empty.
   static std::unique_ptr<Tokenizer> from_json(std::string_view tokenizer_json, std::string_view tokenizer_config_json);

@@ -135,24 +135,70 @@ void append_utf8(char32_t cp, std::string* out) {
   }
 }
 
+namespace {
+
+// True when no NFC step can change `cp` or look across it: a starter (ccc 0) that has no canonical
+// decomposition and is never the second element of a composition (utf8proc flags those with
+// 0x8000 in comb_index). It may still be the first element of one (e, or Arabic alef), but then
+// the second element that follows is not stable itself. Text can be normalized piecewise at the
+// start of every stable code point (UAX #15 §9, "Detecting Normalization Forms").
+bool stable_in_nfc(char32_t cp) {
+  // Below U+0300 there are no combining marks and no second elements; the precomposed letters
+  // there are their own NFC.
+  if (cp < 0x300) return true;
+  // Hangul jamo compose algorithmically (Unicode §3.12), outside utf8proc's tables.
+  if ((cp >= 0x1100 && cp <= 0x11FF) || (cp >= 0xA960 && cp <= 0xA97F) || (cp >= 0xD7B0 && cp <= 0xD7FF)) return false;
+  const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(cp));
+  const bool canonical_decomposition = p->decomp_seqindex != UINT16_MAX && p->decomp_type == 0;
+  const bool second_of_pair = p->comb_index != UINT16_MAX && (p->comb_index & 0x8000) != 0;
+  return p->combining_class == 0 && !canonical_decomposition && !second_of_pair;
+}
+
+void append_nfc(std::string_view chunk, std::string* out) {
+  utf8proc_uint8_t* mapped = nullptr;
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(chunk.data()),
+                                          static_cast<utf8proc_ssize_t>(chunk.size()), &mapped,
+                                          static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  if (n < 0) throw Error(std::string("NFC normalization failed: ") + utf8proc_errmsg(n));
+  out->append(reinterpret_cast<char*>(mapped), static_cast<size_t>(n));
+  std::free(mapped);
+}
+
+}  // namespace
+
 std::string nfc(std::string_view text) {
-  // ASCII is already in NFC; most text a server sees is, so skip the allocation.
-  bool ascii = true;
-  for (char c : text) {
-    if (static_cast<uint8_t>(c) >= 0x80) {
-      ascii = false;
-      break;
+  // Only the stretches from a stable code point up to the next one that hold something unstable
+  // go through utf8proc; most text (ASCII, CJK, emoji, precomposed Latin) is copied as is.
+  std::string out;
+  out.reserve(text.size());
+  size_t chunk_start = 0, pos = 0;
+  bool dirty = false;
+  while (pos < text.size()) {
+    const size_t at = pos;
+    char32_t cp;
+    if (static_cast<uint8_t>(text[pos]) < 0x80) {
+      cp = static_cast<uint8_t>(text[pos++]);
+    } else {
+      cp = next_code_point(text, &pos);
+    }
+    if (stable_in_nfc(cp)) {
+      if (dirty) {
+        append_nfc(text.substr(chunk_start, at - chunk_start), &out);
+      } else {
+        out.append(text.substr(chunk_start, at - chunk_start));
+      }
+      chunk_start = at;
+      dirty = false;
+    } else {
+      dirty = true;
     }
   }
-  if (ascii) return std::string(text);
-  utf8proc_uint8_t* out = nullptr;
-  utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                                    static_cast<utf8proc_ssize_t>(text.size()), &out,
-                                    static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
-  if (n < 0) throw Error(std::string("NFC normalization failed: ") + utf8proc_errmsg(n));
-  std::string result(reinterpret_cast<char*>(out), static_cast<size_t>(n));
-  std::free(out);
-  return result;
+  if (dirty) {
+    append_nfc(text.substr(chunk_start), &out);
+  } else {
+    out.append(text.substr(chunk_start));
+  }
+  return out;
 }
 
 bool is_nfc_quick(std::string_view text) {
@@ -162,16 +208,7 @@ bool is_nfc_quick(std::string_view text) {
       ++pos;
       continue;
     }
-    const char32_t cp = next_code_point(text, &pos);
-    // Below U+0300 nothing is a combining mark or a second element of a composition, and the
-    // precomposed letters there are their own NFC; what could combine with them comes later and
-    // is caught by the test below.
-    if (cp < 0x300) continue;
-    // Hangul jamo compose algorithmically (Unicode §3.12), outside utf8proc's tables.
-    if ((cp >= 0x1100 && cp <= 0x11FF) || (cp >= 0xA960 && cp <= 0xA97F) || (cp >= 0xD7B0 && cp <= 0xD7FF)) return false;
-    const utf8proc_property_t* p = utf8proc_get_property(static_cast<utf8proc_int32_t>(cp));
-    const bool canonical_decomposition = p->decomp_seqindex != UINT16_MAX && p->decomp_type == 0;
-    if (p->combining_class != 0 || p->comb_index != UINT16_MAX || canonical_decomposition) return false;
+    if (!stable_in_nfc(next_code_point(text, &pos))) return false;
   }
   return true;
 }

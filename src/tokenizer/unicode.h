@@ -32,12 +32,12 @@ size_t utf8_lossy_prefix(std::string_view bytes, std::string* out);
 char32_t next_code_point(std::string_view bytes, size_t* pos);
 void append_utf8(char32_t cp, std::string* out);
 
-// Unicode NFC (utf8proc). REQUIRES: valid UTF-8.
+// Unicode NFC (utf8proc on the stretches that can change). REQUIRES: valid UTF-8.
 std::string nfc(std::string_view text);
 
 // True when `text` is certainly in NFC already, so nfc() would return it unchanged: every code
-// point is below U+0300 or is a starter that neither decomposes canonically nor takes part in a
-// canonical composition (CJK, emoji, most symbols). False means "maybe": normalize.
+// point is stable under NFC (a starter that neither decomposes canonically nor is the second
+// element of a composition: ASCII, CJK, emoji, most letters). False means "maybe": normalize.
 // REQUIRES: valid UTF-8.
 bool is_nfc_quick(std::string_view text);
 

@@ -261,11 +261,16 @@ TEST(EngineFake, SubmitRejectsBadRequests) {
 
 TEST(EngineFake, DuplicateLiveRequestIdIsRejected) {
   FakeEngine fe = make_engine(256);
+  fe.backend->hold_ = true;  // "same" stays live until released
   Collector collector;
   ASSERT_TRUE(fe.engine->submit(make_request("same", {1}, 200), collector.callback()).ok());
   EXPECT_EQ(fe.engine->submit(make_request("same", {1}, 2), collector.callback()).code(), StatusCode::kInvalidArgument);
   fe.engine->abort("same");
+  fe.backend->hold_ = false;
   ASSERT_TRUE(collector.wait_finished(1));
+  EXPECT_EQ(collector.get("same").last.finish_reason, FinishReason::kAbort);
+  EXPECT_TRUE(fe.engine->submit(make_request("same", {1}, 2), collector.callback()).ok()) << "the id is free again";
+  ASSERT_TRUE(collector.wait_finished(2));
 }
 
 TEST(EngineFake, PrefillOnlyThenDecodeFromKvOnAnotherEngineMatchesLocal) {
@@ -377,8 +382,11 @@ TEST(EngineFake, RandomTrafficWithAbortsEndsEveryChoiceOnceAndLeaksNothing) {
   options.max_batch_tokens = 48;
   options.max_seqs = 12;
   auto backend = std::make_unique<FakeBackend>(40, 4);
+  FakeBackend* fake = backend.get();
+  fake->hold_ = true;  // a backlog builds up first: preemption and aborts of queued requests are certain
   auto engine = create_engine(std::move(backend), options);
   Collector collector;
+  std::atomic<int> num_submitted{0};
   std::mutex mu;
   std::map<std::string, std::pair<std::vector<int32_t>, int>> submitted;  // id -> prompt, max_tokens
   std::atomic<int> num_choices{0};
@@ -396,6 +404,7 @@ TEST(EngineFake, RandomTrafficWithAbortsEndsEveryChoiceOnceAndLeaksNothing) {
       }
       ASSERT_TRUE(engine->submit(r, collector.callback()).ok());
       num_choices += r.sampling.n;
+      ++num_submitted;
       if (rng() % 6 == 0) {
         std::this_thread::sleep_for(std::chrono::microseconds(rng() % 300));
         engine->abort(id);
@@ -404,6 +413,8 @@ TEST(EngineFake, RandomTrafficWithAbortsEndsEveryChoiceOnceAndLeaksNothing) {
     }
   };
   std::thread a(client, 0), b(client, 1);
+  for (int ms = 0; num_submitted < 60 && ms < 10000; ++ms) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  fake->hold_ = false;
   a.join();
   b.join();
   ASSERT_TRUE(collector.wait_finished(num_choices));

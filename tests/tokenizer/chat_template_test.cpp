@@ -76,7 +76,7 @@ TEST_P(ChatTemplateReferenceTest, RendersLikeJinja2) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Templates, ChatTemplateReferenceTest,
-                         ::testing::Values("qwen3", "llama3_1", "llama3_1_tools", "constructs", "snippets"));
+                         ::testing::Values("qwen3", "llama3_1", "constructs", "snippets"));
 
 void expect_parse_error(const std::string& source, const std::string& construct, int line) {
   try {

@@ -125,6 +125,12 @@ TEST(UnsupportedTokenizerTest, ErrorsNameWhatIsUnsupported) {
   j = base_json();
   j["model"]["type"] = "Unigram";
   expect_error_naming(j, "Unigram");
+  j = base_json();  // a real Unigram model: vocab is a list of [piece, score]
+  j["model"] = {{"type", "Unigram"}, {"unk_id", 0},
+                {"vocab", nlohmann::json::array({nlohmann::json::array({"a", -1.0}), nlohmann::json::array({"b", -2.0})})}};
+  expect_error_naming(j, "Unigram");
+  j["model"]["vocab"] = {{"a", -1.0}, {"b", -2.0}};  // an object of scores
+  expect_error_naming(j, "Unigram");
   j = base_json();
   j["pre_tokenizer"] = {{"type", "Metaspace"}};
   expect_error_naming(j, "Metaspace");

@@ -15,6 +15,8 @@
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 
+#include <utf8proc.h>
+
 namespace tandem::tokenizer {
 namespace {
 
@@ -184,7 +186,8 @@ TEST(RegexSplitterTest, WhitespaceAndCaseFoldingFollowOniguruma) {
 }
 
 TEST(UnicodeTest, NfcQuickCheckOnlyPassesTextNfcLeavesAlone) {
-  for (const char* text : {"plain ASCII", "caf\u00e9", "\u4f60\u597d", "\U0001F600\U0001F44D\U0001F3FD", "\uFF21\uFF22"}) {
+  for (const char* text : {"plain ASCII", "caf\u00e9", "\u4f60\u597d", "\U0001F600\U0001F44D\U0001F3FD", "\uFF21\uFF22",
+                           "\u0627\u0644"}) {
     EXPECT_TRUE(is_nfc_quick(text)) << text;
     EXPECT_EQ(nfc(text), text);
   }
@@ -194,6 +197,21 @@ TEST(UnicodeTest, NfcQuickCheckOnlyPassesTextNfcLeavesAlone) {
     EXPECT_FALSE(is_nfc_quick(text)) << text;
     EXPECT_NE(nfc(text), text) << text;
   }
+}
+
+// nfc() normalizes only the stretches that can change; utf8proc's whole-string NFC is the reference.
+TEST(UnicodeTest, PiecewiseNfcEqualsWholeStringNfc) {
+  auto whole = [](const std::string& s) {
+    utf8proc_uint8_t* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()));
+    std::string r(reinterpret_cast<char*>(out));
+    std::free(out);
+    return r;
+  };
+  auto corpus = testing::read_json(testing::test_data("corpus.json")).get<std::vector<std::string>>();
+  // Marks in every position: after letters, at the start, stacked, reordered, after Hangul jamo.
+  corpus.push_back("\u0301a\u0323\u0301b\u0301\u0323 e\u0304\u0301 \u1100\u1161\u11A8 \u0627\u0653 \u09C7\u09BE x");
+  corpus.push_back("Q\u0323\u0307\u0301\u0308\u0300 \u00C5\u0301 \u212B \uF900\u0301 \u0CC6\u0CC2\u0CD5");
+  for (const auto& s : corpus) EXPECT_EQ(nfc(s), whole(s)) << nlohmann::json(s).dump();
 }
 
 TEST(UnicodeTest, LossyReplacementUsesMaximalSubparts) {
