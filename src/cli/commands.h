@@ -13,6 +13,9 @@ using Runner = std::function<int()>;
 Runner add_generate_command(CLI::App& app);
 Runner add_make_model_command(CLI::App& app);
 Runner add_devices_command(CLI::App& app);
+Runner add_worker_command(CLI::App& app);
+Runner add_frontend_command(CLI::App& app);
+Runner add_serve_command(CLI::App& app);
 Runner add_tokenize_command(CLI::App& app);
 // `tandem bench`: a group whose subcommands are registered in bench_command.cpp, one line each.
 Runner add_bench_command(CLI::App& app);

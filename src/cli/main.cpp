@@ -24,6 +24,9 @@ int main(int argc, char** argv) {
   add(tandem::cli::add_generate_command);
   add(tandem::cli::add_make_model_command);
   add(tandem::cli::add_devices_command);
+  add(tandem::cli::add_worker_command);
+  add(tandem::cli::add_frontend_command);
+  add(tandem::cli::add_serve_command);
   add(tandem::cli::add_tokenize_command);
   add(tandem::cli::add_bench_command);
 

@@ -1,0 +1,271 @@
+// `tandem serve`: the whole cluster on this machine. A supervisor starts the frontend and the
+// workers as child processes (each in its own process group, so Ctrl-C reaches the supervisor
+// only and it stops them in order), restarts a worker that dies, and stops everything on SIGINT or
+// SIGTERM. With no --model it serves the built-in demo model: tiny-qwen3 random weights (made on
+// first use under the cache directory) with the real Qwen3 tokenizer.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/model_files.h"
+#include "cli/signals.h"
+#include "common/error.h"
+#include "cli/model_files.h"
+#include "common/socket.h"
+#include "model/presets.h"
+#include "model/random_weights.h"
+#include "model/safetensors_writer.h"
+
+namespace tandem::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ServeOptions {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  int num_prefill_workers = 1;
+  int num_decode_workers = 1;
+  std::string engine = "real";
+  int threads = 0;
+  int max_local_prefill = 1000;
+  int max_prefill_queue = 2;
+  std::string cache_dir;
+  std::string log_level = "info";
+  int stop_timeout_ms = 10000;
+  std::vector<std::string> worker_args;
+};
+
+struct Child {
+  std::string name;
+  std::vector<std::string> argv;
+  pid_t pid = -1;
+  int restarts = 0;
+  std::chrono::steady_clock::time_point started;
+};
+
+fs::path cache_root(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  if (const char* env = std::getenv("TANDEM_CACHE_DIR")) return env;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME")) return fs::path(xdg) / "tandem";
+  if (const char* home = std::getenv("HOME")) return fs::path(home) / ".cache" / "tandem";
+  return fs::temp_directory_path() / "tandem-cache";
+}
+
+// The demo model directory, made on first use: config.json + safetensors + the Qwen3 tokenizer.
+fs::path demo_model(const std::string& cache_flag) {
+  fs::path dir = cache_root(cache_flag) / "demo-tiny-qwen3";
+  if (fs::exists(dir / "config.json") && fs::exists(dir / "tokenizer.json")) return dir;
+  fs::path tokenizer = data_dir() / "tokenizers" / "qwen3";
+  if (!fs::exists(tokenizer / "tokenizer.json")) {
+    throw Error("the demo model needs the Qwen3 tokenizer at " + tokenizer.string() +
+                ": run scripts/fetch_data.sh (or set TANDEM_DATA_DIR), or pass --model");
+  }
+  std::fprintf(stderr, "tandem serve: making the demo model (random weights, real Qwen3 tokenizer) in %s\n",
+               dir.c_str());
+  fs::path tmp = dir.string() + ".tmp" + std::to_string(getpid());
+  fs::remove_all(tmp);
+  model::RandomWeights weights(model::preset_config("tiny-qwen3"), 0, "random:tiny-qwen3");
+  model::write_model_directory(weights, tmp, model::DType::kBF16, size_t{5} << 30);
+  fs::copy_file(tokenizer / "tokenizer.json", tmp / "tokenizer.json");
+  if (fs::exists(tokenizer / "tokenizer_config.json")) {
+    fs::copy_file(tokenizer / "tokenizer_config.json", tmp / "tokenizer_config.json");
+  }
+  fs::remove_all(dir);
+  fs::rename(tmp, dir);
+  return dir;
+}
+
+std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
+
+pid_t spawn(const std::vector<std::string>& argv) {
+  pid_t pid = fork();
+  if (pid < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
+  if (pid == 0) {
+    // The supervisor blocks these for its signal thread; the mask survives exec, so undo it.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    setpgid(0, 0);                          // Ctrl-C goes to the supervisor, which stops us in order
+    prctl(PR_SET_PDEATHSIG, SIGTERM);       // and if the supervisor dies, we follow
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    std::fprintf(stderr, "tandem serve: exec %s failed: %s\n", args[0], std::strerror(errno));
+    _exit(127);
+  }
+  return pid;
+}
+
+bool http_ok(const std::string& host, int port, const std::string& path) {
+  auto fd = net::dial(host + ":" + std::to_string(port), 500);
+  if (!fd.ok()) return false;
+  std::string request = "GET " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n";
+  bool ok = net::write_full(*fd, request.data(), request.size(), "frontend").ok();
+  char buffer[64] = {};
+  ok = ok && net::read_full(*fd, buffer, 12, "frontend").ok();
+  close(*fd);
+  return ok && std::string(buffer, 12).find(" 200") != std::string::npos;
+}
+
+}  // namespace
+
+Runner add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand("serve", "Run the frontend and workers on this machine (default: the demo model)");
+  cmd->add_option("--model", o->model, "Hugging Face model directory (default: the built-in demo model)");
+  cmd->add_option("--host", o->host, "HTTP address")->capture_default_str();
+  cmd->add_option("--port", o->port, "HTTP port")->capture_default_str();
+  cmd->add_option("--num-prefill-workers", o->num_prefill_workers, "Prefill workers (0 = aggregated workers only)")->capture_default_str();
+  cmd->add_option("--num-decode-workers", o->num_decode_workers, "Decode workers")->capture_default_str()->check(CLI::Range(1, 64));
+  cmd->add_option("--engine", o->engine, "real, or fake (no model math)")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "CPU threads per worker (0 = cores / workers)")->capture_default_str();
+  cmd->add_option("--max-local-prefill", o->max_local_prefill, "Uncached prompt tokens above which prefill runs remotely")->capture_default_str();
+  cmd->add_option("--max-prefill-queue", o->max_prefill_queue, "Remote prefill only while fewer than this are queued")->capture_default_str();
+  cmd->add_option("--cache-dir", o->cache_dir, "Where the demo model is made (default $TANDEM_CACHE_DIR or ~/.cache/tandem)");
+  cmd->add_option("--child-log-level", o->log_level, "Log level of the frontend and workers")->capture_default_str();
+  cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
+  return [o]() {
+    // Before any thread starts (make-model uses OpenMP), so that every thread blocks the signals.
+    std::atomic<bool> stopping{false};
+    handle_termination_signals([&stopping](int) { stopping.store(true); });
+    const bool demo = o->model.empty();
+    fs::path model = demo ? demo_model(o->cache_dir) : fs::path(o->model);
+    if (!demo && !fs::exists(model / "config.json")) throw Error("--model: no config.json in " + model.string());
+    const std::string exe = self_exe();
+    const int num_workers = o->num_prefill_workers + o->num_decode_workers;
+    int threads = o->threads > 0 ? o->threads
+                                 : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / num_workers);
+
+    fs::path ready = fs::temp_directory_path() / ("tandem-serve-" + std::to_string(getpid()) + ".json");
+    fs::remove(ready);
+    std::vector<Child> children;
+    Child frontend;
+    frontend.name = "frontend";
+    frontend.argv = {exe, "--log-level", o->log_level, "frontend", "--host", o->host, "--port", std::to_string(o->port),
+                    "--ready-file", ready.string(), "--max-local-prefill", std::to_string(o->max_local_prefill),
+                    "--max-prefill-queue", std::to_string(o->max_prefill_queue)};
+    if (fs::exists(model / "tokenizer.json")) {
+      frontend.argv.push_back("--tokenizer");
+      frontend.argv.push_back(model.string());
+    }
+    frontend.pid = spawn(frontend.argv);
+    int registry_port = 0;
+    for (int i = 0; i < 300 && registry_port == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      std::ifstream in(ready);
+      if (in) registry_port = nlohmann::json::parse(in, nullptr, false).value("registry_port", 0);
+      if (waitpid(frontend.pid, nullptr, WNOHANG) == frontend.pid) throw Error("the frontend exited at startup (see its log above)");
+    }
+    fs::remove(ready);
+    if (registry_port == 0) throw Error("the frontend did not start within 15 s");
+
+    auto worker_child = [&](const std::string& role, int index) {
+      Child c;
+      c.name = role + "-" + std::to_string(index);
+      c.argv = {exe, "--log-level", o->log_level, "worker", "--role", role, "--model", model.string(),
+                "--frontend", "127.0.0.1:" + std::to_string(registry_port), "--worker-id", c.name,
+                "--threads", std::to_string(threads), "--engine", o->engine};
+      for (const auto& a : o->worker_args) c.argv.push_back(a);
+      return c;
+    };
+    for (int i = 0; i < o->num_prefill_workers; ++i) children.push_back(worker_child("prefill", i));
+    for (int i = 0; i < o->num_decode_workers; ++i) {
+      children.push_back(worker_child(o->num_prefill_workers > 0 ? "decode" : "both", i));
+    }
+    for (auto& c : children) {
+      c.pid = spawn(c.argv);
+      c.started = std::chrono::steady_clock::now();
+    }
+
+    const std::string url = "http://" + (o->host == "0.0.0.0" ? std::string("127.0.0.1") : o->host) + ":" + std::to_string(o->port);
+    bool announced = false;
+    int exit_code = 0;
+    while (!stopping.load()) {
+      if (!announced && http_ok(o->host == "0.0.0.0" ? "127.0.0.1" : o->host, o->port, "/health")) {
+        announced = true;
+        std::printf("\nTandem is serving %s at %s  (%d prefill + %d decode worker%s, %s)\n", 
+                    demo ? "the demo model (random weights: its text is gibberish; pass --model DIR for real weights)" : model.c_str(),
+                    url.c_str(), o->num_prefill_workers, o->num_decode_workers, o->num_decode_workers > 1 ? "s" : "",
+                    o->engine == "fake" ? "fake engine" : "CPU");
+        std::printf("Try:\n  curl %s/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+                    "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 32}'\n"
+                    "Metrics: %s/metrics   Stop: Ctrl-C\n\n",
+                    url.c_str(), url.c_str());
+        std::fflush(stdout);
+      }
+      int status = 0;
+      pid_t pid = waitpid(-1, &status, WNOHANG);
+      if (pid == 0 || pid < 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        continue;
+      }
+      if (pid == frontend.pid) {
+        std::fprintf(stderr, "tandem serve: the frontend exited (status %d); stopping\n", status);
+        frontend.pid = -1;
+        exit_code = 1;
+        break;
+      }
+      for (auto& c : children) {
+        if (c.pid != pid) continue;
+        ++c.restarts;
+        std::fprintf(stderr, "tandem serve: %s (pid %d) exited with status %d; restarting it (restart %d)\n",
+                     c.name.c_str(), pid, status, c.restarts);
+        // Back off when it dies right after starting, so a broken worker does not spin.
+        if (std::chrono::steady_clock::now() - c.started < std::chrono::seconds(5)) {
+          std::this_thread::sleep_for(std::chrono::seconds(std::min(c.restarts, 5)));
+        }
+        c.pid = spawn(c.argv);
+        c.started = std::chrono::steady_clock::now();
+      }
+    }
+    // Stop workers first (they leave the registry), then the frontend.
+    auto stop_all = [&](std::vector<Child*> group) {
+      for (Child* c : group) {
+        if (c->pid > 0) kill(c->pid, SIGTERM);
+      }
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(o->stop_timeout_ms);
+      for (Child* c : group) {
+        while (c->pid > 0) {
+          if (waitpid(c->pid, nullptr, WNOHANG) == c->pid) {
+            c->pid = -1;
+          } else if (std::chrono::steady_clock::now() > deadline) {
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, nullptr, 0);
+            c->pid = -1;
+          } else {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          }
+        }
+      }
+    };
+    std::vector<Child*> workers;
+    for (auto& c : children) workers.push_back(&c);
+    stop_all(workers);
+    stop_all({&frontend});
+    std::fprintf(stderr, "tandem serve: stopped\n");
+    return exit_code;
+  };
+}
+
+}  // namespace tandem::cli

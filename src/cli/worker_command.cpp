@@ -1,0 +1,149 @@
+// `tandem worker`: one engine serving a role (prefill, decode, both) behind the request plane.
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <filesystem>
+
+#include "cli/commands.h"
+#include "cli/model_files.h"
+#include "cli/signals.h"
+#include "common/error.h"
+#include "model/weight_source.h"
+#include "tokenizer/text_stream.h"
+#include "tokenizer/tokenizer.h"
+#include "worker/fake_engine.h"
+#include "worker/worker.h"
+#include "backend/backend.h"
+
+namespace tandem::cli {
+namespace {
+
+struct WorkerCommandOptions {
+  std::string role = "both";
+  std::string model;
+  std::string served_model_name;
+  std::string frontend;
+  std::string host = "127.0.0.1";
+  int rpc_port = 0;
+  int transfer_port = 0;
+  std::string worker_id;
+  int heartbeat_ms = 1000;
+  int remote_prefill_timeout_ms = 30000;
+  int transfer_timeout_ms = 10000;
+  int drain_timeout_ms = 30000;
+  std::string engine = "real";
+  int fake_step_ms = 0;
+  double fake_prefill_us_per_token = 0;
+  std::string device = "cpu";
+  int threads = 0;
+  int num_kv_blocks = 0;
+  int max_batch_tokens = 2048;
+  int max_seqs = 256;
+  uint64_t seed = 0;
+  std::string tokenizer;
+};
+
+std::string default_model_name(const std::string& model) {
+  if (model.rfind("random:", 0) == 0) return model;
+  std::filesystem::path p(model);
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
+}  // namespace
+
+Runner add_worker_command(CLI::App& app) {
+  auto o = std::make_shared<WorkerCommandOptions>();
+  CLI::App* cmd = app.add_subcommand("worker", "Serve one engine as a prefill, decode or aggregated worker");
+  cmd->add_option("--role", o->role, "prefill, decode or both")->capture_default_str();
+  cmd->add_option("--model", o->model, "Hugging Face model directory or random:<preset>");
+  cmd->add_option("--served-model-name", o->served_model_name, "Model name clients use (default: the directory's name)");
+  cmd->add_option("--frontend", o->frontend, "host:port of the frontend's registry")->required();
+  cmd->add_option("--host", o->host, "Address peers reach this worker on")->capture_default_str();
+  cmd->add_option("--rpc-port", o->rpc_port, "Port for remote prefills (0 = any)")->capture_default_str();
+  cmd->add_option("--transfer-port", o->transfer_port, "Port for incoming KV (0 = any)")->capture_default_str();
+  cmd->add_option("--worker-id", o->worker_id, "Name in logs and metrics (default <role>-<pid>)");
+  cmd->add_option("--heartbeat-ms", o->heartbeat_ms, "Heartbeat interval")->capture_default_str()->check(CLI::Range(10, 60000));
+  cmd->add_option("--remote-prefill-timeout-ms", o->remote_prefill_timeout_ms, "Deadline of a remote prefill before a local fallback")->capture_default_str();
+  cmd->add_option("--transfer-timeout-ms", o->transfer_timeout_ms, "Deadline of one KV push")->capture_default_str();
+  cmd->add_option("--drain-timeout-ms", o->drain_timeout_ms, "On SIGTERM, finish held requests up to this long")->capture_default_str();
+  cmd->add_option("--engine", o->engine, "real, or fake (no model math; for serving tests and benchmarks)")->capture_default_str();
+  cmd->add_option("--fake-step-ms", o->fake_step_ms, "Fake engine: time per decode step")->capture_default_str();
+  cmd->add_option("--fake-prefill-us-per-token", o->fake_prefill_us_per_token, "Fake engine: prefill time per prompt token")->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu or cuda:N")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV blocks (0 = size from memory)")->capture_default_str();
+  cmd->add_option("--max-batch-tokens", o->max_batch_tokens, "Tokens per engine step")->capture_default_str();
+  cmd->add_option("--max-seqs", o->max_seqs, "Sequences per engine step")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of random:<preset> weights")->capture_default_str();
+  cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer directory for text output and stop strings (default: the model directory)");
+  return [o]() {
+    // Before any thread starts (engine, OpenMP, listeners), so that every thread blocks the signals.
+    auto target = std::make_shared<std::atomic<worker::Worker*>>(nullptr);
+    auto early_stop = std::make_shared<std::atomic<bool>>(false);
+    handle_termination_signals([target, early_stop](int) {
+      if (worker::Worker* w = target->load()) {
+        w->request_stop();
+      } else {
+        early_stop->store(true);
+      }
+    });
+    worker::WorkerOptions options;
+    options.role = worker::parse_role(o->role);
+    options.frontend = o->frontend;
+    options.host = o->host;
+    options.rpc_port = static_cast<uint16_t>(o->rpc_port);
+    options.transfer_port = static_cast<uint16_t>(o->transfer_port);
+    options.worker_id = o->worker_id;
+    options.heartbeat_ms = o->heartbeat_ms;
+    options.remote_prefill_timeout_ms = o->remote_prefill_timeout_ms;
+    options.transfer_timeout_ms = o->transfer_timeout_ms;
+    options.drain_timeout_ms = o->drain_timeout_ms;
+    if (o->model.empty() && o->engine != "fake") throw Error("--model is required (or --engine fake)");
+    options.model_name = !o->served_model_name.empty() ? o->served_model_name
+                         : o->model.empty()              ? std::string("fake")
+                                                         : default_model_name(o->model);
+
+    std::shared_ptr<engine::TextStreamFactory> text;
+    std::string tokenizer_dir = o->tokenizer;
+    if (tokenizer_dir.empty() && !o->model.empty() && std::filesystem::exists(std::filesystem::path(o->model) / "tokenizer.json")) {
+      tokenizer_dir = o->model;
+    }
+    std::vector<int> eos;
+    if (!tokenizer_dir.empty()) text = std::make_shared<DetokenizerStreams>(tokenizer::Tokenizer::load(tokenizer_dir));
+
+    std::unique_ptr<engine::Engine> engine;
+    if (o->engine == "fake") {
+      worker::FakeEngineOptions fake;
+      fake.step_ms = o->fake_step_ms;
+      fake.prefill_us_per_token = o->fake_prefill_us_per_token;
+      if (!o->model.empty()) {
+        auto weights = model::open_weight_source(o->model, o->seed);
+        fake.vocab_size = weights->config().vocab_size;
+        fake.eos_token_ids = weights->config().eos_token_ids;
+      }
+      engine = worker::create_fake_engine(fake, text);
+    } else if (o->engine == "real") {
+      auto weights = model::open_weight_source(o->model, o->seed);
+      backend::BackendOptions backend_options;
+      backend_options.device = o->device;
+      backend_options.num_threads = o->threads;
+      backend_options.num_kv_blocks = o->num_kv_blocks;
+      engine::EngineOptions engine_options;
+      engine_options.max_batch_tokens = o->max_batch_tokens;
+      engine_options.max_seqs = o->max_seqs;
+      engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options, text);
+    } else {
+      throw Error("--engine: unknown engine '" + o->engine + "' (use real or fake)");
+    }
+
+    worker::Worker w(options, std::move(engine));
+    target->store(&w);
+    if (early_stop->load()) return 0;
+    w.run();
+    target->store(nullptr);
+    return 0;
+  };
+}
+
+}  // namespace tandem::cli

@@ -1,0 +1,53 @@
+// Frontend: the OpenAI-compatible HTTP server with the embedded worker registry and the router
+// (DESIGN.md §2 steps 1, 2 and 4). Workers dial the registry port, register, and heartbeat; each
+// request is validated, tokenized, routed (decode worker, remote or local prefill), sent over the
+// worker's request-plane connection, and its outputs are streamed back as SSE or one JSON body.
+//
+// Ownership: owns the HTTP server, the registry listener and every worker connection.
+// Thread-safety: all request and registry state lives on the HTTP server's single I/O thread;
+// connection threads post to it. stop() and drain() may be called from any thread.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "frontend/http.h"
+#include "frontend/prompt_codec.h"
+#include "frontend/router.h"
+
+namespace tandem::frontend {
+
+struct FrontendOptions {
+  HttpServerOptions http;
+  std::string registry_host = "127.0.0.1";
+  uint16_t registry_port = 0;          // 0 = ephemeral (see ready_file)
+  RouterOptions router;
+  int heartbeat_timeout_ms = 5000;     // a worker silent this long is dropped
+  int remote_prefill_timeout_ms = 30000;  // passed to decode workers: then they prefill locally
+  int request_timeout_ms = 600000;     // a request with no output for this long fails (504)
+  int default_max_tokens = 1024;       // chat requests without max_tokens: min(this, room left)
+  std::string served_model_name;       // "" = the model names workers register with
+  std::string ready_file;              // written once listening: {"http_port": .., "registry_port": ..}
+};
+
+class Frontend {
+ public:
+  // Binds both ports (throws tandem::Error naming the address if it cannot). `codec` may be null:
+  // then only token-id prompts are accepted.
+  Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec);
+  ~Frontend();
+  uint16_t http_port() const;
+  uint16_t registry_port() const;
+  // Serves until stop() (or the end of a drain); blocks the calling thread.
+  void run();
+  void stop();
+  // /health turns 503, new requests get 503, and run() returns once the running ones have finished
+  // or `deadline_ms` has passed.
+  void drain(int deadline_ms);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tandem::frontend

@@ -1,0 +1,51 @@
+// The OpenAI API's request and response shapes for /v1/completions and /v1/chat/completions, with
+// vLLM's extra sampling parameters (top_k, min_p, repetition_penalty, ignore_eos, min_tokens,
+// stop_token_ids, skip_special_tokens, return_token_ids). Parsing validates every field and names
+// the offending parameter in its error, as OpenAI's 400 responses do.
+// Thread-safety: free functions over values.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "rpc/messages.pb.h"
+
+namespace tandem::frontend {
+
+// An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string param;  // "" = null
+  std::string type;   // "" = derived from status
+};
+std::string error_body(const ApiError& error);
+// The HTTP status a tandem::StatusCode maps to.
+int http_status(StatusCode code);
+ApiError api_error(const Status& status);
+
+struct GenerationRequest {
+  bool chat = false;
+  std::string model;                   // "" = not given
+  std::optional<std::string> prompt_text;  // completions: a text prompt
+  std::vector<int32_t> prompt_ids;     // completions: a token-id prompt
+  nlohmann::json messages;             // chat: [{role, content (string)}], content parts joined
+  bool add_generation_prompt = true;
+  bool stream = false;
+  bool include_usage = false;
+  bool continuous_usage = false;
+  bool return_token_ids = false;
+  bool max_tokens_given = false;
+  int top_logprobs = -1;               // alternatives per token; -1 = no logprobs
+  rpc::pb::SamplingParams sampling;    // max_tokens filled only when given
+};
+
+// Parses a request body. An error names the parameter (type, range, missing, unsupported).
+std::optional<ApiError> parse_generation_request(const std::string& body, bool chat, GenerationRequest* out);
+
+}  // namespace tandem::frontend

@@ -1,0 +1,32 @@
+// What the frontend needs of a tokenizer: encode prompts, render chat messages, spell tokens for
+// logprobs. An interface so the frontend can run without one (token-id prompts only) and so tests
+// can supply their own.
+// Thread-safety: const methods, safe from any thread.
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace tandem::frontend {
+
+class PromptCodec {
+ public:
+  virtual ~PromptCodec() = default;
+  virtual std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const = 0;
+  // The prompt text for chat `messages` (OpenAI shape, already validated: role and string content).
+  // InvalidArgument when the template cannot render them.
+  virtual StatusOr<std::string> render_chat(const nlohmann::json& messages, bool add_generation_prompt) const = 0;
+  // The text of one token (for logprobs), e.g. " the".
+  virtual std::string token_text(int32_t id) const = 0;
+};
+
+// Loads tokenizer.json / tokenizer_config.json from `dir`. Throws tandem::Error naming the file.
+std::unique_ptr<PromptCodec> load_prompt_codec(const std::string& dir);
+
+}  // namespace tandem::frontend

@@ -1,0 +1,146 @@
+// Framed protobuf messages over TCP (see connection.h).
+#include "rpc/connection.h"
+
+#include <arpa/inet.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "common/socket.h"
+
+namespace tandem::rpc {
+
+struct Connection::State {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::string> queue;  // GUARDED_BY(mu): frames ready to write (length prefix included)
+  bool closed = false;            // GUARDED_BY(mu)
+  bool started = false;
+  Status close_reason;            // GUARDED_BY(mu): the first reason the connection ended
+  MessageHandler on_message;
+  CloseHandler on_close;
+};
+
+Connection::Connection(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)), state_(std::make_unique<State>()) {}
+
+Connection::~Connection() { ::close(fd_); }
+
+StatusOr<std::shared_ptr<Connection>> Connection::dial(const std::string& address, int timeout_ms) {
+  auto fd = net::dial(address, timeout_ms);
+  if (!fd.ok()) return fd.status();
+  return adopt(*fd, address);
+}
+
+std::shared_ptr<Connection> Connection::adopt(int fd, std::string peer) {
+  return std::shared_ptr<Connection>(new Connection(fd, std::move(peer)));
+}
+
+void Connection::start(MessageHandler on_message, CloseHandler on_close) {
+  state_->on_message = std::move(on_message);
+  state_->on_close = std::move(on_close);
+  state_->started = true;
+  // Both threads hold a reference, so the socket stays valid until both have exited.
+  std::thread([self = shared_from_this()] { self->reader_loop(); }).detach();
+  std::thread([self = shared_from_this()] { self->writer_loop(); }).detach();
+}
+
+bool Connection::send(const pb::Envelope& message) {
+  std::string frame(4, '\0');
+  if (!message.AppendToString(&frame)) return false;
+  uint32_t length = htonl(static_cast<uint32_t>(frame.size() - 4));
+  std::memcpy(frame.data(), &length, 4);
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->closed) return false;
+    state_->queue.push_back(std::move(frame));
+  }
+  state_->cv.notify_one();
+  return true;
+}
+
+void Connection::close() {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->closed) return;
+    state_->closed = true;
+    state_->close_reason = Status::Aborted("connection to " + peer_ + " closed locally");
+  }
+  state_->cv.notify_all();
+  // Wakes the reader blocked in recv(); it runs the close handler.
+  ::shutdown(fd_, SHUT_RDWR);
+}
+
+bool Connection::is_open() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return !state_->closed;
+}
+
+void Connection::reader_loop() {
+  Status status;
+  std::string buffer;
+  pb::Envelope message;
+  while (true) {
+    uint32_t length = 0;
+    status = net::read_full(fd_, &length, 4, peer_);
+    if (!status.ok()) break;
+    length = ntohl(length);
+    if (length > kMaxFrameBytes) {
+      status = Status::Corruption("frame of " + std::to_string(length) + " bytes from " + peer_ + " is over the limit");
+      break;
+    }
+    buffer.resize(length);
+    status = net::read_full(fd_, buffer.data(), length, peer_);
+    if (!status.ok()) break;
+    if (!message.ParseFromString(buffer)) {
+      status = Status::Corruption("malformed message from " + peer_);
+      break;
+    }
+    state_->on_message(message);
+  }
+  Status reason;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (!state_->closed) {
+      state_->closed = true;
+      state_->close_reason = status;
+    }
+    reason = state_->close_reason;
+  }
+  state_->cv.notify_all();
+  ::shutdown(fd_, SHUT_RDWR);
+  spdlog::debug("event=rpc_connection_closed peer={} reason=\"{}\"", peer_, reason.to_string());
+  state_->on_close(reason);
+  // Handlers may hold their owner; dropping them here breaks the cycle.
+  state_->on_message = nullptr;
+  state_->on_close = nullptr;
+}
+
+void Connection::writer_loop() {
+  std::deque<std::string> batch;
+  std::string joined;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(state_->mu);
+      state_->cv.wait(lock, [&] { return state_->closed || !state_->queue.empty(); });
+      if (state_->closed) return;
+      batch.swap(state_->queue);
+    }
+    // One write for everything queued: many small token messages become one syscall.
+    joined.clear();
+    for (auto& frame : batch) joined += frame;
+    batch.clear();
+    Status status = net::write_full(fd_, joined.data(), joined.size(), peer_);
+    if (!status.ok()) {
+      ::shutdown(fd_, SHUT_RDWR);  // the reader sees it and runs the close handler
+      return;
+    }
+  }
+}
+
+}  // namespace tandem::rpc

@@ -1,0 +1,65 @@
+// The request plane's transport: length-prefixed protobuf Envelopes over one persistent TCP
+// connection, with many requests multiplexed on it (each message names its request id).
+//
+// A Connection owns its socket and two threads: a reader that decodes frames and hands each to the
+// message handler, and a writer that drains a queue, so send() never blocks the caller (an engine
+// callback may send). When the peer goes away the close handler runs once, at once, with the reason;
+// owners fail the requests that were riding on the connection from there (DESIGN.md §2 failure rules).
+//
+// Ownership: create with dial() or adopt(), start() once, close() when done. The threads keep the
+// Connection alive until they exit, and drop both handlers when it closes, so a handler may capture
+// its owner without a leak.
+// Thread-safety: every method may be called from any thread, handlers included.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "rpc/messages.pb.h"
+
+namespace tandem::rpc {
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  // Runs on the reader thread for each message, in arrival order.
+  using MessageHandler = std::function<void(pb::Envelope& message)>;
+  // Runs once, on the reader thread, when the connection ends for any reason.
+  using CloseHandler = std::function<void(const Status& reason)>;
+
+  // Connects to "host:port" within timeout_ms. Unavailable with the address and errno text on failure.
+  static StatusOr<std::shared_ptr<Connection>> dial(const std::string& address, int timeout_ms);
+  // Takes ownership of a connected socket.
+  static std::shared_ptr<Connection> adopt(int fd, std::string peer);
+
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // REQUIRES: called once.
+  void start(MessageHandler on_message, CloseHandler on_close);
+  // Queues `message` for sending; false (and nothing sent) once the connection is closed.
+  bool send(const pb::Envelope& message);
+  // Ends the connection; idempotent. The close handler runs with an Aborted status.
+  void close();
+  bool is_open() const;
+  // "127.0.0.1:4567", for logs and errors.
+  const std::string& peer() const { return peer_; }
+
+  // Frames larger than this are refused as corrupt (the largest message is a prompt's token ids).
+  static constexpr uint32_t kMaxFrameBytes = 256u << 20;
+
+ private:
+  struct State;
+  Connection(int fd, std::string peer);
+  void reader_loop();
+  void writer_loop();
+
+  const int fd_;
+  const std::string peer_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace tandem::rpc

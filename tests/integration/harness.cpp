@@ -1,0 +1,234 @@
+// Serving test harness (see harness.h).
+#include "harness.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "common/socket.h"
+
+namespace tandem::testing {
+
+namespace fs = std::filesystem;
+
+HttpResponse http(int port, const std::string& method, const std::string& path, const std::string& body,
+                  const std::vector<std::pair<std::string, std::string>>& headers, int timeout_ms) {
+  HttpResponse response;
+  auto fd = net::dial("127.0.0.1:" + std::to_string(port), 2000);
+  if (!fd.ok()) return response;
+  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string request = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n";
+  for (const auto& [name, value] : headers) request += name + ": " + value + "\r\n";
+  if (!body.empty() || method == "POST") request += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  request += "\r\n" + body;
+  (void)net::write_full(*fd, request.data(), request.size(), "frontend");
+  std::string raw;
+  char buffer[65536];
+  // timeout_ms bounds the whole exchange (a stream that keeps going is cut there: a disconnect).
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    ssize_t n = recv(*fd, buffer, sizeof(buffer), 0);
+    if (n <= 0) break;
+    raw.append(buffer, static_cast<size_t>(n));
+  }
+  close(*fd);
+  size_t header_end = raw.find("\r\n\r\n");
+  if (header_end == std::string::npos) return response;
+  std::istringstream head(raw.substr(0, header_end));
+  std::string line;
+  std::getline(head, line);
+  if (line.size() > 12) response.status = std::atoi(line.substr(9, 3).c_str());
+  while (std::getline(head, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(0, colon);
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::string value = line.substr(colon + 1);
+    while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+    response.headers[name] = value;
+  }
+  std::string rest = raw.substr(header_end + 4);
+  if (response.headers["transfer-encoding"] == "chunked") {
+    size_t pos = 0;
+    while (pos < rest.size()) {
+      size_t eol = rest.find("\r\n", pos);
+      if (eol == std::string::npos) break;
+      size_t size = std::stoul(rest.substr(pos, eol - pos), nullptr, 16);
+      if (size == 0) break;
+      response.body += rest.substr(eol + 2, size);
+      pos = eol + 2 + size + 2;
+    }
+  } else {
+    response.body = rest;
+  }
+  return response;
+}
+
+std::vector<std::string> sse_events(const std::string& body) {
+  std::vector<std::string> events;
+  size_t pos = 0;
+  while ((pos = body.find("data: ", pos)) != std::string::npos) {
+    size_t end = body.find("\n\n", pos);
+    if (end == std::string::npos) end = body.size();
+    events.push_back(body.substr(pos + 6, end - pos - 6));
+    pos = end;
+  }
+  return events;
+}
+
+Process::Process(std::vector<std::string> argv, const std::string& log_path) {
+  pid_ = fork();
+  if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+}
+
+Process::Process(Process&& other) noexcept : pid_(other.pid_) { other.pid_ = -1; }
+Process& Process::operator=(Process&& other) noexcept {
+  if (this != &other) {
+    kill_now();
+    pid_ = other.pid_;
+    other.pid_ = -1;
+  }
+  return *this;
+}
+Process::~Process() { kill_now(); }
+
+void Process::kill_now() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
+void Process::terminate() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGTERM);
+  for (int i = 0; i < 1000; ++i) {
+    if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+      pid_ = -1;
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill_now();
+}
+
+bool Process::running() {
+  if (pid_ <= 0) return false;
+  if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+Cluster::Cluster(std::vector<std::string> frontend_args) {
+  char tmpl[] = "/tmp/tandem-test-XXXXXX";
+  log_dir_ = mkdtemp(tmpl);
+  std::string ready = log_dir_ + "/ready.json";
+  std::vector<std::string> argv = {TANDEM_BINARY, "--log-level", "info", "frontend", "--host", "127.0.0.1",
+                                   "--port", "0", "--ready-file", ready};
+  if (std::find(frontend_args.begin(), frontend_args.end(), "--heartbeat-timeout-ms") == frontend_args.end()) {
+    argv.insert(argv.end(), {"--heartbeat-timeout-ms", "2000"});
+  }
+  argv.insert(argv.end(), frontend_args.begin(), frontend_args.end());
+  frontend_ = Process(argv, log_dir_ + "/frontend.log");
+  for (int i = 0; i < 500 && http_port_ == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::ifstream in(ready);
+    if (!in) continue;
+    auto j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded()) continue;
+    http_port_ = j.value("http_port", 0);
+    registry_port_ = j.value("registry_port", 0);
+  }
+}
+
+Cluster::~Cluster() {
+  for (auto& w : workers_) w.kill_now();
+  frontend_.kill_now();
+  if (!std::getenv("TANDEM_KEEP_TEST_LOGS")) fs::remove_all(log_dir_);
+}
+
+int Cluster::add_worker(const std::string& role, std::vector<std::string> args) {
+  std::string id = role + "-" + std::to_string(next_worker_++);
+  std::vector<std::string> argv = {TANDEM_BINARY, "--log-level", "info", "worker", "--role", role, "--frontend",
+                                   registry(), "--worker-id", id, "--heartbeat-ms", "100", "--threads", "1"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  workers_.emplace_back(argv, log_dir_ + "/" + id + ".log");
+  return static_cast<int>(workers_.size()) - 1;
+}
+
+std::string Cluster::metrics() { return http(http_port_, "GET", "/metrics").body; }
+
+double metric_value(const std::string& text, const std::string& name, const std::string& label_filter) {
+  double sum = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line.compare(0, name.size(), name) != 0) continue;
+    char next = line.size() > name.size() ? line[name.size()] : '\0';
+    if (next != ' ' && next != '{') continue;
+    size_t space = line.rfind(' ');
+    std::string series = line.substr(0, space);
+    if (!label_filter.empty() && series.find(label_filter) == std::string::npos) continue;
+    sum += std::atof(line.substr(space + 1).c_str());
+  }
+  return sum;
+}
+
+double Cluster::metric(const std::string& name, const std::string& label_filter) {
+  return metric_value(metrics(), name, label_filter);
+}
+
+bool Cluster::wait_for_workers(int count, int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (metric("tandem_workers") >= count) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+bool Cluster::wait_no_leaked_blocks(int timeout_ms) {
+  // Heartbeats come every 100 ms: let one taken after the last request arrive first.
+  std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::string m = metrics();
+    if (metric_value(m, "tandem_worker_kv_blocks_used") == 0 && metric_value(m, "tandem_worker_kv_reservations") == 0 &&
+        metric_value(m, "tandem_worker_prefills_in_flight") == 0 && metric_value(m, "tandem_requests_active") == 0) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+}  // namespace tandem::testing

@@ -1,0 +1,440 @@
+// End-to-end serving tests: the real `tandem` binary as frontend and workers on loopback
+// (DESIGN.md §2). Each test starts its own cluster on ephemeral ports and checks at the end that
+// no worker holds a KV block (from the workers' heartbeats, as /metrics shows them).
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <signal.h>
+#include <sstream>
+#include <memory>
+#include <thread>
+
+#include "common/socket.h"
+#include "harness.h"
+
+namespace tandem::testing {
+namespace {
+
+using nlohmann::json;
+
+const char* kModel = "random:tiny-qwen3";
+
+std::vector<int> ids_of(const HttpResponse& r) {
+  auto j = json::parse(r.body, nullptr, false);
+  if (j.is_discarded() || !j.contains("choices")) return {};
+  return j["choices"][0]["token_ids"].get<std::vector<int>>();
+}
+
+std::string prompt_ids(int n, int seed) {
+  std::string out;
+  unsigned x = static_cast<unsigned>(seed) * 2654435761u + 12345;
+  for (int i = 0; i < n; ++i) {
+    x = x * 1103515245u + 12345u;
+    out += (i ? "," : "") + std::to_string(1000 + (x >> 8) % 20000);
+  }
+  return out;
+}
+
+std::string run_generate(const std::string& ids, int max_tokens) {
+  std::string command = std::string(TANDEM_BINARY) + " generate --model " + kModel + " --threads 1 --prompt-ids " + ids +
+                        " --max-tokens " + std::to_string(max_tokens) + " 2>/dev/null";
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  while (pipe && fgets(buffer, sizeof(buffer), pipe)) out += buffer;
+  if (pipe) pclose(pipe);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+std::string join(const std::vector<int>& v) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
+  return out;
+}
+
+TEST(Serving, GreedyTokens_RemotePrefillEqualsLocalEqualsGenerate) {
+  Cluster cluster({"--max-local-prefill", "64"});
+  cluster.add_worker("prefill", {"--model", kModel, "--num-kv-blocks", "256"});
+  cluster.add_worker("decode", {"--model", kModel, "--num-kv-blocks", "256"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  for (int seed : {1, 2}) {
+    const std::string ids = prompt_ids(150, seed);
+    const std::string body = R"({"prompt":[)" + ids + R"(],"max_tokens":12,"temperature":0,"return_token_ids":true})";
+    HttpResponse remote = cluster.post("/v1/completions", body);
+    ASSERT_EQ(remote.status, 200) << remote.body;
+    ASSERT_EQ(cluster.post("/v1/tandem/router", R"({"max_local_prefill":100000})").status, 200);
+    HttpResponse local = cluster.post("/v1/completions", body);
+    ASSERT_EQ(local.status, 200) << local.body;
+    ASSERT_EQ(cluster.post("/v1/tandem/router", R"({"max_local_prefill":64})").status, 200);
+    EXPECT_EQ(ids_of(remote).size(), 12u);
+    EXPECT_EQ(ids_of(remote), ids_of(local));
+    EXPECT_EQ(join(ids_of(remote)), run_generate(ids, 12));
+  }
+  std::string m = cluster.metrics();
+  EXPECT_EQ(metric_value(m, "tandem_remote_prefills_total"), 2);
+  EXPECT_EQ(metric_value(m, "tandem_local_prefills_total"), 2);
+  EXPECT_EQ(metric_value(m, "tandem_remote_prefill_fallbacks_total"), 0);
+  EXPECT_GT(metric_value(m, "tandem_kv_transfer_bytes_total"), 0);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, Router_DecidesByPromptLengthAndByFullPrefillQueue) {
+  Cluster cluster({"--max-local-prefill", "50", "--max-prefill-queue", "2"});
+  // 300 tokens at 2 ms each: a remote prefill holds its queue slot ~0.6 s.
+  cluster.add_worker("prefill", {"--engine", "fake", "--fake-prefill-us-per-token", "2000"});
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "1"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(300, 10 + i) + R"(],"max_tokens":4})");
+      if (r.status == 200) ++ok;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  }
+  HttpResponse short_one = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":4})");
+  EXPECT_EQ(short_one.status, 200);
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 4);
+  std::string m = cluster.metrics();
+  EXPECT_EQ(metric_value(m, "tandem_router_decisions_total", "decision=\"remote\",reason=\"long_prompt\""), 2);
+  EXPECT_EQ(metric_value(m, "tandem_router_decisions_total", "decision=\"local\",reason=\"prefill_queue_full\""), 2);
+  EXPECT_EQ(metric_value(m, "tandem_router_decisions_total", "decision=\"local\",reason=\"short_prompt\""), 1);
+  EXPECT_EQ(metric_value(m, "tandem_remote_prefills_total"), 2);
+  EXPECT_EQ(metric_value(m, "tandem_local_prefills_total"), 3);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
+  Cluster cluster({"--max-local-prefill", "50", "--max-prefill-queue", "100"});
+  int prefill = cluster.add_worker("prefill", {"--engine", "fake", "--fake-prefill-us-per-token", "3000"});
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "1"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] {
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(200, 20 + i) + R"(],"max_tokens":5,"return_token_ids":true})");
+      if (r.status == 200 && ids_of(r).size() == 5) ++ok;
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  cluster.worker(prefill).kill_now();
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 6);
+  std::string m = cluster.metrics();
+  EXPECT_GT(metric_value(m, "tandem_remote_prefill_fallbacks_total"), 0);
+  // With the prefill worker gone, new long prompts are prefilled locally.
+  HttpResponse after = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(200, 99) + R"(],"max_tokens":3})");
+  EXPECT_EQ(after.status, 200) << after.body;
+  EXPECT_GE(cluster.metric("tandem_router_decisions_total", "reason=\"no_prefill_worker\""), 1);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, PrefillWorkerHung_RemotePrefillTimesOutAndFallsBack) {
+  Cluster cluster({"--max-local-prefill", "50", "--remote-prefill-timeout-ms", "500", "--heartbeat-timeout-ms", "60000"});
+  int prefill = cluster.add_worker("prefill", {"--engine", "fake"});
+  cluster.add_worker("decode", {"--engine", "fake"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  ::kill(cluster.worker(prefill).pid(), SIGSTOP);  // alive to the kernel, silent to everyone
+  auto start = std::chrono::steady_clock::now();
+  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(100, 5) + R"(],"max_tokens":4,"return_token_ids":true})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(ids_of(r).size(), 4u);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 1);
+  ::kill(cluster.worker(prefill).pid(), SIGCONT);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, DecodeWorkerHung_IsDroppedAfterItsHeartbeatsStop) {
+  Cluster cluster({"--heartbeat-timeout-ms", "500"});
+  int decode = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  HttpResponse streamed;
+  std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":10000,"stream":true})", 10000); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  auto start = std::chrono::steady_clock::now();
+  ::kill(cluster.worker(decode).pid(), SIGSTOP);
+  client.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  auto events = sse_events(streamed.body);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_NE(events[events.size() - 2].find("\"error\""), std::string::npos);
+  EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 503);
+  ::kill(cluster.worker(decode).pid(), SIGCONT);
+}
+
+TEST(Serving, DecodeWorkerKilled_StreamsEndWithAnErrorEvent) {
+  Cluster cluster;
+  int decode = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  std::vector<std::thread> threads;
+  std::atomic<int> ended_with_error{0};
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&] {
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":10000,"stream":true})", 10000);
+      auto events = sse_events(r.body);
+      if (r.status == 200 && events.size() >= 2 && events.back() == "[DONE]" &&
+          events[events.size() - 2].find("\"error\"") != std::string::npos) {
+        ++ended_with_error;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto start = std::chrono::steady_clock::now();
+  cluster.worker(decode).kill_now();
+  for (auto& t : threads) t.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(ended_with_error.load(), 3);
+  EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 503);
+}
+
+TEST(Serving, WorkerStartedLater_IsUsed) {
+  Cluster cluster;
+  HttpResponse health = http(cluster.http_port(), "GET", "/health");
+  EXPECT_EQ(health.status, 503);
+  EXPECT_NE(health.body.find("no worker"), std::string::npos) << health.body;
+  EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 503);
+  cluster.add_worker("both", {"--engine", "fake"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 200);
+  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})");
+  EXPECT_EQ(r.status, 200) << r.body;
+  // A second decode worker added while serving takes load too.
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "5"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&] { cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":20})"); });
+  }
+  for (auto& t : threads) t.join();
+  std::string m = cluster.metrics();
+  EXPECT_GT(metric_value(m, "vllm:prompt_tokens_total"), 0);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, HundredConcurrentStreams_AllComplete) {
+  Cluster cluster;
+  cluster.add_worker("both", {"--engine", "fake", "--fake-step-ms", "2"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  std::vector<std::thread> threads;
+  std::atomic<int> complete{0};
+  for (int i = 0; i < 100; ++i) {
+    threads.emplace_back([&, i] {
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(8, i) +
+                                                           R"(],"max_tokens":20,"stream":true,"return_token_ids":true,"stream_options":{"include_usage":true}})");
+      auto events = sse_events(r.body);
+      int tokens = 0;
+      int usage = -1;
+      for (const auto& e : events) {
+        if (e == "[DONE]") continue;
+        auto j = json::parse(e, nullptr, false);
+        if (j.is_discarded()) continue;
+        for (const auto& c : j["choices"]) tokens += c.contains("token_ids") ? static_cast<int>(c["token_ids"].size()) : 0;
+        if (j.contains("usage") && j["usage"].is_object()) usage = j["usage"]["completion_tokens"].get<int>();
+      }
+      if (r.status == 200 && tokens == 20 && usage == 20 && !events.empty() && events.back() == "[DONE]") ++complete;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(complete.load(), 100);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, BadRequests_GetOpenAiErrorsAndTheServerKeepsServing) {
+  Cluster cluster({"--max-body-bytes", "4096"});
+  cluster.add_worker("both", {"--engine", "fake", "--served-model-name", "m"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  struct Case {
+    std::string path, body;
+    int status;
+    std::string param;
+  };
+  std::vector<Case> cases = {
+      {"/v1/completions", R"({"prompt": [1,2,)", 400, ""},
+      {"/v1/completions", R"({"prompt": [1,2], "max_tokens": "ten"})", 400, "max_tokens"},
+      {"/v1/completions", R"({"prompt": [1,2], "temperature": "hot"})", 400, "temperature"},
+      {"/v1/completions", R"({"prompt": [1,2], "max_tokens": -5})", 400, "max_tokens"},
+      {"/v1/completions", R"({"prompt": [1,2], "stream": 1})", 400, "stream"},
+      {"/v1/completions", R"({"max_tokens": 3})", 400, "prompt"},
+      {"/v1/chat/completions", R"({"messages": "hi"})", 400, "messages"},
+      {"/v1/completions", R"({"prompt": [1,2], "model": "nope"})", 404, "model"},
+      {"/v1/completions", R"({"prompt": [)" + prompt_ids(2000, 1) + "]}", 413, ""},
+      {"/v1/nothing", R"({})", 404, ""},
+  };
+  for (const auto& c : cases) {
+    HttpResponse r = cluster.post(c.path, c.body);
+    EXPECT_EQ(r.status, c.status) << c.body.substr(0, 80) << " -> " << r.body;
+    auto j = json::parse(r.body, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.body;
+    ASSERT_TRUE(j.contains("error")) << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string());
+    EXPECT_TRUE(j["error"]["type"].is_string());
+    if (!c.param.empty()) {
+      EXPECT_EQ(j["error"]["param"], c.param) << r.body;
+    }
+  }
+  HttpResponse good = cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2,"model":"m"})");
+  EXPECT_EQ(good.status, 200) << good.body;
+  EXPECT_FALSE(good.headers["x-request-id"].empty());
+  HttpResponse tagged = http(cluster.http_port(), "POST", "/v1/completions", R"({"prompt":[1],"max_tokens":1})",
+                             {{"X-Request-Id", "abc-123"}});
+  EXPECT_EQ(tagged.headers["x-request-id"], "abc-123");
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, ClientDisconnect_AbortsTheRequestAndFreesItsBlocks) {
+  Cluster cluster({"--max-local-prefill", "20"});
+  cluster.add_worker("prefill", {"--engine", "fake"});
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "10"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  for (const char* stream : {"true", "false"}) {
+    for (int prompt_len : {5, 100}) {  // local and remote prefill
+      HttpResponse r = http(cluster.http_port(), "POST", "/v1/completions",
+                            R"({"prompt":[)" + prompt_ids(prompt_len, 3) + R"(],"max_tokens":10000,"stream":)" + stream + "}",
+                            {{"Content-Type", "application/json"}}, /*timeout_ms=*/400);
+      EXPECT_EQ(r.status, std::string(stream) == "true" ? 200 : 0);  // a non-streamed answer never came
+    }
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (cluster.metric("tandem_client_disconnects_total") < 4 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(cluster.metric("tandem_client_disconnects_total"), 4);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, OfficialOpenAiNodeClient_Works) {
+  std::string npm_dir = std::getenv("TANDEM_NPM_DIR") ? std::getenv("TANDEM_NPM_DIR") : std::string(TANDEM_DATA_DIR) + "/npm";
+  if (!std::filesystem::exists(npm_dir + "/node_modules/openai")) GTEST_SKIP() << "no openai npm package in " << npm_dir << " (scripts/fetch_data.sh)";
+  if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "no node";
+  const std::string tokenizer = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
+  Cluster cluster({"--tokenizer", tokenizer});
+  cluster.add_worker("both", {"--model", kModel, "--tokenizer", tokenizer, "--num-kv-blocks", "256"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  std::string command = "node " + std::string(TANDEM_SOURCE_DIR) + "/tests/integration/openai_client.mjs http://127.0.0.1:" +
+                        std::to_string(cluster.http_port()) + " " + npm_dir + " 2>&1";
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  while (pipe && fgets(buffer, sizeof(buffer), pipe)) out += buffer;
+  int status = pipe ? pclose(pipe) : -1;
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("openai client: ok"), std::string::npos) << out;
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST(Serving, WorkerSigterm_DrainsItsRequestsThenLeaves) {
+  Cluster cluster;
+  int decode = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  HttpResponse streamed;
+  std::thread client([&] {
+    streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":30,"stream":true,"return_token_ids":true})");
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  cluster.worker(decode).terminate();  // SIGTERM, waits for the exit
+  client.join();
+  auto events = sse_events(streamed.body);
+  int tokens = 0;
+  for (const auto& e : events) {
+    auto j = json::parse(e, nullptr, false);
+    if (!j.is_discarded() && j.contains("choices") && !j["choices"].empty()) tokens += j["choices"][0].value("token_ids", json::array()).size();
+    EXPECT_EQ(e.find("\"error\""), std::string::npos) << e;
+  }
+  EXPECT_EQ(tokens, 30);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 503);
+}
+
+TEST(Serving, FrontendSigterm_DrainsRunningRequestsThenExits) {
+  Cluster cluster;
+  cluster.add_worker("both", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  HttpResponse streamed;
+  std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":25,"stream":true})"); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  ::kill(cluster.frontend().pid(), SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  HttpResponse health = http(cluster.http_port(), "GET", "/health");
+  EXPECT_EQ(health.status, 503);
+  EXPECT_NE(health.body.find("draining"), std::string::npos) << health.body;
+  EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1],"max_tokens":1})").status, 503);
+  client.join();
+  auto events = sse_events(streamed.body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  for (const auto& e : events) EXPECT_EQ(e.find("\"error\""), std::string::npos) << e;
+  for (int i = 0; i < 100 && cluster.frontend().running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(cluster.frontend().running());
+}
+
+// `tandem serve` with the fake engine on the demo model: serves, prints the curl line, restarts a
+// killed worker, and stops every process on SIGTERM.
+TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
+  if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  char dir_template[] = "/tmp/tandem-serve-test-XXXXXX";
+  std::string dir = mkdtemp(dir_template);
+  int port = 0;
+  {
+    auto probe = net::Listener::bind("127.0.0.1", 0);
+    ASSERT_TRUE(probe.ok());
+    port = (*probe)->port();
+  }
+  Process serve({TANDEM_BINARY, "serve", "--port", std::to_string(port), "--engine", "fake", "--cache-dir", dir,
+                 "--child-log-level", "warn"},
+                dir + "/serve.log");
+  auto wait_until = [](const std::function<bool()>& f, int ms) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (f()) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  auto read_log = [&] {
+    std::ifstream in(dir + "/serve.log");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  ASSERT_TRUE(wait_until([&] { return http(port, "GET", "/health").status == 200 && read_log().find("curl ") != std::string::npos; }, 60000))
+      << read_log();
+  EXPECT_NE(read_log().find("http://127.0.0.1:" + std::to_string(port)), std::string::npos);
+  HttpResponse chat = http(port, "POST", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"Hello!"}],"max_tokens":5})",
+                           {{"Content-Type", "application/json"}});
+  EXPECT_EQ(chat.status, 200) << chat.body;
+  // The decode worker's pid, from the frontend's worker info.
+  auto decode_pid = [&]() -> int {
+    std::istringstream in(http(port, "GET", "/metrics").body);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("tandem_worker_info{", 0) != 0 || line.find("role=\"decode\"") == std::string::npos) continue;
+      size_t p = line.find("pid=\"");
+      return std::atoi(line.c_str() + p + 5);
+    }
+    return 0;
+  };
+  ASSERT_TRUE(wait_until([&] { return decode_pid() > 0; }, 10000));
+  int first = decode_pid();
+  ::kill(first, SIGKILL);
+  ASSERT_TRUE(wait_until([&] { int pid = decode_pid(); return pid > 0 && pid != first; }, 20000)) << read_log();
+  int second = decode_pid();
+  EXPECT_EQ(http(port, "POST", "/v1/completions", R"({"prompt":"Hi","max_tokens":3})", {{"Content-Type", "application/json"}}).status, 200);
+  serve.terminate();
+  EXPECT_FALSE(serve.running());
+  EXPECT_NE(::kill(second, 0), 0) << "the restarted worker outlived serve";
+  EXPECT_NE(http(port, "GET", "/health").status, 200);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tandem::testing
