@@ -206,8 +206,8 @@ class TcpBackend : public TransferBackend {
   ~TcpBackend() override {
     shutdown();
     std::lock_guard<std::mutex> lock(pool_mu_);
-    for (auto& [peer, fds] : pool_) {
-      for (int fd : fds) ::close(fd);
+    for (auto& [peer, idle] : pool_) {
+      for (const Idle& i : idle) ::close(i.fd);
     }
   }
 
@@ -301,14 +301,13 @@ class TcpBackend : public TransferBackend {
       if (!pooled || attempt > 0) return sent;
     }
     Status copied = memory_->copy_to_peer(target.device_handles, copies);
-    // Release whatever the copy did: the receiver's forget() waits for it.
+    // Release whatever the copy did: the receiver's forget() waits for it. Its ack is read by the
+    // connection's next user (take_connection), not waited for here: the bytes are already in place.
     uint32_t release[2] = {htonl(kReleaseMagic), htonl(static_cast<uint32_t>(transfer_id.size()))};
     Status released = net::write_full(fd, release, sizeof(release), peer);
     if (released.ok()) released = net::write_full(fd, transfer_id.data(), transfer_id.size(), peer);
-    Status verdict;
-    if (released.ok()) released = read_ack(fd, peer, &verdict);
     if (released.ok()) {
-      give_back(peer, fd);
+      give_back(peer, fd, /*ack_pending=*/true);
     } else {
       ::close(fd);  // the receiver releases the claim when the connection drops
     }
@@ -352,23 +351,34 @@ class TcpBackend : public TransferBackend {
   }
 
   StatusOr<int> take_connection(const std::string& peer, int timeout_ms, bool* pooled) {
-    {
-      std::lock_guard<std::mutex> lock(pool_mu_);
-      auto& idle = pool_[peer];
-      if (!idle.empty()) {
-        int fd = idle.back();
-        idle.pop_back();
-        *pooled = true;
-        return fd;
+    while (true) {
+      Idle idle;
+      {
+        std::lock_guard<std::mutex> lock(pool_mu_);
+        auto& list = pool_[peer];
+        if (list.empty()) break;
+        idle = list.back();
+        list.pop_back();
       }
+      if (idle.ack_pending) {
+        set_timeouts(idle.fd, std::max(1, timeout_ms));
+        Status verdict;
+        if (!read_ack(idle.fd, peer, &verdict).ok()) {
+          ::close(idle.fd);
+          continue;
+        }
+      }
+      *pooled = true;
+      return idle.fd;
     }
     *pooled = false;
     return net::dial(peer, timeout_ms);
   }
 
-  void give_back(const std::string& peer, int fd) {
+  // ack_pending: a release was sent on fd and its ack not yet read.
+  void give_back(const std::string& peer, int fd, bool ack_pending = false) {
     std::lock_guard<std::mutex> lock(pool_mu_);
-    pool_[peer].push_back(fd);
+    pool_[peer].push_back(Idle{fd, ack_pending});
   }
 
   std::shared_ptr<KvMemory> memory_;
@@ -378,7 +388,11 @@ class TcpBackend : public TransferBackend {
   bool device_path_ = false;
   PeerTransports transports_;
   std::mutex pool_mu_;
-  std::map<std::string, std::vector<int>> pool_;  // GUARDED_BY(pool_mu_): idle connections per peer
+  struct Idle {
+    int fd = -1;
+    bool ack_pending = false;
+  };
+  std::map<std::string, std::vector<Idle>> pool_;  // GUARDED_BY(pool_mu_): idle connections per peer
 };
 
 }  // namespace
