@@ -271,12 +271,22 @@ class TcpBackend : public TransferBackend {
   StatusOr<TransferStats> push_device(const PeerAddress& target, const std::string& transfer_id,
                                       std::span<const BlockCopy> copies, int timeout_ms, bool* fall_back) {
     const std::string& peer = target.tcp;
-    std::set<int32_t> unique;
-    for (const BlockCopy& c : copies) unique.insert(c.dst_block);
-    std::vector<uint32_t> frame = {htonl(kClaimMagic), htonl(static_cast<uint32_t>(transfer_id.size())),
-                                   htonl(static_cast<uint32_t>(unique.size()))};
+    // The distinct destination blocks, in one linear pass (a std::set here cost ~0.1 ms for a
+    // 4,096-token prompt's 8,192 copies, a fifth of the device copy itself).
+    int32_t max_block = -1;
+    for (const BlockCopy& c : copies) {
+      if (c.dst_block < 0) return Status::InvalidArgument("negative destination block in a KV push");
+      max_block = std::max(max_block, c.dst_block);
+    }
+    std::vector<uint8_t> seen(static_cast<size_t>(max_block + 1), 0);
     std::vector<uint32_t> blocks;
-    for (int32_t b : unique) blocks.push_back(htonl(static_cast<uint32_t>(b)));
+    for (const BlockCopy& c : copies) {
+      if (seen[c.dst_block]) continue;
+      seen[c.dst_block] = 1;
+      blocks.push_back(htonl(static_cast<uint32_t>(c.dst_block)));
+    }
+    std::vector<uint32_t> frame = {htonl(kClaimMagic), htonl(static_cast<uint32_t>(transfer_id.size())),
+                                   htonl(static_cast<uint32_t>(blocks.size()))};
     // A pooled connection may have gone stale (the peer restarted): one retry on a fresh one.
     int fd = -1;
     for (int attempt = 0;; ++attempt) {
