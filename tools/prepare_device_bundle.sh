@@ -16,7 +16,8 @@ if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
 dest=${1:-.device/cuda}
 if (( build )); then
   cmake -S . -B "${BUILD_DIR:-build}" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "${BUILD_DIR:-build}" -j"$(nproc)" --target tandem cuda_kernels_test cuda_backend_test backend_tool backend_test
+  cmake --build "${BUILD_DIR:-build}" -j"$(nproc)" --target tandem cuda_kernels_test cuda_backend_test backend_tool backend_test \
+    gpu_serving_test kv_transfer_bench
 fi
 rm -rf "$dest"
 mkdir -p "$dest/bin" "$dest/lib" "$dest/tools"
