@@ -5,7 +5,10 @@
 #
 #   tools/gpu_bench.sh DIR [BUNDLE]        run from the repository root; BUNDLE defaults to .device/cuda
 #
-# Skip workloads with SKIP="llama" (space-separated: qwen_tp qwen_lat llama).
+# Skip workloads with SKIP="llama" (space-separated: qwen_tp qwen_lat llama kv_transfer).
+# The KV transfer step runs when BUNDLE/bin/kv_transfer_bench exists (built with CUDA from bench/):
+# one GPU, two processes, CUDA IPC vs cudaMemcpy; with two GPUs visible also cuda:0 -> cuda:1 vs
+# cudaMemcpyPeer.
 set -u
 out=${1:?usage: gpu_bench.sh DIR [BUNDLE]}
 bundle=${2:-.device/cuda}
@@ -33,4 +36,17 @@ if [[ $skip != *" llama "* ]]; then
     --num-prompts 64 --input-len 1024 --output-len 256 --max-num-seqs 64 --max-num-batched-tokens 8192 --limit 5800
   run llama_latency latency --model random:llama-3.1-8b --device cuda:0 \
     --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --limit 3.6
+fi
+# KV transfer (issue 9: >= 70% of cudaMemcpy device-to-device in the same run; issue 12: >= 70% of
+# cudaMemcpyPeer, GPU 0 -> GPU 1): a 4,096-token Llama-3.1-8B prompt's KV, 512 MiB.
+if [[ $skip != *" kv_transfer "* && -x $bundle/bin/kv_transfer_bench ]]; then
+  kv() {  # kv NAME ARGS...
+    local name=$1; shift
+    echo "== $name: kv_transfer_bench $*"
+    timeout "${STEP_TIMEOUT:-300}" "$bundle/bin/kv_transfer_bench" "$@" --output-json "$out/$name.json" > "$out/$name.log" 2>&1
+    echo "   rc=$?"
+    cat "$out/$name.log" | head -8
+  }
+  kv kv_transfer_one_gpu --device cuda:0 --peer-device cuda:0
+  if (( $(nvidia-smi -L | wc -l) >= 2 )); then kv kv_transfer_peer --device cuda:0 --peer-device cuda:1; fi
 fi

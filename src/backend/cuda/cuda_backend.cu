@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <numbers>
 #include <string>
 #include <vector>
@@ -129,6 +130,7 @@ class CudaBackend final : public Backend {
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
   StatusOr<KvExport> export_kv_handles() override;
+  bool can_reach_peer(const KvExport& peer) override;
   Status copy_blocks_from_peer(const KvExport& peer, std::span<const int32_t> peer_blocks,
                                std::span<const int32_t> local_blocks, int layer_begin, int layer_end) override {
     return copy_with_peer(peer, peer_blocks, local_blocks, layer_begin, layer_end, true);
@@ -215,8 +217,15 @@ class CudaBackend final : public Backend {
   // TANDEM_ATTENTION_MMA=0 in the environment turns it off (to compare the two kernels).
   bool use_mma_ = false;
   std::vector<DecodeGraph> graphs_;
+  // Peer copies (copy_blocks_from/to_peer) may come from transfer threads while the engine thread runs
+  // forward(): they use a stream and block-id buffers of their own, serialized by peer_mu_.
+  std::mutex peer_mu_;
+  cudaStream_t peer_stream_ = nullptr;  // GUARDED_BY(peer_mu_)
   // Peers' KV allocations opened through CUDA IPC, by handle bytes; closed in the destructor.
-  std::map<std::string, void*> peer_pools_;
+  std::map<std::string, void*> peer_pools_;  // GUARDED_BY(peer_mu_)
+  size_t peer_ids_capacity_ = 0;           // GUARDED_BY(peer_mu_): int32 entries
+  int32_t* peer_ids_host_ = nullptr;       // [peer_ids_capacity] int32, pinned host: [peer ids][local ids]
+  int32_t* peer_ids_dev_ = nullptr;        // [peer_ids_capacity] int32, device
   void* cublas_workspace_ = nullptr;  // [kCublasWorkspaceBytes] bytes, device (fixed, so GEMMs can be captured)
 };
 
@@ -279,7 +288,11 @@ CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
   clear_graphs();
+  if (peer_stream_) cudaStreamSynchronize(peer_stream_);
   for (auto& [handle, ptr] : peer_pools_) cudaIpcCloseMemHandle(ptr);
+  cudaFreeHost(peer_ids_host_);
+  cudaFree(peer_ids_dev_);
+  if (peer_stream_) cudaStreamDestroy(peer_stream_);
   free_workspace();
   cudaFree(cublas_workspace_);
   cudaFree(kv_pool_);
@@ -840,6 +853,9 @@ StatusOr<KvExport> CudaBackend::export_kv_handles() {
   KvExport out;
   out.device = device_name();
   out.device_ordinal = device_;
+  char bus_id[32] = {};
+  TANDEM_CUDA_RETURN(cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device_), device_);
+  out.pci_bus_id = bus_id;
   out.process_id = static_cast<int64_t>(getpid());
   out.spec = kv_;
   out.layer_stride_bytes = layer_pool_elements_ * sizeof(bf16);
@@ -869,6 +885,8 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
   }
   if (local_blocks.empty()) return Status::Ok();
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  std::lock_guard<std::mutex> lock(peer_mu_);
+  if (!peer_stream_) TANDEM_CUDA_RETURN(cudaStreamCreateWithFlags(&peer_stream_, cudaStreamNonBlocking), device_);
   const std::string key(reinterpret_cast<const char*>(peer.handle.data()), peer.handle.size());
   auto it = peer_pools_.find(key);
   if (it == peer_pools_.end()) {
@@ -885,28 +903,54 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
   }
   // Block ids to the device in one copy: [peer ids][local ids].
   const size_t n = local_blocks.size();
-  TANDEM_RETURN_IF_ERROR(ensure_metadata(2 * n * sizeof(int32_t)));
-  std::memcpy(metadata_host_, peer_blocks.data(), n * sizeof(int32_t));
-  std::memcpy(metadata_host_ + n * sizeof(int32_t), local_blocks.data(), n * sizeof(int32_t));
-  TANDEM_CUDA_RETURN(cudaMemcpyAsync(metadata_dev_, metadata_host_, 2 * n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
+  if (2 * n > peer_ids_capacity_) {
+    const size_t capacity = std::max<size_t>(2 * n, 4096);
+    cudaFreeHost(peer_ids_host_);
+    cudaFree(peer_ids_dev_);
+    peer_ids_host_ = nullptr;
+    peer_ids_dev_ = nullptr;
+    peer_ids_capacity_ = 0;
+    TANDEM_CUDA_RETURN(cudaMallocHost(&peer_ids_host_, capacity * sizeof(int32_t)), device_);
+    TANDEM_CUDA_RETURN(cudaMalloc(&peer_ids_dev_, capacity * sizeof(int32_t)), device_);
+    peer_ids_capacity_ = capacity;
+  }
+  std::memcpy(peer_ids_host_, peer_blocks.data(), n * sizeof(int32_t));
+  std::memcpy(peer_ids_host_ + n, local_blocks.data(), n * sizeof(int32_t));
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(peer_ids_dev_, peer_ids_host_, 2 * n * sizeof(int32_t), cudaMemcpyHostToDevice, peer_stream_),
                      device_);
-  const auto* peer_ids = reinterpret_cast<const int32_t*>(metadata_dev_);
-  const auto* local_ids = peer_ids + n;
+  const int32_t* peer_ids = peer_ids_dev_;
+  const int32_t* local_ids = peer_ids_dev_ + n;
   std::byte* peer_base = static_cast<std::byte*>(it->second) + layer_begin * peer.layer_stride_bytes;
   const size_t local_stride = layer_pool_elements_ * sizeof(bf16);
   std::byte* local_base = reinterpret_cast<std::byte*>(kv_pool_) + layer_begin * local_stride;
   const int layers = layer_end - layer_begin;
   if (from_peer) {
     TANDEM_CUDA_RETURN(launch_copy_kv_blocks(peer_base, peer.layer_stride_bytes, local_base, local_stride, kv_.block_bytes(),
-                                             peer_ids, local_ids, static_cast<int>(n), layers, stream_),
+                                             peer_ids, local_ids, static_cast<int>(n), layers, peer_stream_),
                        device_);
   } else {
     TANDEM_CUDA_RETURN(launch_copy_kv_blocks(local_base, local_stride, peer_base, peer.layer_stride_bytes, kv_.block_bytes(),
-                                             local_ids, peer_ids, static_cast<int>(n), layers, stream_),
+                                             local_ids, peer_ids, static_cast<int>(n), layers, peer_stream_),
                        device_);
   }
-  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(peer_stream_), device_);
   return Status::Ok();
+}
+
+bool CudaBackend::can_reach_peer(const KvExport& peer) {
+  if (peer.handle.size() != sizeof(cudaIpcMemHandle_t)) return false;
+  int ordinal = -1;
+  if (peer.pci_bus_id.empty() || cudaDeviceGetByPCIBusId(&ordinal, peer.pci_bus_id.c_str()) != cudaSuccess) {
+    cudaGetLastError();
+    return false;  // the exporter's GPU is not visible here
+  }
+  if (ordinal == device_) return true;
+  int can = 0;
+  if (cudaDeviceCanAccessPeer(&can, device_, ordinal) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return can != 0;
 }
 
 }  // namespace
