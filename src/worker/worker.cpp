@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -14,6 +16,7 @@
 #include <set>
 #include <thread>
 
+#include "cluster/etcd.h"
 #include "common/error.h"
 #include "common/socket.h"
 #include "rpc/connection.h"
@@ -98,6 +101,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::atomic<int> stop_requests{0};
   bool drain_announced = false;
   Clock::time_point drain_deadline;
+  std::atomic<int64_t> drain_started_ms{0};  // steady-clock ms when the drain was announced; 0 = not yet
 
   std::mutex mu;
   std::condition_variable cv;
@@ -107,6 +111,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::map<std::string, std::shared_ptr<Connection>> peers;     // GUARDED_BY(mu): prefill workers by address
   std::set<std::shared_ptr<Connection>> incoming;               // GUARDED_BY(mu): decode workers' connections
   std::deque<PushJob> push_jobs;                                // GUARDED_BY(mu)
+  std::set<std::shared_ptr<Connection>> frontends;              // GUARDED_BY(mu): cluster mode, frontends that dialed us
+  std::map<std::string, nlohmann::json> kv_descriptors;         // GUARDED_BY(mu): decode workers' /kv/<id>, read once
+  std::vector<net::Endpoint> etcd_endpoints;                    // cluster mode
+  std::unique_ptr<cluster::EtcdLease> lease;
   std::vector<std::thread> push_threads;
   std::atomic<int> prefills_in_flight{0};
   std::atomic<int64_t> transfer_bytes{0};
@@ -116,6 +124,16 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::atomic<int> reservations{0};
 
   bool decodes() const { return options.role != Role::kPrefill; }
+  bool drain_grace_over() const {
+    const int64_t started = drain_started_ms.load();
+    return started == 0 || now_ms() - started > kDrainGraceMs;
+  }
+  static int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
+  }
+  static constexpr int64_t kDrainGraceMs = 1000;
+  bool cluster_mode() const { return !etcd_endpoints.empty(); }
+  std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }
   bool prefills() const { return options.role != Role::kDecode; }
 
   // ---- outputs to the frontend -------------------------------------------------------------
@@ -186,7 +204,9 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       send_error(g.request_id(), Status::InvalidArgument("a prefill worker does not decode"), request.sampling.n);
       return;
     }
-    if (stop_requests.load() > 0) {
+    // A request already on the wire when the frontends heard of the drain is still served: only
+    // after a grace period (the frontends have stopped routing here) is a new one refused.
+    if (stop_requests.load() > 0 && drain_grace_over()) {
       send_error(g.request_id(), Status::Unavailable("worker " + options.worker_id + " is draining"), request.sampling.n);
       return;
     }
@@ -312,6 +332,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     rp->set_dest_block_size(spec.block_size);
     rp->set_dest_block_bytes(static_cast<int64_t>(spec.block_bytes()));
     rp->set_dest_num_layers(spec.num_layers);
+    rp->set_decode_worker_id(options.worker_id);
     const bool sent = conn->send(env);
     bool timed_out = false;
     {
@@ -403,6 +424,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
         rp.dest_block_bytes() != static_cast<int64_t>(spec.block_bytes())) {
       return reply_error(Status::InvalidArgument("KV geometry differs between prefill and decode workers"));
     }
+    if (cluster_mode() && !rp.decode_worker_id().empty()) {
+      Status s = check_descriptor(rp);
+      if (!s.ok()) return reply_error(s);
+    }
     engine::Request request;
     request.request_id = id;
     request.prompt_token_ids.assign(rp.prompt_token_ids().begin(), rp.prompt_token_ids().end());
@@ -422,6 +447,37 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       prefills_in_flight.fetch_sub(1);
       reply_error(status);
     }
+  }
+
+  // Cluster mode: the decode worker's KV descriptor from etcd, read once per peer, must agree with
+  // what the request says (a stale or foreign sender is refused before any KV moves).
+  Status check_descriptor(const rpc::pb::RemotePrefill& rp) {
+    const std::string& peer_id = rp.decode_worker_id();
+    nlohmann::json d;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = kv_descriptors.find(peer_id);
+      if (it != kv_descriptors.end()) d = it->second;
+    }
+    if (d.is_null()) {
+      cluster::EtcdClient client(etcd_endpoints, 1000);
+      auto r = client.get(key_prefix() + "kv/" + peer_id);
+      // etcd down: the geometry check above still guards the copy; do not fail the request for it.
+      if (!r.ok()) return Status::Ok();
+      if (r->kvs.empty()) return Status::NotFound("decode worker " + peer_id + " has no KV descriptor in etcd");
+      d = nlohmann::json::parse(r->kvs[0].value, nullptr, false);
+      if (!d.is_object()) return Status::Corruption("the KV descriptor of " + peer_id + " is not JSON");
+      spdlog::info("event=kv_descriptor_read peer={} transfer={}", peer_id, d.value("transfer_address", ""));
+      std::lock_guard<std::mutex> lock(mu);
+      kv_descriptors[peer_id] = d;
+    }
+    if (d.value("transfer_address", "") != rp.transfer_address() || d.value("block_size", 0) != rp.dest_block_size() ||
+        d.value("num_layers", 0) != rp.dest_num_layers() || d.value("block_bytes", int64_t{0}) != rp.dest_block_bytes()) {
+      std::lock_guard<std::mutex> lock(mu);
+      kv_descriptors.erase(peer_id);  // it may have restarted: read it again next time
+      return Status::InvalidArgument("remote prefill from " + peer_id + " disagrees with its KV descriptor in etcd");
+    }
+    return Status::Ok();
   }
 
   void push_loop() {
@@ -495,6 +551,20 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       case rpc::pb::Envelope::kGenerate: on_generate(env.generate(), conn); break;
       case rpc::pb::Envelope::kAbort: on_abort(env.abort().request_id()); break;
       case rpc::pb::Envelope::kRemotePrefill: on_remote_prefill(env.remote_prefill(), conn); break;
+      case rpc::pb::Envelope::kFrontendHello: {
+        std::lock_guard<std::mutex> lock(mu);
+        frontends.insert(conn);
+        conn->send(registration());
+        conn->send(heartbeat());
+        if (drain_announced) {
+          rpc::pb::Envelope d;
+          d.mutable_drain()->set_worker_id(options.worker_id);
+          conn->send(d);
+        }
+        spdlog::info("event=frontend_connected worker_id={} frontend={} peer={}", options.worker_id,
+                     env.frontend_hello().frontend_id(), conn->peer());
+        break;
+      }
       case rpc::pb::Envelope::kRegisterAck:
         if (!env.register_ack().ok()) spdlog::error("event=register_refused reason=\"{}\"", env.register_ack().error());
         break;
@@ -536,8 +606,14 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
             auto self = weak.lock();
             auto c = weak_conn.lock();
             if (!self || !c) return;
-            std::lock_guard<std::mutex> lock(self->mu);
-            self->incoming.erase(c);
+            bool was_frontend;
+            {
+              std::lock_guard<std::mutex> lock(self->mu);
+              self->incoming.erase(c);
+              was_frontend = self->frontends.erase(c) > 0;
+            }
+            // A frontend that went away takes its requests with it: free their blocks.
+            if (was_frontend) self->abort_owned_by(c);
           });
     });
   }
@@ -583,11 +659,74 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     return env;
   }
 
+  // ---- cluster mode ---------------------------------------------------------------------------
+
+  nlohmann::json record() const {
+    const rpc::pb::Envelope env = registration();
+    const auto& r = env.register_();
+    return {{"worker_id", r.worker_id()}, {"role", role_name(options.role)}, {"model", r.model()},
+            {"rpc_address", r.rpc_address()}, {"transfer_address", r.transfer_address()},
+            {"num_kv_blocks", r.num_kv_blocks()}, {"block_size", r.block_size()}, {"max_model_len", r.max_model_len()},
+            {"vocab_size", r.vocab_size()}, {"pid", r.pid()}};
+  }
+
+  nlohmann::json kv_descriptor() const {
+    const auto& spec = engine->backend().kv_cache_spec();
+    return {{"worker_id", options.worker_id}, {"backend", "tcp"}, {"transfer_address", transfer->address()},
+            {"num_layers", spec.num_layers}, {"num_blocks", spec.num_blocks}, {"block_size", spec.block_size},
+            {"block_bytes", static_cast<int64_t>(spec.block_bytes())}};
+  }
+
+  void send_to_frontends(const rpc::pb::Envelope& env) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& f : frontends) f->send(env);
+  }
+
+  // Registered in etcd under a lease; frontends dial in. Heartbeats go to every frontend connected.
+  void run_cluster() {
+    std::map<std::string, std::string> keys;
+    keys[key_prefix() + "workers/" + role_name(options.role) + "/" + options.worker_id] = record().dump();
+    if (decodes()) keys[key_prefix() + "kv/" + options.worker_id] = kv_descriptor().dump();
+    lease = std::make_unique<cluster::EtcdLease>(cluster::EtcdClient(etcd_endpoints), options.lease_ttl_s, keys);
+    while (!stop.load()) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait_for(lock, std::chrono::milliseconds(drain_announced ? 50 : options.heartbeat_ms),
+                    [&] { return stop.load() || (stop_requests.load() > 0 && !drain_announced); });
+      }
+      if (stop.load()) break;
+      if (stop_requests.load() > 0 && !drain_announced) {
+        // Tell the frontends first (they stop routing here at once), then leave etcd for good.
+        rpc::pb::Envelope env;
+        env.mutable_drain()->set_worker_id(options.worker_id);
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          drain_announced = true;
+          for (const auto& f : frontends) f->send(env);
+        }
+        drain_deadline = Clock::now() + std::chrono::milliseconds(options.drain_timeout_ms);
+        drain_started_ms.store(now_ms());
+        spdlog::info("event=draining worker_id={} deadline_ms={}", options.worker_id, options.drain_timeout_ms);
+        lease->stop(/*revoke=*/true);
+      }
+      if (drain_announced && (idle() || Clock::now() > drain_deadline)) {
+        spdlog::info("event=drained worker_id={} idle={}", options.worker_id, idle());
+        send_to_frontends(heartbeat());
+        break;
+      }
+      send_to_frontends(heartbeat());
+    }
+    stop.store(true);
+    lease->stop(/*revoke=*/true);
+    shutdown();
+  }
+
   void run() {
     for (int i = 0; i < 2; ++i) push_threads.emplace_back([this] { push_loop(); });
     start_rpc_listener();
     spdlog::info("event=worker_started worker_id={} role={} rpc_port={} transfer={}", options.worker_id,
                  role_name(options.role), rpc_listener->port(), transfer->address());
+    if (cluster_mode()) return run_cluster();
     while (!stop.load()) {
       auto dialed = Connection::dial(options.frontend, options.dial_timeout_ms);
       if (!dialed.ok()) {
@@ -624,6 +763,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
         if (stop_requests.load() > 0 && !drain_announced) {
           drain_announced = true;
           drain_deadline = Clock::now() + std::chrono::milliseconds(options.drain_timeout_ms);
+          drain_started_ms.store(now_ms());
           rpc::pb::Envelope env;
           env.mutable_drain()->set_worker_id(options.worker_id);
           conn->send(env);
@@ -678,6 +818,11 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   auto listener = net::Listener::bind(impl_->options.host, impl_->options.rpc_port);
   if (!listener.ok()) throw Error("--rpc-port: " + listener.status().message());
   impl_->rpc_listener = std::move(*listener);
+  if (!impl_->options.registry.empty()) {
+    auto endpoints = cluster::parse_etcd_url(impl_->options.registry);
+    if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message());
+    impl_->etcd_endpoints = std::move(*endpoints);
+  }
 }
 
 Worker::~Worker() = default;
@@ -689,7 +834,7 @@ void Worker::request_stop() {
   bool connected;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    connected = impl_->frontend && impl_->frontend->is_open();
+    connected = impl_->cluster_mode() || (impl_->frontend && impl_->frontend->is_open());
   }
   if (impl_->stop_requests.fetch_add(1) > 0 || !connected) impl_->stop.store(true);
   impl_->cv.notify_all();

@@ -1,0 +1,296 @@
+// Cluster mode end to end (issue 11): a real etcd on loopback (temporary data directory, ephemeral
+// ports), the real `tandem` frontend and workers registering in it with leases. etcd is read and
+// written here with etcdctl, the reference client, never with our own etcd code. Tests skip (with
+// the reason) where etcd is not installed.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "harness.h"
+
+namespace tandem::testing {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+std::string prompt_ids(int n, int seed) {
+  std::string out;
+  unsigned x = static_cast<unsigned>(seed) * 2654435761u + 12345;
+  for (int i = 0; i < n; ++i) {
+    x = x * 1103515245u + 12345u;
+    out += (i ? "," : "") + std::to_string(1000 + (x >> 8) % 20000);
+  }
+  return out;
+}
+
+int64_t ms_since(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+
+// Polls `predicate` every 20 ms; false once `timeout_ms` passed.
+template <typename F>
+bool eventually(F predicate, int timeout_ms) {
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (Clock::now() < deadline) {
+    if (predicate()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return predicate();
+}
+
+// A stream's outcome: tokens received, and whether it ended with an error event before [DONE].
+struct StreamResult {
+  int status = 0;
+  int tokens = 0;
+  bool error = false;
+  bool done = false;
+};
+
+StreamResult stream(Cluster& cluster, int max_tokens, int timeout_ms = 60000) {
+  HttpResponse r = cluster.post("/v1/completions",
+                                R"({"prompt":[1,2,3],"max_tokens":)" + std::to_string(max_tokens) +
+                                    R"(,"stream":true,"return_token_ids":true})",
+                                timeout_ms);
+  StreamResult out;
+  out.status = r.status;
+  for (const auto& e : sse_events(r.body)) {
+    if (e == "[DONE]") {
+      out.done = true;
+      continue;
+    }
+    if (e.find("\"error\"") != std::string::npos) out.error = true;
+    auto j = json::parse(e, nullptr, false);
+    if (!j.is_discarded() && j.contains("choices") && !j["choices"].empty()) {
+      out.tokens += static_cast<int>(j["choices"][0].value("token_ids", json::array()).size());
+    }
+  }
+  return out;
+}
+
+class Etcd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdServer::available()) GTEST_SKIP() << "etcd or etcdctl not installed (Debian packages etcd-server, etcd-client)";
+    etcd_ = std::make_unique<EtcdServer>();
+    ASSERT_TRUE(etcd_->ok()) << "etcd did not start";
+  }
+  std::vector<std::string> frontend_args(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--registry", etcd_->url(), "--namespace", ns_};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+  void use_etcd(Cluster& cluster, int lease_ttl_s) {
+    cluster.set_worker_registry({"--registry", etcd_->url(), "--namespace", ns_, "--lease-ttl", std::to_string(lease_ttl_s)});
+  }
+  std::string key(const std::string& rest) const { return "/tandem/" + ns_ + "/" + rest; }
+  bool has_key(const std::string& rest) { return etcd_->get_prefix(key(rest)).count(key(rest)) > 0; }
+
+  std::unique_ptr<EtcdServer> etcd_;
+  const std::string ns_ = "t1";
+};
+
+TEST_F(Etcd, WorkersRegisterUnderLeases_RecordsAndKvDescriptorsAreInEtcd_RemotePrefillWorks) {
+  Cluster cluster(frontend_args({"--max-local-prefill", "16"}));
+  use_etcd(cluster, 10);
+  cluster.add_worker("prefill", {"--engine", "fake"});
+  cluster.add_worker("decode", {"--engine", "fake"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  auto kvs = etcd_->get_prefix("/tandem/");
+  ASSERT_TRUE(kvs.count(key("workers/decode/decode-1"))) << cluster.log("decode-1");
+  ASSERT_TRUE(kvs.count(key("workers/prefill/prefill-0")));
+  json decode = json::parse(kvs[key("workers/decode/decode-1")], nullptr, false);
+  ASSERT_TRUE(decode.is_object());
+  EXPECT_EQ(decode.value("role", ""), "decode");
+  EXPECT_EQ(decode.value("worker_id", ""), "decode-1");
+  EXPECT_EQ(decode.value("rpc_address", "").rfind("127.0.0.1:", 0), 0u);
+  EXPECT_GT(decode.value("num_kv_blocks", 0), 0);
+  // Only a worker that receives KV publishes a transfer descriptor.
+  ASSERT_TRUE(kvs.count(key("kv/decode-1")));
+  EXPECT_FALSE(kvs.count(key("kv/prefill-0")));
+  json kv = json::parse(kvs[key("kv/decode-1")], nullptr, false);
+  EXPECT_EQ(kv.value("transfer_address", ""), decode.value("transfer_address", "-"));
+  EXPECT_GT(kv.value("block_bytes", 0), 0);
+  // The keys live under a lease (etcdctl shows its id with -w json).
+  std::string lease = shell("ETCDCTL_API=3 " + find_program("etcdctl") + " --endpoints=" + etcd_->endpoint() +
+                            " get -w json " + key("workers/decode/decode-1"));
+  EXPECT_NE(lease.find("\"lease\":"), std::string::npos) << lease;
+
+  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(64, 1) + R"(],"max_tokens":4})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 1);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 0);
+  // The prefill worker read the decode worker's descriptor from etcd (once).
+  EXPECT_NE(cluster.log("prefill-0").find("event=kv_descriptor_read peer=decode-1"), std::string::npos);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST_F(Etcd, DecodeWorkerAddedWhileServing_ReceivesTrafficWithinASecond) {
+  Cluster cluster(frontend_args());
+  use_etcd(cluster, 10);
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  ASSERT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 200);
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  // From its key's appearance in etcd (polled with etcdctl: this clock starts up to one poll late,
+  // ~50 ms) to the frontend routing to it.
+  ASSERT_TRUE(eventually([&] { return has_key("workers/decode/decode-1"); }, 60000));
+  auto listed = Clock::now();
+  ASSERT_TRUE(eventually([&] { return cluster.metric("tandem_workers", "role=\"decode\"") == 2; }, 5000));
+  EXPECT_LT(ms_since(listed), 1000);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 4; ++i) clients.emplace_back([&] { EXPECT_EQ(stream(cluster, 20).tokens, 20); });
+  bool got_traffic = eventually(
+      [&] { return cluster.metric("tandem_worker_outstanding_requests", "worker=\"decode-1\"") > 0; }, 2000);
+  for (auto& t : clients) t.join();
+  EXPECT_TRUE(got_traffic);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST_F(Etcd, DecodeWorkerKilled_StreamsEndWithAnError_DroppedFromEtcdWhenItsLeaseExpires) {
+  Cluster cluster(frontend_args());
+  use_etcd(cluster, 2);
+  int victim = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  std::vector<std::thread> clients;
+  std::atomic<int> errors{0}, complete{0};
+  for (int i = 0; i < 4; ++i) {
+    clients.emplace_back([&] {
+      StreamResult r = stream(cluster, 75);
+      if (r.error && r.done) ++errors;
+      if (!r.error && r.tokens == 75) ++complete;
+    });
+  }
+  // Least outstanding requests first: two streams on each worker.
+  ASSERT_TRUE(eventually([&] { return cluster.metric("tandem_worker_outstanding_requests", "worker=\"decode-0\"") == 2; }, 3000));
+  auto killed = Clock::now();
+  cluster.worker(victim).kill_now();
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(errors.load(), 2);
+  EXPECT_EQ(complete.load(), 2);
+  // Its key outlives it until the lease expires; new requests never go to it meanwhile.
+  EXPECT_TRUE(has_key("workers/decode/decode-0"));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 200);
+  ASSERT_TRUE(eventually([&] { return !has_key("workers/decode/decode-0"); }, 8000));
+  // The lease was last renewed at most TTL/3 before the kill, so it expires no sooner than 2/3 TTL after.
+  EXPECT_GE(ms_since(killed), 1300);
+  EXPECT_TRUE(eventually([&] { return cluster.metric("tandem_cluster_members", "role=\"decode\"") == 1; }, 2000));
+  EXPECT_NE(cluster.log("frontend").find("event=worker_unlisted worker_id=decode-0"), std::string::npos);
+  EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 200);
+}
+
+TEST_F(Etcd, WorkerSigtermUnderLoad_RevokesAtOnce_TakesNothingNew_FinishesWhatItHolds) {
+  Cluster cluster(frontend_args());
+  use_etcd(cluster, 30);
+  int leaving = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  std::vector<std::thread> clients;
+  std::atomic<int> complete{0};
+  auto one = [&] {
+    StreamResult r = stream(cluster, 30);
+    if (r.status == 200 && !r.error && r.tokens == 30 && r.done) ++complete;
+  };
+  for (int i = 0; i < 8; ++i) clients.emplace_back(one);
+  ASSERT_TRUE(eventually([&] { return cluster.metric("tandem_worker_outstanding_requests", "worker=\"decode-0\"") > 0; }, 3000));
+  auto sigterm = Clock::now();
+  ::kill(cluster.worker(leaving).pid(), SIGTERM);
+  // More load while it drains: all of it goes to the other worker.
+  for (int i = 0; i < 8; ++i) clients.emplace_back(one);
+  // Revoked, not expired: gone long before the 30 s TTL.
+  ASSERT_TRUE(eventually([&] { return !has_key("workers/decode/decode-0"); }, 3000));
+  EXPECT_LT(ms_since(sigterm), 3000);
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(complete.load(), 16);
+  EXPECT_TRUE(eventually([&] { return !cluster.worker(leaving).running(); }, 10000));
+  std::string log = cluster.log("decode-0");
+  EXPECT_NE(log.find("event=etcd_lease_revoked"), std::string::npos) << log;
+  EXPECT_NE(log.find("event=drained"), std::string::npos) << log;
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST_F(Etcd, ThresholdChangedInEtcdOrThroughTheAdminEndpoint_ChangesTheNextDecision) {
+  Cluster cluster(frontend_args());  // --max-local-prefill 1000 by default
+  use_etcd(cluster, 10);
+  cluster.add_worker("prefill", {"--engine", "fake"});
+  cluster.add_worker("decode", {"--engine", "fake"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  const std::string body = R"({"prompt":[)" + prompt_ids(64, 2) + R"(],"max_tokens":2})";
+  ASSERT_EQ(cluster.post("/v1/completions", body).status, 200);
+  EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "decision=\"local\""), 1);
+
+  ASSERT_TRUE(etcd_->put(key("disagg/max_local_prefill"), "16"));
+  ASSERT_TRUE(eventually([&] {
+    auto j = json::parse(http(cluster.http_port(), "GET", "/v1/tandem/router").body, nullptr, false);
+    return j.is_object() && j.value("max_local_prefill", 0) == 16;
+  }, 3000));
+  ASSERT_EQ(cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(64, 3) + R"(],"max_tokens":2})").status, 200);
+  EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "decision=\"remote\""), 1);
+  EXPECT_NE(cluster.log("frontend").find("event=router_config source=etcd name=max_local_prefill old=1000 new=16"),
+            std::string::npos);
+
+  // The admin endpoint writes etcd (so every frontend follows); this frontend applies it at once.
+  HttpResponse r = cluster.post("/v1/tandem/router", R"({"max_local_prefill":5000,"max_prefill_queue":7})");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(etcd_->get_prefix(key("disagg/"))[key("disagg/max_local_prefill")], "5000");
+  EXPECT_EQ(etcd_->get_prefix(key("disagg/"))[key("disagg/max_prefill_queue")], "7");
+  ASSERT_EQ(cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(64, 4) + R"(],"max_tokens":2})").status, 200);
+  EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "decision=\"local\""), 2);
+  EXPECT_EQ(cluster.metric("tandem_router_max_prefill_queue"), 7);
+  // A value that is not a count is refused and logged; the threshold keeps its value.
+  ASSERT_TRUE(etcd_->put(key("disagg/max_local_prefill"), "lots"));
+  ASSERT_TRUE(eventually([&] { return cluster.log("frontend").find("event=router_config_ignored") != std::string::npos; }, 3000));
+  EXPECT_EQ(cluster.metric("tandem_router_max_local_prefill"), 5000);
+}
+
+TEST_F(Etcd, EtcdDownFor20s_RequestsKeepFlowing_NoWorkerDropped_RegistrationResumes) {
+  Cluster cluster(frontend_args());
+  use_etcd(cluster, 3);
+  cluster.add_worker("decode", {"--engine", "fake"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  etcd_->stop();
+  auto down = Clock::now();
+  int ok = 0, total = 0;
+  while (ms_since(down) < 20000) {
+    ++total;
+    if (cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})", 5000).status == 200) ++ok;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  EXPECT_EQ(ok, total);
+  EXPECT_EQ(cluster.metric("tandem_workers", "role=\"decode\""), 1);
+  ASSERT_TRUE(etcd_->start());
+  // etcd renews every lease when it comes back (its TTL counts again from then), and the worker's
+  // keep-alives resume: the worker stays listed, and is never unlisted on the frontend.
+  ASSERT_TRUE(eventually([&] { return has_key("workers/decode/decode-0"); }, 5000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(4000));  // more than the TTL
+  EXPECT_TRUE(has_key("workers/decode/decode-0"));
+  EXPECT_EQ(cluster.log("frontend").find("event=worker_unlisted"), std::string::npos);
+  // Membership flows again: a worker started now is found.
+  cluster.add_worker("decode", {"--engine", "fake"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 200);
+}
+
+TEST(AdminEndpoint, WithAToken_ChangesNeedIt) {
+  Cluster cluster({"--admin-token", "s3cret"});
+  EXPECT_EQ(http(cluster.http_port(), "GET", "/v1/tandem/router").status, 200);
+  HttpResponse refused = cluster.post("/v1/tandem/router", R"({"max_local_prefill":5})");
+  EXPECT_EQ(refused.status, 401) << refused.body;
+  HttpResponse wrong = http(cluster.http_port(), "POST", "/v1/tandem/router", R"({"max_local_prefill":5})",
+                            {{"Authorization", "Bearer nope"}});
+  EXPECT_EQ(wrong.status, 401);
+  HttpResponse ok = http(cluster.http_port(), "POST", "/v1/tandem/router", R"({"max_local_prefill":5})",
+                         {{"Authorization", "Bearer s3cret"}});
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(json::parse(ok.body).value("max_local_prefill", 0), 5);
+  EXPECT_NE(cluster.log("frontend").find("event=router_config source=admin name=max_local_prefill old=1000 new=5"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace tandem::testing
