@@ -61,6 +61,9 @@ struct WorkerRecord {
   int prefills_outstanding = 0;
   bool draining = false;  // routes nothing new; finishes what it holds
   std::string member_id;  // cluster mode: the etcd member this connection was dialed for
+  // Routed here since its last heartbeat (not yet in the load it reports): decodes, remote prefills.
+  int sent_since_heartbeat = 0;
+  int prefills_sent_since_heartbeat = 0;
   std::unique_ptr<PrefixIndex> prefix;
   std::set<std::string> requests;  // decode requests riding on this worker
 
@@ -193,7 +196,18 @@ struct Frontend::Impl {
                      w.info.num_kv_blocks(), w.conn->peer());
         break;
       }
-      case rpc::pb::Envelope::kHeartbeat: w.heartbeat = env.heartbeat(); break;
+      case rpc::pb::Envelope::kHeartbeat: {
+        rpc::pb::Heartbeat& h = *env.mutable_heartbeat();
+        if (w.prefix) {
+          if (h.prefix_reset()) w.prefix->clear();
+          w.prefix->insert_hashes({h.prefix_blocks_added().data(), static_cast<size_t>(h.prefix_blocks_added_size())});
+        }
+        h.clear_prefix_blocks_added();
+        w.heartbeat.Swap(&h);
+        w.sent_since_heartbeat = 0;
+        w.prefills_sent_since_heartbeat = 0;
+        break;
+      }
       case rpc::pb::Envelope::kDrain:
         w.draining = true;
         spdlog::info("event=worker_draining worker_id={} requests={}", w.info.worker_id(), w.requests.size());
@@ -611,6 +625,7 @@ struct Frontend::Impl {
     if (prompt.empty()) return reply_error(*ex, ApiError{400, "the prompt is empty", chat ? "messages" : "prompt", ""}, headers);
 
     // Route among the workers serving this model.
+    int cluster_prefill_queue = 0;
     std::vector<Candidate> candidates;
     std::vector<WorkerRecord*> records;
     for (auto& [key, w] : workers) {
@@ -618,15 +633,25 @@ struct Frontend::Impl {
       Candidate c;
       c.can_decode = w.can_decode();
       c.is_prefill = w.is_prefill();
-      c.outstanding = w.outstanding;
-      c.prefills_outstanding = w.prefills_outstanding;
+      if (cluster_mode()) {
+        // Several frontends share the workers: load as the worker reports it to all of them, plus
+        // what this frontend sent since (so that a burst between two heartbeats still spreads).
+        const auto& h = w.heartbeat;
+        c.outstanding = h.num_running() + h.num_waiting() + h.num_reservations() + w.sent_since_heartbeat;
+        c.prefills_outstanding = h.num_prefills_in_flight() + w.prefills_sent_since_heartbeat;
+        if (c.is_prefill) cluster_prefill_queue += c.prefills_outstanding;
+      } else {
+        c.outstanding = w.outstanding;
+        c.prefills_outstanding = w.prefills_outstanding;
+      }
       c.overlap_tokens = w.prefix && c.can_decode ? w.prefix->overlap(prompt) : 0;
       candidates.push_back(c);
       records.push_back(&w);
     }
     const int prompt_len = static_cast<int>(prompt.size());
     const bool disaggregable = req.sampling.n() == 1 && (!req.max_tokens_given || req.sampling.max_tokens() > 1);
-    Decision d = route(candidates, prompt_len, prefill_queue, disaggregable, options.router);
+    const int queue_depth = cluster_mode() ? cluster_prefill_queue : prefill_queue;
+    Decision d = route(candidates, prompt_len, queue_depth, disaggregable, options.router);
     if (d.decode < 0) return reply_error(*ex, ApiError{503, "no worker that can decode is registered", "", ""}, headers);
     WorkerRecord& decoder = *records[d.decode];
 
@@ -656,7 +681,7 @@ struct Frontend::Impl {
     spdlog::info("event=route request_id={} decision={} reason={} prompt_tokens={} uncached_tokens={} decode_worker={}{}{} "
                  "prefill_queue={} max_local_prefill={} max_prefill_queue={}",
                  a.id, d.remote ? "remote" : "local", d.reason, prompt_len, d.uncached_tokens, decoder.info.worker_id(),
-                 d.remote ? " prefill_worker=" : "", d.remote ? records[d.prefill]->info.worker_id() : "", prefill_queue,
+                 d.remote ? " prefill_worker=" : "", d.remote ? records[d.prefill]->info.worker_id() : "", queue_depth,
                  options.router.max_local_prefill, options.router.max_prefill_queue);
     metrics.add("tandem_router_decisions_total", labels({{"decision", d.remote ? "remote" : "local"}, {"reason", d.reason}}));
 
@@ -674,11 +699,13 @@ struct Frontend::Impl {
     }
     decoder.prefix->insert(prompt);
     decoder.outstanding++;
+    decoder.sent_since_heartbeat++;
     decoder.requests.insert(a.id);
     if (d.remote) {
       a.remote = true;
       a.prefill_key = records[d.prefill]->key;
       records[d.prefill]->prefills_outstanding++;
+      records[d.prefill]->prefills_sent_since_heartbeat++;
       ++prefill_queue;
     }
     a.response_id = std::string(chat ? "chatcmpl-" : "cmpl-") + a.id;

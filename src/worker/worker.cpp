@@ -18,6 +18,7 @@
 
 #include "cluster/etcd.h"
 #include "common/error.h"
+#include "common/prefix_index.h"
 #include "common/socket.h"
 #include "rpc/connection.h"
 #include "worker/convert.h"
@@ -75,6 +76,7 @@ rpc::pb::Role to_proto(Role role) {
 struct PendingPrefill {
   bool done = false;
   bool aborted = false;
+  const void* via = nullptr;  // the connection it was sent on (null: through the queue)
   rpc::pb::RemotePrefillResult result;
 };
 
@@ -115,6 +117,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::map<std::string, nlohmann::json> kv_descriptors;         // GUARDED_BY(mu): decode workers' /kv/<id>, read once
   std::vector<net::Endpoint> etcd_endpoints;                    // cluster mode
   std::unique_ptr<cluster::EtcdLease> lease;
+  // Prefix summary published to the frontends (routing data shared by all of them).
+  std::unique_ptr<PrefixIndex> prefix_index;        // GUARDED_BY(mu)
+  std::vector<uint64_t> prefix_added;               // GUARDED_BY(mu): since the last heartbeat round
+  bool prefix_reset = false;                        // GUARDED_BY(mu)
   std::vector<std::thread> push_threads;
   std::atomic<int> prefills_in_flight{0};
   std::atomic<int64_t> transfer_bytes{0};
@@ -199,6 +205,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     {
       std::lock_guard<std::mutex> lock(mu);
       owners[g.request_id()] = conn;
+      if (decodes() && prefix_index && prefix_index->insert(request.prompt_token_ids, &prefix_added)) {
+        prefix_reset = true;
+        prefix_added = prefix_index->hashes();
+      }
     }
     if (!decodes()) {
       send_error(g.request_id(), Status::InvalidArgument("a prefill worker does not decode"), request.sampling.n);
@@ -247,6 +257,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     }
     auto conn = *dialed;
     std::weak_ptr<Impl> weak = shared_from_this();
+    const void* raw = conn.get();
     conn->start(
         [weak](rpc::pb::Envelope& env) {
           auto self = weak.lock();
@@ -258,13 +269,14 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
           it->second->result = env.remote_prefill_result();
           self->cv.notify_all();
         },
-        [weak, address](const Status& reason) {
+        [weak, address, raw](const Status& reason) {
           auto self = weak.lock();
           if (!self) return;
-          // Everything waiting on this prefill worker fails now and falls back.
+          // Everything sent on this connection fails now and falls back (only this one: a duplicate
+          // dialed by a racing thread and closed at once must not fail the others' prefills).
           std::lock_guard<std::mutex> lock(self->mu);
           for (auto& [id, p] : self->pending) {
-            if (p->done) continue;
+            if (p->done || p->via != raw) continue;
             p->done = true;
             p->result.set_error_code(static_cast<int32_t>(StatusCode::kUnavailable));
             p->result.set_error_message("prefill worker " + address + ": " + reason.message());
@@ -297,6 +309,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       return fall_back(std::move(request), "prefill_unreachable: " + error.message());
     }
     auto p = std::make_shared<PendingPrefill>();
+    p->via = conn.get();
     {
       std::lock_guard<std::mutex> lock(mu);
       pending[id] = p;
@@ -555,7 +568,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
         std::lock_guard<std::mutex> lock(mu);
         frontends.insert(conn);
         conn->send(registration());
-        conn->send(heartbeat());
+        conn->send(full_heartbeat_locked());
         if (drain_announced) {
           rpc::pb::Envelope d;
           d.mutable_drain()->set_worker_id(options.worker_id);
@@ -635,6 +648,29 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     return env;
   }
 
+  // A heartbeat with everything in the prefix summary (a new connection). REQUIRES: mu held.
+  rpc::pb::Envelope full_heartbeat_locked() const {
+    rpc::pb::Envelope env = heartbeat();
+    auto* h = env.mutable_heartbeat();
+    h->set_prefix_reset(true);
+    if (prefix_index) {
+      for (uint64_t x : prefix_index->hashes()) h->add_prefix_blocks_added(x);
+    }
+    return env;
+  }
+
+  // The next heartbeat round: what the summary gained since the last one, the same for every frontend.
+  rpc::pb::Envelope delta_heartbeat() {
+    rpc::pb::Envelope env = heartbeat();
+    auto* h = env.mutable_heartbeat();
+    std::lock_guard<std::mutex> lock(mu);
+    h->set_prefix_reset(prefix_reset);
+    h->mutable_prefix_blocks_added()->Add(prefix_added.begin(), prefix_added.end());
+    prefix_added.clear();
+    prefix_reset = false;
+    return env;
+  }
+
   rpc::pb::Envelope heartbeat() const {
     engine::EngineStats s = engine->stats();
     rpc::pb::Envelope env;
@@ -711,10 +747,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       }
       if (drain_announced && (idle() || Clock::now() > drain_deadline)) {
         spdlog::info("event=drained worker_id={} idle={}", options.worker_id, idle());
-        send_to_frontends(heartbeat());
+        send_to_frontends(delta_heartbeat());
         break;
       }
-      send_to_frontends(heartbeat());
+      send_to_frontends(delta_heartbeat());
     }
     stop.store(true);
     lease->stop(/*revoke=*/true);
@@ -748,7 +784,12 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
             if (auto self = weak.lock()) self->cv.notify_all();
           });
       conn->send(registration());
-      conn->send(heartbeat());
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        conn->send(full_heartbeat_locked());
+        prefix_added.clear();
+        prefix_reset = false;
+      }
       spdlog::info("event=registered worker_id={} frontend={}", options.worker_id, options.frontend);
       {
         std::lock_guard<std::mutex> lock(mu);
@@ -775,7 +816,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
           stop.store(true);
           break;
         }
-        if (conn->is_open()) conn->send(heartbeat());
+        if (conn->is_open()) conn->send(delta_heartbeat());
       }
       if (!stop.load()) spdlog::warn("event=frontend_lost worker_id={} frontend={}", options.worker_id, options.frontend);
       conn->close();
@@ -814,6 +855,7 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   impl_->options = std::move(options);
   impl_->engine = std::move(engine);
   impl_->kv_memory = backend_kv_memory(impl_->engine->backend());
+  impl_->prefix_index = std::make_unique<PrefixIndex>(std::max(1, impl_->engine->backend().kv_cache_spec().block_size));
   impl_->transfer = transfer::create_tcp_backend(impl_->kv_memory, impl_->options.host, impl_->options.transfer_port);
   auto listener = net::Listener::bind(impl_->options.host, impl_->options.rpc_port);
   if (!listener.ok()) throw Error("--rpc-port: " + listener.status().message());

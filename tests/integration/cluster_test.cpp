@@ -28,6 +28,12 @@ std::string prompt_ids(int n, int seed) {
   return out;
 }
 
+int count_lines(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (size_t pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1)) ++n;
+  return n;
+}
+
 int64_t ms_since(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
@@ -274,6 +280,69 @@ TEST_F(Etcd, EtcdDownFor20s_RequestsKeepFlowing_NoWorkerDropped_RegistrationResu
   cluster.add_worker("decode", {"--engine", "fake"});
   ASSERT_TRUE(cluster.wait_for_workers(2));
   EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 200);
+}
+
+TEST_F(Etcd, TwoFrontendsShareTheWorkers_RouteFromWhatTheWorkersPublish) {
+  Cluster a(frontend_args({"--max-local-prefill", "32", "--max-prefill-queue", "100000"}));
+  Cluster b(frontend_args({"--max-local-prefill", "32", "--max-prefill-queue", "100000"}));
+  use_etcd(a, 10);
+  a.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});  // decode-0
+  ASSERT_TRUE(a.wait_for_workers(1));
+  ASSERT_TRUE(b.wait_for_workers(1));
+
+  // Prefix: a prompt served through A is known to B from the worker's published summary.
+  const std::string shared = prompt_ids(16, 7);  // one block of 16 tokens
+  ASSERT_EQ(a.post("/v1/completions", R"({"prompt":[)" + shared + R"(],"max_tokens":2})").status, 200);
+  ASSERT_TRUE(eventually([&] {
+    if (b.post("/v1/completions", R"({"prompt":[)" + shared + R"(],"max_tokens":2})").status != 200) return false;
+    return b.log("frontend").find("prompt_tokens=16 uncached_tokens=0") != std::string::npos;
+  }, 3000)) << b.log("frontend");
+
+  // Load: three long streams through A load decode-0; a worker added now is idle. B has routed
+  // nothing, so only the load decode-0 reports can make B pick the new worker.
+  std::vector<std::thread> streams;
+  for (int i = 0; i < 3; ++i) streams.emplace_back([&] { EXPECT_EQ(stream(a, 60).tokens, 60); });
+  ASSERT_TRUE(eventually([&] { return a.metric("tandem_worker_outstanding_requests", "worker=\"decode-0\"") == 3; }, 3000));
+  a.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});  // decode-1
+  ASSERT_TRUE(b.wait_for_workers(2));
+  ASSERT_TRUE(a.wait_for_workers(2));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a few heartbeats
+  ASSERT_EQ(b.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":2})").status, 200);
+  EXPECT_NE(b.log("frontend").find("prompt_tokens=3 uncached_tokens=3 decode_worker=decode-1"), std::string::npos)
+      << b.log("frontend");
+  for (auto& t : streams) t.join();
+
+  // Two prefill workers, 200 concurrent requests through both frontends: long prompts remote, short
+  // ones local (the thresholds), every request completes, both prefill workers take work.
+  a.add_worker("prefill", {"--engine", "fake", "--fake-prefill-us-per-token", "200"});  // prefill-2
+  a.add_worker("prefill", {"--engine", "fake", "--fake-prefill-us-per-token", "200"});  // prefill-3
+  ASSERT_TRUE(a.wait_for_workers(4));
+  ASSERT_TRUE(b.wait_for_workers(4));
+  std::atomic<int> complete{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 200; ++i) {
+    clients.emplace_back([&, i] {
+      Cluster& via = i % 2 ? a : b;
+      const int len = i % 4 < 2 ? 64 : 8;  // 100 long (remote), 100 short (local)
+      HttpResponse r = via.post("/v1/completions", R"({"prompt":[)" + prompt_ids(len, 100 + i) + R"(],"max_tokens":4})");
+      if (r.status == 200) ++complete;
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(complete.load(), 200);
+  auto decisions = [&](const std::string& filter) {
+    return a.metric("tandem_router_decisions_total", filter) + b.metric("tandem_router_decisions_total", filter);
+  };
+  // Earlier in this test: 2 prefix requests (+ retries) and 1 routed through B, and 3 streams, all local.
+  EXPECT_EQ(decisions("decision=\"remote\""), 100);
+  EXPECT_EQ(decisions("reason=\"long_prompt\""), 100);
+  const int pushes2 = count_lines(a.log("prefill-2"), "event=kv_pushed");
+  const int pushes3 = count_lines(a.log("prefill-3"), "event=kv_pushed");
+  EXPECT_EQ(pushes2 + pushes3, 100);
+  EXPECT_GT(pushes2, 10);
+  EXPECT_GT(pushes3, 10);
+  EXPECT_TRUE(a.wait_no_leaked_blocks());
+  EXPECT_TRUE(b.wait_no_leaked_blocks());
 }
 
 TEST(AdminEndpoint, WithAToken_ChangesNeedIt) {
