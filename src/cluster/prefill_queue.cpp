@@ -7,6 +7,8 @@
 namespace tandem::cluster {
 namespace {
 
+constexpr const char* kConsumer = "prefill";  // the durable pull consumer all prefill workers share
+
 natsConnection* nc_of(void* p) { return static_cast<natsConnection*>(p); }
 jsCtx* js_of(void* p) { return static_cast<jsCtx*>(p); }
 
@@ -123,15 +125,39 @@ Status PrefillQueue::ensure_consumer() {
   if (sub_) return Status::Ok();
   Status st = ensure_stream();
   if (!st.ok()) return st;
+  // The first prefill worker creates the shared durable consumer (its ack deadline and delivery
+  // limit win); the others bind to it as it is, whatever their own settings.
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsConsumerInfo* ci = nullptr;
+  natsStatus s = js_GetConsumerInfo(&ci, js_of(js_), stream_.c_str(), kConsumer, nullptr, &jerr);
+  if (s == NATS_OK) {
+    jsConsumerInfo_Destroy(ci);
+  } else if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+    jsConsumerConfig cfg;
+    jsConsumerConfig_Init(&cfg);
+    cfg.Durable = kConsumer;
+    cfg.AckPolicy = js_AckExplicit;
+    cfg.AckWait = static_cast<int64_t>(options_.ack_wait_ms) * 1000000;  // nanoseconds
+    cfg.MaxDeliver = options_.max_deliver;
+    cfg.FilterSubject = subject_.c_str();
+    jerr = static_cast<jsErrCode>(0);
+    s = js_AddConsumer(&ci, js_of(js_), stream_.c_str(), &cfg, nullptr, &jerr);
+    if (s != NATS_OK && jerr != JSConsumerNameExistErr && jerr != JSConsumerExistingActiveErr) {
+      return nats_error("create consumer " + std::string(kConsumer), s, jerr);
+    }
+    if (ci) jsConsumerInfo_Destroy(ci);
+    spdlog::info("event=prefill_queue_consumer_created stream={} ack_wait_ms={} max_deliver={}", stream_,
+                 options_.ack_wait_ms, options_.max_deliver);
+  } else {
+    return nats_error("consumer info " + std::string(kConsumer), s, jerr);
+  }
   jsSubOptions so;
   jsSubOptions_Init(&so);
   so.Stream = stream_.c_str();
-  so.Config.AckPolicy = js_AckExplicit;
-  so.Config.AckWait = static_cast<int64_t>(options_.ack_wait_ms) * 1000000;  // nanoseconds
-  so.Config.MaxDeliver = options_.max_deliver;
+  so.Consumer = kConsumer;
   natsSubscription* sub = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = js_PullSubscribe(&sub, js_of(js_), subject_.c_str(), "prefill", nullptr, &so, &jerr);
+  jerr = static_cast<jsErrCode>(0);
+  s = js_PullSubscribe(&sub, js_of(js_), subject_.c_str(), kConsumer, nullptr, &so, &jerr);
   if (s != NATS_OK) return nats_error("pull subscribe " + stream_, s, jerr);
   sub_ = sub;
   return Status::Ok();

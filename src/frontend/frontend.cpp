@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "cluster/etcd.h"
+#include "cluster/prefill_queue.h"
 #include "common/error.h"
 #include "common/socket.h"
 #include "frontend/metrics.h"
@@ -158,6 +159,45 @@ struct Frontend::Impl {
   // Cluster mode.
   std::map<std::string, Member> members;  // by worker id
   std::unique_ptr<cluster::EtcdWatcher> watcher;
+
+  // Prefill queue (--prefill-queue): its depth as last read, and whether NATS answered.
+  std::unique_ptr<cluster::PrefillQueue> queue;
+  std::thread queue_poller;
+  std::atomic<bool> queue_poller_stop{false};
+  int64_t queue_depth = 0;
+  int queue_sent_since_poll = 0;  // remote prefills routed since that read
+  bool queue_up = false;
+  bool queue_mode() const { return queue != nullptr; }
+
+  void start_queue_poller() {
+    auto g = gate;
+    queue_poller = std::thread([this, g] {
+      while (!queue_poller_stop.load()) {
+        auto depth = queue->depth();
+        const bool up = depth.ok();
+        const int64_t n = up ? *depth : 0;
+        const std::string reason = up ? "" : depth.status().message();
+        g->post([this, up, n, reason] {
+          if (up != queue_up) {
+            if (up) {
+              spdlog::info("event=prefill_queue_reachable stream={} depth={}", queue->stream_name(), n);
+            } else {
+              spdlog::warn("event=prefill_queue_unavailable reason=\"{}\"; remote prefills fall back to local prefill "
+                           "until it returns", reason);
+            }
+          }
+          queue_up = up;
+          queue_depth = n;
+          queue_sent_since_poll = 0;
+        });
+        for (int i = 0; i < 10 && !queue_poller_stop.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    });
+  }
+  void stop_queue_poller() {
+    queue_poller_stop.store(true);
+    if (queue_poller.joinable()) queue_poller.join();
+  }
   bool cluster_mode() const { return !options.etcd.empty(); }
   std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }
 
@@ -650,8 +690,15 @@ struct Frontend::Impl {
     }
     const int prompt_len = static_cast<int>(prompt.size());
     const bool disaggregable = req.sampling.n() == 1 && (!req.max_tokens_given || req.sampling.max_tokens() > 1);
-    const int queue_depth = cluster_mode() ? cluster_prefill_queue : prefill_queue;
+    const int queue_depth = queue_mode()     ? static_cast<int>(this->queue_depth) + queue_sent_since_poll
+                            : cluster_mode() ? cluster_prefill_queue
+                                             : prefill_queue;
     Decision d = route(candidates, prompt_len, queue_depth, disaggregable, options.router);
+    if (d.remote && queue_mode() && !queue_up) {
+      d.remote = false;
+      d.prefill = -1;
+      d.reason = "prefill_queue_unavailable";
+    }
     if (d.decode < 0) return reply_error(*ex, ApiError{503, "no worker that can decode is registered", "", ""}, headers);
     WorkerRecord& decoder = *records[d.decode];
 
@@ -691,7 +738,12 @@ struct Frontend::Impl {
     g->mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
     *g->mutable_sampling() = req.sampling;
     if (d.remote) {
-      g->set_remote_prefill_address(records[d.prefill]->info.rpc_address());
+      // Through the queue any prefill worker may take it; directly, the one chosen here.
+      if (queue_mode()) {
+        g->set_remote_prefill_queue(true);
+      } else {
+        g->set_remote_prefill_address(records[d.prefill]->info.rpc_address());
+      }
       g->set_remote_prefill_timeout_ms(options.remote_prefill_timeout_ms);
     }
     if (!decoder.conn->send(env)) {
@@ -701,7 +753,10 @@ struct Frontend::Impl {
     decoder.outstanding++;
     decoder.sent_since_heartbeat++;
     decoder.requests.insert(a.id);
-    if (d.remote) {
+    if (d.remote && queue_mode()) {
+      a.remote = true;
+      ++queue_sent_since_poll;
+    } else if (d.remote) {
       a.remote = true;
       a.prefill_key = records[d.prefill]->key;
       records[d.prefill]->prefills_outstanding++;
@@ -1015,7 +1070,7 @@ struct Frontend::Impl {
         metrics.set("tandem_cluster_members", labels({{"role", role}}), listed[role]);
       }
     }
-    metrics.set("tandem_prefill_queue_depth", "", prefill_queue);
+    metrics.set("tandem_prefill_queue_depth", "", queue_mode() ? static_cast<double>(queue_depth) : prefill_queue);
     metrics.set("tandem_requests_active", "", static_cast<double>(active.size()));
     metrics.set("tandem_router_max_local_prefill", "", options.router.max_local_prefill);
     metrics.set("tandem_router_max_prefill_queue", "", options.router.max_prefill_queue);
@@ -1082,10 +1137,19 @@ Frontend::Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec) 
   if (!registry.ok()) throw Error("--registry-port: " + registry.status().message());
   impl->registry = std::move(*registry);
   impl->describe_metrics();
+  if (!impl->options.prefill_queue.empty()) {
+    cluster::PrefillQueueOptions q;
+    q.url = impl->options.prefill_queue;
+    q.cluster_namespace = impl->options.cluster_namespace;
+    auto queue = cluster::PrefillQueue::connect(q);
+    if (!queue.ok()) throw Error("--prefill-queue: " + queue.status().message());
+    impl->queue = std::move(*queue);
+  }
 }
 
 Frontend::~Frontend() {
   if (impl_->watcher) impl_->watcher->stop();
+  impl_->stop_queue_poller();
   if (impl_->registry) impl_->registry->close();
   impl_->gate->close();
   for (auto& [key, w] : impl_->workers) w.conn->close();
@@ -1098,6 +1162,7 @@ void Frontend::run() {
   Impl* impl = impl_.get();
   impl->start_registry();
   if (impl->cluster_mode()) impl->start_watcher();
+  if (impl->queue_mode()) impl->start_queue_poller();
   impl->io().post_after(100, [impl] { impl->tick(); });
   if (!impl->options.ready_file.empty()) {
     std::string tmp = impl->options.ready_file + ".tmp";
@@ -1112,6 +1177,7 @@ void Frontend::run() {
                impl->cluster_mode() ? "etcd:" + impl->key_prefix() : std::string("embedded"));
   impl->http->run();
   if (impl->watcher) impl->watcher->stop();
+  impl->stop_queue_poller();
   impl->registry->close();
 }
 

@@ -36,6 +36,9 @@ struct FrontendOptions {
   std::vector<net::Endpoint> etcd;
   std::string cluster_namespace = "default";
   std::string frontend_id;             // names this frontend to workers and in logs ("" = host-pid)
+  // "nats://...": remote prefills go through the JetStream work queue; its depth (read from the
+  // stream) feeds the --max-prefill-queue rule. Workers need the same --prefill-queue.
+  std::string prefill_queue;
   // POST /v1/tandem/router: with a token, from anywhere with "Authorization: Bearer <token>";
   // without one, only from loopback clients.
   std::string admin_token;

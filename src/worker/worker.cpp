@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "cluster/etcd.h"
+#include "cluster/prefill_queue.h"
 #include "common/error.h"
 #include "common/prefix_index.h"
 #include "common/socket.h"
@@ -85,6 +86,7 @@ struct PushJob {
   rpc::pb::RemotePrefill request;
   engine::RequestOutput output;
   std::weak_ptr<Connection> reply_to;
+  std::shared_ptr<cluster::PrefillQueue::Message> queued;  // acknowledged once the result is sent
 };
 
 }  // namespace
@@ -117,6 +119,8 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::map<std::string, nlohmann::json> kv_descriptors;         // GUARDED_BY(mu): decode workers' /kv/<id>, read once
   std::vector<net::Endpoint> etcd_endpoints;                    // cluster mode
   std::unique_ptr<cluster::EtcdLease> lease;
+  std::unique_ptr<cluster::PrefillQueue> queue;  // --prefill-queue
+  std::thread pull_thread;
   // Prefix summary published to the frontends (routing data shared by all of them).
   std::unique_ptr<PrefixIndex> prefix_index;        // GUARDED_BY(mu)
   std::vector<uint64_t> prefix_added;               // GUARDED_BY(mu): since the last heartbeat round
@@ -220,7 +224,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       send_error(g.request_id(), Status::Unavailable("worker " + options.worker_id + " is draining"), request.sampling.n);
       return;
     }
-    if (g.remote_prefill_address().empty()) {
+    if (g.remote_prefill_address().empty() && !g.remote_prefill_queue()) {
       rpc::pb::PrefillInfo info;
       info.set_present(true);
       submit(std::move(request), info);
@@ -231,6 +235,16 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     std::thread([self = shared_from_this(), request = std::move(request), address = g.remote_prefill_address(),
                  timeout_ms]() mutable { self->remote_prefill(std::move(request), address, timeout_ms); })
         .detach();
+  }
+
+  // A prefill worker's answer, on the connection we dialed it on or (queue) one it dialed us on.
+  void on_prefill_result(const rpc::pb::RemotePrefillResult& r) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = pending.find(r.request_id());
+    if (it == pending.end()) return;
+    it->second->done = true;
+    it->second->result = r;
+    cv.notify_all();
   }
 
   void fall_back(engine::Request request, const std::string& reason) {
@@ -262,12 +276,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
         [weak](rpc::pb::Envelope& env) {
           auto self = weak.lock();
           if (!self || !env.has_remote_prefill_result()) return;
-          std::lock_guard<std::mutex> lock(self->mu);
-          auto it = self->pending.find(env.remote_prefill_result().request_id());
-          if (it == self->pending.end()) return;
-          it->second->done = true;
-          it->second->result = env.remote_prefill_result();
-          self->cv.notify_all();
+          self->on_prefill_result(env.remote_prefill_result());
         },
         [weak, address, raw](const Status& reason) {
           auto self = weak.lock();
@@ -302,11 +311,19 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       engine->release_blocks(id);
       reservations.fetch_sub(1);
     };
-    Status error;
-    auto conn = peer(address, &error);
-    if (!conn) {
+    const bool via_queue = address.empty();
+    if (via_queue && !queue) {
       release();
-      return fall_back(std::move(request), "prefill_unreachable: " + error.message());
+      return fall_back(std::move(request), "no_prefill_queue: this worker was started without --prefill-queue");
+    }
+    Status error;
+    std::shared_ptr<Connection> conn;
+    if (!via_queue) {
+      conn = peer(address, &error);
+      if (!conn) {
+        release();
+        return fall_back(std::move(request), "prefill_unreachable: " + error.message());
+      }
     }
     auto p = std::make_shared<PendingPrefill>();
     p->via = conn.get();
@@ -346,7 +363,26 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     rp->set_dest_block_bytes(static_cast<int64_t>(spec.block_bytes()));
     rp->set_dest_num_layers(spec.num_layers);
     rp->set_decode_worker_id(options.worker_id);
-    const bool sent = conn->send(env);
+    bool sent = false;
+    std::string send_error_text;
+    if (via_queue) {
+      rp->set_reply_address(options.host + ":" + std::to_string(rpc_listener->port()));
+      rp->set_deadline_unix_ms(unix_ms() + timeout_ms);
+      Status s = queue->publish(env.SerializeAsString());
+      sent = s.ok();
+      if (!sent) {
+        // NATS is down: prefill here now rather than wait out the deadline.
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          pending.erase(id);
+        }
+        transfer->forget(id);
+        release();
+        return fall_back(std::move(request), "prefill_queue_unavailable: " + s.message());
+      }
+    } else {
+      sent = conn->send(env);
+    }
     bool timed_out = false;
     {
       std::unique_lock<std::mutex> lock(mu);
@@ -361,12 +397,12 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     // From here no late push can land in the reserved blocks, whatever happens next to them.
     transfer->forget(id);
     if (p->aborted) {
-      abort_on(conn, id);
+      if (conn) abort_on(conn, id);
       release();
       return finish_aborted(id, request.sampling.n);
     }
     if (timed_out || p->result.error_code() != 0) {
-      if (timed_out) abort_on(conn, id);
+      if (timed_out && conn) abort_on(conn, id);
       release();
       return fall_back(std::move(request), timed_out ? "timeout after " + std::to_string(timeout_ms) + " ms"
                                                      : "prefill_failed: " + p->result.error_message());
@@ -421,9 +457,11 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
 
   // ---- prefill side ---------------------------------------------------------------------------
 
-  void on_remote_prefill(const rpc::pb::RemotePrefill& rp, const std::shared_ptr<Connection>& conn) {
+  void on_remote_prefill(const rpc::pb::RemotePrefill& rp, const std::shared_ptr<Connection>& conn,
+                         std::shared_ptr<cluster::PrefillQueue::Message> queued = nullptr) {
     const std::string id = rp.request_id();
-    auto reply_error = [conn, id](const Status& status) {
+    auto reply_error = [conn, id, queued](const Status& status) {
+      if (queued) (void)queued->ack();  // an answer went back: redelivering would not help
       rpc::pb::Envelope env;
       auto* r = env.mutable_remote_prefill_result();
       r->set_request_id(id);
@@ -449,11 +487,11 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     prefills_in_flight.fetch_add(1);
     std::weak_ptr<Connection> weak_conn = conn;
     auto self = shared_from_this();
-    Status status = engine->submit(std::move(request), [self, rp, weak_conn](engine::RequestOutput out) {
+    Status status = engine->submit(std::move(request), [self, rp, weak_conn, queued](engine::RequestOutput out) {
       if (!out.finished) return;
       // The engine thread must not block: the push runs on the transfer threads.
       std::lock_guard<std::mutex> lock(self->mu);
-      self->push_jobs.push_back(PushJob{rp, std::move(out), weak_conn});
+      self->push_jobs.push_back(PushJob{rp, std::move(out), weak_conn, queued});
       self->cv.notify_all();
     });
     if (!status.ok()) {
@@ -555,6 +593,62 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       r->set_error_message(status.message());
     }
     if (auto conn = job.reply_to.lock()) conn->send(env);
+    // Acknowledged only now: a worker that dies before this point leaves the message to be
+    // delivered again (the decode worker still expects the push until its deadline).
+    if (job.queued) (void)job.queued->ack();
+  }
+
+  static int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  }
+
+  // Prefill worker with a queue: pull one message whenever there is room, until draining.
+  void pull_loop() {
+    bool reported_down = false;
+    while (!stop.load() && stop_requests.load() == 0) {
+      if (prefills_in_flight.load() >= options.max_pulled_prefills) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        continue;
+      }
+      auto pulled = queue->pull(200);
+      if (!pulled.ok()) {
+        if (!reported_down) {
+          spdlog::warn("event=prefill_queue_unavailable worker_id={} reason=\"{}\"; retrying", options.worker_id,
+                       pulled.status().message());
+          reported_down = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        continue;
+      }
+      if (reported_down) spdlog::info("event=prefill_queue_reachable worker_id={}", options.worker_id);
+      reported_down = false;
+      std::shared_ptr<cluster::PrefillQueue::Message> m = std::move(*pulled);
+      if (!m) continue;
+      rpc::pb::Envelope env;
+      if (!env.ParseFromString(m->data()) || !env.has_remote_prefill()) {
+        spdlog::warn("event=prefill_queue_bad_message worker_id={} bytes={}", options.worker_id, m->data().size());
+        (void)m->ack();
+        continue;
+      }
+      const rpc::pb::RemotePrefill& rp = env.remote_prefill();
+      if (rp.deadline_unix_ms() > 0 && unix_ms() > rp.deadline_unix_ms()) {
+        // Its decode worker has prefilled locally by now; our push would be refused anyway.
+        spdlog::info("event=prefill_skipped_expired request_id={} delivered={}", rp.request_id(), m->num_delivered());
+        (void)m->ack();
+        continue;
+      }
+      Status error;
+      auto conn = peer(rp.reply_address(), &error);
+      if (!conn) {
+        spdlog::warn("event=prefill_reply_unreachable request_id={} reply={} reason=\"{}\"", rp.request_id(),
+                     rp.reply_address(), error.message());
+        (void)m->nak();
+        continue;
+      }
+      spdlog::info("event=prefill_pulled request_id={} decode_worker={} delivered={}", rp.request_id(),
+                   rp.decode_worker_id(), m->num_delivered());
+      on_remote_prefill(rp, conn, std::move(m));
+    }
   }
 
   // ---- connections ----------------------------------------------------------------------------
@@ -564,6 +658,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       case rpc::pb::Envelope::kGenerate: on_generate(env.generate(), conn); break;
       case rpc::pb::Envelope::kAbort: on_abort(env.abort().request_id()); break;
       case rpc::pb::Envelope::kRemotePrefill: on_remote_prefill(env.remote_prefill(), conn); break;
+      case rpc::pb::Envelope::kRemotePrefillResult: on_prefill_result(env.remote_prefill_result()); break;
       case rpc::pb::Envelope::kFrontendHello: {
         std::lock_guard<std::mutex> lock(mu);
         frontends.insert(conn);
@@ -759,6 +854,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
 
   void run() {
     for (int i = 0; i < 2; ++i) push_threads.emplace_back([this] { push_loop(); });
+    if (queue && prefills()) pull_thread = std::thread([this] { pull_loop(); });
     start_rpc_listener();
     spdlog::info("event=worker_started worker_id={} role={} rpc_port={} transfer={}", options.worker_id,
                  role_name(options.role), rpc_listener->port(), transfer->address());
@@ -843,6 +939,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       for (auto& c : incoming) c->close();
     }
     cv.notify_all();
+    if (pull_thread.joinable()) pull_thread.join();
     rpc_listener->close();
     transfer->shutdown();
     for (auto& t : push_threads) t.join();
@@ -864,6 +961,15 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
     auto endpoints = cluster::parse_etcd_url(impl_->options.registry);
     if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message());
     impl_->etcd_endpoints = std::move(*endpoints);
+  }
+  if (!impl_->options.prefill_queue.empty()) {
+    cluster::PrefillQueueOptions q;
+    q.url = impl_->options.prefill_queue;
+    q.cluster_namespace = impl_->options.cluster_namespace;
+    q.ack_wait_ms = impl_->options.prefill_queue_ack_wait_ms;
+    auto queue = cluster::PrefillQueue::connect(q);
+    if (!queue.ok()) throw Error("--prefill-queue: " + queue.status().message());
+    impl_->queue = std::move(*queue);
   }
 }
 

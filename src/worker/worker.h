@@ -34,6 +34,9 @@ struct WorkerOptions {
   std::string registry;          // "etcd://host:port[,...]": cluster mode; empty = the embedded registry
   std::string cluster_namespace = "default";  // --namespace: keys live under /tandem/<ns>/
   int lease_ttl_s = 10;          // --lease-ttl: a killed worker vanishes from etcd this long after
+  std::string prefill_queue;     // "nats://...": remote prefills through the JetStream queue
+  int prefill_queue_ack_wait_ms = 10000;  // a pulled prefill not acknowledged this long is redelivered
+  int max_pulled_prefills = 4;   // a prefill worker pulls only while it holds fewer
   std::string host = "127.0.0.1";  // address peers reach this worker on
   uint16_t rpc_port = 0;         // remote prefills from decode workers (0 = ephemeral)
   uint16_t transfer_port = 0;    // KV pushes into this worker (0 = ephemeral)

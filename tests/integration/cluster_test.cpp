@@ -345,6 +345,126 @@ TEST_F(Etcd, TwoFrontendsShareTheWorkers_RouteFromWhatTheWorkersPublish) {
   EXPECT_TRUE(b.wait_no_leaked_blocks());
 }
 
+// The NATS prefill queue, with the embedded registry (the queue does not need etcd).
+class Nats : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!NatsServer::available()) GTEST_SKIP() << "nats-server not installed (Debian package nats-server)";
+    nats_ = std::make_unique<NatsServer>();
+    ASSERT_TRUE(nats_->ok()) << "nats-server did not start";
+  }
+  std::vector<std::string> queue_args(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--prefill-queue", nats_->url()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return args;
+  }
+  std::string long_prompt(int seed) { return R"({"prompt":[)" + prompt_ids(64, seed) + R"(],"max_tokens":4})"; }
+
+  std::unique_ptr<NatsServer> nats_;
+  const std::string stream_ = "tandem_default_prefill";
+};
+
+TEST_F(Nats, RemotePrefillsGoThroughTheQueue_AndSpreadOverThePrefillWorkers) {
+  Cluster cluster(queue_args({"--max-local-prefill", "16", "--max-prefill-queue", "100000"}));
+  cluster.add_worker("prefill", queue_args({"--engine", "fake", "--fake-prefill-us-per-token", "300"}));
+  cluster.add_worker("prefill", queue_args({"--engine", "fake", "--fake-prefill-us-per-token", "300"}));
+  cluster.add_worker("decode", queue_args({"--engine", "fake"}));
+  ASSERT_TRUE(cluster.wait_for_workers(3));
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 40; ++i) {
+    clients.emplace_back([&, i] {
+      if (cluster.post("/v1/completions", long_prompt(i)).status == 200) ++ok;
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 40);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 40);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 0);
+  const int pulled0 = count_lines(cluster.log("prefill-0"), "event=prefill_pulled");
+  const int pulled1 = count_lines(cluster.log("prefill-1"), "event=prefill_pulled");
+  EXPECT_EQ(pulled0 + pulled1, 40);
+  EXPECT_GT(pulled0, 0);
+  EXPECT_GT(pulled1, 0);
+  // Work-queue retention: every message was acknowledged and is gone (read from the server itself).
+  EXPECT_TRUE(eventually([&] { return nats_->stream_messages(stream_) == 0; }, 3000)) << nats_->stream_messages(stream_);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST_F(Nats, QueueDepthReadFromTheStream_FeedsMaxPrefillQueue) {
+  Cluster cluster(queue_args({"--max-local-prefill", "16", "--max-prefill-queue", "2"}));
+  // One slow prefill worker that holds one prefill at a time: the queue backs up.
+  cluster.add_worker("prefill", queue_args({"--engine", "fake", "--fake-prefill-us-per-token", "15000",
+                                            "--max-pulled-prefills", "1"}));
+  cluster.add_worker("decode", queue_args({"--engine", "fake"}));
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  // Two remote prefills: one held by the worker (delivered, not acknowledged), one waiting.
+  for (int i = 0; i < 2; ++i) {
+    clients.emplace_back([&, i] {
+      if (cluster.post("/v1/completions", long_prompt(i)).status == 200) ++ok;
+    });
+  }
+  // The server's own count and the frontend's reading of it agree that two are queued.
+  EXPECT_TRUE(eventually([&] { return nats_->stream_messages(stream_) == 2; }, 3000)) << nats_->stream_messages(stream_);
+  EXPECT_TRUE(eventually([&] { return cluster.metric("tandem_prefill_queue_depth") == 2; }, 3000));
+  // The queue holds max-prefill-queue prefills: the next long prompt is prefilled locally.
+  ASSERT_EQ(cluster.post("/v1/completions", long_prompt(99)).status, 200);
+  EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "reason=\"prefill_queue_full\""), 1);
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(ok.load(), 2);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 2);
+}
+
+TEST_F(Nats, PrefillWorkerKilledHoldingAMessage_AnotherGetsItAfterTheAckDeadline) {
+  Cluster cluster(queue_args({"--max-local-prefill", "16"}));
+  // The first pull subscriber creates the consumer, with its ack deadline of 1.5 s.
+  int victim = cluster.add_worker("prefill", queue_args({"--engine", "fake", "--fake-prefill-us-per-token", "200000",
+                                                         "--prefill-queue-ack-wait-ms", "1500"}));
+  cluster.add_worker("decode", queue_args({"--engine", "fake"}));
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  HttpResponse response;
+  std::thread client([&] { response = cluster.post("/v1/completions", long_prompt(5)); });
+  ASSERT_TRUE(eventually([&] { return cluster.log("prefill-0").find("event=prefill_pulled") != std::string::npos; }, 5000));
+  cluster.add_worker("prefill", queue_args({"--engine", "fake"}));  // prefill-2
+  ASSERT_TRUE(cluster.wait_for_workers(3));
+  cluster.worker(victim).kill_now();
+  client.join();
+  ASSERT_EQ(response.status, 200) << response.body;
+  // Redelivered and prefilled remotely by the other worker; the decode worker never had to fall back.
+  EXPECT_NE(cluster.log("prefill-2").find("delivered=2"), std::string::npos) << cluster.log("prefill-2");
+  EXPECT_EQ(count_lines(cluster.log("prefill-2"), "event=kv_pushed"), 1);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 1);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 0);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+TEST_F(Nats, NatsStopped_RemotePrefillsFallBackToLocal_ResumeWhenItReturns) {
+  Cluster cluster(queue_args({"--max-local-prefill", "16"}));
+  cluster.add_worker("prefill", queue_args({"--engine", "fake"}));
+  cluster.add_worker("decode", queue_args({"--engine", "fake"}));
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  ASSERT_EQ(cluster.post("/v1/completions", long_prompt(1)).status, 200);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 1);
+
+  nats_->stop();
+  ASSERT_TRUE(eventually([&] { return cluster.log("frontend").find("event=prefill_queue_unavailable") != std::string::npos; }, 5000));
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(cluster.post("/v1/completions", long_prompt(10 + i)).status, 200);
+  EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "reason=\"prefill_queue_unavailable\""), 3);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 1);
+
+  ASSERT_TRUE(nats_->start());
+  ASSERT_TRUE(eventually([&] { return cluster.log("frontend").find("event=prefill_queue_reachable") != std::string::npos; }, 10000));
+  int seed = 20;  // a new prompt each try: a repeated one would be in the prefix cache (short_prompt)
+  ASSERT_TRUE(eventually([&] {
+    return cluster.post("/v1/completions", long_prompt(seed++)).status == 200 &&
+           cluster.metric("tandem_remote_prefills_total") >= 2;
+  }, 10000));
+  EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 0);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
 TEST(AdminEndpoint, WithAToken_ChangesNeedIt) {
   Cluster cluster({"--admin-token", "s3cret"});
   EXPECT_EQ(http(cluster.http_port(), "GET", "/v1/tandem/router").status, 200);

@@ -285,6 +285,43 @@ bool EtcdServer::put(const std::string& key, const std::string& value) {
   return status == 0 && out == "OK";
 }
 
+NatsServer::NatsServer() {
+  char tmpl[] = "/tmp/tandem-nats-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  port_ = free_port();
+  monitor_port_ = free_port();
+  ok_ = available() && start();
+}
+
+NatsServer::~NatsServer() {
+  process_.kill_now();
+  if (!std::getenv("TANDEM_KEEP_TEST_LOGS")) fs::remove_all(dir_);
+}
+
+bool NatsServer::start() {
+  process_ = Process({find_program("nats-server"), "-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-m",
+                      std::to_string(monitor_port_), "-sd", dir_ + "/store"},
+                     dir_ + "/nats.log");
+  for (int i = 0; i < 200; ++i) {
+    if (http(monitor_port_, "GET", "/healthz", "", {}, 1000).status == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+void NatsServer::stop() { process_.kill_now(); }
+
+int64_t NatsServer::stream_messages(const std::string& stream) {
+  auto j = nlohmann::json::parse(http(monitor_port_, "GET", "/jsz?accounts=true&streams=true", "", {}, 2000).body, nullptr, false);
+  if (!j.is_object() || !j.contains("account_details")) return -1;
+  for (const auto& account : j["account_details"]) {
+    for (const auto& st : account.value("stream_detail", nlohmann::json::array())) {
+      if (st.value("name", "") == stream) return st["state"].value("messages", int64_t{0});
+    }
+  }
+  return -1;
+}
+
 std::string Cluster::metrics() { return http(http_port_, "GET", "/metrics").body; }
 
 double metric_value(const std::string& text, const std::string& name, const std::string& label_filter) {

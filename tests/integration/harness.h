@@ -71,6 +71,29 @@ class EtcdServer {
   Process process_;
 };
 
+// A real nats-server with JetStream (Debian's nats-server) on loopback, with a temporary store
+// directory and a monitoring port; stop() kills it and keeps the store, so start() brings the same
+// streams back on the same ports.
+class NatsServer {
+ public:
+  NatsServer();
+  ~NatsServer();
+  bool ok() const { return ok_; }
+  static bool available() { return !find_program("nats-server").empty(); }
+  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+  bool start();
+  void stop();
+  // Messages in a stream, from the server's monitoring endpoint (/jsz); -1 when it is not there.
+  int64_t stream_messages(const std::string& stream);
+
+ private:
+  std::string dir_;
+  int port_ = 0;
+  int monitor_port_ = 0;
+  bool ok_ = false;
+  Process process_;
+};
+
 // A frontend plus workers.
 class Cluster {
  public:
