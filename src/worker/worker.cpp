@@ -660,10 +660,14 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       case rpc::pb::Envelope::kRemotePrefill: on_remote_prefill(env.remote_prefill(), conn); break;
       case rpc::pb::Envelope::kRemotePrefillResult: on_prefill_result(env.remote_prefill_result()); break;
       case rpc::pb::Envelope::kFrontendHello: {
+        // The engine's stats are read before taking mu: an engine may call back into us (taking mu)
+        // while holding its own lock.
+        rpc::pb::Envelope beat = heartbeat();
         std::lock_guard<std::mutex> lock(mu);
         frontends.insert(conn);
         conn->send(registration());
-        conn->send(full_heartbeat_locked());
+        add_full_prefix_locked(beat);
+        conn->send(beat);
         if (drain_announced) {
           rpc::pb::Envelope d;
           d.mutable_drain()->set_worker_id(options.worker_id);
@@ -743,15 +747,13 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     return env;
   }
 
-  // A heartbeat with everything in the prefix summary (a new connection). REQUIRES: mu held.
-  rpc::pb::Envelope full_heartbeat_locked() const {
-    rpc::pb::Envelope env = heartbeat();
+  // Makes `env` carry everything in the prefix summary (a new connection). REQUIRES: mu held.
+  void add_full_prefix_locked(rpc::pb::Envelope& env) const {
     auto* h = env.mutable_heartbeat();
     h->set_prefix_reset(true);
     if (prefix_index) {
       for (uint64_t x : prefix_index->hashes()) h->add_prefix_blocks_added(x);
     }
-    return env;
   }
 
   // The next heartbeat round: what the summary gained since the last one, the same for every frontend.
@@ -881,8 +883,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
           });
       conn->send(registration());
       {
+        rpc::pb::Envelope beat = heartbeat();  // before mu (see kFrontendHello)
         std::lock_guard<std::mutex> lock(mu);
-        conn->send(full_heartbeat_locked());
+        add_full_prefix_locked(beat);
+        conn->send(beat);
         prefix_added.clear();
         prefix_reset = false;
       }

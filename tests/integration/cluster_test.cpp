@@ -172,13 +172,16 @@ TEST_F(Etcd, DecodeWorkerKilled_StreamsEndWithAnError_DroppedFromEtcdWhenItsLeas
       if (!r.error && r.tokens == 75) ++complete;
     });
   }
-  // Least outstanding requests first: two streams on each worker.
-  ASSERT_TRUE(eventually([&] { return cluster.metric("tandem_worker_outstanding_requests", "worker=\"decode-0\"") == 2; }, 3000));
+  // Least outstanding requests first: the streams spread over both workers.
+  ASSERT_TRUE(eventually([&] { return cluster.metric("tandem_worker_outstanding_requests") == 4; }, 3000));
+  const int on_victim = static_cast<int>(cluster.metric("tandem_worker_outstanding_requests", "worker=\"decode-0\""));
+  EXPECT_GE(on_victim, 1);
+  EXPECT_LE(on_victim, 3);
   auto killed = Clock::now();
   cluster.worker(victim).kill_now();
   for (auto& t : clients) t.join();
-  EXPECT_EQ(errors.load(), 2);
-  EXPECT_EQ(complete.load(), 2);
+  EXPECT_EQ(errors.load(), on_victim);
+  EXPECT_EQ(complete.load(), 4 - on_victim);
   // Its key outlives it until the lease expires; new requests never go to it meanwhile.
   EXPECT_TRUE(has_key("workers/decode/decode-0"));
   for (int i = 0; i < 5; ++i) EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 200);
