@@ -35,6 +35,13 @@ step kernels "$bin/cuda_kernels_test" --gtest_output=json:"$out/kernels.json"
 step backend "$bin/cuda_backend_test" --gtest_output=json:"$out/backend.json"
 # The same with prefill attention on the SIMT kernel only (the tensor-core kernel switched off).
 step backend_simt env TANDEM_ATTENTION_MMA=0 "$bin/cuda_backend_test"
+# Disaggregated serving on this GPU over CUDA IPC (and TCP), and the IPC transfer rate; when bundled.
+if [[ -x $bin/gpu_serving_test ]]; then
+  step serving env TANDEM_BINARY="$(realpath "$bin/tandem")" "$bin/gpu_serving_test" --gtest_output=json:"$out/serving.json"
+fi
+if [[ -x $bin/kv_transfer_bench ]]; then
+  step kv_transfer "$bin/kv_transfer_bench" --device cuda:0 --peer-device cuda:0 --output-json "$out/kv_transfer.json"
+fi
 if [[ $skip != *" sanitizer "* ]]; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/cuda_kernels_test" --gtest_brief=1
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/cuda_kernels_test" \
@@ -69,7 +76,7 @@ python3 - "$out" "{${status_json%,}}" "$(( $(date +%s) - start ))" <<'PY'
 import json, os, sys
 out, steps, total = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 summary = {"device": open(os.path.join(out, "device.txt")).read().strip(), "total_seconds": total, "steps": steps}
-for name in ("kernels", "backend"):
+for name in ("kernels", "backend", "serving"):
     path = os.path.join(out, name + ".json")
     if os.path.exists(path):
         j = json.load(open(path))
@@ -90,6 +97,9 @@ for key in ("bench", "bench_llama", "bench_simt"):
     for line in open(path):
         if line.startswith("{"):
             summary[key] = json.loads(line)
+kv = os.path.join(out, "kv_transfer.json")
+if os.path.exists(kv):
+    summary["kv_transfer"] = json.load(open(kv))
 summary["pass"] = all(v["rc"] == 0 for v in steps.values())
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 print(json.dumps(summary, indent=1))

@@ -1,5 +1,7 @@
 #include "backend/backend.h"
 
+#include <charconv>
+#include <sstream>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
@@ -74,6 +76,72 @@ std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, cons
 #endif
   }
   throw Error("--device: unknown device '" + options.device + "' (use cpu or cuda:N)");
+}
+
+namespace {
+
+// Fields are joined by ',' and checked one by one on the way back, so a truncated or foreign string
+// is refused rather than half-parsed. Version tag first so the form can change later.
+constexpr const char* kExportTag = "kvx1";
+
+bool is_plain(const std::string& field) {
+  return field.find_first_of(",; \t\n") == std::string::npos;
+}
+
+template <typename T>
+bool parse_number(const std::string& text, T& out) {
+  const char* end = text.data() + text.size();
+  auto [ptr, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && ptr == end;
+}
+
+}  // namespace
+
+std::string encode_kv_export(const KvExport& e) {
+  static const char* kHex = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(e.handle.size() * 2);
+  for (std::byte b : e.handle) {
+    hex.push_back(kHex[static_cast<unsigned>(b) >> 4]);
+    hex.push_back(kHex[static_cast<unsigned>(b) & 15]);
+  }
+  std::ostringstream out;
+  out << kExportTag << ',' << (is_plain(e.device) ? e.device : "?") << ',' << e.device_ordinal << ','
+      << (e.pci_bus_id.empty() || !is_plain(e.pci_bus_id) ? "-" : e.pci_bus_id) << ',' << e.process_id << ','
+      << e.spec.num_layers << ',' << e.spec.num_blocks << ',' << e.spec.block_size << ',' << e.spec.num_kv_heads << ','
+      << e.spec.head_dim << ',' << model::dtype_name(e.spec.dtype) << ',' << e.layer_stride_bytes << ',' << hex;
+  return out.str();
+}
+
+StatusOr<KvExport> decode_kv_export(const std::string& text) {
+  std::vector<std::string> f;
+  std::string field;
+  std::istringstream in(text);
+  while (std::getline(in, field, ',')) f.push_back(field);
+  if (f.size() != 13 || f[0] != kExportTag) {
+    return Status::InvalidArgument("not a KV export descriptor (expected 13 fields starting with " + std::string(kExportTag) + ")");
+  }
+  KvExport e;
+  e.device = f[1];
+  e.pci_bus_id = f[3] == "-" ? "" : f[3];
+  e.spec.dtype = model::parse_dtype(f[10]);
+  bool ok = parse_number(f[2], e.device_ordinal) && parse_number(f[4], e.process_id) &&
+            parse_number(f[5], e.spec.num_layers) && parse_number(f[6], e.spec.num_blocks) &&
+            parse_number(f[7], e.spec.block_size) && parse_number(f[8], e.spec.num_kv_heads) &&
+            parse_number(f[9], e.spec.head_dim) && parse_number(f[11], e.layer_stride_bytes) &&
+            e.spec.dtype != model::DType::kUnsupported && f[12].size() % 2 == 0;
+  if (!ok) return Status::InvalidArgument("malformed KV export descriptor");
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  for (size_t i = 0; i < f[12].size(); i += 2) {
+    int hi = nibble(f[12][i]), lo = nibble(f[12][i + 1]);
+    if (hi < 0 || lo < 0) return Status::InvalidArgument("malformed KV export handle");
+    e.handle.push_back(static_cast<std::byte>(hi * 16 + lo));
+  }
+  return e;
 }
 
 }  // namespace tandem::backend

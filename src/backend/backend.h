@@ -69,11 +69,17 @@ Status validate_batch(const ForwardBatch& batch, const KvCacheSpec& kv, int voca
 struct KvExport {
   std::string device;        // "cuda:0" of the exporting process
   int device_ordinal = -1;
+  std::string pci_bus_id;    // e.g. "0000:19:00.0": names the GPU whatever the peer's CUDA_VISIBLE_DEVICES
   int64_t process_id = 0;    // exporter's pid (a handle cannot be opened in the process that made it)
   KvCacheSpec spec;          // geometry of the exporter's pools (num_blocks: blocks usable by the engine)
   size_t layer_stride_bytes = 0;  // bytes from one layer's pool to the next in the exported allocation
   std::vector<std::byte> handle;  // opaque: cudaIpcMemHandle_t of the allocation holding every layer's pool
 };
+
+// One-line text form of a KvExport (no spaces, commas or semicolons inside fields), for addresses and
+// messages; decode_kv_export(encode_kv_export(e)) == e. decode: InvalidArgument naming what is malformed.
+std::string encode_kv_export(const KvExport& e);
+StatusOr<KvExport> decode_kv_export(const std::string& text);
 
 class Backend {
  public:
@@ -105,6 +111,9 @@ class Backend {
   //
   // export_kv_handles: describes this backend's pools for a peer process.
   virtual StatusOr<KvExport> export_kv_handles() { return Status::Unsupported(device_name() + " cannot export KV pools"); }
+  // Whether this backend's device can read and write the exporter's device memory: the same GPU, or
+  // one with peer access to it (NVLink/PCIe). Only meaningful for an exporter on the same host.
+  virtual bool can_reach_peer(const KvExport& peer) { (void)peer; return false; }
   // Copies, for every layer in [layer_begin, layer_end) (layer_end -1: all), the peer's block
   // peer_blocks[i] into our block local_blocks[i] (from_peer), or ours into the peer's (to_peer), in one
   // batched device copy per call; returns when the copy is complete. The peer's pools are opened on first
@@ -112,7 +121,9 @@ class Backend {
   // head_dim, dtype, layers) equals ours; the peer does not touch those blocks meanwhile.
   // InvalidArgument for mismatched geometry or block ids out of range; Unavailable when the handle
   // cannot be opened (another host, no peer access): the caller falls back to TCP.
-  // Threading as read_kv_block: from the engine thread, or from another thread between forward() calls.
+  // Threading as read_kv_block: from the engine thread, or from another thread between forward() calls,
+  // unless an implementation documents otherwise (the CUDA backend allows any thread at any time: peer
+  // copies run on their own stream under their own lock).
   virtual Status copy_blocks_from_peer(const KvExport& peer, std::span<const int32_t> peer_blocks,
                                        std::span<const int32_t> local_blocks, int layer_begin = 0, int layer_end = -1) {
     (void)peer, (void)peer_blocks, (void)local_blocks, (void)layer_begin, (void)layer_end;

@@ -130,6 +130,17 @@ BatchTiming run_batch(engine::Engine& engine, const std::vector<std::vector<int3
   return timing;
 }
 
+// Model FLOPs of prefilling `batch` prompts of `len` tokens: the projections and MLP of every token, the
+// causal attention scores and weighted sums (token i attends to i + 1 keys), and one lm_head row per
+// prompt. What a perfect implementation must compute; padding or recomputation does not count.
+double prefill_model_flops(const model::ModelConfig& c, int batch, int len) {
+  const double h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), inter = c.intermediate_size;
+  const double per_token = 2.0 * c.num_layers * (h * (q + 2 * kv) + q * h + 3.0 * h * inter);
+  const double pairs = 0.5 * static_cast<double>(len) * (len + 1.0);  // (query, visible key) pairs
+  const double attention = 4.0 * c.num_layers * c.num_heads * c.head_dim * pairs;  // QK^T and PV
+  return batch * (per_token * len + attention + 2.0 * h * c.vocab_size);
+}
+
 double percentile(std::vector<double> values, double p) {
   std::sort(values.begin(), values.end());
   if (values.empty()) return 0;
@@ -174,19 +185,40 @@ int run_throughput(const OfflineOptions& o) {
   run_batch(*engine, random_prompts(std::min(o.num_prompts, 8), std::min(o.input_len, 64), vocab, o.seed + 1),
             std::min(o.output_len, 8), "warmup");
   const auto prompts = random_prompts(o.num_prompts, o.input_len, vocab, o.seed);
+  const engine::EngineStats before = engine->stats();
   BatchTiming t = run_batch(*engine, prompts, o.output_len, "throughput");
+  const engine::EngineStats after = engine->stats();
+  const double forward_s = after.forward_seconds - before.forward_seconds;
+  const double outside_s = after.outside_forward_seconds - before.outside_forward_seconds;
+  const int64_t steps = after.num_steps - before.num_steps;
+  const int64_t decode_steps = after.num_decode_steps - before.num_decode_steps;
+  const double decode_forward_s = after.decode_forward_seconds - before.decode_forward_seconds;
+  const double decode_outside_s = after.decode_outside_forward_seconds - before.decode_outside_forward_seconds;
   const double total_tokens = static_cast<double>(o.num_prompts) * o.input_len + static_cast<double>(t.output_tokens);
   std::vector<Figure> figures = {
       {"output_throughput", static_cast<double>(t.output_tokens) / t.elapsed_s, "tok/s"},
       {"request_throughput", o.num_prompts / t.elapsed_s, "req/s"},
       {"total_token_throughput", total_tokens / t.elapsed_s, "tok/s"},
       {"elapsed", t.elapsed_s, "s"},
+      {"engine_steps", static_cast<double>(steps), "steps"},
+      {"engine_forward_ms_per_step", steps > 0 ? 1000.0 * forward_s / steps : 0.0, "ms"},
+      {"engine_outside_forward_ms_per_step", steps > 0 ? 1000.0 * outside_s / steps : 0.0, "ms"},
+      {"engine_outside_forward_share", forward_s + outside_s > 0 ? outside_s / (forward_s + outside_s) : 0.0, "fraction"},
+      {"engine_decode_steps", static_cast<double>(decode_steps), "steps"},
+      {"engine_decode_forward_ms_per_step", decode_steps > 0 ? 1000.0 * decode_forward_s / decode_steps : 0.0, "ms"},
+      {"engine_decode_outside_forward_ms_per_step", decode_steps > 0 ? 1000.0 * decode_outside_s / decode_steps : 0.0, "ms"},
+      {"engine_decode_outside_forward_share",
+       decode_forward_s + decode_outside_s > 0 ? decode_outside_s / (decode_forward_s + decode_outside_s) : 0.0, "fraction"},
   };
   const std::string device_name = engine->backend().device_name();
   std::printf("Throughput: %.2f requests/s, %.2f total tokens/s, %.2f output tokens/s\n", figures[1].value,
               figures[2].value, figures[0].value);
   std::printf("Model %s on %s: %d prompts x %d in / %d out in %.2f s\n", o.model.c_str(), device_name.c_str(),
               o.num_prompts, o.input_len, o.output_len, t.elapsed_s);
+  std::printf("Engine: %lld steps, %.3f ms/step in the backend's forward, %.3f ms/step outside it (%.1f%% of the loop)\n",
+              static_cast<long long>(steps), figures[5].value, figures[6].value, 100.0 * figures[7].value);
+  std::printf("Engine decode steps: %lld, %.3f ms/step in forward, %.3f ms/step outside it (%.1f%%)\n",
+              static_cast<long long>(decode_steps), figures[9].value, figures[10].value, 100.0 * figures[11].value);
   if (o.limit > 0) std::printf("Ratio to the limit %.0f tok/s: %.1f%%\n", o.limit, 100.0 * figures[0].value / o.limit);
   write_json(o, "throughput", device_name, figures);
   return 0;
@@ -207,9 +239,16 @@ int run_latency(const OfflineOptions& o) {
   }
   const std::string device_name = engine->backend().device_name();
   std::vector<Figure> figures;
+  // With --output-len 1 the run is a prefill benchmark: its headline (the one --limit applies to) is the
+  // model FLOP rate of the prefill, in TFLOP/s (the first token's time, engine step included).
+  const double prefill_tflops =
+      prefill_model_flops(engine->backend().config(), o.batch_size, o.input_len) / percentile(ttfts, 50) / 1e12;
+  const bool prefill_headline = decode_ms_per_token.empty();
+  if (prefill_headline) figures.push_back({"prefill_model_tflops_median", prefill_tflops, "TFLOP/s"});
   if (!decode_ms_per_token.empty()) figures.push_back({"decode_ms_per_token_median", percentile(decode_ms_per_token, 50), "ms"});
   figures.push_back({"prefill_ms_median", 1000.0 * percentile(ttfts, 50), "ms"});
   figures.push_back({"prefill_tokens_per_s_median", o.batch_size * o.input_len / percentile(ttfts, 50), "tok/s"});
+  if (!prefill_headline) figures.push_back({"prefill_model_tflops_median", prefill_tflops, "TFLOP/s"});
   figures.push_back({"latency_s_median", percentile(latencies, 50), "s"});
   figures.push_back({"latency_s_p90", percentile(latencies, 90), "s"});
   std::printf("Model %s on %s: batch %d, %d in / %d out, %d iterations after %d warm-up\n", o.model.c_str(),
@@ -217,6 +256,8 @@ int run_latency(const OfflineOptions& o) {
   for (const auto& f : figures) std::printf("  %-30s %12.3f %s\n", f.name.c_str(), f.value, f.unit.c_str());
   if (o.limit > 0 && !decode_ms_per_token.empty()) {
     std::printf("Ratio to the limit %.3f ms/token: %.1f%%\n", o.limit, 100.0 * o.limit / figures[0].value);
+  } else if (o.limit > 0) {
+    std::printf("Ratio to the limit %.1f TFLOP/s: %.1f%%\n", o.limit, 100.0 * figures[0].value / o.limit);
   }
   write_json(o, "latency", device_name, figures);
   return 0;

@@ -2,7 +2,9 @@
 // workers as child processes (each in its own process group, so Ctrl-C reaches the supervisor
 // only and it stops them in order), restarts a worker that dies, and stops everything on SIGINT or
 // SIGTERM. With no --model it serves the built-in demo model: tiny-qwen3 random weights (made on
-// first use under the cache directory) with the real Qwen3 tokenizer.
+// first use under the cache directory) with the real Qwen3 tokenizer. Workers go on the devices that
+// cli/serve_layout.h plans (GPUs when visible); workers sharing a GPU start one after another, each
+// once the one before it has its KV cache (its --ready-file), so their memory shares come out even.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -26,8 +28,11 @@
 #include "cli/model_files.h"
 #include "cli/signals.h"
 #include "common/error.h"
-#include "cli/model_files.h"
+#include "cli/serve_layout.h"
 #include "common/socket.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "model/presets.h"
 #include "model/random_weights.h"
 #include "model/safetensors_writer.h"
@@ -50,12 +55,21 @@ struct ServeOptions {
   std::string cache_dir;
   std::string log_level = "info";
   int stop_timeout_ms = 10000;
+  int worker_start_timeout_s = 900;
+  std::string device = "auto";
+  std::string prefill_device;
+  std::string decode_device;
+  double gpu_memory_utilization = 0.9;
+  std::string kv_transfer = "auto";
   std::vector<std::string> worker_args;
 };
 
 struct Child {
   std::string name;
   std::vector<std::string> argv;
+  std::string device;      // "cpu" or "cuda:N"
+  std::string ready_file;  // the worker writes it once its engine is loaded
+  int kv_blocks = 0;       // from the ready file: a restart asks for the same pool
   pid_t pid = -1;
   int restarts = 0;
   std::chrono::steady_clock::time_point started;
@@ -144,6 +158,20 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--max-prefill-queue", o->max_prefill_queue, "Remote prefill only while fewer than this are queued")->capture_default_str();
   cmd->add_option("--cache-dir", o->cache_dir, "Where the demo model is made (default $TANDEM_CACHE_DIR or ~/.cache/tandem)");
   cmd->add_option("--child-log-level", o->log_level, "Log level of the frontend and workers")->capture_default_str();
+  cmd->add_option("--device", o->device,
+                  "auto (GPUs when visible, else cpu), cpu, cuda (lay out over every visible GPU: with two or more, "
+                  "prefill on cuda:0 and decode on cuda:1), or cuda:N (every worker on GPU N)")
+      ->capture_default_str();
+  cmd->add_option("--prefill-device", o->prefill_device, "Device of the prefill workers (overrides --device), e.g. cuda:0");
+  cmd->add_option("--decode-device", o->decode_device, "Device of the decode workers (overrides --device), e.g. cuda:1");
+  cmd->add_option("--gpu-memory-utilization", o->gpu_memory_utilization,
+                  "Fraction of each GPU's free memory (after weights) for KV caches, split evenly between the workers on it")
+      ->capture_default_str();
+  cmd->add_option("--kv-transfer", o->kv_transfer, "KV transport between workers: auto (CUDA IPC where possible, else TCP) or tcp")
+      ->capture_default_str();
+  cmd->add_option("--worker-start-timeout-s", o->worker_start_timeout_s,
+                  "How long a worker may take to load before the next one on its GPU starts anyway")
+      ->capture_default_str();
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
   return [o]() {
     // Before any thread starts (make-model uses OpenMP), so that every thread blocks the signals.
@@ -151,7 +179,10 @@ Runner add_serve_command(CLI::App& app) {
     handle_termination_signals([&stopping](int) { stopping.store(true); });
     const bool demo = o->model.empty();
     fs::path model = demo ? demo_model(o->cache_dir) : fs::path(o->model);
-    if (!demo && !fs::exists(model / "config.json")) throw Error("--model: no config.json in " + model.string());
+    const bool random_preset = o->model.rfind("random:", 0) == 0;  // random weights made by each worker
+    if (!demo && !random_preset && !fs::exists(model / "config.json")) {
+      throw Error("--model: no config.json in " + model.string() + " (or use random:<preset>)");
+    }
     const std::string exe = self_exe();
     const int num_workers = o->num_prefill_workers + o->num_decode_workers;
     int threads = o->threads > 0 ? o->threads
@@ -165,7 +196,7 @@ Runner add_serve_command(CLI::App& app) {
     frontend.argv = {exe, "--log-level", o->log_level, "frontend", "--host", o->host, "--port", std::to_string(o->port),
                     "--ready-file", ready.string(), "--max-local-prefill", std::to_string(o->max_local_prefill),
                     "--max-prefill-queue", std::to_string(o->max_prefill_queue)};
-    if (fs::exists(model / "tokenizer.json")) {
+    if (!random_preset && fs::exists(model / "tokenizer.json")) {
       frontend.argv.push_back("--tokenizer");
       frontend.argv.push_back(model.string());
     }
@@ -180,20 +211,74 @@ Runner add_serve_command(CLI::App& app) {
     fs::remove(ready);
     if (registry_port == 0) throw Error("the frontend did not start within 15 s");
 
-    auto worker_child = [&](const std::string& role, int index) {
-      Child c;
-      c.name = role + "-" + std::to_string(index);
-      c.argv = {exe, "--log-level", o->log_level, "worker", "--role", role, "--model", model.string(),
-                "--frontend", "127.0.0.1:" + std::to_string(registry_port), "--worker-id", c.name,
-                "--threads", std::to_string(threads), "--engine", o->engine};
-      for (const auto& a : o->worker_args) c.argv.push_back(a);
-      return c;
-    };
-    for (int i = 0; i < o->num_prefill_workers; ++i) children.push_back(worker_child("prefill", i));
-    for (int i = 0; i < o->num_decode_workers; ++i) {
-      children.push_back(worker_child(o->num_prefill_workers > 0 ? "decode" : "both", i));
+    LayoutRequest layout;
+    layout.num_prefill_workers = o->num_prefill_workers;
+    layout.num_decode_workers = o->num_decode_workers;
+    layout.device = o->engine == "fake" ? std::string("cpu") : o->device;
+    layout.prefill_device = o->engine == "fake" ? std::string() : o->prefill_device;
+    layout.decode_device = o->engine == "fake" ? std::string() : o->decode_device;
+    layout.gpu_memory_utilization = o->gpu_memory_utilization;
+#ifdef TANDEM_HAVE_CUDA
+    // Only asked when a GPU may be used: the supervisor itself never makes a CUDA context.
+    if (layout.device != "cpu" || !layout.prefill_device.empty() || !layout.decode_device.empty()) {
+      layout.num_gpus = backend::cuda::cuda_device_count();
     }
-    for (auto& c : children) {
+#endif
+    const std::vector<WorkerPlacement> placements = plan_layout(layout);
+    const bool shared_gpu = std::any_of(placements.begin(), placements.end(),
+                                        [](const WorkerPlacement& w) { return w.device != "cpu" && w.share_count > 1; });
+    const int cpu_workers = static_cast<int>(std::count_if(placements.begin(), placements.end(),
+                                                           [](const WorkerPlacement& w) { return w.device == "cpu"; }));
+    if (o->threads <= 0 && cpu_workers > 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / cpu_workers);
+    std::string layout_text;
+    for (const auto& w : placements) {
+      Child c;
+      c.name = w.role + "-" + std::to_string(w.index);
+      c.device = w.device;
+      c.ready_file = (fs::temp_directory_path() / ("tandem-serve-" + std::to_string(getpid()) + "-" + c.name + ".json")).string();
+      c.argv = {exe, "--log-level", o->log_level, "worker", "--role", w.role, "--model", model.string(),
+                "--frontend", "127.0.0.1:" + std::to_string(registry_port), "--worker-id", c.name,
+                "--threads", std::to_string(threads), "--engine", o->engine, "--device", w.device,
+                "--kv-transfer", o->kv_transfer, "--ready-file", c.ready_file};
+      if (w.device != "cpu") {
+        char share[32];
+        std::snprintf(share, sizeof(share), "%.6f", w.gpu_memory_utilization);
+        c.argv.insert(c.argv.end(), {"--gpu-memory-utilization", share});
+      }
+      for (const auto& a : o->worker_args) c.argv.push_back(a);
+      layout_text += (layout_text.empty() ? "" : ", ") + c.name + "@" + w.device;
+      children.push_back(std::move(c));
+    }
+    std::fprintf(stderr, "tandem serve: workers %s%s\n", layout_text.c_str(),
+                 shared_gpu ? " (workers sharing a GPU start one after another)" : "");
+    // Waits for a worker's ready file; false if it exited or took longer than the start timeout.
+    auto wait_ready = [&](Child& c) {
+      auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o->worker_start_timeout_s);
+      while (!stopping.load() && std::chrono::steady_clock::now() < deadline) {
+        std::ifstream in(c.ready_file);
+        if (in) {
+          c.kv_blocks = nlohmann::json::parse(in, nullptr, false).value("kv_blocks", 0);
+          return true;
+        }
+        // Exited? Asked without reaping it: the supervision loop below restarts it.
+        siginfo_t info{};
+        if (waitid(P_PID, c.pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == c.pid) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      return false;
+    };
+    for (size_t i = 0; i < children.size(); ++i) {
+      Child& c = children[i];
+      // A GPU's free memory is measured by each worker as it starts: the ones before it on the same GPU
+      // must hold their share first.
+      for (size_t j = 0; j < i; ++j) {
+        Child& before = children[j];
+        if (c.device == "cpu" || before.device != c.device || before.pid <= 0 || before.kv_blocks > 0) continue;
+        if (!wait_ready(before)) {
+          std::fprintf(stderr, "tandem serve: %s did not get ready (see its log above); starting %s anyway\n",
+                       before.name.c_str(), c.name.c_str());
+        }
+      }
       c.pid = spawn(c.argv);
       c.started = std::chrono::steady_clock::now();
     }
@@ -204,10 +289,10 @@ Runner add_serve_command(CLI::App& app) {
     while (!stopping.load()) {
       if (!announced && http_ok(o->host == "0.0.0.0" ? "127.0.0.1" : o->host, o->port, "/health")) {
         announced = true;
-        std::printf("\nTandem is serving %s at %s  (%d prefill + %d decode worker%s, %s)\n", 
+        std::printf("\nTandem is serving %s at %s  (%d prefill + %d decode worker%s, %s)\n",
                     demo ? "the demo model (random weights: its text is gibberish; pass --model DIR for real weights)" : model.c_str(),
                     url.c_str(), o->num_prefill_workers, o->num_decode_workers, o->num_decode_workers > 1 ? "s" : "",
-                    o->engine == "fake" ? "fake engine" : "CPU");
+                    o->engine == "fake" ? "fake engine" : layout_text.c_str());
         std::printf("Try:\n  curl %s/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                     "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 32}'\n"
                     "Metrics: %s/metrics   Stop: Ctrl-C\n\n",
@@ -235,6 +320,17 @@ Runner add_serve_command(CLI::App& app) {
         if (std::chrono::steady_clock::now() - c.started < std::chrono::seconds(5)) {
           std::this_thread::sleep_for(std::chrono::seconds(std::min(c.restarts, 5)));
         }
+        // The same KV pool as before: the memory its first start measured is now partly its peers'.
+        if (c.kv_blocks == 0) {
+          std::ifstream in(c.ready_file);
+          if (in) c.kv_blocks = nlohmann::json::parse(in, nullptr, false).value("kv_blocks", 0);
+        }
+        if (c.kv_blocks > 0 && c.device != "cpu") {
+          bool has_blocks_flag = false;
+          for (const auto& a : c.argv) has_blocks_flag = has_blocks_flag || a.rfind("--num-kv-blocks", 0) == 0;
+          if (!has_blocks_flag) c.argv.insert(c.argv.end(), {"--num-kv-blocks", std::to_string(c.kv_blocks)});
+        }
+        fs::remove(c.ready_file);
         c.pid = spawn(c.argv);
         c.started = std::chrono::steady_clock::now();
       }
@@ -263,6 +359,7 @@ Runner add_serve_command(CLI::App& app) {
     for (auto& c : children) workers.push_back(&c);
     stop_all(workers);
     stop_all({&frontend});
+    for (auto& c : children) fs::remove(c.ready_file);
     std::fprintf(stderr, "tandem serve: stopped\n");
     return exit_code;
   };

@@ -2,7 +2,10 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <unistd.h>
+
 #include <filesystem>
+#include <fstream>
 
 #include "cli/commands.h"
 #include "cli/model_files.h"
@@ -41,6 +44,9 @@ struct WorkerCommandOptions {
   int fake_step_ms = 0;
   double fake_prefill_us_per_token = 0;
   std::string device = "cpu";
+  double gpu_memory_utilization = 0.9;
+  std::string kv_transfer = "auto";
+  std::string ready_file;
   int threads = 0;
   int num_kv_blocks = 0;
   int max_batch_tokens = 2048;
@@ -86,6 +92,13 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--fake-step-ms", o->fake_step_ms, "Fake engine: time per decode step")->capture_default_str();
   cmd->add_option("--fake-prefill-us-per-token", o->fake_prefill_us_per_token, "Fake engine: prefill time per prompt token")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu or cuda:N")->capture_default_str();
+  cmd->add_option("--gpu-memory-utilization", o->gpu_memory_utilization,
+                  "CUDA: fraction of the GPU memory free after the weights that the KV cache takes")
+      ->capture_default_str();
+  cmd->add_option("--kv-transfer", o->kv_transfer,
+                  "KV transport: auto (CUDA IPC to workers on this host whose GPU this one can reach, else TCP), tcp, or cuda_ipc")
+      ->capture_default_str();
+  cmd->add_option("--ready-file", o->ready_file, "Write {\"kv_blocks\": N, ...} here once the engine is loaded (for supervisors)");
   cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV blocks (0 = size from memory)")->capture_default_str();
   cmd->add_option("--max-batch-tokens", o->max_batch_tokens, "Tokens per engine step")->capture_default_str();
@@ -123,6 +136,7 @@ Runner add_worker_command(CLI::App& app) {
     options.remote_prefill_timeout_ms = o->remote_prefill_timeout_ms;
     options.transfer_timeout_ms = o->transfer_timeout_ms;
     options.drain_timeout_ms = o->drain_timeout_ms;
+    options.kv_transfer = o->kv_transfer;
     if (o->model.empty() && o->engine != "fake") throw Error("--model is required (or --engine fake)");
     options.model_name = !o->served_model_name.empty() ? o->served_model_name
                          : o->model.empty()              ? std::string("fake")
@@ -153,6 +167,7 @@ Runner add_worker_command(CLI::App& app) {
       backend_options.device = o->device;
       backend_options.num_threads = o->threads;
       backend_options.num_kv_blocks = o->num_kv_blocks;
+      backend_options.gpu_memory_utilization = o->gpu_memory_utilization;
       engine::EngineOptions engine_options;
       engine_options.max_batch_tokens = o->max_batch_tokens;
       engine_options.max_seqs = o->max_seqs;
@@ -161,7 +176,17 @@ Runner add_worker_command(CLI::App& app) {
       throw Error("--engine: unknown engine '" + o->engine + "' (use real or fake)");
     }
 
+    const int kv_blocks = engine->backend().kv_cache_spec().num_blocks;
     worker::Worker w(options, std::move(engine));
+    if (!o->ready_file.empty()) {
+      // Written whole under a temporary name, then renamed, so a reader never sees half a file.
+      const std::string tmp = o->ready_file + ".tmp";
+      {
+        std::ofstream out(tmp);
+        out << "{\"kv_blocks\": " << kv_blocks << ", \"device\": \"" << o->device << "\", \"pid\": " << getpid() << "}\n";
+      }
+      std::filesystem::rename(tmp, o->ready_file);
+    }
     target->store(&w);
     if (early_stop->load()) return 0;
     w.run();

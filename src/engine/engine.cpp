@@ -6,6 +6,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <deque>
@@ -233,6 +235,12 @@ class EngineImpl final : public Engine {
     s.prompt_tokens_total = prompt_tokens_total_;
     s.generation_tokens_total = generation_tokens_total_;
     s.max_model_len = max_model_len_;
+    s.num_steps = num_steps_.load(std::memory_order_relaxed);
+    s.forward_seconds = 1e-9 * static_cast<double>(forward_ns_.load(std::memory_order_relaxed));
+    s.outside_forward_seconds = 1e-9 * static_cast<double>(outside_forward_ns_.load(std::memory_order_relaxed));
+    s.num_decode_steps = num_decode_steps_.load(std::memory_order_relaxed);
+    s.decode_forward_seconds = 1e-9 * static_cast<double>(decode_forward_ns_.load(std::memory_order_relaxed));
+    s.decode_outside_forward_seconds = 1e-9 * static_cast<double>(decode_outside_forward_ns_.load(std::memory_order_relaxed));
     return s;
   }
 
@@ -527,7 +535,11 @@ class EngineImpl final : public Engine {
 
   void loop() {
     std::vector<PendingOutput> outs;
+    using SteadyClock = std::chrono::steady_clock;
+    auto ns = [](SteadyClock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); };
     while (true) {
+      SteadyClock::time_point step_start, forward_start, forward_end;
+      bool is_decode = false;
       const SchedulerOutput* step = nullptr;
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -536,6 +548,7 @@ class EngineImpl final : public Engine {
                  (!blocked_ && scheduler_.num_running() + scheduler_.num_waiting() > 0);
         });
         if (stop_) break;
+        step_start = std::chrono::steady_clock::now();
         for (auto& state : intake_) admit(state, &outs);
         intake_.clear();
         for (const std::string& id : aborts_) {
@@ -560,11 +573,14 @@ class EngineImpl final : public Engine {
       }
       if (!step->empty()) {
         Status status;
+        forward_start = SteadyClock::now();
         try {
           status = greedy_step_ ? runner_.execute_greedy() : runner_.execute();
         } catch (const std::exception& e) {
           status = Status::Internal(std::string("backend forward threw: ") + e.what());
         }
+        forward_end = SteadyClock::now();
+        is_decode = step->num_batched_tokens == static_cast<int>(step->seqs.size());
         std::lock_guard<std::mutex> lock(mu_);
         if (status.ok()) {
           try {
@@ -585,6 +601,18 @@ class EngineImpl final : public Engine {
         }
       }
       deliver(outs);
+      if (!step->empty()) {
+        const auto end = SteadyClock::now();
+        const int64_t inside = ns(forward_end - forward_start), outside = ns((forward_start - step_start) + (end - forward_end));
+        num_steps_.fetch_add(1, std::memory_order_relaxed);
+        forward_ns_.fetch_add(inside, std::memory_order_relaxed);
+        outside_forward_ns_.fetch_add(outside, std::memory_order_relaxed);
+        if (is_decode) {
+          num_decode_steps_.fetch_add(1, std::memory_order_relaxed);
+          decode_forward_ns_.fetch_add(inside, std::memory_order_relaxed);
+          decode_outside_forward_ns_.fetch_add(outside, std::memory_order_relaxed);
+        }
+      }
     }
   }
 
@@ -623,6 +651,9 @@ class EngineImpl final : public Engine {
   std::vector<SampleJob> jobs_;
   std::vector<std::unique_ptr<Sampler>> samplers_;  // one per OpenMP thread, made on first use
   bool greedy_step_ = false;  // the step in flight asks the backend for argmax tokens only
+  // Step timing (written by the engine thread, read by stats()).
+  std::atomic<int64_t> num_steps_{0}, forward_ns_{0}, outside_forward_ns_{0};
+  std::atomic<int64_t> num_decode_steps_{0}, decode_forward_ns_{0}, decode_outside_forward_ns_{0};
   std::thread thread_;
 };
 

@@ -70,6 +70,16 @@ struct EngineStats {
   // The longest sequence (prompt + output) this engine runs: EngineOptions::max_model_len (or the
   // model's max_position_embeddings) capped by the KV pool. A prompt must be shorter than this.
   int max_model_len = 0;
+  // Where the engine thread's time goes over the steps it ran (host wall clock): inside the backend's
+  // forward (GPU step plus the backend's own host work) and outside it (scheduling, batch preparation,
+  // sampling, stop checks, output delivery). The second is the CPU side's cost per step.
+  int64_t num_steps = 0;
+  double forward_seconds = 0;
+  double outside_forward_seconds = 0;
+  // The same over decode steps only (one new token per sequence).
+  int64_t num_decode_steps = 0;
+  double decode_forward_seconds = 0;
+  double decode_outside_forward_seconds = 0;
 };
 
 class Engine {

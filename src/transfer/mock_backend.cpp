@@ -45,6 +45,7 @@ class MockBackend : public TransferBackend {
     if (peer->block_bytes() != memory_->block_bytes()) return Status::InvalidArgument("block sizes differ");
     std::vector<std::byte> buffer(memory_->block_bytes());
     TransferStats stats;
+    stats.transport = "mock";
     for (const BlockCopy& copy : copies) {
       TANDEM_RETURN_IF_ERROR(memory_->read_block(copy.layer, copy.src_block, buffer));
       TANDEM_RETURN_IF_ERROR(expectations->write(*peer, transfer_id, copy.layer, copy.dst_block, buffer));

@@ -1,8 +1,9 @@
 // Moving KV blocks between workers (DESIGN.md §2 step 3, §4 "KV layout"). The transfer layer speaks
 // in (layer, block id) descriptors over registered memory, never in sequences or requests: the
 // worker decides which blocks; a backend moves their bytes. Each transport is one backend behind the
-// narrow TransferBackend interface (NIXL's shape): TCP through host buffers here, CUDA IPC/NVLink and
-// RDMA later, and an in-process mock for tests.
+// narrow TransferBackend interface (NIXL's shape): TCP through host buffers, CUDA IPC (device to
+// device on one host: the same GPU, or peers over NVLink/PCIe) riding on the TCP backend's connection
+// for its handshake and fallback, RDMA later, and an in-process mock for tests.
 //
 // Ownership: a backend shares the KvMemory it was created over. Thread-safety: push() may be called
 // from several threads at once; incoming pushes are written from the backend's own threads.
@@ -19,10 +20,18 @@
 
 namespace tandem::transfer {
 
+// Copy block `src_block` of `layer` here into block `dst_block` of the same layer on the peer.
+struct BlockCopy {
+  int32_t layer = 0;
+  int32_t src_block = 0;
+  int32_t dst_block = 0;
+};
+
 // One worker's KV pools as the transfer layer sees them: num_layers x num_blocks blocks of
 // block_bytes each (one layer's K and V of one block, contiguous).
 // Thread-safety: read_block/write_block may run on transfer threads while the owner computes on
-// other blocks; callers never touch a block the engine is computing on.
+// other blocks; callers never touch a block the engine is computing on. The device-path methods
+// may be called from several transfer threads at once.
 class KvMemory {
  public:
   virtual ~KvMemory() = default;
@@ -32,28 +41,41 @@ class KvMemory {
   // InvalidArgument for an out-of-range layer/block or a wrong-sized buffer.
   virtual Status read_block(int layer, int block, std::span<std::byte> out) = 0;
   virtual Status write_block(int layer, int block, std::span<const std::byte> in) = 0;
-};
 
-// Copy block `src_block` of `layer` here into block `dst_block` of the same layer on the peer.
-struct BlockCopy {
-  int32_t layer = 0;
-  int32_t src_block = 0;
-  int32_t dst_block = 0;
+  // ---- Device path (CUDA IPC): memory on a GPU that another process on this host can map. The
+  // defaults say "no device path", which is right for host memory.
+  //
+  // A one-line descriptor of this memory (no ';', '/', or whitespace) that a process on this host opens
+  // with copy_to_peer; Unsupported when this is not device memory. Valid while this memory lives.
+  virtual StatusOr<std::string> export_device_handles() { return Status::Unsupported("KV memory is not on a device"); }
+  // Whether this memory's device can write the memory behind `peer_handles` (the same GPU, or one
+  // with peer access). False for a malformed descriptor.
+  virtual bool can_reach(const std::string& peer_handles) { (void)peer_handles; return false; }
+  // Copies each of `copies` from here into the memory behind `peer_handles`, device to device and
+  // batched (many blocks per call); opens the handles on first use and keeps them open. Returns once
+  // every byte is in place. Unavailable when the handles cannot be opened (the caller falls back to
+  // another path); InvalidArgument for a geometry mismatch or a block out of range.
+  virtual Status copy_to_peer(const std::string& peer_handles, std::span<const BlockCopy> copies) {
+    (void)peer_handles, (void)copies;
+    return Status::Unsupported("KV memory is not on a device");
+  }
 };
 
 struct TransferStats {
   int64_t num_bytes = 0;
   int num_blocks = 0;
   double seconds = 0;  // from the first byte read here to the peer's acknowledgement
+  std::string transport;  // what moved the bytes: "tcp", "cuda_ipc", "mock"
 };
 
 class TransferBackend {
  public:
   virtual ~TransferBackend() = default;
-  // "tcp", "mock"
+  // "tcp", "cuda_ipc", "mock"
   virtual std::string name() const = 0;
-  // Where peers push into this side's memory, e.g. "tcp://127.0.0.1:41234"; handed to the pusher in
-  // the RemotePrefill message.
+  // Where peers push into this side's memory, e.g. "tcp://127.0.0.1:41234", or with the device path
+  // "tcp://127.0.0.1:41234;cuda_ipc=<host id>/<descriptor>"; handed to the pusher in the RemotePrefill
+  // message. A pusher without the device path ignores everything after ';'.
   virtual std::string address() const = 0;
   // Copies each of `copies` from local memory into the memory behind `peer_address`, and returns
   // once the peer has acknowledged that every block is written (so it may compute on them).
@@ -77,6 +99,16 @@ class TransferBackend {
 // Throws tandem::Error if it cannot listen.
 std::unique_ptr<TransferBackend> create_tcp_backend(std::shared_ptr<KvMemory> memory, const std::string& host,
                                                     uint16_t port);
+
+// TCP, plus the CUDA IPC path when `memory` exports device handles: a push to a peer whose address
+// carries a descriptor from the same host, reachable from this device (KvMemory::can_reach), claims the
+// destination blocks over the TCP connection (so the receiver's expect/forget contract holds), copies
+// device to device, and releases the claim; a peer whose handles cannot be opened is pushed over TCP
+// from then on, after one warning line. `kind`: "auto" (CUDA IPC where the memory allows, else TCP),
+// "tcp" (never CUDA IPC), "cuda_ipc" (throws tandem::Error if the memory exports no handles).
+// Throws tandem::Error if it cannot listen or `kind` is unknown.
+std::unique_ptr<TransferBackend> create_transfer_backend(const std::string& kind, std::shared_ptr<KvMemory> memory,
+                                                         const std::string& host, uint16_t port);
 
 // In-process: backends created with the same `fabric` name reach each other by address
 // ("mock://<fabric>/<n>") and copy directly. For tests of the protocol around transfers.

@@ -47,6 +47,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using rpc::Connection;
 
+// The device path goes through the backend's export/copy methods; descriptors are KvExports in their
+// text form (backend::encode_kv_export), parsed once per peer.
 class BackendKvMemory : public transfer::KvMemory {
  public:
   explicit BackendKvMemory(backend::Backend& backend) : backend_(backend) {}
@@ -59,9 +61,53 @@ class BackendKvMemory : public transfer::KvMemory {
   Status write_block(int layer, int block, std::span<const std::byte> in) override {
     return backend_.write_kv_block(layer, block, in);
   }
+  StatusOr<std::string> export_device_handles() override {
+    auto exported = backend_.export_kv_handles();
+    if (!exported.ok()) return exported.status();
+    return backend::encode_kv_export(*exported);
+  }
+  bool can_reach(const std::string& peer_handles) override {
+    auto peer = parse(peer_handles);
+    return peer.ok() && backend_.can_reach_peer(**peer);
+  }
+  // Copies arrive layer-major with the same blocks in every layer (Worker::run_push): runs of layers
+  // with identical block lists go in one backend call, so all layers of a prompt move in one launch.
+  Status copy_to_peer(const std::string& peer_handles, std::span<const transfer::BlockCopy> copies) override {
+    auto peer = parse(peer_handles);
+    if (!peer.ok()) return peer.status();
+    std::vector<std::vector<int32_t>> local(num_layers()), remote(num_layers());
+    for (const auto& c : copies) {
+      if (c.layer < 0 || c.layer >= num_layers()) return Status::InvalidArgument("KV copy names layer " + std::to_string(c.layer));
+      local[c.layer].push_back(c.src_block);
+      remote[c.layer].push_back(c.dst_block);
+    }
+    int begin = 0;
+    while (begin < num_layers()) {
+      int end = begin + 1;
+      while (end < num_layers() && local[end] == local[begin] && remote[end] == remote[begin]) ++end;
+      if (!local[begin].empty()) {
+        TANDEM_RETURN_IF_ERROR(backend_.copy_blocks_to_peer(**peer, local[begin], remote[begin], begin, end));
+      }
+      begin = end;
+    }
+    return Status::Ok();
+  }
 
  private:
+  StatusOr<const backend::KvExport*> parse(const std::string& text) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(text);
+    if (it == peers_.end()) {
+      auto decoded = backend::decode_kv_export(text);
+      if (!decoded.ok()) return decoded.status();
+      it = peers_.emplace(text, std::move(*decoded)).first;
+    }
+    return &it->second;  // std::map nodes stay put; entries are never erased
+  }
+
   backend::Backend& backend_;
+  std::mutex mu_;
+  std::map<std::string, backend::KvExport> peers_;  // GUARDED_BY(mu_): parsed peer descriptors
 };
 
 rpc::pb::Role to_proto(Role role) {
@@ -581,8 +627,9 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
           r->set_has_logprobs(true);
           to_proto(out.logprobs[0], r->mutable_first_logprobs());
         }
-        spdlog::info("event=kv_pushed request_id={} num_blocks={} num_bytes={} seconds={:.6f}", rp.request_id(),
-                     stats->num_blocks, stats->num_bytes, stats->seconds);
+        spdlog::info("event=kv_pushed request_id={} transport={} num_blocks={} num_bytes={} seconds={:.6f} gbps={:.2f}",
+                     rp.request_id(), stats->transport, stats->num_blocks, stats->num_bytes, stats->seconds,
+                     stats->seconds > 0 ? static_cast<double>(stats->num_bytes) / stats->seconds / 1e9 : 0.0);
       } else {
         status = stats.status();
       }
@@ -805,7 +852,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
 
   nlohmann::json kv_descriptor() const {
     const auto& spec = engine->backend().kv_cache_spec();
-    return {{"worker_id", options.worker_id}, {"backend", "tcp"}, {"transfer_address", transfer->address()},
+    return {{"worker_id", options.worker_id}, {"backend", transfer->name()}, {"transfer_address", transfer->address()},
             {"num_layers", spec.num_layers}, {"num_blocks", spec.num_blocks}, {"block_size", spec.block_size},
             {"block_bytes", static_cast<int64_t>(spec.block_bytes())}};
   }
@@ -858,8 +905,8 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     for (int i = 0; i < 2; ++i) push_threads.emplace_back([this] { push_loop(); });
     if (queue && prefills()) pull_thread = std::thread([this] { pull_loop(); });
     start_rpc_listener();
-    spdlog::info("event=worker_started worker_id={} role={} rpc_port={} transfer={}", options.worker_id,
-                 role_name(options.role), rpc_listener->port(), transfer->address());
+    spdlog::info("event=worker_started worker_id={} role={} rpc_port={} kv_transport={} transfer={}", options.worker_id,
+                 role_name(options.role), rpc_listener->port(), transfer->name(), transfer->address());
     if (cluster_mode()) return run_cluster();
     while (!stop.load()) {
       auto dialed = Connection::dial(options.frontend, options.dial_timeout_ms);
@@ -957,7 +1004,8 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   impl_->engine = std::move(engine);
   impl_->kv_memory = backend_kv_memory(impl_->engine->backend());
   impl_->prefix_index = std::make_unique<PrefixIndex>(std::max(1, impl_->engine->backend().kv_cache_spec().block_size));
-  impl_->transfer = transfer::create_tcp_backend(impl_->kv_memory, impl_->options.host, impl_->options.transfer_port);
+  impl_->transfer = transfer::create_transfer_backend(impl_->options.kv_transfer, impl_->kv_memory, impl_->options.host,
+                                                      impl_->options.transfer_port);
   auto listener = net::Listener::bind(impl_->options.host, impl_->options.rpc_port);
   if (!listener.ok()) throw Error("--rpc-port: " + listener.status().message());
   impl_->rpc_listener = std::move(*listener);

@@ -40,6 +40,9 @@ struct WorkerOptions {
   std::string host = "127.0.0.1";  // address peers reach this worker on
   uint16_t rpc_port = 0;         // remote prefills from decode workers (0 = ephemeral)
   uint16_t transfer_port = 0;    // KV pushes into this worker (0 = ephemeral)
+  // KV transport (transfer::create_transfer_backend): "auto" = CUDA IPC with peers on this host whose
+  // GPU this one can reach, TCP otherwise; "tcp" = never CUDA IPC; "cuda_ipc" = require device memory.
+  std::string kv_transfer = "auto";
   std::string worker_id;         // default "<role>-<pid>"
   int heartbeat_ms = 1000;
   int reconnect_ms = 300;

@@ -1,6 +1,8 @@
 // Serving test harness (see harness.h).
 #include "harness.h"
 
+#include <cstdlib>
+
 #include <signal.h>
 #include <sys/prctl.h>
 #include <arpa/inet.h>
@@ -22,6 +24,12 @@
 #include "common/socket.h"
 
 namespace tandem::testing {
+
+std::string tandem_binary() {
+  const char* env = std::getenv("TANDEM_BINARY");
+  return env && *env ? env : TANDEM_BINARY;
+}
+
 
 namespace fs = std::filesystem;
 
@@ -153,7 +161,7 @@ Cluster::Cluster(std::vector<std::string> frontend_args) {
   char tmpl[] = "/tmp/tandem-test-XXXXXX";
   log_dir_ = mkdtemp(tmpl);
   std::string ready = log_dir_ + "/ready.json";
-  std::vector<std::string> argv = {TANDEM_BINARY, "--log-level", "info", "frontend", "--host", "127.0.0.1",
+  std::vector<std::string> argv = {tandem_binary(), "--log-level", "info", "frontend", "--host", "127.0.0.1",
                                    "--port", "0", "--ready-file", ready};
   if (std::find(frontend_args.begin(), frontend_args.end(), "--heartbeat-timeout-ms") == frontend_args.end()) {
     argv.insert(argv.end(), {"--heartbeat-timeout-ms", "2000"});
@@ -179,7 +187,7 @@ Cluster::~Cluster() {
 
 int Cluster::add_worker(const std::string& role, std::vector<std::string> args) {
   std::string id = role + "-" + std::to_string(next_worker_++);
-  std::vector<std::string> argv = {TANDEM_BINARY, "--log-level", "info", "worker", "--role", role};
+  std::vector<std::string> argv = {tandem_binary(), "--log-level", "info", "worker", "--role", role};
   if (worker_registry_.empty()) {
     argv.insert(argv.end(), {"--frontend", registry()});
   } else {

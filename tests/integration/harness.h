@@ -12,6 +12,10 @@
 
 namespace tandem::testing {
 
+// The tandem binary the tests start: $TANDEM_BINARY when set (a bundle copied to a GPU machine), else
+// the one this build made.
+std::string tandem_binary();
+
 struct HttpResponse {
   int status = 0;
   std::map<std::string, std::string> headers;  // lower-case names

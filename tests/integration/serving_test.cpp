@@ -132,7 +132,13 @@ TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
   EXPECT_EQ(ok.load(), 6);
   std::string m = cluster.metrics();
   EXPECT_GT(metric_value(m, "tandem_remote_prefill_fallbacks_total"), 0);
-  // With the prefill worker gone, new long prompts are prefilled locally.
+  // With the prefill worker gone, new long prompts are prefilled locally. The frontend learns of the
+  // death from its registry connection, which a loaded machine may deliver after the decode worker's
+  // fallbacks have finished the requests above; wait for it rather than race it.
+  for (int i = 0; i < 500 && cluster.metric("tandem_workers", "role=\"prefill\"") > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(cluster.metric("tandem_workers", "role=\"prefill\""), 0) << "the frontend never dropped the killed prefill worker";
   HttpResponse after = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(200, 99) + R"(],"max_tokens":3})");
   EXPECT_EQ(after.status, 200) << after.body;
   EXPECT_GE(cluster.metric("tandem_router_decisions_total", "reason=\"no_prefill_worker\""), 1);

@@ -1,10 +1,12 @@
 // KV transfer backends: blocks arrive intact at their destinations, pushes need an expectation,
-// and forget() is a barrier against late pushes. Every test runs on the TCP and the mock backend.
+// and forget() is a barrier against late pushes. Every test runs on the TCP and the mock backend, and
+// on the CUDA IPC path over fake device memory (its claim/release protocol, no GPU).
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <numeric>
 
+#include "fake_device_memory.h"
 #include "transfer/transfer.h"
 
 namespace tandem::transfer {
@@ -24,13 +26,18 @@ class TransferTest : public ::testing::TestWithParam<std::string> {
  protected:
   std::unique_ptr<TransferBackend> make(std::shared_ptr<KvMemory> memory) {
     if (GetParam() == "tcp") return create_tcp_backend(std::move(memory), "127.0.0.1", 0);
+    if (GetParam() == "device") return create_transfer_backend("cuda_ipc", std::move(memory), "127.0.0.1", 0);
     return create_mock_backend(std::move(memory), "test");
+  }
+  std::shared_ptr<KvMemory> memory(int layers, int blocks) {
+    if (GetParam() == "device") return std::make_shared<testing::FakeDeviceMemory>(layers, blocks, kBlockBytes);
+    return create_host_kv_memory(layers, blocks, kBlockBytes);
   }
 };
 
 TEST_P(TransferTest, PushedBlocksLandInTheirDestinations) {
-  auto src_mem = create_host_kv_memory(kLayers, kBlocks, kBlockBytes);
-  auto dst_mem = create_host_kv_memory(kLayers, kBlocks, kBlockBytes);
+  auto src_mem = memory(kLayers, kBlocks);
+  auto dst_mem = memory(kLayers, kBlocks);
   auto src = make(src_mem);
   auto dst = make(dst_mem);
   std::vector<BlockCopy> copies;
@@ -45,6 +52,7 @@ TEST_P(TransferTest, PushedBlocksLandInTheirDestinations) {
   ASSERT_TRUE(stats.ok()) << stats.status().to_string();
   EXPECT_EQ(stats->num_blocks, kLayers * 4);
   EXPECT_EQ(stats->num_bytes, static_cast<int64_t>(kLayers * 4 * kBlockBytes));
+  EXPECT_EQ(stats->transport, GetParam() == "device" ? "cuda_ipc" : GetParam());
   std::vector<std::byte> got(kBlockBytes);
   for (int layer = 0; layer < kLayers; ++layer) {
     for (int b = 0; b < 4; ++b) {
@@ -58,8 +66,8 @@ TEST_P(TransferTest, PushedBlocksLandInTheirDestinations) {
 }
 
 TEST_P(TransferTest, PushWithoutExpectationOrAfterForgetIsRefused) {
-  auto src_mem = create_host_kv_memory(kLayers, kBlocks, kBlockBytes);
-  auto dst_mem = create_host_kv_memory(kLayers, kBlocks, kBlockBytes);
+  auto src_mem = memory(kLayers, kBlocks);
+  auto dst_mem = memory(kLayers, kBlocks);
   auto src = make(src_mem);
   auto dst = make(dst_mem);
   ASSERT_TRUE(src_mem->write_block(0, 0, pattern(0, 0, 5)).ok());
@@ -79,10 +87,10 @@ TEST_P(TransferTest, PushWithoutExpectationOrAfterForgetIsRefused) {
 }
 
 TEST_P(TransferTest, UnreachablePeerIsUnavailable) {
-  auto src = make(create_host_kv_memory(1, 1, kBlockBytes));
+  auto src = make(memory(1, 1));
   std::string nowhere;
   {
-    auto gone = make(create_host_kv_memory(1, 1, kBlockBytes));
+    auto gone = make(memory(1, 1));
     nowhere = gone->address();
   }
   std::vector<BlockCopy> copies = {{0, 0, 0}};
@@ -90,7 +98,7 @@ TEST_P(TransferTest, UnreachablePeerIsUnavailable) {
   EXPECT_EQ(stats.status().code(), StatusCode::kUnavailable) << stats.status().to_string();
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, TransferTest, ::testing::Values("tcp", "mock"));
+INSTANTIATE_TEST_SUITE_P(Backends, TransferTest, ::testing::Values("tcp", "mock", "device"));
 
 }  // namespace
 }  // namespace tandem::transfer

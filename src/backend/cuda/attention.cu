@@ -1,5 +1,6 @@
 // Paged attention kernels and their planner (see attention.cuh).
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/launch.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -30,6 +31,8 @@ __device__ __forceinline__ float warp_max(float v) {
 // Scores are kept in log2 units (q pre-scaled by scale * log2(e)) so exp2f does the exponentials.
 template <int D>
 __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(AttentionParams p) {
+  pdl_trigger();
+  pdl_wait();  // everything below may read what the previous kernel wrote
   constexpr int kPad = D + 4;  // fp32 row stride in shared memory: float4-aligned, no bank conflicts when scoring
   constexpr int kDimsPerLane = (D + kWarp - 1) / kWarp;
   constexpr int kChunks = D / 8;  // 16-byte chunks of one bf16 row
@@ -38,6 +41,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(AttentionPara
   __shared__ __align__(16) float v_s[kKeys][kPad];           // [keys, D] fp32, shared
 
   const AttentionWorkItem w = p.items[blockIdx.x];
+  if (w.partial < -1) return;  // a split this step does not use (its combine reads fewer splits)
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int group = p.num_heads / p.num_kv_heads;
   const int rows = w.num_tokens * w.num_heads;
@@ -181,22 +185,35 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(AttentionPara
 
 template <int D>
 __global__ void __launch_bounds__(kWarps * kWarp) attention_combine_kernel(AttentionParams p) {
+  pdl_trigger();
+  pdl_wait();  // everything below may read what the previous kernel wrote
   constexpr int kDimsPerLane = (D + kWarp - 1) / kWarp;
   const AttentionCombineItem w = p.combines[blockIdx.x];
+  if (w.num_splits <= 0) return;  // the tile ran unsplit this step and wrote its output itself
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int group = p.num_heads / p.num_kv_heads;
   const int rows = w.num_tokens * w.num_heads;
   for (int r = warp; r < rows; r += kWarps) {
+    // Lanes take the splits' (max, sum) pairs in parallel; then every lane walks the splits for its dims,
+    // several partial rows in flight at once.
     float m_max = -INFINITY;
-    for (int s = 0; s < w.num_splits; ++s) {
+    for (int s = lane; s < w.num_splits; s += kWarp) {
       m_max = fmaxf(m_max, p.partial_ml[(static_cast<size_t>(w.first_partial + s) * kAttentionRows + r) * 2]);
     }
-    float l_sum = 0.0f, acc[kDimsPerLane] = {};
+    m_max = warp_max(m_max);
+    float l_part = 0.0f;
+    for (int s = lane; s < w.num_splits; s += kWarp) {
+      const size_t slot = static_cast<size_t>(w.first_partial + s) * kAttentionRows + r;
+      const float m_s = p.partial_ml[slot * 2];
+      l_part += m_s == -INFINITY ? 0.0f : p.partial_ml[slot * 2 + 1] * exp2f(m_s - m_max);
+    }
+    const float l_sum = warp_sum(l_part);
+    float acc[kDimsPerLane] = {};
+#pragma unroll 4
     for (int s = 0; s < w.num_splits; ++s) {
       const size_t slot = static_cast<size_t>(w.first_partial + s) * kAttentionRows + r;
-      const float m_s = p.partial_ml[slot * 2], l_s = p.partial_ml[slot * 2 + 1];
+      const float m_s = p.partial_ml[slot * 2];
       const float f = m_s == -INFINITY ? 0.0f : exp2f(m_s - m_max);
-      l_sum += l_s * f;
 #pragma unroll
       for (int c = 0; c < kDimsPerLane; ++c) {
         const int dim = lane + c * kWarp;
@@ -215,6 +232,235 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_combine_kernel(Atten
   }
 }
 
+// ---- Decode tiles: one query token, all G query heads of one KV head (G = group <= 8), keys
+// [key_begin, key_end), every one visible (REQUIRES key_end <= the token's position + 1). The K/V rows
+// are read straight into registers, 16 bytes per lane: D / 8 lanes hold one key, so a warp takes
+// 32 / (D / 8) keys at a time and each lane keeps its own online-softmax state for the keys it saw;
+// kUnroll such steps are loaded before any is used, so every lane has 2 * kUnroll loads in flight. The
+// states are merged across lanes (shuffles) and warps (shared memory) at the end. Each K/V byte is read
+// once for all G heads.
+template <int D, int G>
+__global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(AttentionParams p) {
+  pdl_trigger();
+  pdl_wait();  // everything below may read what the previous kernel wrote
+  constexpr int kLanesPerKey = D / 8;
+  constexpr int kKeysPerWarp = kWarp / kLanesPerKey;
+  constexpr int kUnroll = G >= 8 ? 2 : 4;
+  constexpr int kTileKeys = kWarps * kKeysPerWarp * kUnroll;
+  __shared__ float m_s[kWarps][G], l_s[kWarps][G];  // [warps, G] fp32, shared
+  __shared__ __align__(16) float acc_s[kWarps][G][D];  // [warps, G, D] fp32, shared
+
+  const AttentionWorkItem w = p.items[blockIdx.x];
+  if (w.partial < -1 || w.num_tokens == 0) return;  // unused split, or a padding sequence
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int sub = lane / kLanesPerKey, part = lane % kLanesPerKey;
+  const int t = w.token_begin;
+
+  float q[G][8];
+  const float q_scale = p.scale * kLog2e;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p.q + static_cast<size_t>(t) * p.q_row_stride +
+                                                      static_cast<size_t>(w.kv_head * G + g) * D + part * 8);
+    const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __bfloat1622float2(h2[e]);
+      q[g][2 * e] = f.x * q_scale;
+      q[g][2 * e + 1] = f.y * q_scale;
+    }
+  }
+  float m[G], l[G], acc[G][8];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[g][e] = 0.0f;
+  }
+
+  const int32_t* table = p.block_tables + static_cast<size_t>(w.seq) * p.max_blocks_per_seq;
+  const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * D;
+  const size_t head_offset = static_cast<size_t>(w.kv_head) * D + part * 8;
+  for (int key0 = w.key_begin; key0 < w.key_end; key0 += kTileKeys) {
+    uint4 kr[kUnroll], vr[kUnroll];
+    bool valid[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int key = key0 + (u * kWarps + warp) * kKeysPerWarp + sub;
+      valid[u] = key < w.key_end;
+      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      if (valid[u]) {
+        const int block = table[key / p.block_size], offset = key % p.block_size;
+        const bf16* src = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size + head_offset;
+        kr[u] = *reinterpret_cast<const uint4*>(src);
+        vr[u] = *reinterpret_cast<const uint4*>(src + static_cast<size_t>(p.block_size) * kv_size);
+      }
+    }
+    float s[kUnroll][G];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float kf[8];
+      const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&kr[u]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = __bfloat1622float2(k2[e]);
+        kf[2 * e] = f.x;
+        kf[2 * e + 1] = f.y;
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot += q[g][e] * kf[e];
+#pragma unroll
+        for (int off = kLanesPerKey / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        s[u][g] = valid[u] ? dot : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float mx = m[g];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) mx = fmaxf(mx, s[u][g]);
+      const float use = mx == -INFINITY ? 0.0f : mx;  // nothing seen yet: stay at zero
+      const float corr = exp2f(m[g] - use);
+      l[g] *= corr;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] *= corr;
+      m[g] = mx;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) s[u][g] = exp2f(s[u][g] - use);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float vf[8];
+      const __nv_bfloat162* v2 = reinterpret_cast<const __nv_bfloat162*>(&vr[u]);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = __bfloat1622float2(v2[e]);
+        vf[2 * e] = f.x;
+        vf[2 * e + 1] = f.y;
+      }
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        l[g] += s[u][g];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[g][e] += s[u][g] * vf[e];
+      }
+    }
+  }
+
+  // Merge the kKeysPerWarp key slots of the warp (lanes kLanesPerKey apart hold the same dims).
+#pragma unroll
+  for (int off = kLanesPerKey; off < kWarp; off *= 2) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float m_o = __shfl_xor_sync(0xffffffffu, m[g], off);
+      const float l_o = __shfl_xor_sync(0xffffffffu, l[g], off);
+      const float mx = fmaxf(m[g], m_o);
+      const float use = mx == -INFINITY ? 0.0f : mx;
+      const float f = exp2f(m[g] - use), f_o = exp2f(m_o - use);
+      l[g] = l[g] * f + l_o * f_o;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[g][e] = acc[g][e] * f + __shfl_xor_sync(0xffffffffu, acc[g][e], off) * f_o;
+      m[g] = mx;
+    }
+  }
+  if (sub == 0) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (part == 0) {
+        m_s[warp][g] = m[g];
+        l_s[warp][g] = l[g];
+      }
+      float4* dst = reinterpret_cast<float4*>(&acc_s[warp][g][part * 8]);
+      dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+      dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+    }
+  }
+  __syncthreads();
+  // Warp 0's first key slot merges the warps and writes the G rows.
+  if (warp != 0) return;
+  const int group = p.num_heads / p.num_kv_heads;
+#pragma unroll
+  for (int g = 0; g < G && sub == 0; ++g) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) mx = fmaxf(mx, m_s[v][g]);
+    const float use = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f, o[8] = {};
+#pragma unroll
+    for (int v = 0; v < kWarps; ++v) {
+      const float f = exp2f(m_s[v][g] - use);
+      sum += l_s[v][g] * f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] += acc_s[v][g][part * 8 + e] * f;
+    }
+    if (w.partial < 0) {
+      const int h = w.kv_head * group + g;
+      bf16* dst = p.out + static_cast<size_t>(t) * p.num_heads * D + static_cast<size_t>(h) * D + part * 8;
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      uint4 packed;
+      __nv_bfloat162* p2 = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) p2[e] = __floats2bfloat162_rn(o[2 * e] * inv, o[2 * e + 1] * inv);
+      *reinterpret_cast<uint4*>(dst) = packed;
+    } else {
+      // Row g of the tile (one token, heads 0..G-1 of the group), in the SIMT kernel's partial format.
+      const size_t slot = static_cast<size_t>(w.partial) * kAttentionRows + g;
+      float4* dst = reinterpret_cast<float4*>(p.partial_out + slot * D + part * 8);
+      dst[0] = make_float4(o[0], o[1], o[2], o[3]);
+      dst[1] = make_float4(o[4], o[5], o[6], o[7]);
+      if (part == 0) {
+        p.partial_ml[slot * 2] = mx;
+        p.partial_ml[slot * 2 + 1] = sum;
+      }
+    }
+  }
+  if (w.partial < 0 || !p.combine_counters || p.decode_splits <= 0) return;
+
+  // Split tile with the merge folded in: the last of the tile's used splits to finish merges them (the
+  // combine item's num_splits), then resets the tile's counter for the next launch.
+  const int tile = w.partial / p.decode_splits;
+  __threadfence();
+  __syncwarp();
+  const AttentionCombineItem c = p.combines[tile];
+  int arrived = 0;
+  if (lane == 0) arrived = atomicAdd(&p.combine_counters[tile], 1);
+  arrived = __shfl_sync(0xffffffffu, arrived, 0);
+  if (arrived != c.num_splits - 1) return;
+  __threadfence();
+  if (lane == 0) p.combine_counters[tile] = 0;
+  if (sub != 0) return;
+#pragma unroll 1
+  for (int g = 0; g < G; ++g) {
+    float mx = -INFINITY;
+    for (int sp = 0; sp < c.num_splits; ++sp) {
+      mx = fmaxf(mx, __ldcg(p.partial_ml + (static_cast<size_t>(c.first_partial + sp) * kAttentionRows + g) * 2));
+    }
+    const float use = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f, o[8] = {};
+#pragma unroll 2
+    for (int sp = 0; sp < c.num_splits; ++sp) {
+      const size_t slot = static_cast<size_t>(c.first_partial + sp) * kAttentionRows + g;
+      const float f = exp2f(__ldcg(p.partial_ml + slot * 2) - use);
+      sum += __ldcg(p.partial_ml + slot * 2 + 1) * f;
+      const float4* src = reinterpret_cast<const float4*>(p.partial_out + slot * D + part * 8);
+      const float4 a = __ldcg(src), b = __ldcg(src + 1);
+      o[0] += a.x * f; o[1] += a.y * f; o[2] += a.z * f; o[3] += a.w * f;
+      o[4] += b.x * f; o[5] += b.y * f; o[6] += b.z * f; o[7] += b.w * f;
+    }
+    const int h = w.kv_head * group + g;
+    bf16* dst = p.out + static_cast<size_t>(t) * p.num_heads * D + static_cast<size_t>(h) * D + part * 8;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    uint4 packed;
+    __nv_bfloat162* p2 = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) p2[e] = __floats2bfloat162_rn(o[2 * e] * inv, o[2 * e + 1] * inv);
+    *reinterpret_cast<uint4*>(dst) = packed;
+  }
+}
 
 // ---- Tensor-core prefill tiles (mma.sync m16n8k16 bf16, fp32 accumulators; FlashAttention-2's
 // register reuse of the score fragments as the A operand of P*V). sm_80 and later.
@@ -249,6 +495,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 template <int D>
 __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(AttentionParams p) {
+  pdl_trigger();
+  pdl_wait();  // everything below may read what the previous kernel wrote
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int kRows = kAttentionMmaRows;
   constexpr int kKeyTile = 32;
@@ -422,20 +670,40 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
 #endif
 }
 
+// Returns whether the decode kernel ran (and merged its own splits when combine_counters is set).
+template <int D>
+cudaError_t launch_items(const AttentionParams& p, cudaStream_t stream, bool* merged) {
+  *merged = false;
+  if (p.num_items <= 0) return cudaSuccess;
+  const dim3 grid(p.num_items), block(kWarps * kWarp);
+  const int group = p.num_heads / p.num_kv_heads;
+  if (p.decode && (group == 1 || group == 2 || group == 4 || group == 8)) {
+    *merged = p.combine_counters != nullptr && p.decode_splits > 0;
+    switch (group) {
+      case 1: return launch_kernel(decode_attention_kernel<D, 1>, grid, block, 0, stream, p);
+      case 2: return launch_kernel(decode_attention_kernel<D, 2>, grid, block, 0, stream, p);
+      case 4: return launch_kernel(decode_attention_kernel<D, 4>, grid, block, 0, stream, p);
+      default: return launch_kernel(decode_attention_kernel<D, 8>, grid, block, 0, stream, p);
+    }
+  }
+  return launch_kernel(attention_kernel<D>, grid, block, 0, stream, p);
+}
+
 template <int D>
 cudaError_t launch_for_dim(const AttentionParams& p, cudaStream_t stream) {
-  if (p.num_items > 0) attention_kernel<D><<<p.num_items, kWarps * kWarp, 0, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
+  bool merged = false;
+  cudaError_t err = launch_items<D>(p, stream, &merged);
   if (err != cudaSuccess) return err;
-  if constexpr (D == 64 || D == 128) {
-    if (p.num_mma_items > 0) attention_mma_kernel<D><<<p.num_mma_items, kWarps * kWarp, 0, stream>>>(p);
-    err = cudaGetLastError();
-  } else if (p.num_mma_items > 0) {
-    return cudaErrorInvalidValue;
+  if (p.num_mma_items > 0) {
+    if constexpr (D == 64 || D == 128) {
+      err = launch_kernel(attention_mma_kernel<D>, dim3(p.num_mma_items), dim3(kWarps * kWarp), 0, stream, p);
+      if (err != cudaSuccess) return err;
+    } else {
+      return cudaErrorInvalidValue;
+    }
   }
-  if (err != cudaSuccess || p.num_combines == 0) return err;
-  attention_combine_kernel<D><<<p.num_combines, kWarps * kWarp, 0, stream>>>(p);
-  return cudaGetLastError();
+  if (p.num_combines == 0 || merged) return cudaSuccess;
+  return launch_kernel(attention_combine_kernel<D>, dim3(p.num_combines), dim3(kWarps * kWarp), 0, stream, p);
 }
 
 }  // namespace
@@ -469,6 +737,9 @@ AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context
       }
     }
   }
+  plan.decode = plan.mma_items.empty();
+  for (int s = 0; s < num_seqs && plan.decode; ++s) plan.decode = query_starts[s + 1] - query_starts[s] == 1;
+  plan.decode = plan.decode && group <= kAttentionRows;
   const int num_tiles = static_cast<int>(plan.items.size());
   if (num_tiles == 0 || num_tiles + static_cast<int>(plan.mma_items.size()) >= target_blocks) return plan;
 
@@ -501,14 +772,19 @@ AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context
 }
 
 AttentionPlan plan_decode_attention(const int32_t* context_lens, int num_seqs, int bucket, int num_heads,
-                                    int num_kv_heads, int splits) {
+                                    int num_kv_heads, int splits, int min_split_keys) {
   AttentionPlan plan;
   const int group = num_heads / num_kv_heads;
   const int heads_per_tile = std::min(group, kAttentionRows);
+  min_split_keys = std::max(1, min_split_keys);
   for (int s = 0; s < bucket; ++s) {
     const bool real = s < num_seqs;
     const int keys = real ? context_lens[s] : 0;
-    const int chunk = std::max(kKeys, ((keys + splits - 1) / splits + kKeys - 1) / kKeys * kKeys);
+    // This sequence's splits: enough that each has at least min_split_keys keys, at most `splits`. The
+    // grid keeps `splits` items per tile; the ones past `used` are marked unused (partial -2) and the
+    // combine reads only the used ones (none when used is 1: that item writes the output itself).
+    const int used = std::clamp((keys + min_split_keys - 1) / min_split_keys, 1, splits);
+    const int chunk = std::max(kKeys, ((keys + used - 1) / used + kKeys - 1) / kKeys * kKeys);
     for (int kvh = 0; kvh < num_kv_heads; ++kvh) {
       for (int h = 0; h < group; h += heads_per_tile) {
         const int heads = std::min(heads_per_tile, group - h);
@@ -517,11 +793,13 @@ AttentionPlan plan_decode_attention(const int32_t* context_lens, int num_seqs, i
           plan.items.push_back({s, s, tokens, h, heads, kvh, 0, keys, -1});
           continue;
         }
-        plan.combines.push_back({s, tokens, h, heads, kvh, plan.num_partials, splits});
+        plan.combines.push_back({s, tokens, h, heads, kvh, plan.num_partials, used > 1 ? used : 0});
         for (int sp = 0; sp < splits; ++sp) {
           const int begin = std::min(keys, sp * chunk), end = std::min(keys, (sp + 1) * chunk);
-          plan.items.push_back({s, s, tokens, h, heads, kvh, begin, end, plan.num_partials++});
+          const int partial = used == 1 ? (sp == 0 ? -1 : -2) : (sp < used ? plan.num_partials + sp : -2);
+          plan.items.push_back({s, s, tokens, h, heads, kvh, begin, end, partial});
         }
+        plan.num_partials += splits;
       }
     }
   }

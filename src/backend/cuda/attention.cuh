@@ -4,9 +4,11 @@
 // the context optionally split across thread blocks and merged by a second kernel (flash-decoding), so
 // that a few long sequences still fill the GPU.
 //
-// Two kernels share the work items: a SIMT kernel (fp32 FMAs from shared memory; any head_dim of 16-128;
-// decode and short chunks, split-KV) and, for prefill chunks of >= 16 tokens with head_dim 64/128, a
-// tensor-core kernel (mma.sync m16n8k16 bf16 with fp32 accumulators, 64 query rows per block).
+// Three kernels share the work items: for decode steps (one token per sequence, 1/2/4/8 query heads per
+// KV head) a decode kernel that keeps the group's queries in registers and streams K/V rows 16 bytes
+// per lane straight from the cache; a SIMT kernel (fp32 FMAs from shared memory; any head_dim of
+// 16-128; short chunks, other groups, split-KV) and, for prefill chunks of >= 16 tokens with head_dim
+// 64/128, a tensor-core kernel (mma.sync m16n8k16 bf16 with fp32 accumulators, 64 query rows per block).
 //
 // The K/V of this step's tokens must already be in their blocks (launch_qkv_rope_kv_write), so a
 // prefix-cached or chunked prefill reads its earlier context exactly like a decode step does.
@@ -62,6 +64,8 @@ struct AttentionPlan {
   std::vector<AttentionWorkItem> mma_items;
   std::vector<AttentionCombineItem> combines;  // empty when nothing was split
   int num_partials = 0;
+  // Every item is one token with all heads of its group (a decode step): the decode kernel may run them.
+  bool decode = false;
 };
 
 // Tiles the batch and splits the keys of tiles when there are fewer than `target_blocks` tiles, using
@@ -73,10 +77,12 @@ AttentionPlan plan_attention(const int32_t* query_starts, const int32_t* context
 
 // The plan of a decode step (one new token per sequence, token s of sequence s) in a fixed shape, for a
 // step captured in a CUDA graph: `bucket` sequences (those past num_seqs are padding with no rows), each
-// KV head's tiles split into exactly `splits` key ranges (some may be empty). Only the items' contents
-// change from step to step, so the captured grid sizes stay valid.
+// KV head's tiles given exactly `splits` items. A sequence uses as many of them as give each split at
+// least min_split_keys keys (chosen from its context length at every step); the rest are marked unused
+// and the combine reads only the used ones. Only the items' contents change from step to step, so the
+// captured grid sizes stay valid.
 AttentionPlan plan_decode_attention(const int32_t* context_lens, int num_seqs, int bucket, int num_heads,
-                                    int num_kv_heads, int splits);
+                                    int num_kv_heads, int splits, int min_split_keys = 32);
 
 struct AttentionParams {
   const __nv_bfloat16* q = nullptr;  // query of token t, head h at q + t * q_row_stride + h * head_dim; bf16, device
@@ -99,6 +105,14 @@ struct AttentionParams {
   int head_dim = 0;  // 16, 32, 64 or 128
   int block_size = 0;
   float scale = 0.0f;  // softmax scale, 1 / sqrt(head_dim)
+  // The items are decode tiles (AttentionPlan::decode): run them through the register-tiled decode kernel
+  // when the group size allows (1, 2, 4 or 8 query heads per KV head).
+  bool decode = false;
+  // With a plan_decode_attention plan of decode_splits items per tile (> 1) run by the decode kernel: the
+  // last split of each tile to finish merges the tile (no combine kernel). [num_combines] int32, device,
+  // zero before the launch and left zero; null: the combine kernel merges.
+  int32_t* combine_counters = nullptr;
+  int decode_splits = 0;
 };
 
 // Runs the work items, then the merges. cudaErrorInvalidValue for an unsupported head_dim or shape.

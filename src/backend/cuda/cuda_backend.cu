@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <numbers>
 #include <string>
 #include <vector>
@@ -25,6 +26,8 @@
 #include "backend/cuda/cuda_check.cuh"
 #include "backend/cuda/cuda_log.h"
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/launch.cuh"
+#include "backend/cuda/skinny_gemm.cuh"
 #include "common/error.h"
 
 namespace tandem::backend::cuda {
@@ -40,6 +43,8 @@ constexpr int kMaxPartials = 4096;        // split-KV slots: [4096, 16, head_dim
 constexpr std::array<int, 9> kGraphBuckets = {1, 2, 4, 8, 16, 32, 64, 128, 256};  // decode batch sizes captured
 constexpr int kGraphMinWidth = 16;        // block-table widths captured: 16, 32, 64, ... blocks
 constexpr size_t kCublasWorkspaceBytes = 32ull << 20;
+constexpr size_t kSkinnyPartialFloats = 1u << 20;  // split-K scratch of the skinny GEMM (4 MiB)
+constexpr int kSkinnyCounters = 4096;              // its per-row-tile counters
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1ull << 30); }
@@ -112,6 +117,8 @@ struct StepArgs {
   int num_items = 0;
   int num_combines = 0;
   int num_mma_items = 0;
+  bool decode = false;  // the attention items are decode tiles (AttentionPlan::decode)
+  int decode_splits = 0;  // items per tile of a plan_decode_attention plan whose splits merge in-kernel (0: none)
 };
 
 class CudaBackend final : public Backend {
@@ -129,6 +136,7 @@ class CudaBackend final : public Backend {
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
   StatusOr<KvExport> export_kv_handles() override;
+  bool can_reach_peer(const KvExport& peer) override;
   Status copy_blocks_from_peer(const KvExport& peer, std::span<const int32_t> peer_blocks,
                                std::span<const int32_t> local_blocks, int layer_begin, int layer_end) override {
     return copy_with_peer(peer, peer_blocks, local_blocks, layer_begin, layer_end, true);
@@ -215,9 +223,44 @@ class CudaBackend final : public Backend {
   // TANDEM_ATTENTION_MMA=0 in the environment turns it off (to compare the two kernels).
   bool use_mma_ = false;
   std::vector<DecodeGraph> graphs_;
+  // Peer copies (copy_blocks_from/to_peer) may come from transfer threads while the engine thread runs
+  // forward(): they use a stream and block-id buffers of their own, serialized by peer_mu_.
+  std::mutex peer_mu_;
+  cudaStream_t peer_stream_ = nullptr;  // GUARDED_BY(peer_mu_)
   // Peers' KV allocations opened through CUDA IPC, by handle bytes; closed in the destructor.
-  std::map<std::string, void*> peer_pools_;
+  std::map<std::string, void*> peer_pools_;  // GUARDED_BY(peer_mu_)
+  size_t peer_ids_capacity_ = 0;           // GUARDED_BY(peer_mu_): int32 entries
+  int32_t* peer_ids_host_ = nullptr;       // [peer_ids_capacity] int32, pinned host: [peer ids][local ids]
+  int32_t* peer_ids_dev_ = nullptr;        // [peer_ids_capacity] int32, device
   void* cublas_workspace_ = nullptr;  // [kCublasWorkspaceBytes] bytes, device (fixed, so GEMMs can be captured)
+  // GEMMs of <= kSkinnyMaxRows rows (decode steps) through our skinny kernel instead of cuBLAS, and decode
+  // attention through the decode kernel; TANDEM_SKINNY_GEMM=0 / TANDEM_DECODE_ATTENTION=0 in the
+  // environment turn them off (to compare).
+  bool use_skinny_ = true;
+  bool use_decode_attention_ = true;
+  SkinnyGemmWorkspace skinny_ws_;  // partials [kSkinnyPartialFloats] fp32, counters [kSkinnyCounters] int32, device
+  int32_t* combine_counters_ = nullptr;  // [kMaxPartials] int32, device, zero between steps (decode split merges)
+  // TANDEM_LEGACY_SPLITS=1: decode graphs split every tile's keys as before (target 2 blocks per SM,
+  // every split used down to 32 keys), to measure what the per-sequence choice buys.
+  bool legacy_splits_ = false;
+
+  // TANDEM_PROFILE_KERNELS=1: steps run without CUDA graphs, with an event between the parts of the
+  // step (the kernels of one kind, all layers), and the destructor logs where each phase's GPU time
+  // went. The events break PDL's overlap and the graphs' launch savings, so the totals read high; the
+  // shares are what it is for.
+  enum Part { kEmbed, kNorm, kQkvGemm, kQkvRope, kAttention, kOGemm, kGateUpGemm, kDownGemm, kLmHead, kArgmax, kNumParts };
+  struct Profile {
+    bool enabled = false;
+    std::vector<std::pair<Part, cudaEvent_t>> marks;  // this step's events, in stream order, each ending a part
+    cudaEvent_t start = nullptr;
+    std::vector<cudaEvent_t> pool;  // events to reuse
+    double ms[2][kNumParts] = {};   // [prefill, decode][part]
+    int64_t steps[2] = {};
+    bool decode = false;  // the step being enqueued is a decode step
+  } profile_;
+  void mark(Part part);
+  void collect_profile();
+  void log_profile();
 };
 
 CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOptions& options)
@@ -244,6 +287,17 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   {
     const char* env = std::getenv("TANDEM_ATTENTION_MMA");
     use_mma_ = (c.head_dim == 64 || c.head_dim == 128) && prop.major >= 8 && !(env && std::string(env) == "0");
+    const char* skinny = std::getenv("TANDEM_SKINNY_GEMM");
+    use_skinny_ = prop.major >= 8 && !(skinny && std::string(skinny) == "0");
+    const char* decode = std::getenv("TANDEM_DECODE_ATTENTION");
+    use_decode_attention_ = !(decode && std::string(decode) == "0");
+    const char* prof = std::getenv("TANDEM_PROFILE_KERNELS");
+    profile_.enabled = prof && std::string(prof) == "1";
+    const char* legacy = std::getenv("TANDEM_LEGACY_SPLITS");
+    legacy_splits_ = legacy && std::string(legacy) == "1";
+    // Programmatic dependent launch (sm_90+): each kernel's launch overlaps the previous one's tail.
+    const char* pdl = std::getenv("TANDEM_PDL");
+    g_pdl_enabled = prop.major >= 9 && !(pdl && std::string(pdl) == "0");
   }
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
@@ -251,7 +305,14 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   // A fixed cuBLAS workspace: GEMMs captured in CUDA graphs must not allocate.
   TANDEM_CUDA_THROW(cudaMalloc(&cublas_workspace_, kCublasWorkspaceBytes), device_);
   TANDEM_CUBLAS_THROW(cublasSetWorkspace(cublas_, cublas_workspace_, kCublasWorkspaceBytes), device_);
-  graphs_enabled_ = options.cuda_graphs;
+  TANDEM_CUDA_THROW(cudaMalloc(&skinny_ws_.partials, kSkinnyPartialFloats * sizeof(float)), device_);
+  TANDEM_CUDA_THROW(cudaMalloc(&skinny_ws_.counters, kSkinnyCounters * sizeof(int32_t)), device_);
+  TANDEM_CUDA_THROW(cudaMemset(skinny_ws_.counters, 0, kSkinnyCounters * sizeof(int32_t)), device_);
+  TANDEM_CUDA_THROW(cudaMalloc(&combine_counters_, kMaxPartials * sizeof(int32_t)), device_);
+  TANDEM_CUDA_THROW(cudaMemset(combine_counters_, 0, kMaxPartials * sizeof(int32_t)), device_);
+  skinny_ws_.partial_floats = kSkinnyPartialFloats;
+  skinny_ws_.num_counters = kSkinnyCounters;
+  graphs_enabled_ = options.cuda_graphs && !profile_.enabled;
 
   kv_.num_layers = c.num_layers;
   kv_.block_size = options.block_size;
@@ -278,10 +339,18 @@ CudaBackend::~CudaBackend() {
   // Destructors do not throw: errors here are logged only.
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
+  if (profile_.enabled) log_profile();
   clear_graphs();
+  if (peer_stream_) cudaStreamSynchronize(peer_stream_);
   for (auto& [handle, ptr] : peer_pools_) cudaIpcCloseMemHandle(ptr);
+  cudaFreeHost(peer_ids_host_);
+  cudaFree(peer_ids_dev_);
+  if (peer_stream_) cudaStreamDestroy(peer_stream_);
   free_workspace();
   cudaFree(cublas_workspace_);
+  cudaFree(skinny_ws_.partials);
+  cudaFree(skinny_ws_.counters);
+  cudaFree(combine_counters_);
   cudaFree(kv_pool_);
   cudaFree(weight_arena_);
   cudaFree(inv_freq_);
@@ -517,6 +586,10 @@ Status CudaBackend::ensure_metadata(size_t bytes) {
 }
 
 Status CudaBackend::gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32) {
+  if (use_skinny_ && skinny_gemm_supported(rows, in, x, w) && skinny_gemm_preferred(rows, in, out)) {
+    TANDEM_CUDA_RETURN(launch_skinny_gemm(x, rows, in, w, out, y, y_fp32, skinny_ws_, num_sms_, stream_), device_);
+    return Status::Ok();
+  }
   // Row-major y[rows, out] = x[rows, in] w[out, in]^T is column-major y^T[out, rows] = w^T x^T.
   const float alpha = 1.0f, beta = 0.0f;
   TANDEM_CUBLAS_RETURN(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w, CUDA_R_16BF, in, x,
@@ -583,14 +656,19 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
   const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + a.layout.tables);
   const int32_t* d_rows = reinterpret_cast<const int32_t*>(d + a.layout.rows);
 
+  profile_.decode = a.decode || (a.num_tokens == a.num_logits && a.num_mma_items == 0 && a.num_tokens <= 256);
+  mark(kNumParts);  // the step's start
   TANDEM_CUDA_RETURN(launch_embedding(d_ids, embed_, residual_, n, hidden, stream_), device_);
+  mark(kEmbed);
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
     // The previous layer's MLP output joins the residual here (none before the first layer).
     TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, l == 0 ? nullptr : delta_, w.input_norm, normed_, nullptr, n, hidden,
                                            c.rms_norm_eps, true, stream_),
                        device_);
+    mark(kNorm);
     TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.qkv, qkv_size, qkv_, false));
+    mark(kQkvGemm);
     QkvParams qp;
     qp.qkv = qkv_;
     qp.bias = w.qkv_bias;
@@ -607,6 +685,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     qp.block_size = kv_.block_size;
     qp.eps = c.rms_norm_eps;
     TANDEM_CUDA_RETURN(launch_qkv_rope_kv_write(qp, stream_), device_);
+    mark(kQkvRope);
     AttentionParams ap;
     ap.q = qkv_;
     ap.q_row_stride = qkv_size;
@@ -628,14 +707,31 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     ap.head_dim = c.head_dim;
     ap.block_size = kv_.block_size;
     ap.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    ap.decode = a.decode;
+    if (a.decode_splits > 1) {
+      ap.combine_counters = combine_counters_;
+      ap.decode_splits = a.decode_splits;
+    }
     TANDEM_CUDA_RETURN(launch_attention(ap, stream_), device_);
+    mark(kAttention);
     TANDEM_RETURN_IF_ERROR(gemm(attn_out_, n, q_size, w.o_proj, hidden, delta_, false));
+    mark(kOGemm);
     TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, w.post_norm, normed_, nullptr, n, hidden, c.rms_norm_eps,
                                            true, stream_),
                        device_);
+    mark(kNorm);
     TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.gate_up, 2 * inter, gate_up_, false));
-    TANDEM_CUDA_RETURN(launch_silu_and_mul(gate_up_, act_, n, inter, stream_), device_);
-    TANDEM_RETURN_IF_ERROR(gemm(act_, n, inter, w.down, hidden, delta_, false));
+    mark(kGateUpGemm);
+    if (use_skinny_ && skinny_gemm_supported(n, inter, gate_up_, w.down) && skinny_gemm_preferred(n, inter, hidden)) {
+      // Few tokens: the activation is computed as the down projection loads its input (one launch).
+      TANDEM_CUDA_RETURN(launch_skinny_gemm_silu(gate_up_, n, inter, w.down, hidden, delta_, false, skinny_ws_, num_sms_,
+                                                 stream_),
+                         device_);
+    } else {
+      TANDEM_CUDA_RETURN(launch_silu_and_mul(gate_up_, act_, n, inter, stream_), device_);
+      TANDEM_RETURN_IF_ERROR(gemm(act_, n, inter, w.down, hidden, delta_, false));
+    }
+    mark(kDownGemm);
   }
   if (a.num_logits > 0) {
     // Only the rows that need logits: the last MLP output is added on the fly, the residual left alone.
@@ -643,6 +739,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
                                            c.rms_norm_eps, false, stream_),
                        device_);
     TANDEM_RETURN_IF_ERROR(gemm(normed_, a.num_logits, hidden, lm_head_, c.vocab_size, logits_dev_, true));
+    mark(kLmHead);
   }
   return Status::Ok();
 }
@@ -693,6 +790,7 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
   args.num_items = static_cast<int>(plan.items.size());
   args.num_combines = static_cast<int>(plan.combines.size());
   args.num_mma_items = static_cast<int>(plan.mma_items.size());
+  args.decode = plan.decode && use_decode_attention_;
   TANDEM_RETURN_IF_ERROR(enqueue_step(args));
   return finish_step(logits);
 }
@@ -701,6 +799,7 @@ Status CudaBackend::finish_step(std::span<float> logits) {
   if (!greedy_tokens_.empty()) {
     const int rows = static_cast<int>(greedy_tokens_.size());
     TANDEM_CUDA_RETURN(launch_argmax(logits_dev_, greedy_dev_, rows, config_.vocab_size, stream_), device_);
+    mark(kArgmax);
     TANDEM_CUDA_RETURN(cudaMemcpyAsync(greedy_tokens_.data(), greedy_dev_, greedy_tokens_.size_bytes(), cudaMemcpyDeviceToHost,
                                        stream_),
                        device_);
@@ -709,7 +808,60 @@ Status CudaBackend::finish_step(std::span<float> logits) {
                        device_);
   }
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  if (profile_.enabled) collect_profile();
   return Status::Ok();
+}
+
+void CudaBackend::mark(Part part) {
+  if (!profile_.enabled) return;
+  cudaEvent_t e = nullptr;
+  if (!profile_.pool.empty()) {
+    e = profile_.pool.back();
+    profile_.pool.pop_back();
+  } else if (cudaEventCreate(&e) != cudaSuccess) {
+    return;
+  }
+  cudaEventRecord(e, stream_);
+  if (part == kNumParts) {
+    if (profile_.start) profile_.pool.push_back(profile_.start);
+    profile_.start = e;
+  } else {
+    profile_.marks.emplace_back(part, e);
+  }
+}
+
+void CudaBackend::collect_profile() {
+  if (!profile_.start) return;
+  const int phase = profile_.decode ? 1 : 0;
+  cudaEvent_t prev = profile_.start;
+  for (auto& [part, e] : profile_.marks) {
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, prev, e) == cudaSuccess) profile_.ms[phase][part] += ms;
+    prev = e;
+  }
+  ++profile_.steps[phase];
+  for (auto& [part, e] : profile_.marks) profile_.pool.push_back(e);
+  profile_.marks.clear();
+}
+
+void CudaBackend::log_profile() {
+  static const char* const kNames[kNumParts] = {"embedding", "rms_norm(+residual)", "qkv_proj", "qkv_rope_kv_write",
+                                                "attention(+merge)", "o_proj", "gate_up_proj", "down_proj(+silu)",
+                                                "lm_head(+final norm)", "argmax"};
+  for (int phase = 0; phase < 2; ++phase) {
+    if (profile_.steps[phase] == 0) continue;
+    double total = 0;
+    for (double v : profile_.ms[phase]) total += v;
+    for (int part = 0; part < kNumParts; ++part) {
+      char line[256];
+      std::snprintf(line, sizeof(line), "cuda profile: phase=%s steps=%lld part=%s us_per_step=%.1f share=%.1f%%",
+                    phase ? "decode" : "prefill", static_cast<long long>(profile_.steps[phase]), kNames[part],
+                    1000.0 * profile_.ms[phase][part] / profile_.steps[phase], 100.0 * profile_.ms[phase][part] / total);
+      log_info(line);
+    }
+  }
+  for (cudaEvent_t e : profile_.pool) cudaEventDestroy(e);
+  if (profile_.start) cudaEventDestroy(profile_.start);
 }
 
 // A decode step through a CUDA graph captured for (batch bucket, block-table width bucket): the step's
@@ -735,11 +887,15 @@ Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> log
   const auto& c = config_;
   const int group = c.num_heads / c.num_kv_heads;
   const int tiles = bucket * c.num_kv_heads * ((group + kAttentionRows - 1) / kAttentionRows);
-  int splits = std::clamp((2 * num_sms_ + tiles - 1) / tiles, 1, 32);
+  // The most splits a tile may use; each step's plan uses fewer for short contexts (at least
+  // min_split_keys keys each), so the captured grid covers long contexts without costing short ones.
+  const int min_split_keys = legacy_splits_ ? 1 : 32;
+  const int target_blocks = (legacy_splits_ ? 2 : 4) * num_sms_;
+  int splits = std::clamp((target_blocks + tiles - 1) / tiles, 1, 32);
   if (splits > 1 && tiles * splits > kMaxPartials) splits = std::max(1, kMaxPartials / tiles);
   if (graph) splits = graph->splits;
   const AttentionPlan plan =
-      plan_decode_attention(b.context_lens.data(), num_seqs, bucket, c.num_heads, c.num_kv_heads, splits);
+      plan_decode_attention(b.context_lens.data(), num_seqs, bucket, c.num_heads, c.num_kv_heads, splits, min_split_keys);
   const StepLayout layout = layout_step(bucket, static_cast<size_t>(bucket) * width, bucket, plan.items.size(),
                                         plan.combines.size());
   TANDEM_RETURN_IF_ERROR(ensure_metadata(layout.total));
@@ -780,6 +936,8 @@ Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> log
     args.max_blocks_per_seq = width;
     args.num_items = static_cast<int>(plan.items.size());
     args.num_combines = static_cast<int>(plan.combines.size());
+    args.decode = use_decode_attention_;
+    args.decode_splits = use_decode_attention_ && !legacy_splits_ && splits > 1 ? splits : 0;
     cudaGraph_t captured = nullptr;
     TANDEM_CUDA_RETURN(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), device_);
     Status enqueued = enqueue_step(args);
@@ -840,6 +998,9 @@ StatusOr<KvExport> CudaBackend::export_kv_handles() {
   KvExport out;
   out.device = device_name();
   out.device_ordinal = device_;
+  char bus_id[32] = {};
+  TANDEM_CUDA_RETURN(cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device_), device_);
+  out.pci_bus_id = bus_id;
   out.process_id = static_cast<int64_t>(getpid());
   out.spec = kv_;
   out.layer_stride_bytes = layer_pool_elements_ * sizeof(bf16);
@@ -869,6 +1030,8 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
   }
   if (local_blocks.empty()) return Status::Ok();
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  std::lock_guard<std::mutex> lock(peer_mu_);
+  if (!peer_stream_) TANDEM_CUDA_RETURN(cudaStreamCreateWithFlags(&peer_stream_, cudaStreamNonBlocking), device_);
   const std::string key(reinterpret_cast<const char*>(peer.handle.data()), peer.handle.size());
   auto it = peer_pools_.find(key);
   if (it == peer_pools_.end()) {
@@ -885,28 +1048,54 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
   }
   // Block ids to the device in one copy: [peer ids][local ids].
   const size_t n = local_blocks.size();
-  TANDEM_RETURN_IF_ERROR(ensure_metadata(2 * n * sizeof(int32_t)));
-  std::memcpy(metadata_host_, peer_blocks.data(), n * sizeof(int32_t));
-  std::memcpy(metadata_host_ + n * sizeof(int32_t), local_blocks.data(), n * sizeof(int32_t));
-  TANDEM_CUDA_RETURN(cudaMemcpyAsync(metadata_dev_, metadata_host_, 2 * n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_),
+  if (2 * n > peer_ids_capacity_) {
+    const size_t capacity = std::max<size_t>(2 * n, 4096);
+    cudaFreeHost(peer_ids_host_);
+    cudaFree(peer_ids_dev_);
+    peer_ids_host_ = nullptr;
+    peer_ids_dev_ = nullptr;
+    peer_ids_capacity_ = 0;
+    TANDEM_CUDA_RETURN(cudaMallocHost(&peer_ids_host_, capacity * sizeof(int32_t)), device_);
+    TANDEM_CUDA_RETURN(cudaMalloc(&peer_ids_dev_, capacity * sizeof(int32_t)), device_);
+    peer_ids_capacity_ = capacity;
+  }
+  std::memcpy(peer_ids_host_, peer_blocks.data(), n * sizeof(int32_t));
+  std::memcpy(peer_ids_host_ + n, local_blocks.data(), n * sizeof(int32_t));
+  TANDEM_CUDA_RETURN(cudaMemcpyAsync(peer_ids_dev_, peer_ids_host_, 2 * n * sizeof(int32_t), cudaMemcpyHostToDevice, peer_stream_),
                      device_);
-  const auto* peer_ids = reinterpret_cast<const int32_t*>(metadata_dev_);
-  const auto* local_ids = peer_ids + n;
+  const int32_t* peer_ids = peer_ids_dev_;
+  const int32_t* local_ids = peer_ids_dev_ + n;
   std::byte* peer_base = static_cast<std::byte*>(it->second) + layer_begin * peer.layer_stride_bytes;
   const size_t local_stride = layer_pool_elements_ * sizeof(bf16);
   std::byte* local_base = reinterpret_cast<std::byte*>(kv_pool_) + layer_begin * local_stride;
   const int layers = layer_end - layer_begin;
   if (from_peer) {
     TANDEM_CUDA_RETURN(launch_copy_kv_blocks(peer_base, peer.layer_stride_bytes, local_base, local_stride, kv_.block_bytes(),
-                                             peer_ids, local_ids, static_cast<int>(n), layers, stream_),
+                                             peer_ids, local_ids, static_cast<int>(n), layers, peer_stream_),
                        device_);
   } else {
     TANDEM_CUDA_RETURN(launch_copy_kv_blocks(local_base, local_stride, peer_base, peer.layer_stride_bytes, kv_.block_bytes(),
-                                             local_ids, peer_ids, static_cast<int>(n), layers, stream_),
+                                             local_ids, peer_ids, static_cast<int>(n), layers, peer_stream_),
                        device_);
   }
-  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(peer_stream_), device_);
   return Status::Ok();
+}
+
+bool CudaBackend::can_reach_peer(const KvExport& peer) {
+  if (peer.handle.size() != sizeof(cudaIpcMemHandle_t)) return false;
+  int ordinal = -1;
+  if (peer.pci_bus_id.empty() || cudaDeviceGetByPCIBusId(&ordinal, peer.pci_bus_id.c_str()) != cudaSuccess) {
+    cudaGetLastError();
+    return false;  // the exporter's GPU is not visible here
+  }
+  if (ordinal == device_) return true;
+  int can = 0;
+  if (cudaDeviceCanAccessPeer(&can, device_, ordinal) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return can != 0;
 }
 
 }  // namespace

@@ -17,4 +17,10 @@ std::unique_ptr<Backend> create_cuda_backend(const model::WeightSource& weights,
 // CUDA devices this process can use; 0 when there is no driver or no device. Never throws.
 int cuda_device_count();
 
+// GB/s (1e9 bytes/s) of one plain copy of `num_bytes` from a buffer on src_device to one on dst_device:
+// cudaMemcpy device-to-device on one GPU, cudaMemcpyPeer between two (peer access enabled when the GPUs
+// allow it). Best of `iters` copies timed with CUDA events, after one warm-up. The reference figure of
+// bench/kv_transfer_bench. Throws tandem::Error naming the call and the device on a CUDA failure.
+double measure_device_copy_gbps(int src_device, int dst_device, size_t num_bytes, int iters);
+
 }  // namespace tandem::backend::cuda

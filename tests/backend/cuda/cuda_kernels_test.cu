@@ -1,18 +1,22 @@
 // Each CUDA kernel against a plain CPU reference (double precision) on random inputs, including odd
 // sizes: 1 token, block boundaries, head_dim 16/64/128, 1 and 8 KV heads, GQA groups wider than a tile,
-// and the split-KV (flash-decoding) path. Skipped where no GPU is visible.
+// the split-KV (flash-decoding) path, the decode kernel with per-sequence splits, and the skinny GEMM
+// (row counts around 8 and 16, ragged N and K, splits across blocks). Skipped where no GPU is visible.
 #include <cuda_bf16.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <random>
 #include <vector>
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/skinny_gemm.cuh"
 
 namespace tandem::backend::cuda {
 namespace {
@@ -385,6 +389,326 @@ INSTANTIATE_TEST_SUITE_P(
                       AttentionCase{8, 1, 64, kMixed, 100000}, AttentionCase{16, 8, 128, kLongPrefill, 1},
                       AttentionCase{32, 8, 128, kLongPrefill, 1}, AttentionCase{64, 1, 64, kLongPrefill, 1},
                       AttentionCase{128, 1, 128, {{20, 20}}, 1}));
+
+// Skinny GEMM: (rows, in, out, fp32 output, workspace floats). A small workspace forces one block per
+// row tile; a large one lets small N split K across blocks.
+struct SkinnyCase {
+  int rows, in, out;
+  bool y_fp32;
+  size_t ws_floats;
+};
+
+class SkinnyGemm : public ::testing::TestWithParam<SkinnyCase> {};
+
+TEST_P(SkinnyGemm, MatchesCpu) {
+  GPU_OR_SKIP();
+  const SkinnyCase c = GetParam();
+  std::mt19937 rng(static_cast<unsigned>(c.rows * 131 + c.in * 7 + c.out));
+  const auto x = random_bf16(static_cast<size_t>(c.rows) * c.in, rng);
+  const auto w = random_bf16(static_cast<size_t>(c.out) * c.in, rng, 0.05f);
+  DeviceVec<bf16> d_x(x), d_w(w);
+  DeviceVec<float> d_ws(std::max<size_t>(1, c.ws_floats));
+  std::vector<int32_t> zeros(64, 0);
+  DeviceVec<int32_t> d_counters(zeros);
+  SkinnyGemmWorkspace ws{d_ws.ptr, c.ws_floats, d_counters.ptr, 64};
+  ASSERT_TRUE(skinny_gemm_supported(c.rows, c.in, d_x.ptr, d_w.ptr));
+  std::vector<double> want(static_cast<size_t>(c.rows) * c.out);
+  for (int m = 0; m < c.rows; ++m) {
+    for (int n = 0; n < c.out; ++n) {
+      double acc = 0;
+      for (int k = 0; k < c.in; ++k) {
+        acc += static_cast<double>(__bfloat162float(x[static_cast<size_t>(m) * c.in + k])) *
+               __bfloat162float(w[static_cast<size_t>(n) * c.in + k]);
+      }
+      want[static_cast<size_t>(m) * c.out + n] = acc;
+    }
+  }
+  // Twice per variant: the second launch must find the split counters reset by the first.
+  for (int rep = 0; rep < 10; ++rep) {
+    const int variant = rep / 2 - 1;  // -1 (default) .. 3
+    std::vector<float> got;
+    if (c.y_fp32) {
+      DeviceVec<float> d_y(want.size());
+      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, true, false, ws, 132, variant, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      got = d_y.download();
+      EXPECT_LT(rel_error(got, want), 1e-5) << "rep " << rep;
+    } else {
+      DeviceVec<bf16> d_y(want.size());
+      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, false, false, ws, 132, variant, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      got = to_float(d_y.download());
+      EXPECT_LT(rel_error(got, want), 8e-3) << "rep " << rep;
+    }
+    // Every element, not only the norm: a missed tile or token would hide in a large sum.
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_NEAR(got[i], want[i], 0.02 + 0.01 * std::abs(want[i])) << "element " << i << " rep " << rep;
+    }
+  }
+  std::vector<int32_t> counters = d_counters.download();
+  for (int32_t v : counters) ASSERT_EQ(v, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, SkinnyGemm,
+                         ::testing::Values(SkinnyCase{1, 1024, 4096, false, 1 << 20}, SkinnyCase{1, 2048, 1024, false, 1 << 20},
+                                           SkinnyCase{3, 3072, 1000, true, 1 << 20}, SkinnyCase{8, 256, 37, false, 1 << 20},
+                                           SkinnyCase{9, 1024, 64, true, 1 << 20}, SkinnyCase{16, 520, 300, false, 1 << 20},
+                                           SkinnyCase{5, 4096, 100, false, 0}, SkinnyCase{2, 8, 16, true, 1 << 20},
+                                           SkinnyCase{16, 4096, 4099, true, 1 << 20}));
+
+// The down projection with silu(gate) * up folded into its input loads.
+TEST(SkinnyGemm, SiluInputMatchesSiluThenGemm) {
+  GPU_OR_SKIP();
+  for (int rows : {1, 3, 12}) {
+    const int inter = 3072, out = 1000;
+    std::mt19937 rng(static_cast<unsigned>(rows + 99));
+    const auto gate_up = random_bf16(static_cast<size_t>(rows) * 2 * inter, rng, 2.0f);
+    const auto w = random_bf16(static_cast<size_t>(out) * inter, rng, 0.05f);
+    std::vector<double> act(static_cast<size_t>(rows) * inter);
+    for (int m = 0; m < rows; ++m) {
+      for (int i = 0; i < inter; ++i) {
+        const double g = __bfloat162float(gate_up[static_cast<size_t>(m) * 2 * inter + i]);
+        const double u = __bfloat162float(gate_up[static_cast<size_t>(m) * 2 * inter + inter + i]);
+        act[static_cast<size_t>(m) * inter + i] = __bfloat162float(__float2bfloat16(static_cast<float>(g / (1.0 + std::exp(-g)) * u)));
+      }
+    }
+    std::vector<double> want(static_cast<size_t>(rows) * out);
+    for (int m = 0; m < rows; ++m) {
+      for (int n = 0; n < out; ++n) {
+        double acc = 0;
+        for (int k = 0; k < inter; ++k) acc += act[static_cast<size_t>(m) * inter + k] * __bfloat162float(w[static_cast<size_t>(n) * inter + k]);
+        want[static_cast<size_t>(m) * out + n] = acc;
+      }
+    }
+    DeviceVec<bf16> d_gu(gate_up), d_w(w);
+    DeviceVec<float> d_ws(1 << 20), d_y(want.size());
+    DeviceVec<int32_t> d_counters(std::vector<int32_t>(256, 0));
+    SkinnyGemmWorkspace ws{d_ws.ptr, 1 << 20, d_counters.ptr, 256};
+    for (int variant = -1; variant <= 3; ++variant) {
+      CUDA_OK(launch_skinny_gemm_variant(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, true, ws, 132, variant, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_LT(rel_error(d_y.download(), want), 2e-3) << rows << " rows, variant " << variant;
+    }
+    CUDA_OK(launch_skinny_gemm_silu(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, ws, 132, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LT(rel_error(d_y.download(), want), 2e-3) << rows << " rows";
+  }
+}
+
+// Not a test: the skinny GEMM's variants against cuBLAS on the decode shapes of Qwen3-0.6B and
+// Llama-3.1-8B, weights rotated through copies that together exceed L2 (as a decode step's layers do).
+// Run with --gtest_also_run_disabled_tests --gtest_filter='*SkinnyGemmBench*'.
+TEST(SkinnyGemmBench, DISABLED_VariantsAgainstCublas) {
+  GPU_OR_SKIP();
+  struct Shape {
+    const char* name;
+    int n, k;
+    bool silu, fp32;
+  };
+  const Shape shapes[] = {{"qwen3 qkv", 4096, 1024, false, false}, {"qwen3 o", 1024, 2048, false, false},
+                          {"qwen3 gate_up", 6144, 1024, false, false}, {"qwen3 down+silu", 1024, 3072, true, false},
+                          {"qwen3 lm_head", 151936, 1024, false, true}, {"llama qkv", 6144, 4096, false, false},
+                          {"llama o", 4096, 4096, false, false}, {"llama gate_up", 28672, 4096, false, false},
+                          {"llama down+silu", 4096, 14336, true, false}, {"llama lm_head", 128256, 4096, false, true}};
+  int device = 0, sms = 0;
+  CUDA_OK(cudaGetDevice(&device));
+  CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const size_t pool_bytes = 1600ull << 20;
+  bf16* pool = nullptr;
+  CUDA_OK(cudaMalloc(&pool, pool_bytes));
+  CUDA_OK(cudaMemset(pool, 0x3c, pool_bytes));
+  bf16 *x = nullptr, *y = nullptr;
+  CUDA_OK(cudaMalloc(&x, 16 * 2 * 14336 * sizeof(bf16)));
+  CUDA_OK(cudaMemset(x, 0x3c, 16 * 2 * 14336 * sizeof(bf16)));
+  CUDA_OK(cudaMalloc(&y, 16ull * 151936 * sizeof(float)));
+  DeviceVec<float> d_ws(1 << 20);
+  DeviceVec<int32_t> d_counters(std::vector<int32_t>(4096, 0));
+  SkinnyGemmWorkspace ws{d_ws.ptr, 1 << 20, d_counters.ptr, 4096};
+  cublasHandle_t handle;
+  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
+  void* cublas_ws = nullptr;
+  CUDA_OK(cudaMalloc(&cublas_ws, 32 << 20));
+  cublasSetWorkspace(handle, cublas_ws, 32 << 20);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  for (const Shape& sh : shapes) {
+    const size_t bytes = static_cast<size_t>(sh.n) * sh.k * sizeof(bf16);
+    const int copies = static_cast<int>(std::max<size_t>(1, std::min<size_t>(16, pool_bytes / bytes)));
+    for (int rows : {1, 4, 8, 16}) {
+      std::printf("%-16s M=%-2d %6.1f MB:", sh.name, rows, bytes / 1e6);
+      for (int variant = -2; variant <= 3; ++variant) {  // -2: cuBLAS (with a separate silu pass not counted)
+        auto run = [&](int i) {
+          const bf16* w = pool + static_cast<size_t>(i % copies) * sh.n * sh.k;
+          if (variant == -2) {
+            const float alpha = 1.0f, beta = 0.0f;
+            cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, sh.n, rows, sh.k, &alpha, w, CUDA_R_16BF, sh.k, x, CUDA_R_16BF,
+                         sh.k, &beta, y, sh.fp32 ? CUDA_R_32F : CUDA_R_16BF, sh.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+          } else {
+            launch_skinny_gemm_variant(x, rows, sh.k, w, sh.n, y, sh.fp32, sh.silu, ws, sms, variant, nullptr);
+          }
+        };
+        for (int i = 0; i < 3; ++i) run(i);
+        const int iters = 30;
+        cudaEventRecord(start);
+        for (int i = 0; i < iters; ++i) run(i);
+        cudaEventRecord(stop);
+        CUDA_OK(cudaEventSynchronize(stop));
+        float ms = 0;
+        cudaEventElapsedTime(&ms, start, stop);
+        const double us = 1000.0 * ms / iters;
+        static const char* const kNames[] = {"cublas", "dflt", "v0", "v1", "v2", "v3"};
+        std::printf("  %s %7.1fus %5.0fGB/s", kNames[variant + 2], us, bytes / us / 1e3);
+      }
+      std::printf("\n");
+    }
+  }
+  CUDA_OK(cudaGetLastError());
+  cublasDestroy(handle);
+  cudaFree(cublas_ws);
+  cudaFree(pool);
+  cudaFree(x);
+  cudaFree(y);
+}
+
+TEST(SkinnyGemm, RejectsWhatItCannotRun) {
+  alignas(16) static bf16 buf[64];
+  EXPECT_FALSE(skinny_gemm_supported(0, 64, buf, buf));
+  EXPECT_FALSE(skinny_gemm_supported(kSkinnyMaxRows + 1, 64, buf, buf));
+  EXPECT_FALSE(skinny_gemm_supported(1, 12, buf, buf));
+  EXPECT_FALSE(skinny_gemm_supported(1, 64, buf + 1, buf));
+  EXPECT_TRUE(skinny_gemm_supported(1, 64, buf, buf));
+}
+
+// Decode steps as a captured graph plans them: plan_decode_attention with a fixed number of split
+// items per tile, of which each sequence uses as many as its context needs, through the decode kernel
+// and through the SIMT kernel.
+struct DecodeCase {
+  int num_heads, num_kv_heads, head_dim;
+  std::vector<int> contexts;
+  int splits, min_split_keys;
+};
+
+class DecodeAttention : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(DecodeAttention, MatchesCpu) {
+  GPU_OR_SKIP();
+  const DecodeCase c = GetParam();
+  const int d = c.head_dim, block_size = 16, group = c.num_heads / c.num_kv_heads;
+  std::mt19937 rng(static_cast<unsigned>(d * 13 + c.num_heads * 3 + c.contexts.size() + c.splits));
+  const int num_seqs = static_cast<int>(c.contexts.size());
+  const int bucket = num_seqs + 2;  // two padding sequences, as in a graph bucket
+  int max_blocks = 1, total_blocks = 0;
+  for (int ctx : c.contexts) {
+    max_blocks = std::max(max_blocks, (ctx + block_size - 1) / block_size);
+    total_blocks += (ctx + block_size - 1) / block_size;
+  }
+  const int num_blocks = total_blocks + 2;
+  std::vector<int32_t> free_blocks(num_blocks);
+  std::iota(free_blocks.begin(), free_blocks.end(), 0);
+  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
+  std::vector<int32_t> tables(static_cast<size_t>(bucket) * max_blocks, -1), positions(bucket, 0);
+  for (int s = 0; s < num_seqs; ++s) {
+    for (int b = 0; b < (c.contexts[s] + block_size - 1) / block_size; ++b) {
+      tables[static_cast<size_t>(s) * max_blocks + b] = free_blocks.back();
+      free_blocks.pop_back();
+    }
+    positions[s] = c.contexts[s] - 1;
+  }
+  const size_t kv_size = static_cast<size_t>(c.num_kv_heads) * d;
+  const auto pool = random_bf16(static_cast<size_t>(num_blocks) * 2 * block_size * kv_size, rng);
+  const int q_stride = (c.num_heads + 2 * c.num_kv_heads) * d;
+  const auto q = random_bf16(static_cast<size_t>(bucket) * q_stride, rng, 2.0f);
+  const AttentionPlan plan =
+      plan_decode_attention(c.contexts.data(), num_seqs, bucket, c.num_heads, c.num_kv_heads, c.splits, c.min_split_keys);
+  ASSERT_EQ(plan.items.size(), static_cast<size_t>(bucket) * c.num_kv_heads * c.splits *
+                                   ((group + kAttentionRows - 1) / kAttentionRows));
+
+  std::vector<double> want(static_cast<size_t>(num_seqs) * c.num_heads * d);
+  for (int s = 0; s < num_seqs; ++s) {
+    const int keys = c.contexts[s];
+    for (int h = 0; h < c.num_heads; ++h) {
+      const int kvh = h / group;
+      std::vector<double> score(keys);
+      double mx = -INFINITY;
+      for (int j = 0; j < keys; ++j) {
+        const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
+        const size_t at = ((static_cast<size_t>(block) * 2) * block_size + off) * kv_size + kvh * d;
+        double dot = 0;
+        for (int i = 0; i < d; ++i) dot += __bfloat162float(q[s * q_stride + h * d + i]) * __bfloat162float(pool[at + i]);
+        score[j] = dot / std::sqrt(static_cast<double>(d));
+        mx = std::max(mx, score[j]);
+      }
+      double denom = 0;
+      for (auto& v : score) denom += (v = std::exp(v - mx));
+      for (int i = 0; i < d; ++i) {
+        double acc = 0;
+        for (int j = 0; j < keys; ++j) {
+          const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
+          const size_t at = ((static_cast<size_t>(block) * 2 + 1) * block_size + off) * kv_size + kvh * d;
+          acc += score[j] * __bfloat162float(pool[at + i]);
+        }
+        want[(static_cast<size_t>(s) * c.num_heads + h) * d + i] = acc / denom;
+      }
+    }
+  }
+
+  // 0: decode kernel merging its own splits; 1: decode kernel + combine kernel; 2: SIMT kernel + combine.
+  for (int mode : {0, 1, 2}) {
+    const bool decode_kernel = mode < 2;
+    DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(bucket) * c.num_heads * d);
+    DeviceVec<int32_t> d_tables(tables), d_pos(positions);
+    DeviceVec<AttentionWorkItem> d_items(plan.items);
+    DeviceVec<AttentionCombineItem> d_combines(plan.combines);
+    DeviceVec<AttentionWorkItem> d_mma(1);
+    // NaN-poisoned partials: a combine that reads a split nobody wrote shows up as a NaN.
+    DeviceVec<float> d_po(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * d);
+    DeviceVec<float> d_pml(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * 2);
+    AttentionParams p;
+    p.q = d_q.ptr;
+    p.q_row_stride = q_stride;
+    p.kv_pool = d_pool.ptr;
+    p.block_tables = d_tables.ptr;
+    p.max_blocks_per_seq = max_blocks;
+    p.positions = d_pos.ptr;
+    p.out = d_out.ptr;
+    p.items = d_items.ptr;
+    p.combines = d_combines.ptr;
+    p.mma_items = d_mma.ptr;
+    p.partial_out = d_po.ptr;
+    p.partial_ml = d_pml.ptr;
+    p.num_items = static_cast<int>(plan.items.size());
+    p.num_combines = static_cast<int>(plan.combines.size());
+    p.num_heads = c.num_heads;
+    p.num_kv_heads = c.num_kv_heads;
+    p.head_dim = d;
+    p.block_size = block_size;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    p.decode = decode_kernel;
+    DeviceVec<int32_t> d_counters(std::vector<int32_t>(std::max<size_t>(1, plan.combines.size()), 0));
+    if (mode == 0 && c.splits > 1) {
+      p.combine_counters = d_counters.ptr;
+      p.decode_splits = c.splits;
+    }
+    // Twice: the second launch must find the merge counters reset by the first.
+    for (int rep = 0; rep < 2; ++rep) {
+      CUDA_OK(launch_attention(p, nullptr));
+      CUDA_OK(cudaDeviceSynchronize());
+      auto got = to_float(d_out.download());
+      got.resize(want.size());  // the padding sequences' rows are never written
+      EXPECT_LT(rel_error(got, want), 8e-3) << "mode " << mode << " rep " << rep;
+    }
+    for (int32_t v : d_counters.download()) ASSERT_EQ(v, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, DecodeAttention,
+    ::testing::Values(DecodeCase{16, 8, 128, {1, 17, 128, 300, 1025}, 32, 32}, DecodeCase{32, 8, 128, {5, 2000, 64}, 4, 32},
+                      DecodeCase{16, 8, 128, {1, 33, 700}, 1, 32}, DecodeCase{8, 1, 64, {1, 16, 257, 999}, 8, 64},
+                      DecodeCase{8, 8, 64, {3, 100, 513}, 3, 32}, DecodeCase{4, 2, 16, {1, 40, 300}, 5, 32},
+                      DecodeCase{4, 1, 32, {2, 77}, 2, 32}, DecodeCase{12, 1, 128, {90, 1}, 4, 32},
+                      DecodeCase{32, 8, 128, {4096}, 32, 32}));
 
 }  // namespace
 }  // namespace tandem::backend::cuda
