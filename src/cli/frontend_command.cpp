@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/signals.h"
+#include "cluster/etcd.h"
 #include "common/error.h"
 #include "frontend/frontend.h"
 
@@ -30,7 +31,11 @@ Runner add_frontend_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("frontend", "Serve the OpenAI-compatible API and route to workers");
   cmd->add_option("--host", f.http.host, "HTTP address")->capture_default_str();
   cmd->add_option("--port", o->port, "HTTP port (0 = any; see --ready-file)")->capture_default_str();
-  cmd->add_option("--registry", o->registry, "Worker registry: embedded")->capture_default_str();
+  cmd->add_option("--registry", o->registry, "Worker registry: embedded, or etcd://host:port[,host:port...]")->capture_default_str();
+  cmd->add_option("--namespace", f.cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
+  cmd->add_option("--prefill-queue", f.prefill_queue, "nats://host:port: remote prefills go through the NATS JetStream queue");
+  cmd->add_option("--frontend-id", f.frontend_id, "Name of this frontend in logs and to workers (default host-pid)");
+  cmd->add_option("--admin-token", f.admin_token, "Token for POST /v1/tandem/router from any address (default: localhost only)");
   cmd->add_option("--registry-host", f.registry_host, "Address workers register on")->capture_default_str();
   cmd->add_option("--registry-port", o->registry_port, "Port workers register on (0 = any)")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Directory with tokenizer.json (for text prompts and chat)");
@@ -62,7 +67,9 @@ Runner add_frontend_command(CLI::App& app) {
       }
     });
     if (o->registry != "embedded") {
-      throw Error("--registry: '" + o->registry + "' is not supported yet (only the embedded registry)");
+      auto endpoints = cluster::parse_etcd_url(o->registry);
+      if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message() + " (use embedded or etcd://host:port)");
+      o->options.etcd = std::move(*endpoints);
     }
     o->options.http.port = static_cast<uint16_t>(o->port);
     o->options.http.max_body_bytes = o->max_body_bytes;

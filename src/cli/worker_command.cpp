@@ -26,6 +26,12 @@ struct WorkerCommandOptions {
   std::string model;
   std::string served_model_name;
   std::string frontend;
+  std::string registry;
+  std::string cluster_namespace = "default";
+  int lease_ttl_s = 10;
+  std::string prefill_queue;
+  int prefill_queue_ack_wait_ms = 10000;
+  int max_pulled_prefills = 4;
   std::string host = "127.0.0.1";
   int rpc_port = 0;
   int transfer_port = 0;
@@ -64,7 +70,16 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--role", o->role, "prefill, decode or both")->capture_default_str();
   cmd->add_option("--model", o->model, "Hugging Face model directory or random:<preset>");
   cmd->add_option("--served-model-name", o->served_model_name, "Model name clients use (default: the directory's name)");
-  cmd->add_option("--frontend", o->frontend, "host:port of the frontend's registry")->required();
+  cmd->add_option("--frontend", o->frontend, "host:port of the frontend's embedded registry");
+  cmd->add_option("--registry", o->registry, "etcd://host:port[,host:port...]: register in etcd instead (cluster mode)");
+  cmd->add_option("--namespace", o->cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
+  cmd->add_option("--lease-ttl", o->lease_ttl_s, "etcd lease TTL in seconds: a killed worker is dropped this long after")
+      ->capture_default_str()->check(CLI::Range(1, 3600));
+  cmd->add_option("--prefill-queue", o->prefill_queue, "nats://host:port: remote prefills through the NATS JetStream queue");
+  cmd->add_option("--prefill-queue-ack-wait-ms", o->prefill_queue_ack_wait_ms,
+                  "A pulled prefill not acknowledged this long goes to another prefill worker")->capture_default_str();
+  cmd->add_option("--max-pulled-prefills", o->max_pulled_prefills, "Prefill worker: pull from the queue only while holding fewer")
+      ->capture_default_str();
   cmd->add_option("--host", o->host, "Address peers reach this worker on")->capture_default_str();
   cmd->add_option("--rpc-port", o->rpc_port, "Port for remote prefills (0 = any)")->capture_default_str();
   cmd->add_option("--transfer-port", o->transfer_port, "Port for incoming KV (0 = any)")->capture_default_str();
@@ -103,7 +118,16 @@ Runner add_worker_command(CLI::App& app) {
     });
     worker::WorkerOptions options;
     options.role = worker::parse_role(o->role);
+    if (o->frontend.empty() == o->registry.empty()) {
+      throw Error("give one of --frontend host:port (embedded registry) or --registry etcd://host:port (cluster mode)");
+    }
     options.frontend = o->frontend;
+    options.registry = o->registry;
+    options.cluster_namespace = o->cluster_namespace;
+    options.lease_ttl_s = o->lease_ttl_s;
+    options.prefill_queue = o->prefill_queue;
+    options.prefill_queue_ack_wait_ms = o->prefill_queue_ack_wait_ms;
+    options.max_pulled_prefills = o->max_pulled_prefills;
     options.host = o->host;
     options.rpc_port = static_cast<uint16_t>(o->rpc_port);
     options.transfer_port = static_cast<uint16_t>(o->transfer_port);

@@ -3,6 +3,7 @@
 #include "frontend/frontend.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -13,7 +14,10 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <thread>
 
+#include "cluster/etcd.h"
+#include "cluster/prefill_queue.h"
 #include "common/error.h"
 #include "common/socket.h"
 #include "frontend/metrics.h"
@@ -57,11 +61,42 @@ struct WorkerRecord {
   int outstanding = 0;
   int prefills_outstanding = 0;
   bool draining = false;  // routes nothing new; finishes what it holds
+  std::string member_id;  // cluster mode: the etcd member this connection was dialed for
+  // Routed here since its last heartbeat (not yet in the load it reports): decodes, remote prefills.
+  int sent_since_heartbeat = 0;
+  int prefills_sent_since_heartbeat = 0;
   std::unique_ptr<PrefixIndex> prefix;
   std::set<std::string> requests;  // decode requests riding on this worker
 
   bool can_decode() const { return info.role() == rpc::pb::ROLE_DECODE || info.role() == rpc::pb::ROLE_BOTH; }
   bool is_prefill() const { return info.role() == rpc::pb::ROLE_PREFILL; }
+};
+
+// Cluster mode: a worker listed in etcd (/tandem/<ns>/workers/<role>/<id>) and its connection.
+struct Member {
+  std::string id;
+  std::string role;
+  std::string rpc_address;
+  uint64_t key = 0;       // its WorkerRecord while connected; 0 = not connected
+  bool dialing = false;
+  bool warned = false;    // unreachable already logged
+  Clock::time_point next_dial;
+};
+
+// Lets threads that may outlive the frontend (dialers, the etcd watcher, connection readers) post
+// to the I/O thread only while it exists.
+struct PostGate {
+  std::mutex mu;
+  bool open = true;        // GUARDED_BY(mu)
+  Executor* io = nullptr;  // GUARDED_BY(mu)
+  void post(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (open && io) io->post(std::move(fn));
+  }
+  void close() {
+    std::lock_guard<std::mutex> lock(mu);
+    open = false;
+  }
 };
 
 struct ChoiceState {
@@ -118,11 +153,60 @@ struct Frontend::Impl {
   Executor& io() { return http->executor(); }
 
   // Connection threads may outlive run(): they post only while the I/O context exists.
-  std::mutex post_mu;
-  bool accepting_posts = true;  // GUARDED_BY(post_mu)
-  void post_from_connection(std::function<void()> fn) {
-    std::lock_guard<std::mutex> lock(post_mu);
-    if (accepting_posts) io().post(std::move(fn));
+  std::shared_ptr<PostGate> gate = std::make_shared<PostGate>();
+  void post_from_connection(std::function<void()> fn) { gate->post(std::move(fn)); }
+
+  // Cluster mode.
+  std::map<std::string, Member> members;  // by worker id
+  std::unique_ptr<cluster::EtcdWatcher> watcher;
+
+  // Prefill queue (--prefill-queue): its depth as last read, and whether NATS answered.
+  std::unique_ptr<cluster::PrefillQueue> queue;
+  std::thread queue_poller;
+  std::atomic<bool> queue_poller_stop{false};
+  int64_t queue_depth = 0;
+  int queue_sent_since_poll = 0;  // remote prefills routed since that read
+  bool queue_up = false;
+  bool queue_mode() const { return queue != nullptr; }
+
+  void start_queue_poller() {
+    auto g = gate;
+    queue_poller = std::thread([this, g] {
+      while (!queue_poller_stop.load()) {
+        auto depth = queue->depth();
+        const bool up = depth.ok();
+        const int64_t n = up ? *depth : 0;
+        const std::string reason = up ? "" : depth.status().message();
+        g->post([this, up, n, reason] {
+          if (up != queue_up) {
+            if (up) {
+              spdlog::info("event=prefill_queue_reachable stream={} depth={}", queue->stream_name(), n);
+            } else {
+              spdlog::warn("event=prefill_queue_unavailable reason=\"{}\"; remote prefills fall back to local prefill "
+                           "until it returns", reason);
+            }
+          }
+          queue_up = up;
+          queue_depth = n;
+          queue_sent_since_poll = 0;
+        });
+        for (int i = 0; i < 10 && !queue_poller_stop.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    });
+  }
+  void stop_queue_poller() {
+    queue_poller_stop.store(true);
+    if (queue_poller.joinable()) queue_poller.join();
+  }
+  bool cluster_mode() const { return !options.etcd.empty(); }
+  std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }
+
+  // Routes new requests to it: registered, not draining, and (cluster mode) still listed in etcd.
+  bool routable(const WorkerRecord& w) const {
+    if (!w.registered || w.draining) return false;
+    if (w.member_id.empty()) return true;
+    auto m = members.find(w.member_id);
+    return m != members.end() && m->second.key == w.key;
   }
 
   // ---- registry -------------------------------------------------------------------------------
@@ -152,7 +236,18 @@ struct Frontend::Impl {
                      w.info.num_kv_blocks(), w.conn->peer());
         break;
       }
-      case rpc::pb::Envelope::kHeartbeat: w.heartbeat = env.heartbeat(); break;
+      case rpc::pb::Envelope::kHeartbeat: {
+        rpc::pb::Heartbeat& h = *env.mutable_heartbeat();
+        if (w.prefix) {
+          if (h.prefix_reset()) w.prefix->clear();
+          w.prefix->insert_hashes({h.prefix_blocks_added().data(), static_cast<size_t>(h.prefix_blocks_added_size())});
+        }
+        h.clear_prefix_blocks_added();
+        w.heartbeat.Swap(&h);
+        w.sent_since_heartbeat = 0;
+        w.prefills_sent_since_heartbeat = 0;
+        break;
+      }
       case rpc::pb::Envelope::kDrain:
         w.draining = true;
         spdlog::info("event=worker_draining worker_id={} requests={}", w.info.worker_id(), w.requests.size());
@@ -170,6 +265,13 @@ struct Frontend::Impl {
       spdlog::warn("event=worker_lost worker_id={} role={} reason=\"{}\" requests={}", w.info.worker_id(),
                    role_label(w.info.role()), reason.message(), w.requests.size());
     }
+    if (!w.member_id.empty()) {
+      auto m = members.find(w.member_id);
+      if (m != members.end() && m->second.key == key) {
+        m->second.key = 0;  // still listed: dial again (a restarted worker, or a passing network fault)
+        m->second.next_dial = Clock::now() + std::chrono::milliseconds(200);
+      }
+    }
     std::vector<std::string> ids(w.requests.begin(), w.requests.end());
     const std::string name = w.registered ? w.info.worker_id() : w.conn->peer();
     for (const auto& id : ids) {
@@ -185,27 +287,194 @@ struct Frontend::Impl {
     workers.erase(it);
   }
 
+  // The connection's messages and its end go to the I/O thread, in order.
+  void start_connection(uint64_t key, const std::shared_ptr<rpc::Connection>& conn) {
+    auto g = gate;
+    conn->start(
+        [this, g, key](rpc::pb::Envelope& env) {
+          auto message = std::make_shared<rpc::pb::Envelope>();
+          message->Swap(&env);
+          g->post([this, key, message] { on_worker_message(key, *message); });
+        },
+        [this, g, key](const Status& reason) { g->post([this, key, reason] { on_worker_closed(key, reason); }); });
+  }
+
   void start_registry() {
     registry->start([this](int fd, std::string peer) {
       uint64_t key = next_key.fetch_add(1);
       auto conn = rpc::Connection::adopt(fd, peer);
       post_from_connection([this, key, conn] { on_worker_connected(key, conn); });
-      conn->start(
-          [this, key](rpc::pb::Envelope& env) {
-            auto message = std::make_shared<rpc::pb::Envelope>();
-            message->Swap(&env);
-            post_from_connection([this, key, message] { on_worker_message(key, *message); });
-          },
-          [this, key](const Status& reason) {
-            post_from_connection([this, key, reason] { on_worker_closed(key, reason); });
-          });
+      start_connection(key, conn);
     });
+  }
+
+  // ---- cluster mode: membership from etcd -------------------------------------------------------
+
+  void start_watcher() {
+    auto g = gate;
+    watcher = std::make_unique<cluster::EtcdWatcher>(
+        cluster::EtcdClient(options.etcd), key_prefix(),
+        [this, g](const std::vector<cluster::KeyValue>& kvs) { g->post([this, kvs] { on_etcd_snapshot(kvs); }); },
+        [this, g](const std::vector<cluster::WatchEvent>& events) { g->post([this, events] { on_etcd_events(events); }); });
+  }
+
+  // A fresh read of the namespace (at start, and after each reconnect): what is not there is gone.
+  void on_etcd_snapshot(const std::vector<cluster::KeyValue>& kvs) {
+    std::set<std::string> listed;
+    for (const auto& kv : kvs) apply_key(kv.key, kv.value, &listed);
+    std::vector<std::string> gone;
+    for (const auto& [id, m] : members) {
+      if (!listed.count(id)) gone.push_back(id);
+    }
+    for (const auto& id : gone) remove_member(id, "not in etcd");
+  }
+
+  void on_etcd_events(const std::vector<cluster::WatchEvent>& events) {
+    for (const auto& e : events) {
+      if (!e.deleted) {
+        apply_key(e.kv.key, e.kv.value, nullptr);
+        continue;
+      }
+      const std::string rest = e.kv.key.substr(std::min(e.kv.key.size(), key_prefix().size()));
+      if (rest.rfind("workers/", 0) == 0) remove_member(rest.substr(rest.rfind('/') + 1), "lease expired or revoked");
+    }
+  }
+
+  void apply_key(const std::string& key, const std::string& value, std::set<std::string>* listed) {
+    const std::string prefix = key_prefix();
+    if (key.rfind(prefix, 0) != 0) return;
+    const std::string rest = key.substr(prefix.size());
+    if (rest.rfind("workers/", 0) == 0) {
+      const std::string id = rest.substr(rest.rfind('/') + 1);
+      json record = json::parse(value, nullptr, false);
+      if (id.empty() || !record.is_object() || !record.contains("rpc_address")) {
+        spdlog::warn("event=etcd_bad_worker_record key={}", key);
+        return;
+      }
+      upsert_member(id, record);
+      if (listed) listed->insert(id);
+    } else if (rest.rfind("disagg/", 0) == 0) {
+      apply_threshold(rest.substr(7), value, "etcd");
+    }
+  }
+
+  void upsert_member(const std::string& id, const json& record) {
+    const std::string address = record.value("rpc_address", "");
+    auto it = members.find(id);
+    if (it != members.end()) {
+      if (it->second.rpc_address == address) return;
+      // Same id, new address: a restarted worker. Its old connection is unlisted from here.
+      spdlog::info("event=worker_moved worker_id={} rpc={} was={}", id, address, it->second.rpc_address);
+      members.erase(it);
+    }
+    Member& m = members[id];
+    m.id = id;
+    m.role = record.value("role", "");
+    m.rpc_address = address;
+    m.next_dial = Clock::now();
+    spdlog::info("event=worker_listed worker_id={} role={} rpc={}", id, m.role, address);
+    // A connection that is still open (the worker re-registered after an etcd outage) is reused.
+    for (auto& [key, w] : workers) {
+      if (w.member_id == id && w.conn->is_open() && !w.draining && w.info.rpc_address() == address) {
+        m.key = key;
+        return;
+      }
+    }
+    dial_member(m);
+  }
+
+  void remove_member(const std::string& id, const char* reason) {
+    auto it = members.find(id);
+    if (it == members.end()) return;
+    size_t held = 0;
+    auto w = workers.find(it->second.key);
+    if (it->second.key != 0 && w != workers.end()) held = w->second.requests.size();
+    // A connected worker keeps its connection and finishes what it holds (a revoked lease is a drain);
+    // it only gets nothing new. A dead one's connection has already failed its requests.
+    spdlog::warn("event=worker_unlisted worker_id={} reason=\"{}\" connected={} requests={}", id, reason,
+                 it->second.key != 0, held);
+    members.erase(it);
+  }
+
+  void dial_member(Member& m) {
+    m.dialing = true;
+    auto g = gate;
+    std::string id = m.id, address = m.rpc_address;
+    std::thread([this, g, id, address] {
+      auto dialed = rpc::Connection::dial(address, 1000);
+      g->post([this, id, address, dialed]() mutable { on_member_dialed(id, address, std::move(dialed)); });
+    }).detach();
+  }
+
+  void on_member_dialed(const std::string& id, const std::string& address,
+                        StatusOr<std::shared_ptr<rpc::Connection>> dialed) {
+    auto it = members.find(id);
+    const bool same = it != members.end() && it->second.rpc_address == address;
+    if (same) it->second.dialing = false;
+    const bool wanted = same && it->second.key == 0 && !stopped;
+    if (!dialed.ok()) {
+      if (!wanted) return;
+      Member& m = it->second;
+      m.next_dial = Clock::now() + std::chrono::milliseconds(500);
+      if (!m.warned) {
+        spdlog::warn("event=worker_unreachable worker_id={} rpc={} reason=\"{}\"; retrying while it is listed", id,
+                     address, dialed.status().message());
+        m.warned = true;
+      }
+      return;
+    }
+    auto conn = *dialed;
+    if (!wanted) {
+      conn->close();
+      return;
+    }
+    const uint64_t key = next_key.fetch_add(1);
+    on_worker_connected(key, conn);
+    workers[key].member_id = id;
+    it->second.key = key;
+    it->second.warned = false;
+    start_connection(key, conn);
+    rpc::pb::Envelope hello;
+    hello.mutable_frontend_hello()->set_frontend_id(options.frontend_id);
+    conn->send(hello);
+  }
+
+  // ---- thresholds while serving -------------------------------------------------------------------
+
+  // One threshold by name ("max_local_prefill", "max_prefill_queue") from text; logged when it changes.
+  bool apply_threshold(const std::string& name, const std::string& text, const char* source) {
+    int* target = name == "max_local_prefill" ? &options.router.max_local_prefill
+                  : name == "max_prefill_queue" ? &options.router.max_prefill_queue
+                                                : nullptr;
+    int value = -1;
+    try {
+      size_t used = 0;
+      value = std::stoi(text, &used);
+      if (used != text.size()) value = -1;
+    } catch (const std::exception&) {
+      value = -1;
+    }
+    if (!target || value < 0) {
+      spdlog::warn("event=router_config_ignored source={} name={} value=\"{}\" (a non-negative integer for "
+                   "max_local_prefill or max_prefill_queue)", source, name, text);
+      return false;
+    }
+    if (*target != value) {
+      spdlog::info("event=router_config source={} name={} old={} new={} max_local_prefill={} max_prefill_queue={}", source,
+                   name, *target, value, name == "max_local_prefill" ? value : options.router.max_local_prefill,
+                   name == "max_prefill_queue" ? value : options.router.max_prefill_queue);
+      *target = value;
+    }
+    return true;
   }
 
   // Periodic: drop silent workers, fail requests that stalled, end a drain.
   void tick() {
     if (stopped) return;
     const auto now = Clock::now();
+    for (auto& [id, m] : members) {
+      if (m.key == 0 && !m.dialing && now >= m.next_dial) dial_member(m);
+    }
     for (auto& [key, w] : workers) {
       if (now - w.last_seen > std::chrono::milliseconds(options.heartbeat_timeout_ms)) {
         spdlog::warn("event=worker_heartbeat_timeout worker_id={} silent_ms={}", w.info.worker_id(),
@@ -264,13 +533,13 @@ struct Frontend::Impl {
     if (path == "/metrics" && req.method == "GET") {
       return ex->respond(200, "text/plain; version=0.0.4; charset=utf-8", render_metrics(), {});
     }
-    if (path == "/v1/tandem/router") return handle_router_config(*ex);
+    if (path == "/v1/tandem/router") return handle_router_config(std::move(ex));
     reply_error(*ex, ApiError{404, "no route " + req.method + " " + path, "", "not_found_error"});
   }
 
   bool any_decode_worker() const {
     for (const auto& [key, w] : workers) {
-      if (w.registered && !w.draining && w.can_decode()) return true;
+      if (routable(w) && w.can_decode()) return true;
     }
     return false;
   }
@@ -279,7 +548,7 @@ struct Frontend::Impl {
     std::set<std::string> names;
     if (!options.served_model_name.empty()) names.insert(options.served_model_name);
     for (const auto& [key, w] : workers) {
-      if (w.registered && !w.draining && w.can_decode() && options.served_model_name.empty()) names.insert(w.info.model());
+      if (routable(w) && w.can_decode() && options.served_model_name.empty()) names.insert(w.info.model());
     }
     return {names.begin(), names.end()};
   }
@@ -297,28 +566,56 @@ struct Frontend::Impl {
     ex.respond(200, "application/json", json{{"object", "list"}, {"data", data}}.dump(), {});
   }
 
-  void handle_router_config(HttpExchange& ex) {
-    const HttpRequest& req = ex.request();
-    if (req.method == "POST" || req.method == "PUT") {
-      json body = json::parse(req.body, nullptr, false);
-      if (body.is_discarded() || !body.is_object()) return reply_error(ex, ApiError{400, "the body is not a JSON object", "", ""});
-      for (const char* name : {"max_local_prefill", "max_prefill_queue"}) {
-        if (body.contains(name) && (!body[name].is_number_integer() || body[name].get<int64_t>() < 0)) {
-          return reply_error(ex, ApiError{400, std::string("'") + name + "' must be a non-negative integer", name, ""});
-        }
+  json router_config_json() const {
+    json j = {{"max_local_prefill", options.router.max_local_prefill}, {"max_prefill_queue", options.router.max_prefill_queue}};
+    if (cluster_mode()) j["source"] = "etcd:" + key_prefix() + "disagg/";
+    return j;
+  }
+
+  // GET reads the thresholds; POST changes them: here (embedded registry), or in etcd (cluster mode,
+  // so that every frontend applies them from its watch).
+  void handle_router_config(std::shared_ptr<HttpExchange> ex) {
+    const HttpRequest& req = ex->request();
+    if (req.method == "GET") return ex->respond(200, "application/json", router_config_json().dump(), {});
+    if (req.method != "POST" && req.method != "PUT") return reply_error(*ex, ApiError{405, "use GET or POST", "", ""});
+    if (!options.admin_token.empty()) {
+      const std::string* auth = req.header("authorization");
+      if (!auth || *auth != "Bearer " + options.admin_token) {
+        return reply_error(*ex, ApiError{401, "changing the router needs Authorization: Bearer <admin token>", "", ""});
       }
-      if (body.contains("max_local_prefill")) options.router.max_local_prefill = body["max_local_prefill"].get<int>();
-      if (body.contains("max_prefill_queue")) options.router.max_prefill_queue = body["max_prefill_queue"].get<int>();
-      spdlog::info("event=router_config max_local_prefill={} max_prefill_queue={}", options.router.max_local_prefill,
-                   options.router.max_prefill_queue);
-    } else if (req.method != "GET") {
-      return reply_error(ex, ApiError{405, "use GET or POST", "", ""});
+    } else if (!req.peer_is_loopback) {
+      return reply_error(*ex, ApiError{403, "the router is changed from localhost only (or set --admin-token)", "", ""});
     }
-    ex.respond(200, "application/json",
-               json{{"max_local_prefill", options.router.max_local_prefill},
-                    {"max_prefill_queue", options.router.max_prefill_queue}}
-                   .dump(),
-               {});
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) return reply_error(*ex, ApiError{400, "the body is not a JSON object", "", ""});
+    std::vector<std::pair<std::string, std::string>> changes;
+    for (const char* name : {"max_local_prefill", "max_prefill_queue"}) {
+      if (!body.contains(name)) continue;
+      if (!body[name].is_number_integer() || body[name].get<int64_t>() < 0 || body[name].get<int64_t>() > INT32_MAX) {
+        return reply_error(*ex, ApiError{400, std::string("'") + name + "' must be a non-negative integer", name, ""});
+      }
+      changes.emplace_back(name, std::to_string(body[name].get<int64_t>()));
+    }
+    if (!cluster_mode()) {
+      for (const auto& [name, value] : changes) apply_threshold(name, value, "admin");
+      return ex->respond(200, "application/json", router_config_json().dump(), {});
+    }
+    // etcd answers off the I/O thread; the reply comes back through the gate.
+    auto g = gate;
+    std::thread([this, g, ex, changes, endpoints = options.etcd, prefix = key_prefix()] {
+      cluster::EtcdClient client(endpoints);
+      Status s;
+      for (const auto& [name, value] : changes) {
+        s = client.put(prefix + "disagg/" + name, value);
+        if (!s.ok()) break;
+      }
+      g->post([this, ex, changes, s] {
+        if (!s.ok()) return reply_error(*ex, ApiError{503, "etcd did not take the change: " + s.message(), "", ""});
+        // Applied here at once too (the watch brings the same values again, a no-op).
+        for (const auto& [name, value] : changes) apply_threshold(name, value, "admin");
+        ex->respond(200, "application/json", router_config_json().dump(), {});
+      });
+    }).detach();
   }
 
   std::string new_request_id(const std::string* x_request_id) {
@@ -368,22 +665,40 @@ struct Frontend::Impl {
     if (prompt.empty()) return reply_error(*ex, ApiError{400, "the prompt is empty", chat ? "messages" : "prompt", ""}, headers);
 
     // Route among the workers serving this model.
+    int cluster_prefill_queue = 0;
     std::vector<Candidate> candidates;
     std::vector<WorkerRecord*> records;
     for (auto& [key, w] : workers) {
-      if (!w.registered || w.draining || (w.info.model() != a.model && options.served_model_name.empty())) continue;
+      if (!routable(w) || (w.info.model() != a.model && options.served_model_name.empty())) continue;
       Candidate c;
       c.can_decode = w.can_decode();
       c.is_prefill = w.is_prefill();
-      c.outstanding = w.outstanding;
-      c.prefills_outstanding = w.prefills_outstanding;
+      if (cluster_mode()) {
+        // Several frontends share the workers: load as the worker reports it to all of them, plus
+        // what this frontend sent since (so that a burst between two heartbeats still spreads).
+        const auto& h = w.heartbeat;
+        c.outstanding = h.num_running() + h.num_waiting() + h.num_reservations() + w.sent_since_heartbeat;
+        c.prefills_outstanding = h.num_prefills_in_flight() + w.prefills_sent_since_heartbeat;
+        if (c.is_prefill) cluster_prefill_queue += c.prefills_outstanding;
+      } else {
+        c.outstanding = w.outstanding;
+        c.prefills_outstanding = w.prefills_outstanding;
+      }
       c.overlap_tokens = w.prefix && c.can_decode ? w.prefix->overlap(prompt) : 0;
       candidates.push_back(c);
       records.push_back(&w);
     }
     const int prompt_len = static_cast<int>(prompt.size());
     const bool disaggregable = req.sampling.n() == 1 && (!req.max_tokens_given || req.sampling.max_tokens() > 1);
-    Decision d = route(candidates, prompt_len, prefill_queue, disaggregable, options.router);
+    const int queue_depth = queue_mode()     ? static_cast<int>(this->queue_depth) + queue_sent_since_poll
+                            : cluster_mode() ? cluster_prefill_queue
+                                             : prefill_queue;
+    Decision d = route(candidates, prompt_len, queue_depth, disaggregable, options.router);
+    if (d.remote && queue_mode() && !queue_up) {
+      d.remote = false;
+      d.prefill = -1;
+      d.reason = "prefill_queue_unavailable";
+    }
     if (d.decode < 0) return reply_error(*ex, ApiError{503, "no worker that can decode is registered", "", ""}, headers);
     WorkerRecord& decoder = *records[d.decode];
 
@@ -413,7 +728,7 @@ struct Frontend::Impl {
     spdlog::info("event=route request_id={} decision={} reason={} prompt_tokens={} uncached_tokens={} decode_worker={}{}{} "
                  "prefill_queue={} max_local_prefill={} max_prefill_queue={}",
                  a.id, d.remote ? "remote" : "local", d.reason, prompt_len, d.uncached_tokens, decoder.info.worker_id(),
-                 d.remote ? " prefill_worker=" : "", d.remote ? records[d.prefill]->info.worker_id() : "", prefill_queue,
+                 d.remote ? " prefill_worker=" : "", d.remote ? records[d.prefill]->info.worker_id() : "", queue_depth,
                  options.router.max_local_prefill, options.router.max_prefill_queue);
     metrics.add("tandem_router_decisions_total", labels({{"decision", d.remote ? "remote" : "local"}, {"reason", d.reason}}));
 
@@ -423,7 +738,12 @@ struct Frontend::Impl {
     g->mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
     *g->mutable_sampling() = req.sampling;
     if (d.remote) {
-      g->set_remote_prefill_address(records[d.prefill]->info.rpc_address());
+      // Through the queue any prefill worker may take it; directly, the one chosen here.
+      if (queue_mode()) {
+        g->set_remote_prefill_queue(true);
+      } else {
+        g->set_remote_prefill_address(records[d.prefill]->info.rpc_address());
+      }
       g->set_remote_prefill_timeout_ms(options.remote_prefill_timeout_ms);
     }
     if (!decoder.conn->send(env)) {
@@ -431,11 +751,16 @@ struct Frontend::Impl {
     }
     decoder.prefix->insert(prompt);
     decoder.outstanding++;
+    decoder.sent_since_heartbeat++;
     decoder.requests.insert(a.id);
-    if (d.remote) {
+    if (d.remote && queue_mode()) {
+      a.remote = true;
+      ++queue_sent_since_poll;
+    } else if (d.remote) {
       a.remote = true;
       a.prefill_key = records[d.prefill]->key;
       records[d.prefill]->prefills_outstanding++;
+      records[d.prefill]->prefills_sent_since_heartbeat++;
       ++prefill_queue;
     }
     a.response_id = std::string(chat ? "chatcmpl-" : "cmpl-") + a.id;
@@ -708,13 +1033,13 @@ struct Frontend::Impl {
                              "tandem_worker_kv_blocks_used", "tandem_worker_kv_blocks_total", "tandem_worker_kv_blocks_cached",
                              "tandem_worker_kv_reservations", "tandem_worker_prefills_in_flight", "tandem_workers",
                              "tandem_worker_kv_transfer_bytes_total", "tandem_worker_remote_prefill_fallbacks_total",
-                             "tandem_worker_outstanding_requests", "tandem_worker_info"}) {
+                             "tandem_worker_outstanding_requests", "tandem_worker_info", "tandem_cluster_members"}) {
       metrics.clear(name);
     }
     std::map<std::string, int> by_role;
     for (const auto& [key, w] : workers) {
       if (!w.registered) continue;
-      if (!w.draining) by_role[role_label(w.info.role())]++;
+      if (routable(w)) by_role[role_label(w.info.role())]++;
       const auto& h = w.heartbeat;
       std::string l = labels({{"worker", w.info.worker_id()}, {"role", role_label(w.info.role())}});
       metrics.set("vllm:num_requests_running", l, h.num_running());
@@ -738,7 +1063,14 @@ struct Frontend::Impl {
                   1);
     }
     for (const char* role : {"prefill", "decode", "both"}) metrics.set("tandem_workers", labels({{"role", role}}), by_role[role]);
-    metrics.set("tandem_prefill_queue_depth", "", prefill_queue);
+    if (cluster_mode()) {
+      std::map<std::string, int> listed;
+      for (const auto& [id, m] : members) listed[m.role]++;
+      for (const char* role : {"prefill", "decode", "both"}) {
+        metrics.set("tandem_cluster_members", labels({{"role", role}}), listed[role]);
+      }
+    }
+    metrics.set("tandem_prefill_queue_depth", "", queue_mode() ? static_cast<double>(queue_depth) : prefill_queue);
     metrics.set("tandem_requests_active", "", static_cast<double>(active.size()));
     metrics.set("tandem_router_max_local_prefill", "", options.router.max_local_prefill);
     metrics.set("tandem_router_max_prefill_queue", "", options.router.max_prefill_queue);
@@ -764,6 +1096,7 @@ struct Frontend::Impl {
                              "tandem_worker_kv_blocks_total", "tandem_worker_kv_blocks_cached", "tandem_worker_kv_reservations",
                              "tandem_worker_prefills_in_flight", "tandem_workers", "tandem_worker_outstanding_requests",
                              "tandem_requests_active", "tandem_router_max_local_prefill", "tandem_router_max_prefill_queue",
+                             "tandem_cluster_members",
                              "tandem_worker_info"}) {
       metrics.describe(name, "gauge", "");
     }
@@ -794,16 +1127,31 @@ Frontend::Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec) 
                                          std::to_string(impl->options.http.max_body_bytes) + " bytes", "", ""}),
             std::string("application/json"));
       });
+  impl->gate->io = &impl->http->executor();
+  if (impl->options.frontend_id.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    impl->options.frontend_id = std::string(host) + "-" + std::to_string(getpid());
+  }
   auto registry = net::Listener::bind(impl->options.registry_host, impl->options.registry_port);
   if (!registry.ok()) throw Error("--registry-port: " + registry.status().message());
   impl->registry = std::move(*registry);
   impl->describe_metrics();
+  if (!impl->options.prefill_queue.empty()) {
+    cluster::PrefillQueueOptions q;
+    q.url = impl->options.prefill_queue;
+    q.cluster_namespace = impl->options.cluster_namespace;
+    auto queue = cluster::PrefillQueue::connect(q);
+    if (!queue.ok()) throw Error("--prefill-queue: " + queue.status().message());
+    impl->queue = std::move(*queue);
+  }
 }
 
 Frontend::~Frontend() {
+  if (impl_->watcher) impl_->watcher->stop();
+  impl_->stop_queue_poller();
   if (impl_->registry) impl_->registry->close();
-  std::lock_guard<std::mutex> lock(impl_->post_mu);
-  impl_->accepting_posts = false;
+  impl_->gate->close();
   for (auto& [key, w] : impl_->workers) w.conn->close();
 }
 
@@ -813,6 +1161,8 @@ uint16_t Frontend::registry_port() const { return impl_->registry->port(); }
 void Frontend::run() {
   Impl* impl = impl_.get();
   impl->start_registry();
+  if (impl->cluster_mode()) impl->start_watcher();
+  if (impl->queue_mode()) impl->start_queue_poller();
   impl->io().post_after(100, [impl] { impl->tick(); });
   if (!impl->options.ready_file.empty()) {
     std::string tmp = impl->options.ready_file + ".tmp";
@@ -822,8 +1172,12 @@ void Frontend::run() {
     }
     std::filesystem::rename(tmp, impl->options.ready_file);
   }
-  spdlog::info("event=frontend_listening http_port={} registry_port={}", http_port(), registry_port());
+  spdlog::info("event=frontend_listening frontend_id={} http_port={} registry_port={} registry={}",
+               impl->options.frontend_id, http_port(), registry_port(),
+               impl->cluster_mode() ? "etcd:" + impl->key_prefix() : std::string("embedded"));
   impl->http->run();
+  if (impl->watcher) impl->watcher->stop();
+  impl->stop_queue_poller();
   impl->registry->close();
 }
 

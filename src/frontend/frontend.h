@@ -5,11 +5,14 @@
 //
 // Ownership: owns the HTTP server, the registry listener and every worker connection.
 // Thread-safety: all request and registry state lives on the HTTP server's single I/O thread;
-// connection threads post to it. stop() and drain() may be called from any thread.
+// connection threads, dialers and the etcd watcher post to it. stop() and drain() may be called from any thread.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "common/socket.h"
 
 #include "frontend/http.h"
 #include "frontend/prompt_codec.h"
@@ -28,6 +31,17 @@ struct FrontendOptions {
   int default_max_tokens = 1024;       // chat requests without max_tokens: min(this, room left)
   std::string served_model_name;       // "" = the model names workers register with
   std::string ready_file;              // written once listening: {"http_port": .., "registry_port": ..}
+  // Cluster mode (non-empty etcd): workers are found under /tandem/<ns>/workers/ and dialed; the
+  // thresholds live under /tandem/<ns>/disagg/. The embedded registry port stays open as well.
+  std::vector<net::Endpoint> etcd;
+  std::string cluster_namespace = "default";
+  std::string frontend_id;             // names this frontend to workers and in logs ("" = host-pid)
+  // "nats://...": remote prefills go through the JetStream work queue; its depth (read from the
+  // stream) feeds the --max-prefill-queue rule. Workers need the same --prefill-queue.
+  std::string prefill_queue;
+  // POST /v1/tandem/router: with a token, from anywhere with "Authorization: Bearer <token>";
+  // without one, only from loopback clients.
+  std::string admin_token;
 };
 
 class Frontend {

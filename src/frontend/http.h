@@ -21,6 +21,7 @@ struct HttpRequest {
   std::string path;    // "/v1/completions"
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;
+  bool peer_is_loopback = false;  // the client connected from 127.0.0.0/8 or ::1
 
   const std::string* header(const std::string& lower_name) const {
     auto it = headers.find(lower_name);

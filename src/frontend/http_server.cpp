@@ -158,6 +158,15 @@ struct HttpServer::Impl {
     beast::flat_buffer buffer;
     asio::steady_timer wake(io);
     boost::system::error_code ec;
+    // Fixed for the connection: the admin routes trust loopback peers without a token.
+    bool peer_loopback = false;
+    {
+      auto remote = stream.socket().remote_endpoint(ec);
+      if (!ec) peer_loopback = remote.address().is_loopback() ||
+                               (remote.address().is_v6() && remote.address().to_v6().is_v4_mapped() &&
+                                asio::ip::make_address_v4(asio::ip::v4_mapped, remote.address().to_v6()).is_loopback());
+      ec = {};
+    }
     while (true) {
       http::request_parser<http::string_body> parser;
       parser.body_limit(options.max_body_bytes);
@@ -189,6 +198,7 @@ struct HttpServer::Impl {
         request.headers[name] = std::string(field.value());
       }
       request.body = std::move(msg.body());
+      request.peer_is_loopback = peer_loopback;
       const bool keep_alive = msg.keep_alive();
 
       auto exchange = std::make_shared<Exchange>(std::move(request));

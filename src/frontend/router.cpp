@@ -43,32 +43,4 @@ Decision route(std::span<const Candidate> candidates, int prompt_tokens, int pre
   return d;
 }
 
-namespace {
-uint64_t mix(uint64_t h, uint64_t v) {
-  h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-  return h * 0xff51afd7ed558ccdull;
-}
-}  // namespace
-
-int PrefixIndex::overlap(std::span<const int32_t> prompt) const {
-  uint64_t h = 0;
-  int found = 0;
-  for (size_t end = block_size_; end <= prompt.size(); end += block_size_) {
-    for (size_t i = end - block_size_; i < end; ++i) h = mix(h, static_cast<uint64_t>(prompt[i]));
-    if (!blocks_.count(h)) break;
-    found += block_size_;
-  }
-  return found;
-}
-
-void PrefixIndex::insert(std::span<const int32_t> prompt) {
-  // Bounded memory: forget everything when full (an estimate, not a mirror of the worker's cache).
-  if (blocks_.size() + prompt.size() / block_size_ > max_blocks_) blocks_.clear();
-  uint64_t h = 0;
-  for (size_t end = block_size_; end <= prompt.size(); end += block_size_) {
-    for (size_t i = end - block_size_; i < end; ++i) h = mix(h, static_cast<uint64_t>(prompt[i]));
-    blocks_.insert(h);
-  }
-}
-
 }  // namespace tandem::frontend

@@ -1,8 +1,7 @@
 // The router's decisions (DESIGN.md §2): which decode worker serves a request, and whether its
 // prefill runs remotely on a prefill worker (conditional disaggregation). Pure functions over a
 // snapshot of the workers, so they are testable without processes.
-// Thread-safety: values and free functions; PrefixIndex is not thread-safe (one per worker, used on
-// the frontend's I/O thread).
+// Thread-safety: values and free functions.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +9,8 @@
 #include <string>
 #include <unordered_set>
 #include <vector>
+
+#include "common/prefix_index.h"
 
 namespace tandem::frontend {
 
@@ -41,19 +42,7 @@ struct Decision {
 Decision route(std::span<const Candidate> candidates, int prompt_tokens, int prefill_queue, bool disaggregable,
                const RouterOptions& options);
 
-// The prefix-cache contents a decode worker likely has: chained hashes of the full blocks of the
-// prompts routed to it (the prefix hit is counted on the chosen decode worker, DESIGN.md §2).
-class PrefixIndex {
- public:
-  explicit PrefixIndex(int block_size, size_t max_blocks = 1 << 18) : block_size_(block_size), max_blocks_(max_blocks) {}
-  // Leading prompt tokens (whole blocks) found.
-  int overlap(std::span<const int32_t> prompt) const;
-  void insert(std::span<const int32_t> prompt);
-
- private:
-  int block_size_;
-  size_t max_blocks_;
-  std::unordered_set<uint64_t> blocks_;
-};
+// The prefix-cache contents a decode worker likely has (common/prefix_index.h).
+using PrefixIndex = tandem::PrefixIndex;
 
 }  // namespace tandem::frontend

@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -14,7 +16,10 @@
 #include <set>
 #include <thread>
 
+#include "cluster/etcd.h"
+#include "cluster/prefill_queue.h"
 #include "common/error.h"
+#include "common/prefix_index.h"
 #include "common/socket.h"
 #include "rpc/connection.h"
 #include "worker/convert.h"
@@ -118,6 +123,7 @@ rpc::pb::Role to_proto(Role role) {
 struct PendingPrefill {
   bool done = false;
   bool aborted = false;
+  const void* via = nullptr;  // the connection it was sent on (null: through the queue)
   rpc::pb::RemotePrefillResult result;
 };
 
@@ -126,6 +132,7 @@ struct PushJob {
   rpc::pb::RemotePrefill request;
   engine::RequestOutput output;
   std::weak_ptr<Connection> reply_to;
+  std::shared_ptr<cluster::PrefillQueue::Message> queued;  // acknowledged once the result is sent
 };
 
 }  // namespace
@@ -144,6 +151,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::atomic<int> stop_requests{0};
   bool drain_announced = false;
   Clock::time_point drain_deadline;
+  std::atomic<int64_t> drain_started_ms{0};  // steady-clock ms when the drain was announced; 0 = not yet
 
   std::mutex mu;
   std::condition_variable cv;
@@ -153,6 +161,16 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::map<std::string, std::shared_ptr<Connection>> peers;     // GUARDED_BY(mu): prefill workers by address
   std::set<std::shared_ptr<Connection>> incoming;               // GUARDED_BY(mu): decode workers' connections
   std::deque<PushJob> push_jobs;                                // GUARDED_BY(mu)
+  std::set<std::shared_ptr<Connection>> frontends;              // GUARDED_BY(mu): cluster mode, frontends that dialed us
+  std::map<std::string, nlohmann::json> kv_descriptors;         // GUARDED_BY(mu): decode workers' /kv/<id>, read once
+  std::vector<net::Endpoint> etcd_endpoints;                    // cluster mode
+  std::unique_ptr<cluster::EtcdLease> lease;
+  std::unique_ptr<cluster::PrefillQueue> queue;  // --prefill-queue
+  std::thread pull_thread;
+  // Prefix summary published to the frontends (routing data shared by all of them).
+  std::unique_ptr<PrefixIndex> prefix_index;        // GUARDED_BY(mu)
+  std::vector<uint64_t> prefix_added;               // GUARDED_BY(mu): since the last heartbeat round
+  bool prefix_reset = false;                        // GUARDED_BY(mu)
   std::vector<std::thread> push_threads;
   std::atomic<int> prefills_in_flight{0};
   std::atomic<int64_t> transfer_bytes{0};
@@ -162,6 +180,16 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::atomic<int> reservations{0};
 
   bool decodes() const { return options.role != Role::kPrefill; }
+  bool drain_grace_over() const {
+    const int64_t started = drain_started_ms.load();
+    return started == 0 || now_ms() - started > kDrainGraceMs;
+  }
+  static int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
+  }
+  static constexpr int64_t kDrainGraceMs = 1000;
+  bool cluster_mode() const { return !etcd_endpoints.empty(); }
+  std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }
   bool prefills() const { return options.role != Role::kDecode; }
 
   // ---- outputs to the frontend -------------------------------------------------------------
@@ -227,16 +255,22 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     {
       std::lock_guard<std::mutex> lock(mu);
       owners[g.request_id()] = conn;
+      if (decodes() && prefix_index && prefix_index->insert(request.prompt_token_ids, &prefix_added)) {
+        prefix_reset = true;
+        prefix_added = prefix_index->hashes();
+      }
     }
     if (!decodes()) {
       send_error(g.request_id(), Status::InvalidArgument("a prefill worker does not decode"), request.sampling.n);
       return;
     }
-    if (stop_requests.load() > 0) {
+    // A request already on the wire when the frontends heard of the drain is still served: only
+    // after a grace period (the frontends have stopped routing here) is a new one refused.
+    if (stop_requests.load() > 0 && drain_grace_over()) {
       send_error(g.request_id(), Status::Unavailable("worker " + options.worker_id + " is draining"), request.sampling.n);
       return;
     }
-    if (g.remote_prefill_address().empty()) {
+    if (g.remote_prefill_address().empty() && !g.remote_prefill_queue()) {
       rpc::pb::PrefillInfo info;
       info.set_present(true);
       submit(std::move(request), info);
@@ -247,6 +281,16 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     std::thread([self = shared_from_this(), request = std::move(request), address = g.remote_prefill_address(),
                  timeout_ms]() mutable { self->remote_prefill(std::move(request), address, timeout_ms); })
         .detach();
+  }
+
+  // A prefill worker's answer, on the connection we dialed it on or (queue) one it dialed us on.
+  void on_prefill_result(const rpc::pb::RemotePrefillResult& r) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = pending.find(r.request_id());
+    if (it == pending.end()) return;
+    it->second->done = true;
+    it->second->result = r;
+    cv.notify_all();
   }
 
   void fall_back(engine::Request request, const std::string& reason) {
@@ -273,24 +317,21 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     }
     auto conn = *dialed;
     std::weak_ptr<Impl> weak = shared_from_this();
+    const void* raw = conn.get();
     conn->start(
         [weak](rpc::pb::Envelope& env) {
           auto self = weak.lock();
           if (!self || !env.has_remote_prefill_result()) return;
-          std::lock_guard<std::mutex> lock(self->mu);
-          auto it = self->pending.find(env.remote_prefill_result().request_id());
-          if (it == self->pending.end()) return;
-          it->second->done = true;
-          it->second->result = env.remote_prefill_result();
-          self->cv.notify_all();
+          self->on_prefill_result(env.remote_prefill_result());
         },
-        [weak, address](const Status& reason) {
+        [weak, address, raw](const Status& reason) {
           auto self = weak.lock();
           if (!self) return;
-          // Everything waiting on this prefill worker fails now and falls back.
+          // Everything sent on this connection fails now and falls back (only this one: a duplicate
+          // dialed by a racing thread and closed at once must not fail the others' prefills).
           std::lock_guard<std::mutex> lock(self->mu);
           for (auto& [id, p] : self->pending) {
-            if (p->done) continue;
+            if (p->done || p->via != raw) continue;
             p->done = true;
             p->result.set_error_code(static_cast<int32_t>(StatusCode::kUnavailable));
             p->result.set_error_message("prefill worker " + address + ": " + reason.message());
@@ -316,13 +357,22 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       engine->release_blocks(id);
       reservations.fetch_sub(1);
     };
-    Status error;
-    auto conn = peer(address, &error);
-    if (!conn) {
+    const bool via_queue = address.empty();
+    if (via_queue && !queue) {
       release();
-      return fall_back(std::move(request), "prefill_unreachable: " + error.message());
+      return fall_back(std::move(request), "no_prefill_queue: this worker was started without --prefill-queue");
+    }
+    Status error;
+    std::shared_ptr<Connection> conn;
+    if (!via_queue) {
+      conn = peer(address, &error);
+      if (!conn) {
+        release();
+        return fall_back(std::move(request), "prefill_unreachable: " + error.message());
+      }
     }
     auto p = std::make_shared<PendingPrefill>();
+    p->via = conn.get();
     {
       std::lock_guard<std::mutex> lock(mu);
       pending[id] = p;
@@ -358,7 +408,27 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     rp->set_dest_block_size(spec.block_size);
     rp->set_dest_block_bytes(static_cast<int64_t>(spec.block_bytes()));
     rp->set_dest_num_layers(spec.num_layers);
-    const bool sent = conn->send(env);
+    rp->set_decode_worker_id(options.worker_id);
+    bool sent = false;
+    std::string send_error_text;
+    if (via_queue) {
+      rp->set_reply_address(options.host + ":" + std::to_string(rpc_listener->port()));
+      rp->set_deadline_unix_ms(unix_ms() + timeout_ms);
+      Status s = queue->publish(env.SerializeAsString());
+      sent = s.ok();
+      if (!sent) {
+        // NATS is down: prefill here now rather than wait out the deadline.
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          pending.erase(id);
+        }
+        transfer->forget(id);
+        release();
+        return fall_back(std::move(request), "prefill_queue_unavailable: " + s.message());
+      }
+    } else {
+      sent = conn->send(env);
+    }
     bool timed_out = false;
     {
       std::unique_lock<std::mutex> lock(mu);
@@ -373,12 +443,12 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     // From here no late push can land in the reserved blocks, whatever happens next to them.
     transfer->forget(id);
     if (p->aborted) {
-      abort_on(conn, id);
+      if (conn) abort_on(conn, id);
       release();
       return finish_aborted(id, request.sampling.n);
     }
     if (timed_out || p->result.error_code() != 0) {
-      if (timed_out) abort_on(conn, id);
+      if (timed_out && conn) abort_on(conn, id);
       release();
       return fall_back(std::move(request), timed_out ? "timeout after " + std::to_string(timeout_ms) + " ms"
                                                      : "prefill_failed: " + p->result.error_message());
@@ -433,9 +503,11 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
 
   // ---- prefill side ---------------------------------------------------------------------------
 
-  void on_remote_prefill(const rpc::pb::RemotePrefill& rp, const std::shared_ptr<Connection>& conn) {
+  void on_remote_prefill(const rpc::pb::RemotePrefill& rp, const std::shared_ptr<Connection>& conn,
+                         std::shared_ptr<cluster::PrefillQueue::Message> queued = nullptr) {
     const std::string id = rp.request_id();
-    auto reply_error = [conn, id](const Status& status) {
+    auto reply_error = [conn, id, queued](const Status& status) {
+      if (queued) (void)queued->ack();  // an answer went back: redelivering would not help
       rpc::pb::Envelope env;
       auto* r = env.mutable_remote_prefill_result();
       r->set_request_id(id);
@@ -449,6 +521,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
         rp.dest_block_bytes() != static_cast<int64_t>(spec.block_bytes())) {
       return reply_error(Status::InvalidArgument("KV geometry differs between prefill and decode workers"));
     }
+    if (cluster_mode() && !rp.decode_worker_id().empty()) {
+      Status s = check_descriptor(rp);
+      if (!s.ok()) return reply_error(s);
+    }
     engine::Request request;
     request.request_id = id;
     request.prompt_token_ids.assign(rp.prompt_token_ids().begin(), rp.prompt_token_ids().end());
@@ -457,17 +533,48 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     prefills_in_flight.fetch_add(1);
     std::weak_ptr<Connection> weak_conn = conn;
     auto self = shared_from_this();
-    Status status = engine->submit(std::move(request), [self, rp, weak_conn](engine::RequestOutput out) {
+    Status status = engine->submit(std::move(request), [self, rp, weak_conn, queued](engine::RequestOutput out) {
       if (!out.finished) return;
       // The engine thread must not block: the push runs on the transfer threads.
       std::lock_guard<std::mutex> lock(self->mu);
-      self->push_jobs.push_back(PushJob{rp, std::move(out), weak_conn});
+      self->push_jobs.push_back(PushJob{rp, std::move(out), weak_conn, queued});
       self->cv.notify_all();
     });
     if (!status.ok()) {
       prefills_in_flight.fetch_sub(1);
       reply_error(status);
     }
+  }
+
+  // Cluster mode: the decode worker's KV descriptor from etcd, read once per peer, must agree with
+  // what the request says (a stale or foreign sender is refused before any KV moves).
+  Status check_descriptor(const rpc::pb::RemotePrefill& rp) {
+    const std::string& peer_id = rp.decode_worker_id();
+    nlohmann::json d;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      auto it = kv_descriptors.find(peer_id);
+      if (it != kv_descriptors.end()) d = it->second;
+    }
+    if (d.is_null()) {
+      cluster::EtcdClient client(etcd_endpoints, 1000);
+      auto r = client.get(key_prefix() + "kv/" + peer_id);
+      // etcd down: the geometry check above still guards the copy; do not fail the request for it.
+      if (!r.ok()) return Status::Ok();
+      if (r->kvs.empty()) return Status::NotFound("decode worker " + peer_id + " has no KV descriptor in etcd");
+      d = nlohmann::json::parse(r->kvs[0].value, nullptr, false);
+      if (!d.is_object()) return Status::Corruption("the KV descriptor of " + peer_id + " is not JSON");
+      spdlog::info("event=kv_descriptor_read peer={} transfer={}", peer_id, d.value("transfer_address", ""));
+      std::lock_guard<std::mutex> lock(mu);
+      kv_descriptors[peer_id] = d;
+    }
+    if (d.value("transfer_address", "") != rp.transfer_address() || d.value("block_size", 0) != rp.dest_block_size() ||
+        d.value("num_layers", 0) != rp.dest_num_layers() || d.value("block_bytes", int64_t{0}) != rp.dest_block_bytes()) {
+      std::lock_guard<std::mutex> lock(mu);
+      kv_descriptors.erase(peer_id);  // it may have restarted: read it again next time
+      return Status::InvalidArgument("remote prefill from " + peer_id + " disagrees with its KV descriptor in etcd");
+    }
+    return Status::Ok();
   }
 
   void push_loop() {
@@ -533,6 +640,62 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       r->set_error_message(status.message());
     }
     if (auto conn = job.reply_to.lock()) conn->send(env);
+    // Acknowledged only now: a worker that dies before this point leaves the message to be
+    // delivered again (the decode worker still expects the push until its deadline).
+    if (job.queued) (void)job.queued->ack();
+  }
+
+  static int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  }
+
+  // Prefill worker with a queue: pull one message whenever there is room, until draining.
+  void pull_loop() {
+    bool reported_down = false;
+    while (!stop.load() && stop_requests.load() == 0) {
+      if (prefills_in_flight.load() >= options.max_pulled_prefills) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        continue;
+      }
+      auto pulled = queue->pull(200);
+      if (!pulled.ok()) {
+        if (!reported_down) {
+          spdlog::warn("event=prefill_queue_unavailable worker_id={} reason=\"{}\"; retrying", options.worker_id,
+                       pulled.status().message());
+          reported_down = true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        continue;
+      }
+      if (reported_down) spdlog::info("event=prefill_queue_reachable worker_id={}", options.worker_id);
+      reported_down = false;
+      std::shared_ptr<cluster::PrefillQueue::Message> m = std::move(*pulled);
+      if (!m) continue;
+      rpc::pb::Envelope env;
+      if (!env.ParseFromString(m->data()) || !env.has_remote_prefill()) {
+        spdlog::warn("event=prefill_queue_bad_message worker_id={} bytes={}", options.worker_id, m->data().size());
+        (void)m->ack();
+        continue;
+      }
+      const rpc::pb::RemotePrefill& rp = env.remote_prefill();
+      if (rp.deadline_unix_ms() > 0 && unix_ms() > rp.deadline_unix_ms()) {
+        // Its decode worker has prefilled locally by now; our push would be refused anyway.
+        spdlog::info("event=prefill_skipped_expired request_id={} delivered={}", rp.request_id(), m->num_delivered());
+        (void)m->ack();
+        continue;
+      }
+      Status error;
+      auto conn = peer(rp.reply_address(), &error);
+      if (!conn) {
+        spdlog::warn("event=prefill_reply_unreachable request_id={} reply={} reason=\"{}\"", rp.request_id(),
+                     rp.reply_address(), error.message());
+        (void)m->nak();
+        continue;
+      }
+      spdlog::info("event=prefill_pulled request_id={} decode_worker={} delivered={}", rp.request_id(),
+                   rp.decode_worker_id(), m->num_delivered());
+      on_remote_prefill(rp, conn, std::move(m));
+    }
   }
 
   // ---- connections ----------------------------------------------------------------------------
@@ -542,6 +705,25 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       case rpc::pb::Envelope::kGenerate: on_generate(env.generate(), conn); break;
       case rpc::pb::Envelope::kAbort: on_abort(env.abort().request_id()); break;
       case rpc::pb::Envelope::kRemotePrefill: on_remote_prefill(env.remote_prefill(), conn); break;
+      case rpc::pb::Envelope::kRemotePrefillResult: on_prefill_result(env.remote_prefill_result()); break;
+      case rpc::pb::Envelope::kFrontendHello: {
+        // The engine's stats are read before taking mu: an engine may call back into us (taking mu)
+        // while holding its own lock.
+        rpc::pb::Envelope beat = heartbeat();
+        std::lock_guard<std::mutex> lock(mu);
+        frontends.insert(conn);
+        conn->send(registration());
+        add_full_prefix_locked(beat);
+        conn->send(beat);
+        if (drain_announced) {
+          rpc::pb::Envelope d;
+          d.mutable_drain()->set_worker_id(options.worker_id);
+          conn->send(d);
+        }
+        spdlog::info("event=frontend_connected worker_id={} frontend={} peer={}", options.worker_id,
+                     env.frontend_hello().frontend_id(), conn->peer());
+        break;
+      }
       case rpc::pb::Envelope::kRegisterAck:
         if (!env.register_ack().ok()) spdlog::error("event=register_refused reason=\"{}\"", env.register_ack().error());
         break;
@@ -583,8 +765,14 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
             auto self = weak.lock();
             auto c = weak_conn.lock();
             if (!self || !c) return;
-            std::lock_guard<std::mutex> lock(self->mu);
-            self->incoming.erase(c);
+            bool was_frontend;
+            {
+              std::lock_guard<std::mutex> lock(self->mu);
+              self->incoming.erase(c);
+              was_frontend = self->frontends.erase(c) > 0;
+            }
+            // A frontend that went away takes its requests with it: free their blocks.
+            if (was_frontend) self->abort_owned_by(c);
           });
     });
   }
@@ -603,6 +791,27 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     r->set_max_model_len(engine->backend().config().max_position_embeddings);
     r->set_vocab_size(engine->backend().config().vocab_size);
     r->set_pid(static_cast<int32_t>(getpid()));
+    return env;
+  }
+
+  // Makes `env` carry everything in the prefix summary (a new connection). REQUIRES: mu held.
+  void add_full_prefix_locked(rpc::pb::Envelope& env) const {
+    auto* h = env.mutable_heartbeat();
+    h->set_prefix_reset(true);
+    if (prefix_index) {
+      for (uint64_t x : prefix_index->hashes()) h->add_prefix_blocks_added(x);
+    }
+  }
+
+  // The next heartbeat round: what the summary gained since the last one, the same for every frontend.
+  rpc::pb::Envelope delta_heartbeat() {
+    rpc::pb::Envelope env = heartbeat();
+    auto* h = env.mutable_heartbeat();
+    std::lock_guard<std::mutex> lock(mu);
+    h->set_prefix_reset(prefix_reset);
+    h->mutable_prefix_blocks_added()->Add(prefix_added.begin(), prefix_added.end());
+    prefix_added.clear();
+    prefix_reset = false;
     return env;
   }
 
@@ -630,11 +839,75 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     return env;
   }
 
+  // ---- cluster mode ---------------------------------------------------------------------------
+
+  nlohmann::json record() const {
+    const rpc::pb::Envelope env = registration();
+    const auto& r = env.register_();
+    return {{"worker_id", r.worker_id()}, {"role", role_name(options.role)}, {"model", r.model()},
+            {"rpc_address", r.rpc_address()}, {"transfer_address", r.transfer_address()},
+            {"num_kv_blocks", r.num_kv_blocks()}, {"block_size", r.block_size()}, {"max_model_len", r.max_model_len()},
+            {"vocab_size", r.vocab_size()}, {"pid", r.pid()}};
+  }
+
+  nlohmann::json kv_descriptor() const {
+    const auto& spec = engine->backend().kv_cache_spec();
+    return {{"worker_id", options.worker_id}, {"backend", transfer->name()}, {"transfer_address", transfer->address()},
+            {"num_layers", spec.num_layers}, {"num_blocks", spec.num_blocks}, {"block_size", spec.block_size},
+            {"block_bytes", static_cast<int64_t>(spec.block_bytes())}};
+  }
+
+  void send_to_frontends(const rpc::pb::Envelope& env) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& f : frontends) f->send(env);
+  }
+
+  // Registered in etcd under a lease; frontends dial in. Heartbeats go to every frontend connected.
+  void run_cluster() {
+    std::map<std::string, std::string> keys;
+    keys[key_prefix() + "workers/" + role_name(options.role) + "/" + options.worker_id] = record().dump();
+    if (decodes()) keys[key_prefix() + "kv/" + options.worker_id] = kv_descriptor().dump();
+    lease = std::make_unique<cluster::EtcdLease>(cluster::EtcdClient(etcd_endpoints), options.lease_ttl_s, keys);
+    while (!stop.load()) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait_for(lock, std::chrono::milliseconds(drain_announced ? 50 : options.heartbeat_ms),
+                    [&] { return stop.load() || (stop_requests.load() > 0 && !drain_announced); });
+      }
+      if (stop.load()) break;
+      if (stop_requests.load() > 0 && !drain_announced) {
+        // Tell the frontends first (they stop routing here at once), then leave etcd for good.
+        rpc::pb::Envelope env;
+        env.mutable_drain()->set_worker_id(options.worker_id);
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          drain_announced = true;
+          for (const auto& f : frontends) f->send(env);
+        }
+        drain_deadline = Clock::now() + std::chrono::milliseconds(options.drain_timeout_ms);
+        drain_started_ms.store(now_ms());
+        spdlog::info("event=draining worker_id={} deadline_ms={}", options.worker_id, options.drain_timeout_ms);
+        lease->stop(/*revoke=*/true);
+      }
+      if (drain_announced && (idle() || Clock::now() > drain_deadline)) {
+        spdlog::info("event=drained worker_id={} idle={}", options.worker_id, idle());
+        send_to_frontends(delta_heartbeat());
+        break;
+      }
+      send_to_frontends(delta_heartbeat());
+    }
+    stop.store(true);
+    lease->stop(/*revoke=*/true);
+    shutdown();
+  }
+
   void run() {
     for (int i = 0; i < 2; ++i) push_threads.emplace_back([this] { push_loop(); });
+    if (queue && prefills()) pull_thread = std::thread([this] { pull_loop(); });
     start_rpc_listener();
     spdlog::info("event=worker_started worker_id={} role={} rpc_port={} kv_transport={} transfer={}", options.worker_id,
                  role_name(options.role), rpc_listener->port(), transfer->name(), transfer->address());
+    if (cluster_mode()) return run_cluster();
     while (!stop.load()) {
       auto dialed = Connection::dial(options.frontend, options.dial_timeout_ms);
       if (!dialed.ok()) {
@@ -656,7 +929,14 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
             if (auto self = weak.lock()) self->cv.notify_all();
           });
       conn->send(registration());
-      conn->send(heartbeat());
+      {
+        rpc::pb::Envelope beat = heartbeat();  // before mu (see kFrontendHello)
+        std::lock_guard<std::mutex> lock(mu);
+        add_full_prefix_locked(beat);
+        conn->send(beat);
+        prefix_added.clear();
+        prefix_reset = false;
+      }
       spdlog::info("event=registered worker_id={} frontend={}", options.worker_id, options.frontend);
       {
         std::lock_guard<std::mutex> lock(mu);
@@ -671,6 +951,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
         if (stop_requests.load() > 0 && !drain_announced) {
           drain_announced = true;
           drain_deadline = Clock::now() + std::chrono::milliseconds(options.drain_timeout_ms);
+          drain_started_ms.store(now_ms());
           rpc::pb::Envelope env;
           env.mutable_drain()->set_worker_id(options.worker_id);
           conn->send(env);
@@ -682,7 +963,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
           stop.store(true);
           break;
         }
-        if (conn->is_open()) conn->send(heartbeat());
+        if (conn->is_open()) conn->send(delta_heartbeat());
       }
       if (!stop.load()) spdlog::warn("event=frontend_lost worker_id={} frontend={}", options.worker_id, options.frontend);
       conn->close();
@@ -709,6 +990,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
       for (auto& c : incoming) c->close();
     }
     cv.notify_all();
+    if (pull_thread.joinable()) pull_thread.join();
     rpc_listener->close();
     transfer->shutdown();
     for (auto& t : push_threads) t.join();
@@ -721,11 +1003,26 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   impl_->options = std::move(options);
   impl_->engine = std::move(engine);
   impl_->kv_memory = backend_kv_memory(impl_->engine->backend());
+  impl_->prefix_index = std::make_unique<PrefixIndex>(std::max(1, impl_->engine->backend().kv_cache_spec().block_size));
   impl_->transfer = transfer::create_transfer_backend(impl_->options.kv_transfer, impl_->kv_memory, impl_->options.host,
                                                       impl_->options.transfer_port);
   auto listener = net::Listener::bind(impl_->options.host, impl_->options.rpc_port);
   if (!listener.ok()) throw Error("--rpc-port: " + listener.status().message());
   impl_->rpc_listener = std::move(*listener);
+  if (!impl_->options.registry.empty()) {
+    auto endpoints = cluster::parse_etcd_url(impl_->options.registry);
+    if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message());
+    impl_->etcd_endpoints = std::move(*endpoints);
+  }
+  if (!impl_->options.prefill_queue.empty()) {
+    cluster::PrefillQueueOptions q;
+    q.url = impl_->options.prefill_queue;
+    q.cluster_namespace = impl_->options.cluster_namespace;
+    q.ack_wait_ms = impl_->options.prefill_queue_ack_wait_ms;
+    auto queue = cluster::PrefillQueue::connect(q);
+    if (!queue.ok()) throw Error("--prefill-queue: " + queue.status().message());
+    impl_->queue = std::move(*queue);
+  }
 }
 
 Worker::~Worker() = default;
@@ -737,7 +1034,7 @@ void Worker::request_stop() {
   bool connected;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    connected = impl_->frontend && impl_->frontend->is_open();
+    connected = impl_->cluster_mode() || (impl_->frontend && impl_->frontend->is_open());
   }
   if (impl_->stop_requests.fetch_add(1) > 0 || !connected) impl_->stop.store(true);
   impl_->cv.notify_all();

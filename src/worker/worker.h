@@ -5,6 +5,9 @@
 //   both     either of the above (aggregated serving).
 // It registers with the frontend's embedded registry and heartbeats its load; it reconnects when the
 // frontend goes away, and the requests of a lost connection are aborted, freeing their blocks.
+// Cluster mode (`registry` = etcd://...): it registers in etcd under a lease instead
+// (/tandem/NS/workers/<role>/<id>, and /tandem/NS/kv/<id> for a decoding worker), frontends that
+// watch etcd dial it, and it heartbeats to each of them; SIGTERM revokes the lease, then drains.
 //
 // Thread-safety: run() blocks the calling thread; request_stop() may be called from any thread
 // (a signal handler's thread included, through an atomic).
@@ -27,7 +30,13 @@ const char* role_name(Role role);
 struct WorkerOptions {
   Role role = Role::kBoth;
   std::string model_name;        // the name the frontend serves it under
-  std::string frontend;          // host:port of the frontend's registry
+  std::string frontend;          // host:port of the frontend's registry (embedded registry)
+  std::string registry;          // "etcd://host:port[,...]": cluster mode; empty = the embedded registry
+  std::string cluster_namespace = "default";  // --namespace: keys live under /tandem/<ns>/
+  int lease_ttl_s = 10;          // --lease-ttl: a killed worker vanishes from etcd this long after
+  std::string prefill_queue;     // "nats://...": remote prefills through the JetStream queue
+  int prefill_queue_ack_wait_ms = 10000;  // a pulled prefill not acknowledged this long is redelivered
+  int max_pulled_prefills = 4;   // a prefill worker pulls only while it holds fewer
   std::string host = "127.0.0.1";  // address peers reach this worker on
   uint16_t rpc_port = 0;         // remote prefills from decode workers (0 = ephemeral)
   uint16_t transfer_port = 0;    // KV pushes into this worker (0 = ephemeral)

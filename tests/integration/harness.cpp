@@ -5,6 +5,8 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <fcntl.h>
@@ -185,11 +187,147 @@ Cluster::~Cluster() {
 
 int Cluster::add_worker(const std::string& role, std::vector<std::string> args) {
   std::string id = role + "-" + std::to_string(next_worker_++);
-  std::vector<std::string> argv = {tandem_binary(), "--log-level", "info", "worker", "--role", role, "--frontend",
-                                   registry(), "--worker-id", id, "--heartbeat-ms", "100", "--threads", "1"};
+  std::vector<std::string> argv = {tandem_binary(), "--log-level", "info", "worker", "--role", role};
+  if (worker_registry_.empty()) {
+    argv.insert(argv.end(), {"--frontend", registry()});
+  } else {
+    argv.insert(argv.end(), worker_registry_.begin(), worker_registry_.end());
+  }
+  argv.insert(argv.end(), {"--worker-id", id, "--heartbeat-ms", "100", "--threads", "1"});
   argv.insert(argv.end(), args.begin(), args.end());
   workers_.emplace_back(argv, log_dir_ + "/" + id + ".log");
   return static_cast<int>(workers_.size()) - 1;
+}
+
+std::string Cluster::log(const std::string& name) const {
+  std::ifstream in(log_dir_ + "/" + name + ".log");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int free_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+std::string shell(const std::string& command, int* status) {
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  while (pipe && fgets(buffer, sizeof(buffer), pipe)) out += buffer;
+  int rc = pipe ? pclose(pipe) : -1;
+  if (status) *status = rc;
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+std::string find_program(const std::string& name) {
+  std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
+  path += ":/usr/bin:/usr/sbin:/usr/local/bin";
+  std::stringstream dirs(path);
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    if (dir.empty()) continue;
+    std::string candidate = dir + "/" + name;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+EtcdServer::EtcdServer() {
+  char tmpl[] = "/tmp/tandem-etcd-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  client_port_ = free_port();
+  peer_port_ = free_port();
+  ok_ = available() && start();
+}
+
+EtcdServer::~EtcdServer() {
+  process_.kill_now();
+  if (!std::getenv("TANDEM_KEEP_TEST_LOGS")) fs::remove_all(dir_);
+}
+
+bool EtcdServer::start() {
+  const std::string client = "http://127.0.0.1:" + std::to_string(client_port_);
+  const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
+  process_ = Process({find_program("etcd"), "--name", "test", "--data-dir", dir_ + "/data", "--listen-client-urls", client,
+                      "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                      "--initial-cluster", "test=" + peer, "--logger", "zap", "--log-level", "warn"},
+                     dir_ + "/etcd.log");
+  for (int i = 0; i < 200; ++i) {
+    HttpResponse r = http(client_port_, "POST", "/v3/kv/range", R"({"key":"AA=="})", {}, 1000);
+    if (r.status == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+void EtcdServer::stop() { process_.kill_now(); }
+
+std::map<std::string, std::string> EtcdServer::get_prefix(const std::string& prefix) {
+  std::string out = shell("ETCDCTL_API=3 " + find_program("etcdctl") + " --endpoints=" + endpoint() +
+                          " --command-timeout=2s get --prefix '" + prefix + "' 2>/dev/null");
+  std::map<std::string, std::string> kvs;
+  std::stringstream in(out);
+  std::string key, value;
+  while (std::getline(in, key) && std::getline(in, value)) kvs[key] = value;
+  return kvs;
+}
+
+bool EtcdServer::put(const std::string& key, const std::string& value) {
+  int status = 0;
+  std::string out = shell("ETCDCTL_API=3 " + find_program("etcdctl") + " --endpoints=" + endpoint() +
+                          " --command-timeout=2s put '" + key + "' '" + value + "' 2>&1", &status);
+  return status == 0 && out == "OK";
+}
+
+NatsServer::NatsServer() {
+  char tmpl[] = "/tmp/tandem-nats-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  port_ = free_port();
+  monitor_port_ = free_port();
+  ok_ = available() && start();
+}
+
+NatsServer::~NatsServer() {
+  process_.kill_now();
+  if (!std::getenv("TANDEM_KEEP_TEST_LOGS")) fs::remove_all(dir_);
+}
+
+bool NatsServer::start() {
+  process_ = Process({find_program("nats-server"), "-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-m",
+                      std::to_string(monitor_port_), "-sd", dir_ + "/store"},
+                     dir_ + "/nats.log");
+  for (int i = 0; i < 200; ++i) {
+    if (http(monitor_port_, "GET", "/healthz", "", {}, 1000).status == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+void NatsServer::stop() { process_.kill_now(); }
+
+int64_t NatsServer::stream_messages(const std::string& stream) {
+  auto j = nlohmann::json::parse(http(monitor_port_, "GET", "/jsz?accounts=true&streams=true", "", {}, 2000).body, nullptr, false);
+  if (!j.is_object() || !j.contains("account_details")) return -1;
+  for (const auto& account : j["account_details"]) {
+    for (const auto& st : account.value("stream_detail", nlohmann::json::array())) {
+      if (st.value("name", "") == stream) return st["state"].value("messages", int64_t{0});
+    }
+  }
+  return -1;
 }
 
 std::string Cluster::metrics() { return http(http_port_, "GET", "/metrics").body; }

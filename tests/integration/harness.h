@@ -44,6 +44,60 @@ class Process {
   pid_t pid_ = -1;
 };
 
+// An unused TCP port on 127.0.0.1 (bound, read, released: another process may take it, rarely).
+int free_port();
+// Runs a shell command; its stdout (trailing newlines trimmed). `status` gets the exit status.
+std::string shell(const std::string& command, int* status = nullptr);
+// The path of an executable found in PATH or /usr/bin, /usr/sbin; "" when absent.
+std::string find_program(const std::string& name);
+
+// A real etcd (Debian's etcd-server) on loopback with a temporary data directory. stop() kills it
+// and keeps the data, so start() brings the same cluster back on the same ports.
+class EtcdServer {
+ public:
+  EtcdServer();  // starts; ok() tells whether it answers
+  ~EtcdServer();
+  bool ok() const { return ok_; }
+  static bool available() { return !find_program("etcd").empty() && !find_program("etcdctl").empty(); }
+  std::string url() const { return "etcd://127.0.0.1:" + std::to_string(client_port_); }
+  std::string endpoint() const { return "127.0.0.1:" + std::to_string(client_port_); }
+  bool start();
+  void stop();
+  // etcdctl (the reference client, not our code): `etcdctl get --prefix P` as key -> value.
+  std::map<std::string, std::string> get_prefix(const std::string& prefix);
+  bool put(const std::string& key, const std::string& value);
+
+ private:
+  std::string dir_;
+  int client_port_ = 0;
+  int peer_port_ = 0;
+  bool ok_ = false;
+  Process process_;
+};
+
+// A real nats-server with JetStream (Debian's nats-server) on loopback, with a temporary store
+// directory and a monitoring port; stop() kills it and keeps the store, so start() brings the same
+// streams back on the same ports.
+class NatsServer {
+ public:
+  NatsServer();
+  ~NatsServer();
+  bool ok() const { return ok_; }
+  static bool available() { return !find_program("nats-server").empty(); }
+  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+  bool start();
+  void stop();
+  // Messages in a stream, from the server's monitoring endpoint (/jsz); -1 when it is not there.
+  int64_t stream_messages(const std::string& stream);
+
+ private:
+  std::string dir_;
+  int port_ = 0;
+  int monitor_port_ = 0;
+  bool ok_ = false;
+  Process process_;
+};
+
 // A frontend plus workers.
 class Cluster {
  public:
@@ -67,8 +121,14 @@ class Cluster {
     return http(http_port_, "POST", path, body, {{"Content-Type", "application/json"}}, timeout_ms);
   }
   const std::string& log_dir() const { return log_dir_; }
+  // Replaces "--frontend <registry>" in the argv of workers added from here on (cluster mode:
+  // {"--registry", etcd_url, "--namespace", ns}).
+  void set_worker_registry(std::vector<std::string> args) { worker_registry_ = std::move(args); }
+  // The text of a process's log: "frontend" or a worker id ("decode-0").
+  std::string log(const std::string& name) const;
 
  private:
+  std::vector<std::string> worker_registry_;
   std::string log_dir_;
   Process frontend_;
   std::vector<Process> workers_;

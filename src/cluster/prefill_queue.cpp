@@ -1,0 +1,243 @@
+// NATS JetStream prefill queue over libnats (see prefill_queue.h).
+#include "cluster/prefill_queue.h"
+
+#include <nats/nats.h>
+#include <spdlog/spdlog.h>
+
+namespace tandem::cluster {
+namespace {
+
+constexpr const char* kConsumer = "prefill";  // the durable pull consumer all prefill workers share
+
+natsConnection* nc_of(void* p) { return static_cast<natsConnection*>(p); }
+jsCtx* js_of(void* p) { return static_cast<jsCtx*>(p); }
+
+Status nats_error(const std::string& what, natsStatus s, jsErrCode jerr = static_cast<jsErrCode>(0)) {
+  std::string text = what + ": " + natsStatus_GetText(s);
+  if (jerr != 0) text += " (JetStream error " + std::to_string(static_cast<int>(jerr)) + ")";
+  return Status::Unavailable(text);
+}
+
+}  // namespace
+
+bool is_nats_url(const std::string& url) { return url.rfind("nats://", 0) == 0; }
+
+PrefillQueue::Message::~Message() {
+  if (msg_) natsMsg_Destroy(static_cast<natsMsg*>(msg_));
+}
+
+Status PrefillQueue::Message::ack() {
+  natsStatus s = natsMsg_Ack(static_cast<natsMsg*>(msg_), nullptr);
+  return s == NATS_OK ? Status::Ok() : nats_error("ack", s);
+}
+
+Status PrefillQueue::Message::nak() {
+  natsStatus s = natsMsg_Nak(static_cast<natsMsg*>(msg_), nullptr);
+  return s == NATS_OK ? Status::Ok() : nats_error("nak", s);
+}
+
+Status PrefillQueue::Message::in_progress() {
+  natsStatus s = natsMsg_InProgress(static_cast<natsMsg*>(msg_), nullptr);
+  return s == NATS_OK ? Status::Ok() : nats_error("in_progress", s);
+}
+
+StatusOr<std::unique_ptr<PrefillQueue>> PrefillQueue::connect(const PrefillQueueOptions& options) {
+  if (!is_nats_url(options.url)) return Status::InvalidArgument("'" + options.url + "' is not a nats:// URL");
+  std::unique_ptr<PrefillQueue> q(new PrefillQueue());
+  q->options_ = options;
+  q->stream_ = "tandem_" + options.cluster_namespace + "_prefill";
+  q->subject_ = "tandem." + options.cluster_namespace + ".prefill";
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
+  if (s != NATS_OK) return nats_error("nats options", s);
+  q->opts_ = opts;
+  s = natsOptions_SetURL(opts, options.url.c_str());
+  if (s != NATS_OK) return Status::InvalidArgument("--prefill-queue '" + options.url + "': " + natsStatus_GetText(s));
+  // Reconnect forever, every 250 ms, buffering nothing: a call made while down fails at once and the
+  // caller falls back (a decode worker prefills locally).
+  natsOptions_SetMaxReconnect(opts, -1);
+  natsOptions_SetReconnectWait(opts, 250);
+  natsOptions_SetReconnectBufSize(opts, 0);
+  natsOptions_SetTimeout(opts, options.timeout_ms);
+  natsOptions_SetRetryOnFailedConnect(opts, true, nullptr, nullptr);
+  natsOptions_SetName(opts, "tandem");
+  natsConnection* nc = nullptr;
+  s = natsConnection_Connect(&nc, opts);
+  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) return nats_error("connect to " + options.url, s);
+  q->nc_ = nc;
+  jsOptions jo;
+  jsOptions_Init(&jo);
+  jo.Wait = options.timeout_ms;
+  jsCtx* js = nullptr;
+  s = natsConnection_JetStream(&js, nc, &jo);
+  if (s != NATS_OK) return nats_error("JetStream context", s);
+  q->js_ = js;
+  {
+    std::lock_guard<std::mutex> lock(q->mu_);
+    Status st = q->ensure_stream();
+    if (!st.ok()) spdlog::warn("event=prefill_queue_unavailable url={} reason=\"{}\"; retrying", options.url, st.message());
+  }
+  return q;
+}
+
+PrefillQueue::~PrefillQueue() {
+  if (sub_) natsSubscription_Destroy(static_cast<natsSubscription*>(sub_));
+  if (js_) jsCtx_Destroy(js_of(js_));
+  if (nc_) {
+    natsConnection_Close(nc_of(nc_));
+    natsConnection_Destroy(nc_of(nc_));
+  }
+  if (opts_) natsOptions_Destroy(static_cast<natsOptions*>(opts_));
+}
+
+bool PrefillQueue::connected() const { return nc_ && natsConnection_Status(nc_of(nc_)) == NATS_CONN_STATUS_CONNECTED; }
+
+Status PrefillQueue::ensure_stream() {
+  if (stream_ready_) return Status::Ok();
+  if (!connected()) return Status::Unavailable("not connected to " + options_.url);
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsStreamInfo* si = nullptr;
+  natsStatus s = js_GetStreamInfo(&si, js_of(js_), stream_.c_str(), nullptr, &jerr);
+  if (s == NATS_OK) {
+    jsStreamInfo_Destroy(si);
+    stream_ready_ = true;
+    return Status::Ok();
+  }
+  if (s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr) return nats_error("stream info " + stream_, s, jerr);
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  cfg.Name = stream_.c_str();
+  const char* subjects[] = {subject_.c_str()};
+  cfg.Subjects = subjects;
+  cfg.SubjectsLen = 1;
+  cfg.Retention = js_WorkQueuePolicy;  // a message is gone once a worker acknowledges it
+  cfg.Storage = js_FileStorage;        // survives a server restart
+  jerr = static_cast<jsErrCode>(0);
+  s = js_AddStream(&si, js_of(js_), &cfg, nullptr, &jerr);
+  if (s != NATS_OK && jerr != JSStreamNameExistErr) return nats_error("create stream " + stream_, s, jerr);
+  if (si) jsStreamInfo_Destroy(si);
+  spdlog::info("event=prefill_queue_ready stream={} subject={}", stream_, subject_);
+  stream_ready_ = true;
+  return Status::Ok();
+}
+
+Status PrefillQueue::ensure_consumer() {
+  if (sub_) return Status::Ok();
+  Status st = ensure_stream();
+  if (!st.ok()) return st;
+  // The first prefill worker creates the shared durable consumer (its ack deadline and delivery
+  // limit win); the others bind to it as it is, whatever their own settings.
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  jsConsumerInfo* ci = nullptr;
+  natsStatus s = js_GetConsumerInfo(&ci, js_of(js_), stream_.c_str(), kConsumer, nullptr, &jerr);
+  if (s == NATS_OK) {
+    jsConsumerInfo_Destroy(ci);
+  } else if (s == NATS_NOT_FOUND || jerr == JSConsumerNotFoundErr) {
+    jsConsumerConfig cfg;
+    jsConsumerConfig_Init(&cfg);
+    cfg.Durable = kConsumer;
+    cfg.AckPolicy = js_AckExplicit;
+    cfg.AckWait = static_cast<int64_t>(options_.ack_wait_ms) * 1000000;  // nanoseconds
+    cfg.MaxDeliver = options_.max_deliver;
+    cfg.FilterSubject = subject_.c_str();
+    jerr = static_cast<jsErrCode>(0);
+    s = js_AddConsumer(&ci, js_of(js_), stream_.c_str(), &cfg, nullptr, &jerr);
+    if (s != NATS_OK && jerr != JSConsumerNameExistErr && jerr != JSConsumerExistingActiveErr) {
+      return nats_error("create consumer " + std::string(kConsumer), s, jerr);
+    }
+    if (ci) jsConsumerInfo_Destroy(ci);
+    spdlog::info("event=prefill_queue_consumer_created stream={} ack_wait_ms={} max_deliver={}", stream_,
+                 options_.ack_wait_ms, options_.max_deliver);
+  } else {
+    return nats_error("consumer info " + std::string(kConsumer), s, jerr);
+  }
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = stream_.c_str();
+  so.Consumer = kConsumer;
+  natsSubscription* sub = nullptr;
+  jerr = static_cast<jsErrCode>(0);
+  s = js_PullSubscribe(&sub, js_of(js_), subject_.c_str(), kConsumer, nullptr, &so, &jerr);
+  if (s != NATS_OK) return nats_error("pull subscribe " + stream_, s, jerr);
+  sub_ = sub;
+  return Status::Ok();
+}
+
+Status PrefillQueue::publish(const std::string& bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Status st = ensure_stream();
+    if (!st.ok()) return st;
+  }
+  jsPubAck* ack = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_Publish(&ack, js_of(js_), subject_.c_str(), bytes.data(), static_cast<int>(bytes.size()), nullptr, &jerr);
+  if (ack) jsPubAck_Destroy(ack);
+  if (s != NATS_OK) {
+    if (jerr == JSStreamNotFoundErr || s == NATS_NO_RESPONDERS) {
+      std::lock_guard<std::mutex> lock(mu_);
+      stream_ready_ = false;  // made again on the next call (a server that lost its store)
+    }
+    return nats_error("publish to " + stream_, s, jerr);
+  }
+  return Status::Ok();
+}
+
+StatusOr<int64_t> PrefillQueue::depth() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Status st = ensure_stream();
+    if (!st.ok()) return st;
+  }
+  jsStreamInfo* si = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&si, js_of(js_), stream_.c_str(), nullptr, &jerr);
+  if (s != NATS_OK) return nats_error("stream info " + stream_, s, jerr);
+  int64_t n = static_cast<int64_t>(si->State.Msgs);
+  jsStreamInfo_Destroy(si);
+  return n;
+}
+
+StatusOr<std::unique_ptr<PrefillQueue::Message>> PrefillQueue::pull(int timeout_ms) {
+  std::lock_guard<std::mutex> pull_lock(pull_mu_);
+  natsSubscription* sub = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Status st = ensure_consumer();
+    if (!st.ok()) return st;
+    sub = static_cast<natsSubscription*>(sub_);
+  }
+  natsMsgList list{nullptr, 0};
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = natsSubscription_Fetch(&list, sub, 1, timeout_ms, &jerr);
+  if (s == NATS_TIMEOUT) return std::unique_ptr<Message>();
+  if (s != NATS_OK) {
+    // Made again on the next call: after a server restart the old subscription may be stale.
+    std::lock_guard<std::mutex> lock(mu_);
+    natsSubscription_Destroy(static_cast<natsSubscription*>(sub_));
+    sub_ = nullptr;
+    stream_ready_ = false;
+    return nats_error("fetch from " + stream_, s, jerr);
+  }
+  std::unique_ptr<Message> out;
+  for (int i = 0; i < list.Count; ++i) {
+    natsMsg* m = list.Msgs[i];
+    if (out) {  // asked for one; hand back any extra at once
+      natsMsg_Nak(m, nullptr);
+      continue;
+    }
+    out.reset(new Message());
+    out->data_.assign(natsMsg_GetData(m), static_cast<size_t>(natsMsg_GetDataLength(m)));
+    jsMsgMetaData* meta = nullptr;
+    if (natsMsg_GetMetaData(&meta, m) == NATS_OK && meta) {
+      out->num_delivered_ = static_cast<int>(meta->NumDelivered);
+      jsMsgMetaData_Destroy(meta);
+    }
+    out->msg_ = m;
+    list.Msgs[i] = nullptr;  // owned by the Message now
+  }
+  natsMsgList_Destroy(&list);
+  return out;
+}
+
+}  // namespace tandem::cluster

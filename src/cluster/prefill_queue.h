@@ -1,0 +1,89 @@
+// The prefill queue of cluster mode (issue 11): a NATS JetStream work queue through Debian's libnats.
+// Stream `tandem_<ns>_prefill` (work-queue retention: a message lives until it is acknowledged) on
+// subject `tandem.<ns>.prefill`; one durable pull consumer `prefill` shared by every prefill worker,
+// so each message goes to one worker, which pulls only when it has room. A message not acknowledged
+// within ack_wait_ms (its worker died) is delivered again, up to max_deliver times.
+//
+// Decode workers publish (remote prefills), prefill workers pull, frontends read the depth (the
+// stream's message count: queued plus delivered and not yet acknowledged) for --max-prefill-queue.
+//
+// Ownership: PrefillQueue owns its NATS connection, which reconnects by itself (forever) when the
+// server goes away; calls made meanwhile fail with Unavailable at once.
+// Thread-safety: every method may be called from any thread; a Message belongs to one thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "common/status.h"
+
+namespace tandem::cluster {
+
+struct PrefillQueueOptions {
+  std::string url;                // "nats://host:port[,nats://host:port...]"
+  std::string cluster_namespace = "default";
+  int ack_wait_ms = 10000;        // redelivery after this long without an ack
+  int max_deliver = 3;            // deliveries of one message at most
+  int timeout_ms = 2000;          // one JetStream API call
+};
+
+class PrefillQueue {
+ public:
+  // One pulled message; ack() when its work is done (or pointless), nak() to hand it back now.
+  class Message {
+   public:
+    ~Message();
+    const std::string& data() const { return data_; }
+    int num_delivered() const { return num_delivered_; }
+    Status ack();
+    Status nak();
+    Status in_progress();  // resets the ack deadline (a long prefill)
+
+   private:
+    friend class PrefillQueue;
+    void* msg_ = nullptr;  // natsMsg*
+    std::string data_;
+    int num_delivered_ = 1;
+  };
+
+  // Connects, creating the stream if needed. A server that is not up yet is not an error: the
+  // connection keeps retrying and calls fail with Unavailable until it is up. InvalidArgument for a
+  // malformed URL.
+  static StatusOr<std::unique_ptr<PrefillQueue>> connect(const PrefillQueueOptions& options);
+  ~PrefillQueue();
+  PrefillQueue(const PrefillQueue&) = delete;
+  PrefillQueue& operator=(const PrefillQueue&) = delete;
+
+  bool connected() const;
+  const std::string& stream_name() const { return stream_; }
+  const std::string& subject() const { return subject_; }
+
+  // Unavailable when NATS is down or did not acknowledge the publish.
+  Status publish(const std::string& bytes);
+  // Queued plus delivered-and-unacknowledged messages.
+  StatusOr<int64_t> depth();
+  // One message within timeout_ms; nullptr when none came. Unavailable when NATS is down.
+  StatusOr<std::unique_ptr<Message>> pull(int timeout_ms);
+
+ private:
+  PrefillQueue() = default;
+  Status ensure_stream();     // REQUIRES: mu_ held
+  Status ensure_consumer();   // REQUIRES: mu_ held
+
+  PrefillQueueOptions options_;
+  std::string stream_, subject_;
+  void* opts_ = nullptr;  // natsOptions*
+  void* nc_ = nullptr;    // natsConnection*
+  void* js_ = nullptr;    // jsCtx*
+  std::mutex mu_;          // guards the lazily made stream and subscription
+  bool stream_ready_ = false;  // GUARDED_BY(mu_)
+  void* sub_ = nullptr;        // GUARDED_BY(mu_) natsSubscription* of the pull consumer
+  std::mutex pull_mu_;         // one fetch at a time on the subscription
+};
+
+// "nats://..." -> true. Anything else is not a prefill queue URL.
+bool is_nats_url(const std::string& url);
+
+}  // namespace tandem::cluster
