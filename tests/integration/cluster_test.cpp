@@ -18,15 +18,7 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-std::string prompt_ids(int n, int seed) {
-  std::string out;
-  unsigned x = static_cast<unsigned>(seed) * 2654435761u + 12345;
-  for (int i = 0; i < n; ++i) {
-    x = x * 1103515245u + 12345u;
-    out += (i ? "," : "") + std::to_string(1000 + (x >> 8) % 20000);
-  }
-  return out;
-}
+std::string prompt_ids(int n, int seed) { return random_prompt_ids(n, seed); }
 
 int count_lines(const std::string& text, const std::string& needle) {
   int n = 0;

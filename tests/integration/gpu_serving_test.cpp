@@ -63,13 +63,7 @@ std::string join(const std::vector<int>& v) {
 std::string run_generate(const std::string& model, const std::string& ids, int max_tokens) {
   std::string command = tandem_binary() + " generate --model " + model + " --device cuda:0 --prompt-ids " + ids +
                         " --max-tokens " + std::to_string(max_tokens) + " 2>/dev/null";
-  std::string out;
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  while (pipe && fgets(buffer, sizeof(buffer), pipe)) out += buffer;
-  if (pipe) pclose(pipe);
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
+  return shell(command);
 }
 
 std::string read_file(const std::string& path) {

@@ -233,6 +233,16 @@ std::string shell(const std::string& command, int* status) {
   return out;
 }
 
+std::string random_prompt_ids(int n, int seed) {
+  std::string out;
+  unsigned x = static_cast<unsigned>(seed) * 2654435761u + 12345;
+  for (int i = 0; i < n; ++i) {
+    x = x * 1103515245u + 12345u;
+    out += (i ? "," : "") + std::to_string(1000 + (x >> 8) % 20000);
+  }
+  return out;
+}
+
 std::string find_program(const std::string& name) {
   std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
   path += ":/usr/bin:/usr/sbin:/usr/local/bin";

@@ -48,6 +48,9 @@ class Process {
 int free_port();
 // Runs a shell command; its stdout (trailing newlines trimmed). `status` gets the exit status.
 std::string shell(const std::string& command, int* status = nullptr);
+// n pseudo-random ordinary token ids (1000..20999) as "a,b,c", a different prompt per seed: prompts that
+// share no prefix, so routing decisions depend on their length alone.
+std::string random_prompt_ids(int n, int seed);
 // The path of an executable found in PATH or /usr/bin, /usr/sbin; "" when absent.
 std::string find_program(const std::string& name);
 

@@ -31,26 +31,12 @@ std::vector<int> ids_of(const HttpResponse& r) {
   return j["choices"][0]["token_ids"].get<std::vector<int>>();
 }
 
-std::string prompt_ids(int n, int seed) {
-  std::string out;
-  unsigned x = static_cast<unsigned>(seed) * 2654435761u + 12345;
-  for (int i = 0; i < n; ++i) {
-    x = x * 1103515245u + 12345u;
-    out += (i ? "," : "") + std::to_string(1000 + (x >> 8) % 20000);
-  }
-  return out;
-}
+std::string prompt_ids(int n, int seed) { return random_prompt_ids(n, seed); }
 
 std::string run_generate(const std::string& ids, int max_tokens) {
   std::string command = std::string(TANDEM_BINARY) + " generate --model " + kModel + " --threads 1 --prompt-ids " + ids +
                         " --max-tokens " + std::to_string(max_tokens) + " 2>/dev/null";
-  std::string out;
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  while (pipe && fgets(buffer, sizeof(buffer), pipe)) out += buffer;
-  if (pipe) pclose(pipe);
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
+  return shell(command);
 }
 
 std::string join(const std::vector<int>& v) {
