@@ -600,7 +600,8 @@ class EngineImpl final : public Engine {
           for (auto& state : failed) end_request(state, FinishReason::kError, status, &outs);
         }
       }
-      deliver(outs);
+      // The step is counted before its outputs are delivered, so a caller woken by the last output of a
+      // batch reads stats that include the step that produced it; the delivery's own time is added after.
       if (!step->empty()) {
         const auto end = SteadyClock::now();
         const int64_t inside = ns(forward_end - forward_start), outside = ns((forward_start - step_start) + (end - forward_end));
@@ -612,6 +613,13 @@ class EngineImpl final : public Engine {
           decode_forward_ns_.fetch_add(inside, std::memory_order_relaxed);
           decode_outside_forward_ns_.fetch_add(outside, std::memory_order_relaxed);
         }
+      }
+      const auto deliver_start = SteadyClock::now();
+      deliver(outs);
+      if (!step->empty()) {
+        const int64_t delivery = ns(SteadyClock::now() - deliver_start);
+        outside_forward_ns_.fetch_add(delivery, std::memory_order_relaxed);
+        if (is_decode) decode_outside_forward_ns_.fetch_add(delivery, std::memory_order_relaxed);
       }
     }
   }

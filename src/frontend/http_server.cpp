@@ -242,17 +242,26 @@ struct HttpServer::Impl {
               res.set(http::field::cache_control, "no-cache");
               for (const auto& [name, value] : item.headers) res.set(name, value);
               res.keep_alive(keep_alive);
-              res.chunked(true);
+              // A client that will close the connection gets the stream delimited by the close instead of
+              // chunks: HTTP/1.0 clients cannot read chunks, and node-fetch on Node 18 (the openai npm
+              // client) reports a chunked response on a closing connection as "Premature close".
+              res.chunked(keep_alive);
               http::response_serializer<http::empty_body> serializer{res};
               co_await http::async_write_header(stream, serializer, redirect_error(use_awaitable, ec));
               break;
             }
             case Item::kData:
-              co_await asio::async_write(stream, http::make_chunk(asio::buffer(item.body)),
-                                         redirect_error(use_awaitable, ec));
+              if (keep_alive) {
+                co_await asio::async_write(stream, http::make_chunk(asio::buffer(item.body)),
+                                           redirect_error(use_awaitable, ec));
+              } else {
+                co_await asio::async_write(stream, asio::buffer(item.body), redirect_error(use_awaitable, ec));
+              }
               break;
             case Item::kEnd:
-              co_await asio::async_write(stream, http::make_chunk_last(), redirect_error(use_awaitable, ec));
+              if (keep_alive) {
+                co_await asio::async_write(stream, http::make_chunk_last(), redirect_error(use_awaitable, ec));
+              }
               exchange->written_ = true;
               break;
           }
