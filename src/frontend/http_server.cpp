@@ -199,7 +199,7 @@ struct HttpServer::Impl {
       }
       request.body = std::move(msg.body());
       request.peer_is_loopback = peer_loopback;
-      const bool keep_alive = msg.keep_alive();
+      bool keep_alive = msg.keep_alive();
 
       auto exchange = std::make_shared<Exchange>(std::move(request));
       exchange->wake = &wake;
@@ -241,27 +241,21 @@ struct HttpServer::Impl {
               res.set(http::field::content_type, item.content_type);
               res.set(http::field::cache_control, "no-cache");
               for (const auto& [name, value] : item.headers) res.set(name, value);
-              res.keep_alive(keep_alive);
-              // A client that will close the connection gets the stream delimited by the close instead of
-              // chunks: HTTP/1.0 clients cannot read chunks, and node-fetch on Node 18 (the openai npm
-              // client) reports a chunked response on a closing connection as "Premature close".
-              res.chunked(keep_alive);
+              // A stream is delimited by closing the connection, never by chunks: node-fetch (under the
+              // openai npm client) on Node 18 reports chunked responses as "Premature close" when the
+              // socket outlives the response, and HTTP/1.0 clients cannot read chunks. A stream lasts
+              // far longer than a new connection takes, so nothing is lost by not reusing it.
+              keep_alive = false;
+              res.keep_alive(false);
+              res.chunked(false);
               http::response_serializer<http::empty_body> serializer{res};
               co_await http::async_write_header(stream, serializer, redirect_error(use_awaitable, ec));
               break;
             }
             case Item::kData:
-              if (keep_alive) {
-                co_await asio::async_write(stream, http::make_chunk(asio::buffer(item.body)),
-                                           redirect_error(use_awaitable, ec));
-              } else {
-                co_await asio::async_write(stream, asio::buffer(item.body), redirect_error(use_awaitable, ec));
-              }
+              co_await asio::async_write(stream, asio::buffer(item.body), redirect_error(use_awaitable, ec));
               break;
-            case Item::kEnd:
-              if (keep_alive) {
-                co_await asio::async_write(stream, http::make_chunk_last(), redirect_error(use_awaitable, ec));
-              }
+            case Item::kEnd:  // the close below ends the stream
               exchange->written_ = true;
               break;
           }

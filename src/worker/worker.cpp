@@ -187,10 +187,10 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   static int64_t now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
   }
-  // How long a draining worker still takes requests routed before its frontends heard of the drain. 1 s
-  // lost 3 of 16 streams of the SIGTERM-under-load test on a 2-core machine at load ~8 (the frontend read
-  // the drain notice late); the frontends do not re-route a refused request, so err on the long side.
-  static constexpr int64_t kDrainGraceMs = 5000;
+  // How long a draining worker still takes requests routed before its frontends heard of the drain; it
+  // does not call itself drained before this has passed, so a request routed late is finished, not cut
+  // off by the exit (the SIGTERM-under-load test lost streams that way on a loaded 2-core machine).
+  static constexpr int64_t kDrainGraceMs = 2000;
   bool cluster_mode() const { return !etcd_endpoints.empty(); }
   std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }
   bool prefills() const { return options.role != Role::kDecode; }
@@ -892,7 +892,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
         spdlog::info("event=draining worker_id={} deadline_ms={}", options.worker_id, options.drain_timeout_ms);
         lease->stop(/*revoke=*/true);
       }
-      if (drain_announced && (idle() || Clock::now() > drain_deadline)) {
+      if (drain_announced && ((idle() && drain_grace_over()) || Clock::now() > drain_deadline)) {
         spdlog::info("event=drained worker_id={} idle={}", options.worker_id, idle());
         send_to_frontends(delta_heartbeat());
         break;
@@ -960,7 +960,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
           conn->send(env);
           spdlog::info("event=draining worker_id={} deadline_ms={}", options.worker_id, options.drain_timeout_ms);
         }
-        if (drain_announced && (idle() || Clock::now() > drain_deadline)) {
+        if (drain_announced && ((idle() && drain_grace_over()) || Clock::now() > drain_deadline)) {
           spdlog::info("event=drained worker_id={} idle={}", options.worker_id, idle());
           conn->send(heartbeat());
           stop.store(true);
