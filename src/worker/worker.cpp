@@ -182,14 +182,15 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   bool decodes() const { return options.role != Role::kPrefill; }
   bool drain_grace_over() const {
     const int64_t started = drain_started_ms.load();
-    return started == 0 || now_ms() - started > kDrainGraceMs;
+    // Not yet announced (SIGTERM seen, the loop has not told the frontends): still inside the grace.
+    return started != 0 && now_ms() - started > kDrainGraceMs;
   }
   static int64_t now_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch()).count();
   }
-  // How long a draining worker still takes requests routed before its frontends heard of the drain; it
-  // does not call itself drained before this has passed, so a request routed late is finished, not cut
-  // off by the exit (the SIGTERM-under-load test lost streams that way on a loaded 2-core machine).
+  // How long a draining worker still takes requests routed before its frontends heard of the drain
+  // (counted from the announcement); it does not call itself drained before this has passed, so a request
+  // routed late is finished, not cut off by the exit.
   static constexpr int64_t kDrainGraceMs = 2000;
   bool cluster_mode() const { return !etcd_endpoints.empty(); }
   std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <thread>
 
 #include "harness.h"
@@ -47,6 +48,7 @@ struct StreamResult {
   int tokens = 0;
   bool error = false;
   bool done = false;
+  std::string body;  // for failure messages
 };
 
 StreamResult stream(Cluster& cluster, int max_tokens, int timeout_ms = 60000) {
@@ -56,6 +58,7 @@ StreamResult stream(Cluster& cluster, int max_tokens, int timeout_ms = 60000) {
                                 timeout_ms);
   StreamResult out;
   out.status = r.status;
+  out.body = r.body;
   for (const auto& e : sse_events(r.body)) {
     if (e == "[DONE]") {
       out.done = true;
@@ -193,9 +196,17 @@ TEST_F(Etcd, WorkerSigtermUnderLoad_RevokesAtOnce_TakesNothingNew_FinishesWhatIt
   ASSERT_TRUE(cluster.wait_for_workers(2));
   std::vector<std::thread> clients;
   std::atomic<int> complete{0};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
   auto one = [&] {
     StreamResult r = stream(cluster, 30);
-    if (r.status == 200 && !r.error && r.tokens == 30 && r.done) ++complete;
+    if (r.status == 200 && !r.error && r.tokens == 30 && r.done) {
+      ++complete;
+    } else {
+      std::lock_guard<std::mutex> lock(failures_mu);
+      failures.push_back("status=" + std::to_string(r.status) + " error=" + std::to_string(r.error) +
+                         " tokens=" + std::to_string(r.tokens) + " done=" + std::to_string(r.done) + " body=" + r.body.substr(0, 300));
+    }
   };
   for (int i = 0; i < 8; ++i) clients.emplace_back(one);
   ASSERT_TRUE(eventually([&] { return cluster.metric("tandem_worker_outstanding_requests", "worker=\"decode-0\"") > 0; }, 3000));
@@ -207,7 +218,7 @@ TEST_F(Etcd, WorkerSigtermUnderLoad_RevokesAtOnce_TakesNothingNew_FinishesWhatIt
   ASSERT_TRUE(eventually([&] { return !has_key("workers/decode/decode-0"); }, 3000));
   EXPECT_LT(ms_since(sigterm), 3000);
   for (auto& t : clients) t.join();
-  EXPECT_EQ(complete.load(), 16);
+  EXPECT_EQ(complete.load(), 16) << ::testing::PrintToString(failures);
   EXPECT_TRUE(eventually([&] { return !cluster.worker(leaving).running(); }, 10000));
   std::string log = cluster.log("decode-0");
   EXPECT_NE(log.find("event=etcd_lease_revoked"), std::string::npos) << log;
