@@ -19,7 +19,6 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-std::string prompt_ids(int n, int seed) { return random_prompt_ids(n, seed); }
 
 int count_lines(const std::string& text, const std::string& needle) {
   int n = 0;
@@ -121,7 +120,7 @@ TEST_F(Etcd, WorkersRegisterUnderLeases_RecordsAndKvDescriptorsAreInEtcd_RemoteP
                             " get -w json " + key("workers/decode/decode-1"));
   EXPECT_NE(lease.find("\"lease\":"), std::string::npos) << lease;
 
-  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(64, 1) + R"(],"max_tokens":4})");
+  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(64, 1) + R"(],"max_tokens":4})");
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 1);
   EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 0);
@@ -232,7 +231,7 @@ TEST_F(Etcd, ThresholdChangedInEtcdOrThroughTheAdminEndpoint_ChangesTheNextDecis
   cluster.add_worker("prefill", {"--engine", "fake"});
   cluster.add_worker("decode", {"--engine", "fake"});
   ASSERT_TRUE(cluster.wait_for_workers(2));
-  const std::string body = R"({"prompt":[)" + prompt_ids(64, 2) + R"(],"max_tokens":2})";
+  const std::string body = R"({"prompt":[)" + random_prompt_ids(64, 2) + R"(],"max_tokens":2})";
   ASSERT_EQ(cluster.post("/v1/completions", body).status, 200);
   EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "decision=\"local\""), 1);
 
@@ -241,7 +240,7 @@ TEST_F(Etcd, ThresholdChangedInEtcdOrThroughTheAdminEndpoint_ChangesTheNextDecis
     auto j = json::parse(http(cluster.http_port(), "GET", "/v1/tandem/router").body, nullptr, false);
     return j.is_object() && j.value("max_local_prefill", 0) == 16;
   }, 3000));
-  ASSERT_EQ(cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(64, 3) + R"(],"max_tokens":2})").status, 200);
+  ASSERT_EQ(cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(64, 3) + R"(],"max_tokens":2})").status, 200);
   EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "decision=\"remote\""), 1);
   EXPECT_NE(cluster.log("frontend").find("event=router_config source=etcd name=max_local_prefill old=1000 new=16"),
             std::string::npos);
@@ -251,7 +250,7 @@ TEST_F(Etcd, ThresholdChangedInEtcdOrThroughTheAdminEndpoint_ChangesTheNextDecis
   ASSERT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(etcd_->get_prefix(key("disagg/"))[key("disagg/max_local_prefill")], "5000");
   EXPECT_EQ(etcd_->get_prefix(key("disagg/"))[key("disagg/max_prefill_queue")], "7");
-  ASSERT_EQ(cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(64, 4) + R"(],"max_tokens":2})").status, 200);
+  ASSERT_EQ(cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(64, 4) + R"(],"max_tokens":2})").status, 200);
   EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "decision=\"local\""), 2);
   EXPECT_EQ(cluster.metric("tandem_router_max_prefill_queue"), 7);
   // A value that is not a count is refused and logged; the threshold keeps its value.
@@ -297,7 +296,7 @@ TEST_F(Etcd, TwoFrontendsShareTheWorkers_RouteFromWhatTheWorkersPublish) {
   ASSERT_TRUE(b.wait_for_workers(1));
 
   // Prefix: a prompt served through A is known to B from the worker's published summary.
-  const std::string shared = prompt_ids(16, 7);  // one block of 16 tokens
+  const std::string shared = random_prompt_ids(16, 7);  // one block of 16 tokens
   ASSERT_EQ(a.post("/v1/completions", R"({"prompt":[)" + shared + R"(],"max_tokens":2})").status, 200);
   ASSERT_TRUE(eventually([&] {
     if (b.post("/v1/completions", R"({"prompt":[)" + shared + R"(],"max_tokens":2})").status != 200) return false;
@@ -330,7 +329,7 @@ TEST_F(Etcd, TwoFrontendsShareTheWorkers_RouteFromWhatTheWorkersPublish) {
     clients.emplace_back([&, i] {
       Cluster& via = i % 2 ? a : b;
       const int len = i % 4 < 2 ? 64 : 8;  // 100 long (remote), 100 short (local)
-      HttpResponse r = via.post("/v1/completions", R"({"prompt":[)" + prompt_ids(len, 100 + i) + R"(],"max_tokens":4})");
+      HttpResponse r = via.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(len, 100 + i) + R"(],"max_tokens":4})");
       if (r.status == 200) ++complete;
     });
   }
@@ -364,7 +363,7 @@ class Nats : public ::testing::Test {
     args.insert(args.end(), extra.begin(), extra.end());
     return args;
   }
-  std::string long_prompt(int seed) { return R"({"prompt":[)" + prompt_ids(64, seed) + R"(],"max_tokens":4})"; }
+  std::string long_prompt(int seed) { return R"({"prompt":[)" + random_prompt_ids(64, seed) + R"(],"max_tokens":4})"; }
 
   std::unique_ptr<NatsServer> nats_;
   const std::string stream_ = "tandem_default_prefill";

@@ -31,7 +31,6 @@ std::vector<int> ids_of(const HttpResponse& r) {
   return j["choices"][0]["token_ids"].get<std::vector<int>>();
 }
 
-std::string prompt_ids(int n, int seed) { return random_prompt_ids(n, seed); }
 
 std::string run_generate(const std::string& ids, int max_tokens) {
   std::string command = std::string(TANDEM_BINARY) + " generate --model " + kModel + " --threads 1 --prompt-ids " + ids +
@@ -51,7 +50,7 @@ TEST(Serving, GreedyTokens_RemotePrefillEqualsLocalEqualsGenerate) {
   cluster.add_worker("decode", {"--model", kModel, "--num-kv-blocks", "256"});
   ASSERT_TRUE(cluster.wait_for_workers(2));
   for (int seed : {1, 2}) {
-    const std::string ids = prompt_ids(150, seed);
+    const std::string ids = random_prompt_ids(150, seed);
     const std::string body = R"({"prompt":[)" + ids + R"(],"max_tokens":12,"temperature":0,"return_token_ids":true})";
     HttpResponse remote = cluster.post("/v1/completions", body);
     ASSERT_EQ(remote.status, 200) << remote.body;
@@ -81,7 +80,7 @@ TEST(Serving, Router_DecidesByPromptLengthAndByFullPrefillQueue) {
   std::atomic<int> ok{0};
   for (int i = 0; i < 4; ++i) {
     threads.emplace_back([&, i] {
-      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(300, 10 + i) + R"(],"max_tokens":4})");
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(300, 10 + i) + R"(],"max_tokens":4})");
       if (r.status == 200) ++ok;
     });
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
@@ -108,7 +107,7 @@ TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
   std::atomic<int> ok{0};
   for (int i = 0; i < 6; ++i) {
     threads.emplace_back([&, i] {
-      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(200, 20 + i) + R"(],"max_tokens":5,"return_token_ids":true})");
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(200, 20 + i) + R"(],"max_tokens":5,"return_token_ids":true})");
       if (r.status == 200 && ids_of(r).size() == 5) ++ok;
     });
   }
@@ -125,7 +124,7 @@ TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_EQ(cluster.metric("tandem_workers", "role=\"prefill\""), 0) << "the frontend never dropped the killed prefill worker";
-  HttpResponse after = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(200, 99) + R"(],"max_tokens":3})");
+  HttpResponse after = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(200, 99) + R"(],"max_tokens":3})");
   EXPECT_EQ(after.status, 200) << after.body;
   EXPECT_GE(cluster.metric("tandem_router_decisions_total", "reason=\"no_prefill_worker\""), 1);
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
@@ -138,7 +137,7 @@ TEST(Serving, PrefillWorkerHung_RemotePrefillTimesOutAndFallsBack) {
   ASSERT_TRUE(cluster.wait_for_workers(2));
   ::kill(cluster.worker(prefill).pid(), SIGSTOP);  // alive to the kernel, silent to everyone
   auto start = std::chrono::steady_clock::now();
-  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(100, 5) + R"(],"max_tokens":4,"return_token_ids":true})");
+  HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(100, 5) + R"(],"max_tokens":4,"return_token_ids":true})");
   EXPECT_EQ(r.status, 200) << r.body;
   EXPECT_EQ(ids_of(r).size(), 4u);
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
@@ -222,7 +221,7 @@ TEST(Serving, HundredConcurrentStreams_AllComplete) {
   std::atomic<int> complete{0};
   for (int i = 0; i < 100; ++i) {
     threads.emplace_back([&, i] {
-      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt_ids(8, i) +
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(8, i) +
                                                            R"(],"max_tokens":20,"stream":true,"return_token_ids":true,"stream_options":{"include_usage":true}})");
       auto events = sse_events(r.body);
       int tokens = 0;
@@ -260,7 +259,7 @@ TEST(Serving, BadRequests_GetOpenAiErrorsAndTheServerKeepsServing) {
       {"/v1/completions", R"({"max_tokens": 3})", 400, "prompt"},
       {"/v1/chat/completions", R"({"messages": "hi"})", 400, "messages"},
       {"/v1/completions", R"({"prompt": [1,2], "model": "nope"})", 404, "model"},
-      {"/v1/completions", R"({"prompt": [)" + prompt_ids(2000, 1) + "]}", 413, ""},
+      {"/v1/completions", R"({"prompt": [)" + random_prompt_ids(2000, 1) + "]}", 413, ""},
       {"/v1/nothing", R"({})", 404, ""},
   };
   for (const auto& c : cases) {
@@ -292,7 +291,7 @@ TEST(Serving, ClientDisconnect_AbortsTheRequestAndFreesItsBlocks) {
   for (const char* stream : {"true", "false"}) {
     for (int prompt_len : {5, 100}) {  // local and remote prefill
       HttpResponse r = http(cluster.http_port(), "POST", "/v1/completions",
-                            R"({"prompt":[)" + prompt_ids(prompt_len, 3) + R"(],"max_tokens":10000,"stream":)" + stream + "}",
+                            R"({"prompt":[)" + random_prompt_ids(prompt_len, 3) + R"(],"max_tokens":10000,"stream":)" + stream + "}",
                             {{"Content-Type", "application/json"}}, /*timeout_ms=*/400);
       EXPECT_EQ(r.status, std::string(stream) == "true" ? 200 : 0);  // a non-streamed answer never came
     }
