@@ -22,7 +22,6 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <set>
 #include <thread>
 #include <vector>
 
@@ -72,13 +71,50 @@ Status read_ack(int fd, const std::string& peer, Status* verdict) {
   return Status::Ok();
 }
 
-// Receiver side state shared with the connection threads, which may outlive the backend object.
+// Receiver side state, used by the connection threads. The backend joins every connection thread
+// on shutdown: a thread left running past the backend (they were detached once) could drop the last
+// reference to the KV memory after the process had begun exiting, and ASan saw it free memory whose
+// registry static destructors had already torn down.
 struct Receiver {
   std::shared_ptr<KvMemory> memory;
   Expectations expectations;
   std::mutex mu;
-  std::set<int> fds;  // GUARDED_BY(mu): open incoming connections, shut down on shutdown()
+  std::map<int, std::thread> connections;  // GUARDED_BY(mu): one thread per open incoming connection, by fd
+  std::vector<std::thread> finished;  // GUARDED_BY(mu): ended connection threads, joined by the next accept
   bool stopped = false;  // GUARDED_BY(mu)
+
+  // Called from the accept thread for each new connection.
+  void accept(int fd, const std::string& peer) {
+    std::vector<std::thread> ended;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (stopped) {
+        ::close(fd);
+        return;
+      }
+      ended.swap(finished);
+      // Started under the lock, so the thread finds its own entry when it ends.
+      connections.emplace(fd, std::thread([this, fd, peer] { serve(fd, peer); }));
+    }
+    for (auto& t : ended) t.join();
+  }
+
+  // Wakes every connection thread and joins them; no thread runs after it returns.
+  void stop() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stopped = true;
+      for (auto& [fd, thread] : connections) {
+        ::shutdown(fd, SHUT_RDWR);
+        threads.push_back(std::move(thread));
+      }
+      connections.clear();
+      for (auto& t : finished) threads.push_back(std::move(t));
+      finished.clear();
+    }
+    for (auto& t : threads) t.join();
+  }
 
   void serve(int fd, const std::string& peer) {
     std::vector<std::byte> buffer(memory->block_bytes());
@@ -101,8 +137,12 @@ struct Receiver {
     }
     for (const auto& id : claimed) expectations.release(id);
     std::lock_guard<std::mutex> lock(mu);
-    fds.erase(fd);
     ::close(fd);
+    auto self = connections.find(fd);
+    if (self != connections.end()) {  // else stop() has taken this thread to join it
+      finished.push_back(std::move(self->second));
+      connections.erase(self);
+    }
   }
 
   // One TKV1 frame after its magic; false when the connection is unusable.
@@ -177,7 +217,7 @@ class TcpBackend : public TransferBackend {
  public:
   // device_path: offer and use CUDA IPC (REQUIRES: memory exports device handles).
   TcpBackend(std::shared_ptr<KvMemory> memory, const std::string& host, uint16_t port, bool device_path)
-      : memory_(memory), receiver_(std::make_shared<Receiver>()), transports_(local_host_id(), device_path) {
+      : memory_(memory), receiver_(std::make_unique<Receiver>()), transports_(local_host_id(), device_path) {
     receiver_->memory = std::move(memory);
     auto listener = net::Listener::bind(host, port);
     if (!listener.ok()) throw Error("KV transfer: " + listener.status().message());
@@ -191,17 +231,7 @@ class TcpBackend : public TransferBackend {
     }
     device_path_ = device_path;
     address_ = format_address(advertised + ":" + std::to_string(listener_->port()), local_host_id(), handles);
-    listener_->start([receiver = receiver_](int fd, std::string peer) {
-      {
-        std::lock_guard<std::mutex> lock(receiver->mu);
-        if (receiver->stopped) {
-          ::close(fd);
-          return;
-        }
-        receiver->fds.insert(fd);
-      }
-      std::thread([receiver, fd, peer] { receiver->serve(fd, peer); }).detach();
-    });
+    listener_->start([receiver = receiver_.get()](int fd, std::string peer) { receiver->accept(fd, peer); });
   }
   ~TcpBackend() override {
     shutdown();
@@ -258,10 +288,8 @@ class TcpBackend : public TransferBackend {
   void forget(const std::string& transfer_id) override { receiver_->expectations.forget(transfer_id); }
 
   void shutdown() override {
-    if (listener_) listener_->close();
-    std::lock_guard<std::mutex> lock(receiver_->mu);
-    receiver_->stopped = true;
-    for (int fd : receiver_->fds) ::shutdown(fd, SHUT_RDWR);
+    if (listener_) listener_->close();  // joins the accept thread: no connection starts after this
+    receiver_->stop();
   }
 
  private:
@@ -392,7 +420,7 @@ class TcpBackend : public TransferBackend {
   }
 
   std::shared_ptr<KvMemory> memory_;
-  std::shared_ptr<Receiver> receiver_;
+  std::unique_ptr<Receiver> receiver_;
   std::unique_ptr<net::Listener> listener_;
   std::string address_;
   bool device_path_ = false;

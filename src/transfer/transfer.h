@@ -91,7 +91,7 @@ class TransferBackend {
   virtual void expect(const std::string& transfer_id, std::vector<int32_t> dst_blocks) = 0;
   // Once this returns, no further byte of `transfer_id` is written here.
   virtual void forget(const std::string& transfer_id) = 0;
-  // Stops accepting pushes; idempotent.
+  // Stops accepting pushes and waits for the connection threads to end; idempotent.
   virtual void shutdown() = 0;
 };
 
