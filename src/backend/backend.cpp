@@ -1,6 +1,7 @@
 #include "backend/backend.h"
 
 #include <charconv>
+#include <cstdlib>
 #include <sstream>
 #include <vector>
 
@@ -41,6 +42,14 @@ Status validate_batch(const ForwardBatch& b, const KvCacheSpec& kv, int vocab_si
     if (row < 0 || row >= b.num_tokens()) return Status::InvalidArgument("logits index out of range");
   }
   return Status::Ok();
+}
+
+int injected_device_fault_step() {
+  const char* text = std::getenv("TANDEM_INJECT_DEVICE_FAULT_AT_STEP");
+  if (text == nullptr) return 0;
+  char* end = nullptr;
+  const long step = std::strtol(text, &end, 10);
+  return end != text && *end == '\0' && step > 0 && step < (1L << 30) ? static_cast<int>(step) : 0;
 }
 
 int32_t argmax(std::span<const float> logits) {

@@ -101,6 +101,11 @@ class Backend {
   // reused per-thread buffer and takes the argmax on the host.
   virtual Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens);
 
+  // Non-OK once a failure has left the device unusable: a CUDA error during a step is sticky (every
+  // later call on the context fails too), so the engine fails every request it holds instead of
+  // failing them one step at a time, and the worker exits for its supervisor to restart it.
+  virtual Status device_health() const { return Status::Ok(); }
+
   // Raw bytes of one block of one layer (K and V, kv_cache_spec().block_bytes()), for moving KV
   // between workers. InvalidArgument for an out-of-range layer/block or a wrong-sized buffer.
   virtual Status read_kv_block(int layer, int block, std::span<std::byte> out) = 0;
@@ -135,6 +140,12 @@ class Backend {
     return Status::Unsupported(device_name() + " cannot copy KV to a peer");
   }
 };
+
+// Fault injection for tests of the device-failure path: the forward call number N (1-based, counted
+// per backend) fails as a device failure would when TANDEM_INJECT_DEVICE_FAULT_AT_STEP=N is set in the
+// environment (the CUDA backend makes a real illegal-address fault); 0 when unset or not a positive
+// integer.
+int injected_device_fault_step();
 
 // The greedy token of one row of logits: ties go to the lowest id (as torch.argmax), NaN never wins.
 int32_t argmax(std::span<const float> logits);

@@ -314,8 +314,10 @@ Runner add_serve_command(CLI::App& app) {
       for (auto& c : children) {
         if (c.pid != pid) continue;
         ++c.restarts;
-        std::fprintf(stderr, "tandem serve: %s (pid %d) exited with status %d; restarting it (restart %d)\n",
-                     c.name.c_str(), pid, status, c.restarts);
+        const std::string how = WIFSIGNALED(status) ? "was killed by signal " + std::to_string(WTERMSIG(status))
+                                                    : "exited with code " + std::to_string(WEXITSTATUS(status));
+        std::fprintf(stderr, "tandem serve: %s (pid %d) %s; restarting it (restart %d)\n", c.name.c_str(), pid, how.c_str(),
+                     c.restarts);
         // Back off when it dies right after starting, so a broken worker does not spin.
         if (std::chrono::steady_clock::now() - c.started < std::chrono::seconds(5)) {
           std::this_thread::sleep_for(std::chrono::seconds(std::min(c.restarts, 5)));

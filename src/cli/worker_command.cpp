@@ -1,9 +1,10 @@
 // `tandem worker`: one engine serving a role (prefill, decode, both) behind the request plane.
 #include <spdlog/spdlog.h>
 
-#include <atomic>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -20,6 +21,9 @@
 
 namespace tandem::cli {
 namespace {
+
+// The exit code of a worker whose device failed mid-step (distinct from 1, a bad flag or file).
+constexpr int kDeviceFailedExitCode = 3;
 
 struct WorkerCommandOptions {
   std::string role = "both";
@@ -191,6 +195,11 @@ Runner add_worker_command(CLI::App& app) {
     if (early_stop->load()) return 0;
     w.run();
     target->store(nullptr);
+    if (Status failure = w.device_failure(); !failure.ok()) {
+      std::fprintf(stderr, "tandem worker: the device failed (%s); its requests were failed and the worker exits "
+                           "so that its supervisor starts a fresh one\n", failure.message().c_str());
+      return kDeviceFailedExitCode;
+    }
     return 0;
   };
 }

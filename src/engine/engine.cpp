@@ -124,6 +124,7 @@ class EngineImpl final : public Engine {
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_) return Status::Unavailable("the engine is shutting down");
+      if (!device_failure_.ok()) return Status::Unavailable("the engine's device failed: " + device_failure_.message());
       if (live_.count(request.request_id) != 0) {
         return Status::InvalidArgument("request_id '" + request.request_id + "' is already in use");
       }
@@ -173,6 +174,7 @@ class EngineImpl final : public Engine {
   StatusOr<KvReservation> reserve_kv(const std::string& request_id, const std::vector<int32_t>& prompt_token_ids) override {
     TANDEM_RETURN_IF_ERROR(validate_prompt(prompt_token_ids));
     std::lock_guard<std::mutex> lock(mu_);
+    if (!device_failure_.ok()) return Status::Unavailable("the engine's device failed: " + device_failure_.message());
     if (live_.count(request_id) != 0 || held_.count(request_id) != 0) {
       return Status::InvalidArgument("request_id '" + request_id + "' already holds KV or is running");
     }
@@ -540,6 +542,7 @@ class EngineImpl final : public Engine {
     while (true) {
       SteadyClock::time_point step_start, forward_start, forward_end;
       bool is_decode = false;
+      bool device_lost = false;  // this step found the device unusable
       const SchedulerOutput* step = nullptr;
       {
         std::unique_lock<std::mutex> lock(mu_);
@@ -598,6 +601,11 @@ class EngineImpl final : public Engine {
             if (it != live_.end() && std::find(failed.begin(), failed.end(), it->second) == failed.end()) failed.push_back(it->second);
           }
           for (auto& state : failed) end_request(state, FinishReason::kError, status, &outs);
+          Status health = backend_->device_health();
+          if (!health.ok() && device_failure_.ok()) {
+            fail_everything(health, &outs);
+            device_lost = true;
+          }
         }
       }
       // The step is counted before its outputs are delivered, so a caller woken by the last output of a
@@ -621,7 +629,40 @@ class EngineImpl final : public Engine {
         outside_forward_ns_.fetch_add(delivery, std::memory_order_relaxed);
         if (is_decode) decode_outside_forward_ns_.fetch_add(delivery, std::memory_order_relaxed);
       }
+      if (device_lost) {
+        std::function<void(const Status&)> callback;
+        Status failure;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          callback = on_device_lost_;
+          failure = device_failure_;
+        }
+        if (callback) callback(failure);
+      }
     }
+  }
+
+  // REQUIRES: mu_ held. The device is unusable: every request ends with an error (waiting, running and
+  // new ones alike, since no step can run any more), held KV is released, and submits are refused.
+  void fail_everything(const Status& health, std::vector<PendingOutput>* outs) {
+    device_failure_ = health;
+    spdlog::error("event=device_lost device={} error=\"{}\" live_requests={}", backend_->device_name(), health.message(),
+                  live_.size() + intake_.size());
+    for (auto& state : intake_) admit(state, outs);
+    intake_.clear();
+    std::vector<std::shared_ptr<RequestState>> live;
+    for (auto& [id, state] : live_) live.push_back(state);
+    const Status error = Status::Internal(backend_->device_name() + " failed: " + health.message());
+    for (auto& state : live) end_request(state, FinishReason::kError, error, outs);
+    std::vector<std::string> held;
+    for (const auto& [id, blocks] : held_) held.push_back(id);
+    for (const std::string& id : held) release_held(id);
+    aborts_.clear();
+  }
+
+  void set_on_device_lost(std::function<void(const Status&)> callback) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_device_lost_ = std::move(callback);
   }
 
   std::unique_ptr<backend::Backend> backend_;
@@ -633,6 +674,8 @@ class EngineImpl final : public Engine {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;                                                    // GUARDED_BY(mu_)
+  Status device_failure_;  // the backend's device_health once a step found it failed    GUARDED_BY(mu_)
+  std::function<void(const Status&)> on_device_lost_;                    // GUARDED_BY(mu_)
   bool blocked_ = false;  // the last schedule() found nothing runnable     GUARDED_BY(mu_)
   BlockManager blocks_;                                                  // GUARDED_BY(mu_)
   Scheduler scheduler_;                                                  // GUARDED_BY(mu_)

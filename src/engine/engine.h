@@ -18,6 +18,7 @@
 //   engine->abort("req-1");  // the client went away: a final kAbort output follows
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -127,6 +128,12 @@ class Engine {
 
   virtual EngineStats stats() const = 0;
   virtual backend::Backend& backend() = 0;
+
+  // Called once, on the engine thread and after the failed step's outputs are delivered, when a step
+  // fails with the backend's device unusable (Backend::device_health): by then every request the
+  // engine held has ended with an error, and submit() and reserve_kv() answer Unavailable from then on.
+  // Set before the first submit.
+  virtual void set_on_device_lost(std::function<void(const Status&)> callback) { (void)callback; }
 };
 
 // Starts the engine loop thread. `text` may be null (no text deltas, no stop strings).

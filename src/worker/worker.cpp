@@ -179,6 +179,31 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   std::atomic<int64_t> fallbacks{0};
   std::atomic<int> reservations{0};
 
+  Status device_failure;  // GUARDED_BY(mu): set once the engine's device failed
+
+  // Drain first when there is a frontend to tell; a second request (or no frontend) stops at once.
+  void request_stop() {
+    bool connected;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      connected = cluster_mode() || (frontend && frontend->is_open());
+    }
+    if (stop_requests.fetch_add(1) > 0 || !connected) stop.store(true);
+    cv.notify_all();
+  }
+
+  // On the engine thread, once: the engine has failed every request it held. The worker leaves like
+  // on SIGTERM (the frontends stop routing here, requests still in flight get the engine's refusal),
+  // and run() returns so the process exits and its supervisor starts a fresh one on a new context.
+  void on_device_lost(const Status& failure) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      device_failure = failure;
+    }
+    spdlog::error("event=worker_device_failed worker_id={} error=\"{}\" action=exit", options.worker_id, failure.message());
+    request_stop();
+  }
+
   bool decodes() const { return options.role != Role::kPrefill; }
   bool drain_grace_over() const {
     const int64_t started = drain_started_ms.load();
@@ -1006,6 +1031,10 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   if (options.worker_id.empty()) options.worker_id = std::string(role_name(options.role)) + "-" + std::to_string(getpid());
   impl_->options = std::move(options);
   impl_->engine = std::move(engine);
+  std::weak_ptr<Impl> weak = impl_;
+  impl_->engine->set_on_device_lost([weak](const Status& failure) {
+    if (auto self = weak.lock()) self->on_device_lost(failure);
+  });
   impl_->kv_memory = backend_kv_memory(impl_->engine->backend());
   impl_->prefix_index = std::make_unique<PrefixIndex>(std::max(1, impl_->engine->backend().kv_cache_spec().block_size));
   impl_->transfer = transfer::create_transfer_backend(impl_->options.kv_transfer, impl_->kv_memory, impl_->options.host,
@@ -1033,15 +1062,11 @@ Worker::~Worker() = default;
 
 void Worker::run() { impl_->run(); }
 
-void Worker::request_stop() {
-  // Drain first when there is a frontend to tell; a second request (or no frontend) stops at once.
-  bool connected;
-  {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    connected = impl_->cluster_mode() || (impl_->frontend && impl_->frontend->is_open());
-  }
-  if (impl_->stop_requests.fetch_add(1) > 0 || !connected) impl_->stop.store(true);
-  impl_->cv.notify_all();
+void Worker::request_stop() { impl_->request_stop(); }
+
+Status Worker::device_failure() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->device_failure;
 }
 
 }  // namespace tandem::worker

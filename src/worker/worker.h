@@ -62,6 +62,9 @@ class Worker {
   // The first call drains (leaves the registry, finishes what it holds up to drain_timeout_ms, then
   // run() returns); a second call stops at once.
   void request_stop();
+  // Non-OK once the engine's device failed (Backend::device_health): the worker then drains and run()
+  // returns; the caller should exit with a failure status so that a supervisor restarts the worker.
+  Status device_failure() const;
 
  private:
   struct Impl;

@@ -233,6 +233,43 @@ TEST(EngineFake, BackendFailureFailsTheStepsRequestsAndTheEngineGoesOn) {
   EXPECT_EQ(fe.engine->stats().num_kv_blocks_used, 0);
 }
 
+TEST(EngineFake, DeviceFailureFailsEveryHeldRequestAndRefusesNewWork) {
+  EngineOptions options;
+  options.max_seqs = 2;  // two run, the others wait: the failure must reach the waiting ones too
+  FakeEngine fe = make_engine(64, options);
+  fe.backend->fail_at_call_ = 3;
+  fe.backend->sticky_failure_ = true;
+  std::atomic<int> lost_calls{0};
+  std::string lost_message;
+  fe.engine->set_on_device_lost([&](const Status& failure) {
+    lost_message = failure.message();
+    ++lost_calls;
+  });
+  ASSERT_TRUE(fe.engine->reserve_kv("reserved", {1, 2, 3, 4, 5}).ok());
+  Collector collector;
+  fe.backend->hold_ = true;
+  for (const char* id : {"a", "b", "c", "d"}) {
+    ASSERT_TRUE(fe.engine->submit(make_request(id, {1, 2, 3}, 50), collector.callback()).ok());
+  }
+  fe.backend->hold_ = false;
+  ASSERT_TRUE(collector.wait_finished(4));
+  for (const char* id : {"a", "b", "c", "d"}) {
+    auto c = collector.get(id);
+    EXPECT_EQ(c.last.finish_reason, FinishReason::kError) << id;
+    EXPECT_EQ(c.last.error.code(), StatusCode::kInternal) << id;
+    EXPECT_EQ(c.num_finished, 1) << id;
+  }
+  EXPECT_NE(collector.get("c").last.error.message().find("fake failed"), std::string::npos) << collector.get("c").last.error.message();
+  for (int i = 0; i < 2000 && lost_calls == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_EQ(lost_calls.load(), 1);
+  EXPECT_EQ(lost_message, "injected sticky device failure");
+  EXPECT_EQ(fe.engine->stats().num_kv_blocks_used, 0) << "the reservation and every request's blocks are released";
+  EXPECT_EQ(fe.engine->submit(make_request("e", {1, 2}, 5), collector.callback()).code(), StatusCode::kUnavailable);
+  EXPECT_EQ(fe.engine->reserve_kv("f", {1, 2}).status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(fe.backend->num_calls_.load(), 3) << "no step runs on a failed device";
+  EXPECT_EQ(lost_calls.load(), 1);
+}
+
 TEST(EngineFake, SubmitRejectsBadRequests) {
   FakeEngine fe = make_engine(10);  // 40 token slots: max_model_len 40
   EXPECT_EQ(fe.engine->stats().max_model_len, 40);

@@ -53,6 +53,9 @@ class FakeBackend : public backend::Backend {
   const model::ModelConfig& config() const override { return config_; }
   const backend::KvCacheSpec& kv_cache_spec() const override { return kv_; }
   std::string device_name() const override { return "fake"; }
+  Status device_health() const override {
+    return device_lost_ ? Status::Internal("injected sticky device failure") : Status::Ok();
+  }
 
   Status forward(const backend::ForwardBatch& b, std::span<float> logits) override {
     TANDEM_RETURN_IF_ERROR(backend::validate_batch(b, kv_, kVocab));
@@ -60,7 +63,11 @@ class FakeBackend : public backend::Backend {
     ++num_calls_;
     max_tokens_seen_ = std::max(max_tokens_seen_, b.num_tokens());
     max_seqs_seen_ = std::max(max_seqs_seen_, b.num_seqs());
-    if (fail_at_call_ == num_calls_) return Status::Internal("injected device failure");
+    if (device_lost_) return Status::Internal("device already failed");
+    if (fail_at_call_ == num_calls_) {
+      device_lost_ = sticky_failure_.load();
+      return Status::Internal("injected device failure");
+    }
     const int bs = kv_.block_size;
     for (int s = 0; s < b.num_seqs(); ++s) {
       for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) {
@@ -112,6 +119,8 @@ class FakeBackend : public backend::Backend {
 
   std::atomic<bool> hold_{false};  // forward() waits while set: lets a test queue work deterministically
   std::atomic<int> fail_at_call_{0};
+  std::atomic<bool> sticky_failure_{false};  // the failure at fail_at_call_ leaves the device unusable
+  std::atomic<bool> device_lost_{false};
   std::atomic<int> num_calls_{0};
   int max_tokens_seen_ = 0;
   int max_seqs_seen_ = 0;

@@ -39,9 +39,13 @@ class Process {
   void kill_now();  // SIGKILL and reap
   void terminate(); // SIGTERM and reap (up to 10 s, then SIGKILL)
   bool running();
+  // The exit code once running() or terminate() has reaped the process; -1 before, or when a signal
+  // ended it.
+  int exit_code() const { return exit_code_; }
 
  private:
   pid_t pid_ = -1;
+  int exit_code_ = -1;
 };
 
 // An unused TCP port on 127.0.0.1 (bound, read, released: another process may take it, rarely).

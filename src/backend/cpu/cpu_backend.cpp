@@ -238,6 +238,11 @@ Status CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
   }
   const int n = b.num_tokens();
   if (n == 0) return Status::Ok();
+  if (fault_step_ > 0 && ++num_forwards_ == fault_step_) {
+    health_ = Status::Internal("cpu: injected device fault at forward " + std::to_string(fault_step_) +
+                               " (TANDEM_INJECT_DEVICE_FAULT_AT_STEP)");
+  }
+  if (!health_.ok()) return health_;
   const int hidden = c.hidden_size, q_size = c.q_size(), kv_size = c.kv_size();
   const int qkv_stride = q_size + 2 * kv_size;
   const int inter = c.intermediate_size;

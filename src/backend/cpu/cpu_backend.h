@@ -20,6 +20,7 @@ class CpuBackend : public Backend {
   const KvCacheSpec& kv_cache_spec() const override { return kv_; }
   std::string device_name() const override { return "cpu"; }
   Status forward(const ForwardBatch& batch, std::span<float> logits) override;
+  Status device_health() const override { return health_; }
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
 
@@ -50,6 +51,12 @@ class CpuBackend : public Backend {
   std::vector<LayerWeights> layers_;
   std::vector<float> inv_freq_;  // [head_dim / 2] RoPE inverse frequencies, llama3-scaled when configured
   std::vector<std::vector<float>> kv_pools_;  // per layer [num_blocks, 2, block_size, kv_heads, head_dim]
+
+  // TANDEM_INJECT_DEVICE_FAULT_AT_STEP: the CPU has no sticky device errors, so an injected one is
+  // simulated: that forward call and every later one fail with it.
+  const int fault_step_ = injected_device_fault_step();
+  int num_forwards_ = 0;
+  Status health_;
 
   // Scratch, grown to the largest batch seen and reused (no allocation per step once warm).
   std::vector<float> hidden_, normed_, qkv_, attn_out_, gate_up_, mlp_out_;

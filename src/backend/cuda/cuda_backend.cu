@@ -133,6 +133,7 @@ class CudaBackend final : public Backend {
   std::string device_name() const override { return "cuda:" + std::to_string(device_); }
   Status forward(const ForwardBatch& batch, std::span<float> logits) override;
   Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) override;
+  Status device_health() const override { return health_; }
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
   StatusOr<KvExport> export_kv_handles() override;
@@ -159,6 +160,10 @@ class CudaBackend final : public Backend {
   // y[rows, out] = x[rows, in] * w[out, in]^T; y bf16, or fp32 when y_fp32.
   Status gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32);
   Status run_forward(const ForwardBatch& batch, std::span<float> logits);
+  // TANDEM_INJECT_DEVICE_FAULT_AT_STEP: on the chosen forward, a real illegal-address fault.
+  Status inject_fault_if_due();
+  // Logs a failed step and keeps a device failure in health_.
+  Status record_step_result(Status s);
   Status run_decode_graph(const ForwardBatch& batch, std::span<float> logits);
   Status enqueue_step(const StepArgs& args);
   Status finish_step(std::span<float> logits);
@@ -200,6 +205,11 @@ class CudaBackend final : public Backend {
   float* logits_dev_ = nullptr;     // [max_logits, vocab] fp32, device
   int32_t* greedy_dev_ = nullptr;   // [max_logits] int32, device: argmax of each logits row
   std::span<int32_t> greedy_tokens_;  // set for the duration of forward_greedy: where the argmax tokens go
+  // The first CUDA failure of a step, kept: CUDA errors such as an illegal address are sticky, so
+  // every later step would fail as well (see Backend::device_health).
+  Status health_;
+  const int fault_step_ = injected_device_fault_step();
+  int num_forwards_ = 0;
   float* partial_out_ = nullptr;    // [kMaxPartials, kAttentionRows, head_dim] fp32, device
   float* partial_ml_ = nullptr;     // [kMaxPartials, kAttentionRows, 2] fp32, device
   // One step's metadata, packed: token ids, positions, slots, block tables, logits rows, attention plan.
@@ -599,16 +609,43 @@ Status CudaBackend::gemm(const bf16* x, int rows, int in, const bf16* w, int out
   return Status::Ok();
 }
 
+namespace {
+
+// The injected fault: a store through an address no allocation holds, the same sticky
+// cudaErrorIllegalAddress a kernel bug would raise.
+__global__ void store_to_unmapped_address(int* unmapped) { *unmapped = 1; }
+
+}  // namespace
+
+Status CudaBackend::inject_fault_if_due() {
+  if (fault_step_ <= 0 || ++num_forwards_ != fault_step_) return Status::Ok();
+  log_error("cuda backend: injecting an illegal-address fault at forward " + std::to_string(fault_step_) +
+            " (TANDEM_INJECT_DEVICE_FAULT_AT_STEP)");
+  store_to_unmapped_address<<<1, 1, 0, stream_>>>(reinterpret_cast<int*>(uintptr_t{16}));
+  TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  return Status::Ok();
+}
+
+Status CudaBackend::record_step_result(Status s) {
+  if (s.ok()) return s;
+  log_error(std::string("cuda backend: step failed: ") + s.message());
+  // Internal is what the CUDA and cuBLAS checks return; bad batches and activation sizes are other codes.
+  if (s.code() == StatusCode::kInternal) health_ = s;
+  return s;
+}
+
 Status CudaBackend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
   TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
   if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
   if (batch.num_tokens() == 0) return Status::Ok();
+  if (!health_.ok()) return health_;
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  Status injected = inject_fault_if_due();
+  if (!injected.ok()) return record_step_result(injected);
   greedy_tokens_ = tokens;
   Status s = run_forward(batch, {});
   greedy_tokens_ = {};
-  if (!s.ok()) log_error(std::string("cuda backend: step failed: ") + s.message());
-  return s;
+  return record_step_result(s);
 }
 
 Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) {
@@ -617,10 +654,11 @@ Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) 
     return Status::InvalidArgument("logits buffer must be [num_logits, vocab_size]");
   }
   if (batch.num_tokens() == 0) return Status::Ok();
+  if (!health_.ok()) return health_;
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
-  Status s = run_forward(batch, logits);
-  if (!s.ok()) log_error(std::string("cuda backend: step failed: ") + s.message());
-  return s;
+  Status injected = inject_fault_if_due();
+  if (!injected.ok()) return record_step_result(injected);
+  return record_step_result(run_forward(batch, logits));
 }
 
 StepLayout CudaBackend::layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items,
