@@ -130,6 +130,19 @@ TEST_P(GpuServing, IpcDisabled_KvGoesOverTcpAndTokensAreEqual) {
   EXPECT_EQ(prefill_log.find("transport=cuda_ipc"), std::string::npos) << prefill_log;
 }
 
+// A real sticky CUDA error (an illegal address, injected at the worker's 6th forward) fails the
+// requests in flight and the worker exits for its supervisor to restart it.
+TEST(GpuFault, IllegalAddressMidStep_FailsTheRequestsAndTheWorkerExits) {
+  if (gpus() < 1) GTEST_SKIP() << "no CUDA device";
+  Cluster cluster;
+  setenv("TANDEM_INJECT_DEVICE_FAULT_AT_STEP", "6", 1);
+  int worker = cluster.add_worker("both", {"--model", "random:tiny-qwen3", "--device", "cuda:0", "--gpu-memory-utilization", "0.2"});
+  unsetenv("TANDEM_INJECT_DEVICE_FAULT_AT_STEP");
+  ASSERT_TRUE(cluster.wait_for_workers(1, 300000));
+  EXPECT_EQ(check_device_failure_path(cluster, worker, "both-0"), "");
+  EXPECT_NE(cluster.log("both-0").find("illegal"), std::string::npos) << "not the injected CUDA fault:\n" << cluster.log("both-0");
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, GpuServing, ::testing::Values("random:tiny-qwen3", "random:qwen3-0.6b"),
                          [](const auto& info) { return info.param == "random:tiny-qwen3" ? std::string("TinyQwen3") : std::string("Qwen3_0_6B"); });
 

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -389,6 +390,47 @@ bool Cluster::wait_no_leaked_blocks(int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return false;
+}
+
+}  // namespace tandem::testing
+
+namespace tandem::testing {
+
+std::string check_device_failure_path(Cluster& cluster, int worker, const std::string& worker_log) {
+  std::vector<std::thread> threads;
+  std::atomic<int> failed_with_error{0};
+  std::vector<std::string> bodies(3);
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(8, 40 + i) +
+                                                           R"(],"max_tokens":200,"ignore_eos":true,"stream":true})", 60000);
+      bodies[i] = std::to_string(r.status) + " " + r.body.substr(0, 2000);
+      auto events = sse_events(r.body);
+      const bool stream_error = r.status == 200 && events.size() >= 2 && events.back() == "[DONE]" &&
+                                events[events.size() - 2].find("\"error\"") != std::string::npos;
+      const bool refused = r.status >= 500 && r.body.find("\"error\"") != std::string::npos;
+      if (stream_error || refused) ++failed_with_error;
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::string problems;
+  if (failed_with_error.load() != 3) {
+    problems += std::to_string(failed_with_error.load()) + " of 3 requests failed with an error:\n" + bodies[0] + "\n" +
+                bodies[1] + "\n" + bodies[2] + "\n";
+  }
+  bool exited = false;
+  for (int i = 0; i < 600 && !exited; ++i) {
+    exited = !cluster.worker(worker).running();
+    if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const std::string log = cluster.log(worker_log);
+  if (!exited) return problems + "the worker did not exit within 30 s of its device failure\n" + log;
+  if (cluster.worker(worker).exit_code() != 3) problems += "exit code " + std::to_string(cluster.worker(worker).exit_code()) + ", not 3\n";
+  if (log.find("event=worker_device_failed") == std::string::npos) problems += "no event=worker_device_failed in the log\n";
+  HttpResponse after = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":3})", 10000);
+  if (after.status != 503) problems += "after the exit the frontend answered " + std::to_string(after.status) + ": " + after.body + "\n";
+  if (!problems.empty()) problems += log;
+  return problems;
 }
 
 }  // namespace tandem::testing

@@ -144,6 +144,13 @@ class Cluster {
   int next_worker_ = 0;
 };
 
+// Sends three long streams to `cluster`, whose only worker was started with
+// TANDEM_INJECT_DEVICE_FAULT_AT_STEP, and checks the device-failure path: every request fails with an
+// OpenAI error (a stream's error event, or a 5xx error body when refused before streaming), the worker
+// exits with code 3 and logs event=worker_device_failed, and the frontend then answers 503. Returns
+// what went wrong, "" when nothing did.
+std::string check_device_failure_path(Cluster& cluster, int worker, const std::string& worker_log);
+
 double metric_value(const std::string& metrics_text, const std::string& name, const std::string& label_filter = "");
 
 }  // namespace tandem::testing
