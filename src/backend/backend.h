@@ -81,6 +81,16 @@ struct KvExport {
 std::string encode_kv_export(const KvExport& e);
 StatusOr<KvExport> decode_kv_export(const std::string& text);
 
+// One row's draw for Backend::forward_sampled: the truncation parameters of the engine's Sampler and
+// the row's uniform number (Sampler::uniform_for), so the device draws what the host sampler would.
+struct RowSampling {
+  float temperature = 0;  // <= 0: argmax
+  float min_p = 0;
+  float top_p = 1;
+  int top_k = -1;
+  double uniform = 0;  // in [0, 1)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -100,6 +110,17 @@ class Backend {
   // backend copies 4 bytes per row instead of 4 * vocab_size. The default runs forward() into a
   // reused per-thread buffer and takes the argmax on the host.
   virtual Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens);
+
+  // Whether forward_sampled draws on the device. The engine uses it for steps whose every row needs no
+  // logit edits (penalties, logit_bias, min_tokens masks) and no logprobs; the others go through
+  // forward() and the host sampler.
+  virtual bool samples_on_device() const { return false; }
+  // Like forward_greedy, with row r's token drawn by rows[r] ([num_logits]) where the logits are.
+  // Unsupported unless samples_on_device().
+  virtual Status forward_sampled(const ForwardBatch& batch, std::span<const RowSampling> rows, std::span<int32_t> tokens) {
+    (void)batch, (void)rows, (void)tokens;
+    return Status::Unsupported(device_name() + " does not sample on the device");
+  }
 
   // Non-OK once a failure has left the device unusable: a CUDA error during a step is sticky (every
   // later call on the context fails too), so the engine fails every request it holds instead of

@@ -69,6 +69,9 @@ uint64_t model_salt(const model::ModelConfig& c) {
   return fnv1a64(key);
 }
 
+// Where a step's tokens are drawn (EngineImpl::choose_step_draw).
+enum class StepDraw { kArgmaxOnDevice, kSampleOnDevice, kHostSampler };
+
 class EngineImpl final : public Engine {
  public:
   EngineImpl(std::unique_ptr<backend::Backend> backend, const EngineOptions& options,
@@ -85,9 +88,11 @@ class EngineImpl final : public Engine {
         runner_(backend_.get()),
         samplers_(std::max(1, omp_get_max_threads())) {
     samplers_[0] = std::make_unique<Sampler>(config_.vocab_size, config_.eos_token_ids);
-    spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} prefix_caching={}",
+    device_sampling_ = backend_->samples_on_device();
+    spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} "
+                 "prefix_caching={} device_sampling={}",
                  backend_->device_name(), kv_.num_blocks, kv_.block_size, max_model_len_, options.max_batch_tokens,
-                 options.max_seqs, options.enable_prefix_caching);
+                 options.max_seqs, options.enable_prefix_caching, device_sampling_);
     // OpenMP thread counts are per thread: the loop thread (which runs the backend's forward and the
     // sampling) inherits the creating thread's, so BackendOptions::num_threads, applied on the thread
     // that built the backend, still holds.
@@ -490,8 +495,12 @@ class EngineImpl final : public Engine {
   // Samples every planned job; rows in parallel when there are several (a 150k-entry row costs
   // 0.1-0.7 ms on one core, bench/sampler_bench).
   void run_sample_jobs() {
-    if (greedy_step_) {
+    if (step_draw_ == StepDraw::kArgmaxOnDevice) {
       for (SampleJob& job : jobs_) job.token = runner_.greedy_token(job.row);
+      return;
+    }
+    if (step_draw_ == StepDraw::kSampleOnDevice) {
+      for (SampleJob& job : jobs_) job.token = runner_.sampled_token(job.row);
       return;
     }
     const int num_jobs = static_cast<int>(jobs_.size());
@@ -504,17 +513,35 @@ class EngineImpl final : public Engine {
     }
   }
 
-  // REQUIRES: mu_ held. Every row of the step would be sampled by plain argmax.
-  bool is_greedy_step(const SchedulerOutput& step) const {
+  // REQUIRES: mu_ held. Where the step's tokens are drawn: argmax on the device when every row is plain
+  // greedy; a draw on the device when the backend can and every row draws once from its unedited row
+  // (device_rows_ then holds them, in row order); otherwise whole rows come back to the host sampler.
+  StepDraw choose_step_draw(const SchedulerOutput& step) {
+    bool all_greedy = true, all_device = device_sampling_;
+    device_rows_.clear();
     for (const ScheduledSeq& s : step.seqs) {
       if (!s.needs_sample) continue;
       const Choice* c = static_cast<const Choice*>(s.seq);
+      const RequestState& state = *c->request;
       SampleInput in;
-      in.params = &c->request->request.sampling;
+      in.params = &state.request.sampling;
       in.output_token_ids = c->output();
-      if (!samplers_[0]->is_plain_greedy(in)) return false;
+      all_greedy = all_greedy && samplers_[0]->is_plain_greedy(in);
+      // The first token of n > 1 choices is n draws from one row: host only.
+      const bool one_draw = !(c->index == 0 && state.n > 1 && !state.forked);
+      all_device = all_device && one_draw && samplers_[0]->draws_from_unedited_row(in);
+      if (!all_device) continue;
+      const SamplingParams& p = state.request.sampling;
+      backend::RowSampling row;
+      row.temperature = p.temperature;
+      row.min_p = p.min_p;
+      row.top_p = p.top_p;
+      row.top_k = p.top_k;
+      row.uniform = Sampler::uniform_for(state.seed, c->index, static_cast<int>(in.output_token_ids.size()));
+      device_rows_.push_back(row);
     }
-    return true;
+    if (all_greedy) return StepDraw::kArgmaxOnDevice;
+    return all_device ? StepDraw::kSampleOnDevice : StepDraw::kHostSampler;
   }
 
   Sampler& sampler_for_thread() {
@@ -571,14 +598,18 @@ class EngineImpl final : public Engine {
           blocked_ = scheduler_.num_running() + scheduler_.num_waiting() > 0;
         } else {
           runner_.prepare(*step);
-          greedy_step_ = is_greedy_step(*step);
+          step_draw_ = choose_step_draw(*step);
         }
       }
       if (!step->empty()) {
         Status status;
         forward_start = SteadyClock::now();
         try {
-          status = greedy_step_ ? runner_.execute_greedy() : runner_.execute();
+          switch (step_draw_) {
+            case StepDraw::kArgmaxOnDevice: status = runner_.execute_greedy(); break;
+            case StepDraw::kSampleOnDevice: status = runner_.execute_sampled(device_rows_); break;
+            case StepDraw::kHostSampler: status = runner_.execute(); break;
+          }
         } catch (const std::exception& e) {
           status = Status::Internal(std::string("backend forward threw: ") + e.what());
         }
@@ -701,7 +732,9 @@ class EngineImpl final : public Engine {
   };
   std::vector<SampleJob> jobs_;
   std::vector<std::unique_ptr<Sampler>> samplers_;  // one per OpenMP thread, made on first use
-  bool greedy_step_ = false;  // the step in flight asks the backend for argmax tokens only
+  StepDraw step_draw_ = StepDraw::kHostSampler;  // how the step in flight draws its tokens
+  std::vector<backend::RowSampling> device_rows_;  // [sampled rows] for kSampleOnDevice
+  bool device_sampling_ = false;  // the backend samples on its device and TANDEM_DEVICE_SAMPLING is not 0
   // Step timing (written by the engine thread, read by stats()).
   std::atomic<int64_t> num_steps_{0}, forward_ns_{0}, outside_forward_ns_{0};
   std::atomic<int64_t> num_decode_steps_{0}, decode_forward_ns_{0}, decode_outside_forward_ns_{0};

@@ -53,4 +53,9 @@ Status ModelRunner::execute_greedy() {
   return backend_->forward_greedy(batch(), greedy_tokens_);
 }
 
+Status ModelRunner::execute_sampled(std::span<const backend::RowSampling> rows) {
+  greedy_tokens_.resize(logits_indices_.size());
+  return backend_->forward_sampled(batch(), rows, greedy_tokens_);
+}
+
 }  // namespace tandem::engine

@@ -30,6 +30,10 @@ class ModelRunner {
   // instead of the whole row; until then the rows come back and the argmax is taken on the host.
   Status execute_greedy();
   int32_t greedy_token(int r) const { return greedy_tokens_[r]; }
+  // Runs the prepared batch with row r drawn by rows[r] on the backend's device
+  // (Backend::forward_sampled); on OK, sampled_token(r) is its token.
+  Status execute_sampled(std::span<const backend::RowSampling> rows);
+  int32_t sampled_token(int r) const { return greedy_tokens_[r]; }
 
   std::span<const float> logits_row(int r) const {
     return {logits_.data() + static_cast<size_t>(r) * vocab_size_, static_cast<size_t>(vocab_size_)};
@@ -48,7 +52,7 @@ class ModelRunner {
   std::vector<int32_t> logits_indices_;  // [num_logits]
   int max_blocks_per_seq_ = 0;
   std::vector<float> logits_;            // [num_logits, vocab] fp32, host; capacity kept between steps
-  std::vector<int32_t> greedy_tokens_;   // [num_logits] argmax of each row (execute_greedy)
+  std::vector<int32_t> greedy_tokens_;   // [num_logits] argmax (execute_greedy) or draw (execute_sampled) of each row
 };
 
 }  // namespace tandem::engine

@@ -287,13 +287,15 @@ int32_t argmax_first(const float* x, int n, float max_value) {
 
 }  // namespace
 
-bool Sampler::is_plain_greedy(const SampleInput& in) const {
+bool Sampler::draws_from_unedited_row(const SampleInput& in) const {
   const SamplingParams& p = *in.params;
   const bool masks_stops = static_cast<int>(in.output_token_ids.size()) < p.min_tokens &&
                            (!p.stop_token_ids.empty() || (!p.ignore_eos && !eos_token_ids_.empty()));
-  return p.temperature <= 0.0f && p.logprobs < 0 && !masks_stops && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
+  return p.logprobs < 0 && !masks_stops && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
          p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f;
 }
+
+bool Sampler::is_plain_greedy(const SampleInput& in) const { return in.params->temperature <= 0.0f && draws_from_unedited_row(in); }
 
 int32_t Sampler::sample(std::span<const float> logits, const SampleInput& in, TokenLogprobs* logprobs) {
   TANDEM_CHECK(static_cast<int>(logits.size()) == vocab_size_);

@@ -48,6 +48,10 @@ class Sampler {
   // True when sample() would return the plain argmax of the row (greedy, nothing modifies the logits,
   // no logprobs): the engine can then ask the backend for argmax tokens instead of whole rows.
   bool is_plain_greedy(const SampleInput& in) const;
+  // True when sample() would draw from the row as it is (no logit_bias, penalties or min_tokens
+  // masks) and want no logprobs: a backend that samples on its device (Backend::forward_sampled) can
+  // then draw it with the same temperature, min_p, top_k, top_p and uniform_for() number.
+  bool draws_from_unedited_row(const SampleInput& in) const;
 
  private:
   void process(const SampleInput& in);

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "engine/engine.h"
+#include "engine/sampler.h"
 #include "test_util.h"
 
 namespace tandem::engine {
@@ -268,6 +269,49 @@ TEST(EngineFake, DeviceFailureFailsEveryHeldRequestAndRefusesNewWork) {
   EXPECT_EQ(fe.engine->reserve_kv("f", {1, 2}).status().code(), StatusCode::kUnavailable);
   EXPECT_EQ(fe.backend->num_calls_.load(), 3) << "no step runs on a failed device";
   EXPECT_EQ(lost_calls.load(), 1);
+}
+
+TEST(EngineFake, UneditedSampledRowsAreDrawnOnTheDeviceWithTheHostSamplersNumbers) {
+  auto backend = std::make_unique<FakeBackend>(64, 4);
+  backend->device_sampling_ = true;
+  FakeBackend* raw = backend.get();
+  auto engine = create_engine(std::move(backend), {});
+  Collector collector;
+  Request sampled = make_request("sampled", {1, 2, 3}, 4);
+  sampled.sampling.temperature = 0.8f;
+  sampled.sampling.top_k = 20;
+  sampled.sampling.top_p = 0.9f;
+  sampled.sampling.min_p = 0.05f;
+  sampled.sampling.seed = 7;
+  ASSERT_TRUE(engine->submit(sampled, collector.callback()).ok());
+  ASSERT_TRUE(collector.wait_finished(1));
+  EXPECT_EQ(collector.get("sampled").tokens, reference({1, 2, 3}, 4));
+  ASSERT_EQ(raw->sampled_rows_.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    const backend::RowSampling& row = raw->sampled_rows_[i];
+    EXPECT_EQ(row.uniform, Sampler::uniform_for(7, 0, i)) << "draw " << i;
+    EXPECT_EQ(row.temperature, 0.8f);
+    EXPECT_EQ(row.top_k, 20);
+    EXPECT_EQ(row.top_p, 0.9f);
+    EXPECT_EQ(row.min_p, 0.05f);
+  }
+  // A penalty edits the row, logprobs need it whole, n > 1 draws several times from one row: the host
+  // sampler takes those; plain greedy stays an argmax.
+  Request penalised = make_request("penalised", {4, 5}, 3);
+  penalised.sampling.temperature = 0.8f;
+  penalised.sampling.presence_penalty = 0.5f;
+  Request with_logprobs = make_request("logprobs", {4, 6}, 3);
+  with_logprobs.sampling.temperature = 0.8f;
+  with_logprobs.sampling.logprobs = 2;
+  Request two = make_request("two", {4, 7}, 1);
+  two.sampling.temperature = 0.8f;
+  two.sampling.n = 2;
+  Request greedy = make_request("greedy", {4, 8}, 3);
+  for (Request* r : {&penalised, &with_logprobs, &two, &greedy}) {
+    ASSERT_TRUE(engine->submit(*r, collector.callback()).ok());
+    ASSERT_TRUE(collector.wait_finished(collector.num_finished() + r->sampling.n));
+  }
+  EXPECT_EQ(raw->sampled_rows_.size(), 4u);
 }
 
 TEST(EngineFake, SubmitRejectsBadRequests) {

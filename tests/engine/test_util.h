@@ -53,6 +53,20 @@ class FakeBackend : public backend::Backend {
   const model::ModelConfig& config() const override { return config_; }
   const backend::KvCacheSpec& kv_cache_spec() const override { return kv_; }
   std::string device_name() const override { return "fake"; }
+  // A "device" draw that records what the engine asked for and returns each row's argmax, so that the
+  // tokens stay the reference's whatever the parameters.
+  bool samples_on_device() const override { return device_sampling_; }
+  Status forward_sampled(const backend::ForwardBatch& b, std::span<const backend::RowSampling> rows,
+                         std::span<int32_t> tokens) override {
+    std::vector<float> logits(static_cast<size_t>(b.num_logits()) * kVocab);
+    TANDEM_RETURN_IF_ERROR(forward(b, logits));
+    for (size_t r = 0; r < rows.size(); ++r) {
+      sampled_rows_.push_back(rows[r]);
+      tokens[r] = backend::argmax(std::span<const float>(logits.data() + r * kVocab, kVocab));
+    }
+    return Status::Ok();
+  }
+
   Status device_health() const override {
     return device_lost_ ? Status::Internal("injected sticky device failure") : Status::Ok();
   }
@@ -119,6 +133,8 @@ class FakeBackend : public backend::Backend {
 
   std::atomic<bool> hold_{false};  // forward() waits while set: lets a test queue work deterministically
   std::atomic<int> fail_at_call_{0};
+  bool device_sampling_ = false;                       // set before the engine is created
+  std::vector<backend::RowSampling> sampled_rows_;     // every row forward_sampled drew, in order
   std::atomic<bool> sticky_failure_{false};  // the failure at fail_at_call_ leaves the device unusable
   std::atomic<bool> device_lost_{false};
   std::atomic<int> num_calls_{0};

@@ -27,6 +27,7 @@
 #include "backend/cuda/cuda_log.h"
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/sampling.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
 #include "common/error.h"
 
@@ -134,6 +135,8 @@ class CudaBackend final : public Backend {
   Status forward(const ForwardBatch& batch, std::span<float> logits) override;
   Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) override;
   Status device_health() const override { return health_; }
+  bool samples_on_device() const override { return device_sampling_; }
+  Status forward_sampled(const ForwardBatch& batch, std::span<const RowSampling> rows, std::span<int32_t> tokens) override;
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
   StatusOr<KvExport> export_kv_handles() override;
@@ -204,7 +207,12 @@ class CudaBackend final : public Backend {
   bf16* act_ = nullptr;        // [max_tokens, inter] bf16, device
   float* logits_dev_ = nullptr;     // [max_logits, vocab] fp32, device
   int32_t* greedy_dev_ = nullptr;   // [max_logits] int32, device: argmax of each logits row
-  std::span<int32_t> greedy_tokens_;  // set for the duration of forward_greedy: where the argmax tokens go
+  std::span<int32_t> greedy_tokens_;  // set for the duration of forward_greedy/forward_sampled: where the tokens go
+  // forward_sampled: each row's parameters, staged in pinned memory and copied up after the logits.
+  int sample_rows_ = 0;                            // rows to sample this step (0: argmax or whole rows)
+  int sample_capacity_ = 0;
+  DeviceRowSampling* sample_params_host_ = nullptr;  // [sample_capacity] pinned host
+  DeviceRowSampling* sample_params_dev_ = nullptr;   // [sample_capacity] device
   // The first CUDA failure of a step, kept: CUDA errors such as an illegal address are sticky, so
   // every later step would fail as well (see Backend::device_health).
   Status health_;
@@ -248,6 +256,7 @@ class CudaBackend final : public Backend {
   // environment turn them off (to compare).
   bool use_skinny_ = true;
   bool use_decode_attention_ = true;
+  bool device_sampling_ = true;  // TANDEM_DEVICE_SAMPLING=0: sampled steps copy whole rows to the host sampler
   SkinnyGemmWorkspace skinny_ws_;  // partials [kSkinnyPartialFloats] fp32, counters [kSkinnyCounters] int32, device
   int32_t* combine_counters_ = nullptr;  // [kMaxPartials] int32, device, zero between steps (decode split merges)
   // TANDEM_LEGACY_SPLITS=1: decode graphs split every tile's keys as before (target 2 blocks per SM,
@@ -303,6 +312,8 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     use_decode_attention_ = !(decode && std::string(decode) == "0");
     const char* prof = std::getenv("TANDEM_PROFILE_KERNELS");
     profile_.enabled = prof && std::string(prof) == "1";
+    const char* sampling = std::getenv("TANDEM_DEVICE_SAMPLING");
+    device_sampling_ = !(sampling && std::string(sampling) == "0");
     const char* legacy = std::getenv("TANDEM_LEGACY_SPLITS");
     legacy_splits_ = legacy && std::string(legacy) == "1";
     // Programmatic dependent launch (sm_90+): each kernel's launch overlaps the previous one's tail.
@@ -355,6 +366,8 @@ CudaBackend::~CudaBackend() {
   for (auto& [handle, ptr] : peer_pools_) cudaIpcCloseMemHandle(ptr);
   cudaFreeHost(peer_ids_host_);
   cudaFree(peer_ids_dev_);
+  cudaFreeHost(sample_params_host_);
+  cudaFree(sample_params_dev_);
   if (peer_stream_) cudaStreamDestroy(peer_stream_);
   free_workspace();
   cudaFree(cublas_workspace_);
@@ -648,6 +661,41 @@ Status CudaBackend::forward_greedy(const ForwardBatch& batch, std::span<int32_t>
   return record_step_result(s);
 }
 
+Status CudaBackend::forward_sampled(const ForwardBatch& batch, std::span<const RowSampling> rows, std::span<int32_t> tokens) {
+  TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
+  if (tokens.size() != static_cast<size_t>(batch.num_logits()) || rows.size() != tokens.size()) {
+    return Status::InvalidArgument("rows and tokens must be [num_logits]");
+  }
+  if (batch.num_tokens() == 0) return Status::Ok();
+  if (!health_.ok()) return health_;
+  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
+  Status injected = inject_fault_if_due();
+  if (!injected.ok()) return record_step_result(injected);
+  const int n = static_cast<int>(rows.size());
+  if (n > sample_capacity_) {
+    // Waits for the stream first: the previous step's copy may still read the old staging buffer.
+    TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+    const int capacity = std::max(n, 2 * sample_capacity_);
+    cudaFreeHost(sample_params_host_);
+    cudaFree(sample_params_dev_);
+    sample_params_host_ = nullptr;
+    sample_params_dev_ = nullptr;
+    sample_capacity_ = 0;
+    TANDEM_CUDA_RETURN(cudaMallocHost(&sample_params_host_, sizeof(DeviceRowSampling) * capacity), device_);
+    TANDEM_CUDA_RETURN(cudaMalloc(&sample_params_dev_, sizeof(DeviceRowSampling) * capacity), device_);
+    sample_capacity_ = capacity;
+  }
+  for (int r = 0; r < n; ++r) {
+    sample_params_host_[r] = DeviceRowSampling{rows[r].temperature, rows[r].min_p, rows[r].top_p, rows[r].top_k, rows[r].uniform};
+  }
+  greedy_tokens_ = tokens;
+  sample_rows_ = n;
+  Status s = run_forward(batch, {});
+  greedy_tokens_ = {};
+  sample_rows_ = 0;
+  return record_step_result(s);
+}
+
 Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) {
   TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
   if (logits.size() != static_cast<size_t>(batch.num_logits()) * config_.vocab_size) {
@@ -836,7 +884,15 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
 Status CudaBackend::finish_step(std::span<float> logits) {
   if (!greedy_tokens_.empty()) {
     const int rows = static_cast<int>(greedy_tokens_.size());
-    TANDEM_CUDA_RETURN(launch_argmax(logits_dev_, greedy_dev_, rows, config_.vocab_size, stream_), device_);
+    if (sample_rows_ > 0) {
+      TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_params_dev_, sample_params_host_, sizeof(DeviceRowSampling) * sample_rows_,
+                                         cudaMemcpyHostToDevice, stream_),
+                         device_);
+      TANDEM_CUDA_RETURN(launch_sample_rows(logits_dev_, sample_params_dev_, greedy_dev_, rows, config_.vocab_size, stream_),
+                         device_);
+    } else {
+      TANDEM_CUDA_RETURN(launch_argmax(logits_dev_, greedy_dev_, rows, config_.vocab_size, stream_), device_);
+    }
     mark(kArgmax);
     TANDEM_CUDA_RETURN(cudaMemcpyAsync(greedy_tokens_.data(), greedy_dev_, greedy_tokens_.size_bytes(), cudaMemcpyDeviceToHost,
                                        stream_),

@@ -16,7 +16,9 @@
 
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/sampling.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
+#include "engine/sampler.h"
 
 namespace tandem::backend::cuda {
 namespace {
@@ -709,6 +711,88 @@ INSTANTIATE_TEST_SUITE_P(
                       DecodeCase{8, 8, 64, {3, 100, 513}, 3, 32}, DecodeCase{4, 2, 16, {1, 40, 300}, 5, 32},
                       DecodeCase{4, 1, 32, {2, 77}, 2, 32}, DecodeCase{12, 1, 128, {90, 1}, 4, 32},
                       DecodeCase{32, 8, 128, {4096}, 32, 32}));
+
+// The device draw against the engine's host Sampler on the same logits and the same uniform number:
+// greedy, temperature only, and every truncation (min_p, top_k, top_p and mixes), on peaked and flat
+// rows (a flat row puts most of the vocabulary into the one bucket that top_k/top_p cut, where the
+// radix selection does the work) and on rows of tied logits (ties go to the lower id, as the host's
+// sort). The two must pick the same token except where float rounding lands a draw on a boundary.
+struct SamplingCase {
+  int vocab;
+  float spread;   // logits ~ N(0, spread)
+  bool ties;      // logits rounded to multiples of 0.5
+};
+class DeviceSampling : public ::testing::TestWithParam<SamplingCase> {};
+
+TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
+  GPU_OR_SKIP();
+  const SamplingCase c = GetParam();
+  struct Params {
+    float temperature, min_p, top_p;
+    int top_k;
+  };
+  std::vector<Params> grid;
+  for (float t : {0.0f, 0.7f, 1.0f, 1.6f}) {
+    for (int k : {0, 1, 20, 3000}) {
+      for (float p : {1.0f, 0.9f, 0.3f}) {
+        for (float m : {0.0f, 0.05f}) grid.push_back({t, m, p, k});
+      }
+    }
+  }
+  const int repeats = c.vocab > 50000 ? 2 : 6;
+  const int rows = static_cast<int>(grid.size()) * repeats;
+  std::mt19937 rng(c.vocab + static_cast<int>(c.spread * 10) + c.ties);
+  std::normal_distribution<float> dist(0.0f, c.spread);
+  std::vector<float> logits(static_cast<size_t>(rows) * c.vocab);
+  for (auto& x : logits) {
+    x = dist(rng);
+    if (c.ties) x = std::round(x * 2.0f) / 2.0f;
+  }
+  std::vector<DeviceRowSampling> params(rows);
+  std::vector<int32_t> want(rows);
+  engine::Sampler sampler(c.vocab, {c.vocab - 1});
+  for (int r = 0; r < rows; ++r) {
+    const Params& g = grid[r % grid.size()];
+    engine::SamplingParams sp;
+    sp.temperature = g.temperature;
+    sp.min_p = g.min_p;
+    sp.top_p = g.top_p;
+    sp.top_k = g.top_k;
+    sp.seed = 1000 + r;
+    engine::SampleInput in;
+    in.params = &sp;
+    in.seed = *sp.seed;
+    ASSERT_TRUE(sampler.draws_from_unedited_row(in));
+    want[r] = sampler.sample(std::span<const float>(logits.data() + static_cast<size_t>(r) * c.vocab, c.vocab), in, nullptr);
+    params[r] = DeviceRowSampling{g.temperature, g.min_p, g.top_p, g.top_k, engine::Sampler::uniform_for(in.seed, 0, 0)};
+  }
+  DeviceVec<float> d_logits(logits);
+  DeviceVec<DeviceRowSampling> d_params(params);
+  DeviceVec<int32_t> d_tokens(rows);
+  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_tokens.ptr, rows, c.vocab, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  std::vector<int32_t> got = d_tokens.download();
+  int mismatches = 0;
+  for (int r = 0; r < rows; ++r) {
+    if (got[r] == want[r]) continue;
+    const Params& g = grid[r % grid.size()];
+    if (++mismatches <= 5) {
+      ADD_FAILURE() << "row " << r << " T=" << g.temperature << " top_k=" << g.top_k << " top_p=" << g.top_p
+                    << " min_p=" << g.min_p << ": device " << got[r] << ", host " << want[r];
+    }
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << rows << " rows";
+}
+
+INSTANTIATE_TEST_SUITE_P(Rows, DeviceSampling,
+                         ::testing::Values(SamplingCase{1000, 3.0f, false}, SamplingCase{1000, 0.2f, false},
+                                           SamplingCase{997, 1.0f, true}, SamplingCase{151936, 2.0f, false},
+                                           SamplingCase{151936, 0.05f, false}, SamplingCase{128256, 1.0f, true}),
+                         [](const auto& info) {
+                           const SamplingCase& c = info.param;
+                           return "Vocab" + std::to_string(c.vocab) + "Spread" + std::to_string(static_cast<int>(c.spread * 100)) +
+                                  (c.ties ? "Ties" : "");
+                         });
 
 }  // namespace
 }  // namespace tandem::backend::cuda
