@@ -5,7 +5,7 @@
 #
 #   tools/gpu_bench.sh DIR [BUNDLE]        run from the repository root; BUNDLE defaults to .device/cuda
 #
-# Skip workloads with SKIP="llama" (space-separated: qwen_tp qwen_lat llama llama_prefill gemm kv_transfer).
+# Skip workloads with SKIP="llama" (space-separated: qwen_tp sampled qwen_lat llama llama_prefill gemm kv_transfer).
 # The prefill figure's limit is the bf16 GEMM rate measured on the same GPU (torch.matmul of 8192^3,
 # written to DIR/gemm_rate.json; 795 TFLOP/s, the H200 figure of DESIGN.md, where torch is missing).
 # The KV transfer step runs when BUNDLE/bin/kv_transfer_bench exists (built with CUDA from bench/):
@@ -31,6 +31,16 @@ run() {  # run NAME ARGS...: one benchmark, its console output in DIR/NAME.log
 # cache); Llama-3.1-8B offline ~5,800; batch-1 decode 0.29 ms (Qwen3-0.6B) and 3.6 ms (Llama-3.1-8B).
 [[ $skip == *" qwen_tp "* ]] || run qwen3_throughput throughput --model random:qwen3-0.6b --device cuda:0 \
   --num-prompts 256 --input-len 512 --output-len 512 --max-num-seqs 256 --max-num-batched-tokens 8192 --limit 45000
+# Sampled decoding (temperature 1, top_p 0.95; vLLM's throughput benchmark samples too): drawn on the
+# GPU, then with whole rows copied to the host sampler (TANDEM_DEVICE_SAMPLING=0) for the comparison.
+if [[ $skip != *" sampled "* ]]; then
+  run qwen3_throughput_sampled throughput --model random:qwen3-0.6b --device cuda:0 \
+    --num-prompts 256 --input-len 512 --output-len 512 --max-num-seqs 256 --max-num-batched-tokens 8192 --limit 45000 \
+    --temperature 1.0 --top-p 0.95
+  TANDEM_DEVICE_SAMPLING=0 run qwen3_throughput_sampled_host throughput --model random:qwen3-0.6b --device cuda:0 \
+    --num-prompts 256 --input-len 512 --output-len 512 --max-num-seqs 256 --max-num-batched-tokens 8192 --limit 45000 \
+    --temperature 1.0 --top-p 0.95
+fi
 [[ $skip == *" qwen_lat "* ]] || run qwen3_latency latency --model random:qwen3-0.6b --device cuda:0 \
   --batch-size 1 --input-len 128 --output-len 256 --num-iters 3 --limit 0.29
 if [[ $skip != *" llama "* ]]; then

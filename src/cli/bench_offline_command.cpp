@@ -40,6 +40,9 @@ struct OfflineOptions {
   double gpu_memory_utilization = 0.9;
   int threads = 0;
   uint64_t seed = 0;
+  float temperature = 0.0f;  // 0 = greedy (argmax on the device); vLLM's throughput benchmark samples at 1.0
+  float top_p = 1.0f;
+  int top_k = 0;
   double limit = 0;       // the physical limit of the headline figure, for the ratio (0 = not given)
   std::string output_json;
 };
@@ -55,7 +58,12 @@ void add_common_flags(CLI::App* cmd, OfflineOptions& o) {
   cmd->add_option("--num-kv-blocks", o.num_kv_blocks, "KV blocks (0 = size the pool from memory)")->capture_default_str();
   cmd->add_option("--gpu-memory-utilization", o.gpu_memory_utilization, "Fraction of GPU memory for weights and KV")->capture_default_str()->check(CLI::Range(0.05, 0.99));
   cmd->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->capture_default_str();
-  cmd->add_option("--seed", o.seed, "Seed of the random prompts")->capture_default_str();
+  cmd->add_option("--seed", o.seed, "Seed of the random prompts (and of the draws)")->capture_default_str();
+  cmd->add_option("--temperature", o.temperature, "Sampling temperature of every request (0 = greedy)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 100.0));
+  cmd->add_option("--top-p", o.top_p, "Nucleus sampling mass")->capture_default_str()->check(CLI::Range(0.001, 1.0));
+  cmd->add_option("--top-k", o.top_k, "Keep the k most likely tokens (0 = off)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
   cmd->add_option("--limit", o.limit, "Physical limit of the headline figure (same unit), to report the ratio");
   cmd->add_option("--output-json", o.output_json, "Write one JSON record per figure to this file");
 }
@@ -93,7 +101,7 @@ struct BatchTiming {
 };
 
 BatchTiming run_batch(engine::Engine& engine, const std::vector<std::vector<int32_t>>& prompts, int output_len,
-                      const std::string& tag) {
+                      const std::string& tag, const OfflineOptions& o) {
   std::mutex mu;
   std::condition_variable done_cv;
   size_t num_done = 0;
@@ -106,7 +114,10 @@ BatchTiming run_batch(engine::Engine& engine, const std::vector<std::vector<int3
     engine::Request r;
     r.request_id = tag + "-" + std::to_string(i);
     r.prompt_token_ids = prompts[i];
-    r.sampling.temperature = 0.0f;
+    r.sampling.temperature = o.temperature;
+    r.sampling.top_p = o.top_p;
+    r.sampling.top_k = o.top_k;
+    r.sampling.seed = o.seed + i;
     r.sampling.max_tokens = output_len;
     r.sampling.ignore_eos = true;
     Status s = engine.submit(std::move(r), [&, i](engine::RequestOutput out) {
@@ -183,10 +194,10 @@ int run_throughput(const OfflineOptions& o) {
   const int vocab = engine->backend().config().vocab_size;
   // Warm-up: module loads, graph captures and allocator growth stay out of the measurement.
   run_batch(*engine, random_prompts(std::min(o.num_prompts, 8), std::min(o.input_len, 64), vocab, o.seed + 1),
-            std::min(o.output_len, 8), "warmup");
+            std::min(o.output_len, 8), "warmup", o);
   const auto prompts = random_prompts(o.num_prompts, o.input_len, vocab, o.seed);
   const engine::EngineStats before = engine->stats();
-  BatchTiming t = run_batch(*engine, prompts, o.output_len, "throughput");
+  BatchTiming t = run_batch(*engine, prompts, o.output_len, "throughput", o);
   const engine::EngineStats after = engine->stats();
   const double forward_s = after.forward_seconds - before.forward_seconds;
   const double outside_s = after.outside_forward_seconds - before.outside_forward_seconds;
@@ -230,7 +241,7 @@ int run_latency(const OfflineOptions& o) {
   std::vector<double> latencies, ttfts, decode_ms_per_token;
   for (int iter = 0; iter < o.num_iters_warmup + o.num_iters; ++iter) {
     const auto prompts = random_prompts(o.batch_size, o.input_len, vocab, o.seed + static_cast<uint64_t>(iter));
-    BatchTiming t = run_batch(*engine, prompts, o.output_len, "latency" + std::to_string(iter));
+    BatchTiming t = run_batch(*engine, prompts, o.output_len, "latency" + std::to_string(iter), o);
     if (iter < o.num_iters_warmup) continue;
     latencies.push_back(t.elapsed_s);
     const double ttft = *std::max_element(t.first_token_s.begin(), t.first_token_s.end());
