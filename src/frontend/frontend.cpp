@@ -129,6 +129,10 @@ struct Active {
   int num_finished = 0;
   int num_output_tokens = 0;
   Clock::time_point arrival, first_token, last_token, last_activity;
+  // What was sent to the decode worker, kept until its first token: a request that worker refuses or
+  // loses before producing anything is sent once to another worker (Frontend::Impl::reroute).
+  std::shared_ptr<rpc::pb::Envelope> generate;
+  bool rerouted = false;
 };
 
 }  // namespace
@@ -275,6 +279,8 @@ struct Frontend::Impl {
     std::vector<std::string> ids(w.requests.begin(), w.requests.end());
     const std::string name = w.registered ? w.info.worker_id() : w.conn->peer();
     for (const auto& id : ids) {
+      auto a = active.find(id);
+      if (a != active.end() && reroute(a->second, w, "worker_lost")) continue;
       fail(id, ApiError{503, "decode worker " + name + " lost: " + reason.message(), "", ""}, /*abort_worker=*/false);
     }
     // Remote prefills routed to it no longer count toward the queue; their decode workers fall back.
@@ -767,6 +773,7 @@ struct Frontend::Impl {
     a.created = std::time(nullptr);
     a.exchange = ex;
     a.worker_key = decoder.key;
+    a.generate = std::make_shared<rpc::pb::Envelope>(std::move(env));
     a.num_prompt_tokens = prompt_len;
     a.choices.resize(req.sampling.n());
     a.arrival = arrival;
@@ -891,6 +898,9 @@ struct Frontend::Impl {
     release_prefill_slot(a);
     if (out.finish_reason() == rpc::pb::FINISH_ERROR) {
       auto code = static_cast<StatusCode>(out.error_code());
+      // Refused (draining, its device failed) or failed (a device fault) before producing anything:
+      // another worker can serve it, and the client never sees the first attempt.
+      if ((code == StatusCode::kUnavailable || code == StatusCode::kInternal) && reroute(a, w, "worker_error")) return;
       ApiError error{http_status(code), out.error_message().empty() ? "the worker failed" : out.error_message(), "", ""};
       return fail(a.id, error, /*abort_worker=*/true);
     }
@@ -899,6 +909,7 @@ struct Frontend::Impl {
       if (!a.seen_first) {
         a.seen_first = true;
         a.first_token = now;
+        a.generate.reset();  // past the point of re-routing
         metrics.histogram("vllm:time_to_first_token_seconds", "", latency_buckets()).observe(seconds_between(a.arrival, now));
       } else {
         metrics.histogram("vllm:inter_token_latency_seconds", "", latency_buckets())
@@ -931,6 +942,37 @@ struct Frontend::Impl {
       a.exchange->write(sse(chunk(a, out.index(), body, has_lp ? &lp : nullptr, reason, &ids)));
     }
     if (a.num_finished == static_cast<int>(a.choices.size())) complete(a);
+  }
+
+  // Sends a request that `from` refused or lost before its first token to the least loaded other
+  // worker that decodes its model, with a local prefill; once per request. False (nothing changed)
+  // when the request already produced output, was re-routed before, or no other worker can take it.
+  bool reroute(Active& a, WorkerRecord& from, const char* why) {
+    if (a.rerouted || a.num_output_tokens > 0 || !a.generate) return false;
+    WorkerRecord* target = nullptr;
+    for (auto& [key, w] : workers) {
+      if (key == from.key || !routable(w) || !w.can_decode()) continue;
+      if (w.info.model() != a.model && options.served_model_name.empty()) continue;
+      if (!target || w.outstanding < target->outstanding) target = &w;
+    }
+    if (!target) return false;
+    rpc::pb::Generate* g = a.generate->mutable_generate();
+    g->clear_remote_prefill_address();
+    g->set_remote_prefill_queue(false);
+    if (!target->conn->send(*a.generate)) return false;
+    release_prefill_slot(a);
+    from.outstanding--;
+    from.requests.erase(a.id);
+    target->outstanding++;
+    target->sent_since_heartbeat++;
+    target->requests.insert(a.id);
+    a.worker_key = target->key;
+    a.remote = false;
+    a.rerouted = true;
+    spdlog::warn("event=request_rerouted request_id={} from={} to={} reason={}", a.id, from.info.worker_id(),
+                 target->info.worker_id(), why);
+    metrics.add("tandem_requests_rerouted_total", labels({{"reason", why}}));
+    return true;
   }
 
   void release_prefill_slot(Active& a) {
@@ -1103,7 +1145,7 @@ struct Frontend::Impl {
     for (const char* name : {"vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
                              "tandem_worker_kv_transfer_bytes_total", "tandem_worker_remote_prefill_fallbacks_total",
                              "tandem_http_requests_total", "tandem_http_errors_total", "tandem_requests_failed_total",
-                             "tandem_client_disconnects_total"}) {
+                             "tandem_client_disconnects_total", "tandem_requests_rerouted_total"}) {
       metrics.describe(name, "counter", "");
     }
     for (const char* name : {"tandem_remote_prefills_total", "tandem_local_prefills_total",

@@ -200,6 +200,42 @@ TEST(Serving, DeviceFailureMidStep_FailsItsRequestsAndTheWorkerExits) {
   EXPECT_EQ(check_device_failure_path(cluster, worker, "both-0"), "");
 }
 
+TEST(Serving, WorkerFailingBeforeTheFirstToken_ItsRequestsAreReroutedAndComplete) {
+  Cluster cluster;
+  // Worker A's first forward fails as a device fault would; B is healthy. Requests routed to A fail there
+  // before producing a token, and the frontend sends them to B: the clients never see the failure.
+  setenv("TANDEM_INJECT_DEVICE_FAULT_AT_STEP", "1", 1);
+  int a = cluster.add_worker("both", {"--model", kModel});
+  unsetenv("TANDEM_INJECT_DEVICE_FAULT_AT_STEP");
+  cluster.add_worker("both", {"--model", kModel});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  constexpr int kRequests = 8;
+  std::vector<std::thread> threads;
+  std::vector<HttpResponse> responses(kRequests);
+  for (int i = 0; i < kRequests; ++i) {
+    threads.emplace_back([&, i] {
+      responses[i] = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(12, 60 + i) +
+                                                         R"(],"max_tokens":5,"temperature":0,"return_token_ids":true})");
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_EQ(responses[i].status, 200) << i << ": " << responses[i].body;
+    EXPECT_EQ(join(ids_of(responses[i])), run_generate(random_prompt_ids(12, 60 + i), 5)) << "request " << i;
+  }
+  EXPECT_GE(cluster.metric("tandem_requests_rerouted_total", "reason=\"worker_error\""), 1)
+      << "no request reached the failing worker\n" << cluster.log("frontend");
+  EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
+  bool exited = false;
+  for (int i = 0; i < 300 && !exited; ++i) {
+    exited = !cluster.worker(a).running();
+    if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(exited) << cluster.log("both-0");
+  EXPECT_EQ(cluster.worker(a).exit_code(), 3);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
 TEST(Serving, WorkerStartedLater_IsUsed) {
   Cluster cluster;
   HttpResponse health = http(cluster.http_port(), "GET", "/health");
