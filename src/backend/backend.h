@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/device_sampling.h"
 #include "common/status.h"
 #include "model/config.h"
 #include "model/tensor.h"
@@ -81,14 +82,12 @@ struct KvExport {
 std::string encode_kv_export(const KvExport& e);
 StatusOr<KvExport> decode_kv_export(const std::string& text);
 
-// One row's draw for Backend::forward_sampled: the truncation parameters of the engine's Sampler and
-// the row's uniform number (Sampler::uniform_for), so the device draws what the host sampler would.
-struct RowSampling {
-  float temperature = 0;  // <= 0: argmax
-  float min_p = 0;
-  float top_p = 1;
-  int top_k = -1;
-  double uniform = 0;  // in [0, 1)
+// A sampled step's rows and where its results go (Backend::forward_sampled).
+struct DeviceSamplingStep {
+  std::span<const RowSampling> rows;  // [num_logits]
+  std::span<const LogitEdit> edits;   // every row's edits, back to back
+  std::span<int32_t> tokens;          // [num_logits] out
+  std::span<RowLogprobs> logprobs;    // [num_logits] out; row r filled when rows[r].num_logprobs >= 0
 };
 
 class Backend {
@@ -111,14 +110,14 @@ class Backend {
   // reused per-thread buffer and takes the argmax on the host.
   virtual Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens);
 
-  // Whether forward_sampled draws on the device. The engine uses it for steps whose every row needs no
-  // logit edits (penalties, logit_bias, min_tokens masks) and no logprobs; the others go through
-  // forward() and the host sampler.
+  // Whether forward_sampled draws on the device. The engine uses it for every step whose rows are each
+  // drawn once (not the first token of n > 1 choices); the others go through forward() and the host
+  // sampler.
   virtual bool samples_on_device() const { return false; }
-  // Like forward_greedy, with row r's token drawn by rows[r] ([num_logits]) where the logits are.
-  // Unsupported unless samples_on_device().
-  virtual Status forward_sampled(const ForwardBatch& batch, std::span<const RowSampling> rows, std::span<int32_t> tokens) {
-    (void)batch, (void)rows, (void)tokens;
+  // Like forward_greedy, with row r edited and drawn by step.rows[r] where the logits are; its token in
+  // step.tokens[r], its logprobs in step.logprobs[r] when asked. Unsupported unless samples_on_device().
+  virtual Status forward_sampled(const ForwardBatch& batch, const DeviceSamplingStep& step) {
+    (void)batch, (void)step;
     return Status::Unsupported(device_name() + " does not sample on the device");
   }
 

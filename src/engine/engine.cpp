@@ -500,7 +500,15 @@ class EngineImpl final : public Engine {
       return;
     }
     if (step_draw_ == StepDraw::kSampleOnDevice) {
-      for (SampleJob& job : jobs_) job.token = runner_.sampled_token(job.row);
+      for (SampleJob& job : jobs_) {
+        job.token = runner_.sampled_token(job.row);
+        if (job.in.params->logprobs < 0) continue;
+        const backend::RowLogprobs& lp = runner_.sampled_logprobs(job.row);
+        job.logprobs.token_id = job.token;
+        job.logprobs.logprob = lp.chosen;
+        job.logprobs.top.clear();
+        for (int i = 0; i < lp.num_top; ++i) job.logprobs.top.push_back({lp.top_ids[i], lp.top_logprobs[i]});
+      }
       return;
     }
     const int num_jobs = static_cast<int>(jobs_.size());
@@ -514,22 +522,23 @@ class EngineImpl final : public Engine {
   }
 
   // REQUIRES: mu_ held. Where the step's tokens are drawn: argmax on the device when every row is plain
-  // greedy; a draw on the device when the backend can and every row draws once from its unedited row
-  // (device_rows_ then holds them, in row order); otherwise whole rows come back to the host sampler.
+  // greedy; a draw on the device when the backend can and every row is drawn once (device_rows_ and
+  // device_edits_ then hold them, in row order); otherwise whole rows come back to the host sampler.
   StepDraw choose_step_draw(const SchedulerOutput& step) {
     bool all_greedy = true, all_device = device_sampling_;
     device_rows_.clear();
+    device_edits_.clear();
     for (const ScheduledSeq& s : step.seqs) {
       if (!s.needs_sample) continue;
       const Choice* c = static_cast<const Choice*>(s.seq);
       const RequestState& state = *c->request;
       SampleInput in;
       in.params = &state.request.sampling;
+      in.prompt_token_ids = c->prompt();
       in.output_token_ids = c->output();
       all_greedy = all_greedy && samplers_[0]->is_plain_greedy(in);
       // The first token of n > 1 choices is n draws from one row: host only.
-      const bool one_draw = !(c->index == 0 && state.n > 1 && !state.forked);
-      all_device = all_device && one_draw && samplers_[0]->draws_from_unedited_row(in);
+      all_device = all_device && !(c->index == 0 && state.n > 1 && !state.forked);
       if (!all_device) continue;
       const SamplingParams& p = state.request.sampling;
       backend::RowSampling row;
@@ -538,6 +547,10 @@ class EngineImpl final : public Engine {
       row.top_p = p.top_p;
       row.top_k = p.top_k;
       row.uniform = Sampler::uniform_for(state.seed, c->index, static_cast<int>(in.output_token_ids.size()));
+      row.num_logprobs = p.logprobs;
+      row.edits_begin = static_cast<int>(device_edits_.size());
+      samplers_[0]->device_edits(in, &device_edits_);
+      row.edits_end = static_cast<int>(device_edits_.size());
       device_rows_.push_back(row);
     }
     if (all_greedy) return StepDraw::kArgmaxOnDevice;
@@ -607,7 +620,7 @@ class EngineImpl final : public Engine {
         try {
           switch (step_draw_) {
             case StepDraw::kArgmaxOnDevice: status = runner_.execute_greedy(); break;
-            case StepDraw::kSampleOnDevice: status = runner_.execute_sampled(device_rows_); break;
+            case StepDraw::kSampleOnDevice: status = runner_.execute_sampled(device_rows_, device_edits_); break;
             case StepDraw::kHostSampler: status = runner_.execute(); break;
           }
         } catch (const std::exception& e) {
@@ -734,6 +747,7 @@ class EngineImpl final : public Engine {
   std::vector<std::unique_ptr<Sampler>> samplers_;  // one per OpenMP thread, made on first use
   StepDraw step_draw_ = StepDraw::kHostSampler;  // how the step in flight draws its tokens
   std::vector<backend::RowSampling> device_rows_;  // [sampled rows] for kSampleOnDevice
+  std::vector<backend::LogitEdit> device_edits_;   // their edits, back to back
   bool device_sampling_ = false;  // the backend samples on its device and TANDEM_DEVICE_SAMPLING is not 0
   // Step timing (written by the engine thread, read by stats()).
   std::atomic<int64_t> num_steps_{0}, forward_ns_{0}, outside_forward_ns_{0};

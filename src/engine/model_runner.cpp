@@ -53,9 +53,19 @@ Status ModelRunner::execute_greedy() {
   return backend_->forward_greedy(batch(), greedy_tokens_);
 }
 
-Status ModelRunner::execute_sampled(std::span<const backend::RowSampling> rows) {
+Status ModelRunner::execute_sampled(std::span<const backend::RowSampling> rows, std::span<const backend::LogitEdit> edits) {
   greedy_tokens_.resize(logits_indices_.size());
-  return backend_->forward_sampled(batch(), rows, greedy_tokens_);
+  backend::DeviceSamplingStep step;
+  step.rows = rows;
+  step.edits = edits;
+  step.tokens = greedy_tokens_;
+  bool any_logprobs = false;
+  for (const backend::RowSampling& r : rows) any_logprobs = any_logprobs || r.num_logprobs >= 0;
+  if (any_logprobs) {
+    logprobs_.resize(logits_indices_.size());
+    step.logprobs = logprobs_;
+  }
+  return backend_->forward_sampled(batch(), step);
 }
 
 }  // namespace tandem::engine

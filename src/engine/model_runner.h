@@ -30,10 +30,12 @@ class ModelRunner {
   // instead of the whole row; until then the rows come back and the argmax is taken on the host.
   Status execute_greedy();
   int32_t greedy_token(int r) const { return greedy_tokens_[r]; }
-  // Runs the prepared batch with row r drawn by rows[r] on the backend's device
-  // (Backend::forward_sampled); on OK, sampled_token(r) is its token.
-  Status execute_sampled(std::span<const backend::RowSampling> rows);
+  // Runs the prepared batch with row r edited and drawn by rows[r] on the backend's device
+  // (Backend::forward_sampled); on OK, sampled_token(r) is its token and, when rows[r] asked,
+  // sampled_logprobs(r) its logprobs.
+  Status execute_sampled(std::span<const backend::RowSampling> rows, std::span<const backend::LogitEdit> edits);
   int32_t sampled_token(int r) const { return greedy_tokens_[r]; }
+  const backend::RowLogprobs& sampled_logprobs(int r) const { return logprobs_[r]; }
 
   std::span<const float> logits_row(int r) const {
     return {logits_.data() + static_cast<size_t>(r) * vocab_size_, static_cast<size_t>(vocab_size_)};
@@ -53,6 +55,7 @@ class ModelRunner {
   int max_blocks_per_seq_ = 0;
   std::vector<float> logits_;            // [num_logits, vocab] fp32, host; capacity kept between steps
   std::vector<int32_t> greedy_tokens_;   // [num_logits] argmax (execute_greedy) or draw (execute_sampled) of each row
+  std::vector<backend::RowLogprobs> logprobs_;  // [num_logits] execute_sampled, when a row asks
 };
 
 }  // namespace tandem::engine

@@ -63,6 +63,7 @@ Sampler::Sampler(int vocab_size, std::vector<int> eos_token_ids)
       block_sums_((vocab_size + kBlock - 1) / kBlock),
       counts_(vocab_size, 0),
       seen_(vocab_size, 0),
+      edit_slot_(vocab_size, -1),
       bucket_count_(kNumBuckets),
       bucket_mass_(kNumBuckets) {
   cand_.reserve(vocab_size);
@@ -293,6 +294,47 @@ bool Sampler::draws_from_unedited_row(const SampleInput& in) const {
                            (!p.stop_token_ids.empty() || (!p.ignore_eos && !eos_token_ids_.empty()));
   return p.logprobs < 0 && !masks_stops && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
          p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f;
+}
+
+void Sampler::device_edits(const SampleInput& in, std::vector<backend::LogitEdit>* out) {
+  const SamplingParams& p = *in.params;
+  const size_t first = out->size();
+  auto edit = [&](int32_t t) -> backend::LogitEdit& {
+    int32_t& slot = edit_slot_[t];
+    if (slot < 0) {
+      slot = static_cast<int32_t>(out->size() - first);
+      backend::LogitEdit e;
+      e.token = t;
+      out->push_back(e);
+    }
+    return (*out)[first + slot];
+  };
+  for (const auto& [id, bias] : p.logit_bias) {
+    if (id >= 0 && id < vocab_size_) edit(id).bias += bias;
+  }
+  if (static_cast<int>(in.output_token_ids.size()) < p.min_tokens) {
+    for (int32_t id : p.stop_token_ids) {
+      if (id >= 0 && id < vocab_size_) edit(id).masked = 1;
+    }
+    if (!p.ignore_eos) {
+      for (int id : eos_token_ids_) {
+        if (id >= 0 && id < vocab_size_) edit(id).masked = 1;
+      }
+    }
+  }
+  if (p.repetition_penalty != 1.0f) {
+    for (int32_t t : in.prompt_token_ids) edit(t).repetition = p.repetition_penalty;
+    for (int32_t t : in.output_token_ids) edit(t).repetition = p.repetition_penalty;
+  }
+  if (p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
+    for (int32_t t : in.output_token_ids) ++counts_[t];
+    for (int32_t t : in.output_token_ids) {
+      if (counts_[t] == 0) continue;  // done already
+      edit(t).subtract = p.frequency_penalty * static_cast<float>(counts_[t]) + p.presence_penalty;
+      counts_[t] = 0;
+    }
+  }
+  for (size_t e = first; e < out->size(); ++e) edit_slot_[(*out)[e].token] = -1;
 }
 
 bool Sampler::is_plain_greedy(const SampleInput& in) const { return in.params->temperature <= 0.0f && draws_from_unedited_row(in); }

@@ -22,6 +22,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/device_sampling.h"
 #include "engine/request.h"
 
 namespace tandem::engine {
@@ -49,9 +50,14 @@ class Sampler {
   // no logprobs): the engine can then ask the backend for argmax tokens instead of whole rows.
   bool is_plain_greedy(const SampleInput& in) const;
   // True when sample() would draw from the row as it is (no logit_bias, penalties or min_tokens
-  // masks) and want no logprobs: a backend that samples on its device (Backend::forward_sampled) can
-  // then draw it with the same temperature, min_p, top_k, top_p and uniform_for() number.
+  // masks) and want no logprobs.
   bool draws_from_unedited_row(const SampleInput& in) const;
+
+  // Appends the edits sample() makes to the row before drawing (logit_bias, min_tokens masks,
+  // repetition, frequency and presence penalties), one per edited token, for a backend that draws on its
+  // device (Backend::forward_sampled): applied as backend::LogitEdit says, they give the row process()
+  // gives, so the device draws with the same temperature, min_p, top_k, top_p and uniform_for() number.
+  void device_edits(const SampleInput& in, std::vector<backend::LogitEdit>* out);
 
  private:
   void process(const SampleInput& in);
@@ -76,6 +82,7 @@ class Sampler {
   std::vector<double> block_sums_;                 // [ceil(vocab / kBlock)] partial sums of probs_
   std::vector<int32_t> counts_;                    // [vocab] output-token counts, zeroed after each use
   std::vector<uint8_t> seen_;                      // [vocab] prompt+output membership, zeroed after use
+  std::vector<int32_t> edit_slot_;                 // [vocab] device_edits: index of a token's edit, -1 after use
   std::vector<int32_t> bucket_count_;              // [kNumBuckets]
   std::vector<double> bucket_mass_;                // [kNumBuckets]
   std::vector<std::pair<float, int32_t>> partial_; // kept tokens of the straddling bucket, best first

@@ -271,7 +271,7 @@ TEST(EngineFake, DeviceFailureFailsEveryHeldRequestAndRefusesNewWork) {
   EXPECT_EQ(lost_calls.load(), 1);
 }
 
-TEST(EngineFake, UneditedSampledRowsAreDrawnOnTheDeviceWithTheHostSamplersNumbers) {
+TEST(EngineFake, SampledRowsAreDrawnOnTheDeviceWithTheHostSamplersNumbersAndEdits) {
   auto backend = std::make_unique<FakeBackend>(64, 4);
   backend->device_sampling_ = true;
   FakeBackend* raw = backend.get();
@@ -294,24 +294,49 @@ TEST(EngineFake, UneditedSampledRowsAreDrawnOnTheDeviceWithTheHostSamplersNumber
     EXPECT_EQ(row.top_k, 20);
     EXPECT_EQ(row.top_p, 0.9f);
     EXPECT_EQ(row.min_p, 0.05f);
+    EXPECT_EQ(row.num_logprobs, -1);
+    EXPECT_TRUE(raw->sampled_edits_[i].empty());
   }
-  // A penalty edits the row, logprobs need it whole, n > 1 draws several times from one row: the host
-  // sampler takes those; plain greedy stays an argmax.
+
+  // A presence penalty becomes one edit per distinct token generated so far.
   Request penalised = make_request("penalised", {4, 5}, 3);
   penalised.sampling.temperature = 0.8f;
   penalised.sampling.presence_penalty = 0.5f;
-  Request with_logprobs = make_request("logprobs", {4, 6}, 3);
+  ASSERT_TRUE(engine->submit(penalised, collector.callback()).ok());
+  ASSERT_TRUE(collector.wait_finished(2));
+  const std::vector<int32_t> penalised_tokens = collector.get("penalised").tokens;
+  ASSERT_EQ(raw->sampled_rows_.size(), 7u);
+  EXPECT_TRUE(raw->sampled_edits_[4].empty());
+  ASSERT_EQ(raw->sampled_edits_[5].size(), 1u);
+  EXPECT_EQ(raw->sampled_edits_[5][0].token, penalised_tokens[0]);
+  EXPECT_EQ(raw->sampled_edits_[5][0].subtract, 0.5f);
+  EXPECT_EQ(raw->sampled_edits_[5][0].masked, 0);
+
+  // Logprobs come back with the token.
+  Request with_logprobs = make_request("logprobs", {4, 6}, 2);
   with_logprobs.sampling.temperature = 0.8f;
   with_logprobs.sampling.logprobs = 2;
+  ASSERT_TRUE(engine->submit(with_logprobs, collector.callback()).ok());
+  ASSERT_TRUE(collector.wait_finished(3));
+  ASSERT_EQ(raw->sampled_rows_.size(), 9u);
+  EXPECT_EQ(raw->sampled_rows_[7].num_logprobs, 2);
+  auto lp = collector.get("logprobs");
+  ASSERT_EQ(lp.logprobs.size(), 2u);
+  EXPECT_EQ(lp.logprobs[0].token_id, lp.tokens[0]);
+  EXPECT_EQ(lp.logprobs[0].logprob, -1.25f);
+  ASSERT_EQ(lp.logprobs[0].top.size(), 1u);
+  EXPECT_EQ(lp.logprobs[0].top[0].token_id, 0);
+
+  // The first token of n > 1 choices is n draws from one row (host sampler); plain greedy is an argmax.
   Request two = make_request("two", {4, 7}, 1);
   two.sampling.temperature = 0.8f;
   two.sampling.n = 2;
   Request greedy = make_request("greedy", {4, 8}, 3);
-  for (Request* r : {&penalised, &with_logprobs, &two, &greedy}) {
-    ASSERT_TRUE(engine->submit(*r, collector.callback()).ok());
-    ASSERT_TRUE(collector.wait_finished(collector.num_finished() + r->sampling.n));
-  }
-  EXPECT_EQ(raw->sampled_rows_.size(), 4u);
+  ASSERT_TRUE(engine->submit(two, collector.callback()).ok());
+  ASSERT_TRUE(collector.wait_finished(5));
+  ASSERT_TRUE(engine->submit(greedy, collector.callback()).ok());
+  ASSERT_TRUE(collector.wait_finished(6));
+  EXPECT_EQ(raw->sampled_rows_.size(), 9u);
 }
 
 TEST(EngineFake, SubmitRejectsBadRequests) {

@@ -53,16 +53,25 @@ class FakeBackend : public backend::Backend {
   const model::ModelConfig& config() const override { return config_; }
   const backend::KvCacheSpec& kv_cache_spec() const override { return kv_; }
   std::string device_name() const override { return "fake"; }
-  // A "device" draw that records what the engine asked for and returns each row's argmax, so that the
-  // tokens stay the reference's whatever the parameters.
+  // A "device" draw that records what the engine asked for and returns each row's argmax (so the tokens
+  // stay the reference's whatever the parameters) with made-up logprobs: chosen -1.25, one alternative
+  // (token 0, -3).
   bool samples_on_device() const override { return device_sampling_; }
-  Status forward_sampled(const backend::ForwardBatch& b, std::span<const backend::RowSampling> rows,
-                         std::span<int32_t> tokens) override {
+  Status forward_sampled(const backend::ForwardBatch& b, const backend::DeviceSamplingStep& step) override {
     std::vector<float> logits(static_cast<size_t>(b.num_logits()) * kVocab);
     TANDEM_RETURN_IF_ERROR(forward(b, logits));
-    for (size_t r = 0; r < rows.size(); ++r) {
-      sampled_rows_.push_back(rows[r]);
-      tokens[r] = backend::argmax(std::span<const float>(logits.data() + r * kVocab, kVocab));
+    for (size_t r = 0; r < step.rows.size(); ++r) {
+      const backend::RowSampling& row = step.rows[r];
+      sampled_rows_.push_back(row);
+      sampled_edits_.emplace_back(step.edits.begin() + row.edits_begin, step.edits.begin() + row.edits_end);
+      step.tokens[r] = backend::argmax(std::span<const float>(logits.data() + r * kVocab, kVocab));
+      if (row.num_logprobs >= 0) {
+        backend::RowLogprobs& lp = step.logprobs[r];
+        lp.chosen = -1.25f;
+        lp.num_top = std::min(row.num_logprobs, 1);
+        lp.top_ids[0] = 0;
+        lp.top_logprobs[0] = -3.0f;
+      }
     }
     return Status::Ok();
   }
@@ -135,6 +144,7 @@ class FakeBackend : public backend::Backend {
   std::atomic<int> fail_at_call_{0};
   bool device_sampling_ = false;                       // set before the engine is created
   std::vector<backend::RowSampling> sampled_rows_;     // every row forward_sampled drew, in order
+  std::vector<std::vector<backend::LogitEdit>> sampled_edits_;  // and each one's edits
   std::atomic<bool> sticky_failure_{false};  // the failure at fail_at_call_ leaves the device unusable
   std::atomic<bool> device_lost_{false};
   std::atomic<int> num_calls_{0};

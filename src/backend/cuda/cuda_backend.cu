@@ -136,7 +136,7 @@ class CudaBackend final : public Backend {
   Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) override;
   Status device_health() const override { return health_; }
   bool samples_on_device() const override { return device_sampling_; }
-  Status forward_sampled(const ForwardBatch& batch, std::span<const RowSampling> rows, std::span<int32_t> tokens) override;
+  Status forward_sampled(const ForwardBatch& batch, const DeviceSamplingStep& step) override;
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
   StatusOr<KvExport> export_kv_handles() override;
@@ -208,11 +208,15 @@ class CudaBackend final : public Backend {
   float* logits_dev_ = nullptr;     // [max_logits, vocab] fp32, device
   int32_t* greedy_dev_ = nullptr;   // [max_logits] int32, device: argmax of each logits row
   std::span<int32_t> greedy_tokens_;  // set for the duration of forward_greedy/forward_sampled: where the tokens go
-  // forward_sampled: each row's parameters, staged in pinned memory and copied up after the logits.
-  int sample_rows_ = 0;                            // rows to sample this step (0: argmax or whole rows)
-  int sample_capacity_ = 0;
-  DeviceRowSampling* sample_params_host_ = nullptr;  // [sample_capacity] pinned host
-  DeviceRowSampling* sample_params_dev_ = nullptr;   // [sample_capacity] device
+  // forward_sampled: the rows' parameters and edits, staged in pinned memory and copied up after the
+  // logits are enqueued; the rows' logprobs come back through the same buffer.
+  bool sampling_ = false;                 // the step in flight draws (else argmax or whole rows)
+  size_t sample_capacity_ = 0;
+  std::byte* sample_host_ = nullptr;      // [sample_capacity] pinned host: rows | edits | logprobs
+  std::byte* sample_dev_ = nullptr;       // [sample_capacity] device, same layout
+  size_t sample_upload_bytes_ = 0;        // rows + edits
+  size_t sample_logprobs_offset_ = 0;
+  std::span<RowLogprobs> sample_logprobs_;  // where the logprobs go; empty when no row asks
   // The first CUDA failure of a step, kept: CUDA errors such as an illegal address are sticky, so
   // every later step would fail as well (see Backend::device_health).
   Status health_;
@@ -366,8 +370,8 @@ CudaBackend::~CudaBackend() {
   for (auto& [handle, ptr] : peer_pools_) cudaIpcCloseMemHandle(ptr);
   cudaFreeHost(peer_ids_host_);
   cudaFree(peer_ids_dev_);
-  cudaFreeHost(sample_params_host_);
-  cudaFree(sample_params_dev_);
+  cudaFreeHost(sample_host_);
+  cudaFree(sample_dev_);
   if (peer_stream_) cudaStreamDestroy(peer_stream_);
   free_workspace();
   cudaFree(cublas_workspace_);
@@ -661,38 +665,52 @@ Status CudaBackend::forward_greedy(const ForwardBatch& batch, std::span<int32_t>
   return record_step_result(s);
 }
 
-Status CudaBackend::forward_sampled(const ForwardBatch& batch, std::span<const RowSampling> rows, std::span<int32_t> tokens) {
+Status CudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSamplingStep& step) {
   TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
-  if (tokens.size() != static_cast<size_t>(batch.num_logits()) || rows.size() != tokens.size()) {
-    return Status::InvalidArgument("rows and tokens must be [num_logits]");
+  const size_t n = static_cast<size_t>(batch.num_logits());
+  if (step.tokens.size() != n || step.rows.size() != n) return Status::InvalidArgument("rows and tokens must be [num_logits]");
+  bool any_logprobs = false;
+  for (const RowSampling& r : step.rows) {
+    if (r.edits_begin < 0 || r.edits_end < r.edits_begin || static_cast<size_t>(r.edits_end) > step.edits.size()) {
+      return Status::InvalidArgument("a row's edits are outside the step's edit list");
+    }
+    if (r.num_logprobs > kMaxTopLogprobs) return Status::InvalidArgument("at most 20 top logprobs");
+    any_logprobs = any_logprobs || r.num_logprobs >= 0;
   }
+  if (any_logprobs && step.logprobs.size() != n) return Status::InvalidArgument("logprobs must be [num_logits]");
   if (batch.num_tokens() == 0) return Status::Ok();
   if (!health_.ok()) return health_;
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
   Status injected = inject_fault_if_due();
   if (!injected.ok()) return record_step_result(injected);
-  const int n = static_cast<int>(rows.size());
-  if (n > sample_capacity_) {
-    // Waits for the stream first: the previous step's copy may still read the old staging buffer.
+  // One staging buffer, [rows | edits | logprobs], pinned on the host and mirrored on the device.
+  const size_t rows_bytes = sizeof(RowSampling) * n, edits_bytes = sizeof(LogitEdit) * step.edits.size();
+  const size_t logprobs_offset = (rows_bytes + edits_bytes + 15) / 16 * 16;
+  const size_t total = logprobs_offset + (any_logprobs ? sizeof(RowLogprobs) * n : 0);
+  if (total > sample_capacity_) {
+    // The previous step's copies may still read the old buffers.
     TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
-    const int capacity = std::max(n, 2 * sample_capacity_);
-    cudaFreeHost(sample_params_host_);
-    cudaFree(sample_params_dev_);
-    sample_params_host_ = nullptr;
-    sample_params_dev_ = nullptr;
+    const size_t capacity = std::max(total, 2 * sample_capacity_);
+    cudaFreeHost(sample_host_);
+    cudaFree(sample_dev_);
+    sample_host_ = nullptr;
+    sample_dev_ = nullptr;
     sample_capacity_ = 0;
-    TANDEM_CUDA_RETURN(cudaMallocHost(&sample_params_host_, sizeof(DeviceRowSampling) * capacity), device_);
-    TANDEM_CUDA_RETURN(cudaMalloc(&sample_params_dev_, sizeof(DeviceRowSampling) * capacity), device_);
+    TANDEM_CUDA_RETURN(cudaMallocHost(&sample_host_, capacity), device_);
+    TANDEM_CUDA_RETURN(cudaMalloc(&sample_dev_, capacity), device_);
     sample_capacity_ = capacity;
   }
-  for (int r = 0; r < n; ++r) {
-    sample_params_host_[r] = DeviceRowSampling{rows[r].temperature, rows[r].min_p, rows[r].top_p, rows[r].top_k, rows[r].uniform};
-  }
-  greedy_tokens_ = tokens;
-  sample_rows_ = n;
+  std::memcpy(sample_host_, step.rows.data(), rows_bytes);
+  if (edits_bytes > 0) std::memcpy(sample_host_ + rows_bytes, step.edits.data(), edits_bytes);
+  sample_upload_bytes_ = rows_bytes + edits_bytes;
+  sample_logprobs_offset_ = logprobs_offset;
+  sample_logprobs_ = any_logprobs ? step.logprobs : std::span<RowLogprobs>{};
+  sampling_ = true;
+  greedy_tokens_ = step.tokens;
   Status s = run_forward(batch, {});
   greedy_tokens_ = {};
-  sample_rows_ = 0;
+  sampling_ = false;
+  sample_logprobs_ = {};
   return record_step_result(s);
 }
 
@@ -884,12 +902,19 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
 Status CudaBackend::finish_step(std::span<float> logits) {
   if (!greedy_tokens_.empty()) {
     const int rows = static_cast<int>(greedy_tokens_.size());
-    if (sample_rows_ > 0) {
-      TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_params_dev_, sample_params_host_, sizeof(DeviceRowSampling) * sample_rows_,
-                                         cudaMemcpyHostToDevice, stream_),
+    if (sampling_) {
+      TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_dev_, sample_host_, sample_upload_bytes_, cudaMemcpyHostToDevice, stream_), device_);
+      const auto* rows_dev = reinterpret_cast<const RowSampling*>(sample_dev_);
+      const auto* edits_dev = reinterpret_cast<const LogitEdit*>(sample_dev_ + sizeof(RowSampling) * rows);
+      auto* logprobs_dev = sample_logprobs_.empty() ? nullptr : reinterpret_cast<RowLogprobs*>(sample_dev_ + sample_logprobs_offset_);
+      TANDEM_CUDA_RETURN(launch_sample_rows(logits_dev_, rows_dev, edits_dev, greedy_dev_, logprobs_dev, rows, config_.vocab_size,
+                                            stream_),
                          device_);
-      TANDEM_CUDA_RETURN(launch_sample_rows(logits_dev_, sample_params_dev_, greedy_dev_, rows, config_.vocab_size, stream_),
-                         device_);
+      if (logprobs_dev != nullptr) {
+        TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_logprobs_.data(), logprobs_dev, sample_logprobs_.size_bytes(),
+                                           cudaMemcpyDeviceToHost, stream_),
+                           device_);
+      }
     } else {
       TANDEM_CUDA_RETURN(launch_argmax(logits_dev_, greedy_dev_, rows, config_.vocab_size, stream_), device_);
     }

@@ -42,8 +42,9 @@ struct Shared {
   double total;
   int chosen;
   int digit;
-  bool found;
   double remaining;
+  int num_top;
+  uint64_t top_keys[kMaxTopLogprobs];
 };
 
 struct MaxOf {
@@ -155,28 +156,8 @@ __device__ int first_in_id_order_past(Shared& sh, const float* row, int vocab, W
   return chosen < vocab ? chosen : -1;
 }
 
-__global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, const DeviceRowSampling* params,
-                                                                int32_t* tokens, int vocab) {
-  pdl_trigger();
-  pdl_wait();  // the logits come from the previous kernel
-  __shared__ Shared sh;
-  float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
-  const DeviceRowSampling p = params[blockIdx.x];
-
-  // Scale (as the host: only when the temperature is neither 0 nor 1) and find the maximum; the
-  // argmax of a greedy row is the first index holding it.
-  const bool scale = p.temperature > 0.0f && p.temperature != 1.0f;
-  const float inv = scale ? 1.0f / p.temperature : 1.0f;
-  float local_max = -INFINITY;
-  for (int i = threadIdx.x; i < vocab; i += kThreads) {
-    float x = row[i];
-    if (scale) row[i] = x = x * inv;
-    local_max = x > local_max ? x : local_max;  // NaN never wins
-  }
-  const float block_max = BlockReduceF(sh.cub.reduce_f).Reduce(local_max, MaxOf());
-  if (threadIdx.x == 0) sh.max_logit = block_max;
-  __syncthreads();
-  const float m = sh.max_logit;
+// The row's token (valid in thread 0; every thread must call it). `row` is edited and scaled, m its max.
+__device__ int draw_token(Shared& sh, const float* row, int vocab, const RowSampling& p, float m) {
 
   if (p.temperature <= 0.0f) {
     int first = vocab;
@@ -187,8 +168,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, co
       }
     }
     const int argmax = BlockReduceI(sh.cub.reduce_i).Reduce(first, MinOf());
-    if (threadIdx.x == 0) tokens[blockIdx.x] = argmax < vocab ? argmax : 0;
-    return;
+    return argmax < vocab ? argmax : 0;
   }
 
   const bool top_k_on = p.top_k > 0 && p.top_k < vocab;
@@ -208,8 +188,7 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, co
       }
       pick = BlockReduceI(sh.cub.reduce_i).Reduce(last, MaxOf());
     }
-    if (threadIdx.x == 0) tokens[blockIdx.x] = pick >= 0 ? pick : 0;
-    return;
+    return pick >= 0 ? pick : 0;
   }
 
   // Histogram of the tokens that survive min_p, by distance below the maximum.
@@ -339,16 +318,107 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, co
     __syncthreads();
     pick = sh.chosen;
   }
-  if (threadIdx.x == 0) tokens[blockIdx.x] = pick >= 0 ? pick : 0;
+  return pick >= 0 ? pick : 0;
+}
+
+// The log-softmax at the chosen token and at the num_logprobs best tokens, as Sampler::fill_logprobs.
+__device__ void fill_logprobs(Shared& sh, const float* row, int vocab, int num_top, float m, int chosen, RowLogprobs* out) {
+  float own = 0;
+  for (int i = threadIdx.x; i < vocab; i += kThreads) own += relative_prob(row[i], m);
+  const double total = BlockReduceD(sh.cub.reduce_d).Sum(static_cast<double>(own));
+  if (threadIdx.x == 0) sh.total = total;
+  __syncthreads();
+  const float lse = m + static_cast<float>(log(sh.total));
+  __syncthreads();
+  num_top = min(num_top, vocab);
+  if (num_top > 0) {
+    auto every = [](int, float x) { return isnan(x) ? 0.0 : 1.0; };
+    const uint64_t last = select_by_running_weight(sh, row, vocab, every, static_cast<double>(num_top), true);
+    if (threadIdx.x == 0) sh.num_top = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < vocab; i += kThreads) {
+      const float x = row[i];
+      if (isnan(x)) continue;
+      const uint64_t key = order_key(x, i);
+      if (key < last) continue;
+      const int slot = atomicAdd(&sh.num_top, 1);
+      if (slot < kMaxTopLogprobs) sh.top_keys[slot] = key;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x != 0) return;
+  out->chosen = row[chosen] - lse;
+  const int n = num_top > 0 ? min(sh.num_top, kMaxTopLogprobs) : 0;
+  for (int a = 1; a < n; ++a) {  // at most 20: insertion sort, best first
+    const uint64_t key = sh.top_keys[a];
+    int b = a;
+    for (; b > 0 && sh.top_keys[b - 1] < key; --b) sh.top_keys[b] = sh.top_keys[b - 1];
+    sh.top_keys[b] = key;
+  }
+  out->num_top = n;
+  for (int j = 0; j < n; ++j) {
+    const int id = id_of_key(sh.top_keys[j]);
+    out->top_ids[j] = id;
+    out->top_logprobs[j] = row[id] - lse;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, const RowSampling* rows, const LogitEdit* edits,
+                                                                int32_t* tokens, RowLogprobs* logprobs, int vocab) {
+  pdl_trigger();
+  pdl_wait();  // the logits come from the previous kernel
+  __shared__ Shared sh;
+  float* row = logits + static_cast<size_t>(blockIdx.x) * vocab;
+  const RowSampling p = rows[blockIdx.x];
+
+  // The edits, in the host sampler's order; each token appears once per row.
+  for (int e = p.edits_begin + static_cast<int>(threadIdx.x); e < p.edits_end; e += kThreads) {
+    const LogitEdit edit = edits[e];
+    if (edit.token < 0 || edit.token >= vocab) continue;
+    float x = row[edit.token] + edit.bias;
+    if (edit.masked) {
+      x = -INFINITY;
+    } else {
+      if (edit.repetition != 1.0f) x = x > 0.0f ? x / edit.repetition : x * edit.repetition;
+      x -= edit.subtract;
+    }
+    row[edit.token] = x;
+  }
+  __syncthreads();
+
+  // Scale (as the host: only when the temperature is neither 0 nor 1) and find the maximum.
+  const bool scale = p.temperature > 0.0f && p.temperature != 1.0f;
+  const float inv = scale ? 1.0f / p.temperature : 1.0f;
+  float local_max = -INFINITY;
+  for (int i = threadIdx.x; i < vocab; i += kThreads) {
+    float x = row[i];
+    if (scale) row[i] = x = x * inv;
+    local_max = x > local_max ? x : local_max;  // NaN never wins
+  }
+  const float block_max = BlockReduceF(sh.cub.reduce_f).Reduce(local_max, MaxOf());
+  if (threadIdx.x == 0) sh.max_logit = block_max;
+  __syncthreads();
+  const float m = sh.max_logit;
+
+  const int pick = draw_token(sh, row, vocab, p, m);
+  if (threadIdx.x == 0) {
+    tokens[blockIdx.x] = pick;
+    sh.chosen = pick;
+  }
+  __syncthreads();
+  const int chosen = sh.chosen;
+  __syncthreads();
+  if (p.num_logprobs >= 0 && logprobs != nullptr) fill_logprobs(sh, row, vocab, p.num_logprobs, m, chosen, &logprobs[blockIdx.x]);
 }
 
 }  // namespace
 
-cudaError_t launch_sample_rows(float* logits, const DeviceRowSampling* params, int32_t* tokens, int num_rows, int vocab,
-                               cudaStream_t stream) {
+cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, int32_t* tokens,
+                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream) {
   if (num_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
   if (num_rows == 0) return cudaSuccess;
-  return launch_kernel(sample_rows_kernel, dim3(num_rows), dim3(kThreads), 0, stream, logits, params, tokens, vocab);
+  return launch_kernel(sample_rows_kernel, dim3(num_rows), dim3(kThreads), 0, stream, logits, rows, edits, tokens, logprobs,
+                       vocab);
 }
 
 }  // namespace tandem::backend::cuda

@@ -11,29 +11,25 @@
 //     kept whole (16 buckets per logit unit below the maximum) in id order, then the tokens of the one
 //     bucket cut by top_k or top_p in logit order, and takes the first whose running mass exceeds
 //     uniform * the candidates' mass. Without truncation it walks every token in id order.
-// Rows whose logits the host sampler edits first (penalties, logit_bias, min_tokens masks) or that want
-// logprobs are not sampled here; the engine sends those rows through the host path.
+// The row's edits (penalties, logit_bias, min_tokens masks: backend::LogitEdit, computed by the engine's
+// Sampler::device_edits) are applied first, and logprobs are the host's too: the log-softmax of the edited,
+// scaled row at the chosen token and at the top alternatives.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "backend/device_sampling.h"
+
 namespace tandem::backend::cuda {
 
-// One row's parameters, as the engine's SamplingParams give them (validated there).
-struct DeviceRowSampling {
-  float temperature = 0;  // <= 0: argmax
-  float min_p = 0;        // <= 0: off
-  float top_p = 1;        // >= 1: off
-  int top_k = -1;         // <= 0 or >= vocab: off
-  double uniform = 0;     // the row's draw in [0, 1) (engine::Sampler::uniform_for)
-};
-
-// tokens[r] = the token sampled from logits[r, :] with params[r].
-//   logits [num_rows, vocab] fp32 (overwritten: scaled by 1 / temperature); params [num_rows];
-//   tokens [num_rows] int32.
-cudaError_t launch_sample_rows(float* logits, const DeviceRowSampling* params, int32_t* tokens, int num_rows, int vocab,
-                               cudaStream_t stream);
+// For each row r: applies its edits (rows[r].edits_begin..edits_end of `edits`), draws tokens[r], and when
+// rows[r].num_logprobs >= 0 fills logprobs[r].
+//   logits [num_rows, vocab] fp32 (overwritten: edited, and scaled by 1 / temperature); rows [num_rows];
+//   edits [sum of the rows' edits] (null when none); tokens [num_rows] int32; logprobs [num_rows] (null
+//   when no row asks).
+cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, int32_t* tokens,
+                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream);
 
 }  // namespace tandem::backend::cuda

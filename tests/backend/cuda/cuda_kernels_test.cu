@@ -716,7 +716,9 @@ INSTANTIATE_TEST_SUITE_P(
 // greedy, temperature only, and every truncation (min_p, top_k, top_p and mixes), on peaked and flat
 // rows (a flat row puts most of the vocabulary into the one bucket that top_k/top_p cut, where the
 // radix selection does the work) and on rows of tied logits (ties go to the lower id, as the host's
-// sort). The two must pick the same token except where float rounding lands a draw on a boundary.
+// sort); rows edited by penalties, logit_bias and min_tokens masks (Sampler::device_edits, applied on
+// the device, against Sampler::sample's own processing); logprobs (chosen and top 0..20). The two must
+// pick the same token on every row and report the same logprobs.
 struct SamplingCase {
   int vocab;
   float spread;   // logits ~ N(0, spread)
@@ -748,8 +750,11 @@ TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
     x = dist(rng);
     if (c.ties) x = std::round(x * 2.0f) / 2.0f;
   }
-  std::vector<DeviceRowSampling> params(rows);
+  std::uniform_int_distribution<int32_t> token(0, c.vocab - 1);
+  std::vector<RowSampling> params(rows);
+  std::vector<LogitEdit> edits;
   std::vector<int32_t> want(rows);
+  std::vector<engine::TokenLogprobs> want_logprobs(rows);
   engine::Sampler sampler(c.vocab, {c.vocab - 1});
   for (int r = 0; r < rows; ++r) {
     const Params& g = grid[r % grid.size()];
@@ -759,29 +764,77 @@ TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
     sp.top_p = g.top_p;
     sp.top_k = g.top_k;
     sp.seed = 1000 + r;
+    sp.logprobs = r % 3 == 0 ? 20 : r % 3 == 1 ? -1 : static_cast<int>(r % 6);
+    // Every fourth row as it is; the others edited by penalties, bias or min_tokens masks, over
+    // prompt and output tokens that repeat.
+    std::vector<int32_t> prompt, output;
+    for (int i = 0; i < 40; ++i) prompt.push_back(token(rng) % 64 == 0 ? 7 : token(rng));
+    for (int i = 0; i < 12; ++i) output.push_back(i % 3 == 0 ? 7 : token(rng));
+    const int profile = (r / 3) % 4;
+    if (profile == 1) {
+      sp.presence_penalty = 0.6f;
+      sp.frequency_penalty = 0.3f;
+    } else if (profile == 2) {
+      sp.repetition_penalty = 1.3f;
+      sp.logit_bias = {{token(rng), 5.0f}, {7, -2.5f}};
+    } else if (profile == 3) {
+      sp.min_tokens = 20;
+      sp.stop_token_ids = {token(rng), 3};
+      sp.repetition_penalty = 0.8f;
+    }
     engine::SampleInput in;
     in.params = &sp;
     in.seed = *sp.seed;
-    ASSERT_TRUE(sampler.draws_from_unedited_row(in));
-    want[r] = sampler.sample(std::span<const float>(logits.data() + static_cast<size_t>(r) * c.vocab, c.vocab), in, nullptr);
-    params[r] = DeviceRowSampling{g.temperature, g.min_p, g.top_p, g.top_k, engine::Sampler::uniform_for(in.seed, 0, 0)};
+    in.prompt_token_ids = prompt;
+    in.output_token_ids = output;
+    want[r] = sampler.sample(std::span<const float>(logits.data() + static_cast<size_t>(r) * c.vocab, c.vocab), in,
+                             &want_logprobs[r]);
+    params[r] = RowSampling{};
+    params[r].temperature = g.temperature;
+    params[r].min_p = g.min_p;
+    params[r].top_p = g.top_p;
+    params[r].top_k = g.top_k;
+    params[r].uniform = engine::Sampler::uniform_for(in.seed, 0, static_cast<int>(output.size()));
+    params[r].num_logprobs = sp.logprobs;
+    params[r].edits_begin = static_cast<int>(edits.size());
+    sampler.device_edits(in, &edits);
+    params[r].edits_end = static_cast<int>(edits.size());
+    if (profile != 0) ASSERT_GT(params[r].edits_end, params[r].edits_begin) << "row " << r;
   }
   DeviceVec<float> d_logits(logits);
-  DeviceVec<DeviceRowSampling> d_params(params);
+  DeviceVec<RowSampling> d_params(params);
+  DeviceVec<LogitEdit> d_edits(edits);
   DeviceVec<int32_t> d_tokens(rows);
-  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_tokens.ptr, rows, c.vocab, nullptr));
+  DeviceVec<RowLogprobs> d_logprobs(rows);
+  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_edits.ptr, d_tokens.ptr, d_logprobs.ptr, rows, c.vocab, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  std::vector<int32_t> got = d_tokens.download();
-  int mismatches = 0;
+  const std::vector<int32_t> got = d_tokens.download();
+  const std::vector<RowLogprobs> got_logprobs = d_logprobs.download();
+  int mismatches = 0, logprob_mismatches = 0;
   for (int r = 0; r < rows; ++r) {
-    if (got[r] == want[r]) continue;
     const Params& g = grid[r % grid.size()];
-    if (++mismatches <= 5) {
+    if (got[r] != want[r] && ++mismatches <= 5) {
       ADD_FAILURE() << "row " << r << " T=" << g.temperature << " top_k=" << g.top_k << " top_p=" << g.top_p
-                    << " min_p=" << g.min_p << ": device " << got[r] << ", host " << want[r];
+                    << " min_p=" << g.min_p << " edits=" << params[r].edits_end - params[r].edits_begin << ": device "
+                    << got[r] << ", host " << want[r];
+    }
+    if (params[r].num_logprobs < 0 || got[r] != want[r]) continue;
+    const RowLogprobs& d = got_logprobs[r];
+    const engine::TokenLogprobs& h = want_logprobs[r];
+    bool same = std::fabs(d.chosen - h.logprob) <= 1e-3f * std::max(1.0f, std::fabs(h.logprob)) &&
+                d.num_top == static_cast<int>(h.top.size());
+    for (int j = 0; same && j < d.num_top; ++j) {
+      same = d.top_ids[j] == h.top[j].token_id &&
+             std::fabs(d.top_logprobs[j] - h.top[j].logprob) <= 1e-3f * std::max(1.0f, std::fabs(h.top[j].logprob));
+    }
+    if (!same && ++logprob_mismatches <= 5) {
+      ADD_FAILURE() << "row " << r << " logprobs: device chosen " << d.chosen << " top " << d.num_top << " (first "
+                    << (d.num_top ? d.top_ids[0] : -1) << "), host chosen " << h.logprob << " top " << h.top.size()
+                    << " (first " << (h.top.empty() ? -1 : h.top[0].token_id) << ")";
     }
   }
   EXPECT_EQ(mismatches, 0) << "of " << rows << " rows";
+  EXPECT_EQ(logprob_mismatches, 0) << "of " << rows << " rows";
 }
 
 INSTANTIATE_TEST_SUITE_P(Rows, DeviceSampling,
