@@ -24,6 +24,7 @@ inline const char* tandem_gpu_test_data_dir() {
 #include "backend/cuda/cuda_backend.h"
 #include "backend/reference_decode.h"
 #include "common/error.h"
+#include "engine/sampler.h"
 #include "model/weight_source.h"
 #include "testing/reference_fixtures.h"
 
@@ -424,6 +425,48 @@ TEST(CudaGreedy, ForwardGreedyEqualsArgmaxOfForward) {
       EXPECT_EQ(greedy[r], argmax(std::span<const float>(logits).subspan(r * vocab, vocab))) << "step " << step << " row " << r;
     }
     EXPECT_EQ(greedy, host_greedy);
+    // The device draw through the backend (staging, edits, logprobs back, the graph path on decode
+    // steps) against the engine's host sampler on forward()'s logits.
+    engine::Sampler sampler(vocab, weights->config().eos_token_ids);
+    std::vector<engine::SamplingParams> params(rows.size());
+    std::vector<RowSampling> draws(rows.size());
+    std::vector<LogitEdit> edits;
+    std::vector<int32_t> sampled(rows.size()), history(ids.begin(), ids.end());
+    std::vector<RowLogprobs> device_logprobs(rows.size());
+    std::vector<int32_t> want(rows.size());
+    std::vector<float> want_chosen_logprob(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      engine::SamplingParams& sp = params[r];
+      sp.temperature = r == 0 ? 0.0f : 0.9f;
+      sp.top_k = r == 1 ? 40 : 0;
+      sp.top_p = r == 2 ? 0.8f : 1.0f;
+      sp.presence_penalty = r == 3 ? 0.4f : 0.0f;
+      sp.repetition_penalty = r == 2 ? 1.2f : 1.0f;
+      sp.logprobs = static_cast<int>(r % 2) * 5;
+      sp.seed = 50 + step * 10 + r;
+      engine::SampleInput in;
+      in.params = &sp;
+      in.seed = *sp.seed;
+      in.output_token_ids = history;
+      engine::TokenLogprobs want_logprobs;
+      want[r] = sampler.sample(std::span<const float>(logits).subspan(r * vocab, vocab), in, &want_logprobs);
+      want_chosen_logprob[r] = want_logprobs.logprob;
+      draws[r].temperature = sp.temperature;
+      draws[r].top_k = sp.top_k;
+      draws[r].top_p = sp.top_p;
+      draws[r].uniform = engine::Sampler::uniform_for(in.seed, 0, static_cast<int>(history.size()));
+      draws[r].num_logprobs = sp.logprobs;
+      draws[r].edits_begin = static_cast<int>(edits.size());
+      sampler.device_edits(in, &edits);
+      draws[r].edits_end = static_cast<int>(edits.size());
+    }
+    ASSERT_TRUE(backend->forward_sampled(batch, DeviceSamplingStep{draws, edits, sampled, device_logprobs}).ok());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      EXPECT_EQ(sampled[r], want[r]) << "step " << step << " row " << r;
+      if (draws[r].num_logprobs >= 0) {
+        EXPECT_NEAR(device_logprobs[r].chosen, want_chosen_logprob[r], 1e-3) << "step " << step << " row " << r;
+      }
+    }
     // Next: one decode token per sequence (the graph path).
     ids.clear(); positions.clear(); rows.clear();
     starts = {0};
