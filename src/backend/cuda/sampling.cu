@@ -11,6 +11,7 @@
 
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/sampling.cuh"
+#include "backend/cuda/sampling_keys.cuh"
 
 namespace tandem::backend::cuda {
 namespace {
@@ -56,17 +57,7 @@ struct MinOf {
   __device__ T operator()(const T& a, const T& b) const { return b < a ? b : a; }
 };
 
-// Float bits mapped so that unsigned order is float order.
-__device__ __forceinline__ uint32_t ordered_bits(float x) {
-  const uint32_t b = __float_as_uint(x);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
 
-// Larger key = earlier in the host sampler's order: higher logit, then lower id. Unique per token.
-__device__ __forceinline__ uint64_t order_key(float x, int id) {
-  return (static_cast<uint64_t>(ordered_bits(x)) << 32) | static_cast<uint32_t>(0xffffffffu - static_cast<uint32_t>(id));
-}
-__device__ __forceinline__ int id_of_key(uint64_t key) { return static_cast<int>(0xffffffffu - static_cast<uint32_t>(key)); }
 
 // p / p_max for x <= max: zero below e^-87, like the host's exp_nonpositive; NaN counts as zero.
 __device__ __forceinline__ float relative_prob(float x, float max_logit) {

@@ -17,6 +17,7 @@
 #include "backend/cuda/attention.cuh"
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/sampling.cuh"
+#include "backend/cuda/sampling_keys.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
 #include "engine/sampler.h"
 
@@ -711,6 +712,23 @@ INSTANTIATE_TEST_SUITE_P(
                       DecodeCase{8, 8, 64, {3, 100, 513}, 3, 32}, DecodeCase{4, 2, 16, {1, 40, 300}, 5, 32},
                       DecodeCase{4, 1, 32, {2, 77}, 2, 32}, DecodeCase{12, 1, 128, {90, 1}, 4, 32},
                       DecodeCase{32, 8, 128, {4096}, 32, 32}));
+
+// The sampling kernel's ranking key against the host sampler's comparator (logit descending, then id
+// ascending) on values that trip bit tricks: signed zeros (which compare equal), infinities, subnormals,
+// ties. Runs on the host: no GPU needed.
+TEST(SamplingKeys, OrderLikeTheHostSamplersSort) {
+  const std::vector<float> values = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, -0.5f, INFINITY, -INFINITY, 1e-45f, -1e-45f,
+                                     3.4e38f, -3.4e38f, 1.0f, -0.0f, 0.0f};
+  for (size_t a = 0; a < values.size(); ++a) {
+    for (size_t b = 0; b < values.size(); ++b) {
+      if (a == b) continue;
+      const bool host_first = values[a] > values[b] || (values[a] == values[b] && a < b);
+      EXPECT_EQ(order_key(values[a], static_cast<int>(a)) > order_key(values[b], static_cast<int>(b)), host_first)
+          << values[a] << " (id " << a << ") vs " << values[b] << " (id " << b << ")";
+    }
+    EXPECT_EQ(id_of_key(order_key(values[a], static_cast<int>(a))), static_cast<int>(a));
+  }
+}
 
 // The device draw against the engine's host Sampler on the same logits and the same uniform number:
 // greedy, temperature only, and every truncation (min_p, top_k, top_p and mixes), on peaked and flat
