@@ -55,6 +55,7 @@ struct WorkerCommandOptions {
   int num_kv_blocks = 0;
   int max_batch_tokens = 2048;
   int max_seqs = 256;
+  bool no_prefix_caching = false;
   uint64_t seed = 0;
   std::string tokenizer;
 };
@@ -107,6 +108,8 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV blocks (0 = size from memory)")->capture_default_str();
   cmd->add_option("--max-batch-tokens", o->max_batch_tokens, "Tokens per engine step")->capture_default_str();
   cmd->add_option("--max-seqs", o->max_seqs, "Sequences per engine step")->capture_default_str();
+  cmd->add_flag("--no-prefix-caching", o->no_prefix_caching,
+                "Disable the prefix cache (benchmarks that repeat prompts across runs measure compute, not cache hits)");
   cmd->add_option("--seed", o->seed, "Seed of random:<preset> weights")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer directory for text output and stop strings (default: the model directory)");
   return [o]() {
@@ -141,6 +144,7 @@ Runner add_worker_command(CLI::App& app) {
     options.transfer_timeout_ms = o->transfer_timeout_ms;
     options.drain_timeout_ms = o->drain_timeout_ms;
     options.kv_transfer = o->kv_transfer;
+    options.prefix_caching = !o->no_prefix_caching;
     if (o->model.empty() && o->engine != "fake") throw Error("--model is required (or --engine fake)");
     options.model_name = !o->served_model_name.empty() ? o->served_model_name
                          : o->model.empty()              ? std::string("fake")
@@ -175,6 +179,7 @@ Runner add_worker_command(CLI::App& app) {
       engine::EngineOptions engine_options;
       engine_options.max_batch_tokens = o->max_batch_tokens;
       engine_options.max_seqs = o->max_seqs;
+      engine_options.enable_prefix_caching = !o->no_prefix_caching;
       engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options, text);
     } else {
       throw Error("--engine: unknown engine '" + o->engine + "' (use real or fake)");

@@ -690,7 +690,7 @@ struct Frontend::Impl {
         c.outstanding = w.outstanding;
         c.prefills_outstanding = w.prefills_outstanding;
       }
-      c.overlap_tokens = w.prefix && c.can_decode ? w.prefix->overlap(prompt) : 0;
+      c.overlap_tokens = w.prefix && c.can_decode && !w.info.no_prefix_caching() ? w.prefix->overlap(prompt) : 0;
       candidates.push_back(c);
       records.push_back(&w);
     }
@@ -755,7 +755,7 @@ struct Frontend::Impl {
     if (!decoder.conn->send(env)) {
       return reply_error(*ex, ApiError{503, "decode worker " + decoder.info.worker_id() + " is gone", "", ""}, headers);
     }
-    decoder.prefix->insert(prompt);
+    if (!decoder.info.no_prefix_caching()) decoder.prefix->insert(prompt);
     decoder.outstanding++;
     decoder.sent_since_heartbeat++;
     decoder.requests.insert(a.id);

@@ -820,6 +820,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     r->set_max_model_len(engine->backend().config().max_position_embeddings);
     r->set_vocab_size(engine->backend().config().vocab_size);
     r->set_pid(static_cast<int32_t>(getpid()));
+    r->set_no_prefix_caching(!options.prefix_caching);
     return env;
   }
 

@@ -50,6 +50,7 @@ struct WorkerOptions {
   int remote_prefill_timeout_ms = 30000;  // default deadline of a remote prefill (prefill + push)
   int transfer_timeout_ms = 10000;        // deadline of one KV push
   int drain_timeout_ms = 30000;           // on a stop request, finish held requests up to this long
+  bool prefix_caching = true;             // false: tell the frontends not to route by prefix overlap
 };
 
 class Worker {

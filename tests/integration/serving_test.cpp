@@ -236,6 +236,20 @@ TEST(Serving, WorkerFailingBeforeTheFirstToken_ItsRequestsAreReroutedAndComplete
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
+TEST(Serving, NoPrefixCaching_RepeatedLongPromptsStayRemote) {
+  // A decode worker without a prefix cache: the router must not count the prompt it saw before as
+  // cached (it would call a repeated long prompt "short" and prefill it locally).
+  Cluster cluster({"--max-local-prefill", "16"});
+  cluster.add_worker("prefill", {"--model", kModel, "--no-prefix-caching"});
+  cluster.add_worker("decode", {"--model", kModel, "--no-prefix-caching"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  const std::string body = R"({"prompt":[)" + random_prompt_ids(100, 5) + R"(],"max_tokens":3})";
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(cluster.post("/v1/completions", body).status, 200);
+  EXPECT_EQ(cluster.metric("tandem_router_decisions_total", "reason=\"long_prompt\""), 3);
+  EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 3);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
 TEST(Serving, WorkerStartedLater_IsUsed) {
   Cluster cluster;
   HttpResponse health = http(cluster.http_port(), "GET", "/health");
