@@ -173,7 +173,10 @@ Cluster::Cluster(std::vector<std::string> frontend_args) {
   }
   argv.insert(argv.end(), frontend_args.begin(), frontend_args.end());
   frontend_ = Process(argv, log_dir_ + "/frontend.log");
-  for (int i = 0; i < 500 && http_port_ == 0; ++i) {
+  // Up to 2 minutes: a frontend given --tokenizer loads it before it listens, which under ASan on a
+  // busy 2-core machine took over the 5 s this wait once allowed (the test then polled port 0 and
+  // reported that no worker registered).
+  for (int i = 0; i < 12000 && http_port_ == 0 && frontend_.running(); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
     std::ifstream in(ready);
     if (!in) continue;
