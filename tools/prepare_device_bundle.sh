@@ -29,13 +29,6 @@ for extra in $b/tests/integration/gpu_serving_test $b/bench/kv_transfer_bench; d
   [[ -x $extra ]] && bins+=("$extra")
 done
 cp "${bins[@]}" "$dest/bin/"
-# Shared libraries outside the C/C++ runtime and CUDA.
-ldd "${bins[@]}" | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
-  case "$(basename "$lib")" in
-    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|libgcc_s.so*|libstdc++.so*|ld-linux*) ;;
-    libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*) ;;
-    *) cp -L "$lib" "$dest/lib/" ;;
-  esac
-done
+tools/bundle_libs.sh "$dest/lib" "${bins[@]}"
 cp tools/gpu_check.sh tools/gpu_bench.sh tools/compare_transformers.py "$dest/tools/"
 du -sh "$dest"

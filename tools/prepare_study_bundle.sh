@@ -12,13 +12,7 @@ rm -rf "$dest"
 mkdir -p "$dest/bin" "$dest/lib" "$dest/data/tokenizers"
 cp "$b/tandem" "$dest/bin/"
 strip --strip-debug "$dest/bin/tandem"
-ldd "$b/tandem" | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
-  case "$(basename "$lib")" in
-    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|libgcc_s.so*|libstdc++.so*|ld-linux*) ;;
-    libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*) ;;
-    *) cp -L "$lib" "$dest/lib/" ;;
-  esac
-done
+tools/bundle_libs.sh "$dest/lib" "$b/tandem"
 cp -r data/tokenizers/llama3_1 data/tokenizers/qwen3 "$dest/data/tokenizers/"
 cp data/npm/node_modules/chart.js/dist/chart.umd.min.js "$dest/data/"
 du -sh "$dest"

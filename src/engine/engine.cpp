@@ -534,20 +534,15 @@ class EngineImpl final : public Engine {
       const RequestState& state = *c->request;
       SampleInput in;
       in.params = &state.request.sampling;
+      in.seed = state.seed;
+      in.choice_index = c->index;
       in.prompt_token_ids = c->prompt();
       in.output_token_ids = c->output();
       all_greedy = all_greedy && samplers_[0]->is_plain_greedy(in);
       // The first token of n > 1 choices is n draws from one row: host only.
       all_device = all_device && !(c->index == 0 && state.n > 1 && !state.forked);
       if (!all_device) continue;
-      const SamplingParams& p = state.request.sampling;
-      backend::RowSampling row;
-      row.temperature = p.temperature;
-      row.min_p = p.min_p;
-      row.top_p = p.top_p;
-      row.top_k = p.top_k;
-      row.uniform = Sampler::uniform_for(state.seed, c->index, static_cast<int>(in.output_token_ids.size()));
-      row.num_logprobs = p.logprobs;
+      backend::RowSampling row = Sampler::device_row(in);
       row.edits_begin = static_cast<int>(device_edits_.size());
       samplers_[0]->device_edits(in, &device_edits_);
       row.edits_end = static_cast<int>(device_edits_.size());

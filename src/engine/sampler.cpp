@@ -337,6 +337,18 @@ void Sampler::device_edits(const SampleInput& in, std::vector<backend::LogitEdit
   for (size_t e = first; e < out->size(); ++e) edit_slot_[(*out)[e].token] = -1;
 }
 
+backend::RowSampling Sampler::device_row(const SampleInput& in) {
+  const SamplingParams& p = *in.params;
+  backend::RowSampling row;
+  row.temperature = p.temperature;
+  row.min_p = p.min_p;
+  row.top_p = p.top_p;
+  row.top_k = p.top_k;
+  row.num_logprobs = p.logprobs;
+  row.uniform = uniform_for(in.seed, in.choice_index, static_cast<int>(in.output_token_ids.size()));
+  return row;
+}
+
 bool Sampler::is_plain_greedy(const SampleInput& in) const { return in.params->temperature <= 0.0f && draws_from_unedited_row(in); }
 
 int32_t Sampler::sample(std::span<const float> logits, const SampleInput& in, TokenLogprobs* logprobs) {

@@ -58,6 +58,9 @@ class Sampler {
   // device (Backend::forward_sampled): applied as backend::LogitEdit says, they give the row process()
   // gives, so the device draws with the same temperature, min_p, top_k, top_p and uniform_for() number.
   void device_edits(const SampleInput& in, std::vector<backend::LogitEdit>* out);
+  // The rest of that row's device draw: in's parameters and its uniform_for() number (edits_begin/end
+  // left for the caller, who places device_edits()' output).
+  static backend::RowSampling device_row(const SampleInput& in);
 
  private:
   void process(const SampleInput& in);

@@ -451,11 +451,7 @@ TEST(CudaGreedy, ForwardGreedyEqualsArgmaxOfForward) {
       engine::TokenLogprobs want_logprobs;
       want[r] = sampler.sample(std::span<const float>(logits).subspan(r * vocab, vocab), in, &want_logprobs);
       want_chosen_logprob[r] = want_logprobs.logprob;
-      draws[r].temperature = sp.temperature;
-      draws[r].top_k = sp.top_k;
-      draws[r].top_p = sp.top_p;
-      draws[r].uniform = engine::Sampler::uniform_for(in.seed, 0, static_cast<int>(history.size()));
-      draws[r].num_logprobs = sp.logprobs;
+      draws[r] = engine::Sampler::device_row(in);
       draws[r].edits_begin = static_cast<int>(edits.size());
       sampler.device_edits(in, &edits);
       draws[r].edits_end = static_cast<int>(edits.size());

@@ -807,13 +807,7 @@ TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
     in.output_token_ids = output;
     want[r] = sampler.sample(std::span<const float>(logits.data() + static_cast<size_t>(r) * c.vocab, c.vocab), in,
                              &want_logprobs[r]);
-    params[r] = RowSampling{};
-    params[r].temperature = g.temperature;
-    params[r].min_p = g.min_p;
-    params[r].top_p = g.top_p;
-    params[r].top_k = g.top_k;
-    params[r].uniform = engine::Sampler::uniform_for(in.seed, 0, static_cast<int>(output.size()));
-    params[r].num_logprobs = sp.logprobs;
+    params[r] = engine::Sampler::device_row(in);
     params[r].edits_begin = static_cast<int>(edits.size());
     sampler.device_edits(in, &edits);
     params[r].edits_end = static_cast<int>(edits.size());
