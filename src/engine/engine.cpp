@@ -456,11 +456,8 @@ class EngineImpl final : public Engine {
         SampleJob job;
         job.row = r;
         job.choice = c;
-        job.in.params = &state.request.sampling;
-        job.in.seed = state.seed;
+        job.in = sample_input(c);
         job.in.choice_index = c->index + i;
-        job.in.prompt_token_ids = c->prompt();
-        job.in.output_token_ids = c->output();
         job.group_size = i == 0 ? num_draws : 0;
         jobs_.push_back(std::move(job));
       }
@@ -521,35 +518,44 @@ class EngineImpl final : public Engine {
     }
   }
 
+  // REQUIRES: mu_ held. The sampler's input for choice c's next token.
+  static SampleInput sample_input(const Choice* c) {
+    const RequestState& state = *c->request;
+    SampleInput in;
+    in.params = &state.request.sampling;
+    in.seed = state.seed;
+    in.choice_index = c->index;
+    in.prompt_token_ids = c->prompt();
+    in.output_token_ids = c->output();
+    return in;
+  }
+
   // REQUIRES: mu_ held. Where the step's tokens are drawn: argmax on the device when every row is plain
   // greedy; a draw on the device when the backend can and every row is drawn once (device_rows_ and
   // device_edits_ then hold them, in row order); otherwise whole rows come back to the host sampler.
   StepDraw choose_step_draw(const SchedulerOutput& step) {
     bool all_greedy = true, all_device = device_sampling_;
+    for (const ScheduledSeq& s : step.seqs) {
+      if (!s.needs_sample) continue;
+      const Choice* c = static_cast<const Choice*>(s.seq);
+      all_greedy = all_greedy && samplers_[0]->is_plain_greedy(sample_input(c));
+      // The first token of n > 1 choices is n draws from one row: host only.
+      all_device = all_device && !(c->index == 0 && c->request->n > 1 && !c->request->forked);
+    }
+    if (all_greedy) return StepDraw::kArgmaxOnDevice;
+    if (!all_device) return StepDraw::kHostSampler;
     device_rows_.clear();
     device_edits_.clear();
     for (const ScheduledSeq& s : step.seqs) {
       if (!s.needs_sample) continue;
-      const Choice* c = static_cast<const Choice*>(s.seq);
-      const RequestState& state = *c->request;
-      SampleInput in;
-      in.params = &state.request.sampling;
-      in.seed = state.seed;
-      in.choice_index = c->index;
-      in.prompt_token_ids = c->prompt();
-      in.output_token_ids = c->output();
-      all_greedy = all_greedy && samplers_[0]->is_plain_greedy(in);
-      // The first token of n > 1 choices is n draws from one row: host only.
-      all_device = all_device && !(c->index == 0 && state.n > 1 && !state.forked);
-      if (!all_device) continue;
+      const SampleInput in = sample_input(static_cast<const Choice*>(s.seq));
       backend::RowSampling row = Sampler::device_row(in);
       row.edits_begin = static_cast<int>(device_edits_.size());
       samplers_[0]->device_edits(in, &device_edits_);
       row.edits_end = static_cast<int>(device_edits_.size());
       device_rows_.push_back(row);
     }
-    if (all_greedy) return StepDraw::kArgmaxOnDevice;
-    return all_device ? StepDraw::kSampleOnDevice : StepDraw::kHostSampler;
+    return StepDraw::kSampleOnDevice;
   }
 
   Sampler& sampler_for_thread() {
