@@ -671,29 +671,9 @@ struct Frontend::Impl {
     if (prompt.empty()) return reply_error(*ex, ApiError{400, "the prompt is empty", chat ? "messages" : "prompt", ""}, headers);
 
     // Route among the workers serving this model.
-    int cluster_prefill_queue = 0;
     std::vector<Candidate> candidates;
     std::vector<WorkerRecord*> records;
-    for (auto& [key, w] : workers) {
-      if (!routable(w) || (w.info.model() != a.model && options.served_model_name.empty())) continue;
-      Candidate c;
-      c.can_decode = w.can_decode();
-      c.is_prefill = w.is_prefill();
-      if (cluster_mode()) {
-        // Several frontends share the workers: load as the worker reports it to all of them, plus
-        // what this frontend sent since (so that a burst between two heartbeats still spreads).
-        const auto& h = w.heartbeat;
-        c.outstanding = h.num_running() + h.num_waiting() + h.num_reservations() + w.sent_since_heartbeat;
-        c.prefills_outstanding = h.num_prefills_in_flight() + w.prefills_sent_since_heartbeat;
-        if (c.is_prefill) cluster_prefill_queue += c.prefills_outstanding;
-      } else {
-        c.outstanding = w.outstanding;
-        c.prefills_outstanding = w.prefills_outstanding;
-      }
-      c.overlap_tokens = w.prefix && c.can_decode && !w.info.no_prefix_caching() ? w.prefix->overlap(prompt) : 0;
-      candidates.push_back(c);
-      records.push_back(&w);
-    }
+    const int cluster_prefill_queue = gather_candidates(a.model, prompt, /*excluded=*/0, &candidates, &records);
     const int prompt_len = static_cast<int>(prompt.size());
     const bool disaggregable = req.sampling.n() == 1 && (!req.max_tokens_given || req.sampling.max_tokens() > 1);
     const int queue_depth = queue_mode()     ? static_cast<int>(this->queue_depth) + queue_sent_since_poll
@@ -944,19 +924,47 @@ struct Frontend::Impl {
     if (a.num_finished == static_cast<int>(a.choices.size())) complete(a);
   }
 
-  // Sends a request that `from` refused or lost before its first token to the least loaded other
-  // worker that decodes its model, with a local prefill; once per request. False (nothing changed)
-  // when the request already produced output, was re-routed before, or no other worker can take it.
+  // The routable workers serving `model` except the one keyed `excluded` (0: none), as the router sees
+  // them; returns the prefill queue depth they report (cluster mode; 0 otherwise).
+  int gather_candidates(const std::string& model, std::span<const int32_t> prompt, uint64_t excluded,
+                        std::vector<Candidate>* candidates, std::vector<WorkerRecord*>* records) {
+    int cluster_prefill_queue = 0;
+    for (auto& [key, w] : workers) {
+      if (key == excluded || !routable(w) || (w.info.model() != model && options.served_model_name.empty())) continue;
+      Candidate c;
+      c.can_decode = w.can_decode();
+      c.is_prefill = w.is_prefill();
+      if (cluster_mode()) {
+        // Several frontends share the workers: load as the worker reports it to all of them, plus
+        // what this frontend sent since (so that a burst between two heartbeats still spreads).
+        const auto& h = w.heartbeat;
+        c.outstanding = h.num_running() + h.num_waiting() + h.num_reservations() + w.sent_since_heartbeat;
+        c.prefills_outstanding = h.num_prefills_in_flight() + w.prefills_sent_since_heartbeat;
+        if (c.is_prefill) cluster_prefill_queue += c.prefills_outstanding;
+      } else {
+        c.outstanding = w.outstanding;
+        c.prefills_outstanding = w.prefills_outstanding;
+      }
+      c.overlap_tokens = w.prefix && c.can_decode && !w.info.no_prefix_caching() ? w.prefix->overlap(prompt) : 0;
+      candidates->push_back(c);
+      records->push_back(&w);
+    }
+    return cluster_prefill_queue;
+  }
+
+  // Sends a request that `from` refused or lost before its first token to the worker the router picks
+  // among the others, with a local prefill; once per request. False (nothing changed) when the request
+  // already produced output, was re-routed before, or no other worker can take it.
   bool reroute(Active& a, WorkerRecord& from, const char* why) {
     if (a.rerouted || a.num_output_tokens > 0 || !a.generate) return false;
-    WorkerRecord* target = nullptr;
-    for (auto& [key, w] : workers) {
-      if (key == from.key || !routable(w) || !w.can_decode()) continue;
-      if (w.info.model() != a.model && options.served_model_name.empty()) continue;
-      if (!target || w.outstanding < target->outstanding) target = &w;
-    }
-    if (!target) return false;
     rpc::pb::Generate* g = a.generate->mutable_generate();
+    const std::span<const int32_t> prompt(g->prompt_token_ids().data(), static_cast<size_t>(g->prompt_token_ids_size()));
+    std::vector<Candidate> candidates;
+    std::vector<WorkerRecord*> records;
+    gather_candidates(a.model, prompt, from.key, &candidates, &records);
+    const Decision d = route(candidates, static_cast<int>(prompt.size()), 0, /*disaggregable=*/false, options.router);
+    if (d.decode < 0) return false;
+    WorkerRecord* target = records[d.decode];
     g->clear_remote_prefill_address();
     g->set_remote_prefill_queue(false);
     if (!target->conn->send(*a.generate)) return false;

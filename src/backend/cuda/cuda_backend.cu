@@ -167,6 +167,9 @@ class CudaBackend final : public Backend {
   Status inject_fault_if_due();
   // Logs a failed step and keeps a device failure in health_.
   Status record_step_result(Status s);
+  // What every forward entry point does after its own checks: refuse on a failed device, inject a due
+  // fault, run the step, remember a device failure.
+  Status run_checked_step(const ForwardBatch& batch, std::span<float> logits);
   Status run_decode_graph(const ForwardBatch& batch, std::span<float> logits);
   Status enqueue_step(const StepArgs& args);
   Status finish_step(std::span<float> logits);
@@ -651,18 +654,22 @@ Status CudaBackend::record_step_result(Status s) {
   return s;
 }
 
-Status CudaBackend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
-  TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
-  if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
-  if (batch.num_tokens() == 0) return Status::Ok();
+Status CudaBackend::run_checked_step(const ForwardBatch& batch, std::span<float> logits) {
   if (!health_.ok()) return health_;
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
   Status injected = inject_fault_if_due();
   if (!injected.ok()) return record_step_result(injected);
+  return record_step_result(run_forward(batch, logits));
+}
+
+Status CudaBackend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) {
+  TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
+  if (tokens.size() != static_cast<size_t>(batch.num_logits())) return Status::InvalidArgument("tokens buffer must be [num_logits]");
+  if (batch.num_tokens() == 0) return Status::Ok();
   greedy_tokens_ = tokens;
-  Status s = run_forward(batch, {});
+  Status s = run_checked_step(batch, {});
   greedy_tokens_ = {};
-  return record_step_result(s);
+  return s;
 }
 
 Status CudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSamplingStep& step) {
@@ -681,9 +688,8 @@ Status CudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSampl
   if (batch.num_tokens() == 0) return Status::Ok();
   if (!health_.ok()) return health_;
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
-  Status injected = inject_fault_if_due();
-  if (!injected.ok()) return record_step_result(injected);
-  // One staging buffer, [rows | edits | logprobs], pinned on the host and mirrored on the device.
+  // One staging buffer, [rows | edits | logprobs], pinned on the host and mirrored on the device; the
+  // logprobs come back into the pinned part and are copied out once the step is done (finish_step).
   const size_t rows_bytes = sizeof(RowSampling) * n, edits_bytes = sizeof(LogitEdit) * step.edits.size();
   const size_t logprobs_offset = (rows_bytes + edits_bytes + 15) / 16 * 16;
   const size_t total = logprobs_offset + (any_logprobs ? sizeof(RowLogprobs) * n : 0);
@@ -707,11 +713,11 @@ Status CudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSampl
   sample_logprobs_ = any_logprobs ? step.logprobs : std::span<RowLogprobs>{};
   sampling_ = true;
   greedy_tokens_ = step.tokens;
-  Status s = run_forward(batch, {});
+  Status s = run_checked_step(batch, {});
   greedy_tokens_ = {};
   sampling_ = false;
   sample_logprobs_ = {};
-  return record_step_result(s);
+  return s;
 }
 
 Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) {
@@ -720,11 +726,7 @@ Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) 
     return Status::InvalidArgument("logits buffer must be [num_logits, vocab_size]");
   }
   if (batch.num_tokens() == 0) return Status::Ok();
-  if (!health_.ok()) return health_;
-  TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
-  Status injected = inject_fault_if_due();
-  if (!injected.ok()) return record_step_result(injected);
-  return record_step_result(run_forward(batch, logits));
+  return run_checked_step(batch, logits);
 }
 
 StepLayout CudaBackend::layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items,
@@ -911,7 +913,7 @@ Status CudaBackend::finish_step(std::span<float> logits) {
                                             stream_),
                          device_);
       if (logprobs_dev != nullptr) {
-        TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_logprobs_.data(), logprobs_dev, sample_logprobs_.size_bytes(),
+        TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_host_ + sample_logprobs_offset_, logprobs_dev, sample_logprobs_.size_bytes(),
                                            cudaMemcpyDeviceToHost, stream_),
                            device_);
       }
@@ -927,6 +929,9 @@ Status CudaBackend::finish_step(std::span<float> logits) {
                        device_);
   }
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  if (sampling_ && !sample_logprobs_.empty()) {
+    std::memcpy(sample_logprobs_.data(), sample_host_ + sample_logprobs_offset_, sample_logprobs_.size_bytes());
+  }
   if (profile_.enabled) collect_profile();
   return Status::Ok();
 }
