@@ -10,6 +10,7 @@
 #   b        one prefill worker (cuda:0) + one decode worker (cuda:1), every prefill remote
 #   c        the same two workers, conditional disaggregation with the default thresholds
 #   c_tuned  the same with TUNED_ARGS
+#   c_qN, c_lM, c_lM_qN   layout c with --max-prefill-queue N and/or --max-local-prefill M (e.g. c_q6)
 # Environment (defaults in brackets): MODEL [random:llama-3.1-8b], DEVICE [cuda], CONFIGS [a b c c_tuned],
 # RATES [1,2,4,6], NUM_PROMPTS per rate [80], LONG_IN/LONG_OUT [3000/150], MIX_IN/MIX_RATIO/MIX_OUT
 # [1500/0.9/150: prompts uniform in 150..2850], SLO ["ttft:1000 tpot:50"], TUNED_ARGS
@@ -43,6 +44,16 @@ layout_args() {
     b) echo "--num-prefill-workers 1 --num-decode-workers 1 --max-local-prefill 0 --max-prefill-queue 1000000" ;;
     c) echo "--num-prefill-workers 1 --num-decode-workers 1" ;;
     c_tuned) echo "--num-prefill-workers 1 --num-decode-workers 1 $tuned" ;;
+    c_l*|c_q*)
+      local thresholds="" part
+      for part in $(tr '_' ' ' <<< "${1#c_}"); do
+        case $part in
+          l[0-9]*) thresholds+=" --max-local-prefill ${part#l}" ;;
+          q[0-9]*) thresholds+=" --max-prefill-queue ${part#q}" ;;
+          *) echo "unknown threshold $part in $1" >&2; return 1 ;;
+        esac
+      done
+      echo "--num-prefill-workers 1 --num-decode-workers 1$thresholds" ;;
     *) echo "unknown layout $1" >&2; return 1 ;;
   esac
 }

@@ -40,12 +40,13 @@ std::vector<int> ids_of(const HttpResponse& r) {
   return j["choices"][0]["token_ids"].get<std::vector<int>>();
 }
 
-std::string prompt_ids(int n, int seed) {
+// Token ids in 1000..20999, or below `vocab` for the fixtures' small vocabularies.
+std::string prompt_ids(int n, int seed, int vocab = 0) {
   std::mt19937 rng(static_cast<unsigned>(seed));
   std::string out;
   for (int i = 0; i < n; ++i) {
     if (i) out += ',';
-    out += std::to_string(1000 + rng() % 20000);
+    out += std::to_string(vocab > 0 ? 3 + rng() % (vocab - 3) : 1000 + rng() % 20000);
   }
   return out;
 }
@@ -190,13 +191,27 @@ TEST(GpuTransfer, UnopenableHandles_FallBackToTcpWithTheSameBytes) {
 
 // `tandem serve` on its own layout: --device cuda:0 (both workers share GPU 0) and, with two GPUs,
 // --device cuda (prefill on cuda:0, decode on cuda:1). Long prompts go remote; tokens equal generate's.
-class GpuServe : public ::testing::TestWithParam<std::string> {};
+// Two GPUs: the real-shape Qwen3-0.6B and Llama-3.1-8B, and each transformers-checked fixture.
+struct ServeCase {
+  std::string name;
+  std::string device;
+  std::string model;    // a preset, or a fixture's folder name under the test data's models/
+  int vocab = 0;        // fixtures: prompt ids stay below it
+  bool fixture = false;
+};
+
+std::string fixture_path(const std::string& name) {
+  const char* dir = std::getenv("TANDEM_TEST_DATA_DIR");
+  return std::string(dir && *dir ? dir : TANDEM_BUILD_TEST_DATA_DIR) + "/models/" + name;
+}
+
+class GpuServe : public ::testing::TestWithParam<ServeCase> {};
 
 TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
-  const std::string device = GetParam();
-  const int needed = device == "cuda" ? 2 : 1;
+  const ServeCase& c = GetParam();
+  const int needed = c.device == "cuda" ? 2 : 1;
   if (gpus() < needed) GTEST_SKIP() << "needs " << needed << " CUDA device(s)";
-  const std::string model = "random:qwen3-0.6b";
+  const std::string model = c.fixture ? fixture_path(c.model) : c.model;
   char dir_template[] = "/tmp/tandem-gpu-serve-XXXXXX";
   std::string dir = mkdtemp(dir_template);
   int port = 0;
@@ -205,7 +220,7 @@ TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
     ASSERT_TRUE(probe.ok());
     port = (*probe)->port();
   }
-  Process serve({tandem_binary(), "serve", "--model", model, "--port", std::to_string(port), "--device", device,
+  Process serve({tandem_binary(), "serve", "--model", model, "--port", std::to_string(port), "--device", c.device,
                  "--gpu-memory-utilization", "0.5", "--max-local-prefill", "64", "--child-log-level", "info"},
                 dir + "/serve.log");
   auto wait_until = [](const std::function<bool()>& f, int ms) {
@@ -219,15 +234,11 @@ TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
   auto metrics = [&] { return http(port, "GET", "/metrics").body; };
   ASSERT_TRUE(wait_until([&] { return metric_value(metrics(), "tandem_workers") >= 2; }, 300000)) << read_file(dir + "/serve.log");
   std::string log = read_file(dir + "/serve.log");
-  if (device == "cuda") {
-    EXPECT_NE(log.find("prefill-0@cuda:0"), std::string::npos) << log;
-    EXPECT_NE(log.find("decode-0@cuda:1"), std::string::npos) << log;
-  } else {
-    EXPECT_NE(log.find("prefill-0@cuda:0"), std::string::npos) << log;
-    EXPECT_NE(log.find("decode-0@cuda:0"), std::string::npos) << log;
-  }
+  EXPECT_NE(log.find("prefill-0@cuda:0"), std::string::npos) << log;
+  EXPECT_NE(log.find(c.device == "cuda" ? "decode-0@cuda:1" : "decode-0@cuda:0"), std::string::npos) << log;
+  // The fixtures hold 256 positions: 200 prompt + 16 generated tokens fit.
   for (int seed : {3, 4}) {
-    const std::string ids = prompt_ids(200, seed);
+    const std::string ids = prompt_ids(200, seed, c.vocab);
     HttpResponse r = http(port, "POST", "/v1/completions", completion(ids, 16), {{"Content-Type", "application/json"}}, 120000);
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(join(ids_of(r)), run_generate(model, ids, 16)) << "prompt " << seed;
@@ -241,8 +252,16 @@ TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
   if (!std::getenv("TANDEM_KEEP_TEST_LOGS")) std::filesystem::remove_all(dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Devices, GpuServe, ::testing::Values("cuda:0", "cuda"),
-                         [](const auto& info) { return info.param == "cuda" ? std::string("TwoGpus") : std::string("OneGpu"); });
+INSTANTIATE_TEST_SUITE_P(
+    Devices, GpuServe,
+    ::testing::Values(ServeCase{"OneGpu", "cuda:0", "random:qwen3-0.6b"}, ServeCase{"TwoGpus", "cuda", "random:qwen3-0.6b"},
+                      ServeCase{"TwoGpusLlama8B", "cuda", "random:llama-3.1-8b"},
+                      ServeCase{"TwoGpusFixtureLlamaGqaRope3", "cuda", "llama_gqa_rope3", 384, true},
+                      ServeCase{"TwoGpusFixtureLlamaMqaTiedBf16", "cuda", "llama_mqa_tied_bf16", 320, true},
+                      ServeCase{"TwoGpusFixtureQwen2GqaTiedFp16", "cuda", "qwen2_gqa_tied_fp16", 352, true},
+                      ServeCase{"TwoGpusFixtureQwen3Gqa", "cuda", "qwen3_gqa", 400, true},
+                      ServeCase{"TwoGpusFixtureQwen3MqaTiedBf16", "cuda", "qwen3_mqa_tied_bf16", 288, true}),
+    [](const auto& info) { return info.param.name; });
 
 }  // namespace
 }  // namespace tandem::testing
