@@ -31,11 +31,12 @@ num_prompts=${NUM_PROMPTS:-80}
 slo=${SLO:-ttft:1000 tpot:50}
 tuned=${TUNED_ARGS:---max-local-prefill 1024 --max-prefill-queue 4}
 port=${PORT:-18000}
-model_args=()
-[[ -n $model ]] && model_args=(--model "$model")
-# The benchmark builds token-exact prompts with the served model's tokenizer.
+# The benchmark builds token-exact prompts with the served model's tokenizer, and the frontend needs
+# the same one for text prompts (random presets carry none).
 data=${TANDEM_DATA_DIR:-data}
 tokenizer=${TOKENIZER:-$data/tokenizers/$([[ $model == *llama* ]] && echo llama3_1 || echo qwen3)}
+model_args=()
+[[ -n $model ]] && model_args=(--model "$model" --tokenizer "$tokenizer")
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/device.txt" 2>&1
 
 layout_args() {

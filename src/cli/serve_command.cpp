@@ -53,6 +53,7 @@ struct ServeOptions {
   int max_local_prefill = 1000;
   int max_prefill_queue = 2;
   std::string cache_dir;
+  std::string tokenizer;
   std::string log_level = "info";
   int stop_timeout_ms = 10000;
   int worker_start_timeout_s = 900;
@@ -156,6 +157,9 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "CPU threads per worker (0 = cores / workers)")->capture_default_str();
   cmd->add_option("--max-local-prefill", o->max_local_prefill, "Uncached prompt tokens above which prefill runs remotely")->capture_default_str();
   cmd->add_option("--max-prefill-queue", o->max_prefill_queue, "Remote prefill only while fewer than this are queued")->capture_default_str();
+  cmd->add_option("--tokenizer", o->tokenizer,
+                  "Directory with tokenizer.json for text prompts and chat (default: the model's own; random "
+                  "presets have none, so give e.g. data/tokenizers/llama3_1)");
   cmd->add_option("--cache-dir", o->cache_dir, "Where the demo model is made (default $TANDEM_CACHE_DIR or ~/.cache/tandem)");
   cmd->add_option("--child-log-level", o->log_level, "Log level of the frontend and workers")->capture_default_str();
   cmd->add_option("--device", o->device,
@@ -196,7 +200,11 @@ Runner add_serve_command(CLI::App& app) {
     frontend.argv = {exe, "--log-level", o->log_level, "frontend", "--host", o->host, "--port", std::to_string(o->port),
                     "--ready-file", ready.string(), "--max-local-prefill", std::to_string(o->max_local_prefill),
                     "--max-prefill-queue", std::to_string(o->max_prefill_queue)};
-    if (!random_preset && fs::exists(model / "tokenizer.json")) {
+    if (!o->tokenizer.empty()) {
+      if (!fs::exists(fs::path(o->tokenizer) / "tokenizer.json")) throw Error("--tokenizer: no tokenizer.json in " + o->tokenizer);
+      frontend.argv.push_back("--tokenizer");
+      frontend.argv.push_back(o->tokenizer);
+    } else if (!random_preset && fs::exists(model / "tokenizer.json")) {
       frontend.argv.push_back("--tokenizer");
       frontend.argv.push_back(model.string());
     }
@@ -245,6 +253,8 @@ Runner add_serve_command(CLI::App& app) {
         std::snprintf(share, sizeof(share), "%.6f", w.gpu_memory_utilization);
         c.argv.insert(c.argv.end(), {"--gpu-memory-utilization", share});
       }
+      // Workers detokenize (text output, stop strings): they need the frontend's tokenizer too.
+      if (!o->tokenizer.empty()) c.argv.insert(c.argv.end(), {"--tokenizer", o->tokenizer});
       for (const auto& a : o->worker_args) c.argv.push_back(a);
       layout_text += (layout_text.empty() ? "" : ", ") + c.name + "@" + w.device;
       children.push_back(std::move(c));

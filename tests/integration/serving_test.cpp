@@ -488,5 +488,46 @@ TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
   std::filesystem::remove_all(dir);
 }
 
+// Random presets carry no tokenizer: `serve --tokenizer` gives the frontend one, so text prompts work
+// (the disaggregation study serves random:llama-3.1-8b this way); a folder without tokenizer.json is
+// refused by name before anything starts.
+TEST(Serve, TokenizerFlagServesTextPromptsOnARandomPreset) {
+  const std::string tokenizer = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
+  if (!std::filesystem::exists(tokenizer + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  char dir_template[] = "/tmp/tandem-serve-tok-XXXXXX";
+  std::string dir = mkdtemp(dir_template);
+  int port = 0;
+  {
+    auto probe = net::Listener::bind("127.0.0.1", 0);
+    ASSERT_TRUE(probe.ok());
+    port = (*probe)->port();
+  }
+  Process refused({TANDEM_BINARY, "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port", std::to_string(port),
+                   "--tokenizer", dir},
+                  dir + "/refused.log");
+  for (int i = 0; i < 200 && refused.running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_FALSE(refused.running());
+  EXPECT_NE(refused.exit_code(), 0);
+  std::ifstream refused_log(dir + "/refused.log");
+  std::string refused_text((std::istreambuf_iterator<char>(refused_log)), {});
+  EXPECT_NE(refused_text.find("--tokenizer: no tokenizer.json in " + dir), std::string::npos) << refused_text;
+
+  Process serve({TANDEM_BINARY, "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port", std::to_string(port),
+                 "--num-prefill-workers", "0", "--tokenizer", tokenizer, "--child-log-level", "warn"},
+                dir + "/serve.log");
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline && metric_value(http(port, "GET", "/metrics").body, "tandem_workers") < 1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  HttpResponse r = http(port, "POST", "/v1/completions", R"({"prompt":"Hello there","max_tokens":3})", {{"Content-Type", "application/json"}});
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto body = nlohmann::json::parse(r.body);
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 2) << r.body;  // "Hello there" is two Qwen3 tokens
+  // The workers detokenize with the same tokenizer: the fake engine's tokens come back as text.
+  EXPECT_FALSE(body["choices"][0]["text"].get<std::string>().empty()) << r.body;
+  serve.terminate();
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace tandem::testing
