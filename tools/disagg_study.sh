@@ -12,7 +12,7 @@
 #   c_tuned  the same with TUNED_ARGS
 #   c_qN, c_lM, c_lM_qN   layout c with --max-prefill-queue N and/or --max-local-prefill M (e.g. c_q6)
 # Environment (defaults in brackets): MODEL [random:llama-3.1-8b], DEVICE [cuda], CONFIGS [a b c c_tuned],
-# RATES [1,2,4,6], NUM_PROMPTS per rate [80], LONG_IN/LONG_OUT [3000/150], MIX_IN/MIX_RATIO/MIX_OUT
+# RATES [1,2,4,6], NUM_PROMPTS per rate [80], WORKLOADS [long mix], LONG_IN/LONG_OUT [3000/150], MIX_IN/MIX_RATIO/MIX_OUT
 # [1500/0.9/150: prompts uniform in 150..2850], SLO ["ttft:1000 tpot:50"], TUNED_ARGS
 # ["--max-local-prefill 1024 --max-prefill-queue 4"], SERVE_ARGS (extra, every layout), PORT [18000],
 # TOKENIZER [the bundle's tokenizers/llama3_1 for llama models, else tokenizers/qwen3]. MODEL="" serves
@@ -80,7 +80,7 @@ for config in ${CONFIGS:-a b c c_tuned}; do
     kill -TERM "$serve_pid" 2>/dev/null; wait "$serve_pid"
     continue
   fi
-  for workload in long mix; do
+  for workload in ${WORKLOADS:-long mix}; do
     if [[ $workload == long ]]; then
       shape=(--random-input-len "${LONG_IN:-3000}" --random-output-len "${LONG_OUT:-150}")
     else

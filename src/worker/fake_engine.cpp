@@ -292,9 +292,19 @@ class FakeEngine : public engine::Engine {
   void loop() {
     std::unique_lock<std::mutex> lock(mu_);
     while (!stop_) {
-      cv_.wait_for(lock, std::chrono::milliseconds(running_.empty() ? 100 : options_.step_ms),
-                   [&] { return stop_ || !aborts_.empty() || !waiting_.empty() || (!running_.empty() && options_.step_ms == 0); });
+      // With paced steps and sequences running, a new request joins at the next step, as in the real
+      // engine (its first output comes after the step in progress, not at once).
+      auto paced = [&] { return options_.step_ms > 0 && !running_.empty(); };
+      auto ready = [&] {
+        return stop_ || !aborts_.empty() || (!waiting_.empty() && !paced()) || (!running_.empty() && options_.step_ms == 0);
+      };
+      if (paced()) {
+        cv_.wait_until(lock, next_step_, ready);
+      } else {
+        cv_.wait_for(lock, std::chrono::milliseconds(100), ready);
+      }
       if (stop_) break;
+      const bool at_step = !paced() || std::chrono::steady_clock::now() >= next_step_;
       for (const auto& id : aborts_) {
         auto it = seqs_.find(id);
         if (it == seqs_.end()) continue;
@@ -306,7 +316,7 @@ class FakeEngine : public engine::Engine {
       }
       aborts_.clear();
       // Admit what fits, oldest first.
-      while (!waiting_.empty()) {
+      while (at_step && !waiting_.empty()) {
         auto seq = waiting_.front();
         const auto& r = seq->request;
         const int total = num_blocks_for(r.prompt_token_ids.size() + r.sampling.max_tokens);

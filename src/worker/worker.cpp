@@ -496,7 +496,17 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
     reservations.fetch_sub(1);  // the engine owns the blocks from here
     std::optional<rpc::pb::TokenLogprobs> first_logprobs;
     if (r.has_logprobs()) first_logprobs = r.first_logprobs();
-    submit(std::move(request), info, first_logprobs);
+    // Tell the frontend at once that the prefill is done (an output with no tokens, carrying where the
+    // prefill ran): it frees the request's place in the prefill queue. Waiting for the first token
+    // would hold that place through this engine's next step, which is long when this worker is busy
+    // prefilling locally; on the two-GPU study that starved the prefill worker and sent more prompts
+    // to local prefill, which made the steps longer still (docs/disaggregation.md).
+    rpc::pb::Envelope done;
+    done.mutable_output()->set_request_id(id);
+    done.mutable_output()->set_index(0);
+    *done.mutable_output()->mutable_prefill() = info;
+    send_output(id, done, /*finished=*/false);
+    submit(std::move(request), rpc::pb::PrefillInfo{}, first_logprobs);
   }
 
   void abort_on(const std::shared_ptr<Connection>& conn, const std::string& id) {

@@ -98,6 +98,43 @@ TEST(Serving, Router_DecidesByPromptLengthAndByFullPrefillQueue) {
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
+// A remote prefill holds its place in the prefill queue until its KV is on the decode worker, not
+// until the decode worker's next step produces the first token. The decode worker is busy with 1 s
+// steps (a short local request keeps it stepping), so a remote prefill's first token comes ~1 s after
+// its KV; half a second in, a second long prompt still finds the queue (of one) free and goes remote.
+TEST(Serving, RemotePrefillLeavesTheQueueWhenItsKvArrives) {
+  Cluster cluster({"--max-local-prefill", "50", "--max-prefill-queue", "1"});
+  cluster.add_worker("prefill", {"--engine", "fake"});
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "1000"});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  std::atomic<bool> first_done{false};
+  std::atomic<int> ok{0};
+  std::thread busy([&] {
+    if (cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":4})").status == 200) ++ok;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::thread first([&] {
+    HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(300, 41) + R"(],"max_tokens":2})");
+    if (r.status == 200) ++ok;
+    first_done = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::string m = cluster.metrics();
+  EXPECT_FALSE(first_done.load()) << "the first request should still be waiting for its decode step";
+  EXPECT_EQ(metric_value(m, "tandem_remote_prefills_total"), 1) << "the decode worker did not report the prefill as done";
+  EXPECT_EQ(metric_value(m, "tandem_prefill_queue_depth"), 0);
+  HttpResponse second = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(300, 42) + R"(],"max_tokens":2})");
+  EXPECT_EQ(second.status, 200) << second.body;
+  first.join();
+  busy.join();
+  EXPECT_EQ(ok.load(), 2);
+  m = cluster.metrics();
+  EXPECT_EQ(metric_value(m, "tandem_router_decisions_total", "decision=\"remote\",reason=\"long_prompt\""), 2);
+  EXPECT_EQ(metric_value(m, "tandem_router_decisions_total", "decision=\"local\",reason=\"prefill_queue_full\""), 0);
+  EXPECT_EQ(metric_value(m, "tandem_remote_prefills_total"), 2);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
 TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
   Cluster cluster({"--max-local-prefill", "50", "--max-prefill-queue", "100"});
   int prefill = cluster.add_worker("prefill", {"--engine", "fake", "--fake-prefill-us-per-token", "3000"});
