@@ -187,6 +187,22 @@ Runner add_serve_command(CLI::App& app) {
     if (!demo && !random_preset && !fs::exists(model / "config.json")) {
       throw Error("--model: no config.json in " + model.string() + " (or use random:<preset>)");
     }
+    // The frontend tokenizes and the workers detokenize with the same files: --tokenizer, else the
+    // model's own, else for a random preset the real tokenizer of its vocabulary when data/tokenizers
+    // has it (without one, a preset still serves prompts given as token ids).
+    std::string tokenizer_dir;
+    if (!o->tokenizer.empty()) {
+      if (!fs::exists(fs::path(o->tokenizer) / "tokenizer.json")) throw Error("--tokenizer: no tokenizer.json in " + o->tokenizer);
+      tokenizer_dir = o->tokenizer;
+    } else if (random_preset) {
+      try {
+        tokenizer_dir = find_tokenizer_dir(o->model, "", model::preset_config(o->model.substr(7)).vocab_size);
+      } catch (const Error& e) {
+        std::fprintf(stderr, "tandem serve: no tokenizer for %s (%s): prompts must be token ids\n", o->model.c_str(), e.what());
+      }
+    } else if (fs::exists(model / "tokenizer.json")) {
+      tokenizer_dir = model.string();
+    }
     const std::string exe = self_exe();
     const int num_workers = o->num_prefill_workers + o->num_decode_workers;
     int threads = o->threads > 0 ? o->threads
@@ -200,13 +216,9 @@ Runner add_serve_command(CLI::App& app) {
     frontend.argv = {exe, "--log-level", o->log_level, "frontend", "--host", o->host, "--port", std::to_string(o->port),
                     "--ready-file", ready.string(), "--max-local-prefill", std::to_string(o->max_local_prefill),
                     "--max-prefill-queue", std::to_string(o->max_prefill_queue)};
-    if (!o->tokenizer.empty()) {
-      if (!fs::exists(fs::path(o->tokenizer) / "tokenizer.json")) throw Error("--tokenizer: no tokenizer.json in " + o->tokenizer);
+    if (!tokenizer_dir.empty()) {
       frontend.argv.push_back("--tokenizer");
-      frontend.argv.push_back(o->tokenizer);
-    } else if (!random_preset && fs::exists(model / "tokenizer.json")) {
-      frontend.argv.push_back("--tokenizer");
-      frontend.argv.push_back(model.string());
+      frontend.argv.push_back(tokenizer_dir);
     }
     frontend.pid = spawn(frontend.argv);
     int registry_port = 0;
@@ -254,7 +266,7 @@ Runner add_serve_command(CLI::App& app) {
         c.argv.insert(c.argv.end(), {"--gpu-memory-utilization", share});
       }
       // Workers detokenize (text output, stop strings): they need the frontend's tokenizer too.
-      if (!o->tokenizer.empty()) c.argv.insert(c.argv.end(), {"--tokenizer", o->tokenizer});
+      if (!tokenizer_dir.empty()) c.argv.insert(c.argv.end(), {"--tokenizer", tokenizer_dir});
       for (const auto& a : o->worker_args) c.argv.push_back(a);
       layout_text += (layout_text.empty() ? "" : ", ") + c.name + "@" + w.device;
       children.push_back(std::move(c));

@@ -525,10 +525,11 @@ TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
   std::filesystem::remove_all(dir);
 }
 
-// Random presets carry no tokenizer: `serve --tokenizer` gives the frontend one, so text prompts work
-// (the disaggregation study serves random:llama-3.1-8b this way); a folder without tokenizer.json is
-// refused by name before anything starts.
-TEST(Serve, TokenizerFlagServesTextPromptsOnARandomPreset) {
+// Random presets carry no tokenizer files: `serve` gives the frontend (which tokenizes) and the workers
+// (which detokenize) the real tokenizer of the preset's vocabulary, or the one --tokenizer names, so
+// text prompts work (the disaggregation study serves random:llama-3.1-8b this way); a folder without
+// tokenizer.json is refused by name before anything starts.
+TEST(Serve, RandomPresetsServeTextWithTheirVocabularysTokenizer) {
   const std::string tokenizer = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
   if (!std::filesystem::exists(tokenizer + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
   char dir_template[] = "/tmp/tandem-serve-tok-XXXXXX";
@@ -549,20 +550,23 @@ TEST(Serve, TokenizerFlagServesTextPromptsOnARandomPreset) {
   std::string refused_text((std::istreambuf_iterator<char>(refused_log)), {});
   EXPECT_NE(refused_text.find("--tokenizer: no tokenizer.json in " + dir), std::string::npos) << refused_text;
 
-  Process serve({TANDEM_BINARY, "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port", std::to_string(port),
-                 "--num-prefill-workers", "0", "--tokenizer", tokenizer, "--child-log-level", "warn"},
-                dir + "/serve.log");
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline && metric_value(http(port, "GET", "/metrics").body, "tandem_workers") < 1) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (bool explicit_flag : {true, false}) {
+    std::vector<std::string> argv = {TANDEM_BINARY, "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port",
+                                     std::to_string(port), "--num-prefill-workers", "0", "--child-log-level", "warn"};
+    if (explicit_flag) argv.insert(argv.end(), {"--tokenizer", tokenizer});
+    Process serve(argv, dir + "/serve.log");
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline && metric_value(http(port, "GET", "/metrics").body, "tandem_workers") < 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    HttpResponse r = http(port, "POST", "/v1/completions", R"({"prompt":"Hello there","max_tokens":3})", {{"Content-Type", "application/json"}});
+    ASSERT_EQ(r.status, 200) << "--tokenizer given: " << explicit_flag << "\n" << r.body;
+    auto body = nlohmann::json::parse(r.body);
+    EXPECT_EQ(body["usage"]["prompt_tokens"], 2) << r.body;  // "Hello there" is two Qwen3 tokens
+    // The workers detokenize with the same tokenizer: the fake engine's tokens come back as text.
+    EXPECT_FALSE(body["choices"][0]["text"].get<std::string>().empty()) << r.body;
+    serve.terminate();
   }
-  HttpResponse r = http(port, "POST", "/v1/completions", R"({"prompt":"Hello there","max_tokens":3})", {{"Content-Type", "application/json"}});
-  ASSERT_EQ(r.status, 200) << r.body;
-  auto body = nlohmann::json::parse(r.body);
-  EXPECT_EQ(body["usage"]["prompt_tokens"], 2) << r.body;  // "Hello there" is two Qwen3 tokens
-  // The workers detokenize with the same tokenizer: the fake engine's tokens come back as text.
-  EXPECT_FALSE(body["choices"][0]["text"].get<std::string>().empty()) << r.body;
-  serve.terminate();
   std::filesystem::remove_all(dir);
 }
 
