@@ -99,26 +99,26 @@ TEST(Serving, Router_DecidesByPromptLengthAndByFullPrefillQueue) {
 }
 
 // A remote prefill holds its place in the prefill queue until its KV is on the decode worker, not
-// until the decode worker's next step produces the first token. The decode worker is busy with 1 s
-// steps (a short local request keeps it stepping), so a remote prefill's first token comes ~1 s after
-// its KV; half a second in, a second long prompt still finds the queue (of one) free and goes remote.
+// until the decode worker's next step produces the first token. The decode worker is busy with 2 s
+// steps (a short local request keeps it stepping), so a remote prefill's first token comes up to 2 s
+// after its KV; 0.8 s in, a second long prompt still finds the queue (of one) free and goes remote.
 TEST(Serving, RemotePrefillLeavesTheQueueWhenItsKvArrives) {
   Cluster cluster({"--max-local-prefill", "50", "--max-prefill-queue", "1"});
   cluster.add_worker("prefill", {"--engine", "fake"});
-  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "1000"});
+  cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "2000"});
   ASSERT_TRUE(cluster.wait_for_workers(2));
   std::atomic<bool> first_done{false};
   std::atomic<int> ok{0};
   std::thread busy([&] {
     if (cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":4})").status == 200) ++ok;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the busy request's step clock starts first
   std::thread first([&] {
     HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(300, 41) + R"(],"max_tokens":2})");
     if (r.status == 200) ++ok;
     first_done = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
   std::string m = cluster.metrics();
   EXPECT_FALSE(first_done.load()) << "the first request should still be waiting for its decode step";
   EXPECT_EQ(metric_value(m, "tandem_remote_prefills_total"), 1) << "the decode worker did not report the prefill as done";
