@@ -22,6 +22,7 @@ struct Connection::State {
   std::deque<std::string> queue;  // GUARDED_BY(mu): frames ready to write (length prefix included)
   bool closed = false;            // GUARDED_BY(mu)
   bool started = false;
+  bool reader_done = false;       // GUARDED_BY(mu): the close handler has run and both handlers are dropped
   Status close_reason;            // GUARDED_BY(mu): the first reason the connection ended
   MessageHandler on_message;
   CloseHandler on_close;
@@ -119,6 +120,17 @@ void Connection::reader_loop() {
   // Handlers may hold their owner; dropping them here breaks the cycle.
   state_->on_message = nullptr;
   state_->on_close = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->reader_done = true;
+  }
+  state_->cv.notify_all();
+}
+
+bool Connection::wait_closed(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  if (!state_->started) return true;
+  return state_->cv.wait_for(lock, timeout, [&] { return state_->reader_done; });
 }
 
 void Connection::writer_loop() {

@@ -12,6 +12,7 @@
 // Thread-safety: every method may be called from any thread, handlers included.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -44,6 +45,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool send(const pb::Envelope& message);
   // Ends the connection; idempotent. The close handler runs with an Aborted status.
   void close();
+  // After close(), or once the peer is gone: waits up to `timeout` until the reader thread has run the
+  // close handler and dropped both handlers; true when it has (or start() was never called). Call it
+  // before tearing down what the handlers or the reader touch (at exit: the logger), since the threads
+  // are detached and would otherwise still be finishing.
+  bool wait_closed(std::chrono::milliseconds timeout);
   bool is_open() const;
   // "127.0.0.1:4567", for logs and errors.
   const std::string& peer() const { return peer_; }

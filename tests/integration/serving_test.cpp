@@ -451,11 +451,21 @@ TEST(Serving, FrontendSigterm_DrainsRunningRequestsThenExits) {
   cluster.add_worker("both", {"--engine", "fake", "--fake-step-ms", "20"});
   ASSERT_TRUE(cluster.wait_for_workers(1));
   HttpResponse streamed;
-  std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":25,"stream":true})"); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  // 50 tokens at 20 ms: a second of streaming to drain. Waits are on what the frontend reports, not on
+  // sleeps, so a slow (sanitized, loaded) run sees the same order of events.
+  std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":50,"stream":true})"); });
+  auto wait_until = [](const std::function<bool()>& f) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < deadline && !f()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return f();
+  };
+  ASSERT_TRUE(wait_until([&] { return metric_value(cluster.metrics(), "tandem_requests_active") >= 1; }));
   ::kill(cluster.frontend().pid(), SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  HttpResponse health = http(cluster.http_port(), "GET", "/health");
+  HttpResponse health;
+  EXPECT_TRUE(wait_until([&] {
+    health = http(cluster.http_port(), "GET", "/health");
+    return health.status != 200;
+  }));
   EXPECT_EQ(health.status, 503);
   EXPECT_NE(health.body.find("draining"), std::string::npos) << health.body;
   EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1],"max_tokens":1})").status, 503);

@@ -51,6 +51,9 @@ struct EchoServer {
     listener->close();
     std::lock_guard<std::mutex> lock(mu);
     for (auto& c : conns) c->close();
+    // The server side's reader threads still log and run handlers after close(): let them finish
+    // before the test (and at the last test, the process) tears down what they touch.
+    for (auto& c : conns) EXPECT_TRUE(c->wait_closed(std::chrono::seconds(5)));
   }
   std::string address() const { return "127.0.0.1:" + std::to_string(listener->port()); }
 };
@@ -83,6 +86,7 @@ TEST(Connection, MultiplexesManyRequestsOnOneConnection) {
   EXPECT_EQ(outputs.size(), static_cast<size_t>(kRequests));
   lock.unlock();
   (*conn)->close();
+  EXPECT_TRUE((*conn)->wait_closed(5s));
 }
 
 TEST(Connection, PeerGoingAwayIsReportedAtOnce) {
@@ -108,6 +112,7 @@ TEST(Connection, PeerGoingAwayIsReportedAtOnce) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
   EXPECT_EQ(reason.code(), StatusCode::kUnavailable) << reason.to_string();
   EXPECT_FALSE((*conn)->send(pb::Envelope()));
+  EXPECT_TRUE((*conn)->wait_closed(5s));
 }
 
 TEST(Connection, DialToNothingFailsWithUnavailable) {
@@ -145,6 +150,8 @@ TEST(Connection, CorruptFrameClosesTheConnection) {
   std::unique_lock<std::mutex> lock(mu);
   ASSERT_TRUE(cv.wait_for(lock, 2s, [&] { return closed; }));
   EXPECT_EQ(reason.code(), StatusCode::kCorruption);
+  lock.unlock();
+  EXPECT_TRUE((*conn)->wait_closed(5s));
   ::close(server_fd);
   (*listener)->close();
 }
