@@ -1203,6 +1203,9 @@ Frontend::~Frontend() {
   if (impl_->registry) impl_->registry->close();
   impl_->gate->close();
   for (auto& [key, w] : impl_->workers) w.conn->close();
+  // Their reader threads are detached: wait for them to finish (the close handlers find the gate
+  // closed), so none is still running when main returns and the logger is torn down.
+  for (auto& [key, w] : impl_->workers) w.conn->wait_closed(std::chrono::seconds(2));
 }
 
 uint16_t Frontend::http_port() const { return impl_->http->port(); }

@@ -1023,18 +1023,23 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   }
 
   void shutdown() {
+    std::vector<std::shared_ptr<Connection>> closing;
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (frontend) frontend->close();
-      for (auto& [address, c] : peers) c->close();
-      for (auto& c : incoming) c->close();
+      if (frontend) closing.push_back(frontend);
+      for (auto& [address, c] : peers) closing.push_back(c);
+      closing.insert(closing.end(), incoming.begin(), incoming.end());
     }
+    for (auto& c : closing) c->close();
     cv.notify_all();
     if (pull_thread.joinable()) pull_thread.join();
     rpc_listener->close();
     transfer->shutdown();
     for (auto& t : push_threads) t.join();
     push_threads.clear();
+    // Their reader threads are detached and run the close handlers (which take `mu`): wait for them, so
+    // none is still finishing when main returns and the logger is torn down.
+    for (auto& c : closing) c->wait_closed(std::chrono::seconds(2));
   }
 };
 

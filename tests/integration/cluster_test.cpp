@@ -446,7 +446,10 @@ TEST_F(Nats, PrefillWorkerKilledHoldingAMessage_AnotherGetsItAfterTheAckDeadline
 }
 
 TEST_F(Nats, NatsStopped_RemotePrefillsFallBackToLocal_ResumeWhenItReturns) {
-  Cluster cluster(queue_args({"--max-local-prefill", "16"}));
+  // No queue limit: after NATS returns, the stream can still hold a message of a request that fell back
+  // while it was down (the prefill worker acks it once it pulls it); with the default limit of 2 that
+  // stale message plus one in flight made the router's "next one goes remote too" a race (seen under load).
+  Cluster cluster(queue_args({"--max-local-prefill", "16", "--max-prefill-queue", "100"}));
   cluster.add_worker("prefill", queue_args({"--engine", "fake"}));
   cluster.add_worker("decode", queue_args({"--engine", "fake"}));
   ASSERT_TRUE(cluster.wait_for_workers(2));
