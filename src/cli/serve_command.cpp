@@ -36,6 +36,7 @@
 #include "model/presets.h"
 #include "model/random_weights.h"
 #include "model/safetensors_writer.h"
+#include "model/weight_source.h"
 
 namespace tandem::cli {
 namespace {
@@ -191,13 +192,13 @@ Runner add_serve_command(CLI::App& app) {
     // model's own, else for a random preset the real tokenizer of its vocabulary when data/tokenizers
     // has it (without one, a preset still serves prompts given as token ids).
     std::string tokenizer_dir;
-    if (!o->tokenizer.empty()) {
-      if (!fs::exists(fs::path(o->tokenizer) / "tokenizer.json")) throw Error("--tokenizer: no tokenizer.json in " + o->tokenizer);
-      tokenizer_dir = o->tokenizer;
-    } else if (random_preset) {
+    if (!o->tokenizer.empty() || random_preset) {
       try {
-        tokenizer_dir = find_tokenizer_dir(o->model, "", model::preset_config(o->model.substr(7)).vocab_size);
+        // Random weights are made lazily: opening the preset only reads its shape.
+        const int vocab = random_preset ? model::open_weight_source(o->model, 0)->config().vocab_size : 0;
+        tokenizer_dir = find_tokenizer_dir(o->model, o->tokenizer, vocab);
       } catch (const Error& e) {
+        if (!o->tokenizer.empty()) throw;  // a named folder without tokenizer.json is the user's mistake
         std::fprintf(stderr, "tandem serve: no tokenizer for %s (%s): prompts must be token ids\n", o->model.c_str(), e.what());
       }
     } else if (fs::exists(model / "tokenizer.json")) {

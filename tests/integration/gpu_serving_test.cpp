@@ -18,7 +18,6 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
-#include "common/socket.h"
 #include "harness.h"
 #include "model/weight_source.h"
 #include "transfer/transfer.h"
@@ -214,12 +213,8 @@ TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
   const std::string model = c.fixture ? fixture_path(c.model) : c.model;
   char dir_template[] = "/tmp/tandem-gpu-serve-XXXXXX";
   std::string dir = mkdtemp(dir_template);
-  int port = 0;
-  {
-    auto probe = net::Listener::bind("127.0.0.1", 0);
-    ASSERT_TRUE(probe.ok());
-    port = (*probe)->port();
-  }
+  const int port = free_port();
+  ASSERT_GT(port, 0);
   Process serve({tandem_binary(), "serve", "--model", model, "--port", std::to_string(port), "--device", c.device,
                  "--gpu-memory-utilization", "0.5", "--max-local-prefill", "64", "--child-log-level", "info"},
                 dir + "/serve.log");

@@ -15,7 +15,6 @@
 #include <memory>
 #include <thread>
 
-#include "common/socket.h"
 #include "harness.h"
 
 namespace tandem::testing {
@@ -484,12 +483,8 @@ TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
   if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
   char dir_template[] = "/tmp/tandem-serve-test-XXXXXX";
   std::string dir = mkdtemp(dir_template);
-  int port = 0;
-  {
-    auto probe = net::Listener::bind("127.0.0.1", 0);
-    ASSERT_TRUE(probe.ok());
-    port = (*probe)->port();
-  }
+  const int port = free_port();
+  ASSERT_GT(port, 0);
   Process serve({TANDEM_BINARY, "serve", "--port", std::to_string(port), "--engine", "fake", "--cache-dir", dir,
                  "--child-log-level", "warn"},
                 dir + "/serve.log");
@@ -544,12 +539,8 @@ TEST(Serve, RandomPresetsServeTextWithTheirVocabularysTokenizer) {
   if (!std::filesystem::exists(tokenizer + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
   char dir_template[] = "/tmp/tandem-serve-tok-XXXXXX";
   std::string dir = mkdtemp(dir_template);
-  int port = 0;
-  {
-    auto probe = net::Listener::bind("127.0.0.1", 0);
-    ASSERT_TRUE(probe.ok());
-    port = (*probe)->port();
-  }
+  const int port = free_port();
+  ASSERT_GT(port, 0);
   Process refused({TANDEM_BINARY, "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port", std::to_string(port),
                    "--tokenizer", dir},
                   dir + "/refused.log");
@@ -558,7 +549,7 @@ TEST(Serve, RandomPresetsServeTextWithTheirVocabularysTokenizer) {
   EXPECT_NE(refused.exit_code(), 0);
   std::ifstream refused_log(dir + "/refused.log");
   std::string refused_text((std::istreambuf_iterator<char>(refused_log)), {});
-  EXPECT_NE(refused_text.find("--tokenizer: no tokenizer.json in " + dir), std::string::npos) << refused_text;
+  EXPECT_NE(refused_text.find("--tokenizer: no tokenizer.json in '" + dir + "'"), std::string::npos) << refused_text;
 
   for (bool explicit_flag : {true, false}) {
     std::vector<std::string> argv = {TANDEM_BINARY, "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port",
