@@ -174,8 +174,12 @@ TEST_F(Etcd, DecodeWorkerKilled_StreamsEndWithAnError_DroppedFromEtcdWhenItsLeas
   auto killed = Clock::now();
   cluster.worker(victim).kill_now();
   for (auto& t : clients) t.join();
-  EXPECT_EQ(errors.load(), on_victim);
-  EXPECT_EQ(complete.load(), 4 - on_victim);
+  // A stream the victim took but had not yet answered (a loaded machine can leave one waiting for its
+  // first step) is sent once to the other worker and completes; every other stream on it ends in an error.
+  const int rerouted = static_cast<int>(cluster.metric("tandem_requests_rerouted_total"));
+  EXPECT_LE(rerouted, on_victim);
+  EXPECT_EQ(errors.load(), on_victim - rerouted);
+  EXPECT_EQ(complete.load(), 4 - on_victim + rerouted);
   // Its key outlives it until the lease expires; new requests never go to it meanwhile.
   EXPECT_TRUE(has_key("workers/decode/decode-0"));
   for (int i = 0; i < 5; ++i) EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 200);
