@@ -310,12 +310,15 @@ TEST_F(Etcd, TwoFrontendsShareTheWorkers_RouteFromWhatTheWorkersPublish) {
   // Load: three long streams through A load decode-0; a worker added now is idle. B has routed
   // nothing, so only the load decode-0 reports can make B pick the new worker.
   std::vector<std::thread> streams;
-  for (int i = 0; i < 3; ++i) streams.emplace_back([&] { EXPECT_EQ(stream(a, 60).tokens, 60); });
+  // 150 tokens at 20 ms a step: 3 s of load, room for a loaded machine to start the second worker.
+  for (int i = 0; i < 3; ++i) streams.emplace_back([&] { EXPECT_EQ(stream(a, 150).tokens, 150); });
   ASSERT_TRUE(eventually([&] { return a.metric("tandem_worker_outstanding_requests", "worker=\"decode-0\"") == 3; }, 3000));
   a.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});  // decode-1
   ASSERT_TRUE(b.wait_for_workers(2));
   ASSERT_TRUE(a.wait_for_workers(2));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a few heartbeats
+  // B knows decode-0's load only from its heartbeats.
+  ASSERT_TRUE(eventually([&] { return b.metric("vllm:num_requests_running", "worker=\"decode-0\"") >= 1; }, 3000))
+      << "B never saw decode-0's load";
   ASSERT_EQ(b.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":2})").status, 200);
   EXPECT_NE(b.log("frontend").find("prompt_tokens=3 uncached_tokens=3 decode_worker=decode-1"), std::string::npos)
       << b.log("frontend");
