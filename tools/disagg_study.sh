@@ -11,6 +11,10 @@
 #   c        the same two workers, conditional disaggregation with the default thresholds
 #   c_tuned  the same with TUNED_ARGS
 #   c_qN, c_lM, c_lM_qN   layout c with --max-prefill-queue N and/or --max-local-prefill M (e.g. c_q6)
+#   aN       N aggregated workers, spread over the GPUs (e.g. a4 on four GPUs)
+#   pPdD     P prefill + D decode workers, conditional with the default thresholds; GPUs split between
+#            the roles in proportion (serve's layout), e.g. p2d1 on three GPUs, p2d2 on four; takes the
+#            _qN / _lM suffixes of c (p2d2_q6), and pPdD_remote is every prefill remote (as b)
 # Environment (defaults in brackets): MODEL [random:llama-3.1-8b], DEVICE [cuda], CONFIGS [a b c c_tuned],
 # RATES [1,2,4,6], NUM_PROMPTS per rate [80], WORKLOADS [long mix], LONG_IN/LONG_OUT [3000/150], MIX_IN/MIX_RATIO/MIX_OUT
 # [1500/0.9/150: prompts uniform in 150..2850], SLO ["ttft:1000 tpot:50"], TUNED_ARGS
@@ -45,16 +49,22 @@ layout_args() {
     b) echo "--num-prefill-workers 1 --num-decode-workers 1 --max-local-prefill 0 --max-prefill-queue 1000000" ;;
     c) echo "--num-prefill-workers 1 --num-decode-workers 1" ;;
     c_tuned) echo "--num-prefill-workers 1 --num-decode-workers 1 $tuned" ;;
-    c_l*|c_q*)
-      local thresholds="" part
-      for part in $(tr '_' ' ' <<< "${1#c_}"); do
+    a[0-9]*) echo "--num-prefill-workers 0 --num-decode-workers ${1#a}" ;;
+    c_l*|c_q*|p[0-9]*d[0-9]*)
+      local workers="--num-prefill-workers 1 --num-decode-workers 1" thresholds="" part rest=${1#c_}
+      if [[ $1 =~ ^p([0-9]+)d([0-9]+)(_|$) ]]; then
+        workers="--num-prefill-workers ${BASH_REMATCH[1]} --num-decode-workers ${BASH_REMATCH[2]}"
+        rest=${1#p"${BASH_REMATCH[1]}"d"${BASH_REMATCH[2]}"}
+      fi
+      for part in $(tr '_' ' ' <<< "$rest"); do
         case $part in
           l[0-9]*) thresholds+=" --max-local-prefill ${part#l}" ;;
           q[0-9]*) thresholds+=" --max-prefill-queue ${part#q}" ;;
+          remote) thresholds+=" --max-local-prefill 0 --max-prefill-queue 1000000" ;;
           *) echo "unknown threshold $part in $1" >&2; return 1 ;;
         esac
       done
-      echo "--num-prefill-workers 1 --num-decode-workers 1$thresholds" ;;
+      echo "$workers$thresholds" ;;
     *) echo "unknown layout $1" >&2; return 1 ;;
   esac
 }
@@ -102,6 +112,7 @@ done
 # data is; otherwise make it later with `tandem bench report`).
 chartjs=$bundle/data/chart.umd.min.js
 [[ -f $chartjs ]] || chartjs=data/npm/node_modules/chart.js/dist/chart.umd.min.js
+shopt -s nullglob
 results=("$out"/*_long.json "$out"/*_mix.json)
 if [[ -f $chartjs && -f ${results[0]} ]]; then
   "$tandem" bench report --chartjs "$chartjs" --title "Disaggregation study: $model" -o "$out/report.html" "${results[@]}"
