@@ -13,6 +13,9 @@
 #   qwen_b256      Qwen3-0.6B, batch 256, 512-token prompts, 64 new tokens (decode steps of the offline figure)
 #   llama_b1       Llama-3.1-8B, batch 1, 128-token prompt, 256 new tokens
 #   llama_prefill  Llama-3.1-8B, one 4,096-token prompt (the prefill figure)
+#   gemm_graph     cuBLAS on the batched decode GEMMs (M = 32..256), eager against replayed from a CUDA
+#                  graph (cuda_kernels_test's DecodeGemmBench): how much of the profile's GEMM rows, which
+#                  run eagerly, is host launch cost rather than GPU time
 set -u
 out=${1:?usage: gpu_profile.sh DIR [BUNDLE]}
 bundle=${2:-.device/cuda}
@@ -36,3 +39,10 @@ profile() {  # profile NAME ARGS...: one run of `tandem bench latency ARGS` with
   --input-len 128 --output-len 256 --num-iters 1 --num-iters-warmup 0
 [[ $skip == *" llama_prefill "* ]] || profile llama_prefill --model random:llama-3.1-8b --device cuda:0 --batch-size 1 \
   --input-len 4096 --output-len 1 --num-iters 2 --num-iters-warmup 0 --max-num-batched-tokens 8192
+if [[ $skip != *" gemm_graph "* && -x $bundle/bin/cuda_kernels_test ]]; then
+  echo "== gemm_graph: cuda_kernels_test DecodeGemmBench"
+  timeout "${STEP_TIMEOUT:-300}" "$bundle/bin/cuda_kernels_test" --gtest_also_run_disabled_tests \
+    --gtest_filter='DecodeGemmBench.*' > "$out/gemm_graph.log" 2>&1
+  echo "   rc=$?"
+  grep -E "eager .* graph" "$out/gemm_graph.log"
+fi

@@ -574,6 +574,90 @@ TEST(SkinnyGemmBench, DISABLED_VariantsAgainstCublas) {
   cudaFree(y);
 }
 
+// Not a test: cuBLAS on the decode GEMMs of batched steps (M = 32..256 tokens), launched eagerly (one
+// cublasGemmEx call after another, as an uncaptured step does) and replayed from a CUDA graph (as a
+// captured decode step does). The per-part profile (tools/gpu_profile.sh) runs eagerly; where the two
+// columns differ, host launch cost, not the GPU, is what the profile's GEMM rows measure.
+// Run with --gtest_also_run_disabled_tests --gtest_filter='*DecodeGemmBench*'.
+TEST(DecodeGemmBench, DISABLED_CublasEagerAndGraphed) {
+  GPU_OR_SKIP();
+  struct Shape {
+    const char* name;
+    int n, k;
+  };
+  const Shape shapes[] = {{"qwen3 qkv", 4096, 1024},     {"qwen3 o", 1024, 2048},    {"qwen3 gate_up", 6144, 1024},
+                          {"qwen3 down", 1024, 3072},    {"llama qkv", 6144, 4096},  {"llama o", 4096, 4096},
+                          {"llama gate_up", 28672, 4096}, {"llama down", 4096, 14336}};
+  const size_t pool_bytes = 1600ull << 20;
+  bf16* pool = nullptr;
+  CUDA_OK(cudaMalloc(&pool, pool_bytes));
+  CUDA_OK(cudaMemset(pool, 0x3c, pool_bytes));
+  bf16 *x = nullptr, *y = nullptr;
+  CUDA_OK(cudaMalloc(&x, 256ull * 14336 * sizeof(bf16)));
+  CUDA_OK(cudaMemset(x, 0x3c, 256ull * 14336 * sizeof(bf16)));
+  CUDA_OK(cudaMalloc(&y, 256ull * 28672 * sizeof(bf16)));
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cublasHandle_t handle;
+  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
+  cublasSetStream(handle, stream);
+  void* cublas_ws = nullptr;
+  CUDA_OK(cudaMalloc(&cublas_ws, 32 << 20));
+  cublasSetWorkspace(handle, cublas_ws, 32 << 20);  // fixed workspace: the calls can be captured
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  constexpr int kIters = 28;  // one call per layer of a Qwen3-0.6B step
+  for (const Shape& sh : shapes) {
+    const size_t bytes = static_cast<size_t>(sh.n) * sh.k * sizeof(bf16);
+    const int copies = static_cast<int>(std::max<size_t>(1, std::min<size_t>(kIters, pool_bytes / bytes)));
+    for (int rows : {32, 64, 128, 256}) {
+      auto enqueue_all = [&] {
+        for (int i = 0; i < kIters; ++i) {
+          const bf16* w = pool + static_cast<size_t>(i % copies) * sh.n * sh.k;
+          const float alpha = 1.0f, beta = 0.0f;
+          ASSERT_EQ(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, sh.n, rows, sh.k, &alpha, w, CUDA_R_16BF, sh.k, x,
+                                 CUDA_R_16BF, sh.k, &beta, y, CUDA_R_16BF, sh.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                    CUBLAS_STATUS_SUCCESS);
+        }
+      };
+      enqueue_all();  // warm-up: cuBLAS picks and loads its kernels for the shape
+      CUDA_OK(cudaStreamSynchronize(stream));
+      float eager_ms = 0, graph_ms = 0;
+      cudaEventRecord(start, stream);
+      enqueue_all();
+      cudaEventRecord(stop, stream);
+      CUDA_OK(cudaEventSynchronize(stop));
+      cudaEventElapsedTime(&eager_ms, start, stop);
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      enqueue_all();
+      CUDA_OK(cudaStreamEndCapture(stream, &graph));
+      CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+      CUDA_OK(cudaGraphLaunch(exec, stream));  // warm-up replay
+      cudaEventRecord(start, stream);
+      CUDA_OK(cudaGraphLaunch(exec, stream));
+      cudaEventRecord(stop, stream);
+      CUDA_OK(cudaEventSynchronize(stop));
+      cudaEventElapsedTime(&graph_ms, start, stop);
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+      const double flops = 2.0 * rows * sh.n * sh.k;
+      const double eager_us = 1000.0 * eager_ms / kIters, graph_us = 1000.0 * graph_ms / kIters;
+      std::printf("%-14s M=%-3d %6.1f MB  eager %7.1fus  graph %7.1fus  (graph: %6.1f TFLOP/s, %5.0f GB/s of weights)\n",
+                  sh.name, rows, bytes / 1e6, eager_us, graph_us, flops / graph_us / 1e6, bytes / graph_us / 1e3);
+    }
+  }
+  CUDA_OK(cudaGetLastError());
+  cublasDestroy(handle);
+  cudaStreamDestroy(stream);
+  cudaFree(cublas_ws);
+  cudaFree(pool);
+  cudaFree(x);
+  cudaFree(y);
+}
+
 TEST(SkinnyGemm, RejectsWhatItCannotRun) {
   alignas(16) static bf16 buf[64];
   EXPECT_FALSE(skinny_gemm_supported(0, 64, buf, buf));
