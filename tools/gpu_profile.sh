@@ -13,6 +13,10 @@
 #   qwen_b256      Qwen3-0.6B, batch 256, 512-token prompts, 64 new tokens (decode steps of the offline figure)
 #   llama_b1       Llama-3.1-8B, batch 1, 128-token prompt, 256 new tokens
 #   llama_prefill  Llama-3.1-8B, one 4,096-token prompt (the prefill figure)
+#   steps_b1       Qwen3-0.6B and Llama-3.1-8B batch 1 and Qwen3-0.6B batch 64 as benchmarked (CUDA graphs
+#                  and PDL on), with TANDEM_PROFILE_STEPS=1: a decode step's wall time split into the
+#                  backend's host preparation, the GPU (upload to tokens on the host) and the engine's gap
+#                  between steps; the GPU's busy share bounds what overlapping the host work could buy
 #   gemm_graph     cuBLAS on the batched decode GEMMs (M = 32..256), eager against replayed from a CUDA
 #                  graph (cuda_kernels_test's DecodeGemmBench): how much of the profile's GEMM rows, which
 #                  run eagerly, is host launch cost rather than GPU time
@@ -39,6 +43,21 @@ profile() {  # profile NAME ARGS...: one run of `tandem bench latency ARGS` with
   --input-len 128 --output-len 256 --num-iters 1 --num-iters-warmup 0
 [[ $skip == *" llama_prefill "* ]] || profile llama_prefill --model random:llama-3.1-8b --device cuda:0 --batch-size 1 \
   --input-len 4096 --output-len 1 --num-iters 2 --num-iters-warmup 0 --max-num-batched-tokens 8192
+step_timing() {  # step_timing NAME ARGS...: one `tandem bench latency ARGS` run with the step timing
+  local name=$1; shift
+  echo "== $name: TANDEM_PROFILE_STEPS=1 tandem bench latency $*"
+  TANDEM_PROFILE_STEPS=1 timeout "${STEP_TIMEOUT:-300}" "$tandem" --log-level info bench latency "$@" > "$out/$name.log" 2>&1
+  echo "   rc=$?"
+  grep -E "cuda step timing:|decode_ms_per_token_median" "$out/$name.log" | sed "s/^.*cuda step timing: /$name /" | tee -a "$out/profile.txt"
+}
+if [[ $skip != *" steps_b1 "* ]]; then
+  step_timing steps_qwen_b1 --model random:qwen3-0.6b --device cuda:0 --batch-size 1 --input-len 128 --output-len 256 \
+    --num-iters 3
+  step_timing steps_qwen_b64 --model random:qwen3-0.6b --device cuda:0 --batch-size 64 --input-len 128 --output-len 256 \
+    --num-iters 3
+  step_timing steps_llama_b1 --model random:llama-3.1-8b --device cuda:0 --batch-size 1 --input-len 128 --output-len 256 \
+    --num-iters 3
+fi
 if [[ $skip != *" gemm_graph "* && -x $bundle/bin/cuda_kernels_test ]]; then
   echo "== gemm_graph: cuda_kernels_test DecodeGemmBench"
   timeout "${STEP_TIMEOUT:-300}" "$bundle/bin/cuda_kernels_test" --gtest_also_run_disabled_tests \

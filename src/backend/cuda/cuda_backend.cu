@@ -287,6 +287,23 @@ class CudaBackend final : public Backend {
   void mark(Part part);
   void collect_profile();
   void log_profile();
+
+  // TANDEM_PROFILE_STEPS=1: where the wall time of a decode step through a CUDA graph goes, with the
+  // graphs and PDL left on (what the benchmarks run): the backend's host work before the upload (plan,
+  // metadata packing), the GPU from the metadata upload to the tokens on the host (events around the
+  // replay), and the engine's time between one step's return and the next step's call. The share of
+  // the step the GPU is busy says how much overlapping the host work with the GPU could buy.
+  struct StepTiming {
+    bool enabled = false;
+    cudaEvent_t upload = nullptr, done = nullptr;  // around the replay
+    bool in_step = false;                          // a graph step is between its two events
+    std::chrono::steady_clock::time_point entered, returned;
+    bool returned_valid = false;  // the previous forward call was a graph step that returned
+    double host_prep_us = 0, gpu_us = 0, engine_gap_us = 0;
+    int64_t steps = 0, gaps = 0;
+  } step_timing_;
+  void end_step_timing();
+  void log_step_timing();
 };
 
 CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOptions& options)
@@ -321,6 +338,8 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     profile_.enabled = prof && std::string(prof) == "1";
     const char* sampling = std::getenv("TANDEM_DEVICE_SAMPLING");
     device_sampling_ = !(sampling && std::string(sampling) == "0");
+    const char* steps = std::getenv("TANDEM_PROFILE_STEPS");
+    step_timing_.enabled = steps && std::string(steps) == "1";
     const char* legacy = std::getenv("TANDEM_LEGACY_SPLITS");
     legacy_splits_ = legacy && std::string(legacy) == "1";
     // Programmatic dependent launch (sm_90+): each kernel's launch overlaps the previous one's tail.
@@ -372,6 +391,7 @@ CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);
   if (stream_) cudaStreamSynchronize(stream_);
   if (profile_.enabled) log_profile();
+  if (step_timing_.enabled) log_step_timing();
   clear_graphs();
   if (peer_stream_) cudaStreamSynchronize(peer_stream_);
   for (auto& [handle, ptr] : peer_pools_) cudaIpcCloseMemHandle(ptr);
@@ -659,6 +679,10 @@ Status CudaBackend::record_step_result(Status s) {
 }
 
 Status CudaBackend::run_checked_step(const ForwardBatch& batch, std::span<float> logits) {
+  if (step_timing_.enabled) {
+    step_timing_.entered = std::chrono::steady_clock::now();
+    step_timing_.in_step = false;  // set by a graph step once its first event is in the stream
+  }
   if (!health_.ok()) return health_;
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
   Status injected = inject_fault_if_due();
@@ -932,7 +956,13 @@ Status CudaBackend::finish_step(std::span<float> logits) {
     TANDEM_CUDA_RETURN(cudaMemcpyAsync(logits.data(), logits_dev_, logits.size_bytes(), cudaMemcpyDeviceToHost, stream_),
                        device_);
   }
+  const bool timed = step_timing_.in_step;
+  if (timed) TANDEM_CUDA_RETURN(cudaEventRecord(step_timing_.done, stream_), device_);
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
+  if (timed) end_step_timing();
+  // Only a graph step followed directly by another one measures the engine's gap between them.
+  step_timing_.returned_valid = timed;
+  if (timed) step_timing_.returned = std::chrono::steady_clock::now();
   if (sampling_ && !sample_logprobs_.empty()) {
     std::memcpy(sample_logprobs_.data(), sample_host_ + sample_logprobs_offset_, sample_logprobs_.size_bytes());
   }
@@ -1086,9 +1116,51 @@ Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> log
     graphs_.push_back(g);
     graph = &graphs_.back();
   }
+  if (step_timing_.enabled) {
+    auto& t = step_timing_;
+    if (!t.upload) {
+      TANDEM_CUDA_RETURN(cudaEventCreate(&t.upload), device_);
+      TANDEM_CUDA_RETURN(cudaEventCreate(&t.done), device_);
+    }
+    const auto now = std::chrono::steady_clock::now();
+    t.host_prep_us += std::chrono::duration<double, std::micro>(now - t.entered).count();
+    if (t.returned_valid) {
+      t.engine_gap_us += std::chrono::duration<double, std::micro>(t.entered - t.returned).count();
+      ++t.gaps;
+    }
+    TANDEM_CUDA_RETURN(cudaEventRecord(t.upload, stream_), device_);
+    t.in_step = true;
+  }
   TANDEM_CUDA_RETURN(cudaMemcpyAsync(graph->metadata, metadata_host_, layout.total, cudaMemcpyHostToDevice, stream_), device_);
   TANDEM_CUDA_RETURN(cudaGraphLaunch(graph->exec, stream_), device_);
   return finish_step(logits);
+}
+
+void CudaBackend::end_step_timing() {
+  auto& t = step_timing_;
+  float ms = 0;
+  if (cudaEventElapsedTime(&ms, t.upload, t.done) == cudaSuccess) {
+    t.gpu_us += 1000.0 * ms;
+    ++t.steps;
+  } else {
+    cudaGetLastError();
+  }
+  t.in_step = false;
+}
+
+void CudaBackend::log_step_timing() {
+  const auto& t = step_timing_;
+  if (t.steps == 0) return;
+  const double prep = t.host_prep_us / t.steps, gpu = t.gpu_us / t.steps;
+  const double gap = t.gaps > 0 ? t.engine_gap_us / t.gaps : 0.0;
+  char line[320];
+  std::snprintf(line, sizeof(line),
+                "cuda step timing: graph_decode_steps=%lld host_prep_us=%.1f gpu_us=%.1f engine_gap_us=%.1f "
+                "step_us=%.1f gpu_busy=%.1f%%",
+                static_cast<long long>(t.steps), prep, gpu, gap, prep + gpu + gap, 100.0 * gpu / (prep + gpu + gap));
+  log_info(line);
+  if (t.upload) cudaEventDestroy(t.upload);
+  if (t.done) cudaEventDestroy(t.done);
 }
 
 void CudaBackend::clear_graphs() {
