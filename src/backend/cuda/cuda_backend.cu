@@ -1079,6 +1079,7 @@ Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> log
   std::memcpy(h + layout.items, plan.items.data(), sizeof(AttentionWorkItem) * plan.items.size());
   std::memcpy(h + layout.combines, plan.combines.data(), sizeof(AttentionCombineItem) * plan.combines.size());
 
+  bool captured_now = false;
   if (!graph) {
     DecodeGraph g;
     g.bucket = bucket;
@@ -1111,12 +1112,14 @@ Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> log
                 "); decode steps run without CUDA graphs");
       return run_forward(b, logits);
     }
+    captured_now = true;
     log_info("cuda backend: captured decode graph batch_bucket=" + std::to_string(bucket) +
              " block_table_width=" + std::to_string(width) + " kv_splits=" + std::to_string(splits));
     graphs_.push_back(g);
     graph = &graphs_.back();
   }
-  if (step_timing_.enabled) {
+  // A step that captured its graph is not timed: its host work is the capture.
+  if (step_timing_.enabled && !captured_now) {
     auto& t = step_timing_;
     if (!t.upload) {
       TANDEM_CUDA_RETURN(cudaEventCreate(&t.upload), device_);
@@ -1149,7 +1152,10 @@ void CudaBackend::end_step_timing() {
 }
 
 void CudaBackend::log_step_timing() {
-  const auto& t = step_timing_;
+  auto& t = step_timing_;
+  if (t.upload) cudaEventDestroy(t.upload);
+  if (t.done) cudaEventDestroy(t.done);
+  t.upload = t.done = nullptr;
   if (t.steps == 0) return;
   const double prep = t.host_prep_us / t.steps, gpu = t.gpu_us / t.steps;
   const double gap = t.gaps > 0 ? t.engine_gap_us / t.gaps : 0.0;
@@ -1159,8 +1165,6 @@ void CudaBackend::log_step_timing() {
                 "step_us=%.1f gpu_busy=%.1f%%",
                 static_cast<long long>(t.steps), prep, gpu, gap, prep + gpu + gap, 100.0 * gpu / (prep + gpu + gap));
   log_info(line);
-  if (t.upload) cudaEventDestroy(t.upload);
-  if (t.done) cudaEventDestroy(t.done);
 }
 
 void CudaBackend::clear_graphs() {
