@@ -51,6 +51,19 @@ TEST(OpenAiParse, TokenIdPromptsAndChatContentParts) {
   EXPECT_EQ(chat.top_logprobs, 2);
 }
 
+TEST(OpenAiParse, HarmlessFormsOfUnsupportedFeaturesPass) {
+  for (const char* body : {
+           R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"}})",
+           R"({"messages":[{"role":"user","content":"x"}],"response_format":null,"tools":null,"tool_choice":null})",
+           R"({"messages":[{"role":"user","content":"x"}],"tools":[]})",
+           R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"})",
+           R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"})",
+       }) {
+    auto error = parse(body, /*chat=*/true);
+    EXPECT_FALSE(error) << body << ": " << (error ? error->message : "");
+  }
+}
+
 TEST(OpenAiParse, ErrorsNameTheParameter) {
   struct Case {
     const char* body;
@@ -71,6 +84,20 @@ TEST(OpenAiParse, ErrorsNameTheParameter) {
       {R"({"messages":[{"role":"wizard","content":"x"}]})", true, "messages[0].role"},
       {R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":2})", true, "top_logprobs"},
       {R"({})", true, "messages"},
+      // Structured output and tool calls would silently come back as free text if ignored.
+      {R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", true, "response_format"},
+      {R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{}}})", true,
+       "response_format"},
+      {R"({"prompt":"x","response_format":"json"})", false, "response_format"},
+      {R"({"prompt":"x","guided_json":{"type":"object"}})", false, "guided_json"},
+      {R"({"messages":[{"role":"user","content":"x"}],"guided_choice":["a","b"]})", true, "guided_choice"},
+      {R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]})", true, "tools"},
+      {R"({"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto"})",
+       true, "tools"},
+      {R"({"messages":[{"role":"user","content":"x"}],"tool_choice":"required"})", true, "tool_choice"},
+      {R"({"messages":[{"role":"user","content":"x"}],"tool_choice":{"type":"function","function":{"name":"f"}}})", true,
+       "tool_choice"},
+      {R"({"messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]})", true, "functions"},
   };
   for (const auto& c : cases) {
     auto error = parse(c.body, c.chat);
