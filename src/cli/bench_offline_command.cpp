@@ -55,7 +55,7 @@ void add_common_flags(CLI::App* cmd, OfflineOptions& o) {
   cmd->add_option("--output-len", o.output_len, "Generated tokens per request")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--max-num-batched-tokens,--max-batch-tokens", o.max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--max-num-seqs,--max-seqs", o.max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--num-kv-blocks", o.num_kv_blocks, "KV blocks (0 = size the pool from memory)")->capture_default_str();
+  cmd->add_option("--num-kv-blocks", o.num_kv_blocks, "KV blocks (0 = size the pool from memory)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
   cmd->add_option("--gpu-memory-utilization", o.gpu_memory_utilization, "Fraction of GPU memory for weights and KV")->capture_default_str()->check(CLI::Range(0.05, 0.99));
   cmd->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed of the random prompts (and of the draws)")->capture_default_str();

@@ -124,7 +124,7 @@ Runner add_generate_command(CLI::App& app) {
   cmd->add_flag("--ignore-eos", opts->ignore_eos, "Keep generating after EOS");
   cmd->add_option("--max-batch-tokens", opts->max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
   cmd->add_option("--max-seqs", opts->max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
-  cmd->add_option("--num-kv-blocks", opts->num_kv_blocks, "KV blocks (0 = enough for every prompt at once)")->capture_default_str();
+  cmd->add_option("--num-kv-blocks", opts->num_kv_blocks, "KV blocks (0 = enough for every prompt at once)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
   cmd->add_flag("--no-prefix-caching", opts->no_prefix_caching, "Disable the prefix cache");
   cmd->add_option("--device", opts->device, "cpu or cuda:N")->capture_default_str();
   cmd->add_option("--threads", opts->threads, "CPU threads (0 = all cores)")->capture_default_str();

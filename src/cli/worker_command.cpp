@@ -105,7 +105,7 @@ Runner add_worker_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--ready-file", o->ready_file, "Write {\"kv_blocks\": N, ...} here once the engine is loaded (for supervisors)");
   cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
-  cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV blocks (0 = size from memory)")->capture_default_str();
+  cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV blocks (0 = size from memory; the fake engine too)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
   cmd->add_option("--max-batch-tokens", o->max_batch_tokens, "Tokens per engine step")->capture_default_str();
   cmd->add_option("--max-seqs", o->max_seqs, "Sequences per engine step")->capture_default_str();
   cmd->add_flag("--no-prefix-caching", o->no_prefix_caching,
@@ -163,6 +163,7 @@ Runner add_worker_command(CLI::App& app) {
       worker::FakeEngineOptions fake;
       fake.step_ms = o->fake_step_ms;
       fake.prefill_us_per_token = o->fake_prefill_us_per_token;
+      if (o->num_kv_blocks > 0) fake.num_blocks = o->num_kv_blocks;
       if (!o->model.empty()) {
         auto weights = model::open_weight_source(o->model, o->seed);
         fake.vocab_size = weights->config().vocab_size;

@@ -71,6 +71,8 @@ TEST(GenerateCommand, BadInputExitsNonZero) {
   EXPECT_EQ(run("generate --model random:tiny-qwen3 --prompt-ids 1,x").exit_code, 1);
   EXPECT_EQ(run("generate --model random:tiny-qwen3 --prompts-file /nonexistent/prompts.txt").exit_code, 1);
   EXPECT_EQ(run("generate --model random:tiny-qwen3 --prompt-ids 1 --top-p 0").exit_code, 1);
+  // A negative pool size was taken as "size it for me" without a word.
+  EXPECT_NE(run("generate --model random:tiny-qwen3 --prompt-ids 1 --num-kv-blocks -5").exit_code, 0);
 }
 
 }  // namespace

@@ -358,6 +358,8 @@ TEST(Serving, BadRequests_GetOpenAiErrorsAndTheServerKeepsServing) {
       {"/v1/completions", R"({"prompt": [1,2], "model": "nope"})", 404, "model"},
       {"/v1/completions", R"({"prompt": [)" + random_prompt_ids(2000, 1) + "]}", 413, ""},
       {"/v1/nothing", R"({})", 404, ""},
+      {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", 400,
+       "response_format"},
   };
   for (const auto& c : cases) {
     HttpResponse r = cluster.post(c.path, c.body);
@@ -377,6 +379,25 @@ TEST(Serving, BadRequests_GetOpenAiErrorsAndTheServerKeepsServing) {
   HttpResponse tagged = http(cluster.http_port(), "POST", "/v1/completions", R"({"prompt":[1],"max_tokens":1})",
                              {{"X-Request-Id", "abc-123"}});
   EXPECT_EQ(tagged.headers["x-request-id"], "abc-123");
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+// --num-kv-blocks sizes the fake engine's pool too (it was ignored there, so fake-engine load tests
+// were capped at 4,096 blocks whatever the flag said); what cannot fit the pool is refused, not queued.
+TEST(Serving, FakeWorkerTakesItsKvPoolSizeFromTheFlag) {
+  Cluster cluster;
+  cluster.add_worker("both", {"--engine", "fake", "--num-kv-blocks", "64"});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  bool reported = false;
+  for (int i = 0; i < 100 && !reported; ++i) {
+    reported = cluster.metric("tandem_worker_kv_blocks_total") == 64;
+    if (!reported) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(reported) << "kv blocks reported: " << cluster.metric("tandem_worker_kv_blocks_total");
+  // 3 + 1,200 tokens need 76 blocks of 16; 3 + 16 need 2.
+  HttpResponse too_big = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":1200})");
+  EXPECT_EQ(too_big.status, 413) << too_big.body;
+  EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":16})").status, 200);
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
