@@ -139,31 +139,23 @@ std::string error_body(const ApiError& error) {
 // calls. Ignoring them, as unknown fields are ignored, would hand back free text where the client
 // expects JSON or a tool call, so they get a 400 naming the parameter instead. The harmless forms
 // pass: a "text" response format, and tools with tool_choice "none" (the model is not to call them).
-std::optional<ApiError> refuse_unsupported_features(const json& body) {
-  if (auto rf = body.find("response_format"); rf != body.end() && !rf->is_null()) {
-    const bool text = rf->is_object() && rf->value("type", "") == "text";
-    if (!text) {
-      return bad("response_format", "'response_format' other than {\"type\": \"text\"} is not supported (no structured output)");
-    }
+std::optional<ApiError> refuse_unsupported_features(Reader& r) {
+  if (const json* rf = r.field("response_format"); rf && !(rf->is_object() && rf->value("type", "") == "text")) {
+    return bad("response_format", "'response_format' other than {\"type\": \"text\"} is not supported (no structured output)");
   }
   for (const char* guided : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
-    if (auto g = body.find(guided); g != body.end() && !g->is_null()) {
-      return bad(guided, std::string("'") + guided + "' is not supported (no structured output)");
-    }
+    if (r.field(guided)) return bad(guided, std::string("'") + guided + "' is not supported (no structured output)");
   }
-  const auto choice = body.find("tool_choice");
-  const bool choice_none = choice != body.end() && choice->is_string() && choice->get<std::string>() == "none";
-  if (choice != body.end() && !choice->is_null() && !choice_none &&
-      !(choice->is_string() && choice->get<std::string>() == "auto")) {
+  const json* choice = r.field("tool_choice");
+  const bool choice_none = choice && *choice == "none";
+  if (choice && !choice_none && *choice != "auto") {
     return bad("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported (no tool calling)");
   }
-  if (auto tools = body.find("tools"); tools != body.end() && !tools->is_null() && !(tools->is_array() && tools->empty()) &&
-                                       !choice_none) {
+  auto non_empty = [](const json* v) { return v && !(v->is_array() && v->empty()); };
+  if (non_empty(r.field("tools")) && !choice_none) {
     return bad("tools", "tool calling is not supported: send no 'tools', or 'tool_choice': \"none\"");
   }
-  if (auto f = body.find("functions"); f != body.end() && !f->is_null() && !(f->is_array() && f->empty())) {
-    return bad("functions", "'functions' (function calling) is not supported");
-  }
+  if (non_empty(r.field("functions"))) return bad("functions", "'functions' (function calling) is not supported");
   return std::nullopt;
 }
 
@@ -305,7 +297,7 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
     if (auto v = r.integer("logprobs", 0, 20)) out->top_logprobs = static_cast<int>(*v);
   }
   s.set_logprobs(out->top_logprobs);
-  if (auto unsupported = refuse_unsupported_features(body)) return unsupported;
+  if (auto unsupported = refuse_unsupported_features(r)) return unsupported;
   if (auto v = r.boolean("stream")) out->stream = *v;
   if (const json* so = r.field("stream_options")) {
     if (!so->is_object()) return bad("stream_options", "'stream_options' must be an object");
