@@ -5,14 +5,15 @@
 #   1. kernels     cuda_kernels_test: every kernel test, including the GEMV's bulk-prefetch variant (4)
 #   2. prefetch    batch-1 decode latency of Qwen3-0.6B and Llama-3.1-8B with and without
 #                  TANDEM_GEMV_PREFETCH=1, alternated twice in the same run (ABAB) so drift shows
-#   3. steps       TANDEM_PROFILE_STEPS=1 at batch 1 (both models) and batch 64 (Qwen3): the share of a
-#                  graph decode step the GPU is busy, against host preparation and the engine's gap
-#   4. gemm_graph  cuBLAS at the batched decode shapes, eager against replayed from a graph
+#   3. profile     tools/gpu_profile.sh's steps_b1 and gemm_graph runs: TANDEM_PROFILE_STEPS=1 at batch 1
+#                  (both models) and batch 64 (Qwen3), the share of a graph decode step the GPU is busy
+#                  against host preparation and the engine's gap; cuBLAS at the batched decode shapes,
+#                  eager against replayed from a graph
 # Logs and JSON in DIR; the figures that decide each question are printed last.
 #
 #   tools/gpu_experiments.sh DIR [BUNDLE]      run from the repository root; BUNDLE defaults to .device/cuda
 #
-# Skip steps with SKIP="kernels prefetch steps gemm_graph".
+# Skip steps with SKIP="kernels prefetch profile".
 set -u
 out=${1:?usage: gpu_experiments.sh DIR [BUNDLE]}
 bundle=${2:-.device/cuda}
@@ -45,19 +46,9 @@ if [[ $skip != *" prefetch "* ]]; then
     latency "llama_b1_prefetch_$round" random:llama-3.1-8b TANDEM_GEMV_PREFETCH=1
   done
 fi
-if [[ $skip != *" steps "* ]]; then
-  latency qwen3_b1_steps random:qwen3-0.6b TANDEM_PROFILE_STEPS=1
-  latency llama_b1_steps random:llama-3.1-8b TANDEM_PROFILE_STEPS=1
-  echo "== qwen3_b64_steps"
-  TANDEM_PROFILE_STEPS=1 timeout "${STEP_TIMEOUT:-300}" "$tandem" --log-level info bench latency --model random:qwen3-0.6b \
-    --device cuda:0 --batch-size 64 --input-len 128 --output-len 256 --num-iters 3 > "$out/qwen3_b64_steps.log" 2>&1
-  echo "   rc=$?"
-fi
-if [[ $skip != *" gemm_graph "* ]]; then
-  echo "== gemm_graph"
-  timeout 200 "$bundle/bin/cuda_kernels_test" --gtest_also_run_disabled_tests --gtest_filter='DecodeGemmBench.*' \
-    > "$out/gemm_graph.log" 2>&1
-  echo "   rc=$?"
+# The step timing and the graphed cuBLAS bench are gpu_profile.sh's own runs (steps_b1, gemm_graph).
+if [[ $skip != *" profile "* ]]; then
+  SKIP="qwen_b1 qwen_b256 llama_b1 llama_prefill" tools/gpu_profile.sh "$out/profile" "$bundle"
 fi
 
 echo "== summary"
@@ -66,5 +57,5 @@ for f in "$out"/*_b1_base_*.json "$out"/*_b1_prefetch_*.json; do
   printf '%-28s %s ms/token\n' "$(basename "$f" .json)" \
     "$(python3 -c 'import json,sys; print(next(r["value"] for r in json.load(open(sys.argv[1])) if r["figure"]=="decode_ms_per_token_median"))' "$f")"
 done
-grep -H "cuda step timing:" "$out"/*_steps.log 2>/dev/null | sed 's|^.*/\([^/]*\)\.log:.*cuda step timing: |\1 |'
-grep -hE "eager .* graph" "$out/gemm_graph.log" 2>/dev/null
+cat "$out/profile/profile.txt" 2>/dev/null
+grep -hE "eager .* graph" "$out/profile/gemm_graph.log" 2>/dev/null

@@ -48,7 +48,8 @@ step_timing() {  # step_timing NAME ARGS...: one `tandem bench latency ARGS` run
   echo "== $name: TANDEM_PROFILE_STEPS=1 tandem bench latency $*"
   TANDEM_PROFILE_STEPS=1 timeout "${STEP_TIMEOUT:-300}" "$tandem" --log-level info bench latency "$@" > "$out/$name.log" 2>&1
   echo "   rc=$?"
-  grep -E "cuda step timing:|decode_ms_per_token_median" "$out/$name.log" | sed "s/^.*cuda step timing: /$name /" | tee -a "$out/profile.txt"
+  grep -E "cuda step timing:|decode_ms_per_token_median" "$out/$name.log" | sed "s/^.*cuda step timing: //; s/^ */$name /" |
+    tee -a "$out/profile.txt"
 }
 if [[ $skip != *" steps_b1 "* ]]; then
   step_timing steps_qwen_b1 --model random:qwen3-0.6b --device cuda:0 --batch-size 1 --input-len 128 --output-len 256 \
