@@ -88,8 +88,12 @@ def main():
             entry[f"ours_{mode}_pass"] = bool(close or as_exact)
             ok &= close or as_exact
             if mode != "alone":
+                # Batched and chunked runs must agree with the prompt run alone to within what bf16 rounding
+                # moves transformers' own logits (its bf16 against its fp32), and never by more than 2e-2.
+                # They need not agree bit for bit: the GEMMs change kernels with the step's token count
+                # (a 16-token prompt alone runs on the skinny GEMM, batched with others on cuBLAS).
                 entry[f"ours_{mode}_vs_ours_alone"] = rel(rows[i], ours["alone"][i])
-                ok &= entry[f"ours_{mode}_vs_ours_alone"] < 1e-2
+                ok &= entry[f"ours_{mode}_vs_ours_alone"] < min(args.threshold, max(1e-2, entry["hf_bf16_vs_hf_fp32"]))
         result["prompts"].append(entry)
     result["pass"] = bool(ok)
     with open(os.path.join(args.out, "compare.json"), "w") as f:

@@ -313,8 +313,14 @@ class TcpBackend : public TransferBackend {
       seen[c.dst_block] = 1;
       blocks.push_back(htonl(static_cast<uint32_t>(c.dst_block)));
     }
-    std::vector<uint32_t> frame = {htonl(kClaimMagic), htonl(static_cast<uint32_t>(transfer_id.size())),
-                                   htonl(static_cast<uint32_t>(blocks.size()))};
+    // The whole claim in one write: sent as header, id and blocks it could wake the receiver three times,
+    // and the handshake is already a fifth of a 4,096-token prompt's push on an H200 (0.1 of 0.45 ms).
+    const uint32_t header[3] = {htonl(kClaimMagic), htonl(static_cast<uint32_t>(transfer_id.size())),
+                                htonl(static_cast<uint32_t>(blocks.size()))};
+    std::vector<std::byte> claim(sizeof(header) + transfer_id.size() + blocks.size() * sizeof(uint32_t));
+    std::memcpy(claim.data(), header, sizeof(header));
+    std::memcpy(claim.data() + sizeof(header), transfer_id.data(), transfer_id.size());
+    std::memcpy(claim.data() + sizeof(header) + transfer_id.size(), blocks.data(), blocks.size() * sizeof(uint32_t));
     // A pooled connection may have gone stale (the peer restarted): one retry on a fresh one.
     int fd = -1;
     for (int attempt = 0;; ++attempt) {
@@ -323,9 +329,7 @@ class TcpBackend : public TransferBackend {
       if (!dialed.ok()) return dialed.status();
       fd = *dialed;
       set_timeouts(fd, std::max(1, timeout_ms));
-      Status sent = net::write_full(fd, frame.data(), frame.size() * sizeof(uint32_t), peer);
-      if (sent.ok()) sent = net::write_full(fd, transfer_id.data(), transfer_id.size(), peer);
-      if (sent.ok()) sent = net::write_full(fd, blocks.data(), blocks.size() * sizeof(uint32_t), peer);
+      Status sent = net::write_full(fd, claim.data(), claim.size(), peer);
       Status verdict;
       if (sent.ok()) sent = read_ack(fd, peer, &verdict);
       if (sent.ok()) {
@@ -341,9 +345,11 @@ class TcpBackend : public TransferBackend {
     Status copied = memory_->copy_to_peer(target.device_handles, copies);
     // Release whatever the copy did: the receiver's forget() waits for it. Its ack is read by the
     // connection's next user (take_connection), not waited for here: the bytes are already in place.
-    uint32_t release[2] = {htonl(kReleaseMagic), htonl(static_cast<uint32_t>(transfer_id.size()))};
-    Status released = net::write_full(fd, release, sizeof(release), peer);
-    if (released.ok()) released = net::write_full(fd, transfer_id.data(), transfer_id.size(), peer);
+    const uint32_t release_header[2] = {htonl(kReleaseMagic), htonl(static_cast<uint32_t>(transfer_id.size()))};
+    std::vector<std::byte> release(sizeof(release_header) + transfer_id.size());
+    std::memcpy(release.data(), release_header, sizeof(release_header));
+    std::memcpy(release.data() + sizeof(release_header), transfer_id.data(), transfer_id.size());
+    Status released = net::write_full(fd, release.data(), release.size(), peer);
     if (released.ok()) {
       give_back(peer, fd, /*ack_pending=*/true);
     } else {

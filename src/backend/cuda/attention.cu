@@ -239,7 +239,11 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_combine_kernel(Atten
 // kUnroll such steps are loaded before any is used, so every lane has 2 * kUnroll loads in flight. The
 // states are merged across lanes (shuffles) and warps (shared memory) at the end. Each K/V byte is read
 // once for all G heads.
-template <int D, int G>
+//
+// Pipelined (the default; TANDEM_DECODE_PIPELINE=0 turns it off): the next tile's K/V loads are issued
+// before the current tile is scored, so a warp keeps loads in flight while it computes instead of in bursts
+// (a G = 4 tile uses ~165 registers a thread, so only 12 warps share an SM and the bursts left HBM idle).
+template <int D, int G, bool Pipelined>
 __global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
@@ -282,21 +286,25 @@ __global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(Attent
   const int32_t* table = p.block_tables + static_cast<size_t>(w.seq) * p.max_blocks_per_seq;
   const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * D;
   const size_t head_offset = static_cast<size_t>(w.kv_head) * D + part * 8;
-  for (int key0 = w.key_begin; key0 < w.key_end; key0 += kTileKeys) {
-    uint4 kr[kUnroll], vr[kUnroll];
-    bool valid[kUnroll];
+  // This lane's K and V rows of the tile that starts at key0 (zeros past the end).
+  auto load_tile = [&](int key0, uint4 (&kr)[kUnroll], uint4 (&vr)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int key = key0 + (u * kWarps + warp) * kKeysPerWarp + sub;
-      valid[u] = key < w.key_end;
       kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-      if (valid[u]) {
+      if (key < w.key_end) {
         const int block = table[key / p.block_size], offset = key % p.block_size;
         const bf16* src = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size + head_offset;
         kr[u] = *reinterpret_cast<const uint4*>(src);
         vr[u] = *reinterpret_cast<const uint4*>(src + static_cast<size_t>(p.block_size) * kv_size);
       }
     }
+  };
+  // Scores the tile's keys for the G heads and folds them into this lane's online-softmax state.
+  auto consume = [&](int key0, const uint4 (&kr)[kUnroll], const uint4 (&vr)[kUnroll]) {
+    bool valid[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) valid[u] = key0 + (u * kWarps + warp) * kKeysPerWarp + sub < w.key_end;
     float s[kUnroll][G];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -348,6 +356,23 @@ __global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(Attent
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[g][e] += s[u][g] * vf[e];
       }
+    }
+  };
+  uint4 kr[kUnroll], vr[kUnroll];
+  load_tile(w.key_begin, kr, vr);
+  for (int key0 = w.key_begin; key0 < w.key_end; key0 += kTileKeys) {
+    if constexpr (Pipelined) {
+      uint4 kn[kUnroll], vn[kUnroll];
+      load_tile(key0 + kTileKeys, kn, vn);  // past the end: zeros, nothing read
+      consume(key0, kr, vr);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        kr[u] = kn[u];
+        vr[u] = vn[u];
+      }
+    } else {
+      consume(key0, kr, vr);
+      if (key0 + kTileKeys < w.key_end) load_tile(key0 + kTileKeys, kr, vr);
     }
   }
 
@@ -670,6 +695,12 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
 #endif
 }
 
+template <int D, int G>
+cudaError_t launch_decode(const AttentionParams& p, dim3 grid, dim3 block, cudaStream_t stream) {
+  if (g_decode_attention_pipelined) return launch_kernel(decode_attention_kernel<D, G, true>, grid, block, 0, stream, p);
+  return launch_kernel(decode_attention_kernel<D, G, false>, grid, block, 0, stream, p);
+}
+
 // Returns whether the decode kernel ran (and merged its own splits when combine_counters is set).
 template <int D>
 cudaError_t launch_items(const AttentionParams& p, cudaStream_t stream, bool* merged) {
@@ -680,10 +711,10 @@ cudaError_t launch_items(const AttentionParams& p, cudaStream_t stream, bool* me
   if (p.decode && (group == 1 || group == 2 || group == 4 || group == 8)) {
     *merged = p.combine_counters != nullptr && p.decode_splits > 0;
     switch (group) {
-      case 1: return launch_kernel(decode_attention_kernel<D, 1>, grid, block, 0, stream, p);
-      case 2: return launch_kernel(decode_attention_kernel<D, 2>, grid, block, 0, stream, p);
-      case 4: return launch_kernel(decode_attention_kernel<D, 4>, grid, block, 0, stream, p);
-      default: return launch_kernel(decode_attention_kernel<D, 8>, grid, block, 0, stream, p);
+      case 1: return launch_decode<D, 1>(p, grid, block, stream);
+      case 2: return launch_decode<D, 2>(p, grid, block, stream);
+      case 4: return launch_decode<D, 4>(p, grid, block, stream);
+      default: return launch_decode<D, 8>(p, grid, block, stream);
     }
   }
   return launch_kernel(attention_kernel<D>, grid, block, 0, stream, p);

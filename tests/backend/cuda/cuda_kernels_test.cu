@@ -741,9 +741,11 @@ TEST_P(DecodeAttention, MatchesCpu) {
     }
   }
 
-  // 0: decode kernel merging its own splits; 1: decode kernel + combine kernel; 2: SIMT kernel + combine.
-  for (int mode : {0, 1, 2}) {
-    const bool decode_kernel = mode < 2;
+  // 0: decode kernel merging its own splits; 1: decode kernel + combine kernel; 2: SIMT kernel + combine;
+  // 3: as 0 with the pipelined decode kernel (TANDEM_DECODE_PIPELINE).
+  for (int mode : {0, 1, 2, 3}) {
+    const bool decode_kernel = mode != 2;
+    g_decode_attention_pipelined = mode == 3;
     DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(bucket) * c.num_heads * d);
     DeviceVec<int32_t> d_tables(tables), d_pos(positions);
     DeviceVec<AttentionWorkItem> d_items(plan.items);
@@ -774,7 +776,7 @@ TEST_P(DecodeAttention, MatchesCpu) {
     p.scale = 1.0f / std::sqrt(static_cast<float>(d));
     p.decode = decode_kernel;
     DeviceVec<int32_t> d_counters(std::vector<int32_t>(std::max<size_t>(1, plan.combines.size()), 0));
-    if (mode == 0 && c.splits > 1) {
+    if ((mode == 0 || mode == 3) && c.splits > 1) {
       p.combine_counters = d_counters.ptr;
       p.decode_splits = c.splits;
     }
@@ -786,6 +788,7 @@ TEST_P(DecodeAttention, MatchesCpu) {
       got.resize(want.size());  // the padding sequences' rows are never written
       EXPECT_LT(rel_error(got, want), 8e-3) << "mode " << mode << " rep " << rep;
     }
+    g_decode_attention_pipelined = false;
     for (int32_t v : d_counters.download()) ASSERT_EQ(v, 0);
   }
 }
@@ -943,6 +946,52 @@ INSTANTIATE_TEST_SUITE_P(Rows, DeviceSampling,
                            return "Vocab" + std::to_string(c.vocab) + "Spread" + std::to_string(static_cast<int>(c.spread * 100)) +
                                   (c.ties ? "Ties" : "");
                          });
+
+// Every shape of the KV block copy moves exactly the named blocks of every layer and nothing else: layer
+// counts that do not divide into the 4-layer CTAs, blocks smaller than a CTA's first round of loads and
+// blocks that end mid-round, ids in any order, pools with different layer strides.
+TEST(CopyKvBlocks, EveryVariantCopiesTheNamedBlocksOfEveryLayer) {
+  GPU_OR_SKIP();
+  struct Shape {
+    int layers;
+    size_t block_bytes;
+    int pairs;
+  };
+  for (const Shape sh : {Shape{1, 16, 1}, Shape{5, 1040, 7}, Shape{32, 65536, 9}, Shape{6, 4096 * 16 + 48, 3}}) {
+    const int src_blocks = 2 * sh.pairs + 1, dst_blocks = 3 * sh.pairs + 2;
+    const size_t src_stride = src_blocks * sh.block_bytes, dst_stride = dst_blocks * sh.block_bytes + 32;
+    std::mt19937 rng(static_cast<uint32_t>(sh.layers * 131 + sh.pairs));
+    std::vector<uint8_t> src(sh.layers * src_stride);
+    for (auto& b : src) b = static_cast<uint8_t>(rng());
+    std::vector<int32_t> src_ids(src_blocks), dst_ids(dst_blocks);
+    std::iota(src_ids.begin(), src_ids.end(), 0);
+    std::iota(dst_ids.begin(), dst_ids.end(), 0);
+    std::shuffle(src_ids.begin(), src_ids.end(), rng);
+    std::shuffle(dst_ids.begin(), dst_ids.end(), rng);
+    src_ids.resize(sh.pairs);
+    dst_ids.resize(sh.pairs);
+    DeviceVec<uint8_t> d_src(src);
+    DeviceVec<int32_t> d_src_ids(src_ids), d_dst_ids(dst_ids);
+    for (int variant = 0; variant <= 3; ++variant) {
+      DeviceVec<uint8_t> d_dst(sh.layers * dst_stride);  // 0xff everywhere until copied onto
+      CUDA_OK(launch_copy_kv_blocks(d_src.ptr, src_stride, d_dst.ptr, dst_stride, sh.block_bytes, d_src_ids.ptr,
+                                    d_dst_ids.ptr, sh.pairs, sh.layers, nullptr, variant));
+      CUDA_OK(cudaDeviceSynchronize());
+      std::vector<uint8_t> want(sh.layers * dst_stride, 0xff);
+      for (int l = 0; l < sh.layers; ++l) {
+        for (int i = 0; i < sh.pairs; ++i) {
+          std::copy_n(src.begin() + l * src_stride + src_ids[i] * sh.block_bytes, sh.block_bytes,
+                      want.begin() + l * dst_stride + dst_ids[i] * sh.block_bytes);
+        }
+      }
+      EXPECT_TRUE(d_dst.download() == want) << "variant " << variant << ", " << sh.layers << " layers, blocks of "
+                                             << sh.block_bytes << " bytes, " << sh.pairs << " pairs";
+    }
+  }
+  int32_t* none = nullptr;
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 16, none, none, 1, 1, nullptr, 4), cudaErrorInvalidValue);
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 24, none, none, 1, 1, nullptr, 0), cudaErrorInvalidValue);
+}
 
 }  // namespace
 }  // namespace tandem::backend::cuda
