@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran at commit 4758a06. TANDEM_KV_COPY (the copy variants it compares) was removed after: none beat variant 0.
 # The H200 study of the second 2026-11-28 session, one `run` call from the repository root with the bundle of
 # tools/prepare_device_bundle.sh in .device/cuda (carry=[".device/cuda"]), everything into DIR/results.tar.gz:
 #   kernels    cuda_kernels_test (with the KV copy's variants and the pipelined decode attention kernel)

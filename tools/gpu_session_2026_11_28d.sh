@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran at commit 4758a06. TANDEM_KV_COPY (the copy variants it compares) was removed after: none beat variant 0.
 # The final H200 run of the second 2026-11-28 session, one `run` call from the repository root with the
 # bundle of tools/prepare_device_bundle.sh packed as .device/cuda.tgz (carry=[".device/cuda.tgz"]: packed,
 # it fits the call's 64 MiB with the GPU serving tests):

@@ -153,8 +153,6 @@ class CudaBackend final : public Backend {
  private:
   Status copy_with_peer(const KvExport& peer, std::span<const int32_t> peer_blocks, std::span<const int32_t> local_blocks,
                         int layer_begin, int layer_end, bool from_peer);
-  Status copy_with_peer_by_memcpy_batch(void* peer_pool, const KvExport& peer, std::span<const int32_t> peer_blocks,
-                                        std::span<const int32_t> local_blocks, int layer_begin, int layer_end, bool from_peer);
   using bf16 = __nv_bfloat16;
 
   void load_weights(const model::WeightSource& weights);
@@ -353,13 +351,6 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     g_gemv_l2_prefetch = g_pdl_enabled && prefetch && std::string(prefetch) == "1";
     const char* pipeline = std::getenv("TANDEM_DECODE_PIPELINE");
     g_decode_attention_pipelined = !(pipeline && std::string(pipeline) == "0");
-    // The KV block copy's shape (kernels.cu), for comparing them in bench/kv_transfer_bench.
-    const char* kv_copy = std::getenv("TANDEM_KV_COPY");
-    if (kv_copy && *kv_copy) {
-      const int variant = std::atoi(kv_copy);
-      if (variant < 0 || variant > 4) throw Error("TANDEM_KV_COPY must be 0-4, got " + std::string(kv_copy));
-      g_kv_copy_variant = variant;
-    }
   }
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
@@ -1262,8 +1253,6 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
     it = peer_pools_.emplace(key, ptr).first;
   }
   const size_t n = local_blocks.size();
-  if (g_kv_copy_variant == 4) return copy_with_peer_by_memcpy_batch(it->second, peer, peer_blocks, local_blocks, layer_begin,
-                                                                    layer_end, from_peer);
   // Block ids to the device in one copy: [peer ids][local ids].
   if (2 * n > peer_ids_capacity_) {
     const size_t capacity = std::max<size_t>(2 * n, 4096);
@@ -1295,37 +1284,6 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
                                              local_ids, peer_ids, static_cast<int>(n), layers, peer_stream_),
                        device_);
   }
-  TANDEM_CUDA_RETURN(cudaStreamSynchronize(peer_stream_), device_);
-  return Status::Ok();
-}
-
-// TANDEM_KV_COPY=4 (experimental): the same blocks as one cudaMemcpyBatchAsync, one copy per (block,
-// layer), which the driver may hand to the copy engines instead of the SMs.
-Status CudaBackend::copy_with_peer_by_memcpy_batch(void* peer_pool, const KvExport& peer, std::span<const int32_t> peer_blocks,
-                                                   std::span<const int32_t> local_blocks, int layer_begin, int layer_end,
-                                                   bool from_peer) {
-  const size_t block_bytes = kv_.block_bytes(), local_stride = layer_pool_elements_ * sizeof(bf16);
-  const size_t count = local_blocks.size() * static_cast<size_t>(layer_end - layer_begin);
-  std::vector<void*> dsts;
-  std::vector<const void*> srcs;
-  dsts.reserve(count);
-  srcs.reserve(count);
-  for (int layer = layer_begin; layer < layer_end; ++layer) {
-    std::byte* remote = static_cast<std::byte*>(peer_pool) + layer * peer.layer_stride_bytes;
-    std::byte* local = reinterpret_cast<std::byte*>(kv_pool_) + layer * local_stride;
-    for (size_t i = 0; i < local_blocks.size(); ++i) {
-      std::byte* r = remote + static_cast<size_t>(peer_blocks[i]) * block_bytes;
-      std::byte* l = local + static_cast<size_t>(local_blocks[i]) * block_bytes;
-      dsts.push_back(from_peer ? l : r);
-      srcs.push_back(from_peer ? r : l);
-    }
-  }
-  std::vector<size_t> sizes(count, block_bytes);
-  cudaMemcpyAttributes attrs{};
-  attrs.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-  size_t first = 0;
-  TANDEM_CUDA_RETURN(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), count, &attrs, &first, 1, peer_stream_),
-                     device_);
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(peer_stream_), device_);
   return Status::Ok();
 }

@@ -199,45 +199,34 @@ __global__ void argmax_kernel(const float* logits, int32_t* tokens, int vocab) {
   }
 }
 
-// Copies whole KV blocks. A CTA takes one pair and kLayers consecutive layers, so it reads the pair's two
-// block ids once (a dependent load that cost each 64 KiB one-layer CTA a memory round trip before any data
-// moved), and each thread keeps Unroll 16-byte loads in flight before it stores them. The first kernel,
-// one (pair, layer) a CTA with 4 loads in flight, reached 57-62% of cudaMemcpy on an H200 (1.5 of 2.07
-// TB/s; 86% on an H100): latency-bound, the shape the faster memory exposes. Streaming keeps the copied
-// bytes out of the way in L2 (ld/st .cs): neither side reads them again soon.
-template <int Unroll, bool Streaming>
+// One CTA per (pair, layer). Each thread keeps kCopyUnroll 16-byte loads in flight before it stores
+// them: with one load per thread the copy waited on memory latency and reached about half of cudaMemcpy
+// (bench/kv_transfer_bench, H100: 737 GB/s vs 1478 GB/s for a 512 MiB prompt's KV). On an H200 it
+// reaches ~1.6 TB/s, ~78% of cudaMemcpy; 16 loads in flight, 4 layers a CTA (the block ids read once)
+// and streaming cache hints did no better, and cudaMemcpyBatchAsync with one copy per block and layer
+// ran at 15 GB/s (bench/results/2026-11-28-h200/).
+constexpr int kCopyUnroll = 4;
 __global__ void copy_kv_blocks_kernel(const std::byte* __restrict__ src, size_t src_stride, std::byte* __restrict__ dst,
                                       size_t dst_stride, size_t block_vectors, const int32_t* __restrict__ src_ids,
-                                      const int32_t* __restrict__ dst_ids, int num_layers, int layers_per_cta) {
+                                      const int32_t* __restrict__ dst_ids) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
-  const int pair = blockIdx.x;
-  const int layer_begin = blockIdx.y * layers_per_cta;
-  const int layer_end = min(num_layers, layer_begin + layers_per_cta);
-  const size_t src_block = static_cast<size_t>(src_ids[pair]) * block_vectors;
-  const size_t dst_block = static_cast<size_t>(dst_ids[pair]) * block_vectors;
-  const size_t step = static_cast<size_t>(blockDim.x) * Unroll;
-  for (int layer = layer_begin; layer < layer_end; ++layer) {
-    const uint4* __restrict__ from = reinterpret_cast<const uint4*>(src + layer * src_stride) + src_block;
-    uint4* __restrict__ to = reinterpret_cast<uint4*>(dst + layer * dst_stride) + dst_block;
-    for (size_t base = threadIdx.x; base < block_vectors; base += step) {
-      uint4 v[Unroll];
+  const int pair = blockIdx.x, layer = blockIdx.y;
+  const uint4* __restrict__ from =
+      reinterpret_cast<const uint4*>(src + layer * src_stride) + static_cast<size_t>(src_ids[pair]) * block_vectors;
+  uint4* __restrict__ to = reinterpret_cast<uint4*>(dst + layer * dst_stride) + static_cast<size_t>(dst_ids[pair]) * block_vectors;
+  const size_t step = static_cast<size_t>(blockDim.x) * kCopyUnroll;
+  for (size_t base = threadIdx.x; base < block_vectors; base += step) {
+    uint4 v[kCopyUnroll];
 #pragma unroll
-      for (int u = 0; u < Unroll; ++u) {
-        const size_t i = base + static_cast<size_t>(u) * blockDim.x;
-        if (i < block_vectors) v[u] = Streaming ? __ldcs(from + i) : __ldg(from + i);
-      }
+    for (int u = 0; u < kCopyUnroll; ++u) {
+      const size_t i = base + static_cast<size_t>(u) * blockDim.x;
+      if (i < block_vectors) v[u] = __ldg(from + i);
+    }
 #pragma unroll
-      for (int u = 0; u < Unroll; ++u) {
-        const size_t i = base + static_cast<size_t>(u) * blockDim.x;
-        if (i < block_vectors) {
-          if constexpr (Streaming) {
-            __stcs(to + i, v[u]);
-          } else {
-            to[i] = v[u];
-          }
-        }
-      }
+    for (int u = 0; u < kCopyUnroll; ++u) {
+      const size_t i = base + static_cast<size_t>(u) * blockDim.x;
+      if (i < block_vectors) to[i] = v[u];
     }
   }
 }
@@ -252,33 +241,15 @@ cudaError_t launch_argmax(const float* logits, int32_t* tokens, int num_rows, in
 
 cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst, size_t dst_layer_stride_bytes,
                                   size_t block_bytes, const int32_t* src_ids, const int32_t* dst_ids, int num_pairs,
-                                  int num_layers, cudaStream_t stream, int variant) {
+                                  int num_layers, cudaStream_t stream) {
   if (block_bytes % 16 != 0 || src_layer_stride_bytes % 16 != 0 || dst_layer_stride_bytes % 16 != 0 || num_pairs < 0 ||
       num_layers <= 0 || num_layers > 65535) {
     return cudaErrorInvalidValue;
   }
   if (num_pairs == 0) return cudaSuccess;
-  if (variant < 0) variant = g_kv_copy_variant <= 3 ? g_kv_copy_variant : 0;  // 4 is no kernel (cuda_backend.cu)
-  const auto* from = static_cast<const std::byte*>(src);
-  auto* to = static_cast<std::byte*>(dst);
-  const size_t vectors = block_bytes / 16;
-  // Variant 0: the first kernel (one layer a CTA, 4 loads in flight); 1: 16 in flight; 2: 16 in flight and
-  // 4 layers a CTA; 3: 2 with streaming cache hints.
-  const int layers_per_cta = variant >= 2 ? 4 : 1;
-  const dim3 grid(num_pairs, (num_layers + layers_per_cta - 1) / layers_per_cta);
-  switch (variant) {
-    case 0:
-      return launch_kernel(copy_kv_blocks_kernel<4, false>, grid, dim3(256), 0, stream, from, src_layer_stride_bytes, to,
-                           dst_layer_stride_bytes, vectors, src_ids, dst_ids, num_layers, layers_per_cta);
-    case 1:
-    case 2:
-      return launch_kernel(copy_kv_blocks_kernel<16, false>, grid, dim3(256), 0, stream, from, src_layer_stride_bytes, to,
-                           dst_layer_stride_bytes, vectors, src_ids, dst_ids, num_layers, layers_per_cta);
-    case 3:
-      return launch_kernel(copy_kv_blocks_kernel<16, true>, grid, dim3(256), 0, stream, from, src_layer_stride_bytes, to,
-                           dst_layer_stride_bytes, vectors, src_ids, dst_ids, num_layers, layers_per_cta);
-    default: return cudaErrorInvalidValue;
-  }
+  return launch_kernel(copy_kv_blocks_kernel, dim3(num_pairs, num_layers), dim3(256), 0, stream,
+                       static_cast<const std::byte*>(src), src_layer_stride_bytes, static_cast<std::byte*>(dst),
+                       dst_layer_stride_bytes, block_bytes / 16, src_ids, dst_ids);
 }
 
 cudaError_t launch_embedding(const int32_t* token_ids, const bf16* embed, float* residual, int num_tokens, int hidden,

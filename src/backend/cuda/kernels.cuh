@@ -60,13 +60,8 @@ cudaError_t launch_argmax(const float* logits, int32_t* tokens, int num_rows, in
 // dst_ids[i] of dst's layer l. Pools are [num_layers] x layer_stride_bytes apart; a block is block_bytes
 // (a multiple of 16). src or dst may be a peer's pool mapped through CUDA IPC.
 //   src_ids, dst_ids [num_pairs] int32, device.
-// variant picks the kernel's shape (0-3, see kernels.cu); -1 takes g_kv_copy_variant.
 cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst, size_t dst_layer_stride_bytes,
                                   size_t block_bytes, const int32_t* src_ids, const int32_t* dst_ids, int num_pairs,
-                                  int num_layers, cudaStream_t stream, int variant = -1);
-
-// The KV block copy's default shape for this process (TANDEM_KV_COPY, read by the backend at startup; 4 copies
-// with cudaMemcpyBatchAsync instead of a kernel).
-inline int g_kv_copy_variant = 0;
+                                  int num_layers, cudaStream_t stream);
 
 }  // namespace tandem::backend::cuda

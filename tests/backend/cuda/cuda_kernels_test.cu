@@ -947,10 +947,10 @@ INSTANTIATE_TEST_SUITE_P(Rows, DeviceSampling,
                                   (c.ties ? "Ties" : "");
                          });
 
-// Every shape of the KV block copy moves exactly the named blocks of every layer and nothing else: layer
-// counts that do not divide into the 4-layer CTAs, blocks smaller than a CTA's first round of loads and
-// blocks that end mid-round, ids in any order, pools with different layer strides.
-TEST(CopyKvBlocks, EveryVariantCopiesTheNamedBlocksOfEveryLayer) {
+// The KV block copy moves exactly the named blocks of every layer and nothing else: blocks smaller than a
+// CTA's first round of loads and blocks that end mid-round, ids in any order, pools with different layer
+// strides.
+TEST(CopyKvBlocks, CopiesTheNamedBlocksOfEveryLayer) {
   GPU_OR_SKIP();
   struct Shape {
     int layers;
@@ -972,25 +972,23 @@ TEST(CopyKvBlocks, EveryVariantCopiesTheNamedBlocksOfEveryLayer) {
     dst_ids.resize(sh.pairs);
     DeviceVec<uint8_t> d_src(src);
     DeviceVec<int32_t> d_src_ids(src_ids), d_dst_ids(dst_ids);
-    for (int variant = 0; variant <= 3; ++variant) {
-      DeviceVec<uint8_t> d_dst(sh.layers * dst_stride);  // 0xff everywhere until copied onto
-      CUDA_OK(launch_copy_kv_blocks(d_src.ptr, src_stride, d_dst.ptr, dst_stride, sh.block_bytes, d_src_ids.ptr,
-                                    d_dst_ids.ptr, sh.pairs, sh.layers, nullptr, variant));
-      CUDA_OK(cudaDeviceSynchronize());
-      std::vector<uint8_t> want(sh.layers * dst_stride, 0xff);
-      for (int l = 0; l < sh.layers; ++l) {
-        for (int i = 0; i < sh.pairs; ++i) {
-          std::copy_n(src.begin() + l * src_stride + src_ids[i] * sh.block_bytes, sh.block_bytes,
-                      want.begin() + l * dst_stride + dst_ids[i] * sh.block_bytes);
-        }
+    DeviceVec<uint8_t> d_dst(sh.layers * dst_stride);  // 0xff everywhere until copied onto
+    CUDA_OK(launch_copy_kv_blocks(d_src.ptr, src_stride, d_dst.ptr, dst_stride, sh.block_bytes, d_src_ids.ptr,
+                                  d_dst_ids.ptr, sh.pairs, sh.layers, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    std::vector<uint8_t> want(sh.layers * dst_stride, 0xff);
+    for (int l = 0; l < sh.layers; ++l) {
+      for (int i = 0; i < sh.pairs; ++i) {
+        std::copy_n(src.begin() + l * src_stride + src_ids[i] * sh.block_bytes, sh.block_bytes,
+                    want.begin() + l * dst_stride + dst_ids[i] * sh.block_bytes);
       }
-      EXPECT_TRUE(d_dst.download() == want) << "variant " << variant << ", " << sh.layers << " layers, blocks of "
-                                             << sh.block_bytes << " bytes, " << sh.pairs << " pairs";
     }
+    EXPECT_TRUE(d_dst.download() == want) << sh.layers << " layers, blocks of " << sh.block_bytes << " bytes, "
+                                          << sh.pairs << " pairs";
   }
   int32_t* none = nullptr;
-  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 16, none, none, 1, 1, nullptr, 4), cudaErrorInvalidValue);
-  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 24, none, none, 1, 1, nullptr, 0), cudaErrorInvalidValue);
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 24, none, none, 1, 1, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 16, none, none, 1, 0, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace
