@@ -122,4 +122,8 @@ cudaError_t launch_attention(const AttentionParams& p, cudaStream_t stream);
 // read by the backend at startup, turns it off). H200, same run: Llama-3.1-8B offline +4%, Qwen3-0.6B +1%.
 inline bool g_decode_attention_pipelined = true;
 
+// The tensor-core prefill kernel loads K/V tiles by cp.async, two stages deep (the default;
+// TANDEM_PREFILL_PIPELINE=0, read by the backend at startup, turns it off).
+inline bool g_prefill_attention_pipelined = true;
+
 }  // namespace tandem::backend::cuda

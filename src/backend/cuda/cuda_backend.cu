@@ -351,6 +351,8 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     g_gemv_l2_prefetch = g_pdl_enabled && prefetch && std::string(prefetch) == "1";
     const char* pipeline = std::getenv("TANDEM_DECODE_PIPELINE");
     g_decode_attention_pipelined = !(pipeline && std::string(pipeline) == "0");
+    const char* prefill_pipeline = std::getenv("TANDEM_PREFILL_PIPELINE");
+    g_prefill_attention_pipelined = !(prefill_pipeline && std::string(prefill_pipeline) == "0");
   }
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);

@@ -307,8 +307,12 @@ TEST_P(Attention, MatchesCpuOverPagedCache) {
   const int q_stride = (c.num_heads + 2 * c.num_kv_heads) * d;  // as in the fused qkv buffer
   const auto q = random_bf16(static_cast<size_t>(num_tokens) * q_stride, rng, 2.0f);
 
-  for (bool use_mma : {false, true}) {
+  // 0: SIMT tiles only; 1: tensor-core prefill tiles, K/V by cp.async two stages deep (the default);
+  // 2: tensor-core tiles loading K/V through registers (TANDEM_PREFILL_PIPELINE=0).
+  for (int mode : {0, 1, 2}) {
+  const bool use_mma = mode > 0;
   if (use_mma && d != 64 && d != 128) continue;
+  g_prefill_attention_pipelined = mode != 2;
   const AttentionPlan plan = plan_attention(starts.data(), context.data(), num_seqs, c.num_heads, c.num_kv_heads,
                                             c.target_blocks, 4096, use_mma);
   if (c.target_blocks > 1000) EXPECT_FALSE(plan.combines.empty()) << "the split path was not exercised";
@@ -374,8 +378,9 @@ TEST_P(Attention, MatchesCpuOverPagedCache) {
       }
     }
   }
-  EXPECT_LT(rel_error(got, want), 8e-3) << (use_mma ? "tensor-core prefill tiles" : "SIMT tiles only") << ", "
-                                       << plan.mma_items.size() << " mma tiles";
+  g_prefill_attention_pipelined = true;
+  EXPECT_LT(rel_error(got, want), 8e-3) << (use_mma ? "tensor-core prefill tiles" : "SIMT tiles only") << " (mode " << mode
+                                       << "), " << plan.mma_items.size() << " mma tiles";
   }
 }
 
