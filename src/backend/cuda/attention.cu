@@ -243,13 +243,10 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_combine_kernel(Atten
 // Pipelined (the default; TANDEM_DECODE_PIPELINE=0 turns it off): the next tile's K/V loads are issued
 // before the current tile is scored, so a warp keeps loads in flight while it computes instead of in bursts
 // (a G = 4 tile uses ~165 registers a thread, so only 12 warps share an SM and the bursts left HBM idle).
-template <int D, int G, bool Pipelined>
-__global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(AttentionParams p) {
-  pdl_trigger();
-  pdl_wait();  // everything below may read what the previous kernel wrote
+template <int D, int G, bool Pipelined, int kUnroll = (G >= 8 ? 2 : 4)>
+__device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) {
   constexpr int kLanesPerKey = D / 8;
   constexpr int kKeysPerWarp = kWarp / kLanesPerKey;
-  constexpr int kUnroll = G >= 8 ? 2 : 4;
   constexpr int kTileKeys = kWarps * kKeysPerWarp * kUnroll;
   __shared__ float m_s[kWarps][G], l_s[kWarps][G];  // [warps, G] fp32, shared
   __shared__ __align__(16) float acc_s[kWarps][G][D];  // [warps, G, D] fp32, shared
@@ -758,8 +755,29 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
 #endif
 }
 
+template <int D, int G, bool Pipelined>
+__global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(AttentionParams p) {
+  pdl_trigger();
+  pdl_wait();  // everything below may read what the previous kernel wrote
+  decode_attention_tile<D, G, Pipelined>(p);
+}
+
+// Experimental (TANDEM_DECODE_OCCUPANCY=1): the pipelined kernel held to few enough registers that more
+// CTAs share an SM (4 for G = 4, where 168 registers allow 3; 5 for G = 2), with half the keys a step so
+// that the cap costs no spills (ptxas -v): more warps with loads in flight against fewer loads a warp.
+template <int D, int G>
+__global__ void __launch_bounds__(kWarps * kWarp, G == 4 ? 4 : (G == 2 ? 5 : (G >= 8 ? 2 : 4)))
+    decode_attention_occupancy_kernel(AttentionParams p) {
+  pdl_trigger();
+  pdl_wait();
+  decode_attention_tile<D, G, true, G >= 2 ? 2 : 4>(p);
+}
+
 template <int D, int G>
 cudaError_t launch_decode(const AttentionParams& p, dim3 grid, dim3 block, cudaStream_t stream) {
+  if (g_decode_attention_pipelined && g_decode_attention_occupancy) {
+    return launch_kernel(decode_attention_occupancy_kernel<D, G>, grid, block, 0, stream, p);
+  }
   if (g_decode_attention_pipelined) return launch_kernel(decode_attention_kernel<D, G, true>, grid, block, 0, stream, p);
   return launch_kernel(decode_attention_kernel<D, G, false>, grid, block, 0, stream, p);
 }

@@ -351,6 +351,8 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     g_gemv_l2_prefetch = g_pdl_enabled && prefetch && std::string(prefetch) == "1";
     const char* pipeline = std::getenv("TANDEM_DECODE_PIPELINE");
     g_decode_attention_pipelined = !(pipeline && std::string(pipeline) == "0");
+    const char* occupancy = std::getenv("TANDEM_DECODE_OCCUPANCY");
+    g_decode_attention_occupancy = occupancy && std::string(occupancy) == "1";
     const char* prefill_pipeline = std::getenv("TANDEM_PREFILL_PIPELINE");
     g_prefill_attention_pipelined = !(prefill_pipeline && std::string(prefill_pipeline) == "0");
   }

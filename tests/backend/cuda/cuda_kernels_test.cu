@@ -747,10 +747,12 @@ TEST_P(DecodeAttention, MatchesCpu) {
   }
 
   // 0: decode kernel merging its own splits; 1: decode kernel + combine kernel; 2: SIMT kernel + combine;
-  // 3: as 0 with the pipelined decode kernel (TANDEM_DECODE_PIPELINE).
-  for (int mode : {0, 1, 2, 3}) {
+  // 3: as 0 with the pipelined decode kernel (TANDEM_DECODE_PIPELINE); 4: as 3 with its register-capped
+  // build (TANDEM_DECODE_OCCUPANCY).
+  for (int mode : {0, 1, 2, 3, 4}) {
     const bool decode_kernel = mode != 2;
-    g_decode_attention_pipelined = mode == 3;
+    g_decode_attention_pipelined = mode >= 3;
+    g_decode_attention_occupancy = mode == 4;
     DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(bucket) * c.num_heads * d);
     DeviceVec<int32_t> d_tables(tables), d_pos(positions);
     DeviceVec<AttentionWorkItem> d_items(plan.items);
@@ -781,7 +783,7 @@ TEST_P(DecodeAttention, MatchesCpu) {
     p.scale = 1.0f / std::sqrt(static_cast<float>(d));
     p.decode = decode_kernel;
     DeviceVec<int32_t> d_counters(std::vector<int32_t>(std::max<size_t>(1, plan.combines.size()), 0));
-    if ((mode == 0 || mode == 3) && c.splits > 1) {
+    if ((mode == 0 || mode >= 3) && c.splits > 1) {
       p.combine_counters = d_counters.ptr;
       p.decode_splits = c.splits;
     }
@@ -793,7 +795,8 @@ TEST_P(DecodeAttention, MatchesCpu) {
       got.resize(want.size());  // the padding sequences' rows are never written
       EXPECT_LT(rel_error(got, want), 8e-3) << "mode " << mode << " rep " << rep;
     }
-    g_decode_attention_pipelined = false;
+    g_decode_attention_pipelined = true;
+    g_decode_attention_occupancy = false;
     for (int32_t v : d_counters.download()) ASSERT_EQ(v, 0);
   }
 }
