@@ -121,9 +121,9 @@ cudaError_t launch_attention(const AttentionParams& p, cudaStream_t stream);
 // Decode tiles load the next tile's K/V before scoring the current one (the default; TANDEM_DECODE_PIPELINE=0,
 // read by the backend at startup, turns it off). H200, same run: Llama-3.1-8B offline +4%, Qwen3-0.6B +1%.
 inline bool g_decode_attention_pipelined = true;
-// Experimental (TANDEM_DECODE_OCCUPANCY=1): the pipelined decode kernel compiled for more resident CTAs an SM
-// (a register cap), trading a few spills for more loads in flight.
-inline bool g_decode_attention_occupancy = false;
+// G = 4 decode tiles run the pipelined kernel's register-capped build (the default; TANDEM_DECODE_OCCUPANCY=0,
+// read by the backend at startup, turns it off). H200: Llama-3.1-8B offline +1%.
+inline bool g_decode_attention_occupancy = true;
 
 // The tensor-core prefill kernel loads K/V tiles by cp.async, two stages deep (the default;
 // TANDEM_PREFILL_PIPELINE=0, read by the backend at startup, turns it off).

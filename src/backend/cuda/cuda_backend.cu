@@ -352,7 +352,7 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     const char* pipeline = std::getenv("TANDEM_DECODE_PIPELINE");
     g_decode_attention_pipelined = !(pipeline && std::string(pipeline) == "0");
     const char* occupancy = std::getenv("TANDEM_DECODE_OCCUPANCY");
-    g_decode_attention_occupancy = occupancy && std::string(occupancy) == "1";
+    g_decode_attention_occupancy = !(occupancy && std::string(occupancy) == "0");
     const char* prefill_pipeline = std::getenv("TANDEM_PREFILL_PIPELINE");
     g_prefill_attention_pipelined = !(prefill_pipeline && std::string(prefill_pipeline) == "0");
   }

@@ -747,8 +747,8 @@ TEST_P(DecodeAttention, MatchesCpu) {
   }
 
   // 0: decode kernel merging its own splits; 1: decode kernel + combine kernel; 2: SIMT kernel + combine;
-  // 3: as 0 with the pipelined decode kernel (TANDEM_DECODE_PIPELINE); 4: as 3 with its register-capped
-  // build (TANDEM_DECODE_OCCUPANCY).
+  // 3: as 0 with the pipelined decode kernel, G = 4 on its uncapped build (TANDEM_DECODE_OCCUPANCY=0);
+  // 4: as 3 with G = 4 on the register-capped build (the defaults).
   for (int mode : {0, 1, 2, 3, 4}) {
     const bool decode_kernel = mode != 2;
     g_decode_attention_pipelined = mode >= 3;
@@ -796,7 +796,7 @@ TEST_P(DecodeAttention, MatchesCpu) {
       EXPECT_LT(rel_error(got, want), 8e-3) << "mode " << mode << " rep " << rep;
     }
     g_decode_attention_pipelined = true;
-    g_decode_attention_occupancy = false;
+    g_decode_attention_occupancy = true;
     for (int32_t v : d_counters.download()) ASSERT_EQ(v, 0);
   }
 }
