@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran at commit 36bce9d, when gpu_experiments.sh still had the GEMV prefetch A/B (since removed).
 # The H200 runs of the second 2026-11-28 session, in one `run` call from the repository root with the
 # bundle of tools/prepare_device_bundle.sh in .device/cuda (carry=[".device/cuda"]):
 #   1. bench   tools/gpu_bench.sh: every figure of issue 9 on this GPU (the bars are H200 figures)

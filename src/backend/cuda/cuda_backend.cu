@@ -345,10 +345,6 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     // Programmatic dependent launch (sm_90+): each kernel's launch overlaps the previous one's tail.
     const char* pdl = std::getenv("TANDEM_PDL");
     g_pdl_enabled = prop.major >= 9 && !(pdl && std::string(pdl) == "0");
-    // 1-2 token GEMVs prefetching their first weights into L2 before the PDL wait (experimental, off
-    // until measured in a decode benchmark: docs/performance.md).
-    const char* prefetch = std::getenv("TANDEM_GEMV_PREFETCH");
-    g_gemv_l2_prefetch = g_pdl_enabled && prefetch && std::string(prefetch) == "1";
     const char* pipeline = std::getenv("TANDEM_DECODE_PIPELINE");
     g_decode_attention_pipelined = !(pipeline && std::string(pipeline) == "0");
     const char* occupancy = std::getenv("TANDEM_DECODE_OCCUPANCY");

@@ -232,18 +232,6 @@ __global__ void __launch_bounds__(kWarps * kWarp) skinny_gemm_kernel(const bf16*
 constexpr int kFmaRows = 4;
 constexpr int kFmaChunk = kWarp * 8;  // K per warp pass
 constexpr int kFmaUnroll = 2;
-constexpr int kFmaPrefetchChunks = 4;  // at most 2 KB per weight row per warp: enough to cover a decode
-                                       // step's small kernels without flushing L2 on the large matrices
-
-// Asks L2 to fetch [p, p + bytes) from DRAM (sm_90's bulk prefetch: one instruction per contiguous
-// range, no registers, no completion to wait for). p 16-byte aligned, bytes a multiple of 16.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(__cvta_generic_to_global(p)), "r"(bytes) : "memory");
-#else
-  (void)p, (void)bytes;
-#endif
-}
 
 __device__ __forceinline__ void bf16x8_to_float(const uint4& v, float (&f)[8]) {
   const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
@@ -265,8 +253,7 @@ template <int M, bool kOutF32, bool kSiluIn>
 __global__ void __launch_bounds__(kWarps * kWarp) gemv_fma_kernel(const bf16* __restrict__ x, int rows, int in,
                                                                    const bf16* __restrict__ w, int out,
                                                                    void* __restrict__ y, int splits,
-                                                                   float* __restrict__ ws, int32_t* __restrict__ counters,
-                                                                   bool prefetch) {
+                                                                   float* __restrict__ ws, int32_t* __restrict__ counters) {
   __shared__ float red[kWarps][kFmaRows * M];  // [warps, rows x tokens] fp32, shared
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int tile = blockIdx.x / splits, split = blockIdx.x % splits;
@@ -279,14 +266,6 @@ __global__ void __launch_bounds__(kWarps * kWarp) gemv_fma_kernel(const bf16* __
 #pragma unroll
   for (int r = 0; r < kFmaRows; ++r) wr[r] = w + static_cast<size_t>(min(tile * kFmaRows + r, out - 1)) * in + lane * 8;
   pdl_trigger();
-  // The weights are constant: lane r asks L2 for row r's first chunks of this warp's slice of K while the
-  // kernel launched before us (with PDL) finishes; x is only read after pdl_wait().
-  if (prefetch && lane < kFmaRows && c_begin < c_end) {
-    const int k0 = c_begin * kFmaChunk;
-    const int k1 = min(in, min(c_end, c_begin + kFmaPrefetchChunks) * kFmaChunk);
-    prefetch_l2_bulk(w + static_cast<size_t>(min(tile * kFmaRows + lane, out - 1)) * in + k0,
-                     static_cast<uint32_t>(k1 - k0) * sizeof(bf16));
-  }
   pdl_wait();
   const size_t x_stride = kSiluIn ? 2 * static_cast<size_t>(in) : static_cast<size_t>(in);
   float acc[kFmaRows][M];
@@ -391,14 +370,14 @@ cudaError_t launch_nt(const bf16* x, int rows, int in, const bf16* w, int out, v
 
 template <int M, bool kSiluIn>
 cudaError_t launch_fma(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32, int tiles,
-                       int splits, const SkinnyGemmWorkspace& ws, bool prefetch, cudaStream_t stream) {
+                       int splits, const SkinnyGemmWorkspace& ws, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(tiles * splits)), block(kWarps * kWarp);
   if (y_fp32) {
     return launch_kernel(gemv_fma_kernel<M, true, kSiluIn>, grid, block, 0, stream, x, rows, in, w, out, y, splits,
-                         ws.partials, ws.counters, prefetch);
+                         ws.partials, ws.counters);
   }
   return launch_kernel(gemv_fma_kernel<M, false, kSiluIn>, grid, block, 0, stream, x, rows, in, w, out, y, splits,
-                       ws.partials, ws.counters, prefetch);
+                       ws.partials, ws.counters);
 }
 
 }  // namespace
@@ -435,23 +414,24 @@ cudaError_t launch_skinny(const bf16* x, int rows, int in, const bf16* w, int ou
   if (!skinny_gemm_supported(rows, in, x, w) || out <= 0 || !y) return cudaErrorInvalidValue;
   // Measured on an H100 (SkinnyGemmBench): row streaming is the fastest for 1-2 tokens on every shape;
   // from 3 tokens on its FMA work (and the folded silu) costs more than the tensor-core variant.
-  if (variant < 0) variant = rows <= 2 ? (g_gemv_l2_prefetch ? 4 : 3) : 1;
-  if ((variant == 3 || variant == 4) && rows <= 4) {
-    const bool prefetch = variant == 4;
+  // (A bulk L2 prefetch of the first weights before the PDL wait lost at batch 1 on an H200, 3% on
+  // Qwen3-0.6B and 14% on Llama-3.1-8B: bench/results/2026-11-28-h200/baseline/exp.)
+  if (variant < 0) variant = rows <= 2 ? 3 : 1;
+  if (variant == 3 && rows <= 4) {
     const int tiles = (out + kFmaRows - 1) / kFmaRows;
     const int chunks = (in + kFmaChunk - 1) / kFmaChunk;
     const int m = rows <= 1 ? 1 : (rows <= 2 ? 2 : 4);
     const int splits = choose_splits(tiles, chunks, 1, static_cast<size_t>(kFmaRows) * m, ws, num_sms);
     if (m == 1) {
-      return silu_in ? launch_fma<1, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream)
-                     : launch_fma<1, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream);
+      return silu_in ? launch_fma<1, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream)
+                     : launch_fma<1, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream);
     }
     if (m == 2) {
-      return silu_in ? launch_fma<2, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream)
-                     : launch_fma<2, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream);
+      return silu_in ? launch_fma<2, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream)
+                     : launch_fma<2, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream);
     }
-    return silu_in ? launch_fma<4, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream)
-                   : launch_fma<4, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream);
+    return silu_in ? launch_fma<4, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream)
+                   : launch_fma<4, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream);
   }
   const int tiles = (out + kTileRows - 1) / kTileRows;
   const int nt = rows <= 8 ? 1 : 2;

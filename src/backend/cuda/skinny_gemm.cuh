@@ -57,16 +57,9 @@ cudaError_t launch_skinny_gemm_silu(const __nv_bfloat16* gate_up, int rows, int 
                                     void* y, bool y_fp32, const SkinnyGemmWorkspace& ws, int num_sms,
                                     cudaStream_t stream);
 
-// Whether the default choice for 1-2 tokens prefetches each block's first weights into L2 before the PDL
-// wait (variant 4), so that the bytes come from DRAM while the kernel before it (a norm, attention)
-// still runs. Set once by the backend from TANDEM_GEMV_PREFETCH=1 before its first launch; off until a
-// decode benchmark shows it pays (the GEMV microbenchmark, back to back, cannot).
-inline bool g_gemv_l2_prefetch = false;
-
 // One kernel variant, for tests and benchmarks: 0 mma (tensor cores, fragments loaded from global), 1 the
 // same with an L2 256-byte fetch hint, 2 that with an L2 prefetch before the PDL wait, 3 row-streaming
-// FMAs (rows <= 4, else 1), 4 row streaming with a bulk L2 prefetch before the PDL wait (rows <= 4,
-// else 1); -1 the default choice.
+// FMAs (rows <= 4, else 1); -1 the default choice.
 cudaError_t launch_skinny_gemm_variant(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, void* y,
                                        bool y_fp32, bool silu_in, const SkinnyGemmWorkspace& ws, int num_sms, int variant,
                                        cudaStream_t stream);
