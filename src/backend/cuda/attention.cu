@@ -530,6 +530,7 @@ __device__ __forceinline__ void cp_async_wait() {
 // cp.async, two stages deep, so the next tile loads while the tensor cores work on this one. Without it
 // every 32-key tile waited for its loads (registers, then shared memory) before any mma: the profile of
 // Llama-3.1-8B's 8,192-token prefill steps on an H200 put attention at ~70 TFLOP/s, 15% of the step.
+// Pipelined, a 4,096-token prompt's prefill went from 482 to 504 model TFLOP/s (H200, same call).
 // The two stages share shared memory with the Q tile, which is read into registers first.
 template <int D, bool Pipelined>
 __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(AttentionParams p) {
