@@ -593,6 +593,13 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
   const int32_t* table = p.block_tables + static_cast<size_t>(w.seq) * p.max_blocks_per_seq;
   const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * D;
 
+  const size_t v_offset = static_cast<size_t>(p.block_size) * kv_size;  // a block's V rows follow its K rows
+  // Where 16-byte chunk `part` of this KV head's K row for `key` lies in the paged pool.
+  auto k_chunk = [&](int key, int part) {
+    const int block = table[key / p.block_size], offset = key % p.block_size;
+    return p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size +
+           static_cast<size_t>(w.kv_head) * D + part * 8;
+  };
   // Starts copying the K/V rows of keys [key0, key0 + kKeyTile) into a stage (zeros past key_end).
   auto load_tile_async = [&](int key0, int stage) {
     auto k_s = k_tile(stage);
@@ -601,13 +608,10 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
       const int j = c / kChunks, part = c % kChunks;
       const int key = key0 + j;
       const bool valid = key < w.key_end;
-      const bf16* k_src = p.kv_pool;  // any mapped address: nothing is read when !valid
-      if (valid) {
-        const int block = table[key / p.block_size], offset = key % p.block_size;
-        k_src += (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size + static_cast<size_t>(w.kv_head) * D + part * 8;
-      }
+      // Past key_end any mapped address will do: nothing is read.
+      const bf16* k_src = valid ? k_chunk(key, part) : p.kv_pool;
       cp_async_16(&k_s[j][part * 8], k_src, valid);
-      cp_async_16(&v_s[j][part * 8], valid ? k_src + static_cast<size_t>(p.block_size) * kv_size : k_src, valid);
+      cp_async_16(&v_s[j][part * 8], valid ? k_src + v_offset : k_src, valid);
     }
     cp_async_commit();
   };
@@ -632,11 +636,9 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
         const int key = key0 + j;
         uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
         if (key < w.key_end) {
-          const int block = table[key / p.block_size], offset = key % p.block_size;
-          const bf16* k_src = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size +
-                              static_cast<size_t>(w.kv_head) * D + part * 8;
+          const bf16* k_src = k_chunk(key, part);
           kv = *reinterpret_cast<const uint4*>(k_src);
-          vv = *reinterpret_cast<const uint4*>(k_src + static_cast<size_t>(p.block_size) * kv_size);
+          vv = *reinterpret_cast<const uint4*>(k_src + v_offset);
         }
         *reinterpret_cast<uint4*>(&k_tile(0)[j][part * 8]) = kv;
         *reinterpret_cast<uint4*>(&v_tile(0)[j][part * 8]) = vv;

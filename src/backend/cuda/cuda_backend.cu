@@ -50,6 +50,17 @@ constexpr int kSkinnyCounters = 4096;              // its per-row-tile counters
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 double gib(size_t bytes) { return static_cast<double>(bytes) / (1ull << 30); }
 
+// The backend's environment switches: a path that is on by default is turned off by NAME=0, one that is
+// off by default is turned on by NAME=1; any other value leaves the default.
+bool switched_off(const char* name) {
+  const char* value = std::getenv(name);
+  return value && std::string(value) == "0";
+}
+bool switched_on(const char* name) {
+  const char* value = std::getenv(name);
+  return value && std::string(value) == "1";
+}
+
 int parse_device(const std::string& device) {
   if (device == "cuda") return 0;
   const std::string prefix = "cuda:";
@@ -327,31 +338,18 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   cudaDeviceProp prop{};
   TANDEM_CUDA_THROW(cudaGetDeviceProperties(&prop, device_), device_);
   num_sms_ = prop.multiProcessorCount;
-  {
-    const char* env = std::getenv("TANDEM_ATTENTION_MMA");
-    use_mma_ = (c.head_dim == 64 || c.head_dim == 128) && prop.major >= 8 && !(env && std::string(env) == "0");
-    const char* skinny = std::getenv("TANDEM_SKINNY_GEMM");
-    use_skinny_ = prop.major >= 8 && !(skinny && std::string(skinny) == "0");
-    const char* decode = std::getenv("TANDEM_DECODE_ATTENTION");
-    use_decode_attention_ = !(decode && std::string(decode) == "0");
-    const char* prof = std::getenv("TANDEM_PROFILE_KERNELS");
-    profile_.enabled = prof && std::string(prof) == "1";
-    const char* sampling = std::getenv("TANDEM_DEVICE_SAMPLING");
-    device_sampling_ = !(sampling && std::string(sampling) == "0");
-    const char* steps = std::getenv("TANDEM_PROFILE_STEPS");
-    step_timing_.enabled = steps && std::string(steps) == "1";
-    const char* legacy = std::getenv("TANDEM_LEGACY_SPLITS");
-    legacy_splits_ = legacy && std::string(legacy) == "1";
-    // Programmatic dependent launch (sm_90+): each kernel's launch overlaps the previous one's tail.
-    const char* pdl = std::getenv("TANDEM_PDL");
-    g_pdl_enabled = prop.major >= 9 && !(pdl && std::string(pdl) == "0");
-    const char* pipeline = std::getenv("TANDEM_DECODE_PIPELINE");
-    g_decode_attention_pipelined = !(pipeline && std::string(pipeline) == "0");
-    const char* occupancy = std::getenv("TANDEM_DECODE_OCCUPANCY");
-    g_decode_attention_occupancy = !(occupancy && std::string(occupancy) == "0");
-    const char* prefill_pipeline = std::getenv("TANDEM_PREFILL_PIPELINE");
-    g_prefill_attention_pipelined = !(prefill_pipeline && std::string(prefill_pipeline) == "0");
-  }
+  use_mma_ = (c.head_dim == 64 || c.head_dim == 128) && prop.major >= 8 && !switched_off("TANDEM_ATTENTION_MMA");
+  use_skinny_ = prop.major >= 8 && !switched_off("TANDEM_SKINNY_GEMM");
+  use_decode_attention_ = !switched_off("TANDEM_DECODE_ATTENTION");
+  profile_.enabled = switched_on("TANDEM_PROFILE_KERNELS");
+  device_sampling_ = !switched_off("TANDEM_DEVICE_SAMPLING");
+  step_timing_.enabled = switched_on("TANDEM_PROFILE_STEPS");
+  legacy_splits_ = switched_on("TANDEM_LEGACY_SPLITS");
+  // Programmatic dependent launch (sm_90+): each kernel's launch overlaps the previous one's tail.
+  g_pdl_enabled = prop.major >= 9 && !switched_off("TANDEM_PDL");
+  g_decode_attention_pipelined = !switched_off("TANDEM_DECODE_PIPELINE");
+  g_decode_attention_occupancy = !switched_off("TANDEM_DECODE_OCCUPANCY");
+  g_prefill_attention_pipelined = !switched_off("TANDEM_PREFILL_PIPELINE");
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
   TANDEM_CUBLAS_THROW(cublasSetStream(cublas_, stream_), device_);
@@ -1252,8 +1250,8 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
     }
     it = peer_pools_.emplace(key, ptr).first;
   }
-  const size_t n = local_blocks.size();
   // Block ids to the device in one copy: [peer ids][local ids].
+  const size_t n = local_blocks.size();
   if (2 * n > peer_ids_capacity_) {
     const size_t capacity = std::max<size_t>(2 * n, 4096);
     cudaFreeHost(peer_ids_host_);
