@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "cluster/etcd.h"
+#include "cluster/keys.h"
 #include "cluster/prefill_queue.h"
 #include "common/error.h"
 #include "common/socket.h"
@@ -203,7 +204,7 @@ struct Frontend::Impl {
     if (queue_poller.joinable()) queue_poller.join();
   }
   bool cluster_mode() const { return !options.etcd.empty(); }
-  std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }
+  std::string key_prefix() const { return cluster::key_prefix(options.cluster_namespace); }
 
   // Routes new requests to it: registered, not draining, and (cluster mode) still listed in etcd.
   bool routable(const WorkerRecord& w) const {

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "cluster/etcd.h"
+#include "cluster/keys.h"
 #include "cluster/prefill_queue.h"
 #include "common/error.h"
 #include "common/prefix_index.h"
@@ -218,7 +219,7 @@ struct Worker::Impl : std::enable_shared_from_this<Worker::Impl> {
   // routed late is finished, not cut off by the exit.
   static constexpr int64_t kDrainGraceMs = 2000;
   bool cluster_mode() const { return !etcd_endpoints.empty(); }
-  std::string key_prefix() const { return "/tandem/" + options.cluster_namespace + "/"; }
+  std::string key_prefix() const { return cluster::key_prefix(options.cluster_namespace); }
   bool prefills() const { return options.role != Role::kDecode; }
 
   // ---- outputs to the frontend -------------------------------------------------------------
