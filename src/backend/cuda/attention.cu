@@ -240,10 +240,11 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_combine_kernel(Atten
 // states are merged across lanes (shuffles) and warps (shared memory) at the end. Each K/V byte is read
 // once for all G heads.
 //
-// Pipelined (the default; TANDEM_DECODE_PIPELINE=0 turns it off): the next tile's K/V loads are issued
-// before the current tile is scored, so a warp keeps loads in flight while it computes instead of in bursts
-// (a G = 4 tile uses ~165 registers a thread, so only 12 warps share an SM and the bursts left HBM idle).
-template <int D, int G, bool Pipelined, int kUnroll = (G >= 8 ? 2 : 4)>
+// Pipelined: the next tile's K/V loads are issued before the current tile is scored, so a warp keeps loads
+// in flight while it computes instead of in bursts (a G = 4 tile uses ~165 registers a thread, so only 12
+// warps share an SM and the bursts left HBM idle). H200, same call: Llama-3.1-8B offline +4.3%, Qwen3-0.6B
+// +0.8% over loading a tile, then scoring it (that path is deleted; docs/performance.md).
+template <int D, int G, int kUnroll = (G >= 8 ? 2 : 4)>
 __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) {
   constexpr int kLanesPerKey = D / 8;
   constexpr int kKeysPerWarp = kWarp / kLanesPerKey;
@@ -358,18 +359,13 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
   uint4 kr[kUnroll], vr[kUnroll];
   load_tile(w.key_begin, kr, vr);
   for (int key0 = w.key_begin; key0 < w.key_end; key0 += kTileKeys) {
-    if constexpr (Pipelined) {
-      uint4 kn[kUnroll], vn[kUnroll];
-      load_tile(key0 + kTileKeys, kn, vn);  // past the end: zeros, nothing read
-      consume(key0, kr, vr);
+    uint4 kn[kUnroll], vn[kUnroll];
+    load_tile(key0 + kTileKeys, kn, vn);  // past the end: zeros, nothing read
+    consume(key0, kr, vr);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        kr[u] = kn[u];
-        vr[u] = vn[u];
-      }
-    } else {
-      consume(key0, kr, vr);
-      if (key0 + kTileKeys < w.key_end) load_tile(key0 + kTileKeys, kr, vr);
+    for (int u = 0; u < kUnroll; ++u) {
+      kr[u] = kn[u];
+      vr[u] = vn[u];
     }
   }
 
@@ -526,13 +522,13 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Pipelined (the default; TANDEM_PREFILL_PIPELINE=0 turns it off): K/V tiles land in shared memory by
-// cp.async, two stages deep, so the next tile loads while the tensor cores work on this one. Without it
-// every 32-key tile waited for its loads (registers, then shared memory) before any mma: the profile of
-// Llama-3.1-8B's 8,192-token prefill steps on an H200 put attention at ~70 TFLOP/s, 15% of the step.
-// Pipelined, a 4,096-token prompt's prefill went from 482 to 504 model TFLOP/s (H200, same call).
-// The two stages share shared memory with the Q tile, which is read into registers first.
-template <int D, bool Pipelined>
+// Pipelined: K/V tiles land in shared memory by cp.async, two stages deep, so the next tile loads while
+// the tensor cores work on this one. Before, every 32-key tile waited for its loads (registers, then shared
+// memory) before any mma: the profile of Llama-3.1-8B's 8,192-token prefill steps on an H200 put attention
+// at ~70 TFLOP/s, 15% of the step. Pipelined, a 4,096-token prompt's prefill went from 482 to 504 model
+// TFLOP/s (H200, same call; the register path is deleted). The two stages share shared memory with the Q
+// tile, which is read into registers first.
+template <int D>
 __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
@@ -542,15 +538,15 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
   constexpr int kStride = D + 8;  // bf16 row stride: 16-byte padding keeps ldmatrix free of bank conflicts
   constexpr int kChunks = D / 8;  // 16-byte chunks per row
   constexpr int kQElems = kRows * kStride, kTileElems = kKeyTile * kStride;
-  // Pipelined: [2 stages][K, V][keys, D] over the Q tile's space; else Q, K, V side by side. bf16, shared.
-  constexpr int kSmemElems = Pipelined ? (kQElems > 4 * kTileElems ? kQElems : 4 * kTileElems) : kQElems + 2 * kTileElems;
+  // [2 stages][K, V][keys, D] over the Q tile's space. bf16, shared.
+  constexpr int kSmemElems = kQElems > 4 * kTileElems ? kQElems : 4 * kTileElems;
   __shared__ __align__(16) bf16 smem[kSmemElems];
   auto q_s = reinterpret_cast<bf16 (*)[kStride]>(smem);  // [rows, D]
   auto k_tile = [&](int stage) {                          // [keys, D]
-    return reinterpret_cast<bf16 (*)[kStride]>(smem + (Pipelined ? 2 * stage * kTileElems : kQElems));
+    return reinterpret_cast<bf16 (*)[kStride]>(smem + 2 * stage * kTileElems);
   };
   auto v_tile = [&](int stage) {  // [keys, D]
-    return reinterpret_cast<bf16 (*)[kStride]>(smem + (Pipelined ? (2 * stage + 1) * kTileElems : kQElems + kTileElems));
+    return reinterpret_cast<bf16 (*)[kStride]>(smem + (2 * stage + 1) * kTileElems);
   };
 
   const AttentionWorkItem w = p.mma_items[blockIdx.x];
@@ -616,35 +612,16 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
     cp_async_commit();
   };
   int stage = 0;
-  if constexpr (Pipelined) {
-    __syncthreads();  // every warp holds its Q fragments: the stages may overwrite the Q tile
-    if (w.key_begin < w.key_end) load_tile_async(w.key_begin, 0);
-  }
+  __syncthreads();  // every warp holds its Q fragments: the stages may overwrite the Q tile
+  if (w.key_begin < w.key_end) load_tile_async(w.key_begin, 0);
   for (int key0 = w.key_begin; key0 < w.key_end; key0 += kKeyTile) {
-    if constexpr (Pipelined) {
-      if (key0 + kKeyTile < w.key_end) {
-        load_tile_async(key0 + kKeyTile, stage ^ 1);
-      } else {
-        cp_async_commit();  // an empty group, so that wait<1> below still means "this tile has landed"
-      }
-      cp_async_wait<1>();
-      __syncthreads();
+    if (key0 + kKeyTile < w.key_end) {
+      load_tile_async(key0 + kKeyTile, stage ^ 1);
     } else {
-      __syncthreads();  // previous tile consumed
-      for (int c = threadIdx.x; c < kKeyTile * kChunks; c += blockDim.x) {
-        const int j = c / kChunks, part = c % kChunks;
-        const int key = key0 + j;
-        uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-        if (key < w.key_end) {
-          const bf16* k_src = k_chunk(key, part);
-          kv = *reinterpret_cast<const uint4*>(k_src);
-          vv = *reinterpret_cast<const uint4*>(k_src + v_offset);
-        }
-        *reinterpret_cast<uint4*>(&k_tile(0)[j][part * 8]) = kv;
-        *reinterpret_cast<uint4*>(&v_tile(0)[j][part * 8]) = vv;
-      }
-      __syncthreads();
+      cp_async_commit();  // an empty group, so that wait<1> below still means "this tile has landed"
     }
+    cp_async_wait<1>();
+    __syncthreads();
     auto k_s = k_tile(stage);
     auto v_s = v_tile(stage);
 
@@ -729,10 +706,8 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
         mma_bf16(o[2 * np + 1], a, b[2], b[3]);
       }
     }
-    if constexpr (Pipelined) {
-      __syncthreads();  // every warp is done with this stage before the next iteration refills it
-      stage ^= 1;
-    }
+    __syncthreads();  // every warp is done with this stage before the next iteration refills it
+    stage ^= 1;
   }
 #pragma unroll
   for (int off = 1; off < 4; off *= 2) {
@@ -758,39 +733,39 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_mma_kernel(Attention
 #endif
 }
 
-template <int D, int G, bool Pipelined>
+template <int D, int G>
 __global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
-  decode_attention_tile<D, G, Pipelined>(p);
+  decode_attention_tile<D, G>(p);
 }
 
-// The pipelined kernel held to few enough registers that 4 CTAs of a G = 4 tile share an SM (168 registers
-// allow 3), with half the keys a step so that the cap costs no spills (ptxas -v): more warps with loads in
-// flight against fewer loads a warp. The launcher uses it for G = 4 only (TANDEM_DECODE_OCCUPANCY=0: never).
+// The kernel held to few enough registers that 4 CTAs of a G = 4 tile share an SM (168 registers allow 3),
+// with half the keys a step so that the cap costs no spills (ptxas -v): more warps with loads in flight
+// against fewer loads a warp. The launcher uses it for G = 4 only.
 template <int D>
 __global__ void __launch_bounds__(kWarps * kWarp, 4) decode_attention_g4_capped_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
-  decode_attention_tile<D, 4, true, 2>(p);
+  decode_attention_tile<D, 4, 2>(p);
 }
 
 template <int D, int G>
-cudaError_t launch_decode(const AttentionParams& p, dim3 grid, dim3 block, cudaStream_t stream) {
-  // The register-capped build where it measured faster: G = 4 (Llama-3.1-8B, H200: decode steps at batch 64
-  // 1.7% shorter); for G = 2 it was 6% slower (Qwen3-0.6B at batch 256).
+cudaError_t launch_decode(const AttentionParams& p, dim3 grid, dim3 block, cudaStream_t stream,
+                          const LaunchOptions& options) {
+  // The register-capped build where it measured faster: G = 4 (Llama-3.1-8B, H200: offline +1.0%, decode
+  // steps at batch 64 1.7% shorter; the uncapped G = 4 launch is deleted); for G = 2 it was 4-6% slower
+  // (Qwen3-0.6B at batch 256), so the other groups run uncapped.
   if constexpr (G == 4) {
-    if (g_decode_attention_pipelined && g_decode_attention_occupancy) {
-      return launch_kernel(decode_attention_g4_capped_kernel<D>, grid, block, 0, stream, p);
-    }
+    return launch_kernel(decode_attention_g4_capped_kernel<D>, grid, block, 0, stream, options, p);
+  } else {
+    return launch_kernel(decode_attention_kernel<D, G>, grid, block, 0, stream, options, p);
   }
-  if (g_decode_attention_pipelined) return launch_kernel(decode_attention_kernel<D, G, true>, grid, block, 0, stream, p);
-  return launch_kernel(decode_attention_kernel<D, G, false>, grid, block, 0, stream, p);
 }
 
 // Returns whether the decode kernel ran (and merged its own splits when combine_counters is set).
 template <int D>
-cudaError_t launch_items(const AttentionParams& p, cudaStream_t stream, bool* merged) {
+cudaError_t launch_items(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options, bool* merged) {
   *merged = false;
   if (p.num_items <= 0) return cudaSuccess;
   const dim3 grid(p.num_items), block(kWarps * kWarp);
@@ -798,32 +773,30 @@ cudaError_t launch_items(const AttentionParams& p, cudaStream_t stream, bool* me
   if (p.decode && (group == 1 || group == 2 || group == 4 || group == 8)) {
     *merged = p.combine_counters != nullptr && p.decode_splits > 0;
     switch (group) {
-      case 1: return launch_decode<D, 1>(p, grid, block, stream);
-      case 2: return launch_decode<D, 2>(p, grid, block, stream);
-      case 4: return launch_decode<D, 4>(p, grid, block, stream);
-      default: return launch_decode<D, 8>(p, grid, block, stream);
+      case 1: return launch_decode<D, 1>(p, grid, block, stream, options);
+      case 2: return launch_decode<D, 2>(p, grid, block, stream, options);
+      case 4: return launch_decode<D, 4>(p, grid, block, stream, options);
+      default: return launch_decode<D, 8>(p, grid, block, stream, options);
     }
   }
-  return launch_kernel(attention_kernel<D>, grid, block, 0, stream, p);
+  return launch_kernel(attention_kernel<D>, grid, block, 0, stream, options, p);
 }
 
 template <int D>
-cudaError_t launch_for_dim(const AttentionParams& p, cudaStream_t stream) {
+cudaError_t launch_for_dim(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options) {
   bool merged = false;
-  cudaError_t err = launch_items<D>(p, stream, &merged);
+  cudaError_t err = launch_items<D>(p, stream, options, &merged);
   if (err != cudaSuccess) return err;
   if (p.num_mma_items > 0) {
     if constexpr (D == 64 || D == 128) {
-      err = g_prefill_attention_pipelined
-                ? launch_kernel(attention_mma_kernel<D, true>, dim3(p.num_mma_items), dim3(kWarps * kWarp), 0, stream, p)
-                : launch_kernel(attention_mma_kernel<D, false>, dim3(p.num_mma_items), dim3(kWarps * kWarp), 0, stream, p);
+      err = launch_kernel(attention_mma_kernel<D>, dim3(p.num_mma_items), dim3(kWarps * kWarp), 0, stream, options, p);
       if (err != cudaSuccess) return err;
     } else {
       return cudaErrorInvalidValue;
     }
   }
   if (p.num_combines == 0 || merged) return cudaSuccess;
-  return launch_kernel(attention_combine_kernel<D>, dim3(p.num_combines), dim3(kWarps * kWarp), 0, stream, p);
+  return launch_kernel(attention_combine_kernel<D>, dim3(p.num_combines), dim3(kWarps * kWarp), 0, stream, options, p);
 }
 
 }  // namespace
@@ -926,16 +899,16 @@ AttentionPlan plan_decode_attention(const int32_t* context_lens, int num_seqs, i
   return plan;
 }
 
-cudaError_t launch_attention(const AttentionParams& p, cudaStream_t stream) {
+cudaError_t launch_attention(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options) {
   if (p.num_heads <= 0 || p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 || p.block_size <= 0 ||
       p.num_items < 0 || p.num_combines < 0 || (p.num_combines > 0 && (!p.partial_out || !p.partial_ml))) {
     return cudaErrorInvalidValue;
   }
   switch (p.head_dim) {
-    case 16: return launch_for_dim<16>(p, stream);
-    case 32: return launch_for_dim<32>(p, stream);
-    case 64: return launch_for_dim<64>(p, stream);
-    case 128: return launch_for_dim<128>(p, stream);
+    case 16: return launch_for_dim<16>(p, stream, options);
+    case 32: return launch_for_dim<32>(p, stream, options);
+    case 64: return launch_for_dim<64>(p, stream, options);
+    case 128: return launch_for_dim<128>(p, stream, options);
     default: return cudaErrorInvalidValue;
   }
 }

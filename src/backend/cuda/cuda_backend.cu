@@ -18,7 +18,6 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <numbers>
 #include <string>
 #include <vector>
 
@@ -48,18 +47,13 @@ constexpr size_t kSkinnyPartialFloats = 1u << 20;  // split-K scratch of the ski
 constexpr int kSkinnyCounters = 4096;              // its per-row-tile counters
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
-double gib(size_t bytes) { return static_cast<double>(bytes) / (1ull << 30); }
 
-// The backend's environment switches: a path that is on by default is turned off by NAME=0, one that is
-// off by default is turned on by NAME=1; any other value leaves the default.
-bool switched_off(const char* name) {
-  const char* value = std::getenv(name);
-  return value && std::string(value) == "0";
-}
-bool switched_on(const char* name) {
+// A profiling switch of the environment (TANDEM_PROFILE_*): on when set to 1.
+bool profiling_switched_on(const char* name) {
   const char* value = std::getenv(name);
   return value && std::string(value) == "1";
 }
+double gib(size_t bytes) { return static_cast<double>(bytes) / (1ull << 30); }
 
 int parse_device(const std::string& device) {
   if (device == "cuda") return 0;
@@ -73,32 +67,6 @@ int parse_device(const std::string& device) {
   } catch (const std::exception&) {
     throw Error("--device " + device + ": expected cuda:N with N a device index");
   }
-}
-
-// RoPE inverse frequencies with Llama-3.1's smoothing of long wavelengths (transformers'
-// _compute_llama3_parameters); the same formula as the CPU backend's.
-std::vector<float> rope_inv_freq(const model::ModelConfig& c) {
-  const int half = c.head_dim / 2;
-  std::vector<float> inv(half);
-  for (int i = 0; i < half; ++i) {
-    inv[i] = 1.0f / std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(c.head_dim));
-  }
-  if (c.rope_scaling.type == model::RopeScaling::Type::kLlama3) {
-    const auto& s = c.rope_scaling;
-    const float old_len = static_cast<float>(s.original_max_position_embeddings);
-    const float low_freq_wavelen = old_len / s.low_freq_factor;
-    const float high_freq_wavelen = old_len / s.high_freq_factor;
-    for (int i = 0; i < half; ++i) {
-      const float wavelen = 2.0f * std::numbers::pi_v<float> / inv[i];
-      if (wavelen > low_freq_wavelen) {
-        inv[i] = inv[i] / s.factor;
-      } else if (wavelen >= high_freq_wavelen) {
-        const float smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        inv[i] = (1.0f - smooth) * inv[i] / s.factor + smooth * inv[i];
-      }
-    }
-  }
-  return inv;
 }
 
 // One decoder layer's weights, bf16, device (pointers into the weight arena).
@@ -146,7 +114,7 @@ class CudaBackend final : public Backend {
   Status forward(const ForwardBatch& batch, std::span<float> logits) override;
   Status forward_greedy(const ForwardBatch& batch, std::span<int32_t> tokens) override;
   Status device_health() const override { return health_; }
-  bool samples_on_device() const override { return device_sampling_; }
+  bool samples_on_device() const override { return true; }
   Status forward_sampled(const ForwardBatch& batch, const DeviceSamplingStep& step) override;
   Status read_kv_block(int layer, int block, std::span<std::byte> out) override;
   Status write_kv_block(int layer, int block, std::span<const std::byte> in) override;
@@ -255,8 +223,7 @@ class CudaBackend final : public Backend {
     size_t metadata_bytes = 0;
   };
   bool graphs_enabled_ = true;
-  // Prefill chunks of >= 16 tokens through the tensor-core attention kernel (head_dim 64/128, sm_80+);
-  // TANDEM_ATTENTION_MMA=0 in the environment turns it off (to compare the two kernels).
+  // Prefill chunks of >= 16 tokens through the tensor-core attention kernel (head_dim 64/128, sm_80+).
   bool use_mma_ = false;
   std::vector<DecodeGraph> graphs_;
   // Peer copies (copy_blocks_from/to_peer) may come from transfer threads while the engine thread runs
@@ -269,17 +236,12 @@ class CudaBackend final : public Backend {
   int32_t* peer_ids_host_ = nullptr;       // [peer_ids_capacity] int32, pinned host: [peer ids][local ids]
   int32_t* peer_ids_dev_ = nullptr;        // [peer_ids_capacity] int32, device
   void* cublas_workspace_ = nullptr;  // [kCublasWorkspaceBytes] bytes, device (fixed, so GEMMs can be captured)
-  // GEMMs of <= kSkinnyMaxRows rows (decode steps) through our skinny kernel instead of cuBLAS, and decode
-  // attention through the decode kernel; TANDEM_SKINNY_GEMM=0 / TANDEM_DECODE_ATTENTION=0 in the
-  // environment turn them off (to compare).
-  bool use_skinny_ = true;
-  bool use_decode_attention_ = true;
-  bool device_sampling_ = true;  // TANDEM_DEVICE_SAMPLING=0: sampled steps copy whole rows to the host sampler
+  // GEMMs of <= kSkinnyMaxRows rows (decode steps) through our skinny kernel instead of cuBLAS (sm_80+).
+  bool use_skinny_ = false;
+  // How every kernel is launched (PDL on sm_90+); fixed in the constructor.
+  LaunchOptions launch_;
   SkinnyGemmWorkspace skinny_ws_;  // partials [kSkinnyPartialFloats] fp32, counters [kSkinnyCounters] int32, device
   int32_t* combine_counters_ = nullptr;  // [kMaxPartials] int32, device, zero between steps (decode split merges)
-  // TANDEM_LEGACY_SPLITS=1: decode graphs split every tile's keys as before (target 2 blocks per SM,
-  // every split used down to 32 keys), to measure what the per-sequence choice buys.
-  bool legacy_splits_ = false;
 
   // TANDEM_PROFILE_KERNELS=1: steps run without CUDA graphs, with an event between the parts of the
   // step (the kernels of one kind, all layers), and the destructor logs where each phase's GPU time
@@ -338,18 +300,11 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   cudaDeviceProp prop{};
   TANDEM_CUDA_THROW(cudaGetDeviceProperties(&prop, device_), device_);
   num_sms_ = prop.multiProcessorCount;
-  use_mma_ = (c.head_dim == 64 || c.head_dim == 128) && prop.major >= 8 && !switched_off("TANDEM_ATTENTION_MMA");
-  use_skinny_ = prop.major >= 8 && !switched_off("TANDEM_SKINNY_GEMM");
-  use_decode_attention_ = !switched_off("TANDEM_DECODE_ATTENTION");
-  profile_.enabled = switched_on("TANDEM_PROFILE_KERNELS");
-  device_sampling_ = !switched_off("TANDEM_DEVICE_SAMPLING");
-  step_timing_.enabled = switched_on("TANDEM_PROFILE_STEPS");
-  legacy_splits_ = switched_on("TANDEM_LEGACY_SPLITS");
-  // Programmatic dependent launch (sm_90+): each kernel's launch overlaps the previous one's tail.
-  g_pdl_enabled = prop.major >= 9 && !switched_off("TANDEM_PDL");
-  g_decode_attention_pipelined = !switched_off("TANDEM_DECODE_PIPELINE");
-  g_decode_attention_occupancy = !switched_off("TANDEM_DECODE_OCCUPANCY");
-  g_prefill_attention_pipelined = !switched_off("TANDEM_PREFILL_PIPELINE");
+  use_mma_ = (c.head_dim == 64 || c.head_dim == 128) && prop.major >= 8;
+  use_skinny_ = prop.major >= 8;
+  profile_.enabled = profiling_switched_on("TANDEM_PROFILE_KERNELS");
+  step_timing_.enabled = profiling_switched_on("TANDEM_PROFILE_STEPS");
+  launch_ = launch_options_for(prop.major);
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
   TANDEM_CUBLAS_THROW(cublasSetStream(cublas_, stream_), device_);
@@ -513,7 +468,7 @@ void CudaBackend::load_weights(const model::WeightSource& weights) {
   }
   cleanup();
 
-  const std::vector<float> inv = rope_inv_freq(c);
+  const std::vector<float> inv = model::rope_inv_freq(c);
   TANDEM_CUDA_THROW(cudaMalloc(&inv_freq_, inv.size() * sizeof(float)), device_);
   TANDEM_CUDA_THROW(cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice), device_);
 }
@@ -641,7 +596,8 @@ Status CudaBackend::ensure_metadata(size_t bytes) {
 
 Status CudaBackend::gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32) {
   if (use_skinny_ && skinny_gemm_supported(rows, in, x, w) && skinny_gemm_preferred(rows, in, out)) {
-    TANDEM_CUDA_RETURN(launch_skinny_gemm(x, rows, in, w, out, y, y_fp32, skinny_ws_, num_sms_, stream_), device_);
+    TANDEM_CUDA_RETURN(launch_skinny_gemm(x, rows, in, w, out, y, y_fp32, skinny_ws_, num_sms_, stream_, launch_),
+                       device_);
     return Status::Ok();
   }
   // Row-major y[rows, out] = x[rows, in] w[out, in]^T is column-major y^T[out, rows] = w^T x^T.
@@ -792,13 +748,13 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
 
   profile_.decode = a.decode || (a.num_tokens == a.num_logits && a.num_mma_items == 0 && a.num_tokens <= 256);
   mark(kNumParts);  // the step's start
-  TANDEM_CUDA_RETURN(launch_embedding(d_ids, embed_, residual_, n, hidden, stream_), device_);
+  TANDEM_CUDA_RETURN(launch_embedding(d_ids, embed_, residual_, n, hidden, stream_, launch_), device_);
   mark(kEmbed);
   for (int l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers_[l];
     // The previous layer's MLP output joins the residual here (none before the first layer).
-    TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, l == 0 ? nullptr : delta_, w.input_norm, normed_, nullptr, n, hidden,
-                                           c.rms_norm_eps, true, stream_),
+    TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, l == 0 ? nullptr : delta_, w.input_norm, normed_, nullptr, n,
+                                           hidden, c.rms_norm_eps, true, stream_, launch_),
                        device_);
     mark(kNorm);
     TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.qkv, qkv_size, qkv_, false));
@@ -818,7 +774,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     qp.head_dim = c.head_dim;
     qp.block_size = kv_.block_size;
     qp.eps = c.rms_norm_eps;
-    TANDEM_CUDA_RETURN(launch_qkv_rope_kv_write(qp, stream_), device_);
+    TANDEM_CUDA_RETURN(launch_qkv_rope_kv_write(qp, stream_, launch_), device_);
     mark(kQkvRope);
     AttentionParams ap;
     ap.q = qkv_;
@@ -846,23 +802,23 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
       ap.combine_counters = combine_counters_;
       ap.decode_splits = a.decode_splits;
     }
-    TANDEM_CUDA_RETURN(launch_attention(ap, stream_), device_);
+    TANDEM_CUDA_RETURN(launch_attention(ap, stream_, launch_), device_);
     mark(kAttention);
     TANDEM_RETURN_IF_ERROR(gemm(attn_out_, n, q_size, w.o_proj, hidden, delta_, false));
     mark(kOGemm);
     TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, w.post_norm, normed_, nullptr, n, hidden, c.rms_norm_eps,
-                                           true, stream_),
+                                           true, stream_, launch_),
                        device_);
     mark(kNorm);
     TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.gate_up, 2 * inter, gate_up_, false));
     mark(kGateUpGemm);
     if (use_skinny_ && skinny_gemm_supported(n, inter, gate_up_, w.down) && skinny_gemm_preferred(n, inter, hidden)) {
       // Few tokens: the activation is computed as the down projection loads its input (one launch).
-      TANDEM_CUDA_RETURN(launch_skinny_gemm_silu(gate_up_, n, inter, w.down, hidden, delta_, false, skinny_ws_, num_sms_,
-                                                 stream_),
+      TANDEM_CUDA_RETURN(launch_skinny_gemm_silu(gate_up_, n, inter, w.down, hidden, delta_, false, skinny_ws_,
+                                                 num_sms_, stream_, launch_),
                          device_);
     } else {
-      TANDEM_CUDA_RETURN(launch_silu_and_mul(gate_up_, act_, n, inter, stream_), device_);
+      TANDEM_CUDA_RETURN(launch_silu_and_mul(gate_up_, act_, n, inter, stream_, launch_), device_);
       TANDEM_RETURN_IF_ERROR(gemm(act_, n, inter, w.down, hidden, delta_, false));
     }
     mark(kDownGemm);
@@ -870,7 +826,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
   if (a.num_logits > 0) {
     // Only the rows that need logits: the last MLP output is added on the fly, the residual left alone.
     TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, final_norm_, normed_, d_rows, a.num_logits, hidden,
-                                           c.rms_norm_eps, false, stream_),
+                                           c.rms_norm_eps, false, stream_, launch_),
                        device_);
     TANDEM_RETURN_IF_ERROR(gemm(normed_, a.num_logits, hidden, lm_head_, c.vocab_size, logits_dev_, true));
     mark(kLmHead);
@@ -924,7 +880,7 @@ Status CudaBackend::run_forward(const ForwardBatch& b, std::span<float> logits) 
   args.num_items = static_cast<int>(plan.items.size());
   args.num_combines = static_cast<int>(plan.combines.size());
   args.num_mma_items = static_cast<int>(plan.mma_items.size());
-  args.decode = plan.decode && use_decode_attention_;
+  args.decode = plan.decode;
   TANDEM_RETURN_IF_ERROR(enqueue_step(args));
   return finish_step(logits);
 }
@@ -937,8 +893,8 @@ Status CudaBackend::finish_step(std::span<float> logits) {
       const auto* rows_dev = reinterpret_cast<const RowSampling*>(sample_dev_);
       const auto* edits_dev = reinterpret_cast<const LogitEdit*>(sample_dev_ + sizeof(RowSampling) * rows);
       auto* logprobs_dev = sample_logprobs_.empty() ? nullptr : reinterpret_cast<RowLogprobs*>(sample_dev_ + sample_logprobs_offset_);
-      TANDEM_CUDA_RETURN(launch_sample_rows(logits_dev_, rows_dev, edits_dev, greedy_dev_, logprobs_dev, rows, config_.vocab_size,
-                                            stream_),
+      TANDEM_CUDA_RETURN(launch_sample_rows(logits_dev_, rows_dev, edits_dev, greedy_dev_, logprobs_dev, rows,
+                                            config_.vocab_size, stream_, launch_),
                          device_);
       if (logprobs_dev != nullptr) {
         TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_host_ + sample_logprobs_offset_, logprobs_dev, sample_logprobs_.size_bytes(),
@@ -946,7 +902,7 @@ Status CudaBackend::finish_step(std::span<float> logits) {
                            device_);
       }
     } else {
-      TANDEM_CUDA_RETURN(launch_argmax(logits_dev_, greedy_dev_, rows, config_.vocab_size, stream_), device_);
+      TANDEM_CUDA_RETURN(launch_argmax(logits_dev_, greedy_dev_, rows, config_.vocab_size, stream_, launch_), device_);
     }
     mark(kArgmax);
     TANDEM_CUDA_RETURN(cudaMemcpyAsync(greedy_tokens_.data(), greedy_dev_, greedy_tokens_.size_bytes(), cudaMemcpyDeviceToHost,
@@ -1045,15 +1001,16 @@ Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> log
   const auto& c = config_;
   const int group = c.num_heads / c.num_kv_heads;
   const int tiles = bucket * c.num_kv_heads * ((group + kAttentionRows - 1) / kAttentionRows);
-  // The most splits a tile may use; each step's plan uses fewer for short contexts (at least
-  // min_split_keys keys each), so the captured grid covers long contexts without costing short ones.
-  const int min_split_keys = legacy_splits_ ? 1 : 32;
-  const int target_blocks = (legacy_splits_ ? 2 : 4) * num_sms_;
+  // The most splits a tile may use (aiming at 4 blocks an SM); each step's plan uses fewer for short
+  // contexts (at least kMinSplitKeys keys each), so the captured grid covers long contexts without costing
+  // short ones, and the last split of a tile to finish merges it (no combine kernel).
+  constexpr int kMinSplitKeys = 32;
+  const int target_blocks = 4 * num_sms_;
   int splits = std::clamp((target_blocks + tiles - 1) / tiles, 1, 32);
   if (splits > 1 && tiles * splits > kMaxPartials) splits = std::max(1, kMaxPartials / tiles);
   if (graph) splits = graph->splits;
-  const AttentionPlan plan =
-      plan_decode_attention(b.context_lens.data(), num_seqs, bucket, c.num_heads, c.num_kv_heads, splits, min_split_keys);
+  const AttentionPlan plan = plan_decode_attention(b.context_lens.data(), num_seqs, bucket, c.num_heads, c.num_kv_heads,
+                                                   splits, kMinSplitKeys);
   const StepLayout layout = layout_step(bucket, static_cast<size_t>(bucket) * width, bucket, plan.items.size(),
                                         plan.combines.size());
   TANDEM_RETURN_IF_ERROR(ensure_metadata(layout.total));
@@ -1095,8 +1052,8 @@ Status CudaBackend::run_decode_graph(const ForwardBatch& b, std::span<float> log
     args.max_blocks_per_seq = width;
     args.num_items = static_cast<int>(plan.items.size());
     args.num_combines = static_cast<int>(plan.combines.size());
-    args.decode = use_decode_attention_;
-    args.decode_splits = use_decode_attention_ && !legacy_splits_ && splits > 1 ? splits : 0;
+    args.decode = true;
+    args.decode_splits = splits > 1 ? splits : 0;
     cudaGraph_t captured = nullptr;
     TANDEM_CUDA_RETURN(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), device_);
     Status enqueued = enqueue_step(args);
@@ -1274,13 +1231,15 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
   std::byte* local_base = reinterpret_cast<std::byte*>(kv_pool_) + layer_begin * local_stride;
   const int layers = layer_end - layer_begin;
   if (from_peer) {
-    TANDEM_CUDA_RETURN(launch_copy_kv_blocks(peer_base, peer.layer_stride_bytes, local_base, local_stride, kv_.block_bytes(),
-                                             peer_ids, local_ids, static_cast<int>(n), layers, peer_stream_),
-                       device_);
+    TANDEM_CUDA_RETURN(
+        launch_copy_kv_blocks(peer_base, peer.layer_stride_bytes, local_base, local_stride, kv_.block_bytes(), peer_ids,
+                              local_ids, static_cast<int>(n), layers, peer_stream_, launch_),
+        device_);
   } else {
-    TANDEM_CUDA_RETURN(launch_copy_kv_blocks(local_base, local_stride, peer_base, peer.layer_stride_bytes, kv_.block_bytes(),
-                                             local_ids, peer_ids, static_cast<int>(n), layers, peer_stream_),
-                       device_);
+    TANDEM_CUDA_RETURN(
+        launch_copy_kv_blocks(local_base, local_stride, peer_base, peer.layer_stride_bytes, kv_.block_bytes(),
+                              local_ids, peer_ids, static_cast<int>(n), layers, peer_stream_, launch_),
+        device_);
   }
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(peer_stream_), device_);
   return Status::Ok();

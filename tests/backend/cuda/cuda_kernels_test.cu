@@ -35,6 +35,9 @@ namespace {
 
 #define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
+// The kernels are launched plainly (no programmatic dependent launch): each test checks one launcher's
+// results on its own. The backend's own launches (PDL on sm_90+) run in cuda_backend_test.
+constexpr LaunchOptions kPlain{};
 
 // Host mirror of a device buffer; poisoned device memory unless uploaded.
 template <typename T>
@@ -90,7 +93,8 @@ TEST_P(AddRmsNorm, MatchesCpuWithAndWithoutResidualAddAndGather) {
   const auto delta = random_bf16(residual.size(), rng), weight = random_bf16(hidden, rng);
   DeviceVec<float> d_res(residual);
   DeviceVec<bf16> d_delta(delta), d_w(weight), d_out(static_cast<size_t>(rows) * hidden);
-  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out.ptr, nullptr, rows, hidden, 1e-6f, true, nullptr));
+  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out.ptr, nullptr, rows, hidden, 1e-6f, true, nullptr,
+                              kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<double> want_out(residual.size()), want_res(residual.size());
   for (int r = 0; r < rows; ++r) {
@@ -114,7 +118,8 @@ TEST_P(AddRmsNorm, MatchesCpuWithAndWithoutResidualAddAndGather) {
   DeviceVec<int32_t> d_rows(pick);
   DeviceVec<bf16> d_out2(pick.size() * hidden);
   const auto before = d_res.download();
-  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out2.ptr, d_rows.ptr, 3, hidden, 1e-6f, false, nullptr));
+  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out2.ptr, d_rows.ptr, 3, hidden, 1e-6f, false, nullptr,
+                              kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_EQ(d_res.download(), before);
   std::vector<double> want_gather;
@@ -178,7 +183,7 @@ TEST_P(QkvRope, NormRopeAndKvWriteMatchCpu) {
   p.num_kv_heads = c.num_kv_heads;
   p.head_dim = d;
   p.block_size = block_size;
-  CUDA_OK(launch_qkv_rope_kv_write(p, nullptr));
+  CUDA_OK(launch_qkv_rope_kv_write(p, nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   const auto got_qkv = to_float(d_qkv.download());
   const auto got_pool = to_float(d_pool.download());
@@ -237,7 +242,7 @@ TEST(SiluAndMul, MatchesCpu) {
   std::mt19937 rng(5);
   const auto gu = random_bf16(static_cast<size_t>(tokens) * 2 * inter, rng, 3.0f);
   DeviceVec<bf16> d_gu(gu), d_out(static_cast<size_t>(tokens) * inter);
-  CUDA_OK(launch_silu_and_mul(d_gu.ptr, d_out.ptr, tokens, inter, nullptr));
+  CUDA_OK(launch_silu_and_mul(d_gu.ptr, d_out.ptr, tokens, inter, nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<double> want;
   for (int t = 0; t < tokens; ++t) {
@@ -258,7 +263,7 @@ TEST(Embedding, CopiesRows) {
   DeviceVec<bf16> d_table(table);
   DeviceVec<int32_t> d_ids(ids);
   DeviceVec<float> d_out(ids.size() * hidden);
-  CUDA_OK(launch_embedding(d_ids.ptr, d_table.ptr, d_out.ptr, 4, hidden, nullptr));
+  CUDA_OK(launch_embedding(d_ids.ptr, d_table.ptr, d_out.ptr, 4, hidden, nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   const auto got = d_out.download();
   for (size_t t = 0; t < ids.size(); ++t) {
@@ -307,80 +312,78 @@ TEST_P(Attention, MatchesCpuOverPagedCache) {
   const int q_stride = (c.num_heads + 2 * c.num_kv_heads) * d;  // as in the fused qkv buffer
   const auto q = random_bf16(static_cast<size_t>(num_tokens) * q_stride, rng, 2.0f);
 
-  // 0: SIMT tiles only; 1: tensor-core prefill tiles, K/V by cp.async two stages deep (the default);
-  // 2: tensor-core tiles loading K/V through registers (TANDEM_PREFILL_PIPELINE=0).
-  for (int mode : {0, 1, 2}) {
-  const bool use_mma = mode > 0;
-  if (use_mma && d != 64 && d != 128) continue;
-  g_prefill_attention_pipelined = mode != 2;
-  const AttentionPlan plan = plan_attention(starts.data(), context.data(), num_seqs, c.num_heads, c.num_kv_heads,
-                                            c.target_blocks, 4096, use_mma);
-  if (c.target_blocks > 1000) EXPECT_FALSE(plan.combines.empty()) << "the split path was not exercised";
-  DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(num_tokens) * c.num_heads * d);
-  DeviceVec<int32_t> d_tables(tables), d_pos(positions);
-  DeviceVec<AttentionWorkItem> d_items(plan.items);
-  DeviceVec<AttentionCombineItem> d_combines(plan.combines);
-  DeviceVec<AttentionWorkItem> d_mma(plan.mma_items);
-  DeviceVec<float> d_po(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * d);
-  DeviceVec<float> d_pml(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * 2);
-  AttentionParams p;
-  p.q = d_q.ptr;
-  p.q_row_stride = q_stride;
-  p.kv_pool = d_pool.ptr;
-  p.block_tables = d_tables.ptr;
-  p.max_blocks_per_seq = max_blocks;
-  p.positions = d_pos.ptr;
-  p.out = d_out.ptr;
-  p.items = d_items.ptr;
-  p.combines = d_combines.ptr;
-  p.mma_items = d_mma.ptr;
-  p.num_mma_items = static_cast<int>(plan.mma_items.size());
-  p.partial_out = d_po.ptr;
-  p.partial_ml = d_pml.ptr;
-  p.num_items = static_cast<int>(plan.items.size());
-  p.num_combines = static_cast<int>(plan.combines.size());
-  p.num_heads = c.num_heads;
-  p.num_kv_heads = c.num_kv_heads;
-  p.head_dim = d;
-  p.block_size = block_size;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(d));
-  CUDA_OK(launch_attention(p, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  const auto got = to_float(d_out.download());
+  // 0: SIMT tiles only; 1: tensor-core prefill tiles (K/V by cp.async, two stages deep).
+  for (int mode : {0, 1}) {
+    const bool use_mma = mode > 0;
+    if (use_mma && d != 64 && d != 128) continue;
+    const AttentionPlan plan = plan_attention(starts.data(), context.data(), num_seqs, c.num_heads, c.num_kv_heads,
+                                              c.target_blocks, 4096, use_mma);
+    if (c.target_blocks > 1000) EXPECT_FALSE(plan.combines.empty()) << "the split path was not exercised";
+    DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(num_tokens) * c.num_heads * d);
+    DeviceVec<int32_t> d_tables(tables), d_pos(positions);
+    DeviceVec<AttentionWorkItem> d_items(plan.items);
+    DeviceVec<AttentionCombineItem> d_combines(plan.combines);
+    DeviceVec<AttentionWorkItem> d_mma(plan.mma_items);
+    DeviceVec<float> d_po(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * d);
+    DeviceVec<float> d_pml(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * 2);
+    AttentionParams p;
+    p.q = d_q.ptr;
+    p.q_row_stride = q_stride;
+    p.kv_pool = d_pool.ptr;
+    p.block_tables = d_tables.ptr;
+    p.max_blocks_per_seq = max_blocks;
+    p.positions = d_pos.ptr;
+    p.out = d_out.ptr;
+    p.items = d_items.ptr;
+    p.combines = d_combines.ptr;
+    p.mma_items = d_mma.ptr;
+    p.num_mma_items = static_cast<int>(plan.mma_items.size());
+    p.partial_out = d_po.ptr;
+    p.partial_ml = d_pml.ptr;
+    p.num_items = static_cast<int>(plan.items.size());
+    p.num_combines = static_cast<int>(plan.combines.size());
+    p.num_heads = c.num_heads;
+    p.num_kv_heads = c.num_kv_heads;
+    p.head_dim = d;
+    p.block_size = block_size;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(d));
+    CUDA_OK(launch_attention(p, nullptr, kPlain));
+    CUDA_OK(cudaDeviceSynchronize());
+    const auto got = to_float(d_out.download());
 
-  std::vector<double> want(got.size());
-  for (int s = 0; s < num_seqs; ++s) {
-    for (int t = starts[s]; t < starts[s + 1]; ++t) {
-      const int keys = positions[t] + 1;
-      for (int h = 0; h < c.num_heads; ++h) {
-        const int kvh = h / group;
-        std::vector<double> score(keys);
-        double mx = -INFINITY;
-        for (int j = 0; j < keys; ++j) {
-          const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
-          const size_t at = ((static_cast<size_t>(block) * 2) * block_size + off) * kv_size + kvh * d;
-          double dot = 0;
-          for (int i = 0; i < d; ++i) dot += __bfloat162float(q[t * q_stride + h * d + i]) * __bfloat162float(pool[at + i]);
-          score[j] = dot / std::sqrt(static_cast<double>(d));
-          mx = std::max(mx, score[j]);
-        }
-        double denom = 0;
-        for (auto& v : score) denom += (v = std::exp(v - mx));
-        for (int i = 0; i < d; ++i) {
-          double acc = 0;
+    std::vector<double> want(got.size());
+    for (int s = 0; s < num_seqs; ++s) {
+      for (int t = starts[s]; t < starts[s + 1]; ++t) {
+        const int keys = positions[t] + 1;
+        for (int h = 0; h < c.num_heads; ++h) {
+          const int kvh = h / group;
+          std::vector<double> score(keys);
+          double mx = -INFINITY;
           for (int j = 0; j < keys; ++j) {
             const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
-            const size_t at = ((static_cast<size_t>(block) * 2 + 1) * block_size + off) * kv_size + kvh * d;
-            acc += score[j] * __bfloat162float(pool[at + i]);
+            const size_t at = ((static_cast<size_t>(block) * 2) * block_size + off) * kv_size + kvh * d;
+            double dot = 0;
+            for (int i = 0; i < d; ++i)
+              dot += __bfloat162float(q[t * q_stride + h * d + i]) * __bfloat162float(pool[at + i]);
+            score[j] = dot / std::sqrt(static_cast<double>(d));
+            mx = std::max(mx, score[j]);
           }
-          want[(static_cast<size_t>(t) * c.num_heads + h) * d + i] = acc / denom;
+          double denom = 0;
+          for (auto& v : score) denom += (v = std::exp(v - mx));
+          for (int i = 0; i < d; ++i) {
+            double acc = 0;
+            for (int j = 0; j < keys; ++j) {
+              const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
+              const size_t at = ((static_cast<size_t>(block) * 2 + 1) * block_size + off) * kv_size + kvh * d;
+              acc += score[j] * __bfloat162float(pool[at + i]);
+            }
+            want[(static_cast<size_t>(t) * c.num_heads + h) * d + i] = acc / denom;
+          }
         }
       }
     }
-  }
-  g_prefill_attention_pipelined = true;
-  EXPECT_LT(rel_error(got, want), 8e-3) << (use_mma ? "tensor-core prefill tiles" : "SIMT tiles only") << " (mode " << mode
-                                       << "), " << plan.mma_items.size() << " mma tiles";
+    EXPECT_LT(rel_error(got, want), 8e-3) << (use_mma ? "tensor-core prefill tiles" : "SIMT tiles only") << " (mode "
+                                          << mode << "), " << plan.mma_items.size() << " mma tiles";
   }
 }
 
@@ -437,13 +440,15 @@ TEST_P(SkinnyGemm, MatchesCpu) {
     std::vector<float> got;
     if (c.y_fp32) {
       DeviceVec<float> d_y(want.size());
-      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, true, false, ws, 132, variant, nullptr));
+      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, true, false, ws, 132, variant,
+                                         nullptr, kPlain));
       CUDA_OK(cudaDeviceSynchronize());
       got = d_y.download();
       EXPECT_LT(rel_error(got, want), 1e-5) << "rep " << rep;
     } else {
       DeviceVec<bf16> d_y(want.size());
-      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, false, false, ws, 132, variant, nullptr));
+      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, false, false, ws, 132, variant,
+                                         nullptr, kPlain));
       CUDA_OK(cudaDeviceSynchronize());
       got = to_float(d_y.download());
       EXPECT_LT(rel_error(got, want), 8e-3) << "rep " << rep;
@@ -494,11 +499,12 @@ TEST(SkinnyGemm, SiluInputMatchesSiluThenGemm) {
     DeviceVec<int32_t> d_counters(std::vector<int32_t>(256, 0));
     SkinnyGemmWorkspace ws{d_ws.ptr, 1 << 20, d_counters.ptr, 256};
     for (int variant = -1; variant <= 3; ++variant) {
-      CUDA_OK(launch_skinny_gemm_variant(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, true, ws, 132, variant, nullptr));
+      CUDA_OK(launch_skinny_gemm_variant(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, true, ws, 132, variant,
+                                         nullptr, kPlain));
       CUDA_OK(cudaDeviceSynchronize());
       EXPECT_LT(rel_error(d_y.download(), want), 2e-3) << rows << " rows, variant " << variant;
     }
-    CUDA_OK(launch_skinny_gemm_silu(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, ws, 132, nullptr));
+    CUDA_OK(launch_skinny_gemm_silu(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, ws, 132, nullptr, kPlain));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LT(rel_error(d_y.download(), want), 2e-3) << rows << " rows";
   }
@@ -554,7 +560,7 @@ TEST(SkinnyGemmBench, DISABLED_VariantsAgainstCublas) {
             cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, sh.n, rows, sh.k, &alpha, w, CUDA_R_16BF, sh.k, x, CUDA_R_16BF,
                          sh.k, &beta, y, sh.fp32 ? CUDA_R_32F : CUDA_R_16BF, sh.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
           } else {
-            launch_skinny_gemm_variant(x, rows, sh.k, w, sh.n, y, sh.fp32, sh.silu, ws, sms, variant, nullptr);
+            launch_skinny_gemm_variant(x, rows, sh.k, w, sh.n, y, sh.fp32, sh.silu, ws, sms, variant, nullptr, kPlain);
           }
         };
         for (int i = 0; i < 3; ++i) run(i);
@@ -746,13 +752,10 @@ TEST_P(DecodeAttention, MatchesCpu) {
     }
   }
 
-  // 0: decode kernel merging its own splits; 1: decode kernel + combine kernel; 2: SIMT kernel + combine;
-  // 3: as 0 with the pipelined decode kernel, G = 4 on its uncapped build (TANDEM_DECODE_OCCUPANCY=0);
-  // 4: as 3 with G = 4 on the register-capped build (the defaults).
-  for (int mode : {0, 1, 2, 3, 4}) {
+  // 0: decode kernel merging its own splits (a captured decode step); 1: decode kernel + combine kernel;
+  // 2: SIMT kernel + combine (what groups other than 1, 2, 4 and 8 run).
+  for (int mode : {0, 1, 2}) {
     const bool decode_kernel = mode != 2;
-    g_decode_attention_pipelined = mode >= 3;
-    g_decode_attention_occupancy = mode == 4;
     DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(bucket) * c.num_heads * d);
     DeviceVec<int32_t> d_tables(tables), d_pos(positions);
     DeviceVec<AttentionWorkItem> d_items(plan.items);
@@ -783,20 +786,18 @@ TEST_P(DecodeAttention, MatchesCpu) {
     p.scale = 1.0f / std::sqrt(static_cast<float>(d));
     p.decode = decode_kernel;
     DeviceVec<int32_t> d_counters(std::vector<int32_t>(std::max<size_t>(1, plan.combines.size()), 0));
-    if ((mode == 0 || mode >= 3) && c.splits > 1) {
+    if (mode == 0 && c.splits > 1) {
       p.combine_counters = d_counters.ptr;
       p.decode_splits = c.splits;
     }
     // Twice: the second launch must find the merge counters reset by the first.
     for (int rep = 0; rep < 2; ++rep) {
-      CUDA_OK(launch_attention(p, nullptr));
+      CUDA_OK(launch_attention(p, nullptr, kPlain));
       CUDA_OK(cudaDeviceSynchronize());
       auto got = to_float(d_out.download());
       got.resize(want.size());  // the padding sequences' rows are never written
       EXPECT_LT(rel_error(got, want), 8e-3) << "mode " << mode << " rep " << rep;
     }
-    g_decode_attention_pipelined = true;
-    g_decode_attention_occupancy = true;
     for (int32_t v : d_counters.download()) ASSERT_EQ(v, 0);
   }
 }
@@ -914,7 +915,8 @@ TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
   DeviceVec<LogitEdit> d_edits(edits);
   DeviceVec<int32_t> d_tokens(rows);
   DeviceVec<RowLogprobs> d_logprobs(rows);
-  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_edits.ptr, d_tokens.ptr, d_logprobs.ptr, rows, c.vocab, nullptr));
+  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_edits.ptr, d_tokens.ptr, d_logprobs.ptr, rows, c.vocab,
+                             nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> got = d_tokens.download();
   const std::vector<RowLogprobs> got_logprobs = d_logprobs.download();
@@ -982,7 +984,7 @@ TEST(CopyKvBlocks, CopiesTheNamedBlocksOfEveryLayer) {
     DeviceVec<int32_t> d_src_ids(src_ids), d_dst_ids(dst_ids);
     DeviceVec<uint8_t> d_dst(sh.layers * dst_stride);  // 0xff everywhere until copied onto
     CUDA_OK(launch_copy_kv_blocks(d_src.ptr, src_stride, d_dst.ptr, dst_stride, sh.block_bytes, d_src_ids.ptr,
-                                  d_dst_ids.ptr, sh.pairs, sh.layers, nullptr));
+                                  d_dst_ids.ptr, sh.pairs, sh.layers, nullptr, kPlain));
     CUDA_OK(cudaDeviceSynchronize());
     std::vector<uint8_t> want(sh.layers * dst_stride, 0xff);
     for (int l = 0; l < sh.layers; ++l) {
@@ -995,8 +997,8 @@ TEST(CopyKvBlocks, CopiesTheNamedBlocksOfEveryLayer) {
                                           << sh.pairs << " pairs";
   }
   int32_t* none = nullptr;
-  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 24, none, none, 1, 1, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 16, none, none, 1, 0, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 24, none, none, 1, 1, nullptr, kPlain), cudaErrorInvalidValue);
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 16, none, none, 1, 0, nullptr, kPlain), cudaErrorInvalidValue);
 }
 
 }  // namespace
