@@ -2,20 +2,13 @@
 // only the storage format of activations, weights and the KV cache.
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp.cuh"
 
 #include <algorithm>
 #include <cstddef>
 
 namespace tandem::backend::cuda {
 namespace {
-
-constexpr int kWarp = 32;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 // Sum over the block; every thread gets the result. REQUIRES: blockDim.x a multiple of 32, <= 1024.
 __device__ float block_sum(float v) {

@@ -2,6 +2,7 @@
 #include "backend/cuda/skinny_gemm.cuh"
 
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp.cuh"
 
 #include <algorithm>
 
@@ -10,7 +11,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kWarp = 32;
 constexpr int kWarps = 4;      // warps per block, each a slice of K of the block's 16 weight rows
 constexpr int kTileRows = 16;  // weight rows per block (the mma's M)
 constexpr int kSliceK = 32;    // K per slice: 4 lanes x 8 bf16 per weight row
@@ -241,12 +241,6 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& v, float (&f)[8]) {
     f[2 * e] = t.x;
     f[2 * e + 1] = t.y;
   }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 template <int M, bool kOutF32, bool kSiluIn>
