@@ -41,6 +41,7 @@ constexpr int kSkinnyCounters = 4096;              // its per-row-tile counters
 
 inline size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
+// One decoder layer's weights, bf16, device (pointers into the weight arena).
 struct LayerWeights {
   __nv_bfloat16* input_norm;  // [hidden]
   __nv_bfloat16* qkv;         // [q_size + 2 kv_size, hidden]: q, k, v rows fused

@@ -1,7 +1,8 @@
 // Element-wise and row-wise kernels of the forward pass (everything but the GEMMs and attention),
-// behind plain host launchers. Each launcher checks its sizes, enqueues on `stream` and returns
-// cudaGetLastError() (cudaErrorInvalidValue for sizes it does not support), so a caller checks it with
-// TANDEM_CUDA_RETURN. All pointers are device pointers unless said otherwise.
+// behind plain host launchers. Each launcher checks its sizes, enqueues on `stream` as `options` say
+// (launch_options.h) and returns the launch's error (cudaErrorInvalidValue for sizes it does not
+// support), so a caller checks it with TANDEM_CUDA_RETURN. All pointers are device pointers unless said
+// otherwise.
 #pragma once
 
 #include <cuda_bf16.h>
