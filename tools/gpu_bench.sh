@@ -31,13 +31,9 @@ run() {  # run NAME ARGS...: one benchmark, its console output in DIR/NAME.log
 # cache); Llama-3.1-8B offline ~5,800; batch-1 decode 0.29 ms (Qwen3-0.6B) and 3.6 ms (Llama-3.1-8B).
 [[ $skip == *" qwen_tp "* ]] || run qwen3_throughput throughput --model random:qwen3-0.6b --device cuda:0 \
   --num-prompts 256 --input-len 512 --output-len 512 --max-num-seqs 256 --max-num-batched-tokens 8192 --limit 45000
-# Sampled decoding (temperature 1, top_p 0.95; vLLM's throughput benchmark samples too): drawn on the
-# GPU, then with whole rows copied to the host sampler (TANDEM_DEVICE_SAMPLING=0) for the comparison.
+# Sampled decoding (temperature 1, top_p 0.95; vLLM's throughput benchmark samples too), drawn on the GPU.
 if [[ $skip != *" sampled "* ]]; then
   run qwen3_throughput_sampled throughput --model random:qwen3-0.6b --device cuda:0 \
-    --num-prompts 256 --input-len 512 --output-len 512 --max-num-seqs 256 --max-num-batched-tokens 8192 --limit 45000 \
-    --temperature 1.0 --top-p 0.95
-  TANDEM_DEVICE_SAMPLING=0 run qwen3_throughput_sampled_host throughput --model random:qwen3-0.6b --device cuda:0 \
     --num-prompts 256 --input-len 512 --output-len 512 --max-num-seqs 256 --max-num-batched-tokens 8192 --limit 45000 \
     --temperature 1.0 --top-p 0.95
 fi

@@ -33,8 +33,6 @@ step() {  # step NAME COMMAND...: runs it, logs to DIR/NAME.log, records the exi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/device.txt" 2>&1
 step kernels "$bin/cuda_kernels_test" --gtest_output=json:"$out/kernels.json"
 step backend "$bin/cuda_backend_test" --gtest_output=json:"$out/backend.json"
-# The same with prefill attention on the SIMT kernel only (the tensor-core kernel switched off).
-step backend_simt env TANDEM_ATTENTION_MMA=0 "$bin/cuda_backend_test"
 # Disaggregated serving on this GPU over CUDA IPC (and TCP), and the IPC transfer rate; when bundled.
 if [[ -x $bin/gpu_serving_test ]]; then
   step serving env TANDEM_BINARY="$(realpath "$bin/tandem")" "$bin/gpu_serving_test" --gtest_output=json:"$out/serving.json"
@@ -65,8 +63,6 @@ if [[ $skip != *" llama "* ]]; then
   rm -rf "$llama_dir"
 fi
 if [[ $skip != *" bench "* ]]; then
-  step bench_simt env TANDEM_ATTENTION_MMA=0 "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 \
-    --decode-steps 16 --batch 1
   step bench "$bin/backend_tool" bench --model random:qwen3-0.6b --device cuda:0 --prompt-len 1024 --decode-steps 64 \
     --batch 1,8,32,128
 fi
@@ -91,7 +87,7 @@ for key in ("compare", "compare_llama"):
                           "ours_alone_vs_hf_bf16": [p["ours_alone_vs_hf_bf16"] for p in c["prompts"]],
                           "ours_alone_vs_hf_fp32": [p["ours_alone_vs_hf_fp32"] for p in c["prompts"]],
                           "lengths": c["lengths"]}
-for key in ("bench", "bench_llama", "bench_simt"):
+for key in ("bench", "bench_llama"):
   path = os.path.join(out, key + ".log")
   if os.path.exists(path):
     for line in open(path):

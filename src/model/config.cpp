@@ -2,7 +2,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
+#include <numbers>
 
 #include "common/error.h"
 #include "model/architecture.h"
@@ -165,6 +167,31 @@ json model_config_to_json(const ModelConfig& c) {
   }
   if (c.architecture == Architecture::kLlama) j["mlp_bias"] = false;
   return j;
+}
+
+std::vector<float> rope_inv_freq(const ModelConfig& c) {
+  const int half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  for (int i = 0; i < half; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
+    inv[i] = 1.0f / std::pow(c.rope_theta, exponent);
+  }
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    const auto& s = c.rope_scaling;
+    const float old_len = static_cast<float>(s.original_max_position_embeddings);
+    const float low_freq_wavelen = old_len / s.low_freq_factor;
+    const float high_freq_wavelen = old_len / s.high_freq_factor;
+    for (int i = 0; i < half; ++i) {
+      const float wavelen = 2.0f * std::numbers::pi_v<float> / inv[i];
+      if (wavelen > low_freq_wavelen) {
+        inv[i] = inv[i] / s.factor;
+      } else if (wavelen >= high_freq_wavelen) {
+        const float smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        inv[i] = (1.0f - smooth) * inv[i] / s.factor + smooth * inv[i];
+      }
+    }
+  }
+  return inv;
 }
 
 }  // namespace tandem::model

@@ -55,4 +55,9 @@ ModelConfig load_model_config(const std::filesystem::path& config_path);
 // The Hugging Face config.json for `config` (what make-model writes and transformers reads).
 nlohmann::json model_config_to_json(const ModelConfig& config);
 
+// RoPE's inverse frequencies [head_dim / 2]: rope_theta^(-2i / head_dim), with Llama-3.1's smoothing of
+// long wavelengths when rope_scaling is kLlama3 (transformers' _compute_llama3_parameters). Every backend
+// rotates with these, so they agree to the bit.
+std::vector<float> rope_inv_freq(const ModelConfig& config);
+
 }  // namespace tandem::model

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <numbers>
 
 #include "common/error.h"
 
@@ -51,33 +50,6 @@ void rms_norm(const float* x, const float* weight, int n, float eps, float* out)
 void rms_norm_rows(const float* x, const float* weight, int rows, int n, float eps, float* out) {
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < rows; ++r) rms_norm(x + static_cast<size_t>(r) * n, weight, n, eps, out + static_cast<size_t>(r) * n);
-}
-
-// RoPE inverse frequencies, with Llama-3.1's smooth scaling of long wavelengths when configured
-// (transformers' _compute_llama3_parameters).
-std::vector<float> rope_inv_freq(const model::ModelConfig& c) {
-  const int half = c.head_dim / 2;
-  std::vector<float> inv(half);
-  for (int i = 0; i < half; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
-    inv[i] = 1.0f / std::pow(c.rope_theta, exponent);
-  }
-  if (c.rope_scaling.type == model::RopeScaling::Type::kLlama3) {
-    const auto& s = c.rope_scaling;
-    const float old_len = static_cast<float>(s.original_max_position_embeddings);
-    const float low_freq_wavelen = old_len / s.low_freq_factor;
-    const float high_freq_wavelen = old_len / s.high_freq_factor;
-    for (int i = 0; i < half; ++i) {
-      const float wavelen = 2.0f * std::numbers::pi_v<float> / inv[i];
-      if (wavelen > low_freq_wavelen) {
-        inv[i] = inv[i] / s.factor;
-      } else if (wavelen >= high_freq_wavelen) {
-        const float smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        inv[i] = (1.0f - smooth) * inv[i] / s.factor + smooth * inv[i];
-      }
-    }
-  }
-  return inv;
 }
 
 template <typename T>
@@ -136,7 +108,7 @@ CpuBackend::CpuBackend(const model::WeightSource& weights, const BackendOptions&
   }
   final_norm_ = take("model.norm.weight");
   if (!c.tie_word_embeddings) lm_head_ = take("lm_head.weight");
-  inv_freq_ = rope_inv_freq(c);
+  inv_freq_ = model::rope_inv_freq(c);
 
   kv_pools_.resize(c.num_layers);
   for (auto& pool : kv_pools_) pool.assign(static_cast<size_t>(kv_.num_blocks) * kv_.block_elements(), 0.0f);

@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/cuda/launch_options.h"
+
 namespace tandem::backend::cuda {
 
 // Query rows (token, head) one thread block handles: 4 warps of 4 rows.
@@ -116,17 +118,6 @@ struct AttentionParams {
 };
 
 // Runs the work items, then the merges. cudaErrorInvalidValue for an unsupported head_dim or shape.
-cudaError_t launch_attention(const AttentionParams& p, cudaStream_t stream);
-
-// Decode tiles load the next tile's K/V before scoring the current one (the default; TANDEM_DECODE_PIPELINE=0,
-// read by the backend at startup, turns it off). H200, same run: Llama-3.1-8B offline +4%, Qwen3-0.6B +1%.
-inline bool g_decode_attention_pipelined = true;
-// G = 4 decode tiles run the pipelined kernel's register-capped build (the default; TANDEM_DECODE_OCCUPANCY=0,
-// read by the backend at startup, turns it off). H200: Llama-3.1-8B offline +1%.
-inline bool g_decode_attention_occupancy = true;
-
-// The tensor-core prefill kernel loads K/V tiles by cp.async, two stages deep (the default;
-// TANDEM_PREFILL_PIPELINE=0, read by the backend at startup, turns it off).
-inline bool g_prefill_attention_pipelined = true;
+cudaError_t launch_attention(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options);
 
 }  // namespace tandem::backend::cuda

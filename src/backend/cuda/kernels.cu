@@ -2,20 +2,13 @@
 // only the storage format of activations, weights and the KV cache.
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp.cuh"
 
 #include <algorithm>
 #include <cstddef>
 
 namespace tandem::backend::cuda {
 namespace {
-
-constexpr int kWarp = 32;
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 // Sum over the block; every thread gets the result. REQUIRES: blockDim.x a multiple of 32, <= 1024.
 __device__ float block_sum(float v) {
@@ -233,42 +226,46 @@ __global__ void copy_kv_blocks_kernel(const std::byte* __restrict__ src, size_t 
 
 }  // namespace
 
-cudaError_t launch_argmax(const float* logits, int32_t* tokens, int num_rows, int vocab, cudaStream_t stream) {
+cudaError_t launch_argmax(const float* logits, int32_t* tokens, int num_rows, int vocab, cudaStream_t stream,
+                          const LaunchOptions& options) {
   if (num_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
   if (num_rows == 0) return cudaSuccess;
-  return launch_kernel(argmax_kernel, dim3(num_rows), dim3(1024), 0, stream, logits, tokens, vocab);
+  return launch_kernel(argmax_kernel, dim3(num_rows), dim3(1024), 0, stream, options, logits, tokens, vocab);
 }
 
-cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst, size_t dst_layer_stride_bytes,
-                                  size_t block_bytes, const int32_t* src_ids, const int32_t* dst_ids, int num_pairs,
-                                  int num_layers, cudaStream_t stream) {
+cudaError_t launch_copy_kv_blocks(const void* src, size_t src_layer_stride_bytes, void* dst,
+                                  size_t dst_layer_stride_bytes, size_t block_bytes, const int32_t* src_ids,
+                                  const int32_t* dst_ids, int num_pairs, int num_layers, cudaStream_t stream,
+                                  const LaunchOptions& options) {
   if (block_bytes % 16 != 0 || src_layer_stride_bytes % 16 != 0 || dst_layer_stride_bytes % 16 != 0 || num_pairs < 0 ||
       num_layers <= 0 || num_layers > 65535) {
     return cudaErrorInvalidValue;
   }
   if (num_pairs == 0) return cudaSuccess;
-  return launch_kernel(copy_kv_blocks_kernel, dim3(num_pairs, num_layers), dim3(256), 0, stream,
+  return launch_kernel(copy_kv_blocks_kernel, dim3(num_pairs, num_layers), dim3(256), 0, stream, options,
                        static_cast<const std::byte*>(src), src_layer_stride_bytes, static_cast<std::byte*>(dst),
                        dst_layer_stride_bytes, block_bytes / 16, src_ids, dst_ids);
 }
 
 cudaError_t launch_embedding(const int32_t* token_ids, const bf16* embed, float* residual, int num_tokens, int hidden,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, const LaunchOptions& options) {
   if (num_tokens < 0 || hidden <= 0) return cudaErrorInvalidValue;
   if (num_tokens == 0) return cudaSuccess;
-  return launch_kernel(embedding_kernel, dim3(num_tokens), dim3(256), 0, stream, token_ids, embed, residual, hidden);
+  return launch_kernel(embedding_kernel, dim3(num_tokens), dim3(256), 0, stream, options, token_ids, embed, residual,
+                       hidden);
 }
 
 cudaError_t launch_add_rms_norm(float* residual, const bf16* delta, const bf16* weight, bf16* out, const int32_t* rows,
-                                int num_rows, int hidden, float eps, bool write_residual, cudaStream_t stream) {
+                                int num_rows, int hidden, float eps, bool write_residual, cudaStream_t stream,
+                                const LaunchOptions& options) {
   if (num_rows < 0 || hidden <= 0) return cudaErrorInvalidValue;
   if (num_rows == 0) return cudaSuccess;
   const int threads = hidden >= 1024 ? 512 : (hidden >= 256 ? 256 : 64);
-  return launch_kernel(add_rms_norm_kernel, dim3(num_rows), dim3(threads), 0, stream, residual, delta, weight, out, rows,
-                       hidden, eps, write_residual);
+  return launch_kernel(add_rms_norm_kernel, dim3(num_rows), dim3(threads), 0, stream, options, residual, delta, weight,
+                       out, rows, hidden, eps, write_residual);
 }
 
-cudaError_t launch_qkv_rope_kv_write(const QkvParams& p, cudaStream_t stream) {
+cudaError_t launch_qkv_rope_kv_write(const QkvParams& p, cudaStream_t stream, const LaunchOptions& options) {
   if (p.num_tokens < 0 || p.head_dim <= 0 || p.head_dim % 2 != 0 || p.head_dim > 2 * kWarp * kMaxPairsPerLane ||
       p.num_heads <= 0 || p.num_kv_heads <= 0 || p.block_size <= 0) {
     return cudaErrorInvalidValue;
@@ -277,16 +274,18 @@ cudaError_t launch_qkv_rope_kv_write(const QkvParams& p, cudaStream_t stream) {
   // One warp per head when there are few tokens (a decode step's kernel is all latency), 8 otherwise.
   const int heads = p.num_heads + 2 * p.num_kv_heads;
   const int threads = p.num_tokens <= 16 ? std::min(1024, kWarp * heads) : 256;
-  return launch_kernel(qkv_rope_kv_write_kernel, dim3(p.num_tokens), dim3(threads), 0, stream, p);
+  return launch_kernel(qkv_rope_kv_write_kernel, dim3(p.num_tokens), dim3(threads), 0, stream, options, p);
 }
 
-cudaError_t launch_silu_and_mul(const bf16* gate_up, bf16* out, int num_tokens, int inter, cudaStream_t stream) {
+cudaError_t launch_silu_and_mul(const bf16* gate_up, bf16* out, int num_tokens, int inter, cudaStream_t stream,
+                                const LaunchOptions& options) {
   if (num_tokens < 0 || inter <= 0) return cudaErrorInvalidValue;
   if (num_tokens == 0) return cudaSuccess;
   const size_t total = static_cast<size_t>(num_tokens) * inter;
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<size_t>((total + threads - 1) / threads, 132 * 16));
-  return launch_kernel(silu_and_mul_kernel, dim3(blocks), dim3(threads), 0, stream, gate_up, out, num_tokens, inter);
+  return launch_kernel(silu_and_mul_kernel, dim3(blocks), dim3(threads), 0, stream, options, gate_up, out, num_tokens,
+                       inter);
 }
 
 }  // namespace tandem::backend::cuda

@@ -3,19 +3,17 @@
 // latency and prologue (index math, loads of constant data such as weights) overlap the previous
 // kernel's tail. Every kernel of this backend starts with pdl_trigger() (let the next kernel launch
 // early) and calls pdl_wait() before it touches anything an earlier kernel wrote; pdl_wait() returns once
-// the previous grid has completed and its memory is visible. Without PDL (switched off, or an older
-// GPU) both are no-ops and the launch is an ordinary one.
+// the previous grid has completed and its memory is visible. Without PDL (LaunchOptions::pdl false: an
+// older GPU, or a test's plain launch) both are no-ops and the launch is an ordinary one.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <utility>
 
-namespace tandem::backend::cuda {
+#include "backend/cuda/launch_options.h"
 
-// Whether launch_kernel asks for PDL. Set once by the backend before its first launch (from the GPU's
-// compute capability and TANDEM_PDL in the environment); read by every launch.
-inline bool g_pdl_enabled = false;
+namespace tandem::backend::cuda {
 
 __device__ __forceinline__ void pdl_trigger() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -31,7 +29,7 @@ __device__ __forceinline__ void pdl_wait() {
 
 template <typename... KernelArgs, typename... Args>
 cudaError_t launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                          Args&&... args) {
+                          const LaunchOptions& options, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
@@ -41,7 +39,7 @@ cudaError_t launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, 
   attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attribute;
-  config.numAttrs = g_pdl_enabled ? 1 : 0;
+  config.numAttrs = options.pdl ? 1 : 0;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 

@@ -405,11 +405,12 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, co
 }  // namespace
 
 cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, int32_t* tokens,
-                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream) {
+                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream,
+                               const LaunchOptions& options) {
   if (num_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
   if (num_rows == 0) return cudaSuccess;
-  return launch_kernel(sample_rows_kernel, dim3(num_rows), dim3(kThreads), 0, stream, logits, rows, edits, tokens, logprobs,
-                       vocab);
+  return launch_kernel(sample_rows_kernel, dim3(num_rows), dim3(kThreads), 0, stream, options, logits, rows, edits,
+                       tokens, logprobs, vocab);
 }
 
 }  // namespace tandem::backend::cuda

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 
+#include "backend/cuda/launch_options.h"
 #include "backend/device_sampling.h"
 
 namespace tandem::backend::cuda {
@@ -30,6 +31,7 @@ namespace tandem::backend::cuda {
 //   edits [sum of the rows' edits] (null when none); tokens [num_rows] int32; logprobs [num_rows] (null
 //   when no row asks).
 cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, int32_t* tokens,
-                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream);
+                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream,
+                               const LaunchOptions& options);
 
 }  // namespace tandem::backend::cuda

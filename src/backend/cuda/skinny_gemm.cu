@@ -2,6 +2,7 @@
 #include "backend/cuda/skinny_gemm.cuh"
 
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/warp.cuh"
 
 #include <algorithm>
 
@@ -10,7 +11,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kWarp = 32;
 constexpr int kWarps = 4;      // warps per block, each a slice of K of the block's 16 weight rows
 constexpr int kTileRows = 16;  // weight rows per block (the mma's M)
 constexpr int kSliceK = 32;    // K per slice: 4 lanes x 8 bf16 per weight row
@@ -243,12 +243,6 @@ __device__ __forceinline__ void bf16x8_to_float(const uint4& v, float (&f)[8]) {
   }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 template <int M, bool kOutF32, bool kSiluIn>
 __global__ void __launch_bounds__(kWarps * kWarp) gemv_fma_kernel(const bf16* __restrict__ x, int rows, int in,
                                                                    const bf16* __restrict__ w, int out,
@@ -358,26 +352,27 @@ __global__ void __launch_bounds__(kWarps * kWarp) gemv_fma_kernel(const bf16* __
 
 template <int NT, bool kSiluIn, bool kL2Hint>
 cudaError_t launch_nt(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32, int tiles,
-                      int splits, const SkinnyGemmWorkspace& ws, bool prefetch, cudaStream_t stream) {
+                      int splits, const SkinnyGemmWorkspace& ws, bool prefetch, cudaStream_t stream,
+                      const LaunchOptions& options) {
   const dim3 grid(static_cast<unsigned>(tiles * splits)), block(kWarps * kWarp);
   if (y_fp32) {
-    return launch_kernel(skinny_gemm_kernel<NT, true, kSiluIn, kL2Hint>, grid, block, 0, stream, x, rows, in, w, out, y,
-                         splits, ws.partials, ws.counters, prefetch);
+    return launch_kernel(skinny_gemm_kernel<NT, true, kSiluIn, kL2Hint>, grid, block, 0, stream, options, x, rows, in,
+                         w, out, y, splits, ws.partials, ws.counters, prefetch);
   }
-  return launch_kernel(skinny_gemm_kernel<NT, false, kSiluIn, kL2Hint>, grid, block, 0, stream, x, rows, in, w, out, y,
-                       splits, ws.partials, ws.counters, prefetch);
+  return launch_kernel(skinny_gemm_kernel<NT, false, kSiluIn, kL2Hint>, grid, block, 0, stream, options, x, rows, in, w,
+                       out, y, splits, ws.partials, ws.counters, prefetch);
 }
 
 template <int M, bool kSiluIn>
 cudaError_t launch_fma(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32, int tiles,
-                       int splits, const SkinnyGemmWorkspace& ws, cudaStream_t stream) {
+                       int splits, const SkinnyGemmWorkspace& ws, cudaStream_t stream, const LaunchOptions& options) {
   const dim3 grid(static_cast<unsigned>(tiles * splits)), block(kWarps * kWarp);
   if (y_fp32) {
-    return launch_kernel(gemv_fma_kernel<M, true, kSiluIn>, grid, block, 0, stream, x, rows, in, w, out, y, splits,
-                         ws.partials, ws.counters);
+    return launch_kernel(gemv_fma_kernel<M, true, kSiluIn>, grid, block, 0, stream, options, x, rows, in, w, out, y,
+                         splits, ws.partials, ws.counters);
   }
-  return launch_kernel(gemv_fma_kernel<M, false, kSiluIn>, grid, block, 0, stream, x, rows, in, w, out, y, splits,
-                       ws.partials, ws.counters);
+  return launch_kernel(gemv_fma_kernel<M, false, kSiluIn>, grid, block, 0, stream, options, x, rows, in, w, out, y,
+                       splits, ws.partials, ws.counters);
 }
 
 }  // namespace
@@ -410,7 +405,8 @@ int choose_splits(int tiles, int units, int min_units_per_warp, size_t floats_pe
 }
 
 cudaError_t launch_skinny(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32, bool silu_in,
-                          const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream, int variant) {
+                          const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream, const LaunchOptions& options,
+                          int variant) {
   if (!skinny_gemm_supported(rows, in, x, w) || out <= 0 || !y) return cudaErrorInvalidValue;
   // Measured on an H100 (SkinnyGemmBench): row streaming is the fastest for 1-2 tokens on every shape;
   // from 3 tokens on its FMA work (and the folded silu) costs more than the tensor-core variant.
@@ -423,15 +419,15 @@ cudaError_t launch_skinny(const bf16* x, int rows, int in, const bf16* w, int ou
     const int m = rows <= 1 ? 1 : (rows <= 2 ? 2 : 4);
     const int splits = choose_splits(tiles, chunks, 1, static_cast<size_t>(kFmaRows) * m, ws, num_sms);
     if (m == 1) {
-      return silu_in ? launch_fma<1, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream)
-                     : launch_fma<1, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream);
+      return silu_in ? launch_fma<1, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream, options)
+                     : launch_fma<1, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream, options);
     }
     if (m == 2) {
-      return silu_in ? launch_fma<2, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream)
-                     : launch_fma<2, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream);
+      return silu_in ? launch_fma<2, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream, options)
+                     : launch_fma<2, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream, options);
     }
-    return silu_in ? launch_fma<4, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream)
-                   : launch_fma<4, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream);
+    return silu_in ? launch_fma<4, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream, options)
+                   : launch_fma<4, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, stream, options);
   }
   const int tiles = (out + kTileRows - 1) / kTileRows;
   const int nt = rows <= 8 ? 1 : 2;
@@ -440,36 +436,45 @@ cudaError_t launch_skinny(const bf16* x, int rows, int in, const bf16* w, int ou
   const bool hint = variant >= 1, prefetch = variant == 2;
   if (nt == 1) {
     if (hint) {
-      return silu_in ? launch_nt<1, true, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream)
-                     : launch_nt<1, false, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream);
+      return silu_in ? launch_nt<1, true, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream,
+                                                options)
+                     : launch_nt<1, false, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream,
+                                                 options);
     }
-    return silu_in ? launch_nt<1, true, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream)
-                   : launch_nt<1, false, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream);
+    return silu_in
+               ? launch_nt<1, true, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream, options)
+               : launch_nt<1, false, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream,
+                                            options);
   }
   if (hint) {
-    return silu_in ? launch_nt<2, true, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream)
-                   : launch_nt<2, false, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream);
+    return silu_in
+               ? launch_nt<2, true, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream, options)
+               : launch_nt<2, false, true>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream,
+                                           options);
   }
-  return silu_in ? launch_nt<2, true, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream)
-                 : launch_nt<2, false, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream);
+  return silu_in
+             ? launch_nt<2, true, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream, options)
+             : launch_nt<2, false, false>(x, rows, in, w, out, y, y_fp32, tiles, splits, ws, prefetch, stream, options);
 }
 
 }  // namespace
 
 cudaError_t launch_skinny_gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32,
-                               const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream) {
-  return launch_skinny(x, rows, in, w, out, y, y_fp32, false, ws, num_sms, stream, -1);
+                               const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
+                               const LaunchOptions& options) {
+  return launch_skinny(x, rows, in, w, out, y, y_fp32, false, ws, num_sms, stream, options, -1);
 }
 
 cudaError_t launch_skinny_gemm_silu(const bf16* gate_up, int rows, int in, const bf16* w, int out, void* y, bool y_fp32,
-                                    const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream) {
-  return launch_skinny(gate_up, rows, in, w, out, y, y_fp32, true, ws, num_sms, stream, -1);
+                                    const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
+                                    const LaunchOptions& options) {
+  return launch_skinny(gate_up, rows, in, w, out, y, y_fp32, true, ws, num_sms, stream, options, -1);
 }
 
 cudaError_t launch_skinny_gemm_variant(const bf16* x, int rows, int in, const bf16* w, int out, void* y, bool y_fp32,
                                        bool silu_in, const SkinnyGemmWorkspace& ws, int num_sms, int variant,
-                                       cudaStream_t stream) {
-  return launch_skinny(x, rows, in, w, out, y, y_fp32, silu_in, ws, num_sms, stream, variant);
+                                       cudaStream_t stream, const LaunchOptions& options) {
+  return launch_skinny(x, rows, in, w, out, y, y_fp32, silu_in, ws, num_sms, stream, options, variant);
 }
 
 }  // namespace tandem::backend::cuda

@@ -24,6 +24,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/launch_options.h"
+
 namespace tandem::backend::cuda {
 
 // Largest M the skinny kernel takes.
@@ -47,7 +49,8 @@ bool skinny_gemm_preferred(int rows, int in, int out);
 // y[rows, out] (row-major, fp32 when y_fp32 else bf16) = x[rows, in] (bf16, row-major) * w[out, in]^T
 // (bf16, row-major), all device. num_sms picks the split over K. cudaErrorInvalidValue when unsupported.
 cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, void* y,
-                               bool y_fp32, const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream);
+                               bool y_fp32, const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
+                               const LaunchOptions& options);
 
 // The same with the MLP's activation folded into the loads of x: y = (silu(gate) * up) * w^T, where
 // gate_up is [rows, 2 in] bf16 ([gate | up] per row) and the product is rounded to bf16 before the
@@ -55,13 +58,13 @@ cudaError_t launch_skinny_gemm(const __nv_bfloat16* x, int rows, int in, const _
 // skinny_gemm_supported(rows, in, gate_up, w).
 cudaError_t launch_skinny_gemm_silu(const __nv_bfloat16* gate_up, int rows, int in, const __nv_bfloat16* w, int out,
                                     void* y, bool y_fp32, const SkinnyGemmWorkspace& ws, int num_sms,
-                                    cudaStream_t stream);
+                                    cudaStream_t stream, const LaunchOptions& options);
 
 // One kernel variant, for tests and benchmarks: 0 mma (tensor cores, fragments loaded from global), 1 the
 // same with an L2 256-byte fetch hint, 2 that with an L2 prefetch before the PDL wait, 3 row-streaming
 // FMAs (rows <= 4, else 1); -1 the default choice.
-cudaError_t launch_skinny_gemm_variant(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, void* y,
-                                       bool y_fp32, bool silu_in, const SkinnyGemmWorkspace& ws, int num_sms, int variant,
-                                       cudaStream_t stream);
+cudaError_t launch_skinny_gemm_variant(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out,
+                                       void* y, bool y_fp32, bool silu_in, const SkinnyGemmWorkspace& ws, int num_sms,
+                                       int variant, cudaStream_t stream, const LaunchOptions& options);
 
 }  // namespace tandem::backend::cuda

@@ -1,9 +1,9 @@
-// Each CUDA kernel against a plain CPU reference (double precision) on random inputs, including odd
-// sizes: 1 token, block boundaries, head_dim 16/64/128, 1 and 8 KV heads, GQA groups wider than a tile,
-// the split-KV (flash-decoding) path, the decode kernel with per-sequence splits, and the skinny GEMM
-// (row counts around 8 and 16, ragged N and K, splits across blocks). Skipped where no GPU is visible.
-#include <cuda_bf16.h>
+// The element-wise kernels, the skinny GEMM and the KV block copy against a plain CPU reference (double
+// precision) on random inputs, including odd sizes: 1 token, head_dim 16/64/128, row counts around 8 and
+// 16, ragged N and K, splits across blocks. Attention is in attention_test.cu, sampling in
+// sampling_test.cu (the same binary). Skipped where no GPU is visible.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -14,69 +14,12 @@
 #include <random>
 #include <vector>
 
-#include "backend/cuda/attention.cuh"
+#include "backend/cuda/kernel_test_util.cuh"
 #include "backend/cuda/kernels.cuh"
-#include "backend/cuda/sampling.cuh"
-#include "backend/cuda/sampling_keys.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
-#include "engine/sampler.h"
 
 namespace tandem::backend::cuda {
 namespace {
-
-#define GPU_OR_SKIP()                                                          \
-  do {                                                                         \
-    int count_ = 0;                                                            \
-    if (cudaGetDeviceCount(&count_) != cudaSuccess || count_ == 0) {           \
-      cudaGetLastError();                                                      \
-      GTEST_SKIP() << "no CUDA device";                                        \
-    }                                                                          \
-  } while (0)
-
-#define CUDA_OK(call) ASSERT_EQ((call), cudaSuccess) << #call
-
-
-// Host mirror of a device buffer; poisoned device memory unless uploaded.
-template <typename T>
-struct DeviceVec {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit DeviceVec(size_t count) : n(count) {
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);
-    EXPECT_EQ(cudaMemset(ptr, 0xff, std::max<size_t>(1, n) * sizeof(T)), cudaSuccess);  // NaN-poisoned for floats
-  }
-  explicit DeviceVec(const std::vector<T>& host) : DeviceVec(host.size()) { upload(host); }
-  ~DeviceVec() { cudaFree(ptr); }
-  void upload(const std::vector<T>& host) { EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess); }
-  std::vector<T> download() const {
-    std::vector<T> host(n);
-    EXPECT_EQ(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return host;
-  }
-};
-
-std::vector<bf16> random_bf16(size_t n, std::mt19937& rng, float scale = 1.0f) {
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<bf16> out(n);
-  for (auto& v : out) v = __float2bfloat16(dist(rng));
-  return out;
-}
-
-std::vector<float> to_float(const std::vector<bf16>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
-  return out;
-}
-
-double rel_error(const std::vector<float>& got, const std::vector<double>& want) {
-  double diff = 0, norm = 0;
-  for (size_t i = 0; i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    diff += (got[i] - want[i]) * (got[i] - want[i]);
-    norm += want[i] * want[i];
-  }
-  return std::sqrt(diff / std::max(norm, 1e-30));
-}
 
 class AddRmsNorm : public ::testing::TestWithParam<int> {};
 
@@ -90,7 +33,8 @@ TEST_P(AddRmsNorm, MatchesCpuWithAndWithoutResidualAddAndGather) {
   const auto delta = random_bf16(residual.size(), rng), weight = random_bf16(hidden, rng);
   DeviceVec<float> d_res(residual);
   DeviceVec<bf16> d_delta(delta), d_w(weight), d_out(static_cast<size_t>(rows) * hidden);
-  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out.ptr, nullptr, rows, hidden, 1e-6f, true, nullptr));
+  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out.ptr, nullptr, rows, hidden, 1e-6f, true, nullptr,
+                              kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<double> want_out(residual.size()), want_res(residual.size());
   for (int r = 0; r < rows; ++r) {
@@ -114,7 +58,8 @@ TEST_P(AddRmsNorm, MatchesCpuWithAndWithoutResidualAddAndGather) {
   DeviceVec<int32_t> d_rows(pick);
   DeviceVec<bf16> d_out2(pick.size() * hidden);
   const auto before = d_res.download();
-  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out2.ptr, d_rows.ptr, 3, hidden, 1e-6f, false, nullptr));
+  CUDA_OK(launch_add_rms_norm(d_res.ptr, d_delta.ptr, d_w.ptr, d_out2.ptr, d_rows.ptr, 3, hidden, 1e-6f, false, nullptr,
+                              kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   EXPECT_EQ(d_res.download(), before);
   std::vector<double> want_gather;
@@ -178,7 +123,7 @@ TEST_P(QkvRope, NormRopeAndKvWriteMatchCpu) {
   p.num_kv_heads = c.num_kv_heads;
   p.head_dim = d;
   p.block_size = block_size;
-  CUDA_OK(launch_qkv_rope_kv_write(p, nullptr));
+  CUDA_OK(launch_qkv_rope_kv_write(p, nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   const auto got_qkv = to_float(d_qkv.download());
   const auto got_pool = to_float(d_pool.download());
@@ -237,7 +182,7 @@ TEST(SiluAndMul, MatchesCpu) {
   std::mt19937 rng(5);
   const auto gu = random_bf16(static_cast<size_t>(tokens) * 2 * inter, rng, 3.0f);
   DeviceVec<bf16> d_gu(gu), d_out(static_cast<size_t>(tokens) * inter);
-  CUDA_OK(launch_silu_and_mul(d_gu.ptr, d_out.ptr, tokens, inter, nullptr));
+  CUDA_OK(launch_silu_and_mul(d_gu.ptr, d_out.ptr, tokens, inter, nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   std::vector<double> want;
   for (int t = 0; t < tokens; ++t) {
@@ -258,7 +203,7 @@ TEST(Embedding, CopiesRows) {
   DeviceVec<bf16> d_table(table);
   DeviceVec<int32_t> d_ids(ids);
   DeviceVec<float> d_out(ids.size() * hidden);
-  CUDA_OK(launch_embedding(d_ids.ptr, d_table.ptr, d_out.ptr, 4, hidden, nullptr));
+  CUDA_OK(launch_embedding(d_ids.ptr, d_table.ptr, d_out.ptr, 4, hidden, nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   const auto got = d_out.download();
   for (size_t t = 0; t < ids.size(); ++t) {
@@ -266,137 +211,6 @@ TEST(Embedding, CopiesRows) {
   }
 }
 
-// Attention: sequences given as (new tokens, context length).
-struct AttentionCase {
-  int num_heads, num_kv_heads, head_dim;
-  std::vector<std::pair<int, int>> seqs;
-  int target_blocks;  // small: no split; large: split keys across blocks
-};
-
-class Attention : public ::testing::TestWithParam<AttentionCase> {};
-
-TEST_P(Attention, MatchesCpuOverPagedCache) {
-  GPU_OR_SKIP();
-  const AttentionCase c = GetParam();
-  const int d = c.head_dim, block_size = 16, group = c.num_heads / c.num_kv_heads;
-  std::mt19937 rng(static_cast<unsigned>(d * 7 + c.num_heads + c.seqs.size()));
-  int max_blocks = 0, total_blocks = 0;
-  for (auto [q, ctx] : c.seqs) {
-    max_blocks = std::max(max_blocks, (ctx + block_size - 1) / block_size);
-    total_blocks += (ctx + block_size - 1) / block_size;
-  }
-  const int num_blocks = total_blocks + 3;
-  std::vector<int32_t> free_blocks(num_blocks);
-  std::iota(free_blocks.begin(), free_blocks.end(), 0);
-  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
-  const int num_seqs = static_cast<int>(c.seqs.size());
-  std::vector<int32_t> tables(static_cast<size_t>(num_seqs) * max_blocks, -1), starts{0}, context, positions;
-  for (int s = 0; s < num_seqs; ++s) {
-    const auto [q, ctx] = c.seqs[s];
-    for (int b = 0; b < (ctx + block_size - 1) / block_size; ++b) {
-      tables[static_cast<size_t>(s) * max_blocks + b] = free_blocks.back();
-      free_blocks.pop_back();
-    }
-    for (int i = 0; i < q; ++i) positions.push_back(ctx - q + i);
-    starts.push_back(starts.back() + q);
-    context.push_back(ctx);
-  }
-  const int num_tokens = starts.back();
-  const size_t kv_size = static_cast<size_t>(c.num_kv_heads) * d;
-  const auto pool = random_bf16(static_cast<size_t>(num_blocks) * 2 * block_size * kv_size, rng);
-  const int q_stride = (c.num_heads + 2 * c.num_kv_heads) * d;  // as in the fused qkv buffer
-  const auto q = random_bf16(static_cast<size_t>(num_tokens) * q_stride, rng, 2.0f);
-
-  // 0: SIMT tiles only; 1: tensor-core prefill tiles, K/V by cp.async two stages deep (the default);
-  // 2: tensor-core tiles loading K/V through registers (TANDEM_PREFILL_PIPELINE=0).
-  for (int mode : {0, 1, 2}) {
-  const bool use_mma = mode > 0;
-  if (use_mma && d != 64 && d != 128) continue;
-  g_prefill_attention_pipelined = mode != 2;
-  const AttentionPlan plan = plan_attention(starts.data(), context.data(), num_seqs, c.num_heads, c.num_kv_heads,
-                                            c.target_blocks, 4096, use_mma);
-  if (c.target_blocks > 1000) EXPECT_FALSE(plan.combines.empty()) << "the split path was not exercised";
-  DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(num_tokens) * c.num_heads * d);
-  DeviceVec<int32_t> d_tables(tables), d_pos(positions);
-  DeviceVec<AttentionWorkItem> d_items(plan.items);
-  DeviceVec<AttentionCombineItem> d_combines(plan.combines);
-  DeviceVec<AttentionWorkItem> d_mma(plan.mma_items);
-  DeviceVec<float> d_po(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * d);
-  DeviceVec<float> d_pml(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * 2);
-  AttentionParams p;
-  p.q = d_q.ptr;
-  p.q_row_stride = q_stride;
-  p.kv_pool = d_pool.ptr;
-  p.block_tables = d_tables.ptr;
-  p.max_blocks_per_seq = max_blocks;
-  p.positions = d_pos.ptr;
-  p.out = d_out.ptr;
-  p.items = d_items.ptr;
-  p.combines = d_combines.ptr;
-  p.mma_items = d_mma.ptr;
-  p.num_mma_items = static_cast<int>(plan.mma_items.size());
-  p.partial_out = d_po.ptr;
-  p.partial_ml = d_pml.ptr;
-  p.num_items = static_cast<int>(plan.items.size());
-  p.num_combines = static_cast<int>(plan.combines.size());
-  p.num_heads = c.num_heads;
-  p.num_kv_heads = c.num_kv_heads;
-  p.head_dim = d;
-  p.block_size = block_size;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(d));
-  CUDA_OK(launch_attention(p, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  const auto got = to_float(d_out.download());
-
-  std::vector<double> want(got.size());
-  for (int s = 0; s < num_seqs; ++s) {
-    for (int t = starts[s]; t < starts[s + 1]; ++t) {
-      const int keys = positions[t] + 1;
-      for (int h = 0; h < c.num_heads; ++h) {
-        const int kvh = h / group;
-        std::vector<double> score(keys);
-        double mx = -INFINITY;
-        for (int j = 0; j < keys; ++j) {
-          const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
-          const size_t at = ((static_cast<size_t>(block) * 2) * block_size + off) * kv_size + kvh * d;
-          double dot = 0;
-          for (int i = 0; i < d; ++i) dot += __bfloat162float(q[t * q_stride + h * d + i]) * __bfloat162float(pool[at + i]);
-          score[j] = dot / std::sqrt(static_cast<double>(d));
-          mx = std::max(mx, score[j]);
-        }
-        double denom = 0;
-        for (auto& v : score) denom += (v = std::exp(v - mx));
-        for (int i = 0; i < d; ++i) {
-          double acc = 0;
-          for (int j = 0; j < keys; ++j) {
-            const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
-            const size_t at = ((static_cast<size_t>(block) * 2 + 1) * block_size + off) * kv_size + kvh * d;
-            acc += score[j] * __bfloat162float(pool[at + i]);
-          }
-          want[(static_cast<size_t>(t) * c.num_heads + h) * d + i] = acc / denom;
-        }
-      }
-    }
-  }
-  g_prefill_attention_pipelined = true;
-  EXPECT_LT(rel_error(got, want), 8e-3) << (use_mma ? "tensor-core prefill tiles" : "SIMT tiles only") << " (mode " << mode
-                                       << "), " << plan.mma_items.size() << " mma tiles";
-  }
-}
-
-const std::vector<std::pair<int, int>> kMixed = {{1, 1}, {1, 17}, {5, 5}, {16, 16}, {17, 40}, {3, 600}, {1, 33}};
-const std::vector<std::pair<int, int>> kLongDecode = {{1, 3000}, {1, 1}, {2, 1025}};
-const std::vector<std::pair<int, int>> kLongPrefill = {{200, 700}, {130, 130}, {16, 16}, {64, 97}, {1, 5}};
-
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, Attention,
-    ::testing::Values(AttentionCase{16, 8, 128, kMixed, 1}, AttentionCase{8, 1, 64, kMixed, 1},
-                      AttentionCase{8, 8, 64, kMixed, 1}, AttentionCase{32, 1, 128, kMixed, 1},
-                      AttentionCase{4, 2, 16, kMixed, 1}, AttentionCase{4, 1, 32, {{40, 40}, {1, 1}}, 1},
-                      AttentionCase{16, 8, 128, kLongDecode, 100000}, AttentionCase{32, 8, 128, kLongDecode, 100000},
-                      AttentionCase{8, 1, 64, kMixed, 100000}, AttentionCase{16, 8, 128, kLongPrefill, 1},
-                      AttentionCase{32, 8, 128, kLongPrefill, 1}, AttentionCase{64, 1, 64, kLongPrefill, 1},
-                      AttentionCase{128, 1, 128, {{20, 20}}, 1}));
 
 // Skinny GEMM: (rows, in, out, fp32 output, workspace floats). A small workspace forces one block per
 // row tile; a large one lets small N split K across blocks.
@@ -437,13 +251,15 @@ TEST_P(SkinnyGemm, MatchesCpu) {
     std::vector<float> got;
     if (c.y_fp32) {
       DeviceVec<float> d_y(want.size());
-      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, true, false, ws, 132, variant, nullptr));
+      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, true, false, ws, 132, variant,
+                                         nullptr, kPlain));
       CUDA_OK(cudaDeviceSynchronize());
       got = d_y.download();
       EXPECT_LT(rel_error(got, want), 1e-5) << "rep " << rep;
     } else {
       DeviceVec<bf16> d_y(want.size());
-      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, false, false, ws, 132, variant, nullptr));
+      CUDA_OK(launch_skinny_gemm_variant(d_x.ptr, c.rows, c.in, d_w.ptr, c.out, d_y.ptr, false, false, ws, 132, variant,
+                                         nullptr, kPlain));
       CUDA_OK(cudaDeviceSynchronize());
       got = to_float(d_y.download());
       EXPECT_LT(rel_error(got, want), 8e-3) << "rep " << rep;
@@ -494,11 +310,12 @@ TEST(SkinnyGemm, SiluInputMatchesSiluThenGemm) {
     DeviceVec<int32_t> d_counters(std::vector<int32_t>(256, 0));
     SkinnyGemmWorkspace ws{d_ws.ptr, 1 << 20, d_counters.ptr, 256};
     for (int variant = -1; variant <= 3; ++variant) {
-      CUDA_OK(launch_skinny_gemm_variant(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, true, ws, 132, variant, nullptr));
+      CUDA_OK(launch_skinny_gemm_variant(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, true, ws, 132, variant,
+                                         nullptr, kPlain));
       CUDA_OK(cudaDeviceSynchronize());
       EXPECT_LT(rel_error(d_y.download(), want), 2e-3) << rows << " rows, variant " << variant;
     }
-    CUDA_OK(launch_skinny_gemm_silu(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, ws, 132, nullptr));
+    CUDA_OK(launch_skinny_gemm_silu(d_gu.ptr, rows, inter, d_w.ptr, out, d_y.ptr, true, ws, 132, nullptr, kPlain));
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_LT(rel_error(d_y.download(), want), 2e-3) << rows << " rows";
   }
@@ -554,7 +371,7 @@ TEST(SkinnyGemmBench, DISABLED_VariantsAgainstCublas) {
             cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, sh.n, rows, sh.k, &alpha, w, CUDA_R_16BF, sh.k, x, CUDA_R_16BF,
                          sh.k, &beta, y, sh.fp32 ? CUDA_R_32F : CUDA_R_16BF, sh.n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
           } else {
-            launch_skinny_gemm_variant(x, rows, sh.k, w, sh.n, y, sh.fp32, sh.silu, ws, sms, variant, nullptr);
+            launch_skinny_gemm_variant(x, rows, sh.k, w, sh.n, y, sh.fp32, sh.silu, ws, sms, variant, nullptr, kPlain);
           }
         };
         for (int i = 0; i < 3; ++i) run(i);
@@ -673,287 +490,6 @@ TEST(SkinnyGemm, RejectsWhatItCannotRun) {
   EXPECT_TRUE(skinny_gemm_supported(1, 64, buf, buf));
 }
 
-// Decode steps as a captured graph plans them: plan_decode_attention with a fixed number of split
-// items per tile, of which each sequence uses as many as its context needs, through the decode kernel
-// and through the SIMT kernel.
-struct DecodeCase {
-  int num_heads, num_kv_heads, head_dim;
-  std::vector<int> contexts;
-  int splits, min_split_keys;
-};
-
-class DecodeAttention : public ::testing::TestWithParam<DecodeCase> {};
-
-TEST_P(DecodeAttention, MatchesCpu) {
-  GPU_OR_SKIP();
-  const DecodeCase c = GetParam();
-  const int d = c.head_dim, block_size = 16, group = c.num_heads / c.num_kv_heads;
-  std::mt19937 rng(static_cast<unsigned>(d * 13 + c.num_heads * 3 + c.contexts.size() + c.splits));
-  const int num_seqs = static_cast<int>(c.contexts.size());
-  const int bucket = num_seqs + 2;  // two padding sequences, as in a graph bucket
-  int max_blocks = 1, total_blocks = 0;
-  for (int ctx : c.contexts) {
-    max_blocks = std::max(max_blocks, (ctx + block_size - 1) / block_size);
-    total_blocks += (ctx + block_size - 1) / block_size;
-  }
-  const int num_blocks = total_blocks + 2;
-  std::vector<int32_t> free_blocks(num_blocks);
-  std::iota(free_blocks.begin(), free_blocks.end(), 0);
-  std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
-  std::vector<int32_t> tables(static_cast<size_t>(bucket) * max_blocks, -1), positions(bucket, 0);
-  for (int s = 0; s < num_seqs; ++s) {
-    for (int b = 0; b < (c.contexts[s] + block_size - 1) / block_size; ++b) {
-      tables[static_cast<size_t>(s) * max_blocks + b] = free_blocks.back();
-      free_blocks.pop_back();
-    }
-    positions[s] = c.contexts[s] - 1;
-  }
-  const size_t kv_size = static_cast<size_t>(c.num_kv_heads) * d;
-  const auto pool = random_bf16(static_cast<size_t>(num_blocks) * 2 * block_size * kv_size, rng);
-  const int q_stride = (c.num_heads + 2 * c.num_kv_heads) * d;
-  const auto q = random_bf16(static_cast<size_t>(bucket) * q_stride, rng, 2.0f);
-  const AttentionPlan plan =
-      plan_decode_attention(c.contexts.data(), num_seqs, bucket, c.num_heads, c.num_kv_heads, c.splits, c.min_split_keys);
-  ASSERT_EQ(plan.items.size(), static_cast<size_t>(bucket) * c.num_kv_heads * c.splits *
-                                   ((group + kAttentionRows - 1) / kAttentionRows));
-
-  std::vector<double> want(static_cast<size_t>(num_seqs) * c.num_heads * d);
-  for (int s = 0; s < num_seqs; ++s) {
-    const int keys = c.contexts[s];
-    for (int h = 0; h < c.num_heads; ++h) {
-      const int kvh = h / group;
-      std::vector<double> score(keys);
-      double mx = -INFINITY;
-      for (int j = 0; j < keys; ++j) {
-        const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
-        const size_t at = ((static_cast<size_t>(block) * 2) * block_size + off) * kv_size + kvh * d;
-        double dot = 0;
-        for (int i = 0; i < d; ++i) dot += __bfloat162float(q[s * q_stride + h * d + i]) * __bfloat162float(pool[at + i]);
-        score[j] = dot / std::sqrt(static_cast<double>(d));
-        mx = std::max(mx, score[j]);
-      }
-      double denom = 0;
-      for (auto& v : score) denom += (v = std::exp(v - mx));
-      for (int i = 0; i < d; ++i) {
-        double acc = 0;
-        for (int j = 0; j < keys; ++j) {
-          const int block = tables[static_cast<size_t>(s) * max_blocks + j / block_size], off = j % block_size;
-          const size_t at = ((static_cast<size_t>(block) * 2 + 1) * block_size + off) * kv_size + kvh * d;
-          acc += score[j] * __bfloat162float(pool[at + i]);
-        }
-        want[(static_cast<size_t>(s) * c.num_heads + h) * d + i] = acc / denom;
-      }
-    }
-  }
-
-  // 0: decode kernel merging its own splits; 1: decode kernel + combine kernel; 2: SIMT kernel + combine;
-  // 3: as 0 with the pipelined decode kernel, G = 4 on its uncapped build (TANDEM_DECODE_OCCUPANCY=0);
-  // 4: as 3 with G = 4 on the register-capped build (the defaults).
-  for (int mode : {0, 1, 2, 3, 4}) {
-    const bool decode_kernel = mode != 2;
-    g_decode_attention_pipelined = mode >= 3;
-    g_decode_attention_occupancy = mode == 4;
-    DeviceVec<bf16> d_pool(pool), d_q(q), d_out(static_cast<size_t>(bucket) * c.num_heads * d);
-    DeviceVec<int32_t> d_tables(tables), d_pos(positions);
-    DeviceVec<AttentionWorkItem> d_items(plan.items);
-    DeviceVec<AttentionCombineItem> d_combines(plan.combines);
-    DeviceVec<AttentionWorkItem> d_mma(1);
-    // NaN-poisoned partials: a combine that reads a split nobody wrote shows up as a NaN.
-    DeviceVec<float> d_po(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * d);
-    DeviceVec<float> d_pml(static_cast<size_t>(std::max(1, plan.num_partials)) * kAttentionRows * 2);
-    AttentionParams p;
-    p.q = d_q.ptr;
-    p.q_row_stride = q_stride;
-    p.kv_pool = d_pool.ptr;
-    p.block_tables = d_tables.ptr;
-    p.max_blocks_per_seq = max_blocks;
-    p.positions = d_pos.ptr;
-    p.out = d_out.ptr;
-    p.items = d_items.ptr;
-    p.combines = d_combines.ptr;
-    p.mma_items = d_mma.ptr;
-    p.partial_out = d_po.ptr;
-    p.partial_ml = d_pml.ptr;
-    p.num_items = static_cast<int>(plan.items.size());
-    p.num_combines = static_cast<int>(plan.combines.size());
-    p.num_heads = c.num_heads;
-    p.num_kv_heads = c.num_kv_heads;
-    p.head_dim = d;
-    p.block_size = block_size;
-    p.scale = 1.0f / std::sqrt(static_cast<float>(d));
-    p.decode = decode_kernel;
-    DeviceVec<int32_t> d_counters(std::vector<int32_t>(std::max<size_t>(1, plan.combines.size()), 0));
-    if ((mode == 0 || mode >= 3) && c.splits > 1) {
-      p.combine_counters = d_counters.ptr;
-      p.decode_splits = c.splits;
-    }
-    // Twice: the second launch must find the merge counters reset by the first.
-    for (int rep = 0; rep < 2; ++rep) {
-      CUDA_OK(launch_attention(p, nullptr));
-      CUDA_OK(cudaDeviceSynchronize());
-      auto got = to_float(d_out.download());
-      got.resize(want.size());  // the padding sequences' rows are never written
-      EXPECT_LT(rel_error(got, want), 8e-3) << "mode " << mode << " rep " << rep;
-    }
-    g_decode_attention_pipelined = true;
-    g_decode_attention_occupancy = true;
-    for (int32_t v : d_counters.download()) ASSERT_EQ(v, 0);
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, DecodeAttention,
-    ::testing::Values(DecodeCase{16, 8, 128, {1, 17, 128, 300, 1025}, 32, 32}, DecodeCase{32, 8, 128, {5, 2000, 64}, 4, 32},
-                      DecodeCase{16, 8, 128, {1, 33, 700}, 1, 32}, DecodeCase{8, 1, 64, {1, 16, 257, 999}, 8, 64},
-                      DecodeCase{8, 8, 64, {3, 100, 513}, 3, 32}, DecodeCase{4, 2, 16, {1, 40, 300}, 5, 32},
-                      DecodeCase{4, 1, 32, {2, 77}, 2, 32}, DecodeCase{12, 1, 128, {90, 1}, 4, 32},
-                      DecodeCase{32, 8, 128, {4096}, 32, 32}));
-
-// The sampling kernel's ranking key against the host sampler's comparator (logit descending, then id
-// ascending) on values that trip bit tricks: signed zeros (which compare equal), infinities, subnormals,
-// ties. Runs on the host: no GPU needed.
-TEST(SamplingKeys, OrderLikeTheHostSamplersSort) {
-  const std::vector<float> values = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, -0.5f, INFINITY, -INFINITY, 1e-45f, -1e-45f,
-                                     3.4e38f, -3.4e38f, 1.0f, -0.0f, 0.0f};
-  for (size_t a = 0; a < values.size(); ++a) {
-    for (size_t b = 0; b < values.size(); ++b) {
-      if (a == b) continue;
-      const bool host_first = values[a] > values[b] || (values[a] == values[b] && a < b);
-      EXPECT_EQ(order_key(values[a], static_cast<int>(a)) > order_key(values[b], static_cast<int>(b)), host_first)
-          << values[a] << " (id " << a << ") vs " << values[b] << " (id " << b << ")";
-    }
-    EXPECT_EQ(id_of_key(order_key(values[a], static_cast<int>(a))), static_cast<int>(a));
-  }
-}
-
-// The device draw against the engine's host Sampler on the same logits and the same uniform number:
-// greedy, temperature only, and every truncation (min_p, top_k, top_p and mixes), on peaked and flat
-// rows (a flat row puts most of the vocabulary into the one bucket that top_k/top_p cut, where the
-// radix selection does the work) and on rows of tied logits (ties go to the lower id, as the host's
-// sort); rows edited by penalties, logit_bias and min_tokens masks (Sampler::device_edits, applied on
-// the device, against Sampler::sample's own processing); logprobs (chosen and top 0..20). The two must
-// pick the same token on every row and report the same logprobs.
-struct SamplingCase {
-  int vocab;
-  float spread;   // logits ~ N(0, spread)
-  bool ties;      // logits rounded to multiples of 0.5
-};
-class DeviceSampling : public ::testing::TestWithParam<SamplingCase> {};
-
-TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
-  GPU_OR_SKIP();
-  const SamplingCase c = GetParam();
-  struct Params {
-    float temperature, min_p, top_p;
-    int top_k;
-  };
-  std::vector<Params> grid;
-  for (float t : {0.0f, 0.7f, 1.0f, 1.6f}) {
-    for (int k : {0, 1, 20, 3000}) {
-      for (float p : {1.0f, 0.9f, 0.3f}) {
-        for (float m : {0.0f, 0.05f}) grid.push_back({t, m, p, k});
-      }
-    }
-  }
-  const int repeats = c.vocab > 50000 ? 2 : 6;
-  const int rows = static_cast<int>(grid.size()) * repeats;
-  std::mt19937 rng(c.vocab + static_cast<int>(c.spread * 10) + c.ties);
-  std::normal_distribution<float> dist(0.0f, c.spread);
-  std::vector<float> logits(static_cast<size_t>(rows) * c.vocab);
-  for (auto& x : logits) {
-    x = dist(rng);
-    if (c.ties) x = std::round(x * 2.0f) / 2.0f;
-  }
-  std::uniform_int_distribution<int32_t> token(0, c.vocab - 1);
-  std::vector<RowSampling> params(rows);
-  std::vector<LogitEdit> edits;
-  std::vector<int32_t> want(rows);
-  std::vector<engine::TokenLogprobs> want_logprobs(rows);
-  engine::Sampler sampler(c.vocab, {c.vocab - 1});
-  for (int r = 0; r < rows; ++r) {
-    const Params& g = grid[r % grid.size()];
-    engine::SamplingParams sp;
-    sp.temperature = g.temperature;
-    sp.min_p = g.min_p;
-    sp.top_p = g.top_p;
-    sp.top_k = g.top_k;
-    sp.seed = 1000 + r;
-    sp.logprobs = r % 3 == 0 ? 20 : r % 3 == 1 ? -1 : static_cast<int>(r % 6);
-    // Every fourth row as it is; the others edited by penalties, bias or min_tokens masks, over
-    // prompt and output tokens that repeat.
-    std::vector<int32_t> prompt, output;
-    for (int i = 0; i < 40; ++i) prompt.push_back(token(rng) % 64 == 0 ? 7 : token(rng));
-    for (int i = 0; i < 12; ++i) output.push_back(i % 3 == 0 ? 7 : token(rng));
-    const int profile = (r / 3) % 4;
-    if (profile == 1) {
-      sp.presence_penalty = 0.6f;
-      sp.frequency_penalty = 0.3f;
-    } else if (profile == 2) {
-      sp.repetition_penalty = 1.3f;
-      sp.logit_bias = {{token(rng), 5.0f}, {7, -2.5f}};
-    } else if (profile == 3) {
-      sp.min_tokens = 20;
-      sp.stop_token_ids = {token(rng), 3};
-      sp.repetition_penalty = 0.8f;
-    }
-    engine::SampleInput in;
-    in.params = &sp;
-    in.seed = *sp.seed;
-    in.prompt_token_ids = prompt;
-    in.output_token_ids = output;
-    want[r] = sampler.sample(std::span<const float>(logits.data() + static_cast<size_t>(r) * c.vocab, c.vocab), in,
-                             &want_logprobs[r]);
-    params[r] = engine::Sampler::device_row(in);
-    params[r].edits_begin = static_cast<int>(edits.size());
-    sampler.device_edits(in, &edits);
-    params[r].edits_end = static_cast<int>(edits.size());
-    if (profile != 0) ASSERT_GT(params[r].edits_end, params[r].edits_begin) << "row " << r;
-  }
-  DeviceVec<float> d_logits(logits);
-  DeviceVec<RowSampling> d_params(params);
-  DeviceVec<LogitEdit> d_edits(edits);
-  DeviceVec<int32_t> d_tokens(rows);
-  DeviceVec<RowLogprobs> d_logprobs(rows);
-  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_edits.ptr, d_tokens.ptr, d_logprobs.ptr, rows, c.vocab, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<int32_t> got = d_tokens.download();
-  const std::vector<RowLogprobs> got_logprobs = d_logprobs.download();
-  int mismatches = 0, logprob_mismatches = 0;
-  for (int r = 0; r < rows; ++r) {
-    const Params& g = grid[r % grid.size()];
-    if (got[r] != want[r] && ++mismatches <= 5) {
-      ADD_FAILURE() << "row " << r << " T=" << g.temperature << " top_k=" << g.top_k << " top_p=" << g.top_p
-                    << " min_p=" << g.min_p << " edits=" << params[r].edits_end - params[r].edits_begin << ": device "
-                    << got[r] << ", host " << want[r];
-    }
-    if (params[r].num_logprobs < 0 || got[r] != want[r]) continue;
-    const RowLogprobs& d = got_logprobs[r];
-    const engine::TokenLogprobs& h = want_logprobs[r];
-    bool same = std::fabs(d.chosen - h.logprob) <= 1e-3f * std::max(1.0f, std::fabs(h.logprob)) &&
-                d.num_top == static_cast<int>(h.top.size());
-    for (int j = 0; same && j < d.num_top; ++j) {
-      same = d.top_ids[j] == h.top[j].token_id &&
-             std::fabs(d.top_logprobs[j] - h.top[j].logprob) <= 1e-3f * std::max(1.0f, std::fabs(h.top[j].logprob));
-    }
-    if (!same && ++logprob_mismatches <= 5) {
-      ADD_FAILURE() << "row " << r << " logprobs: device chosen " << d.chosen << " top " << d.num_top << " (first "
-                    << (d.num_top ? d.top_ids[0] : -1) << "), host chosen " << h.logprob << " top " << h.top.size()
-                    << " (first " << (h.top.empty() ? -1 : h.top[0].token_id) << ")";
-    }
-  }
-  EXPECT_EQ(mismatches, 0) << "of " << rows << " rows";
-  EXPECT_EQ(logprob_mismatches, 0) << "of " << rows << " rows";
-}
-
-INSTANTIATE_TEST_SUITE_P(Rows, DeviceSampling,
-                         ::testing::Values(SamplingCase{1000, 3.0f, false}, SamplingCase{1000, 0.2f, false},
-                                           SamplingCase{997, 1.0f, true}, SamplingCase{151936, 2.0f, false},
-                                           SamplingCase{151936, 0.05f, false}, SamplingCase{128256, 1.0f, true}),
-                         [](const auto& info) {
-                           const SamplingCase& c = info.param;
-                           return "Vocab" + std::to_string(c.vocab) + "Spread" + std::to_string(static_cast<int>(c.spread * 100)) +
-                                  (c.ties ? "Ties" : "");
-                         });
 
 // The KV block copy moves exactly the named blocks of every layer and nothing else: blocks smaller than a
 // CTA's first round of loads and blocks that end mid-round, ids in any order, pools with different layer
@@ -982,7 +518,7 @@ TEST(CopyKvBlocks, CopiesTheNamedBlocksOfEveryLayer) {
     DeviceVec<int32_t> d_src_ids(src_ids), d_dst_ids(dst_ids);
     DeviceVec<uint8_t> d_dst(sh.layers * dst_stride);  // 0xff everywhere until copied onto
     CUDA_OK(launch_copy_kv_blocks(d_src.ptr, src_stride, d_dst.ptr, dst_stride, sh.block_bytes, d_src_ids.ptr,
-                                  d_dst_ids.ptr, sh.pairs, sh.layers, nullptr));
+                                  d_dst_ids.ptr, sh.pairs, sh.layers, nullptr, kPlain));
     CUDA_OK(cudaDeviceSynchronize());
     std::vector<uint8_t> want(sh.layers * dst_stride, 0xff);
     for (int l = 0; l < sh.layers; ++l) {
@@ -995,8 +531,8 @@ TEST(CopyKvBlocks, CopiesTheNamedBlocksOfEveryLayer) {
                                           << sh.pairs << " pairs";
   }
   int32_t* none = nullptr;
-  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 24, none, none, 1, 1, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 16, none, none, 1, 0, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 24, none, none, 1, 1, nullptr, kPlain), cudaErrorInvalidValue);
+  EXPECT_EQ(launch_copy_kv_blocks(none, 16, none, 16, 16, none, none, 1, 0, nullptr, kPlain), cudaErrorInvalidValue);
 }
 
 }  // namespace
