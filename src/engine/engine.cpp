@@ -749,7 +749,7 @@ class EngineImpl final : public Engine {
   StepDraw step_draw_ = StepDraw::kHostSampler;  // how the step in flight draws its tokens
   std::vector<backend::RowSampling> device_rows_;  // [sampled rows] for kSampleOnDevice
   std::vector<backend::LogitEdit> device_edits_;   // their edits, back to back
-  bool device_sampling_ = false;  // the backend samples on its device and TANDEM_DEVICE_SAMPLING is not 0
+  bool device_sampling_ = false;  // the backend can draw tokens on its device (Backend::samples_on_device)
   // Step timing (written by the engine thread, read by stats()).
   std::atomic<int64_t> num_steps_{0}, forward_ns_{0}, outside_forward_ns_{0};
   std::atomic<int64_t> num_decode_steps_{0}, decode_forward_ns_{0}, decode_outside_forward_ns_{0};
