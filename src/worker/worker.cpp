@@ -10,6 +10,10 @@
 //   registration*     embedded registry or etcd: being known to the frontends, heartbeats, drain
 //   reports.*         Register and heartbeat messages, the prefix summary
 //   kv_memory.cpp     the backend's KV pools as transfer::KvMemory
+// Locks: each part's mutex guards only that part's tables (see its header), and no part calls into
+// the engine under it (reading the backend's fixed geometry aside). Two nest, always in this order:
+// the run loop's Lifecycle mutex, then the embedded registration's (its wait asks connected()); the
+// etcd registration's, then Reports' (a hello sends the whole prefix summary).
 #include "worker/worker.h"
 
 #include <spdlog/spdlog.h>
