@@ -12,10 +12,10 @@
 #include "cli/model_files.h"
 #include "cli/signals.h"
 #include "common/error.h"
+#include "engine/fake_engine.h"
 #include "model/weight_source.h"
 #include "tokenizer/text_stream.h"
 #include "tokenizer/tokenizer.h"
-#include "worker/fake_engine.h"
 #include "worker/worker.h"
 #include "backend/backend.h"
 
@@ -160,7 +160,7 @@ Runner add_worker_command(CLI::App& app) {
 
     std::unique_ptr<engine::Engine> engine;
     if (o->engine == "fake") {
-      worker::FakeEngineOptions fake;
+      engine::FakeEngineOptions fake;
       fake.step_ms = o->fake_step_ms;
       fake.prefill_us_per_token = o->fake_prefill_us_per_token;
       if (o->num_kv_blocks > 0) fake.num_blocks = o->num_kv_blocks;
@@ -169,7 +169,7 @@ Runner add_worker_command(CLI::App& app) {
         fake.vocab_size = weights->config().vocab_size;
         fake.eos_token_ids = weights->config().eos_token_ids;
       }
-      engine = worker::create_fake_engine(fake, text);
+      engine = engine::create_fake_engine(fake, text);
     } else if (o->engine == "real") {
       auto weights = model::open_weight_source(o->model, o->seed);
       backend::BackendOptions backend_options;

@@ -27,6 +27,32 @@ engine::SamplingParams from_proto(const rpc::pb::SamplingParams& p) {
   return s;
 }
 
+void to_proto(const engine::SamplingParams& s, rpc::pb::SamplingParams* p) {
+  p->set_temperature(s.temperature);
+  p->set_top_p(s.top_p);
+  p->set_top_k(s.top_k);
+  p->set_min_p(s.min_p);
+  if (s.seed) {
+    p->set_has_seed(true);
+    p->set_seed(*s.seed);
+  }
+  p->set_presence_penalty(s.presence_penalty);
+  p->set_frequency_penalty(s.frequency_penalty);
+  p->set_repetition_penalty(s.repetition_penalty);
+  for (const auto& [token, bias] : s.logit_bias) {
+    p->add_logit_bias_ids(token);
+    p->add_logit_bias_values(bias);
+  }
+  p->set_max_tokens(s.max_tokens);
+  p->set_min_tokens(s.min_tokens);
+  p->mutable_stop_token_ids()->Add(s.stop_token_ids.begin(), s.stop_token_ids.end());
+  for (const auto& text : s.stop) p->add_stop(text);
+  p->set_ignore_eos(s.ignore_eos);
+  p->set_logprobs(s.logprobs);
+  p->set_n(s.n);
+  p->set_skip_special_tokens(s.skip_special_tokens);
+}
+
 void to_proto(const engine::TokenLogprobs& in, rpc::pb::TokenLogprobs* out) {
   out->set_token_id(in.token_id);
   out->set_logprob(in.logprob);

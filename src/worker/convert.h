@@ -1,4 +1,5 @@
-// Conversions between the engine's request/output types and the request plane's messages.
+// Conversions between the engine's request/output types and the request plane's messages: the one
+// place either side of the worker turns one into the other.
 #pragma once
 
 #include "engine/request.h"
@@ -7,6 +8,8 @@
 namespace tandem::worker {
 
 engine::SamplingParams from_proto(const rpc::pb::SamplingParams& p);
+// Every field (from_proto(to_proto(s)) == s).
+void to_proto(const engine::SamplingParams& in, rpc::pb::SamplingParams* out);
 void to_proto(const engine::TokenLogprobs& in, rpc::pb::TokenLogprobs* out);
 engine::TokenLogprobs from_proto(const rpc::pb::TokenLogprobs& in);
 rpc::pb::FinishReason to_proto(engine::FinishReason reason);

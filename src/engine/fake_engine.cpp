@@ -1,6 +1,6 @@
 // FakeEngine (see fake_engine.h): one thread; each step prefills what is waiting (sleeping
 // prefill_us_per_token per token) and emits one token for every running sequence.
-#include "worker/fake_engine.h"
+#include "engine/fake_engine.h"
 
 #include <algorithm>
 #include <chrono>
@@ -13,13 +13,8 @@
 
 #include "backend/backend.h"
 
-namespace tandem::worker {
+namespace tandem::engine {
 namespace {
-
-using engine::FinishReason;
-using engine::PrefillMode;
-using engine::Request;
-using engine::RequestOutput;
 
 uint64_t mix(uint64_t h, uint64_t v) {
   h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
@@ -87,26 +82,26 @@ class FakeBackend : public backend::Backend {
   std::vector<float> pool_;
 };
 
-struct Choice {
+struct FakeChoice {
   int index = 0;
   int32_t last_token = -1;
   int num_output = 0;
   bool finished = false;
-  std::unique_ptr<engine::TextStream> text;
+  std::unique_ptr<TextStream> text;
 };
 
-struct Sequence {
+struct FakeSequence {
   Request request;
-  engine::OutputCallback on_output;
+  OutputCallback on_output;
   std::vector<int32_t> blocks;
   bool prefilled = false;
-  std::vector<Choice> choices;
+  std::vector<FakeChoice> choices;
   uint64_t hash = 0;
 };
 
-class FakeEngine : public engine::Engine {
+class FakeEngine : public Engine {
  public:
-  FakeEngine(const FakeEngineOptions& options, std::shared_ptr<engine::TextStreamFactory> text)
+  FakeEngine(const FakeEngineOptions& options, std::shared_ptr<TextStreamFactory> text)
       : options_(options), text_(std::move(text)), backend_(options) {
     for (int b = options.num_blocks - 1; b >= 0; --b) free_.push_back(b);
     thread_ = std::thread([this] { loop(); });
@@ -120,7 +115,7 @@ class FakeEngine : public engine::Engine {
     thread_.join();
   }
 
-  Status submit(Request request, engine::OutputCallback on_output) override {
+  Status submit(Request request, OutputCallback on_output) override {
     const auto& s = request.sampling;
     if (request.prompt_token_ids.empty()) return Status::InvalidArgument("prompt is empty");
     if (s.max_tokens < 1) return Status::InvalidArgument("max_tokens must be >= 1");
@@ -130,10 +125,10 @@ class FakeEngine : public engine::Engine {
     }
     const int needed = num_blocks_for(request.prompt_token_ids.size() + s.max_tokens);
     if (needed > options_.num_blocks) return Status::TooLarge("prompt does not fit in the KV pool");
-    auto seq = std::make_shared<Sequence>();
+    auto seq = std::make_shared<FakeSequence>();
     seq->hash = prompt_hash(request.prompt_token_ids);
     for (int i = 0; i < (request.prefill_mode == PrefillMode::kPrefillOnly ? 1 : s.n); ++i) {
-      Choice c;
+      FakeChoice c;
       c.index = i;
       if (text_) c.text = text_->new_stream(s.skip_special_tokens);
       seq->choices.push_back(std::move(c));
@@ -159,14 +154,14 @@ class FakeEngine : public engine::Engine {
     cv_.notify_all();
   }
 
-  StatusOr<engine::KvReservation> reserve_kv(const std::string& request_id,
+  StatusOr<KvReservation> reserve_kv(const std::string& request_id,
                                              const std::vector<int32_t>& prompt) override {
     std::lock_guard<std::mutex> lock(mu_);
     const int needed = num_blocks_for(prompt.size());
     if (needed > static_cast<int>(free_.size())) return Status::ResourceExhausted("no free KV blocks");
     std::vector<int32_t> blocks = take_blocks(needed);
     reservations_[request_id] = blocks;
-    return engine::KvReservation{blocks, 0};
+    return KvReservation{blocks, 0};
   }
 
   void release_blocks(const std::string& request_id) override {
@@ -180,9 +175,9 @@ class FakeEngine : public engine::Engine {
     }
   }
 
-  engine::EngineStats stats() const override {
+  EngineStats stats() const override {
     std::lock_guard<std::mutex> lock(mu_);
-    engine::EngineStats s;
+    EngineStats s;
     s.num_running = static_cast<int>(running_.size());
     s.num_waiting = static_cast<int>(waiting_.size());
     s.num_kv_blocks_total = options_.num_blocks;
@@ -202,14 +197,14 @@ class FakeEngine : public engine::Engine {
     return blocks;
   }
 
-  int32_t next_token(const Sequence& seq, const Choice& c) const {
+  int32_t next_token(const FakeSequence& seq, const FakeChoice& c) const {
     uint64_t h = mix(seq.hash, static_cast<uint64_t>(c.last_token) + 7);
     if (seq.request.sampling.temperature > 0) h = mix(h, static_cast<uint64_t>(c.index) * 31 + c.num_output);
     return static_cast<int32_t>(h % static_cast<uint64_t>(std::min(options_.vocab_size, 100000)));
   }
 
   // Writes (kPrefillOnly, kLocal) or checks (kDecodeFromKv) the prompt's KV pattern.
-  bool fill_or_check_kv(Sequence& seq, bool check) {
+  bool fill_or_check_kv(FakeSequence& seq, bool check) {
     const auto& prompt = seq.request.prompt_token_ids;
     const int num_prompt_blocks = num_blocks_for(prompt.size());
     for (int layer = 0; layer < options_.num_layers; ++layer) {
@@ -225,7 +220,7 @@ class FakeEngine : public engine::Engine {
     return true;
   }
 
-  void emit(Sequence& seq, Choice& c, std::vector<int32_t> tokens, bool finished, FinishReason reason,
+  void emit(FakeSequence& seq, FakeChoice& c, std::vector<int32_t> tokens, bool finished, FinishReason reason,
             Status error = Status::Ok()) {
     RequestOutput out;
     out.request_id = seq.request.request_id;
@@ -235,7 +230,7 @@ class FakeEngine : public engine::Engine {
     }
     if (seq.request.sampling.logprobs >= 0) {
       for (int32_t t : tokens) {
-        engine::TokenLogprobs lp{t, -0.5f, {}};
+        TokenLogprobs lp{t, -0.5f, {}};
         for (int k = 0; k < seq.request.sampling.logprobs; ++k) lp.top.push_back({t + k, -0.5f - k});
         out.logprobs.push_back(std::move(lp));
       }
@@ -251,7 +246,7 @@ class FakeEngine : public engine::Engine {
   }
 
   // Appends one token to c; true when the choice finished.
-  bool advance(Sequence& seq, Choice& c, int32_t token) {
+  bool advance(FakeSequence& seq, FakeChoice& c, int32_t token) {
     c.last_token = token;
     ++c.num_output;
     ++generation_tokens_total_;
@@ -270,7 +265,7 @@ class FakeEngine : public engine::Engine {
     return c.finished;
   }
 
-  void finish_all(Sequence& seq, FinishReason reason, Status error = Status::Ok()) {
+  void finish_all(FakeSequence& seq, FinishReason reason, Status error = Status::Ok()) {
     for (auto& c : seq.choices) {
       if (!c.finished) {
         c.finished = true;
@@ -279,7 +274,7 @@ class FakeEngine : public engine::Engine {
     }
   }
 
-  void free_seq(Sequence& seq, bool hold) {  // REQUIRES: mu_ held
+  void free_seq(FakeSequence& seq, bool hold) {  // REQUIRES: mu_ held
     if (hold) {
       held_[seq.request.request_id] = seq.blocks;
     } else {
@@ -362,7 +357,7 @@ class FakeEngine : public engine::Engine {
         if (now < next_step_) continue;
         next_step_ = now + std::chrono::milliseconds(options_.step_ms);
       }
-      std::vector<std::shared_ptr<Sequence>> still;
+      std::vector<std::shared_ptr<FakeSequence>> still;
       for (auto& seq : running_) {
         bool all_done = true;
         for (auto& c : seq->choices) {
@@ -380,7 +375,7 @@ class FakeEngine : public engine::Engine {
   }
 
   const FakeEngineOptions options_;
-  std::shared_ptr<engine::TextStreamFactory> text_;
+  std::shared_ptr<TextStreamFactory> text_;
   FakeBackend backend_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -388,9 +383,9 @@ class FakeEngine : public engine::Engine {
   std::vector<int32_t> free_;                                    // GUARDED_BY(mu_)
   std::map<std::string, std::vector<int32_t>> reservations_;     // GUARDED_BY(mu_)
   std::map<std::string, std::vector<int32_t>> held_;             // GUARDED_BY(mu_): finished kPrefillOnly
-  std::map<std::string, std::shared_ptr<Sequence>> seqs_;        // GUARDED_BY(mu_)
-  std::deque<std::shared_ptr<Sequence>> waiting_;                // GUARDED_BY(mu_)
-  std::vector<std::shared_ptr<Sequence>> running_;               // GUARDED_BY(mu_)
+  std::map<std::string, std::shared_ptr<FakeSequence>> seqs_;        // GUARDED_BY(mu_)
+  std::deque<std::shared_ptr<FakeSequence>> waiting_;                // GUARDED_BY(mu_)
+  std::vector<std::shared_ptr<FakeSequence>> running_;               // GUARDED_BY(mu_)
   std::vector<std::string> aborts_;                              // GUARDED_BY(mu_)
   int64_t prompt_tokens_total_ = 0;                              // GUARDED_BY(mu_)
   int64_t generation_tokens_total_ = 0;                          // GUARDED_BY(mu_)
@@ -400,9 +395,8 @@ class FakeEngine : public engine::Engine {
 
 }  // namespace
 
-std::unique_ptr<engine::Engine> create_fake_engine(const FakeEngineOptions& options,
-                                                   std::shared_ptr<engine::TextStreamFactory> text) {
+std::unique_ptr<Engine> create_fake_engine(const FakeEngineOptions& options, std::shared_ptr<TextStreamFactory> text) {
   return std::make_unique<FakeEngine>(options, std::move(text));
 }
 
-}  // namespace tandem::worker
+}  // namespace tandem::engine

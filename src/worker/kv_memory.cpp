@@ -1,0 +1,79 @@
+// The engine backend's KV pools as the transfer layer's KvMemory (backend_kv_memory in worker.h).
+#include <map>
+#include <mutex>
+
+#include "worker/worker.h"
+
+namespace tandem::worker {
+namespace {
+
+// The device path goes through the backend's export/copy methods; descriptors are KvExports in their
+// text form (backend::encode_kv_export), parsed once per peer.
+class BackendKvMemory : public transfer::KvMemory {
+ public:
+  explicit BackendKvMemory(backend::Backend& backend) : backend_(backend) {}
+  int num_layers() const override { return backend_.kv_cache_spec().num_layers; }
+  int num_blocks() const override { return backend_.kv_cache_spec().num_blocks; }
+  size_t block_bytes() const override { return backend_.kv_cache_spec().block_bytes(); }
+  Status read_block(int layer, int block, std::span<std::byte> out) override {
+    return backend_.read_kv_block(layer, block, out);
+  }
+  Status write_block(int layer, int block, std::span<const std::byte> in) override {
+    return backend_.write_kv_block(layer, block, in);
+  }
+  StatusOr<std::string> export_device_handles() override {
+    auto exported = backend_.export_kv_handles();
+    if (!exported.ok()) return exported.status();
+    return backend::encode_kv_export(*exported);
+  }
+  bool can_reach(const std::string& peer_handles) override {
+    auto peer = parse(peer_handles);
+    return peer.ok() && backend_.can_reach_peer(**peer);
+  }
+  // Copies arrive layer-major with the same blocks in every layer (PrefillServer::run_push): runs of layers
+  // with identical block lists go in one backend call, so all layers of a prompt move in one launch.
+  Status copy_to_peer(const std::string& peer_handles, std::span<const transfer::BlockCopy> copies) override {
+    auto peer = parse(peer_handles);
+    if (!peer.ok()) return peer.status();
+    std::vector<std::vector<int32_t>> local(num_layers()), remote(num_layers());
+    for (const auto& c : copies) {
+      if (c.layer < 0 || c.layer >= num_layers()) return Status::InvalidArgument("KV copy names layer " + std::to_string(c.layer));
+      local[c.layer].push_back(c.src_block);
+      remote[c.layer].push_back(c.dst_block);
+    }
+    int begin = 0;
+    while (begin < num_layers()) {
+      int end = begin + 1;
+      while (end < num_layers() && local[end] == local[begin] && remote[end] == remote[begin]) ++end;
+      if (!local[begin].empty()) {
+        TANDEM_RETURN_IF_ERROR(backend_.copy_blocks_to_peer(**peer, local[begin], remote[begin], begin, end));
+      }
+      begin = end;
+    }
+    return Status::Ok();
+  }
+
+ private:
+  StatusOr<const backend::KvExport*> parse(const std::string& text) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(text);
+    if (it == peers_.end()) {
+      auto decoded = backend::decode_kv_export(text);
+      if (!decoded.ok()) return decoded.status();
+      it = peers_.emplace(text, std::move(*decoded)).first;
+    }
+    return &it->second;  // std::map nodes stay put; entries are never erased
+  }
+
+  backend::Backend& backend_;
+  std::mutex mu_;
+  std::map<std::string, backend::KvExport> peers_;  // GUARDED_BY(mu_): parsed peer descriptors
+};
+
+}  // namespace
+
+std::shared_ptr<transfer::KvMemory> backend_kv_memory(backend::Backend& backend) {
+  return std::make_shared<BackendKvMemory>(backend);
+}
+
+}  // namespace tandem::worker
