@@ -1,9 +1,9 @@
 #!/bin/bash
-# The offline benchmarks of issue 9 on a GPU machine, from a carried bundle (tools/prepare_device_bundle.sh
+# The offline benchmarks of issue 9 on a GPU machine, from a carried bundle (tools/gpu/prepare_device_bundle.sh
 # puts build/tandem and its libraries in BUNDLE/bin and BUNDLE/lib). Each figure is written as JSON
 # (one record per figure, with the device, the limit of DESIGN.md §6 and the ratio) into DIR.
 #
-#   tools/gpu_bench.sh DIR [BUNDLE]        run from the repository root; BUNDLE defaults to .device/cuda
+#   tools/gpu/gpu_bench.sh DIR [BUNDLE]        run from the repository root; BUNDLE defaults to .device/cuda
 #
 # Skip workloads with SKIP="llama" (space-separated: qwen_tp sampled qwen_lat llama llama_prefill gemm kv_transfer).
 # The prefill figure's limit is the bf16 GEMM rate measured on the same GPU (torch.matmul of 8192^3,

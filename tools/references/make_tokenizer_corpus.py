@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/data/tokenizer/corpus.json: the strings whose encodings the tokenizer tests compare
-with an independent implementation (tools/tokenizer_references.mjs), and invalid_utf8.json: byte
+with an independent implementation (tools/references/tokenizer_references.mjs), and invalid_utf8.json: byte
 strings that are not UTF-8. Deterministic (fixed seed); rerun after editing, then rerun the
 reference script.
 
@@ -15,7 +15,7 @@ import random
 import unicodedata
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OUT = os.path.join(HERE, "..", "tests", "data", "tokenizer")
+OUT = os.path.join(HERE, "..", "..", "tests", "data", "tokenizer")
 
 english = [
     "Hello world",

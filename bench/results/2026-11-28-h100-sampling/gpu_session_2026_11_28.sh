@@ -1,6 +1,6 @@
 #!/bin/bash
 # The GPU run of 2026-11-28 (one call on the lent machine, repository root, bundle in .device/cuda from
-# tools/prepare_device_bundle.sh): the kernel tests with the new device sampling tests, memcheck and
+# tools/gpu/prepare_device_bundle.sh): the kernel tests with the new device sampling tests, memcheck and
 # racecheck on the sampling kernel, the backend tests, the GPU serving tests with the injected
 # illegal-address fault (SKIP_SERVING=1 skips them), and Qwen3-0.6B offline throughput greedy, sampled on
 # the GPU and sampled on the host. Results in DIR.
@@ -25,4 +25,4 @@ step sampling_memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 3 "
 step sampling_racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/cuda_kernels_test" --gtest_filter="$small"
 [[ ${SKIP_SERVING:-0} == 1 ]] || step serving 200 env TANDEM_BINARY="$(realpath "$bin/tandem")" "$bin/gpu_serving_test" --gtest_output=json:"$out/serving.json"
 step backend 120 "$bin/cuda_backend_test" --gtest_output=json:"$out/backend.json"
-SKIP="qwen_lat llama llama_prefill gemm kv_transfer" STEP_TIMEOUT=100 tools/gpu_bench.sh "$out/bench" "$bundle"
+SKIP="qwen_lat llama llama_prefill gemm kv_transfer" STEP_TIMEOUT=100 tools/gpu/gpu_bench.sh "$out/bench" "$bundle"

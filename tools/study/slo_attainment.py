@@ -2,7 +2,7 @@
 """SLO attainment and goodput of `tandem bench serve` result files under SLOs other than the ones the
 run was given (every request's TTFT and TPOT are in the file), as the tables of docs/disaggregation.md.
 
-    tools/slo_attainment.py [--slo TTFT_MS:TPOT_MS ...] [--markdown] RESULT.json[.xz] ...
+    tools/study/slo_attainment.py [--slo TTFT_MS:TPOT_MS ...] [--markdown] RESULT.json[.xz] ...
 
 For each file (one layout and workload) and each request rate in it: the share of requests that
 succeeded within both bounds (attainment), and good requests per second of the run (goodput, as the

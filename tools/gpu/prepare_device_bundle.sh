@@ -1,16 +1,16 @@
 #!/bin/bash
-# Builds (unless --no-build) and collects what tools/gpu_check.sh needs on the lent GPU machine into one
+# Builds (unless --no-build) and collects what tools/gpu/gpu_check.sh needs on the lent GPU machine into one
 # folder that travels with a `run` call (carry=[".device/cuda"]): the binaries, the non-system shared
 # libraries they need (spdlog, fmt, gomp; not libc/libstdc++, not CUDA's, which the GPU machine has in
 # /usr/local/cuda/lib64), and the check scripts. Keep the folder under ~60 MB.
 #
-#   [BUILD_DIR=build] tools/prepare_device_bundle.sh [--no-build] [DEST]     DEST defaults to .device/cuda of this checkout
+#   [BUILD_DIR=build] tools/gpu/prepare_device_bundle.sh [--no-build] [DEST]     DEST defaults to .device/cuda of this checkout
 #
 # `run` sends the lead's checkout (/work/main), so from a worktree pass DEST=/work/main/.device/cuda.
 # Then, on the GPU machine (repo root):
 #   LD_LIBRARY_PATH=$PWD/.device/cuda/lib:/usr/local/cuda/lib64 .device/cuda/tools/gpu_check.sh $OUT
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 build=1
 if [[ "${1:-}" == "--no-build" ]]; then build=0; shift; fi
 dest=${1:-.device/cuda}
@@ -29,6 +29,6 @@ for extra in $b/tests/integration/gpu_serving_test $b/bench/kv_transfer_bench; d
   [[ -x $extra ]] && bins+=("$extra")
 done
 cp "${bins[@]}" "$dest/bin/"
-tools/bundle_libs.sh "$dest/lib" "${bins[@]}"
-cp tools/gpu_check.sh tools/gpu_bench.sh tools/compare_transformers.py "$dest/tools/"
+tools/gpu/bundle_libs.sh "$dest/lib" "${bins[@]}"
+cp tools/gpu/gpu_check.sh tools/gpu/gpu_bench.sh tools/references/compare_transformers.py "$dest/tools/"
 du -sh "$dest"

@@ -1,12 +1,12 @@
 #!/bin/bash
 # The last H200 run of the second 2026-11-28 session, one `run` call from the repository root with the bundle
-# of tools/prepare_device_bundle.sh packed as .device/cuda.tgz (carry=[".device/cuda.tgz"]): the tensor-core
+# of tools/gpu/prepare_device_bundle.sh packed as .device/cuda.tgz (carry=[".device/cuda.tgz"]): the tensor-core
 # prefill attention with K/V loaded by cp.async two stages deep.
 #   tests      the attention kernel tests (all three prefill paths), memcheck over them, racecheck over the
 #              tensor-core shapes (the stages reuse the Q tile's shared memory), the backend tests, and the
 #              comparison with transformers on Qwen3-0.6B shapes (prompts up to 4,000 tokens)
 #   ab         TANDEM_PREFILL_PIPELINE=1 (default) and 0, alternated twice: Llama-3.1-8B offline and its
-#              4,096-token prefill, Qwen3-0.6B offline (tools/gpu_bench.sh's commands and limits)
+#              4,096-token prefill, Qwen3-0.6B offline (tools/gpu/gpu_bench.sh's commands and limits)
 # Results in DIR/results.tar.gz.
 set -u
 out=${1:?usage: gpu_session_2026_11_28e.sh DIR}

@@ -9,7 +9,7 @@ Writes tests/data/tokenizer/chat/<name>_cases.json: each case holds its inputs a
 expected render or the error jinja2 raised (our renderer must fail too). Run from the repository
 root after scripts/fetch_data.sh:
 
-    python3 tools/chat_template_references.py [DATA_DIR]
+    python3 tools/references/chat_template_references.py [DATA_DIR]
 """
 import datetime
 import json
@@ -278,7 +278,7 @@ def main():
                 case["error"] = f"{type(e).__name__}: {e}"
             except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
                 case["error"] = f"{type(e).__name__}: {e}"
-        out = {"generator": f"tools/chat_template_references.py with jinja2 {jinja2.__version__}",
+        out = {"generator": f"tools/references/chat_template_references.py with jinja2 {jinja2.__version__}",
                "template": source, "now": NOW.isoformat(), "cases": cases}
         with open(os.path.join(OUT, f"{name}_cases.json"), "w", encoding="utf-8") as f:
             json.dump(out, f, ensure_ascii=False, indent=1)

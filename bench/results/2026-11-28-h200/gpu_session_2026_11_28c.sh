@@ -1,15 +1,15 @@
 #!/bin/bash
 # Ran at commit 4758a06. TANDEM_KV_COPY (the copy variants it compares) was removed after: none beat variant 0.
 # The H200 study of the second 2026-11-28 session, one `run` call from the repository root with the bundle of
-# tools/prepare_device_bundle.sh in .device/cuda (carry=[".device/cuda"]), everything into DIR/results.tar.gz:
+# tools/gpu/prepare_device_bundle.sh in .device/cuda (carry=[".device/cuda"]), everything into DIR/results.tar.gz:
 #   kernels    cuda_kernels_test (with the KV copy's variants and the pipelined decode attention kernel)
 #   kv_copy    bench/kv_transfer_bench on one GPU for each TANDEM_KV_COPY variant (0 = the first kernel)
 #   pipeline   offline throughput of both models and their batch-1 decode, TANDEM_DECODE_PIPELINE=0/1
 #              alternated twice (ABAB) in the same run
-#   profile    the per-part profile (tools/gpu_profile.sh) of Qwen3-0.6B at batch 256 and Llama-3.1-8B at
+#   profile    the per-part profile (tools/gpu/gpu_profile.sh) of Qwen3-0.6B at batch 256 and Llama-3.1-8B at
 #              batch 64 (the decode steps of the two offline figures) and of Llama-3.1-8B at batch 1
 #   skinny     the skinny GEMM's variants against cuBLAS at the decode shapes
-#   tools/gpu_session_2026_11_28c.sh DIR
+#   bench/results/2026-11-28-h200/gpu_session_2026_11_28c.sh DIR
 set -u
 out=${1:?usage: gpu_session_2026_11_28c.sh DIR}
 bundle=.device/cuda

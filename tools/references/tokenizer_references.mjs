@@ -2,7 +2,7 @@
 // port of Hugging Face tokenizers, independent of our C++ code) and the real Qwen3 and Llama-3.1
 // tokenizer files, writing tests/data/tokenizer/references_<model>.json for tests/tokenizer.
 //
-//   node tools/tokenizer_references.mjs [DATA_DIR]     (DATA_DIR defaults to ./data, see scripts/fetch_data.sh)
+//   node tools/references/tokenizer_references.mjs [DATA_DIR]     (DATA_DIR defaults to ./data, see scripts/fetch_data.sh)
 //
 // Invalid UTF-8 cannot live in a JS string: each byte string is decoded with TextDecoder, which
 // replaces ill-formed subsequences by U+FFFD per maximal subpart (WHATWG Encoding), and the result
@@ -26,7 +26,7 @@ for (const model of ['qwen3', 'llama3_1']) {
   const encode = (s, add) => Array.from(tokenizer.encode(s, { add_special_tokens: add }));
   const decode = (ids, skip) => ids.length === 0 ? "" : tokenizer.decode(ids, { skip_special_tokens: skip, clean_up_tokenization_spaces: false });
   const out = {
-    generator: 'tools/tokenizer_references.mjs with @lenml/tokenizers ' +
+    generator: 'tools/references/tokenizer_references.mjs with @lenml/tokenizers ' +
       JSON.parse(fs.readFileSync(path.join(dataDir, 'npm/node_modules/@lenml/tokenizers/package.json'), 'utf8')).version,
     model,
     encode: corpus.map((s) => encode(s, false)),

@@ -6,7 +6,7 @@
 # per-step totals read higher than the benchmarks; the shares are the point. One log per run in DIR,
 # the "cuda profile:" lines summarised in DIR/profile.txt.
 #
-#   tools/gpu_profile.sh DIR [BUNDLE]      run from the repository root; BUNDLE defaults to .device/cuda
+#   tools/gpu/gpu_profile.sh DIR [BUNDLE]      run from the repository root; BUNDLE defaults to .device/cuda
 #
 # Runs (skip with SKIP="qwen_b1 qwen_b256 llama_b1 llama_prefill"):
 #   qwen_b1        Qwen3-0.6B, batch 1, 128-token prompt, 256 new tokens (the batch-1 decode figure)

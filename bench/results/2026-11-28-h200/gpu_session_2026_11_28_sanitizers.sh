@@ -3,7 +3,7 @@
 # root with the bundle packed as .device/cuda.tgz (carry=[".device/cuda.tgz"]): memcheck over every kernel
 # test, racecheck over the decode attention, KV copy, one prefill attention shape and the norm, and the KV
 # transfer benchmark twice. Writes its logs and JSON straight into DIR (bench/results/2026-11-28-h200/sanitizers/).
-#   tools/gpu_session_2026_11_28_sanitizers.sh DIR
+#   bench/results/2026-11-28-h200/gpu_session_2026_11_28_sanitizers.sh DIR
 set -u
 out=${1:?usage: gpu_session_2026_11_28_sanitizers.sh DIR}
 mkdir -p .device && tar -C .device -xzf .device/cuda.tgz || exit 1

@@ -4,7 +4,7 @@ committed @lenml/tokenizers references equal Hugging Face's own encodings, shows
 the cases where the Node port is known to differ, and times HF's single-thread encode on the
 benchmark text (the file bench/tokenizer_bench writes with --write-text).
 
-    python3 tools/hf_tokenizer_check.py DIR
+    python3 tools/references/hf_tokenizer_check.py DIR
 DIR holds tokenizers/{qwen3,llama3_1}/tokenizer.json, corpus.json, invalid_utf8.json,
 references_{qwen3,llama3_1}.json and bench_text.txt.
 """

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares the CUDA backend's last-position logits with transformers' on a real-shape model.
 
-  python3 tools/compare_transformers.py --model DIR --tool BACKEND_TOOL --out OUTDIR [--lengths 16,500,1500,4000]
+  python3 tools/references/compare_transformers.py --model DIR --tool BACKEND_TOOL --out OUTDIR [--lengths 16,500,1500,4000]
 
 DIR is a directory written by `tandem make-model` (e.g. --preset qwen3-0.6b). For random prompts of
 the given lengths, transformers computes the last-position logits in bf16 (the reference the issue

@@ -3,7 +3,7 @@
 # `tandem bench serve` at increasing request rates on a long-prompt workload and on a mix, with goodput
 # under SLOs. One result file per (layout, workload); `tandem bench report` overlays them afterwards.
 #
-#   tools/disagg_study.sh OUT [BUNDLE]     BUNDLE: bin/tandem, lib/, data/tokenizers (tools/prepare_study_bundle.sh)
+#   tools/study/disagg_study.sh OUT [BUNDLE]     BUNDLE: bin/tandem, lib/, data/tokenizers (tools/study/prepare_study_bundle.sh)
 #
 # Layouts (CONFIGS):
 #   a        two aggregated workers, one per GPU, behind the router

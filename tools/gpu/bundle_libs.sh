@@ -2,7 +2,7 @@
 # Copies into DEST_LIB the shared libraries that BINARIES need beyond what the lent GPU machine has: not
 # the C/C++ runtime, not CUDA's (it has /usr/local/cuda/lib64). Used by the bundle scripts.
 #
-#   tools/bundle_libs.sh DEST_LIB BINARY...
+#   tools/gpu/bundle_libs.sh DEST_LIB BINARY...
 set -euo pipefail
 dest=${1:?usage: bundle_libs.sh DEST_LIB BINARY...}
 shift

@@ -1,11 +1,11 @@
 #!/bin/bash
-# The CUDA backend's check on a GPU machine, from binaries carried there (tools/prepare_device_bundle.sh):
+# The CUDA backend's check on a GPU machine, from binaries carried there (tools/gpu/prepare_device_bundle.sh):
 # GPU unit tests (kernels vs CPU references; the backend vs the transformers fixtures, the CPU backend and
 # itself one sequence at a time), compute-sanitizer memcheck and racecheck on the kernel tests, the
 # comparison with transformers on random:qwen3-0.6b written by `tandem make-model` (prompts up to 4k
 # tokens), and a short benchmark. Writes logs and summary.json into DIR; prints the summary last.
 #
-#   tools/gpu_check.sh DIR [BUNDLE]     run from the repository root; BUNDLE defaults to .device/cuda
+#   tools/gpu/gpu_check.sh DIR [BUNDLE]     run from the repository root; BUNDLE defaults to .device/cuda
 #
 # Steps can be skipped with SKIP="sanitizer compare bench" (space-separated).
 set -u

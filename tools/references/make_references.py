@@ -2,7 +2,7 @@
 """Builds the transformers reference fixtures under tests/data (DESIGN.md §5).
 
 Runs where torch and transformers are installed (the lent GPU machine; CPU torch is enough):
-  python3 tools/make_references.py --out OUTDIR [--tandem-model DIR:PRESET:SEED ...]
+  python3 tools/references/make_references.py --out OUTDIR [--tandem-model DIR:PRESET:SEED ...]
 
 For each tiny fixture it builds a random-weight model with transformers itself (Llama, Qwen2, Qwen3;
 GQA and MQA; llama3 rope scaling; tied and untied embeddings; fp32/bf16/fp16 on disk; single file and
