@@ -23,12 +23,12 @@
 #include <thread>
 #include <vector>
 
-#include "bench/arrivals.h"
-#include "bench/metrics.h"
-#include "bench/openai_client.h"
+#include "loadgen/arrivals.h"
+#include "loadgen/metrics.h"
+#include "loadgen/openai_client.h"
 #include "stub_openai_server.h"
 
-using namespace tandem::bench;
+using namespace tandem::loadgen;
 
 namespace {
 
@@ -137,7 +137,7 @@ int main(int argc, char** argv) {
   for (bool kernel : {true, false}) {
     const std::string clock = kernel ? "kernel arrival timestamps" : "user-space read timestamps";
     print(("rate inf, max concurrency " + std::to_string(concurrency) + ", " + clock).c_str(),
-          measure(num_requests, num_tokens, tandem::bench::kInfiniteRate, concurrency, kernel));
+          measure(num_requests, num_tokens, tandem::loadgen::kInfiniteRate, concurrency, kernel));
     print(("Poisson rate " + std::to_string(static_cast<int>(rate)) + " req/s, no concurrency cap, " + clock).c_str(),
           measure(num_requests, num_tokens, rate, 0, kernel));
   }

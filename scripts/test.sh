@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up (idempotent), builds, runs every CPU test through ctest, then the same
 # suite again under AddressSanitizer + UBSan in build-asan/ (skip with TANDEM_SKIP_ASAN=1).
-# GPU-only tests carry the ctest label `gpu` and are skipped here; tools/gpu_check.sh runs them on a
+# GPU-only tests carry the ctest label `gpu` and are skipped here; tools/gpu/gpu_check.sh runs them on a
 # GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/engine_flags.h"
 #include "common/error.h"
 #include "engine/engine.h"
 #include "model/weight_source.h"
@@ -26,7 +27,9 @@ using Seconds = std::chrono::duration<double>;
 
 struct OfflineOptions {
   std::string model;
-  std::string device = "cpu";
+  // 8192 tokens per step as vLLM's benchmarks default; prefix caching off because random prompts share
+  // nothing and the figures are about compute (the command has no --no-prefix-caching).
+  EngineFlags engine_flags{.max_batch_tokens = 8192, .no_prefix_caching = true};
   uint64_t weights_seed = 0;
   int input_len = 512;
   int output_len = 128;
@@ -34,11 +37,6 @@ struct OfflineOptions {
   int batch_size = 1;     // latency
   int num_iters = 5;      // latency
   int num_iters_warmup = 1;
-  int max_batch_tokens = 8192;
-  int max_seqs = 256;
-  int num_kv_blocks = 0;
-  double gpu_memory_utilization = 0.9;
-  int threads = 0;
   uint64_t seed = 0;
   float temperature = 0.0f;  // 0 = greedy (argmax on the device); vLLM's throughput benchmark samples at 1.0
   float top_p = 1.0f;
@@ -49,15 +47,10 @@ struct OfflineOptions {
 
 void add_common_flags(CLI::App* cmd, OfflineOptions& o) {
   cmd->add_option("--model", o.model, "Hugging Face model directory or random:<preset>")->required();
-  cmd->add_option("--device", o.device, "cpu or cuda:N")->capture_default_str();
   cmd->add_option("--weights-seed", o.weights_seed, "Seed of random:<preset> weights")->capture_default_str();
   cmd->add_option("--input-len", o.input_len, "Prompt tokens per request")->capture_default_str()->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--output-len", o.output_len, "Generated tokens per request")->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--max-num-batched-tokens,--max-batch-tokens", o.max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
-  cmd->add_option("--max-num-seqs,--max-seqs", o.max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--num-kv-blocks", o.num_kv_blocks, "KV blocks (0 = size the pool from memory)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--gpu-memory-utilization", o.gpu_memory_utilization, "Fraction of GPU memory for weights and KV")->capture_default_str()->check(CLI::Range(0.05, 0.99));
-  cmd->add_option("--threads", o.threads, "CPU threads (0 = all cores)")->capture_default_str();
+  add_engine_flags(cmd, &o.engine_flags, kBenchOfflineRules);
   cmd->add_option("--seed", o.seed, "Seed of the random prompts (and of the draws)")->capture_default_str();
   cmd->add_option("--temperature", o.temperature, "Sampling temperature of every request (0 = greedy)")
       ->capture_default_str()
@@ -70,18 +63,11 @@ void add_common_flags(CLI::App* cmd, OfflineOptions& o) {
 
 std::unique_ptr<engine::Engine> make_engine(const OfflineOptions& o, int num_seqs_at_once) {
   auto weights = model::open_weight_source(o.model, o.weights_seed);
-  backend::BackendOptions b;
-  b.device = o.device;
-  b.num_threads = o.threads;
-  b.gpu_memory_utilization = o.gpu_memory_utilization;
+  backend::BackendOptions b = o.engine_flags.backend_options();
   const int blocks_per_seq = (o.input_len + o.output_len + b.block_size - 1) / b.block_size;
   // CPU: exactly enough for every request at once unless told; GPU: sized from free memory.
-  b.num_kv_blocks = o.num_kv_blocks > 0 ? o.num_kv_blocks : (o.device == "cpu" ? blocks_per_seq * num_seqs_at_once : 0);
-  engine::EngineOptions e;
-  e.max_batch_tokens = o.max_batch_tokens;
-  e.max_seqs = o.max_seqs;
-  e.enable_prefix_caching = false;  // random prompts share nothing; keep the measurement about compute
-  return engine::create_engine(backend::create_backend(*weights, b), e);
+  if (b.num_kv_blocks <= 0) b.num_kv_blocks = o.engine_flags.device == "cpu" ? blocks_per_seq * num_seqs_at_once : 0;
+  return engine::create_engine(backend::create_backend(*weights, b), o.engine_flags.engine_options());
 }
 
 std::vector<std::vector<int32_t>> random_prompts(int count, int length, int vocab, uint64_t seed) {

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "bench/report.h"
-#include "bench/serve_benchmark.h"
+#include "loadgen/report.h"
+#include "loadgen/serve_benchmark.h"
 #include "cli/commands.h"
 #include "common/error.h"
 
@@ -31,11 +31,11 @@ Runner add_bench_report_command(CLI::App& bench) {
   cmd->add_option("--title", flags->title, "Page title")->capture_default_str();
   cmd->add_option("--chartjs", flags->chartjs, "Chart.js UMD bundle to embed (default: data/npm/.../chart.umd.min.js)");
   return [flags]() {
-    auto data = bench::build_report_data(flags->results, flags->title);
+    auto data = loadgen::build_report_data(flags->results, flags->title);
     if (!data.ok()) throw Error("RESULTS: " + data.status().message());
-    auto chartjs = bench::find_chartjs(flags->chartjs);
+    auto chartjs = loadgen::find_chartjs(flags->chartjs);
     if (!chartjs.ok()) throw Error("--chartjs: " + chartjs.status().message());
-    Status written = bench::write_file_atomically(flags->out, bench::render_report_html(*data, *chartjs));
+    Status written = loadgen::write_file_atomically(flags->out, loadgen::render_report_html(*data, *chartjs));
     if (!written.ok()) throw Error("--out: " + written.message());
     std::printf("Report written to %s\n", flags->out.c_str());
     return 0;

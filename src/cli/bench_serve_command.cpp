@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/serve_benchmark.h"
+#include "loadgen/serve_benchmark.h"
 #include "cli/commands.h"
 #include "common/error.h"
 
@@ -16,7 +16,7 @@ namespace tandem::cli {
 namespace {
 
 struct BenchServeFlags {
-  bench::ServeBenchmarkOptions options;
+  loadgen::ServeBenchmarkOptions options;
   std::string host = "127.0.0.1";
   int port = 8000;
   std::string request_rates = "inf";
@@ -32,7 +32,7 @@ T value_or_throw(StatusOr<T> value, const std::string& flag) {
 }
 
 // The tokenizer to build prompts with: --tokenizer, else the --model directory when it holds one.
-std::string tokenizer_spec(const bench::ServeBenchmarkOptions& o) {
+std::string tokenizer_spec(const loadgen::ServeBenchmarkOptions& o) {
   if (!o.tokenizer.empty()) return o.tokenizer;
   if (!o.client.model.empty() && std::filesystem::exists(std::filesystem::path(o.client.model) / "tokenizer.json")) {
     return o.client.model;
@@ -44,7 +44,7 @@ std::string tokenizer_spec(const bench::ServeBenchmarkOptions& o) {
 
 Runner add_bench_serve_command(CLI::App& bench) {
   auto flags = std::make_shared<BenchServeFlags>();
-  bench::ServeBenchmarkOptions& o = flags->options;
+  loadgen::ServeBenchmarkOptions& o = flags->options;
   CLI::App* cmd = bench.add_subcommand("serve", "Load an OpenAI-compatible server with streamed requests and "
                                                 "measure TTFT, TPOT, ITL, E2E latency, throughput and goodput");
   cmd->add_option("--base-url", o.client.base_url, "Server URL, http://host:port (default from --host/--port)");
@@ -93,28 +93,28 @@ Runner add_bench_serve_command(CLI::App& bench) {
   cmd->add_option("--request-timeout", o.client.request_timeout_s, "Seconds before a request fails")->capture_default_str();
 
   return [flags, cmd]() {
-    bench::ServeBenchmarkOptions& o = flags->options;
+    loadgen::ServeBenchmarkOptions& o = flags->options;
     if (cmd->count("--base-url") == 0) o.client.base_url = "http://" + flags->host + ":" + std::to_string(flags->port);
     o.scrape_metrics = !flags->no_server_metrics;
-    o.request_rates = value_or_throw(bench::parse_request_rates(flags->request_rates), "--request-rate");
-    o.percentiles = value_or_throw(bench::parse_percentiles(flags->percentiles), "--percentiles");
-    if (flags->progress == "auto") o.progress = bench::ProgressMode::kAuto;
-    else if (flags->progress == "bar") o.progress = bench::ProgressMode::kBar;
-    else if (flags->progress == "lines") o.progress = bench::ProgressMode::kLines;
-    else if (flags->progress == "none") o.progress = bench::ProgressMode::kNone;
+    o.request_rates = value_or_throw(loadgen::parse_request_rates(flags->request_rates), "--request-rate");
+    o.percentiles = value_or_throw(loadgen::parse_percentiles(flags->percentiles), "--percentiles");
+    if (flags->progress == "auto") o.progress = loadgen::ProgressMode::kAuto;
+    else if (flags->progress == "bar") o.progress = loadgen::ProgressMode::kBar;
+    else if (flags->progress == "lines") o.progress = loadgen::ProgressMode::kLines;
+    else if (flags->progress == "none") o.progress = loadgen::ProgressMode::kNone;
     else throw Error("--progress: unknown mode '" + flags->progress + "' (use auto, bar, lines or none)");
-    throw_if_error(bench::validate_options(o));
-    auto client = value_or_throw(bench::OpenAIClient::create(o.client), "--base-url");
+    throw_if_error(loadgen::validate_options(o));
+    auto client = value_or_throw(loadgen::OpenAIClient::create(o.client), "--base-url");
 
-    std::unique_ptr<bench::TokenCodec> codec;
+    std::unique_ptr<loadgen::TokenCodec> codec;
     const std::string spec = tokenizer_spec(o);
-    if (o.dataset != "jsonl" || !spec.empty()) codec = bench::open_token_codec(spec, "--tokenizer");
+    if (o.dataset != "jsonl" || !spec.empty()) codec = loadgen::open_token_codec(spec, "--tokenizer");
     // Before the dataset, which can take seconds to tokenize: an unreachable server fails at once.
     Status reachable = client->check_reachable(5.0);
     if (!reachable.ok()) throw Error("--base-url: " + reachable.message() + " (is the server running?)");
-    auto built = bench::build_dataset(o, codec.get());
+    auto built = loadgen::build_dataset(o, codec.get());
     throw_if_error(built.status());
-    std::vector<bench::BenchRequest> requests = std::move(*built);
+    std::vector<loadgen::BenchRequest> requests = std::move(*built);
     if (static_cast<int32_t>(requests.size()) < o.num_prompts) {
       spdlog::warn("bench serve: --dataset-path holds {} prompts, fewer than --num-prompts {}; each run sends {}",
                    requests.size(), o.num_prompts, requests.size());
@@ -128,10 +128,10 @@ Runner add_bench_serve_command(CLI::App& bench) {
         throw Error("--model: not given, and the server's /v1/models did not name a model");
       }
       o.client.model = list["data"][0]["id"].get<std::string>();
-      client = value_or_throw(bench::OpenAIClient::create(o.client), "--base-url");
+      client = value_or_throw(loadgen::OpenAIClient::create(o.client), "--base-url");
     }
     if (o.label.empty()) o.label = o.client.model + " @ " + o.client.base_url;
-    auto doc = bench::run_serve_benchmark(o, *client, requests, codec.get(), stdout);
+    auto doc = loadgen::run_serve_benchmark(o, *client, requests, codec.get(), stdout);
     throw_if_error(doc.status());
     if (!o.save_result.empty()) std::printf("Result written to %s\n", o.save_result.c_str());
     return 0;

@@ -12,6 +12,7 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/engine_flags.h"
 #include "cli/model_files.h"
 #include "common/error.h"
 #include "engine/engine.h"
@@ -39,12 +40,7 @@ struct GenerateOptions {
   uint64_t sampling_seed = 0;
   bool has_sampling_seed = false;
   bool ignore_eos = false;
-  int max_batch_tokens = 2048;
-  int max_seqs = 256;
-  int num_kv_blocks = 0;
-  bool no_prefix_caching = false;
-  std::string device = "cpu";
-  int threads = 0;
+  EngineFlags engine_flags;
 };
 
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
@@ -122,12 +118,7 @@ Runner add_generate_command(CLI::App& app) {
   cmd->add_option("--min-p", opts->min_p, "Keep tokens with p >= min_p * p_max")->capture_default_str();
   auto* sseed = cmd->add_option("--sampling-seed", opts->sampling_seed, "Seed of the token sampling (default: random)");
   cmd->add_flag("--ignore-eos", opts->ignore_eos, "Keep generating after EOS");
-  cmd->add_option("--max-batch-tokens", opts->max_batch_tokens, "Tokens per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
-  cmd->add_option("--max-seqs", opts->max_seqs, "Sequences per engine step")->capture_default_str()->check(CLI::Range(1, 1 << 30));
-  cmd->add_option("--num-kv-blocks", opts->num_kv_blocks, "KV blocks (0 = enough for every prompt at once)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
-  cmd->add_flag("--no-prefix-caching", opts->no_prefix_caching, "Disable the prefix cache");
-  cmd->add_option("--device", opts->device, "cpu or cuda:N")->capture_default_str();
-  cmd->add_option("--threads", opts->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  add_engine_flags(cmd, &opts->engine_flags, kGenerateRules);
   return [opts, sseed]() {
     opts->has_sampling_seed = sseed->count() > 0;
     auto weights = model::open_weight_source(opts->model, opts->weights_seed);
@@ -177,20 +168,14 @@ Runner add_generate_command(CLI::App& app) {
         if (id >= vocab) throw Error("token id " + std::to_string(id) + " is outside the vocabulary (size " + std::to_string(vocab) + ")");
       }
     }
-    backend::BackendOptions backend_options;
-    backend_options.device = opts->device;
-    backend_options.num_threads = opts->threads;
+    backend::BackendOptions backend_options = opts->engine_flags.backend_options();
     const int block_size = backend_options.block_size;
-    int blocks = opts->num_kv_blocks;
+    int blocks = opts->engine_flags.num_kv_blocks;
     if (blocks <= 0) {
       for (const auto& prompt : prompts) blocks += (static_cast<int>(prompt.size()) + opts->max_tokens + block_size - 1) / block_size;
     }
     backend_options.num_kv_blocks = blocks;
-    engine::EngineOptions engine_options;
-    engine_options.max_batch_tokens = opts->max_batch_tokens;
-    engine_options.max_seqs = opts->max_seqs;
-    engine_options.enable_prefix_caching = !opts->no_prefix_caching;
-    auto engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options,
+    auto engine = engine::create_engine(backend::create_backend(*weights, backend_options), opts->engine_flags.engine_options(),
                                         tok ? std::make_shared<DetokenizerStreams>(tok) : nullptr);
 
     std::mutex mu;

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "cli/commands.h"
+#include "cli/engine_flags.h"
 #include "cli/model_files.h"
 #include "cli/signals.h"
 #include "common/error.h"
@@ -47,15 +48,9 @@ struct WorkerCommandOptions {
   std::string engine = "real";
   int fake_step_ms = 0;
   double fake_prefill_us_per_token = 0;
-  std::string device = "cpu";
-  double gpu_memory_utilization = 0.9;
+  EngineFlags engine_flags;
   std::string kv_transfer = "auto";
   std::string ready_file;
-  int threads = 0;
-  int num_kv_blocks = 0;
-  int max_batch_tokens = 2048;
-  int max_seqs = 256;
-  bool no_prefix_caching = false;
   uint64_t seed = 0;
   std::string tokenizer;
 };
@@ -96,20 +91,11 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--engine", o->engine, "real, or fake (no model math; for serving tests and benchmarks)")->capture_default_str();
   cmd->add_option("--fake-step-ms", o->fake_step_ms, "Fake engine: time per decode step")->capture_default_str();
   cmd->add_option("--fake-prefill-us-per-token", o->fake_prefill_us_per_token, "Fake engine: prefill time per prompt token")->capture_default_str();
-  cmd->add_option("--device", o->device, "cpu or cuda:N")->capture_default_str();
-  cmd->add_option("--gpu-memory-utilization", o->gpu_memory_utilization,
-                  "CUDA: fraction of the GPU memory free after the weights that the KV cache takes")
-      ->capture_default_str();
+  add_engine_flags(cmd, &o->engine_flags, kWorkerRules);
   cmd->add_option("--kv-transfer", o->kv_transfer,
                   "KV transport: auto (CUDA IPC to workers on this host whose GPU this one can reach, else TCP), tcp, or cuda_ipc")
       ->capture_default_str();
   cmd->add_option("--ready-file", o->ready_file, "Write {\"kv_blocks\": N, ...} here once the engine is loaded (for supervisors)");
-  cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
-  cmd->add_option("--num-kv-blocks", o->num_kv_blocks, "KV blocks (0 = size from memory; the fake engine too)")->capture_default_str()->check(CLI::Range(0, 1 << 30));
-  cmd->add_option("--max-batch-tokens", o->max_batch_tokens, "Tokens per engine step")->capture_default_str();
-  cmd->add_option("--max-seqs", o->max_seqs, "Sequences per engine step")->capture_default_str();
-  cmd->add_flag("--no-prefix-caching", o->no_prefix_caching,
-                "Disable the prefix cache (benchmarks that repeat prompts across runs measure compute, not cache hits)");
   cmd->add_option("--seed", o->seed, "Seed of random:<preset> weights")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer directory for text output and stop strings (default: the model directory)");
   return [o]() {
@@ -144,7 +130,7 @@ Runner add_worker_command(CLI::App& app) {
     options.transfer_timeout_ms = o->transfer_timeout_ms;
     options.drain_timeout_ms = o->drain_timeout_ms;
     options.kv_transfer = o->kv_transfer;
-    options.prefix_caching = !o->no_prefix_caching;
+    options.prefix_caching = !o->engine_flags.no_prefix_caching;
     if (o->model.empty() && o->engine != "fake") throw Error("--model is required (or --engine fake)");
     options.model_name = !o->served_model_name.empty() ? o->served_model_name
                          : o->model.empty()              ? std::string("fake")
@@ -163,7 +149,7 @@ Runner add_worker_command(CLI::App& app) {
       engine::FakeEngineOptions fake;
       fake.step_ms = o->fake_step_ms;
       fake.prefill_us_per_token = o->fake_prefill_us_per_token;
-      if (o->num_kv_blocks > 0) fake.num_blocks = o->num_kv_blocks;
+      if (o->engine_flags.num_kv_blocks > 0) fake.num_blocks = o->engine_flags.num_kv_blocks;
       if (!o->model.empty()) {
         auto weights = model::open_weight_source(o->model, o->seed);
         fake.vocab_size = weights->config().vocab_size;
@@ -172,16 +158,8 @@ Runner add_worker_command(CLI::App& app) {
       engine = engine::create_fake_engine(fake, text);
     } else if (o->engine == "real") {
       auto weights = model::open_weight_source(o->model, o->seed);
-      backend::BackendOptions backend_options;
-      backend_options.device = o->device;
-      backend_options.num_threads = o->threads;
-      backend_options.num_kv_blocks = o->num_kv_blocks;
-      backend_options.gpu_memory_utilization = o->gpu_memory_utilization;
-      engine::EngineOptions engine_options;
-      engine_options.max_batch_tokens = o->max_batch_tokens;
-      engine_options.max_seqs = o->max_seqs;
-      engine_options.enable_prefix_caching = !o->no_prefix_caching;
-      engine = engine::create_engine(backend::create_backend(*weights, backend_options), engine_options, text);
+      engine = engine::create_engine(backend::create_backend(*weights, o->engine_flags.backend_options()),
+                                     o->engine_flags.engine_options(), text);
     } else {
       throw Error("--engine: unknown engine '" + o->engine + "' (use real or fake)");
     }
@@ -193,7 +171,7 @@ Runner add_worker_command(CLI::App& app) {
       const std::string tmp = o->ready_file + ".tmp";
       {
         std::ofstream out(tmp);
-        out << "{\"kv_blocks\": " << kv_blocks << ", \"device\": \"" << o->device << "\", \"pid\": " << getpid() << "}\n";
+        out << "{\"kv_blocks\": " << kv_blocks << ", \"device\": \"" << o->engine_flags.device << "\", \"pid\": " << getpid() << "}\n";
       }
       std::filesystem::rename(tmp, o->ready_file);
     }

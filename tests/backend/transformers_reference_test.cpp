@@ -1,5 +1,5 @@
 // The CPU backend against transformers (DESIGN.md §5): for every fixture made by
-// tools/make_references.py, greedy tokens equal exactly and last-position logits match within 1e-4
+// tools/references/make_references.py, greedy tokens equal exactly and last-position logits match within 1e-4
 // relative, in fp32.
 #include <gtest/gtest.h>
 
@@ -43,7 +43,7 @@ namespace tandem::backend {
 namespace {
 
 // transformers loaded the directory `tandem make-model --preset tiny-qwen3 --seed 0` writes
-// (tools/make_references.py --tandem-model); the same command here must give a directory on which we
+// (tools/references/make_references.py --tandem-model); the same command here must give a directory on which we
 // match transformers' largest logits and greedy path.
 TEST(TandemMadeModel, TransformersLoadsWhatMakeModelWrites) {
   auto references = tandem::testing::load_references("tandem_tiny-qwen3_seed0");

@@ -1,4 +1,4 @@
-// Loading the transformers references committed under tests/data/references (tools/make_references.py).
+// Loading the transformers references committed under tests/data/references (tools/references/make_references.py).
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -1,4 +1,4 @@
-// Chat templates against python3 jinja2 renders (tools/chat_template_references.py): the real
+// Chat templates against python3 jinja2 renders (tools/references/chat_template_references.py): the real
 // Qwen3 and Llama-3.1 templates, Meta's tool-calling Llama-3.1 template, and a template that
 // exercises the rest of the subset. Byte-identical output, or an error where jinja2 raised one.
 #include <gtest/gtest.h>

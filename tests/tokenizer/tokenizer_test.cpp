@@ -1,6 +1,6 @@
 // The tokenizer against references that do not come from it: encodings by @lenml/tokenizers
-// (tools/tokenizer_references.mjs), NFC by ICU, and hand-derived expectations from Hugging Face's
-// rules where that port is known to differ (see tools/make_tokenizer_corpus.py).
+// (tools/references/tokenizer_references.mjs), NFC by ICU, and hand-derived expectations from Hugging Face's
+// rules where that port is known to differ (see tools/references/make_tokenizer_corpus.py).
 #include <gtest/gtest.h>
 
 #include <atomic>

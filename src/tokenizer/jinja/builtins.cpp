@@ -18,6 +18,14 @@ namespace tandem::tokenizer::jinja {
   fail("'" + v.undefined_name() + "' is undefined", line);
 }
 
+int ordered(const Value& a, const Value& b, int line) {
+  if (a.is_undefined()) fail_undefined(a, line);
+  if (b.is_undefined()) fail_undefined(b, line);
+  if (a.less_than(b, line)) return -1;
+  if (b.less_than(a, line)) return 1;
+  return 0;
+}
+
 // ---- string helpers with Python's semantics (code points, Unicode whitespace) ----
 
 std::u32string to_u32(const std::string& s) {

@@ -46,6 +46,10 @@ Value get_attr(const Value& obj, const std::string& name, int line);
 Value get_item(const Value& obj, const Value& key, int line);
 Value get_attribute_path(const Value& obj, const std::string& path, int line);
 
+// Python's ordering of a and b for < <= > >=: -1, 0 or 1; TemplateError for an undefined operand or
+// values Python cannot order.
+int ordered(const Value& a, const Value& b, int line);
+
 // a <op> b for + - * / // % ** with Python's rules; TemplateError where Python raises TypeError.
 Value arith(const std::string& op, const Value& a, const Value& b, int line);
 

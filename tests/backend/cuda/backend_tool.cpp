@@ -1,5 +1,5 @@
-// Driver of tools/gpu_check.sh (not a test): runs a Backend over prompts and dumps last-position logits
-// for tools/compare_transformers.py, or times prefill and decode.
+// Driver of tools/gpu/gpu_check.sh (not a test): runs a Backend over prompts and dumps last-position logits
+// for tools/references/compare_transformers.py, or times prefill and decode.
 //
 //   backend_tool logits --model M --device cuda:0 --prompts FILE --mode alone|batched|chunked:N --out FILE.f32
 //     FILE: {"prompts": [[ids...], ...]}; writes float32 [num_prompts, vocab] row-major.

@@ -399,7 +399,7 @@ TEST(SkinnyGemmBench, DISABLED_VariantsAgainstCublas) {
 
 // Not a test: cuBLAS on the decode GEMMs of batched steps (M = 32..256 tokens), launched eagerly (one
 // cublasGemmEx call after another, as an uncaptured step does) and replayed from a CUDA graph (as a
-// captured decode step does). The per-part profile (tools/gpu_profile.sh) runs eagerly; where the two
+// captured decode step does). The per-part profile (tools/gpu/gpu_profile.sh) runs eagerly; where the two
 // columns differ, host launch cost, not the GPU, is what the profile's GEMM rows measure.
 // Run with --gtest_also_run_disabled_tests --gtest_filter='*DecodeGemmBench*'.
 TEST(DecodeGemmBench, DISABLED_CublasEagerAndGraphed) {
