@@ -16,8 +16,6 @@
 
 namespace tandem::frontend {
 
-using ThresholdChanges = std::vector<std::pair<std::string, std::string>>;  // name -> value as text
-
 // Sets one threshold by name ("max_local_prefill", "max_prefill_queue") from text; logs
 // event=router_config when it changes and event=router_config_ignored (returning false) for an
 // unknown name or a value that is not a non-negative integer. `source`: "admin", "etcd".

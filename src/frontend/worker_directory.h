@@ -75,8 +75,6 @@ struct DirectoryEvents {
 
 class WorkerDirectory {
  public:
-  using ThresholdChanges = std::vector<std::pair<std::string, std::string>>;  // name -> value
-
   virtual ~WorkerDirectory() = default;
 
   // ---- life of the directory (the frontend's run(), stop() and destructor) ----
