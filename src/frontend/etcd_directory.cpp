@@ -90,7 +90,9 @@ void EtcdDirectory::store_thresholds(ThresholdChanges changes, std::function<voi
       s = client.put(prefix + "disagg/" + name, value);
       if (!s.ok()) break;
     }
-    g->post([done, s] { done(s); });
+    g->post([done, s] {
+      done(s.ok() ? s : Status::Unavailable("etcd did not take the change: " + s.message()));
+    });
   }).detach();
 }
 
@@ -129,7 +131,7 @@ void EtcdDirectory::apply_key(const std::string& key, const std::string& value, 
     upsert_member(id, record);
     if (listed) listed->insert(id);
   } else if (rest.rfind("disagg/", 0) == 0) {
-    if (events_.threshold) events_.threshold(rest.substr(7), value);
+    if (events_.threshold) events_.threshold(rest.substr(7), value, "etcd");
   }
 }
 

@@ -138,7 +138,7 @@ struct Frontend::Impl {
     ThresholdChanges changes;
     if (auto error = parse_threshold_changes(req.body, &changes)) return reply_error(*ex, *error);
     directory->store_thresholds(changes, [this, ex, changes](Status s) {
-      if (!s.ok()) return reply_error(*ex, ApiError::unavailable("etcd did not take the change: " + s.message()));
+      if (!s.ok()) return reply_error(*ex, ApiError::unavailable(s.message()));
       // Applied here at once too (a watch brings the same values again, a no-op).
       for (const auto& [name, value] : changes) apply_threshold(options.router, name, value, "admin");
       ex->respond(200, "application/json", thresholds_body(), {});
@@ -173,8 +173,8 @@ Frontend::Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec) 
   events.output = [requests](WorkerKey worker, const rpc::pb::Output& out) { requests->on_output(worker, out); };
   events.worker_lost = [requests](WorkerKey worker, const std::string& name, const Status& reason,
                                   const std::vector<std::string>& ids) { requests->on_worker_lost(worker, name, reason, ids); };
-  events.threshold = [impl](const std::string& name, const std::string& value) {
-    apply_threshold(impl->options.router, name, value, "etcd");
+  events.threshold = [impl](const std::string& name, const std::string& value, const char* source) {
+    apply_threshold(impl->options.router, name, value, source);
   };
   impl->directory->set_events(std::move(events));
 }

@@ -69,8 +69,9 @@ struct DirectoryEvents {
   std::function<void(WorkerKey worker, const std::string& name, const Status& reason,
                      const std::vector<std::string>& requests)>
       worker_lost;
-  // A router threshold read from the registry (etcd's disagg/ keys): name and value as text.
-  std::function<void(const std::string& name, const std::string& value)> threshold;
+  // A router threshold read from the registry (etcd's disagg/ keys): name and value as text, and the
+  // registry's name for logs ("etcd").
+  std::function<void(const std::string& name, const std::string& value, const char* source)> threshold;
 };
 
 class WorkerDirectory {
@@ -130,7 +131,8 @@ class WorkerDirectory {
   // Where the thresholds are kept besides this process ("" when only here).
   virtual std::string thresholds_source() const = 0;
   // Stores changed thresholds where every frontend sees them; `done` runs on the I/O thread with the
-  // outcome (at once when there is no such place).
+  // outcome (at once when there is no such place): Unavailable, with a message for the client, when
+  // the registry did not take them.
   virtual void store_thresholds(ThresholdChanges changes, std::function<void(Status)> done) = 0;
 };
 
