@@ -141,9 +141,10 @@ void EmbeddedDirectory::fill_load(const WorkerRecord& w, Candidate* c) const {
   c->prefills_outstanding = w.prefills_outstanding;
 }
 
-RoutingPool EmbeddedDirectory::pool(const std::string& model, std::span<const int32_t> prompt, WorkerKey excluded) {
+RoutingPool EmbeddedDirectory::pool(const std::string& model, std::span<const int32_t> prompt,
+                                     WorkerKey excluded) const {
   RoutingPool pool;
-  for (auto& [key, w] : workers_) {
+  for (const auto& [key, w] : workers_) {
     if (key == excluded || !routable(w) || (w.info.model() != model && options_.served_model_name.empty())) continue;
     Candidate c;
     c.can_decode = w.can_decode();

@@ -40,7 +40,7 @@ class EmbeddedDirectory : public WorkerDirectory {
   uint16_t registry_port() const override { return registry_->port(); }
   std::string description() const override { return "embedded"; }
 
-  RoutingPool pool(const std::string& model, std::span<const int32_t> prompt, WorkerKey excluded) override;
+  RoutingPool pool(const std::string& model, std::span<const int32_t> prompt, WorkerKey excluded) const override;
   const rpc::pb::Register* info(WorkerKey worker) const override;
   bool send(WorkerKey worker, const rpc::pb::Envelope& message) override;
   void address_remote_prefill(WorkerKey prefill_worker, rpc::pb::Generate* generate) const override;

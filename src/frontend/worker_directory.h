@@ -64,7 +64,8 @@ struct DirectoryEvents {
   // An output of a request running on `worker`.
   std::function<void(WorkerKey worker, const rpc::pb::Output& output)> output;
   // `worker`'s connection ended; `requests` are the decode requests it carried (as assign()ed), and
-  // `name` its worker id (or its peer address when it never registered). Called before the worker is
+  // `name` its worker id (or its peer address when it never registered). The handler fails or
+  // reroutes those, and releases the prefill slots held on `worker`. Called before the worker is
   // forgotten, so release_prefill(worker) and unassign(worker, ...) still find it.
   std::function<void(WorkerKey worker, const std::string& name, const Status& reason,
                      const std::vector<std::string>& requests)>
@@ -100,7 +101,7 @@ class WorkerDirectory {
   // ---- the request path ----
   // The routable workers serving `model` (every routable worker when a --served-model-name is set),
   // except `excluded` (0: none), with `prompt`'s prefix overlap on each.
-  virtual RoutingPool pool(const std::string& model, std::span<const int32_t> prompt, WorkerKey excluded) = 0;
+  virtual RoutingPool pool(const std::string& model, std::span<const int32_t> prompt, WorkerKey excluded) const = 0;
   // What the worker registered with; nullptr once it is gone.
   virtual const rpc::pb::Register* info(WorkerKey worker) const = 0;
   // False when the worker is gone or its connection is closed.
@@ -114,8 +115,9 @@ class WorkerDirectory {
   virtual void assign(WorkerKey worker, const std::string& request_id) = 0;
   virtual void unassign(WorkerKey worker, const std::string& request_id) = 0;
   // Counts a remote prefill routed to `prefill_worker` in the queue's depth. Returns the slot to hand
-  // to release_prefill() at the request's first output, or 0 when nothing is held here (the NATS
-  // queue holds it).
+  // to release_prefill() at the request's first output: `prefill_worker` itself (so that the slots
+  // held on a lost worker are known by its key), or 0 when nothing is held here (the NATS queue
+  // holds it).
   virtual WorkerKey hold_prefill(WorkerKey prefill_worker) = 0;
   // REQUIRES: `slot` came from hold_prefill() and was not released yet.
   virtual void release_prefill(WorkerKey slot) = 0;

@@ -58,7 +58,7 @@ class FakeDirectory : public WorkerDirectory {
   uint16_t registry_port() const override { return 0; }
   std::string description() const override { return "fake"; }
 
-  RoutingPool pool(const std::string& model, std::span<const int32_t>, WorkerKey excluded) override {
+  RoutingPool pool(const std::string& model, std::span<const int32_t>, WorkerKey excluded) const override {
     RoutingPool pool;
     for (const auto& [key, w] : workers) {
       if (key == excluded || !w.routable || w.info.model() != model) continue;
