@@ -1,9 +1,12 @@
-// Frontend: the OpenAI-compatible HTTP server with the embedded worker registry and the router
-// (DESIGN.md §2 steps 1, 2 and 4). Workers dial the registry port, register, and heartbeat; each
+// Frontend: the OpenAI-compatible HTTP server with the worker registry and the router (DESIGN.md §2
+// steps 1, 2 and 4). Workers register on the registry port (or are found in etcd and dialed); each
 // request is validated, tokenized, routed (decode worker, remote or local prefill), sent over the
 // worker's request-plane connection, and its outputs are streamed back as SSE or one JSON body.
+// The parts: worker_directory.h (the workers), request_lifecycle.h (one request), router.h,
+// openai.h and openai_responses.h (the API's shapes), serving_metrics.h.
 //
-// Ownership: owns the HTTP server, the registry listener and every worker connection.
+// Ownership: owns the HTTP server and the worker directory (the registry listener and every worker
+// connection).
 // Thread-safety: all request and registry state lives on the HTTP server's single I/O thread;
 // connection threads, dialers and the etcd watcher post to it. stop() and drain() may be called from any thread.
 #pragma once

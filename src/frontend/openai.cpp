@@ -9,8 +9,6 @@ namespace {
 
 using nlohmann::json;
 
-ApiError bad(const std::string& param, const std::string& message) { return ApiError{400, message, param, ""}; }
-
 // Field readers: nullopt when absent or null; an ApiError when present with the wrong type/range.
 struct Reader {
   const json& body;
@@ -25,13 +23,14 @@ struct Reader {
     const json* v = field(name);
     if (!v || error) return std::nullopt;
     if (!v->is_number()) {
-      error = bad(name, std::string("'") + name + "' must be a number");
+      error = ApiError::bad_request(std::string("'") + name + "' must be a number", name);
       return std::nullopt;
     }
     double x = v->get<double>();
     if (!std::isfinite(x) || x < lo || x > hi || (lo_open && x == lo)) {
-      error = bad(name, std::string("'") + name + "' must be " + (lo_open ? "in (" : "in [") + fmt(lo) + ", " +
-                            fmt(hi) + "], got " + v->dump());
+      error = ApiError::bad_request(std::string("'") + name + "' must be " + (lo_open ? "in (" : "in [") + fmt(lo) +
+                                        ", " + fmt(hi) + "], got " + v->dump(),
+                                    name);
       return std::nullopt;
     }
     return x;
@@ -40,15 +39,16 @@ struct Reader {
     const json* v = field(name);
     if (!v || error) return std::nullopt;
     if (!v->is_number_integer()) {
-      error = bad(name, std::string("'") + name + "' must be an integer");
+      error = ApiError::bad_request(std::string("'") + name + "' must be an integer", name);
       return std::nullopt;
     }
     int64_t x = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
                     ? INT64_MAX
                     : v->get<int64_t>();
     if (x < lo || x > hi) {
-      error = bad(name, std::string("'") + name + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                            "], got " + v->dump());
+      error = ApiError::bad_request(std::string("'") + name + "' must be in [" + std::to_string(lo) + ", " +
+                                        std::to_string(hi) + "], got " + v->dump(),
+                                    name);
       return std::nullopt;
     }
     return x;
@@ -57,7 +57,7 @@ struct Reader {
     const json* v = field(name);
     if (!v || error) return std::nullopt;
     if (!v->is_boolean()) {
-      error = bad(name, std::string("'") + name + "' must be a boolean");
+      error = ApiError::bad_request(std::string("'") + name + "' must be a boolean", name);
       return std::nullopt;
     }
     return v->get<bool>();
@@ -69,14 +69,14 @@ struct Reader {
     if (v->is_array()) {
       for (const auto& x : *v) {
         if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() > INT32_MAX) {
-          error = bad(name, std::string("'") + name + "' must be a list of token ids");
+          error = ApiError::bad_request(std::string("'") + name + "' must be a list of token ids", name);
           return std::nullopt;
         }
         out.push_back(static_cast<int32_t>(x.get<int64_t>()));
       }
       return out;
     }
-    error = bad(name, std::string("'") + name + "' must be a list of token ids");
+    error = ApiError::bad_request(std::string("'") + name + "' must be a list of token ids", name);
     return std::nullopt;
   }
   static std::string fmt(double x) {
@@ -113,7 +113,11 @@ int http_status(StatusCode code) {
   return 500;
 }
 
-ApiError api_error(const Status& status) { return ApiError{http_status(status.code()), status.message(), "", ""}; }
+ApiError ApiError::from_code(StatusCode code, std::string message) {
+  return {http_status(code), std::move(message), "", ""};
+}
+
+ApiError api_error(const Status& status) { return ApiError::from_code(status.code(), status.message()); }
 
 std::string error_body(const ApiError& error) {
   std::string type = error.type;
@@ -141,43 +145,51 @@ std::string error_body(const ApiError& error) {
 // pass: a "text" response format, and tools with tool_choice "none" (the model is not to call them).
 std::optional<ApiError> refuse_unsupported_features(Reader& r) {
   if (const json* rf = r.field("response_format"); rf && !(rf->is_object() && rf->value("type", "") == "text")) {
-    return bad("response_format", "'response_format' other than {\"type\": \"text\"} is not supported (no structured output)");
+    return ApiError::bad_request(
+        "'response_format' other than {\"type\": \"text\"} is not supported (no structured output)", "response_format");
   }
   for (const char* guided : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
-    if (r.field(guided)) return bad(guided, std::string("'") + guided + "' is not supported (no structured output)");
+    if (r.field(guided)) {
+      return ApiError::bad_request(std::string("'") + guided + "' is not supported (no structured output)", guided);
+    }
   }
   const json* choice = r.field("tool_choice");
   const bool choice_none = choice && *choice == "none";
   if (choice && !choice_none && *choice != "auto") {
-    return bad("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported (no tool calling)");
+    return ApiError::bad_request("'tool_choice' other than \"none\" or \"auto\" is not supported (no tool calling)",
+                                 "tool_choice");
   }
   auto non_empty = [](const json* v) { return v && !(v->is_array() && v->empty()); };
   if (non_empty(r.field("tools")) && !choice_none) {
-    return bad("tools", "tool calling is not supported: send no 'tools', or 'tool_choice': \"none\"");
+    return ApiError::bad_request("tool calling is not supported: send no 'tools', or 'tool_choice': \"none\"", "tools");
   }
-  if (non_empty(r.field("functions"))) return bad("functions", "'functions' (function calling) is not supported");
+  if (non_empty(r.field("functions"))) {
+    return ApiError::bad_request("'functions' (function calling) is not supported", "functions");
+  }
   return std::nullopt;
 }
 
 std::optional<ApiError> parse_generation_request(const std::string& text, bool chat, GenerationRequest* out) {
   json body = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (body.is_discarded()) return bad("", "the request body is not valid JSON");
-  if (!body.is_object()) return bad("", "the request body must be a JSON object");
+  if (body.is_discarded()) return ApiError::bad_request("the request body is not valid JSON");
+  if (!body.is_object()) return ApiError::bad_request("the request body must be a JSON object");
   Reader r{body, std::nullopt};
   out->chat = chat;
   if (const json* m = r.field("model")) {
-    if (!m->is_string()) return bad("model", "'model' must be a string");
+    if (!m->is_string()) return ApiError::bad_request("'model' must be a string", "model");
     out->model = m->get<std::string>();
   }
 
   if (!chat) {
     const json* p = r.field("prompt");
-    if (!p) return bad("prompt", "'prompt' is required");
+    if (!p) return ApiError::bad_request("'prompt' is required", "prompt");
     if (p->is_string()) {
       out->prompt_text = p->get<std::string>();
     } else if (is_id_list(*p)) {
       for (const auto& x : *p) {
-        if (x.get<int64_t>() < 0 || x.get<int64_t>() > INT32_MAX) return bad("prompt", "'prompt' holds an invalid token id");
+        if (x.get<int64_t>() < 0 || x.get<int64_t>() > INT32_MAX) {
+          return ApiError::bad_request("'prompt' holds an invalid token id", "prompt");
+        }
         out->prompt_ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
       }
     } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
@@ -185,28 +197,30 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
     } else if (p->is_array() && p->size() == 1 && is_id_list((*p)[0])) {
       for (const auto& x : (*p)[0]) out->prompt_ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
     } else if (p->is_array() && p->size() > 1 && ((*p)[0].is_string() || (*p)[0].is_array())) {
-      return bad("prompt", "batched prompts are not supported: send one prompt per request");
+      return ApiError::bad_request("batched prompts are not supported: send one prompt per request", "prompt");
     } else {
-      return bad("prompt", "'prompt' must be a string or a list of token ids");
+      return ApiError::bad_request("'prompt' must be a string or a list of token ids", "prompt");
     }
-    if (out->prompt_text && out->prompt_text->empty()) return bad("prompt", "'prompt' is empty");
-    if (auto echo = r.boolean("echo"); echo && *echo) return bad("echo", "'echo' is not supported");
-    if (r.field("suffix")) return bad("suffix", "'suffix' is not supported");
+    if (out->prompt_text && out->prompt_text->empty()) return ApiError::bad_request("'prompt' is empty", "prompt");
+    if (auto echo = r.boolean("echo"); echo && *echo) return ApiError::bad_request("'echo' is not supported", "echo");
+    if (r.field("suffix")) return ApiError::bad_request("'suffix' is not supported", "suffix");
   } else {
     const json* msgs = r.field("messages");
-    if (!msgs) return bad("messages", "'messages' is required");
-    if (!msgs->is_array() || msgs->empty()) return bad("messages", "'messages' must be a non-empty list");
+    if (!msgs) return ApiError::bad_request("'messages' is required", "messages");
+    if (!msgs->is_array() || msgs->empty()) return ApiError::bad_request("'messages' must be a non-empty list", "messages");
     out->messages = json::array();
     for (size_t i = 0; i < msgs->size(); ++i) {
       const json& m = (*msgs)[i];
       std::string where = "messages[" + std::to_string(i) + "]";
-      if (!m.is_object()) return bad(where, "'" + where + "' must be an object");
+      if (!m.is_object()) return ApiError::bad_request("'" + where + "' must be an object", where);
       auto role = m.find("role");
-      if (role == m.end() || !role->is_string()) return bad(where + ".role", "'" + where + ".role' must be a string");
+      if (role == m.end() || !role->is_string()) {
+        return ApiError::bad_request("'" + where + ".role' must be a string", where + ".role");
+      }
       std::string role_name = role->get<std::string>();
       if (role_name != "system" && role_name != "user" && role_name != "assistant" && role_name != "developer" &&
           role_name != "tool") {
-        return bad(where + ".role", "unknown role '" + role_name + "'");
+        return ApiError::bad_request("unknown role '" + role_name + "'", where + ".role");
       }
       std::string content;
       auto c = m.find("content");
@@ -217,12 +231,12 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
       } else if (c->is_array()) {
         for (const auto& part : *c) {
           if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
-            return bad(where + ".content", "only text content parts are supported");
+            return ApiError::bad_request("only text content parts are supported", where + ".content");
           }
           content += part["text"].get<std::string>();
         }
       } else {
-        return bad(where + ".content", "'" + where + ".content' must be a string or a list of text parts");
+        return ApiError::bad_request("'" + where + ".content' must be a string or a list of text parts", where + ".content");
       }
       out->messages.push_back({{"role", role_name == "developer" ? "system" : role_name}, {"content", content}});
     }
@@ -253,9 +267,11 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
   }
   if (auto v = r.integer("min_tokens", 0, INT32_MAX)) s.set_min_tokens(static_cast<int32_t>(*v));
   if (auto v = r.integer("n", 1, 128)) s.set_n(static_cast<int32_t>(*v));
-  if (auto v = r.integer("best_of", 1, 128); v && *v != s.n()) return bad("best_of", "'best_of' other than n is not supported");
+  if (auto v = r.integer("best_of", 1, 128); v && *v != s.n()) {
+    return ApiError::bad_request("'best_of' other than n is not supported", "best_of");
+  }
   if (const json* v = r.field("seed")) {
-    if (!v->is_number_integer()) return bad("seed", "'seed' must be an integer");
+    if (!v->is_number_integer()) return ApiError::bad_request("'seed' must be an integer", "seed");
     s.set_has_seed(true);
     s.set_seed(v->is_number_unsigned() ? v->get<uint64_t>() : static_cast<uint64_t>(v->get<int64_t>()));
   }
@@ -268,21 +284,21 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
       if (!v->get<std::string>().empty()) s.add_stop(v->get<std::string>());
     } else if (v->is_array()) {
       for (const auto& x : *v) {
-        if (!x.is_string()) return bad("stop", "'stop' must be a string or a list of strings");
+        if (!x.is_string()) return ApiError::bad_request("'stop' must be a string or a list of strings", "stop");
         if (!x.get<std::string>().empty()) s.add_stop(x.get<std::string>());
       }
     } else {
-      return bad("stop", "'stop' must be a string or a list of strings");
+      return ApiError::bad_request("'stop' must be a string or a list of strings", "stop");
     }
   }
   if (const json* v = r.field("logit_bias")) {
-    if (!v->is_object()) return bad("logit_bias", "'logit_bias' must be an object of token id -> bias");
+    if (!v->is_object()) return ApiError::bad_request("'logit_bias' must be an object of token id -> bias", "logit_bias");
     for (const auto& [key, bias] : v->items()) {
       char* end = nullptr;
       long id = std::strtol(key.c_str(), &end, 10);
       if (key.empty() || *end != '\0' || id < 0 || id > INT32_MAX || !bias.is_number() || bias.get<double>() < -100 ||
           bias.get<double>() > 100) {
-        return bad("logit_bias", "'logit_bias' must map token ids to numbers in [-100, 100]");
+        return ApiError::bad_request("'logit_bias' must map token ids to numbers in [-100, 100]", "logit_bias");
       }
       s.add_logit_bias_ids(static_cast<int32_t>(id));
       s.add_logit_bias_values(bias.get<float>());
@@ -291,7 +307,7 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
   if (chat) {
     auto logprobs = r.boolean("logprobs");
     auto top = r.integer("top_logprobs", 0, 20);
-    if (top && !(logprobs && *logprobs)) return bad("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (top && !(logprobs && *logprobs)) return ApiError::bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs");
     if (logprobs && *logprobs) out->top_logprobs = top ? static_cast<int>(*top) : 0;
   } else {
     if (auto v = r.integer("logprobs", 0, 20)) out->top_logprobs = static_cast<int>(*v);
@@ -300,11 +316,11 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
   if (auto unsupported = refuse_unsupported_features(r)) return unsupported;
   if (auto v = r.boolean("stream")) out->stream = *v;
   if (const json* so = r.field("stream_options")) {
-    if (!so->is_object()) return bad("stream_options", "'stream_options' must be an object");
-    if (!out->stream) return bad("stream_options", "'stream_options' needs 'stream': true");
+    if (!so->is_object()) return ApiError::bad_request("'stream_options' must be an object", "stream_options");
+    if (!out->stream) return ApiError::bad_request("'stream_options' needs 'stream': true", "stream_options");
     auto iu = so->find("include_usage");
     if (iu != so->end() && !iu->is_null()) {
-      if (!iu->is_boolean()) return bad("stream_options.include_usage", "'include_usage' must be a boolean");
+      if (!iu->is_boolean()) return ApiError::bad_request("'include_usage' must be a boolean", "stream_options.include_usage");
       out->include_usage = iu->get<bool>();
     }
     auto cu = so->find("continuous_usage_stats");

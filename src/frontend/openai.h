@@ -17,12 +17,31 @@
 
 namespace tandem::frontend {
 
-// An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+// An error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}. Built through the
+// named factories, one per HTTP status the frontend answers with; `param` names the offending request
+// parameter where there is one.
 struct ApiError {
   int status = 400;
   std::string message;
   std::string param;  // "" = null
   std::string type;   // "" = derived from status
+
+  static ApiError bad_request(std::string message, std::string param = "") {  // 400
+    return {400, std::move(message), std::move(param), ""};
+  }
+  static ApiError unauthorized(std::string message) { return {401, std::move(message), "", ""}; }
+  static ApiError forbidden(std::string message) { return {403, std::move(message), "", ""}; }
+  static ApiError not_found(std::string message, std::string param = "") {  // 404
+    return {404, std::move(message), std::move(param), "not_found_error"};
+  }
+  static ApiError method_not_allowed(std::string message) { return {405, std::move(message), "", ""}; }
+  static ApiError too_large(std::string message, std::string param = "") {  // 413
+    return {413, std::move(message), std::move(param), ""};
+  }
+  static ApiError unavailable(std::string message) { return {503, std::move(message), "", ""}; }  // 503
+  static ApiError timeout(std::string message) { return {504, std::move(message), "", ""}; }       // 504
+  // The status a worker's (or any tandem) StatusCode maps to (http_status()).
+  static ApiError from_code(StatusCode code, std::string message);
 };
 std::string error_body(const ApiError& error);
 // The HTTP status a tandem::StatusCode maps to.

@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "common/prefix_index.h"
@@ -18,6 +19,9 @@ struct RouterOptions {
   int max_local_prefill = 1000;  // --max-local-prefill: uncached tokens above this go remote
   int max_prefill_queue = 2;     // --max-prefill-queue: remote only while fewer prefills are queued
 };
+
+// Thresholds changed while serving, by name ("max_local_prefill", ...) -> value as text.
+using ThresholdChanges = std::vector<std::pair<std::string, std::string>>;
 
 // One registered, live worker as the router sees it.
 struct Candidate {

@@ -1,0 +1,247 @@
+// The embedded worker directory (see embedded_directory.h): registrations, heartbeats and the
+// connections they arrive on, and the load counted from this frontend's own routing.
+#include "frontend/embedded_directory.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace tandem::frontend {
+
+EmbeddedDirectory::EmbeddedDirectory(DirectoryOptions options, std::shared_ptr<PostGate> gate,
+                                     std::unique_ptr<net::Listener> registry, std::unique_ptr<PrefillQueueDepth> queue)
+    : options_(std::move(options)), gate_(std::move(gate)), registry_(std::move(registry)), queue_(std::move(queue)) {}
+
+EmbeddedDirectory::~EmbeddedDirectory() = default;
+
+void EmbeddedDirectory::start() {
+  registry_->start([this](int fd, std::string peer) {
+    const WorkerKey key = next_key_.fetch_add(1);
+    auto conn = rpc::Connection::adopt(fd, peer);
+    gate_->post([this, key, conn] { add_record(key, conn); });
+    start_reading(key, conn);
+  });
+  if (queue_) queue_->start();
+}
+
+void EmbeddedDirectory::tick(Clock::time_point now) {
+  for (auto& [key, w] : workers_) {
+    if (now - w.last_seen > std::chrono::milliseconds(options_.heartbeat_timeout_ms)) {
+      spdlog::warn("event=worker_heartbeat_timeout worker_id={} silent_ms={}", w.info.worker_id(),
+                   std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count());
+      w.conn->close();  // its close handler reports the requests lost
+    }
+  }
+}
+
+void EmbeddedDirectory::close() {
+  closed_ = true;
+  registry_->close();
+  for (auto& [key, w] : workers_) w.conn->close();
+}
+
+void EmbeddedDirectory::stop_threads() {
+  if (queue_) queue_->stop();
+  registry_->close();
+}
+
+void EmbeddedDirectory::shutdown() {
+  for (auto& [key, w] : workers_) w.conn->close();
+  // Their reader threads are detached: wait for them to finish (the close handlers find the gate
+  // closed), so none is still running when main returns and the logger is torn down.
+  for (auto& [key, w] : workers_) w.conn->wait_closed(std::chrono::seconds(2));
+}
+
+WorkerKey EmbeddedDirectory::adopt(std::shared_ptr<rpc::Connection> conn, const std::string& member_id) {
+  const WorkerKey key = next_key_.fetch_add(1);
+  add_record(key, conn);
+  workers_[key].member_id = member_id;
+  start_reading(key, conn);
+  return key;
+}
+
+void EmbeddedDirectory::add_record(WorkerKey key, std::shared_ptr<rpc::Connection> conn) {
+  WorkerRecord& w = workers_[key];
+  w.key = key;
+  w.conn = std::move(conn);
+  w.last_seen = Clock::now();
+}
+
+// The connection's messages and its end go to the I/O thread, in order.
+void EmbeddedDirectory::start_reading(WorkerKey key, const std::shared_ptr<rpc::Connection>& conn) {
+  auto g = gate_;
+  conn->start(
+      [this, g, key](rpc::pb::Envelope& env) {
+        auto message = std::make_shared<rpc::pb::Envelope>();
+        message->Swap(&env);
+        g->post([this, key, message] { on_message(key, *message); });
+      },
+      [this, g, key](const Status& reason) { g->post([this, key, reason] { on_closed(key, reason); }); });
+}
+
+void EmbeddedDirectory::on_message(WorkerKey key, rpc::pb::Envelope& env) {
+  auto it = workers_.find(key);
+  if (it == workers_.end()) return;
+  WorkerRecord& w = it->second;
+  w.last_seen = Clock::now();
+  switch (env.msg_case()) {
+    case rpc::pb::Envelope::kRegister: {
+      w.info = env.register_();
+      w.registered = true;
+      w.prefix = std::make_unique<PrefixIndex>(std::max(1, w.info.block_size()));
+      rpc::pb::Envelope ack;
+      ack.mutable_register_ack()->set_ok(true);
+      w.conn->send(ack);
+      spdlog::info("event=worker_registered worker_id={} role={} model={} rpc={} kv_blocks={} peer={}",
+                   w.info.worker_id(), role_label(w.info.role()), w.info.model(), w.info.rpc_address(),
+                   w.info.num_kv_blocks(), w.conn->peer());
+      break;
+    }
+    case rpc::pb::Envelope::kHeartbeat: {
+      rpc::pb::Heartbeat& h = *env.mutable_heartbeat();
+      if (w.prefix) {
+        if (h.prefix_reset()) w.prefix->clear();
+        w.prefix->insert_hashes({h.prefix_blocks_added().data(), static_cast<size_t>(h.prefix_blocks_added_size())});
+      }
+      h.clear_prefix_blocks_added();
+      w.heartbeat.Swap(&h);
+      w.sent_since_heartbeat = 0;
+      w.prefills_sent_since_heartbeat = 0;
+      break;
+    }
+    case rpc::pb::Envelope::kDrain:
+      w.draining = true;
+      spdlog::info("event=worker_draining worker_id={} requests={}", w.info.worker_id(), w.requests.size());
+      break;
+    case rpc::pb::Envelope::kOutput:
+      if (events_.output) events_.output(key, env.output());
+      break;
+    default: break;
+  }
+}
+
+void EmbeddedDirectory::on_closed(WorkerKey key, const Status& reason) {
+  auto it = workers_.find(key);
+  if (it == workers_.end()) return;
+  WorkerRecord& w = it->second;
+  if (w.registered) {
+    spdlog::warn("event=worker_lost worker_id={} role={} reason=\"{}\" requests={}", w.info.worker_id(),
+                 role_label(w.info.role()), reason.message(), w.requests.size());
+  }
+  on_connection_lost(w);
+  const std::vector<std::string> requests(w.requests.begin(), w.requests.end());
+  const std::string name = w.registered ? w.info.worker_id() : w.conn->peer();
+  if (events_.worker_lost) events_.worker_lost(key, name, reason, requests);
+  workers_.erase(key);  // the handler may have changed the map's other entries, never erased this one
+}
+
+void EmbeddedDirectory::fill_load(const WorkerRecord& w, Candidate* c) const {
+  c->outstanding = w.outstanding;
+  c->prefills_outstanding = w.prefills_outstanding;
+}
+
+RoutingPool EmbeddedDirectory::pool(const std::string& model, std::span<const int32_t> prompt,
+                                     WorkerKey excluded) const {
+  RoutingPool pool;
+  for (const auto& [key, w] : workers_) {
+    if (key == excluded || !routable(w) || (w.info.model() != model && options_.served_model_name.empty())) continue;
+    Candidate c;
+    c.can_decode = w.can_decode();
+    c.is_prefill = w.is_prefill();
+    fill_load(w, &c);
+    c.overlap_tokens = w.prefix && c.can_decode && !w.info.no_prefix_caching() ? w.prefix->overlap(prompt) : 0;
+    pool.candidates.push_back(c);
+    pool.keys.push_back(key);
+  }
+  if (queue_) {
+    pool.prefill_queue = queue_->depth_for_routing();
+    pool.remote_prefill_up = queue_->up();
+  } else {
+    pool.prefill_queue = counted_prefill_queue(pool);
+  }
+  return pool;
+}
+
+const rpc::pb::Register* EmbeddedDirectory::info(WorkerKey worker) const {
+  auto it = workers_.find(worker);
+  return it == workers_.end() ? nullptr : &it->second.info;
+}
+
+bool EmbeddedDirectory::send(WorkerKey worker, const rpc::pb::Envelope& message) {
+  auto it = workers_.find(worker);
+  return it != workers_.end() && it->second.conn->send(message);
+}
+
+void EmbeddedDirectory::address_remote_prefill(WorkerKey prefill_worker, rpc::pb::Generate* generate) const {
+  // Through the queue any prefill worker may take it; directly, the one chosen.
+  if (queue_) {
+    generate->set_remote_prefill_queue(true);
+    return;
+  }
+  auto it = workers_.find(prefill_worker);
+  if (it != workers_.end()) generate->set_remote_prefill_address(it->second.info.rpc_address());
+}
+
+void EmbeddedDirectory::note_prompt(WorkerKey worker, std::span<const int32_t> prompt) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end() || it->second.info.no_prefix_caching() || !it->second.prefix) return;
+  it->second.prefix->insert(prompt);
+}
+
+void EmbeddedDirectory::assign(WorkerKey worker, const std::string& request_id) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end()) return;
+  it->second.outstanding++;
+  it->second.sent_since_heartbeat++;
+  it->second.requests.insert(request_id);
+}
+
+void EmbeddedDirectory::unassign(WorkerKey worker, const std::string& request_id) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end()) return;
+  it->second.outstanding--;
+  it->second.requests.erase(request_id);
+}
+
+WorkerKey EmbeddedDirectory::hold_prefill(WorkerKey prefill_worker) {
+  if (queue_) {
+    queue_->routed();
+    return 0;
+  }
+  auto it = workers_.find(prefill_worker);
+  if (it == workers_.end()) return 0;
+  it->second.prefills_outstanding++;
+  it->second.prefills_sent_since_heartbeat++;
+  ++prefills_held_;
+  return prefill_worker;
+}
+
+void EmbeddedDirectory::release_prefill(WorkerKey slot) {
+  if (slot == 0) return;
+  auto it = workers_.find(slot);
+  if (it != workers_.end()) it->second.prefills_outstanding--;
+  --prefills_held_;
+}
+
+void EmbeddedDirectory::for_each_worker(const std::function<void(const WorkerView&)>& visit) const {
+  for (const auto& [key, w] : workers_) {
+    WorkerView v;
+    v.key = key;
+    v.info = &w.info;
+    v.heartbeat = &w.heartbeat;
+    v.registered = w.registered;
+    v.routable = routable(w);
+    v.draining = w.draining;
+    v.outstanding = w.outstanding;
+    visit(v);
+  }
+}
+
+double EmbeddedDirectory::prefill_queue_gauge() const {
+  return queue_ ? static_cast<double>(queue_->depth()) : prefills_held_;
+}
+
+void EmbeddedDirectory::store_thresholds(ThresholdChanges, std::function<void(Status)> done) { done(Status()); }
+
+}  // namespace tandem::frontend

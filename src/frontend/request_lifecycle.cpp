@@ -1,0 +1,367 @@
+// The life of one generation request at the frontend (see request_lifecycle.h).
+#include "frontend/request_lifecycle.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <ctime>
+
+namespace tandem::frontend {
+namespace {
+
+using nlohmann::json;
+
+double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+}  // namespace
+
+void respond_error(HttpExchange& ex, Metrics& metrics, const ApiError& error, const HttpHeaders& headers) {
+  metrics.add("tandem_http_errors_total", labels({{"status", std::to_string(error.status)}}));
+  ex.respond(error.status, "application/json", error_body(error), headers);
+}
+
+RequestLifecycle::RequestLifecycle(LifecycleOptions options, const RouterOptions& router, WorkerDirectory& directory,
+                                   Metrics& metrics, const PromptCodec* codec)
+    : options_(std::move(options)), router_(router), directory_(directory), metrics_(metrics), codec_(codec) {}
+
+void RequestLifecycle::reply_error(HttpExchange& ex, const ApiError& error, const HttpHeaders& headers) {
+  respond_error(ex, metrics_, error, headers);
+}
+
+std::string RequestLifecycle::new_request_id(const std::string* x_request_id) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%08llx%06llx", static_cast<unsigned long long>(rng_() & 0xffffffffu),
+                static_cast<unsigned long long>(next_request_++ & 0xffffff));
+  if (x_request_id && !x_request_id->empty() && x_request_id->size() <= 128) return *x_request_id + "-" + buffer;
+  return buffer;
+}
+
+std::optional<ApiError> RequestLifecycle::tokenize(const GenerationRequest& req, std::vector<int32_t>* prompt) const {
+  if (req.chat) {
+    if (!codec_) return ApiError::bad_request("chat needs a tokenizer: start the frontend with --tokenizer", "messages");
+    auto text = codec_->render_chat(req.messages, req.add_generation_prompt);
+    if (!text.ok()) return ApiError::bad_request(text.status().message(), "messages");
+    *prompt = codec_->encode(*text, /*add_special_tokens=*/false);
+  } else if (req.prompt_text) {
+    if (!codec_) {
+      return ApiError::bad_request("text prompts need a tokenizer: send token ids or start the frontend with --tokenizer",
+                                   "prompt");
+    }
+    *prompt = codec_->encode(*req.prompt_text, /*add_special_tokens=*/true);
+  } else {
+    *prompt = req.prompt_ids;
+  }
+  if (prompt->empty()) return ApiError::bad_request("the prompt is empty", req.chat ? "messages" : "prompt");
+  return std::nullopt;
+}
+
+std::optional<ApiError> RequestLifecycle::fit_to_model(const rpc::pb::Register& worker, std::span<const int32_t> prompt,
+                                                       GenerationRequest* req) const {
+  const int max_len = worker.max_model_len();
+  const int vocab = worker.vocab_size();
+  const int prompt_len = static_cast<int>(prompt.size());
+  for (int32_t t : prompt) {
+    if (vocab > 0 && t >= vocab) {
+      return ApiError::bad_request("token id " + std::to_string(t) + " is outside the vocabulary (size " +
+                                       std::to_string(vocab) + ")",
+                                   "prompt");
+    }
+  }
+  if (max_len > 0 && prompt_len >= max_len) {
+    return ApiError::too_large("the prompt has " + std::to_string(prompt_len) + " tokens; this model's context is " +
+                                   std::to_string(max_len) + " tokens",
+                               req->chat ? "messages" : "prompt");
+  }
+  if (!req->max_tokens_given) {
+    const int room = max_len > 0 ? max_len - prompt_len : options_.default_max_tokens;
+    req->sampling.set_max_tokens(req->chat ? std::min(room, options_.default_max_tokens) : std::min(room, 16));
+  } else if (max_len > 0 && prompt_len + req->sampling.max_tokens() > max_len) {
+    return ApiError::bad_request("max_tokens " + std::to_string(req->sampling.max_tokens()) + " + prompt " +
+                                     std::to_string(prompt_len) + " tokens is over this model's context of " +
+                                     std::to_string(max_len),
+                                 "max_tokens");
+  }
+  return std::nullopt;
+}
+
+void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
+  const Clock::time_point arrival = Clock::now();
+  const std::string* xrid = ex->request().header("x-request-id");
+  Request r;
+  r.id = new_request_id(xrid);
+  r.x_request_id = xrid && !xrid->empty() ? *xrid : r.id;
+  const HttpHeaders headers = {{"X-Request-Id", r.x_request_id}};
+  if (draining_) return reply_error(*ex, ApiError::unavailable("the server is draining"), headers);
+  if (auto error = parse_generation_request(ex->request().body, chat, &r.req)) return reply_error(*ex, *error, headers);
+  GenerationRequest& req = r.req;
+  const auto names = served_models(directory_, options_.served_model_name);
+  if (names.empty()) return reply_error(*ex, ApiError::unavailable("no worker that can decode is registered"), headers);
+  if (req.model.empty()) {
+    r.response.model = names.front();
+  } else if (std::find(names.begin(), names.end(), req.model) == names.end()) {
+    return reply_error(*ex, ApiError::not_found("The model `" + req.model + "` does not exist.", "model"), headers);
+  } else {
+    r.response.model = req.model;
+  }
+  std::vector<int32_t> prompt;
+  if (auto error = tokenize(req, &prompt)) return reply_error(*ex, *error, headers);
+
+  // Route among the workers serving this model.
+  const RoutingPool pool = directory_.pool(r.response.model, prompt, /*excluded=*/0);
+  const int prompt_len = static_cast<int>(prompt.size());
+  const bool disaggregable = req.sampling.n() == 1 && (!req.max_tokens_given || req.sampling.max_tokens() > 1);
+  Decision d = route(pool.candidates, prompt_len, pool.prefill_queue, disaggregable, router_);
+  if (d.remote && !pool.remote_prefill_up) {
+    d.remote = false;
+    d.prefill = -1;
+    d.reason = "prefill_queue_unavailable";
+  }
+  if (d.decode < 0) return reply_error(*ex, ApiError::unavailable("no worker that can decode is registered"), headers);
+  const WorkerKey decoder = pool.keys[d.decode];
+  const WorkerKey prefill = d.remote ? pool.keys[d.prefill] : 0;
+  const rpc::pb::Register& decoder_info = *directory_.info(decoder);
+  if (auto error = fit_to_model(decoder_info, prompt, &req)) return reply_error(*ex, *error, headers);
+  const std::string decoder_id = decoder_info.worker_id();
+
+  spdlog::info("event=route request_id={} decision={} reason={} prompt_tokens={} uncached_tokens={} decode_worker={}{}{} "
+               "prefill_queue={} max_local_prefill={} max_prefill_queue={}",
+               r.id, d.remote ? "remote" : "local", d.reason, prompt_len, d.uncached_tokens, decoder_id,
+               d.remote ? " prefill_worker=" : "", d.remote ? directory_.info(prefill)->worker_id() : "",
+               pool.prefill_queue, router_.max_local_prefill, router_.max_prefill_queue);
+  metrics_.add("tandem_router_decisions_total", labels({{"decision", d.remote ? "remote" : "local"}, {"reason", d.reason}}));
+
+  rpc::pb::Envelope env;
+  auto* g = env.mutable_generate();
+  g->set_request_id(r.id);
+  g->mutable_prompt_token_ids()->Add(prompt.begin(), prompt.end());
+  *g->mutable_sampling() = req.sampling;
+  if (d.remote) {
+    directory_.address_remote_prefill(prefill, g);
+    g->set_remote_prefill_timeout_ms(options_.remote_prefill_timeout_ms);
+  }
+  if (!directory_.send(decoder, env)) {
+    return reply_error(*ex, ApiError::unavailable("decode worker " + decoder_id + " is gone"), headers);
+  }
+  directory_.note_prompt(decoder, prompt);
+  directory_.assign(decoder, r.id);
+  if (d.remote) {
+    r.remote = true;
+    r.prefill_slot = directory_.hold_prefill(prefill);
+  }
+  r.response.id = std::string(chat ? "chatcmpl-" : "cmpl-") + r.id;
+  r.response.created = std::time(nullptr);
+  r.response.chat = chat;
+  r.response.return_token_ids = req.return_token_ids;
+  r.response.continuous_usage = req.continuous_usage;
+  r.exchange = ex;
+  r.worker = decoder;
+  r.generate = std::make_shared<rpc::pb::Envelope>(std::move(env));
+  r.usage.prompt_tokens = prompt_len;
+  r.choices.resize(req.sampling.n());
+  r.arrival = arrival;
+  r.last_activity = Clock::now();
+  metrics_.add("vllm:prompt_tokens_total", "", prompt_len);
+  if (req.stream) {
+    ex->start_stream(200, "text/event-stream", headers);
+    if (chat) {
+      for (int i = 0; i < req.sampling.n(); ++i) {
+        ex->write(sse_event(stream_chunk(r.response, i, assistant_role_delta(), nullptr, nullptr, nullptr, r.usage)));
+      }
+    }
+  }
+  const std::string id = r.id;
+  active_.emplace(id, std::move(r));
+  ex->on_client_gone([this, id] {
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    spdlog::info("event=client_disconnected request_id={}", id);
+    metrics_.add("tandem_client_disconnects_total", "");
+    finish(it->second, /*abort_worker=*/true);
+  });
+}
+
+void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
+  auto it = active_.find(out.request_id());
+  if (it == active_.end()) return;
+  Request& r = it->second;
+  if (r.worker != worker || out.index() < 0 || out.index() >= static_cast<int>(r.choices.size())) return;
+  const auto now = Clock::now();
+  r.last_activity = now;
+  if (out.prefill().present()) {
+    const auto& p = out.prefill();
+    if (p.remote()) {
+      metrics_.add("tandem_remote_prefills_total", "");
+      metrics_.add("tandem_kv_transfer_bytes_total", "", static_cast<double>(p.kv_bytes()));
+      metrics_.histogram("tandem_kv_transfer_seconds", "", latency_buckets()).observe(p.transfer_seconds());
+    } else {
+      metrics_.add("tandem_local_prefills_total", "");
+    }
+    if (p.fell_back()) {
+      metrics_.add("tandem_remote_prefill_fallbacks_total", "");
+      spdlog::warn("event=prefill_fell_back request_id={} reason=\"{}\"", r.id, p.fallback_reason());
+    }
+  }
+  release_prefill(r);
+  if (out.finish_reason() == rpc::pb::FINISH_ERROR) {
+    auto code = static_cast<StatusCode>(out.error_code());
+    // Refused (draining, its device failed) or failed (a device fault) before producing anything:
+    // another worker can serve it, and the client never sees the first attempt.
+    if ((code == StatusCode::kUnavailable || code == StatusCode::kInternal) && reroute(r, worker, "worker_error")) return;
+    return fail(r.id, ApiError::from_code(code, out.error_message().empty() ? "the worker failed" : out.error_message()),
+                /*abort_worker=*/true);
+  }
+  const int num_new = out.token_ids_size();
+  if (num_new > 0) {
+    if (!r.seen_first) {
+      r.seen_first = true;
+      r.first_token = now;
+      r.generate.reset();  // past the point of re-routing
+      metrics_.histogram("vllm:time_to_first_token_seconds", "", latency_buckets()).observe(seconds_between(r.arrival, now));
+    } else {
+      metrics_.histogram("vllm:inter_token_latency_seconds", "", latency_buckets())
+          .observe(seconds_between(r.last_token, now) / num_new);
+    }
+    r.last_token = now;
+    r.usage.completion_tokens += num_new;
+    metrics_.add("vllm:generation_tokens_total", "", num_new);
+  }
+  r.usage.cached_prompt_tokens = std::max(r.usage.cached_prompt_tokens, out.num_cached_prompt_tokens());
+  ChoiceState& c = r.choices[out.index()];
+  if (c.finished) return;
+  c.text += out.text();
+  c.tokens.insert(c.tokens.end(), out.token_ids().begin(), out.token_ids().end());
+  json lp;
+  const bool has_lp = r.req.top_logprobs >= 0 && out.logprobs_size() > 0;
+  if (has_lp) {
+    lp = new_logprobs(r.req.chat, out, c, /*accumulate=*/!r.req.stream, [this](int32_t id) { return token_text(id); });
+  }
+  const char* reason = nullptr;
+  if (out.finished()) {
+    c.finished = true;
+    c.finish_reason = finish_reason_text(out.finish_reason());
+    c.stop_reason = out.stop_reason();
+    reason = c.finish_reason.c_str();
+    ++r.num_finished;
+  }
+  if (r.req.stream && (num_new > 0 || !out.text().empty() || out.finished())) {
+    const std::vector<int32_t> ids(out.token_ids().begin(), out.token_ids().end());
+    r.exchange->write(sse_event(stream_chunk(r.response, out.index(), stream_delta(r.req.chat, out.text(), num_new),
+                                             has_lp ? &lp : nullptr, reason, &ids, r.usage)));
+  }
+  if (r.num_finished == static_cast<int>(r.choices.size())) complete(r);
+}
+
+void RequestLifecycle::on_worker_lost(WorkerKey worker, const std::string& name, const Status& reason,
+                                      const std::vector<std::string>& requests) {
+  for (const auto& id : requests) {
+    auto it = active_.find(id);
+    if (it != active_.end() && reroute(it->second, worker, "worker_lost")) continue;
+    fail(id, ApiError::unavailable("decode worker " + name + " lost: " + reason.message()), /*abort_worker=*/false);
+  }
+  // Remote prefills routed to it no longer count toward the queue; their decode workers fall back.
+  for (auto& [id, r] : active_) {
+    if (r.prefill_slot == worker) release_prefill(r);
+  }
+}
+
+void RequestLifecycle::expire_stalled(Clock::time_point now) {
+  std::vector<std::string> stalled;
+  for (auto& [id, r] : active_) {
+    if (now - r.last_activity > std::chrono::milliseconds(options_.request_timeout_ms)) stalled.push_back(id);
+  }
+  for (const auto& id : stalled) {
+    fail(id, ApiError::timeout("no output from the worker for " + std::to_string(options_.request_timeout_ms) + " ms"),
+         /*abort_worker=*/true);
+  }
+}
+
+// Sends a request that `from` refused or lost before its first token to the worker the router picks
+// among the others, with a local prefill; once per request. False (nothing changed) when the request
+// already produced output, was re-routed before, or no other worker can take it.
+bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
+  if (r.rerouted || r.usage.completion_tokens > 0 || !r.generate) return false;
+  rpc::pb::Generate* g = r.generate->mutable_generate();
+  const std::span<const int32_t> prompt(g->prompt_token_ids().data(), static_cast<size_t>(g->prompt_token_ids_size()));
+  const RoutingPool pool = directory_.pool(r.response.model, prompt, from);
+  const Decision d = route(pool.candidates, static_cast<int>(prompt.size()), 0, /*disaggregable=*/false, router_);
+  if (d.decode < 0) return false;
+  const WorkerKey target = pool.keys[d.decode];
+  g->clear_remote_prefill_address();
+  g->set_remote_prefill_queue(false);
+  if (!directory_.send(target, *r.generate)) return false;
+  release_prefill(r);
+  directory_.unassign(from, r.id);
+  directory_.assign(target, r.id);
+  r.worker = target;
+  r.remote = false;
+  r.rerouted = true;
+  const rpc::pb::Register* from_info = directory_.info(from);
+  spdlog::warn("event=request_rerouted request_id={} from={} to={} reason={}", r.id,
+               from_info ? from_info->worker_id() : "", directory_.info(target)->worker_id(), why);
+  metrics_.add("tandem_requests_rerouted_total", labels({{"reason", why}}));
+  return true;
+}
+
+void RequestLifecycle::release_prefill(Request& r) {
+  if (r.prefill_slot == 0) return;
+  directory_.release_prefill(r.prefill_slot);
+  r.prefill_slot = 0;
+}
+
+void RequestLifecycle::complete(Request& r) {
+  const auto now = Clock::now();
+  metrics_.histogram("vllm:e2e_request_latency_seconds", "", latency_buckets()).observe(seconds_between(r.arrival, now));
+  const std::string reason = r.choices.empty() ? "" : r.choices[0].finish_reason;
+  metrics_.add("vllm:request_success_total", labels({{"finished_reason", reason}}));
+  if (r.req.stream) {
+    if (r.req.include_usage) r.exchange->write(sse_event(usage_chunk(r.response, r.usage)));
+    r.exchange->write(kSseDone);
+    r.exchange->end();
+  } else {
+    const json body = response_body(r.response, r.choices, r.usage, /*with_logprobs=*/r.req.top_logprobs >= 0);
+    r.exchange->respond(200, "application/json", body.dump(), {{"X-Request-Id", r.x_request_id}});
+  }
+  spdlog::info("event=request_done request_id={} prompt_tokens={} output_tokens={} remote_prefill={} ttft_ms={:.1f} "
+               "e2e_ms={:.1f}",
+               r.id, r.usage.prompt_tokens, r.usage.completion_tokens, r.remote,
+               r.seen_first ? seconds_between(r.arrival, r.first_token) * 1e3 : -1.0,
+               seconds_between(r.arrival, now) * 1e3);
+  finish(r, /*abort_worker=*/false);
+}
+
+// Ends a request with an error: an error event on a stream, an error body otherwise.
+void RequestLifecycle::fail(const std::string& id, const ApiError& error, bool abort_worker) {
+  auto it = active_.find(id);
+  if (it == active_.end()) return;
+  Request& r = it->second;
+  spdlog::warn("event=request_failed request_id={} status={} reason=\"{}\"", id, error.status, error.message);
+  metrics_.add("tandem_requests_failed_total", labels({{"status", std::to_string(error.status)}}));
+  if (r.req.stream) {
+    r.exchange->write(sse_event(error_body(error)));
+    r.exchange->write(kSseDone);
+    r.exchange->end();
+  } else {
+    r.exchange->respond(error.status, "application/json", error_body(error), {{"X-Request-Id", r.x_request_id}});
+  }
+  finish(r, abort_worker);
+}
+
+// Forgets a request; tells its worker to stop it when it may still be running there.
+void RequestLifecycle::finish(Request& r, bool abort_worker) {
+  release_prefill(r);
+  directory_.unassign(r.worker, r.id);
+  if (abort_worker) {
+    rpc::pb::Envelope env;
+    env.mutable_abort()->set_request_id(r.id);
+    directory_.send(r.worker, env);
+  }
+  const std::string id = r.id;  // `r` lives in the map entry being erased
+  active_.erase(id);
+}
+
+std::string RequestLifecycle::token_text(int32_t id) const {
+  return codec_ ? codec_->token_text(id) : "token_id:" + std::to_string(id);
+}
+
+}  // namespace tandem::frontend

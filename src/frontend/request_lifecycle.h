@@ -1,0 +1,107 @@
+// The life of one generation request at the frontend (DESIGN.md §2 steps 1, 2 and 4): validate and
+// tokenize, route it (router.h) among the workers the directory offers, send it to the decode
+// worker, stream its outputs back (openai_responses.h), and end it: complete, failed, timed out,
+// aborted by a client that left, or sent once to another worker when its first one refused or lost it
+// before producing anything.
+//
+// Ownership: owns the requests in flight and their HTTP exchanges; borrows the directory, the metrics,
+// the router thresholds (changed by the admin endpoint while serving) and the codec, which must
+// outlive it.
+// Thread-safety: none; every method runs on the frontend's I/O thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "frontend/http.h"
+#include "frontend/metrics.h"
+#include "frontend/openai.h"
+#include "frontend/openai_responses.h"
+#include "frontend/prompt_codec.h"
+#include "frontend/router.h"
+#include "frontend/worker_directory.h"
+
+namespace tandem::frontend {
+
+struct LifecycleOptions {
+  int remote_prefill_timeout_ms = 30000;  // passed to decode workers: then they prefill locally
+  int request_timeout_ms = 600000;        // a request with no output for this long fails (504)
+  int default_max_tokens = 1024;          // chat requests without max_tokens: min(this, room left)
+  std::string served_model_name;          // "" = the model names workers register with
+};
+
+// Answers `error` as OpenAI does (error_body) and counts it in tandem_http_errors_total.
+void respond_error(HttpExchange& ex, Metrics& metrics, const ApiError& error, const HttpHeaders& headers = {});
+
+class RequestLifecycle {
+ public:
+  // `codec` may be null (token-id prompts only).
+  RequestLifecycle(LifecycleOptions options, const RouterOptions& router, WorkerDirectory& directory,
+                   Metrics& metrics, const PromptCodec* codec);
+
+  // POST /v1/completions (chat = false) and /v1/chat/completions: answers an error at once, or takes
+  // the request in flight until it ends.
+  void start(std::shared_ptr<HttpExchange> exchange, bool chat);
+  // From the directory (DirectoryEvents).
+  void on_output(WorkerKey worker, const rpc::pb::Output& output);
+  void on_worker_lost(WorkerKey worker, const std::string& name, const Status& reason,
+                      const std::vector<std::string>& requests);
+  // Fails (504) the requests without output for request_timeout_ms by `now`.
+  void expire_stalled(Clock::time_point now);
+
+  // New requests get 503 from here on; the running ones go on.
+  void set_draining() { draining_ = true; }
+  bool draining() const { return draining_; }
+  size_t num_active() const { return active_.size(); }
+
+ private:
+  struct Request {
+    std::string id;           // the internal request id (unique among live requests)
+    std::string x_request_id;
+    GenerationRequest req;
+    ResponseContext response;
+    std::shared_ptr<HttpExchange> exchange;
+    WorkerKey worker = 0;        // the decode worker
+    WorkerKey prefill_slot = 0;  // held in the prefill queue until the first output (directory)
+    bool remote = false;
+    bool seen_first = false;
+    TokenUsage usage;
+    std::vector<ChoiceState> choices;
+    int num_finished = 0;
+    Clock::time_point arrival, first_token, last_token, last_activity;
+    // What was sent to the decode worker, kept until its first token: a request that worker refuses
+    // or loses before producing anything is sent once to another worker (reroute()).
+    std::shared_ptr<rpc::pb::Envelope> generate;
+    bool rerouted = false;
+  };
+
+  void reply_error(HttpExchange& ex, const ApiError& error, const HttpHeaders& headers);
+  std::string new_request_id(const std::string* x_request_id);
+  // The prompt's token ids, or the error to answer.
+  std::optional<ApiError> tokenize(const GenerationRequest& req, std::vector<int32_t>* prompt) const;
+  // Checks the prompt against the decode worker's model and fills in max_tokens when not given.
+  std::optional<ApiError> fit_to_model(const rpc::pb::Register& worker, std::span<const int32_t> prompt,
+                                       GenerationRequest* req) const;
+  bool reroute(Request& r, WorkerKey from, const char* why);
+  void release_prefill(Request& r);
+  void complete(Request& r);
+  void fail(const std::string& id, const ApiError& error, bool abort_worker);
+  void finish(Request& r, bool abort_worker);
+  std::string token_text(int32_t id) const;
+
+  LifecycleOptions options_;
+  const RouterOptions& router_;
+  WorkerDirectory& directory_;
+  Metrics& metrics_;
+  const PromptCodec* codec_;
+  std::map<std::string, Request> active_;
+  bool draining_ = false;
+  uint64_t next_request_ = 1;
+  std::mt19937_64 rng_{std::random_device{}()};
+};
+
+}  // namespace tandem::frontend
