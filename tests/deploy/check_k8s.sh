@@ -32,7 +32,7 @@ python3 - "$root" <<'PY'
 import json, re, sys, pathlib
 root = pathlib.Path(sys.argv[1])
 dash = json.loads((root / "deploy/k8s/monitoring/tandem-dashboard.json").read_text())
-source = (root / "src/frontend/frontend.cpp").read_text()
+source = "".join(p.read_text() for p in sorted((root / "src/frontend").glob("*.cpp")))
 exported = set(re.findall(r'"((?:vllm:|tandem_)[a-z0-9_:]+)"', source))
 missing = []
 for panel in dash["panels"]:
