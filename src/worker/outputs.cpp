@@ -24,30 +24,32 @@ void Outputs::send(const std::string& request_id, const rpc::pb::Envelope& env, 
   if (conn) conn->send(env);
 }
 
+namespace {
+
+// The last output of choice `index`, with nothing generated: how an error or an abort ends a choice.
+rpc::pb::Envelope final_output(const std::string& request_id, int index, rpc::pb::FinishReason reason) {
+  rpc::pb::Envelope env;
+  auto* out = env.mutable_output();
+  out->set_request_id(request_id);
+  out->set_index(index);
+  out->set_finished(true);
+  out->set_finish_reason(reason);
+  return env;
+}
+
+}  // namespace
+
 void Outputs::send_error(const std::string& request_id, const Status& status, int n) {
   for (int i = 0; i < n; ++i) {
-    rpc::pb::Envelope env;
-    auto* out = env.mutable_output();
-    out->set_request_id(request_id);
-    out->set_index(i);
-    out->set_finished(true);
-    out->set_finish_reason(rpc::pb::FINISH_ERROR);
-    out->set_error_code(static_cast<int32_t>(status.code()));
-    out->set_error_message(status.message());
+    rpc::pb::Envelope env = final_output(request_id, i, rpc::pb::FINISH_ERROR);
+    env.mutable_output()->set_error_code(static_cast<int32_t>(status.code()));
+    env.mutable_output()->set_error_message(status.message());
     send(request_id, env, i == n - 1);
   }
 }
 
 void Outputs::finish_aborted(const std::string& request_id, int n) {
-  for (int i = 0; i < n; ++i) {
-    rpc::pb::Envelope env;
-    auto* out = env.mutable_output();
-    out->set_request_id(request_id);
-    out->set_index(i);
-    out->set_finished(true);
-    out->set_finish_reason(rpc::pb::FINISH_ABORT);
-    send(request_id, env, i == n - 1);
-  }
+  for (int i = 0; i < n; ++i) send(request_id, final_output(request_id, i, rpc::pb::FINISH_ABORT), i == n - 1);
 }
 
 void Outputs::submit(engine::Request request, const rpc::pb::PrefillInfo& info,
