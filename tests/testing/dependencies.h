@@ -2,6 +2,7 @@
 // tokenizer data of scripts/fetch_data.sh): on a developer's machine a missing one skips the test, in
 // CI (CI=true, as GitHub Actions and GitLab set it) it fails the test, so CI never passes by skipping
 // what it was meant to run. GPU tests are kept out of CI by their ctest label, not by this.
+// Thread-safety: reads the environment only; call from the test's thread (GTEST_SKIP/FAIL return).
 #pragma once
 
 #include <gtest/gtest.h>
