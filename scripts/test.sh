@@ -10,5 +10,5 @@ ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j "$(nproc)" -LE gpu
 if [ "${TANDEM_SKIP_ASAN:-0}" != 1 ]; then
   echo "test: AddressSanitizer/UBSan build in build-asan/"
   SKIP_DATA=1 BUILD_DIR=build-asan BUILD_TYPE=Debug CMAKE_ARGS="-DTANDEM_CUDA=OFF -DTANDEM_SANITIZE=ON" scripts/setup.sh
-  ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -LE "gpu|no_asan" "$@"
+  ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -LE gpu "$@"
 fi

@@ -3,11 +3,17 @@
 # rendered object validates against the Kubernetes schemas (validate_k8s.mjs), the Grafana dashboard
 # is JSON whose queries name metrics the frontend exports, and yamllint is clean.
 # Exit 77 (ctest's skip) when a tool is missing: kubectl (Debian: kubernetes-client), yamllint,
-# node, or the kubernetes-models/yaml npm packages (scripts/fetch_data.sh).
+# node, or the kubernetes-models/yaml npm packages (scripts/fetch_data.sh); in CI (CI=true) exit 1
+# instead, so CI never passes by skipping (as tests/testing/dependencies.h does for C++ tests).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 npm_dir=${TANDEM_NPM_DIR:-$root/data/npm}
-skip() { echo "SKIP: $*"; exit 77; }
+skip() {
+  case "${CI:-}" in
+    "" | 0 | false) echo "SKIP: $*"; exit 77 ;;
+    *) echo "FAIL: missing dependency (CI=$CI, so this fails instead of skipping): $*"; exit 1 ;;
+  esac
+}
 command -v kubectl >/dev/null || skip "kubectl not installed (Debian package kubernetes-client)"
 command -v yamllint >/dev/null || skip "yamllint not installed (Debian package yamllint)"
 command -v node >/dev/null || skip "node not installed"

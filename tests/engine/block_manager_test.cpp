@@ -95,6 +95,36 @@ TEST(BlockManager, PrefixCache_HashCoversEveryEarlierToken) {
   EXPECT_TRUE(cached.empty());
 }
 
+// The case the test above cannot see (its lookup stops at the first miss): a block whose tokens and
+// parent block match a cached one, but at another depth. Hashed from the salt instead of from the
+// previous block's hash, B of [D, A, B] would be found for [A, B] and its KV (computed at positions
+// 8..11) reused at positions 4..7.
+TEST(BlockManager, PrefixCache_BlockAtAnotherDepthIsNotReused) {
+  BlockManager bm(16, 4, true, 7);
+  const std::vector<int32_t> A = {1, 2, 3, 4}, B = {5, 6, 7, 8}, D = {9, 10, 11, 12}, x = {13, 14, 15, 16};
+  auto concat = [](std::initializer_list<std::vector<int32_t>> parts) {
+    std::vector<int32_t> out;
+    for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+    out.push_back(99);  // a partial last block, so every full block may be looked up
+    return out;
+  };
+  Sequence first = make_seq(concat({A, x}));
+  run_prompt(bm, first);
+  Sequence second = make_seq(concat({D, A, B}));
+  run_prompt(bm, second);
+  Sequence query = make_seq(concat({A, B}));
+  bm.update_block_hashes(query);
+  std::vector<int32_t> cached;
+  bm.find_cached_prefix(query, 100, &cached);
+  EXPECT_EQ(cached, std::vector<int32_t>{first.block_table[0]}) << "only [A] is a true shared prefix";
+  // And the true prefix [D, A, B] is found whole.
+  Sequence again = make_seq(concat({D, A, B}));
+  bm.update_block_hashes(again);
+  cached.clear();
+  bm.find_cached_prefix(again, 100, &cached);
+  EXPECT_EQ(cached, (std::vector<int32_t>{second.block_table[0], second.block_table[1], second.block_table[2]}));
+}
+
 TEST(BlockManager, PrefixCache_SaltSeparatesModels) {
   BlockManager bm1(16, 4, true, 1), bm2(16, 4, true, 2);
   Sequence a = make_seq(iota_tokens(9));

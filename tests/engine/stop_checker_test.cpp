@@ -103,6 +103,21 @@ TEST(StopChecker, MinTokensDefersEveryStopButLength) {
   EXPECT_EQ(eos.reason, FinishReason::kStop);
 }
 
+// A stop string completed before min_tokens is text like any other; the same string completed after it
+// stops. (The test above completes its stop string only once min_tokens is reached.)
+TEST(StopChecker, StopStringCompletedBeforeMinTokensIsIgnored) {
+  SamplingParams p;
+  p.max_tokens = 10;
+  p.min_tokens = 3;
+  p.stop = {"lo"};
+  Fed r = feed(p, {1, 2, 1, 2, 3}, kWords);
+  // "lo" completes at token 2 (before min_tokens) and again at token 4.
+  EXPECT_EQ(r.reason, FinishReason::kStop);
+  EXPECT_EQ(r.num_tokens, 4);
+  EXPECT_EQ(r.stop_reason, "lo");
+  EXPECT_EQ(r.text, "HelloHel");
+}
+
 TEST(StopChecker, StopStringAcrossTokenBoundariesTrimsTheText) {
   SamplingParams p;
   p.max_tokens = 10;

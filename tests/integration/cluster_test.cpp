@@ -1,7 +1,7 @@
 // Cluster mode end to end (issue 11): a real etcd on loopback (temporary data directory, ephemeral
 // ports), the real `tandem` frontend and workers registering in it with leases. etcd is read and
 // written here with etcdctl, the reference client, never with our own etcd code. Tests skip (with
-// the reason) where etcd is not installed.
+// the reason) where etcd is not installed, and fail in CI (testing/dependencies.h).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <signal.h>
@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "harness.h"
+#include "testing/dependencies.h"
 
 namespace tandem::testing {
 namespace {
@@ -75,7 +76,7 @@ StreamResult stream(Cluster& cluster, int max_tokens, int timeout_ms = 60000) {
 class Etcd : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!EtcdServer::available()) GTEST_SKIP() << "etcd or etcdctl not installed (Debian packages etcd-server, etcd-client)";
+    TANDEM_SKIP_OR_FAIL_IF_MISSING(!EtcdServer::available(), "etcd and etcdctl (Debian packages etcd-server, etcd-client)");
     etcd_ = std::make_unique<EtcdServer>();
     ASSERT_TRUE(etcd_->ok()) << "etcd did not start";
   }
@@ -361,7 +362,7 @@ TEST_F(Etcd, TwoFrontendsShareTheWorkers_RouteFromWhatTheWorkersPublish) {
 class Nats : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!NatsServer::available()) GTEST_SKIP() << "nats-server not installed (Debian package nats-server)";
+    TANDEM_SKIP_OR_FAIL_IF_MISSING(!NatsServer::available(), "nats-server (Debian package nats-server)");
     nats_ = std::make_unique<NatsServer>();
     ASSERT_TRUE(nats_->ok()) << "nats-server did not start";
   }

@@ -9,18 +9,20 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <signal.h>
 #include <sstream>
 #include <memory>
 #include <thread>
 
 #include "harness.h"
+#include "testing/dependencies.h"
+#include "testing/wait.h"
 
 namespace tandem::testing {
 namespace {
 
 using nlohmann::json;
+using namespace std::chrono_literals;
 
 const char* kModel = "random:tiny-qwen3";
 
@@ -82,7 +84,8 @@ TEST(Serving, Router_DecidesByPromptLengthAndByFullPrefillQueue) {
       HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(300, 10 + i) + R"(],"max_tokens":4})");
       if (r.status == 200) ++ok;
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    // One at a time: each is routed before the next is sent (EXPECT: the threads must be joined).
+    EXPECT_TRUE(wait_until([&] { return cluster.metric("tandem_router_decisions_total") >= i + 1; })) << "request " << i << " never routed";
   }
   HttpResponse short_one = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":4})");
   EXPECT_EQ(short_one.status, 200);
@@ -100,7 +103,8 @@ TEST(Serving, Router_DecidesByPromptLengthAndByFullPrefillQueue) {
 // A remote prefill holds its place in the prefill queue until its KV is on the decode worker, not
 // until the decode worker's next step produces the first token. The decode worker is busy with 2 s
 // steps (a short local request keeps it stepping), so a remote prefill's first token comes up to 2 s
-// after its KV; 0.8 s in, a second long prompt still finds the queue (of one) free and goes remote.
+// after its KV; as soon as the KV is reported, a second long prompt finds the queue (of one) free and
+// goes remote.
 TEST(Serving, RemotePrefillLeavesTheQueueWhenItsKvArrives) {
   Cluster cluster({"--max-local-prefill", "50", "--max-prefill-queue", "1"});
   cluster.add_worker("prefill", {"--engine", "fake"});
@@ -111,17 +115,19 @@ TEST(Serving, RemotePrefillLeavesTheQueueWhenItsKvArrives) {
   std::thread busy([&] {
     if (cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":4})").status == 200) ++ok;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the busy request's step clock starts first
+  // The busy request's 2 s step starts first: the decode worker reports it running.
+  EXPECT_TRUE(wait_until([&] { return cluster.metric("vllm:num_requests_running", "worker=\"decode-1\"") >= 1; }));
   std::thread first([&] {
     HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(300, 41) + R"(],"max_tokens":2})");
     if (r.status == 200) ++ok;
     first_done = true;
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(800));
-  std::string m = cluster.metrics();
+  std::string m;
+  EXPECT_TRUE(wait_until([&] {
+    m = cluster.metrics();
+    return metric_value(m, "tandem_remote_prefills_total") == 1 && metric_value(m, "tandem_prefill_queue_depth") == 0;
+  })) << "the decode worker did not report the prefill as done, or the queue kept it:\n" << m;
   EXPECT_FALSE(first_done.load()) << "the first request should still be waiting for its decode step";
-  EXPECT_EQ(metric_value(m, "tandem_remote_prefills_total"), 1) << "the decode worker did not report the prefill as done";
-  EXPECT_EQ(metric_value(m, "tandem_prefill_queue_depth"), 0);
   HttpResponse second = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(300, 42) + R"(],"max_tokens":2})");
   EXPECT_EQ(second.status, 200) << second.body;
   first.join();
@@ -147,7 +153,10 @@ TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
       if (r.status == 200 && ids_of(r).size() == 5) ++ok;
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // Killed with remote prefills in flight: all six routed (remote: the queue holds 100), some queued.
+  EXPECT_TRUE(wait_until([&] {
+    return cluster.metric("tandem_router_decisions_total") >= 6 && cluster.metric("tandem_prefill_queue_depth") >= 1;
+  }));
   cluster.worker(prefill).kill_now();
   for (auto& t : threads) t.join();
   EXPECT_EQ(ok.load(), 6);
@@ -156,9 +165,7 @@ TEST(Serving, PrefillWorkerKilled_RequestsFallBackToLocalPrefill) {
   // With the prefill worker gone, new long prompts are prefilled locally. The frontend learns of the
   // death from its registry connection, which a loaded machine may deliver after the decode worker's
   // fallbacks have finished the requests above; wait for it rather than race it.
-  for (int i = 0; i < 500 && cluster.metric("tandem_workers", "role=\"prefill\"") > 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  wait_until([&] { return cluster.metric("tandem_workers", "role=\"prefill\"") == 0; }, 5s);
   ASSERT_EQ(cluster.metric("tandem_workers", "role=\"prefill\""), 0) << "the frontend never dropped the killed prefill worker";
   HttpResponse after = cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(200, 99) + R"(],"max_tokens":3})");
   EXPECT_EQ(after.status, 200) << after.body;
@@ -188,7 +195,7 @@ TEST(Serving, DecodeWorkerHung_IsDroppedAfterItsHeartbeatsStop) {
   ASSERT_TRUE(cluster.wait_for_workers(1));
   HttpResponse streamed;
   std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":10000,"stream":true})", 10000); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_TRUE(wait_until([&] { return cluster.metric("vllm:generation_tokens_total") >= 1; })) << "the stream never started";
   auto start = std::chrono::steady_clock::now();
   ::kill(cluster.worker(decode).pid(), SIGSTOP);
   client.join();
@@ -216,7 +223,10 @@ TEST(Serving, DecodeWorkerKilled_StreamsEndWithAnErrorEvent) {
       }
     });
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // All three streaming on the worker before it dies.
+  EXPECT_TRUE(wait_until([&] {
+    return cluster.metric("vllm:num_requests_running") >= 3 && cluster.metric("vllm:generation_tokens_total") >= 3;
+  }));
   auto start = std::chrono::steady_clock::now();
   cluster.worker(decode).kill_now();
   for (auto& t : threads) t.join();
@@ -262,12 +272,7 @@ TEST(Serving, WorkerFailingBeforeTheFirstToken_ItsRequestsAreReroutedAndComplete
   EXPECT_GE(cluster.metric("tandem_requests_rerouted_total", "reason=\"worker_error\""), 1)
       << "no request reached the failing worker\n" << cluster.log("frontend");
   EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
-  bool exited = false;
-  for (int i = 0; i < 300 && !exited; ++i) {
-    exited = !cluster.worker(a).running();
-    if (!exited) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  EXPECT_TRUE(exited) << cluster.log("both-0");
+  EXPECT_TRUE(wait_until([&] { return !cluster.worker(a).running(); }, 15s)) << cluster.log("both-0");
   EXPECT_EQ(cluster.worker(a).exit_code(), 3);
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
@@ -292,21 +297,33 @@ TEST(Serving, WorkerStartedLater_IsUsed) {
   EXPECT_EQ(health.status, 503);
   EXPECT_NE(health.body.find("no worker"), std::string::npos) << health.body;
   EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})").status, 503);
-  cluster.add_worker("both", {"--engine", "fake"});
+  cluster.add_worker("both", {"--engine", "fake", "--fake-step-ms", "20"});
   ASSERT_TRUE(cluster.wait_for_workers(1));
   EXPECT_EQ(http(cluster.http_port(), "GET", "/health").status, 200);
   HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":2})");
   EXPECT_EQ(r.status, 200) << r.body;
-  // A second decode worker added while serving takes load too.
+  // A second decode worker added while serving takes load too. The router sends a request to the
+  // worker with the fewest outstanding, so one request is held in flight (50 steps) before four more
+  // are sent: whichever worker holds it, the new one (decode-1) serves at least one of the five.
   cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "5"});
   ASSERT_TRUE(cluster.wait_for_workers(2));
   std::vector<std::thread> threads;
-  for (int i = 0; i < 4; ++i) {
-    threads.emplace_back([&] { cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":20})"); });
-  }
+  std::atomic<int> ok{0};
+  auto send = [&](int max_tokens) {
+    threads.emplace_back([&, max_tokens] {
+      if (cluster.post("/v1/completions", R"({"prompt":[1,2],"max_tokens":)" + std::to_string(max_tokens) + "}").status == 200) ++ok;
+    });
+  };
+  send(50);
+  EXPECT_TRUE(wait_until([&] { return cluster.metric("tandem_worker_outstanding_requests") >= 1; }));
+  for (int i = 0; i < 4; ++i) send(20);
   for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 5);
   std::string m = cluster.metrics();
   EXPECT_GT(metric_value(m, "vllm:prompt_tokens_total"), 0);
+  const std::string log = cluster.log("frontend");
+  EXPECT_NE(log.find("event=route request_id="), std::string::npos) << log;
+  EXPECT_NE(log.find("decode_worker=decode-1 "), std::string::npos) << "the worker started later served nothing:\n" << log;
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
@@ -388,12 +405,7 @@ TEST(Serving, FakeWorkerTakesItsKvPoolSizeFromTheFlag) {
   Cluster cluster;
   cluster.add_worker("both", {"--engine", "fake", "--num-kv-blocks", "64"});
   ASSERT_TRUE(cluster.wait_for_workers(1));
-  bool reported = false;
-  for (int i = 0; i < 100 && !reported; ++i) {
-    reported = cluster.metric("tandem_worker_kv_blocks_total") == 64;
-    if (!reported) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  EXPECT_TRUE(reported) << "kv blocks reported: " << cluster.metric("tandem_worker_kv_blocks_total");
+  EXPECT_TRUE(wait_until([&] { return cluster.metric("tandem_worker_kv_blocks_total") == 64; }, 5s)) << "kv blocks reported: " << cluster.metric("tandem_worker_kv_blocks_total");
   // 3 + 1,200 tokens need 76 blocks of 16; 3 + 16 need 2.
   HttpResponse too_big = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":1200})");
   EXPECT_EQ(too_big.status, 413) << too_big.body;
@@ -414,18 +426,16 @@ TEST(Serving, ClientDisconnect_AbortsTheRequestAndFreesItsBlocks) {
       EXPECT_EQ(r.status, std::string(stream) == "true" ? 200 : 0);  // a non-streamed answer never came
     }
   }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (cluster.metric("tandem_client_disconnects_total") < 4 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  wait_until([&] { return cluster.metric("tandem_client_disconnects_total") >= 4; }, 5s);
   EXPECT_EQ(cluster.metric("tandem_client_disconnects_total"), 4);
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
 TEST(Serving, OfficialOpenAiNodeClient_Works) {
   std::string npm_dir = std::getenv("TANDEM_NPM_DIR") ? std::getenv("TANDEM_NPM_DIR") : std::string(TANDEM_DATA_DIR) + "/npm";
-  if (!std::filesystem::exists(npm_dir + "/node_modules/openai")) GTEST_SKIP() << "no openai npm package in " << npm_dir << " (scripts/fetch_data.sh)";
-  if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "no node";
+  TANDEM_SKIP_OR_FAIL_IF_MISSING(!std::filesystem::exists(npm_dir + "/node_modules/openai"),
+                                 "the openai npm package in " << npm_dir << " (scripts/fetch_data.sh)");
+  TANDEM_SKIP_OR_FAIL_IF_MISSING(std::system("node --version > /dev/null 2>&1") != 0, "node");
   const std::string tokenizer = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
   Cluster cluster({"--tokenizer", tokenizer});
   cluster.add_worker("both", {"--model", kModel, "--tokenizer", tokenizer, "--num-kv-blocks", "256"});
@@ -450,7 +460,7 @@ TEST(Serving, WorkerSigterm_DrainsItsRequestsThenLeaves) {
   std::thread client([&] {
     streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":30,"stream":true,"return_token_ids":true})");
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_TRUE(wait_until([&] { return cluster.metric("vllm:generation_tokens_total") >= 1; })) << "the stream never started";
   cluster.worker(decode).terminate();  // SIGTERM, waits for the exit
   client.join();
   auto events = sse_events(streamed.body);
@@ -474,11 +484,6 @@ TEST(Serving, FrontendSigterm_DrainsRunningRequestsThenExits) {
   // 50 tokens at 20 ms: a second of streaming to drain. Waits are on what the frontend reports, not on
   // sleeps, so a slow (sanitized, loaded) run sees the same order of events.
   std::thread client([&] { streamed = cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":50,"stream":true})"); });
-  auto wait_until = [](const std::function<bool()>& f) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline && !f()) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    return f();
-  };
   ASSERT_TRUE(wait_until([&] { return metric_value(cluster.metrics(), "tandem_requests_active") >= 1; }));
   ::kill(cluster.frontend().pid(), SIGTERM);
   HttpResponse health;
@@ -494,14 +499,14 @@ TEST(Serving, FrontendSigterm_DrainsRunningRequestsThenExits) {
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.back(), "[DONE]");
   for (const auto& e : events) EXPECT_EQ(e.find("\"error\""), std::string::npos) << e;
-  for (int i = 0; i < 100 && cluster.frontend().running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  EXPECT_FALSE(cluster.frontend().running());
+  EXPECT_TRUE(wait_until([&] { return !cluster.frontend().running(); }, 2s)) << "the frontend did not exit once drained";
 }
 
 // `tandem serve` with the fake engine on the demo model: serves, prints the curl line, restarts a
 // killed worker, and stops every process on SIGTERM.
 TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
-  if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  TANDEM_SKIP_OR_FAIL_IF_MISSING(!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json"),
+                                 "the Qwen3 tokenizer in " << TANDEM_DATA_DIR << "/tokenizers (scripts/fetch_data.sh)");
   char dir_template[] = "/tmp/tandem-serve-test-XXXXXX";
   std::string dir = mkdtemp(dir_template);
   const int port = free_port();
@@ -509,19 +514,11 @@ TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
   Process serve({TANDEM_BINARY, "serve", "--port", std::to_string(port), "--engine", "fake", "--cache-dir", dir,
                  "--child-log-level", "warn"},
                 dir + "/serve.log");
-  auto wait_until = [](const std::function<bool()>& f, int ms) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (f()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  };
   auto read_log = [&] {
     std::ifstream in(dir + "/serve.log");
     return std::string(std::istreambuf_iterator<char>(in), {});
   };
-  ASSERT_TRUE(wait_until([&] { return http(port, "GET", "/health").status == 200 && read_log().find("curl ") != std::string::npos; }, 60000))
+  ASSERT_TRUE(wait_until([&] { return http(port, "GET", "/health").status == 200 && read_log().find("curl ") != std::string::npos; }, 60s))
       << read_log();
   EXPECT_NE(read_log().find("http://127.0.0.1:" + std::to_string(port)), std::string::npos);
   HttpResponse chat = http(port, "POST", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"Hello!"}],"max_tokens":5})",
@@ -538,10 +535,10 @@ TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
     }
     return 0;
   };
-  ASSERT_TRUE(wait_until([&] { return decode_pid() > 0; }, 10000));
+  ASSERT_TRUE(wait_until([&] { return decode_pid() > 0; }, 10s));
   int first = decode_pid();
   ::kill(first, SIGKILL);
-  ASSERT_TRUE(wait_until([&] { int pid = decode_pid(); return pid > 0 && pid != first; }, 20000)) << read_log();
+  ASSERT_TRUE(wait_until([&] { int pid = decode_pid(); return pid > 0 && pid != first; }, 20s)) << read_log();
   int second = decode_pid();
   EXPECT_EQ(http(port, "POST", "/v1/completions", R"({"prompt":"Hi","max_tokens":3})", {{"Content-Type", "application/json"}}).status, 200);
   serve.terminate();
@@ -557,7 +554,8 @@ TEST(Serve, ServesRestartsAKilledWorkerAndStopsEverythingOnSigterm) {
 // tokenizer.json is refused by name before anything starts.
 TEST(Serve, RandomPresetsServeTextWithTheirVocabularysTokenizer) {
   const std::string tokenizer = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
-  if (!std::filesystem::exists(tokenizer + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  TANDEM_SKIP_OR_FAIL_IF_MISSING(!std::filesystem::exists(tokenizer + "/tokenizer.json"),
+                                 "the Qwen3 tokenizer in " << tokenizer << " (scripts/fetch_data.sh)");
   char dir_template[] = "/tmp/tandem-serve-tok-XXXXXX";
   std::string dir = mkdtemp(dir_template);
   const int port = free_port();
@@ -565,8 +563,7 @@ TEST(Serve, RandomPresetsServeTextWithTheirVocabularysTokenizer) {
   Process refused({TANDEM_BINARY, "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port", std::to_string(port),
                    "--tokenizer", dir},
                   dir + "/refused.log");
-  for (int i = 0; i < 200 && refused.running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  ASSERT_FALSE(refused.running());
+  ASSERT_TRUE(wait_until([&] { return !refused.running(); }, 10s)) << "serve with a bad --tokenizer kept running";
   EXPECT_NE(refused.exit_code(), 0);
   std::ifstream refused_log(dir + "/refused.log");
   std::string refused_text((std::istreambuf_iterator<char>(refused_log)), {});
@@ -577,10 +574,7 @@ TEST(Serve, RandomPresetsServeTextWithTheirVocabularysTokenizer) {
                                      std::to_string(port), "--num-prefill-workers", "0", "--child-log-level", "warn"};
     if (explicit_flag) argv.insert(argv.end(), {"--tokenizer", tokenizer});
     Process serve(argv, dir + "/serve.log");
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (std::chrono::steady_clock::now() < deadline && metric_value(http(port, "GET", "/metrics").body, "tandem_workers") < 1) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    wait_until([&] { return metric_value(http(port, "GET", "/metrics").body, "tandem_workers") >= 1; }, 60s, 50ms);
     HttpResponse r = http(port, "POST", "/v1/completions", R"({"prompt":"Hello there","max_tokens":3})", {{"Content-Type", "application/json"}});
     ASSERT_EQ(r.status, 200) << "--tokenizer given: " << explicit_flag << "\n" << r.body;
     auto body = nlohmann::json::parse(r.body);

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "stub_openai_server.h"
+#include "testing/dependencies.h"
 
 namespace tandem::loadgen {
 namespace {
@@ -168,9 +169,9 @@ TEST_F(BenchCliTest, PrefixAndJsonlDatasetsRunOnChat) {
 TEST_F(BenchCliTest, ReportPageLoadsOfflineWithOneChartPerPlot) {
   const std::string chromium = "/usr/bin/chromium";
   const std::string node_modules = std::string(TANDEM_DATA_DIR) + "/npm/node_modules";
-  if (!fs::exists(chromium) || !fs::exists(node_modules + "/playwright-core") || std::system("node --version >/dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "needs chromium, node and playwright-core (scripts/setup.sh installs them)";
-  }
+  TANDEM_SKIP_OR_FAIL_IF_MISSING(
+      !fs::exists(chromium) || !fs::exists(node_modules + "/playwright-core") || std::system("node --version >/dev/null 2>&1") != 0,
+      "chromium, node and playwright-core (scripts/setup.sh installs them)");
   const fs::path a = dir_ / "a.json", b = dir_ / "b.json", html = dir_ / "report.html";
   ASSERT_EQ(run(serve_args() + "--num-prompts 12 --random-input-len 8 --random-output-len 6 --request-rate 200,inf "
                 "--goodput ttft:1000 --progress none --label aggregated --save-result " + a.string()).rc, 0);

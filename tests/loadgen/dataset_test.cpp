@@ -11,6 +11,7 @@
 
 #include "loadgen/arrivals.h"
 #include "loadgen/dataset.h"
+#include "testing/dependencies.h"
 
 namespace tandem::loadgen {
 namespace {
@@ -194,7 +195,7 @@ namespace {
 TEST(RandomDataset, RealTokenizersSeeTheAskedLength) {
   for (const char* name : {"qwen3", "llama3_1"}) {
     const std::string dir = std::string(TANDEM_DATA_DIR) + "/tokenizers/" + name;
-    if (!std::filesystem::exists(dir + "/tokenizer.json")) GTEST_SKIP() << "no " << dir;
+    TANDEM_SKIP_OR_FAIL_IF_MISSING(!std::filesystem::exists(dir + "/tokenizer.json"), dir << " (scripts/fetch_data.sh)");
     auto codec = open_token_codec(dir, "--tokenizer");
     RandomDatasetOptions options;
     options.input_len = 300;

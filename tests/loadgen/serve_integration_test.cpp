@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "loadgen/openai_client.h"
+#include "testing/dependencies.h"
 
 namespace tandem::loadgen {
 namespace {
@@ -46,9 +47,9 @@ class TandemServeTest : public ::testing::Test {
     // `tandem serve --help` exits 0 even without the subcommand (CLI11 prints the top help): look for
     // serve among the listed subcommands instead.
     const std::string probe = serve_binary() + " --help 2>/dev/null | grep -q '^  serve '";
-    if (std::system(probe.c_str()) != 0) GTEST_SKIP() << "this build has no `tandem serve`";
+    TANDEM_SKIP_OR_FAIL_IF_MISSING(std::system(probe.c_str()) != 0, "`tandem serve` in " << serve_binary());
     const std::string tokenizer = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
-    if (!fs::exists(tokenizer + "/tokenizer.json")) GTEST_SKIP() << "no " << tokenizer << " (scripts/fetch_data.sh)";
+    TANDEM_SKIP_OR_FAIL_IF_MISSING(!fs::exists(tokenizer + "/tokenizer.json"), tokenizer << " (scripts/fetch_data.sh)");
     dir_ = fs::temp_directory_path() / ("tandem_bench_serve_" + std::to_string(::getpid()));
     fs::create_directories(dir_);
     port_ = free_port();

@@ -10,6 +10,7 @@
 
 #include "common/socket.h"
 #include "rpc/connection.h"
+#include "testing/wait.h"
 
 namespace tandem::rpc {
 namespace {
@@ -56,6 +57,10 @@ struct EchoServer {
     for (auto& c : conns) EXPECT_TRUE(c->wait_closed(std::chrono::seconds(5)));
   }
   std::string address() const { return "127.0.0.1:" + std::to_string(listener->port()); }
+  size_t num_connections() {
+    std::lock_guard<std::mutex> lock(mu);
+    return conns.size();
+  }
 };
 
 TEST(Connection, MultiplexesManyRequestsOnOneConnection) {
@@ -104,7 +109,8 @@ TEST(Connection, PeerGoingAwayIsReportedAtOnce) {
                    reason = s;
                    cv.notify_all();
                  });
-  std::this_thread::sleep_for(50ms);
+  // The server side must hold the connection, so that it is a peer going away (not a dial refused).
+  ASSERT_TRUE(tandem::testing::wait_until([&] { return server->num_connections() == 1; }, 5s));
   auto start = std::chrono::steady_clock::now();
   server.reset();  // closes the server side of the connection
   std::unique_lock<std::mutex> lock(mu);
@@ -144,7 +150,7 @@ TEST(Connection, CorruptFrameClosesTheConnection) {
                    closed = true;
                    cv.notify_all();
                  });
-  while (server_fd < 0) std::this_thread::sleep_for(1ms);
+  ASSERT_TRUE(tandem::testing::wait_until([&] { return server_fd >= 0; }, 5s, 1ms)) << "the listener never accepted";
   const unsigned char frame[] = {0xff, 0xff, 0xff, 0xff};  // 4 GiB: over the frame limit
   ASSERT_TRUE(net::write_full(server_fd, frame, sizeof(frame), "test").ok());
   std::unique_lock<std::mutex> lock(mu);

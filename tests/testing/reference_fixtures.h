@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -34,10 +35,12 @@ inline std::vector<PromptReference> load_references(const std::string& name) {
   return out;
 }
 
-// ||a - b|| / ||b||
+// ||a - b|| / ||b||; +infinity when the lengths differ (or b is empty), so every `relative_error(...) <
+// bound` check fails on a truncated or padded vector instead of comparing the common prefix.
 inline double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size() || b.empty()) return std::numeric_limits<double>::infinity();
   double diff = 0, norm = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+  for (size_t i = 0; i < a.size(); ++i) {
     diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
     norm += static_cast<double>(b[i]) * b[i];
   }

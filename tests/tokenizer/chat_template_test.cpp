@@ -1,6 +1,7 @@
 // Chat templates against python3 jinja2 renders (tools/references/chat_template_references.py): the real
-// Qwen3 and Llama-3.1 templates, Meta's tool-calling Llama-3.1 template, and a template that
-// exercises the rest of the subset. Byte-identical output, or an error where jinja2 raised one.
+// Qwen3 and Llama-3.1 templates (from their tokenizer_config.json), a template that exercises the rest
+// of the subset (chat/constructs.jinja), and small templates carried by the cases themselves
+// (chat/snippets_cases.json). Byte-identical output, or an error where jinja2 raised one.
 #include <gtest/gtest.h>
 
 #include <optional>

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "fake_device_memory.h"
+#include "testing/wait.h"
 #include "transfer/expectations.h"
 #include "transfer/transfer.h"
 #include "transfer/transport_choice.h"
@@ -154,8 +155,14 @@ TEST(Expectations, ForgetWaitsForAClaimInFlight) {
   std::vector<int32_t> blocks = {1, 2};
   ASSERT_TRUE(e.claim("x", blocks).ok());
   auto forgot = std::async(std::launch::async, [&] { e.forget("x"); });
-  EXPECT_EQ(forgot.wait_for(std::chrono::milliseconds(100)), std::future_status::timeout);
-  EXPECT_EQ(e.claim("x", blocks).code(), StatusCode::kNotFound) << "no new claim once forget began";
+  // forget() has begun once a new claim is refused; until then a new claim succeeds and is given back.
+  EXPECT_TRUE(tandem::testing::wait_until([&] {
+    const Status s = e.claim("x", blocks);
+    if (s.ok()) e.release("x");
+    return s.code() == StatusCode::kNotFound;
+  })) << "no new claim once forget began";
+  // Begun, it waits for the claim still held; a forget() that did not wait would be done by now.
+  EXPECT_EQ(forgot.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout);
   e.release("x");
   EXPECT_EQ(forgot.wait_for(std::chrono::seconds(5)), std::future_status::ready);
 }
