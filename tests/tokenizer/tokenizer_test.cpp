@@ -156,7 +156,7 @@ TEST(TokenizerTest, DecodeReplacesBrokenUtf8) {
 TEST(TokenizerTest, LongInputsEncodeLikeTheirParts) {
   // A 200k-character run of one letter and one of spaces: the heap merge path and the regex on long
   // subjects. A round trip alone holds for any split into bytes, so the ids are compared with the
-  // Node reference's (@lenml/tokenizers 3.7.2, as tools/tokenizer_references.mjs loads it; 21 s for
+  // Node reference's (@lenml/tokenizers 3.7.2, as tools/references/tokenizer_references.mjs loads it; 21 s for
   // the letters there): the letter run is one pre-token that BPE merges into 25,000 "aaaaaaaa"; the
   // spaces before "y" (99,999: the last one joins "y") into 781 tokens of 128 and one of 31.
   const Tokenizer& llama = real_tokenizer("llama3_1");
