@@ -29,7 +29,7 @@ constexpr int kDeviceFailedExitCode = 3;
 struct WorkerCommandOptions {
   std::string role = "both";
   std::string model;
-  std::string served_model_name;
+  std::vector<std::string> served_model_name;
   std::string frontend;
   std::string registry;
   std::string cluster_namespace = "default";
@@ -69,7 +69,8 @@ Runner add_worker_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("worker", "Serve one engine as a prefill, decode or aggregated worker");
   cmd->add_option("--role", o->role, "prefill, decode or both")->capture_default_str();
   cmd->add_option("--model", o->model, "Hugging Face model directory or random:<preset>");
-  cmd->add_option("--served-model-name", o->served_model_name, "Model name clients use (default: the directory's name)");
+  cmd->add_option("--served-model-name", o->served_model_name,
+                  "Model names clients use, one or more (default: the directory's name); the first is the main one");
   cmd->add_option("--frontend", o->frontend, "host:port of the frontend's embedded registry");
   cmd->add_option("--registry", o->registry, "etcd://host:port[,host:port...]: register in etcd instead (cluster mode)");
   cmd->add_option("--namespace", o->cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
@@ -132,9 +133,15 @@ Runner add_worker_command(CLI::App& app) {
     options.kv_transfer = o->kv_transfer;
     options.prefix_caching = !o->engine_flags.no_prefix_caching;
     if (o->model.empty() && o->engine != "fake") throw Error("--model is required (or --engine fake)");
-    options.model_name = !o->served_model_name.empty() ? o->served_model_name
+    options.model_name = !o->served_model_name.empty() ? o->served_model_name.front()
                          : o->model.empty()              ? std::string("fake")
                                                          : default_model_name(o->model);
+    if (o->served_model_name.size() > 1) {
+      options.model_aliases.assign(o->served_model_name.begin() + 1, o->served_model_name.end());
+    }
+    for (const auto& name : o->served_model_name) {
+      if (name.empty()) throw Error("--served-model-name: a name is empty");
+    }
 
     std::shared_ptr<engine::TextStreamFactory> text;
     std::string tokenizer_dir = o->tokenizer;
