@@ -48,6 +48,7 @@ struct WorkerCommandOptions {
   std::string engine = "real";
   int fake_step_ms = 0;
   double fake_prefill_us_per_token = 0;
+  std::string fake_output;
   EngineFlags engine_flags;
   std::string kv_transfer = "auto";
   std::string ready_file;
@@ -92,6 +93,8 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--engine", o->engine, "real, or fake (no model math; for serving tests and benchmarks)")->capture_default_str();
   cmd->add_option("--fake-step-ms", o->fake_step_ms, "Fake engine: time per decode step")->capture_default_str();
   cmd->add_option("--fake-prefill-us-per-token", o->fake_prefill_us_per_token, "Fake engine: prefill time per prompt token")->capture_default_str();
+  cmd->add_option("--fake-output", o->fake_output,
+                  "Fake engine: every reply is this text's tokens (--tokenizer's), then stop (for tests)");
   add_engine_flags(cmd, &o->engine_flags, kWorkerRules);
   cmd->add_option("--kv-transfer", o->kv_transfer,
                   "KV transport: auto (CUDA IPC to workers on this host whose GPU this one can reach, else TCP), tcp, or cuda_ipc")
@@ -156,6 +159,10 @@ Runner add_worker_command(CLI::App& app) {
       engine::FakeEngineOptions fake;
       fake.step_ms = o->fake_step_ms;
       fake.prefill_us_per_token = o->fake_prefill_us_per_token;
+      if (!o->fake_output.empty()) {
+        if (tokenizer_dir.empty()) throw Error("--fake-output needs --tokenizer (its text is made of that tokenizer's tokens)");
+        fake.script = tokenizer::Tokenizer::load(tokenizer_dir)->encode(o->fake_output, /*add_special_tokens=*/false);
+      }
       if (o->engine_flags.num_kv_blocks > 0) fake.num_blocks = o->engine_flags.num_kv_blocks;
       if (!o->model.empty()) {
         auto weights = model::open_weight_source(o->model, o->seed);

@@ -4,6 +4,9 @@
 // streamed), chat_template_kwargs reaching the template, and served model names with aliases.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "fakes.h"
 #include "frontend/request_lifecycle.h"
 
@@ -265,6 +268,26 @@ TEST_F(ApiFeaturesTest, ChatTemplateKwargsReachTheTemplate) {
   start(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":1})", /*chat=*/true);
   EXPECT_EQ(codec_.last_kwargs, json::object());
   EXPECT_EQ(generates().back().prompt_token_ids_size(), 2);
+}
+
+// chat_template_kwargs through the real codec and Qwen3's own template, against jinja2's renders
+// (tests/data/tokenizer/chat, made by tools/references/chat_template_references.py).
+TEST(ChatTemplateKwargs, ReachQwen3sTemplateAsJinja2RendersThem) {
+  const std::string dir = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
+  if (!std::filesystem::exists(dir + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  auto codec = load_prompt_codec(dir);
+  std::ifstream in(std::string(TANDEM_TEST_DATA_DIR) + "/tokenizer/chat/qwen3_cases.json");
+  const json cases = json::parse(in)["cases"];
+  int checked = 0;
+  for (const auto& c : cases) {
+    const json& inputs = c["inputs"];
+    if (!inputs.contains("extra") || inputs.contains("tools")) continue;
+    auto text = codec->render_chat(inputs["messages"], inputs.value("add_generation_prompt", false), inputs["extra"]);
+    ASSERT_TRUE(text.ok()) << c["name"] << ": " << text.status().message();
+    EXPECT_EQ(*text, c["expected"].get<std::string>()) << c["name"];
+    ++checked;
+  }
+  EXPECT_GE(checked, 8);
 }
 
 TEST(ServedModelNames, FrontendNamesOverrideAndWorkerAliasesAreListed) {
