@@ -23,7 +23,8 @@ bool have_tokenizer() { return std::filesystem::exists(qwen3_tokenizer() + "/tok
 std::vector<std::string> model_ids(Cluster& cluster) {
   HttpResponse r = http(cluster.http_port(), "GET", "/v1/models");
   std::vector<std::string> ids;
-  for (const auto& m : json::parse(r.body)["data"]) ids.push_back(m["id"]);
+  const json body = json::parse(r.body);
+  for (const auto& m : body["data"]) ids.push_back(m["id"]);
   return ids;
 }
 
