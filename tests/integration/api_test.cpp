@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <thread>
@@ -200,6 +201,25 @@ TEST(Api, ReasoningParserSplitsAScriptedThinkBlock) {
     EXPECT_FALSE(cut["choices"][0]["message"]["reasoning_content"].get<std::string>().empty()) << cut;
     EXPECT_TRUE(cluster.wait_no_leaked_blocks());
   }
+}
+
+// The official openai npm client reads reasoning_content, batched choices and the served name.
+TEST(Api, OfficialOpenAiNodeClientReadsTheNewFields) {
+  const std::string npm_dir = std::getenv("TANDEM_NPM_DIR") ? std::getenv("TANDEM_NPM_DIR") : std::string(TANDEM_DATA_DIR) + "/npm";
+  if (!std::filesystem::exists(npm_dir + "/node_modules/openai")) GTEST_SKIP() << "no openai npm package in " << npm_dir;
+  if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "no node";
+  if (!have_tokenizer()) GTEST_SKIP() << "no tokenizer data";
+  Cluster cluster({"--tokenizer", qwen3_tokenizer(), "--reasoning-parser", "qwen3"});
+  cluster.add_worker("both", {"--engine", "fake", "--tokenizer", qwen3_tokenizer(), "--served-model-name", "Qwen/Qwen3-0.6B",
+                              "--fake-output", "<think>\nThe user greets me.\n</think>\n\nHello! I am fine."});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  int status = 0;
+  const std::string out = shell("node " + std::string(TANDEM_SOURCE_DIR) + "/tests/integration/openai_api_client.mjs http://127.0.0.1:" +
+                                    std::to_string(cluster.http_port()) + " " + npm_dir + " 2>&1",
+                                &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("openai api client: ok"), std::string::npos) << out;
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
 }
 
 // `serve` hands --served-model-name to its workers and --reasoning-parser to its frontend.
