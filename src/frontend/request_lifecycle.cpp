@@ -145,8 +145,8 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
 // A completions request with a list of prompts: each prompt is sent as a request of its own (routed,
 // timed out, rerouted and aborted like any other), sharing the client's exchange; their choices are
 // merged in vLLM's order (batch_choice_index) and the response ends when the last part completes.
-// Every prompt is tokenized and checked before any is sent; a part that cannot be sent aborts the ones
-// sent before it.
+// Every prompt is tokenized before any is sent; a part that cannot be sent (no worker, or a prompt
+// over the context of the worker it was routed to) aborts the ones sent before it.
 void RequestLifecycle::start_batch(Request base, const HttpHeaders& headers) {
   HttpExchange& ex = *base.exchange;
   const std::vector<PromptInput> inputs = std::move(base.req.batch);
