@@ -21,6 +21,7 @@ struct FrontendCommandOptions {
   int registry_port = 0;
   size_t max_body_bytes = 16u << 20;
   int drain_timeout_ms = 30000;
+  std::string reasoning_parser;
 };
 
 }  // namespace
@@ -39,7 +40,10 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--registry-host", f.registry_host, "Address workers register on")->capture_default_str();
   cmd->add_option("--registry-port", o->registry_port, "Port workers register on (0 = any)")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Directory with tokenizer.json (for text prompts and chat)");
-  cmd->add_option("--served-model-name", f.served_model_name, "Model name to serve (default: what workers register)");
+  cmd->add_option("--served-model-name", f.served_model_name,
+                  "Model names to serve, one or more, each reaching every worker (default: the names workers register)");
+  cmd->add_option("--reasoning-parser", o->reasoning_parser,
+                  "Split chat replies' <think>...</think> into reasoning_content: qwen3 or deepseek_r1 (default: none)");
   cmd->add_option("--max-local-prefill", f.router.max_local_prefill, "Uncached prompt tokens above which prefill runs remotely")->capture_default_str();
   cmd->add_option("--max-prefill-queue", f.router.max_prefill_queue, "Remote prefill only while fewer than this are queued")->capture_default_str();
   cmd->add_option("--heartbeat-timeout-ms", f.heartbeat_timeout_ms, "Drop a worker silent this long")->capture_default_str();
@@ -71,6 +75,9 @@ Runner add_frontend_command(CLI::App& app) {
       if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message() + " (use embedded or etcd://host:port)");
       o->options.etcd = std::move(*endpoints);
     }
+    auto reasoning = frontend::parse_reasoning_format(o->reasoning_parser);
+    if (!reasoning) throw Error("--reasoning-parser: unknown parser '" + o->reasoning_parser + "' (use qwen3 or deepseek_r1)");
+    o->options.reasoning = *reasoning;
     o->options.http.port = static_cast<uint16_t>(o->port);
     o->options.http.max_body_bytes = o->max_body_bytes;
     o->options.registry_port = static_cast<uint16_t>(o->registry_port);

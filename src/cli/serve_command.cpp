@@ -64,6 +64,8 @@ struct ServeOptions {
   double gpu_memory_utilization = 0.9;
   std::string kv_transfer = "auto";
   std::vector<std::string> worker_args;
+  std::vector<std::string> served_model_name;  // passed to the workers, who register these names
+  std::string reasoning_parser;                // passed to the frontend
 };
 
 struct Child {
@@ -177,6 +179,10 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--worker-start-timeout-s", o->worker_start_timeout_s,
                   "How long a worker may take to load before the next one on its GPU starts anyway")
       ->capture_default_str();
+  cmd->add_option("--served-model-name", o->served_model_name,
+                  "Model names clients use, one or more (default: the model directory's name)");
+  cmd->add_option("--reasoning-parser", o->reasoning_parser,
+                  "Split <think>...</think> into reasoning_content: qwen3 or deepseek_r1 (default: none)");
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
   return [o]() {
     // Before any thread starts (make-model uses OpenMP), so that every thread blocks the signals.
@@ -221,6 +227,7 @@ Runner add_serve_command(CLI::App& app) {
       frontend.argv.push_back("--tokenizer");
       frontend.argv.push_back(tokenizer_dir);
     }
+    if (!o->reasoning_parser.empty()) frontend.argv.insert(frontend.argv.end(), {"--reasoning-parser", o->reasoning_parser});
     frontend.pid = spawn(frontend.argv);
     int registry_port = 0;
     for (int i = 0; i < 300 && registry_port == 0; ++i) {
@@ -268,6 +275,10 @@ Runner add_serve_command(CLI::App& app) {
       }
       // Workers detokenize (text output, stop strings): they need the frontend's tokenizer too.
       if (!tokenizer_dir.empty()) c.argv.insert(c.argv.end(), {"--tokenizer", tokenizer_dir});
+      if (!o->served_model_name.empty()) {
+        c.argv.push_back("--served-model-name");
+        c.argv.insert(c.argv.end(), o->served_model_name.begin(), o->served_model_name.end());
+      }
       for (const auto& a : o->worker_args) c.argv.push_back(a);
       layout_text += (layout_text.empty() ? "" : ", ") + c.name + "@" + w.device;
       children.push_back(std::move(c));

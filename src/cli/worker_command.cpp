@@ -29,7 +29,7 @@ constexpr int kDeviceFailedExitCode = 3;
 struct WorkerCommandOptions {
   std::string role = "both";
   std::string model;
-  std::string served_model_name;
+  std::vector<std::string> served_model_name;
   std::string frontend;
   std::string registry;
   std::string cluster_namespace = "default";
@@ -48,6 +48,7 @@ struct WorkerCommandOptions {
   std::string engine = "real";
   int fake_step_ms = 0;
   double fake_prefill_us_per_token = 0;
+  std::string fake_output;
   EngineFlags engine_flags;
   std::string kv_transfer = "auto";
   std::string ready_file;
@@ -69,7 +70,8 @@ Runner add_worker_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("worker", "Serve one engine as a prefill, decode or aggregated worker");
   cmd->add_option("--role", o->role, "prefill, decode or both")->capture_default_str();
   cmd->add_option("--model", o->model, "Hugging Face model directory or random:<preset>");
-  cmd->add_option("--served-model-name", o->served_model_name, "Model name clients use (default: the directory's name)");
+  cmd->add_option("--served-model-name", o->served_model_name,
+                  "Model names clients use, one or more (default: the directory's name); the first is the main one");
   cmd->add_option("--frontend", o->frontend, "host:port of the frontend's embedded registry");
   cmd->add_option("--registry", o->registry, "etcd://host:port[,host:port...]: register in etcd instead (cluster mode)");
   cmd->add_option("--namespace", o->cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
@@ -91,6 +93,8 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--engine", o->engine, "real, or fake (no model math; for serving tests and benchmarks)")->capture_default_str();
   cmd->add_option("--fake-step-ms", o->fake_step_ms, "Fake engine: time per decode step")->capture_default_str();
   cmd->add_option("--fake-prefill-us-per-token", o->fake_prefill_us_per_token, "Fake engine: prefill time per prompt token")->capture_default_str();
+  cmd->add_option("--fake-output", o->fake_output,
+                  "Fake engine: every reply is this text's tokens (--tokenizer's), then stop (for tests)");
   add_engine_flags(cmd, &o->engine_flags, kWorkerRules);
   cmd->add_option("--kv-transfer", o->kv_transfer,
                   "KV transport: auto (CUDA IPC to workers on this host whose GPU this one can reach, else TCP), tcp, or cuda_ipc")
@@ -132,9 +136,15 @@ Runner add_worker_command(CLI::App& app) {
     options.kv_transfer = o->kv_transfer;
     options.prefix_caching = !o->engine_flags.no_prefix_caching;
     if (o->model.empty() && o->engine != "fake") throw Error("--model is required (or --engine fake)");
-    options.model_name = !o->served_model_name.empty() ? o->served_model_name
+    options.model_name = !o->served_model_name.empty() ? o->served_model_name.front()
                          : o->model.empty()              ? std::string("fake")
                                                          : default_model_name(o->model);
+    if (o->served_model_name.size() > 1) {
+      options.model_aliases.assign(o->served_model_name.begin() + 1, o->served_model_name.end());
+    }
+    for (const auto& name : o->served_model_name) {
+      if (name.empty()) throw Error("--served-model-name: a name is empty");
+    }
 
     std::shared_ptr<engine::TextStreamFactory> text;
     std::string tokenizer_dir = o->tokenizer;
@@ -149,6 +159,10 @@ Runner add_worker_command(CLI::App& app) {
       engine::FakeEngineOptions fake;
       fake.step_ms = o->fake_step_ms;
       fake.prefill_us_per_token = o->fake_prefill_us_per_token;
+      if (!o->fake_output.empty()) {
+        if (tokenizer_dir.empty()) throw Error("--fake-output needs --tokenizer (its text is made of that tokenizer's tokens)");
+        fake.script = tokenizer::Tokenizer::load(tokenizer_dir)->encode(o->fake_output, /*add_special_tokens=*/false);
+      }
       if (o->engine_flags.num_kv_blocks > 0) fake.num_blocks = o->engine_flags.num_kv_blocks;
       if (!o->model.empty()) {
         auto weights = model::open_weight_source(o->model, o->seed);

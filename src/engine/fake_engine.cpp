@@ -198,6 +198,9 @@ class FakeEngine : public Engine {
   }
 
   int32_t next_token(const FakeSequence& seq, const FakeChoice& c) const {
+    if (!options_.script.empty()) {
+      return options_.script[std::min(static_cast<size_t>(c.num_output), options_.script.size() - 1)];
+    }
     uint64_t h = mix(seq.hash, static_cast<uint64_t>(c.last_token) + 7);
     if (seq.request.sampling.temperature > 0) h = mix(h, static_cast<uint64_t>(c.index) * 31 + c.num_output);
     return static_cast<int32_t>(h % static_cast<uint64_t>(std::min(options_.vocab_size, 100000)));
@@ -259,6 +262,8 @@ class FakeEngine : public Engine {
       reason = FinishReason::kStop;
     } else if (c.num_output >= s.max_tokens || seq.request.prefill_mode == PrefillMode::kPrefillOnly) {
       reason = FinishReason::kLength;
+    } else if (!options_.script.empty() && c.num_output >= static_cast<int>(options_.script.size())) {
+      reason = FinishReason::kStop;
     }
     c.finished = reason != FinishReason::kNone;
     emit(seq, c, {token}, c.finished, reason);

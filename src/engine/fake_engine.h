@@ -31,6 +31,10 @@ struct FakeEngineOptions {
   double prefill_us_per_token = 0;  // simulated prefill time
   int vocab_size = 151936;
   std::vector<int> eos_token_ids;
+  // Scripted output (tests of what the frontend makes of given text, e.g. reasoning tags): when set,
+  // every choice emits these tokens in order and finishes with "stop" after the last (or "length" at
+  // max_tokens first), whatever its prompt. Empty: the hashed tokens above.
+  std::vector<int32_t> script;
 };
 
 std::unique_ptr<Engine> create_fake_engine(const FakeEngineOptions& options,

@@ -145,7 +145,7 @@ RoutingPool EmbeddedDirectory::pool(const std::string& model, std::span<const in
                                      WorkerKey excluded) const {
   RoutingPool pool;
   for (const auto& [key, w] : workers_) {
-    if (key == excluded || !routable(w) || (w.info.model() != model && options_.served_model_name.empty())) continue;
+    if (key == excluded || !routable(w) || (!serves_model(w.info, model) && options_.served_model_name.empty())) continue;
     Candidate c;
     c.can_decode = w.can_decode();
     c.is_prefill = w.is_prefill();

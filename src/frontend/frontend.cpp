@@ -44,6 +44,7 @@ LifecycleOptions lifecycle_options(const FrontendOptions& o) {
   l.request_timeout_ms = o.request_timeout_ms;
   l.default_max_tokens = o.default_max_tokens;
   l.served_model_name = o.served_model_name;
+  l.reasoning = o.reasoning;
   return l;
 }
 

@@ -19,6 +19,7 @@
 
 #include "frontend/http.h"
 #include "frontend/prompt_codec.h"
+#include "frontend/reasoning_parser.h"
 #include "frontend/router.h"
 
 namespace tandem::frontend {
@@ -32,7 +33,10 @@ struct FrontendOptions {
   int remote_prefill_timeout_ms = 30000;  // passed to decode workers: then they prefill locally
   int request_timeout_ms = 600000;     // a request with no output for this long fails (504)
   int default_max_tokens = 1024;       // chat requests without max_tokens: min(this, room left)
-  std::string served_model_name;       // "" = the model names workers register with
+  // --served-model-name: the names /v1/models lists and requests may use, each routed to every
+  // worker; empty = the names workers register with.
+  std::vector<std::string> served_model_name;
+  ReasoningFormat reasoning = ReasoningFormat::kNone;  // --reasoning-parser
   std::string ready_file;              // written once listening: {"http_port": .., "registry_port": ..}
   // Cluster mode (non-empty etcd): workers are found under /tandem/<ns>/workers/ and dialed; the
   // thresholds live under /tandem/<ns>/disagg/. The embedded registry port stays open as well.

@@ -192,12 +192,39 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
         }
         out->prompt_ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
       }
-    } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
-      out->prompt_text = (*p)[0].get<std::string>();
-    } else if (p->is_array() && p->size() == 1 && is_id_list((*p)[0])) {
-      for (const auto& x : (*p)[0]) out->prompt_ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
-    } else if (p->is_array() && p->size() > 1 && ((*p)[0].is_string() || (*p)[0].is_array())) {
-      return ApiError::bad_request("batched prompts are not supported: send one prompt per request", "prompt");
+    } else if (p->is_array() && p->empty()) {
+      return ApiError::bad_request("'prompt' is an empty list", "prompt");
+    } else if (p->is_array() && ((*p)[0].is_string() || (*p)[0].is_array())) {
+      // A list of prompts: all strings, or all token-id lists.
+      const bool texts = (*p)[0].is_string();
+      std::vector<PromptInput> prompts;
+      for (size_t i = 0; i < p->size(); ++i) {
+        const json& item = (*p)[i];
+        const std::string where = "prompt[" + std::to_string(i) + "]";
+        PromptInput in;
+        if (texts && item.is_string()) {
+          in.text = item.get<std::string>();
+          if (in.text->empty()) return ApiError::bad_request("'" + where + "' is empty", "prompt");
+        } else if (!texts && is_id_list(item)) {
+          for (const auto& x : item) {
+            if (x.get<int64_t>() < 0 || x.get<int64_t>() > INT32_MAX) {
+              return ApiError::bad_request("'" + where + "' holds an invalid token id", "prompt");
+            }
+            in.ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
+          }
+        } else {
+          return ApiError::bad_request("'prompt' must be a string, a list of token ids, or a list of strings or of "
+                                       "token-id lists (" + where + " is neither like the first)",
+                                       "prompt");
+        }
+        prompts.push_back(std::move(in));
+      }
+      if (prompts.size() == 1) {
+        out->prompt_text = std::move(prompts[0].text);
+        out->prompt_ids = std::move(prompts[0].ids);
+      } else {
+        out->batch = std::move(prompts);
+      }
     } else {
       return ApiError::bad_request("'prompt' must be a string or a list of token ids", "prompt");
     }
@@ -241,6 +268,12 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
       out->messages.push_back({{"role", role_name == "developer" ? "system" : role_name}, {"content", content}});
     }
     if (auto agp = r.boolean("add_generation_prompt")) out->add_generation_prompt = *agp;
+    if (const json* kwargs = r.field("chat_template_kwargs")) {
+      if (!kwargs->is_object()) {
+        return ApiError::bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs");
+      }
+      out->chat_template_kwargs = *kwargs;
+    }
   }
   if (r.error) return r.error;
 

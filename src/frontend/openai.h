@@ -48,13 +48,23 @@ std::string error_body(const ApiError& error);
 int http_status(StatusCode code);
 ApiError api_error(const Status& status);
 
+// One prompt of a batched completions request: text, or token ids when `text` is unset.
+struct PromptInput {
+  std::optional<std::string> text;
+  std::vector<int32_t> ids;
+};
+
 struct GenerationRequest {
   bool chat = false;
   std::string model;                   // "" = not given
   std::optional<std::string> prompt_text;  // completions: a text prompt
   std::vector<int32_t> prompt_ids;     // completions: a token-id prompt
+  // completions with a list of two or more prompts (each answered as its own request, the choices
+  // merged); empty for one prompt (prompt_text / prompt_ids).
+  std::vector<PromptInput> batch;
   nlohmann::json messages;             // chat: [{role, content (string)}], content parts joined
   bool add_generation_prompt = true;
+  nlohmann::json chat_template_kwargs = nlohmann::json::object();  // chat: more template variables
   bool stream = false;
   bool include_usage = false;
   bool continuous_usage = false;

@@ -54,6 +54,24 @@ json stream_delta(bool chat, const std::string& text, int num_new_tokens) {
   return json{{"content", text}};
 }
 
+json reasoning_delta(const ReasoningSplit& split, int num_new_tokens) {
+  json delta = json::object();
+  if (!split.reasoning.empty()) delta["reasoning_content"] = split.reasoning;
+  if (!split.content.empty()) delta["content"] = split.content;
+  if (delta.empty() && num_new_tokens > 0) delta["content"] = "";
+  return delta;
+}
+
+TokenUsage sum_usage(const std::vector<TokenUsage>& parts) {
+  TokenUsage total;
+  for (const auto& u : parts) {
+    total.prompt_tokens += u.prompt_tokens;
+    total.completion_tokens += u.completion_tokens;
+    total.cached_prompt_tokens += u.cached_prompt_tokens;
+  }
+  return total;
+}
+
 json usage_chunk(const ResponseContext& ctx, const TokenUsage& usage) {
   return {{"id", ctx.id},
           {"object", ctx.chat ? "chat.completion.chunk" : "text_completion"},
@@ -71,6 +89,7 @@ json response_body(const ResponseContext& ctx, const std::vector<ChoiceState>& c
     json choice = {{"index", i}};
     if (ctx.chat) {
       choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+      if (c.reasoning) choice["message"]["reasoning_content"] = c.reasoning->empty() ? json(nullptr) : json(*c.reasoning);
       choice["logprobs"] = with_logprobs ? json{{"content", c.logprobs_content}} : json(nullptr);
     } else {
       choice["text"] = c.text;

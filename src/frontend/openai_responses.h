@@ -9,9 +9,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "frontend/reasoning_parser.h"
 #include "rpc/messages.pb.h"
 
 namespace tandem::frontend {
@@ -34,7 +36,8 @@ struct TokenUsage {
 
 // What one choice (of n) has produced so far.
 struct ChoiceState {
-  std::string text;
+  std::string text;                       // chat with a reasoning parser: the answer part alone
+  std::optional<std::string> reasoning;   // chat with a reasoning parser: the think block ("" = null)
   std::vector<int32_t> tokens;
   nlohmann::json logprobs_content = nlohmann::json::array();  // chat: one entry per token
   nlohmann::json completion_logprobs = {{"tokens", nlohmann::json::array()},
@@ -71,11 +74,21 @@ nlohmann::json assistant_role_delta();
 // The delta (chat) or text (completions) of one output: chat sends {} for an output with neither
 // text nor tokens (a finish alone).
 nlohmann::json stream_delta(bool chat, const std::string& text, int num_new_tokens);
+// The chat delta of one output split by a reasoning parser: `reasoning_content` and/or `content`,
+// each only when it has text; {"content": ""} when neither has but tokens came (held back), {} for a
+// finish alone.
+nlohmann::json reasoning_delta(const ReasoningSplit& split, int num_new_tokens);
 // The closing chunk of a stream with stream_options.include_usage: no choices, the usage.
 nlohmann::json usage_chunk(const ResponseContext& ctx, const TokenUsage& usage);
 // The whole non-streamed body. `with_logprobs`: the request asked for logprobs.
 nlohmann::json response_body(const ResponseContext& ctx, const std::vector<ChoiceState>& choices,
                              const TokenUsage& usage, bool with_logprobs);
+
+// Batched prompts (/v1/completions with a list): the index of choice `choice` (of n) of prompt
+// `prompt_index` in the response, vLLM's order: prompt_index * n + choice.
+inline int batch_choice_index(int prompt_index, int n, int choice) { return prompt_index * n + choice; }
+// The usage of a batch: the sum over its prompts.
+TokenUsage sum_usage(const std::vector<TokenUsage>& parts);
 
 // The logprobs of one output's new tokens, in the chat or completions shape. Advances the choice's
 // text offset; when `accumulate` (a non-streamed response), also appends them to the choice.

@@ -20,8 +20,10 @@ class PromptCodec {
   virtual ~PromptCodec() = default;
   virtual std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const = 0;
   // The prompt text for chat `messages` (OpenAI shape, already validated: role and string content).
-  // InvalidArgument when the template cannot render them.
-  virtual StatusOr<std::string> render_chat(const nlohmann::json& messages, bool add_generation_prompt) const = 0;
+  // `template_kwargs` (an object, the request's chat_template_kwargs, e.g. {"enable_thinking": false})
+  // are further template variables. InvalidArgument when the template cannot render them.
+  virtual StatusOr<std::string> render_chat(const nlohmann::json& messages, bool add_generation_prompt,
+                                            const nlohmann::json& template_kwargs) const = 0;
   // The text of one token (for logprobs), e.g. " the".
   virtual std::string token_text(int32_t id) const = 0;
 };

@@ -37,11 +37,13 @@ std::string RequestLifecycle::new_request_id(const std::string* x_request_id) {
   return buffer;
 }
 
-std::optional<ApiError> RequestLifecycle::tokenize(const GenerationRequest& req, std::vector<int32_t>* prompt) const {
+std::optional<ApiError> RequestLifecycle::tokenize(const GenerationRequest& req, std::vector<int32_t>* prompt,
+                                                   bool* think_open) const {
   if (req.chat) {
     if (!codec_) return ApiError::bad_request("chat needs a tokenizer: start the frontend with --tokenizer", "messages");
-    auto text = codec_->render_chat(req.messages, req.add_generation_prompt);
+    auto text = codec_->render_chat(req.messages, req.add_generation_prompt, req.chat_template_kwargs);
     if (!text.ok()) return ApiError::bad_request(text.status().message(), "messages");
+    if (think_open) *think_open = prompt_opens_think(*text);
     *prompt = codec_->encode(*text, /*add_special_tokens=*/false);
   } else if (req.prompt_text) {
     if (!codec_) {
@@ -104,10 +106,103 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
   } else {
     r.response.model = req.model;
   }
-  std::vector<int32_t> prompt;
-  if (auto error = tokenize(req, &prompt)) return reply_error(*ex, *error, headers);
+  r.response.id = std::string(chat ? "chatcmpl-" : "cmpl-") + r.id;
+  r.response.created = std::time(nullptr);
+  r.response.chat = chat;
+  r.response.return_token_ids = req.return_token_ids;
+  r.response.continuous_usage = req.continuous_usage;
+  r.exchange = ex;
+  r.arrival = arrival;
+  if (!req.batch.empty()) return start_batch(std::move(r), headers);
 
-  // Route among the workers serving this model.
+  std::vector<int32_t> prompt;
+  bool think_open = false;
+  if (auto error = tokenize(req, &prompt, &think_open)) return reply_error(*ex, *error, headers);
+  if (auto error = launch(r, std::move(prompt))) return reply_error(*ex, *error, headers);
+  if (chat && options_.reasoning != ReasoningFormat::kNone) {
+    r.reasoning.assign(req.sampling.n(), ReasoningParser(options_.reasoning, think_open));
+    for (auto& c : r.choices) c.reasoning.emplace();
+  }
+  if (req.stream) {
+    ex->start_stream(200, "text/event-stream", headers);
+    if (chat) {
+      for (int i = 0; i < req.sampling.n(); ++i) {
+        ex->write(sse_event(stream_chunk(r.response, i, assistant_role_delta(), nullptr, nullptr, nullptr, r.usage)));
+      }
+    }
+  }
+  const std::string id = r.id;
+  active_.emplace(id, std::move(r));
+  ex->on_client_gone([this, id] {
+    auto it = active_.find(id);
+    if (it == active_.end()) return;
+    spdlog::info("event=client_disconnected request_id={}", id);
+    metrics_.add("tandem_client_disconnects_total", "");
+    finish(it->second, /*abort_worker=*/true);
+  });
+}
+
+// A completions request with a list of prompts: each prompt is sent as a request of its own (routed,
+// timed out, rerouted and aborted like any other), sharing the client's exchange; their choices are
+// merged in vLLM's order (batch_choice_index) and the response ends when the last part completes.
+// Every prompt is tokenized before any is sent; a part that cannot be sent (no worker, or a prompt
+// over the context of the worker it was routed to) aborts the ones sent before it.
+void RequestLifecycle::start_batch(Request base, const HttpHeaders& headers) {
+  HttpExchange& ex = *base.exchange;
+  const std::vector<PromptInput> inputs = std::move(base.req.batch);
+  base.req.batch.clear();
+  std::vector<std::vector<int32_t>> prompts(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    GenerationRequest one = base.req;
+    one.prompt_text = inputs[i].text;
+    one.prompt_ids = inputs[i].ids;
+    if (auto error = tokenize(one, &prompts[i], nullptr)) {
+      return reply_error(ex, ApiError::bad_request("prompt[" + std::to_string(i) + "]: " + error->message, "prompt"),
+                         headers);
+    }
+  }
+  auto batch = std::make_shared<Batch>();
+  batch->usage.resize(inputs.size());
+  batch->choices.resize(inputs.size() * base.req.sampling.n());
+  batch->remaining = static_cast<int>(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    Request part;
+    part.id = i == 0 ? base.id : new_request_id(&base.x_request_id);
+    part.x_request_id = base.x_request_id;
+    part.req = base.req;
+    part.req.prompt_text = inputs[i].text;
+    part.req.prompt_ids = inputs[i].ids;
+    part.response = base.response;
+    part.exchange = base.exchange;
+    part.arrival = base.arrival;
+    part.batch = batch;
+    part.batch_prompt = static_cast<int>(i);
+    if (auto error = launch(part, std::move(prompts[i]))) {
+      for (const auto& sent : batch->parts) finish(active_.at(sent), /*abort_worker=*/true);
+      return reply_error(ex, *error, headers);
+    }
+    batch->usage[i] = part.usage;
+    batch->parts.push_back(part.id);
+    active_.emplace(part.id, std::move(part));
+  }
+  if (base.req.stream) ex.start_stream(200, "text/event-stream", headers);
+  ex.on_client_gone([this, batch] {
+    bool any = false;
+    for (const auto& id : batch->parts) {
+      auto it = active_.find(id);
+      if (it == active_.end()) continue;
+      if (!any) spdlog::info("event=client_disconnected request_id={}", id);
+      any = true;
+      finish(it->second, /*abort_worker=*/true);
+    }
+    if (any) metrics_.add("tandem_client_disconnects_total", "");
+  });
+}
+
+// Routes `r` with `prompt` among the workers serving its model and sends it to its decode worker.
+// On success `r` is in flight (assigned to that worker), not yet in active_.
+std::optional<ApiError> RequestLifecycle::launch(Request& r, std::vector<int32_t> prompt) {
+  GenerationRequest& req = r.req;
   const RoutingPool pool = directory_.pool(r.response.model, prompt, /*excluded=*/0);
   const int prompt_len = static_cast<int>(prompt.size());
   const bool disaggregable = req.sampling.n() == 1 && (!req.max_tokens_given || req.sampling.max_tokens() > 1);
@@ -117,11 +212,11 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
     d.prefill = -1;
     d.reason = "prefill_queue_unavailable";
   }
-  if (d.decode < 0) return reply_error(*ex, ApiError::unavailable("no worker that can decode is registered"), headers);
+  if (d.decode < 0) return ApiError::unavailable("no worker that can decode is registered");
   const WorkerKey decoder = pool.keys[d.decode];
   const WorkerKey prefill = d.remote ? pool.keys[d.prefill] : 0;
   const rpc::pb::Register& decoder_info = *directory_.info(decoder);
-  if (auto error = fit_to_model(decoder_info, prompt, &req)) return reply_error(*ex, *error, headers);
+  if (auto error = fit_to_model(decoder_info, prompt, &req)) return error;
   const std::string decoder_id = decoder_info.worker_id();
 
   spdlog::info("event=route request_id={} decision={} reason={} prompt_tokens={} uncached_tokens={} decode_worker={}{}{} "
@@ -140,45 +235,20 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
     directory_.address_remote_prefill(prefill, g);
     g->set_remote_prefill_timeout_ms(options_.remote_prefill_timeout_ms);
   }
-  if (!directory_.send(decoder, env)) {
-    return reply_error(*ex, ApiError::unavailable("decode worker " + decoder_id + " is gone"), headers);
-  }
+  if (!directory_.send(decoder, env)) return ApiError::unavailable("decode worker " + decoder_id + " is gone");
   directory_.note_prompt(decoder, prompt);
   directory_.assign(decoder, r.id);
   if (d.remote) {
     r.remote = true;
     r.prefill_slot = directory_.hold_prefill(prefill);
   }
-  r.response.id = std::string(chat ? "chatcmpl-" : "cmpl-") + r.id;
-  r.response.created = std::time(nullptr);
-  r.response.chat = chat;
-  r.response.return_token_ids = req.return_token_ids;
-  r.response.continuous_usage = req.continuous_usage;
-  r.exchange = ex;
   r.worker = decoder;
   r.generate = std::make_shared<rpc::pb::Envelope>(std::move(env));
   r.usage.prompt_tokens = prompt_len;
   r.choices.resize(req.sampling.n());
-  r.arrival = arrival;
   r.last_activity = Clock::now();
   metrics_.add("vllm:prompt_tokens_total", "", prompt_len);
-  if (req.stream) {
-    ex->start_stream(200, "text/event-stream", headers);
-    if (chat) {
-      for (int i = 0; i < req.sampling.n(); ++i) {
-        ex->write(sse_event(stream_chunk(r.response, i, assistant_role_delta(), nullptr, nullptr, nullptr, r.usage)));
-      }
-    }
-  }
-  const std::string id = r.id;
-  active_.emplace(id, std::move(r));
-  ex->on_client_gone([this, id] {
-    auto it = active_.find(id);
-    if (it == active_.end()) return;
-    spdlog::info("event=client_disconnected request_id={}", id);
-    metrics_.add("tandem_client_disconnects_total", "");
-    finish(it->second, /*abort_worker=*/true);
-  });
+  return std::nullopt;
 }
 
 void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
@@ -227,9 +297,27 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     metrics_.add("vllm:generation_tokens_total", "", num_new);
   }
   r.usage.cached_prompt_tokens = std::max(r.usage.cached_prompt_tokens, out.num_cached_prompt_tokens());
+  if (r.batch) r.batch->usage[r.batch_prompt] = r.usage;
   ChoiceState& c = r.choices[out.index()];
   if (c.finished) return;
-  c.text += out.text();
+  json delta;
+  bool has_text = !out.text().empty();
+  if (!r.reasoning.empty()) {
+    ReasoningParser& parser = r.reasoning[out.index()];
+    ReasoningSplit part = parser.feed(out.text());
+    if (out.finished()) {
+      ReasoningSplit rest = parser.finish();
+      part.reasoning += rest.reasoning;
+      part.content += rest.content;
+    }
+    c.text += part.content;
+    *c.reasoning += part.reasoning;
+    has_text = !part.reasoning.empty() || !part.content.empty();
+    if (r.req.stream) delta = reasoning_delta(part, num_new);
+  } else {
+    c.text += out.text();
+    if (r.req.stream) delta = stream_delta(r.req.chat, out.text(), num_new);
+  }
   c.tokens.insert(c.tokens.end(), out.token_ids().begin(), out.token_ids().end());
   json lp;
   const bool has_lp = r.req.top_logprobs >= 0 && out.logprobs_size() > 0;
@@ -244,10 +332,11 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     reason = c.finish_reason.c_str();
     ++r.num_finished;
   }
-  if (r.req.stream && (num_new > 0 || !out.text().empty() || out.finished())) {
+  if (r.req.stream && (num_new > 0 || has_text || out.finished())) {
     const std::vector<int32_t> ids(out.token_ids().begin(), out.token_ids().end());
-    r.exchange->write(sse_event(stream_chunk(r.response, out.index(), stream_delta(r.req.chat, out.text(), num_new),
-                                             has_lp ? &lp : nullptr, reason, &ids, r.usage)));
+    const int index = r.batch ? batch_choice_index(r.batch_prompt, r.req.sampling.n(), out.index()) : out.index();
+    const TokenUsage usage = r.batch ? sum_usage(r.batch->usage) : r.usage;
+    r.exchange->write(sse_event(stream_chunk(r.response, index, delta, has_lp ? &lp : nullptr, reason, &ids, usage)));
   }
   if (r.num_finished == static_cast<int>(r.choices.size())) complete(r);
 }
@@ -314,12 +403,25 @@ void RequestLifecycle::complete(Request& r) {
   metrics_.histogram("vllm:e2e_request_latency_seconds", "", latency_buckets()).observe(seconds_between(r.arrival, now));
   const std::string reason = r.choices.empty() ? "" : r.choices[0].finish_reason;
   metrics_.add("vllm:request_success_total", labels({{"finished_reason", reason}}));
-  if (r.req.stream) {
-    if (r.req.include_usage) r.exchange->write(sse_event(usage_chunk(r.response, r.usage)));
+  // A part of a batch answers the client only as the last of its parts.
+  const std::vector<ChoiceState>* choices = &r.choices;
+  TokenUsage usage = r.usage;
+  bool respond = true;
+  if (r.batch) {
+    Batch& b = *r.batch;
+    const int n = r.req.sampling.n();
+    for (int i = 0; i < n; ++i) b.choices[batch_choice_index(r.batch_prompt, n, i)] = r.choices[i];
+    b.usage[r.batch_prompt] = r.usage;
+    respond = --b.remaining == 0;
+    choices = &b.choices;
+    usage = sum_usage(b.usage);
+  }
+  if (respond && r.req.stream) {
+    if (r.req.include_usage) r.exchange->write(sse_event(usage_chunk(r.response, usage)));
     r.exchange->write(kSseDone);
     r.exchange->end();
-  } else {
-    const json body = response_body(r.response, r.choices, r.usage, /*with_logprobs=*/r.req.top_logprobs >= 0);
+  } else if (respond) {
+    const json body = response_body(r.response, *choices, usage, /*with_logprobs=*/r.req.top_logprobs >= 0);
     r.exchange->respond(200, "application/json", body.dump(), {{"X-Request-Id", r.x_request_id}});
   }
   spdlog::info("event=request_done request_id={} prompt_tokens={} output_tokens={} remote_prefill={} ttft_ms={:.1f} "
@@ -337,7 +439,10 @@ void RequestLifecycle::fail(const std::string& id, const ApiError& error, bool a
   Request& r = it->second;
   spdlog::warn("event=request_failed request_id={} status={} reason=\"{}\"", id, error.status, error.message);
   metrics_.add("tandem_requests_failed_total", labels({{"status", std::to_string(error.status)}}));
-  if (r.req.stream) {
+  const std::shared_ptr<Batch> batch = r.batch;
+  if (batch && batch->failed) {
+    // The client already has its error (a part failed before and the others were aborted).
+  } else if (r.req.stream) {
     r.exchange->write(sse_event(error_body(error)));
     r.exchange->write(kSseDone);
     r.exchange->end();
@@ -345,6 +450,14 @@ void RequestLifecycle::fail(const std::string& id, const ApiError& error, bool a
     r.exchange->respond(error.status, "application/json", error_body(error), {{"X-Request-Id", r.x_request_id}});
   }
   finish(r, abort_worker);
+  if (batch && !batch->failed) {
+    // One answer per client: the batch's other parts stop with it.
+    batch->failed = true;
+    for (const auto& part : batch->parts) {
+      auto sibling = active_.find(part);
+      if (sibling != active_.end()) finish(sibling->second, /*abort_worker=*/true);
+    }
+  }
 }
 
 // Forgets a request; tells its worker to stop it when it may still be running there.

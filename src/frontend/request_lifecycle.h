@@ -22,6 +22,7 @@
 #include "frontend/openai.h"
 #include "frontend/openai_responses.h"
 #include "frontend/prompt_codec.h"
+#include "frontend/reasoning_parser.h"
 #include "frontend/router.h"
 #include "frontend/worker_directory.h"
 
@@ -31,7 +32,8 @@ struct LifecycleOptions {
   int remote_prefill_timeout_ms = 30000;  // passed to decode workers: then they prefill locally
   int request_timeout_ms = 600000;        // a request with no output for this long fails (504)
   int default_max_tokens = 1024;          // chat requests without max_tokens: min(this, room left)
-  std::string served_model_name;          // "" = the model names workers register with
+  std::vector<std::string> served_model_name;  // empty = the model names workers register with
+  ReasoningFormat reasoning = ReasoningFormat::kNone;  // --reasoning-parser: chat replies split the think block
 };
 
 // Answers `error` as OpenAI does (error_body) and counts it in tandem_http_errors_total.
@@ -59,6 +61,15 @@ class RequestLifecycle {
   size_t num_active() const { return active_.size(); }
 
  private:
+  // The client's side of a batched completions request (several prompts): what its parts share.
+  struct Batch {
+    std::vector<std::string> parts;     // the parts' request ids, by prompt
+    std::vector<ChoiceState> choices;   // every prompt's choices, in response order (batch_choice_index)
+    std::vector<TokenUsage> usage;      // by prompt, as far as each has got
+    int remaining = 0;                  // parts not complete yet
+    bool failed = false;                // the client got an error; the other parts were aborted
+  };
+
   struct Request {
     std::string id;           // the internal request id (unique among live requests)
     std::string x_request_id;
@@ -77,12 +88,18 @@ class RequestLifecycle {
     // or loses before producing anything is sent once to another worker (reroute()).
     std::shared_ptr<rpc::pb::Envelope> generate;
     bool rerouted = false;
+    std::vector<ReasoningParser> reasoning;  // chat with --reasoning-parser: one per choice
+    std::shared_ptr<Batch> batch;            // a part of a batched request; null for a single prompt
+    int batch_prompt = 0;                    // the part's prompt index in the batch
   };
 
   void reply_error(HttpExchange& ex, const ApiError& error, const HttpHeaders& headers);
   std::string new_request_id(const std::string* x_request_id);
-  // The prompt's token ids, or the error to answer.
-  std::optional<ApiError> tokenize(const GenerationRequest& req, std::vector<int32_t>* prompt) const;
+  // The prompt's token ids, or the error to answer. `think_open` (may be null): a chat prompt that
+  // ends inside an open think block.
+  std::optional<ApiError> tokenize(const GenerationRequest& req, std::vector<int32_t>* prompt, bool* think_open) const;
+  std::optional<ApiError> launch(Request& r, std::vector<int32_t> prompt);
+  void start_batch(Request base, const HttpHeaders& headers);
   // Checks the prompt against the decode worker's model and fills in max_tokens when not given.
   std::optional<ApiError> fit_to_model(const rpc::pb::Register& worker, std::span<const int32_t> prompt,
                                        GenerationRequest* req) const;

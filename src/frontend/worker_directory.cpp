@@ -2,6 +2,7 @@
 // directory (see worker_directory.h).
 #include "frontend/worker_directory.h"
 
+#include <algorithm>
 #include <set>
 
 #include "common/error.h"
@@ -27,13 +28,28 @@ std::unique_ptr<WorkerDirectory> make_worker_directory(const DirectoryOptions& o
   return std::make_unique<EtcdDirectory>(options, std::move(gate), std::move(*registry), std::move(queue));
 }
 
-std::vector<std::string> served_models(const WorkerDirectory& directory, const std::string& served_model_name) {
-  if (!served_model_name.empty()) return {served_model_name};
+std::vector<std::string> served_models(const WorkerDirectory& directory,
+                                       const std::vector<std::string>& served_model_name) {
+  if (!served_model_name.empty()) {
+    // In the order given (the first is the default), without repeats.
+    std::vector<std::string> names;
+    for (const auto& n : served_model_name) {
+      if (std::find(names.begin(), names.end(), n) == names.end()) names.push_back(n);
+    }
+    return names;
+  }
   std::set<std::string> names;
   directory.for_each_worker([&](const WorkerView& w) {
-    if (w.routable && w.can_decode()) names.insert(w.info->model());
+    if (!w.routable || !w.can_decode()) return;
+    names.insert(w.info->model());
+    names.insert(w.info->model_aliases().begin(), w.info->model_aliases().end());
   });
   return {names.begin(), names.end()};
+}
+
+bool serves_model(const rpc::pb::Register& worker, const std::string& model) {
+  return worker.model() == model ||
+         std::find(worker.model_aliases().begin(), worker.model_aliases().end(), model) != worker.model_aliases().end();
 }
 
 bool any_decode_worker(const WorkerDirectory& directory) {

@@ -142,7 +142,7 @@ struct DirectoryOptions {
   std::string registry_host = "127.0.0.1";
   uint16_t registry_port = 0;
   int heartbeat_timeout_ms = 5000;
-  std::string served_model_name;       // "" = route by the model names workers register with
+  std::vector<std::string> served_model_name;  // empty = route by the model names workers register with
   std::vector<net::Endpoint> etcd;     // non-empty: the etcd directory
   std::string cluster_namespace = "default";
   std::string frontend_id;
@@ -154,9 +154,14 @@ struct DirectoryOptions {
 // threads to the I/O thread.
 std::unique_ptr<WorkerDirectory> make_worker_directory(const DirectoryOptions& options, std::shared_ptr<PostGate> gate);
 
-// The model names served: `served_model_name` alone when set, else the models of the routable
-// workers that can decode; sorted, without duplicates.
-std::vector<std::string> served_models(const WorkerDirectory& directory, const std::string& served_model_name);
+// The model names served. The frontend's --served-model-name, when given, overrides the workers'
+// names: exactly those names, in the order given, each reaching every routable worker. Otherwise the
+// names the routable workers that can decode registered (their model and its aliases), sorted,
+// without duplicates; a request naming one goes to the workers that registered it.
+std::vector<std::string> served_models(const WorkerDirectory& directory,
+                                       const std::vector<std::string>& served_model_name);
+// True when a worker registered `model` as its name or one of its aliases.
+bool serves_model(const rpc::pb::Register& worker, const std::string& model);
 // True when some routable worker can decode.
 bool any_decode_worker(const WorkerDirectory& directory);
 

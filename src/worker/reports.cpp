@@ -27,6 +27,7 @@ rpc::pb::Envelope Reports::registration() const {
   r->set_worker_id(options.worker_id);
   r->set_role(to_proto(options.role));
   r->set_model(options.model_name);
+  for (const auto& alias : options.model_aliases) r->add_model_aliases(alias);
   r->set_rpc_address(core_->rpc_address);
   r->set_transfer_address(core_->transfer->address());
   const auto& spec = backend.kv_cache_spec();

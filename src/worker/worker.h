@@ -30,6 +30,7 @@ const char* role_name(Role role);
 struct WorkerOptions {
   Role role = Role::kBoth;
   std::string model_name;        // the name the frontend serves it under
+  std::vector<std::string> model_aliases;  // further names requests may use for it
   std::string frontend;          // host:port of the frontend's registry (embedded registry)
   std::string registry;          // "etcd://host:port[,...]": cluster mode; empty = the embedded registry
   std::string cluster_namespace = "default";  // --namespace: keys live under /tandem/<ns>/

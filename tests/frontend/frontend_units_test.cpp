@@ -79,7 +79,12 @@ TEST(OpenAiParse, ErrorsNameTheParameter) {
       {R"({"prompt":"x","logprobs":21})", false, "logprobs"},
       {R"({"prompt":"x","stream_options":{"include_usage":true}})", false, "stream_options"},
       {R"({"prompt":5})", false, "prompt"},
-      {R"({"prompt":["a","b"]})", false, "prompt"},
+      // A list of prompts is served (issue 21); an empty or mixed list is not.
+      {R"({"prompt":[]})", false, "prompt"},
+      {R"({"prompt":["a",[1,2]]})", false, "prompt"},
+      {R"({"prompt":[[1,2],[]]})", false, "prompt"},
+      {R"({"prompt":["a",""]})", false, "prompt"},
+      {R"({"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":[1]})", true, "chat_template_kwargs"},
       {R"({"prompt":"x","model":3})", false, "model"},
       {R"({"messages":[{"role":"wizard","content":"x"}]})", true, "messages[0].role"},
       {R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":2})", true, "top_logprobs"},

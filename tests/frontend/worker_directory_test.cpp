@@ -136,8 +136,8 @@ TEST_F(EmbeddedDirectoryTest, RegisteredWorkerIsRoutableAndCountsWhatWasAssigned
   worker.register_as("d1", rpc::pb::ROLE_DECODE);
   ASSERT_TRUE(io_.run_until([&] { return any_decode_worker(*directory_); }));
   ASSERT_TRUE(io_.run_until([&] { return worker.num_received() == 1; }));  // the register ack
-  EXPECT_EQ(served_models(*directory_, ""), std::vector<std::string>{"m"});
-  EXPECT_EQ(served_models(*directory_, "alias"), std::vector<std::string>{"alias"});
+  EXPECT_EQ(served_models(*directory_, {}), std::vector<std::string>{"m"});
+  EXPECT_EQ(served_models(*directory_, {"alias"}), std::vector<std::string>{"alias"});
   const WorkerKey key = key_of("d1");
   EXPECT_EQ(directory_->info(key)->rpc_address(), "d1:9");
 
