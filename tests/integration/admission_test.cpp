@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <thread>
 
@@ -277,6 +278,36 @@ TEST(AdmissionServing, RequestTimeout_EndsTheStreamAndFreesBlocksEverywhere) {
   // Without the Abort the decode worker would hold its blocks for 1000 steps of 50 ms.
   EXPECT_TRUE(cluster.wait_no_leaked_blocks(5000));
   EXPECT_LT(Clock::now() - start, std::chrono::seconds(8));
+}
+
+// `tandem serve` hands its keys to its frontend (through the environment), and the bench client sends
+// $OPENAI_API_KEY as its bearer token: the two work together.
+TEST(AdmissionServing, ServeWithKeys_BenchClientSendsOpenaiApiKey) {
+  char tmpl[] = "/tmp/tandem-admission-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  const int port = free_port();
+  Process serve({tandem_binary(), "serve", "--engine", "fake", "--model", "random:tiny-qwen3", "--num-prefill-workers", "0",
+                 "--threads", "1", "--port", std::to_string(port), "--api-key", "sk-serve-1", "--api-key", "sk-serve-2"},
+                dir + "/serve.log");
+  ASSERT_TRUE(eventually([&] { return http(port, "GET", "/health", "", {}, 1000).status == 200; }, 60000))
+      << shell("cat " + dir + "/serve.log");
+  EXPECT_EQ(http(port, "GET", "/v1/models").status, 401);
+  EXPECT_EQ(http(port, "GET", "/v1/models", "", {{"Authorization", "Bearer sk-serve-2"}}).status, 200);
+  // The keys are on no process's command line but the supervisor's own ("[f]": grep's own line
+  // does not match).
+  EXPECT_NE(shell("ps -eo args | grep -c '[f]rontend --host 127.0.0.1 --port " + std::to_string(port) + "'"), "0");
+  EXPECT_EQ(shell("ps -eo args | grep -c '[f]rontend --host.*sk-serve'"), "0");
+  const std::string bench = tandem_binary() + " bench serve --port " + std::to_string(port) +
+                            " --tokenizer builtin:words --random-input-len 16 --random-output-len 4 --num-prompts 8"
+                            " --num-warmups 0 --progress none --no-server-metrics 2>&1";
+  const std::string with_key = shell("OPENAI_API_KEY=sk-serve-1 " + bench);
+  EXPECT_NE(with_key.find("Successful requests:                     8"), std::string::npos) << with_key;
+  EXPECT_NE(with_key.find("Failed requests:                         0"), std::string::npos) << with_key;
+  int status = 0;
+  shell("OPENAI_API_KEY=wrong " + bench, &status);
+  EXPECT_NE(status, 0);
+  serve.terminate();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
