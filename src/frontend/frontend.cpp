@@ -169,7 +169,8 @@ Frontend::Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec) 
     const HttpServerOptions& http = impl->options.http;
     impl->metrics.add("tandem_http_errors_total", labels({{"status", std::to_string(status)}}));
     const ApiError error =
-        status == 413   ? ApiError::too_large("the request body is over the limit of " + std::to_string(http.max_body_bytes) + " bytes")
+        status == 413   ? ApiError::too_large("the request body is over the limit of " +
+                                              std::to_string(http.max_body_bytes) + " bytes")
         : status == 431 ? ApiError::header_too_large("the request's headers are over the limit of " +
                                                      std::to_string(http.max_header_bytes) + " bytes")
                         : ApiError::unavailable("the server has too many open connections; retry later");

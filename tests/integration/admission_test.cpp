@@ -64,7 +64,9 @@ class RawConnection {
   }
   bool ok() const { return fd_ >= 0; }
   // False once the server has closed the connection (or on any error).
-  bool send(const std::string& data) { return ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size()); }
+  bool send(const std::string& data) {
+    return ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());
+  }
   // What the server sends until it closes the connection or `timeout_ms` passes; `closed` tells which.
   std::string read_until_closed(int timeout_ms, bool* closed) {
     std::string out;
