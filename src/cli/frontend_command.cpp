@@ -1,13 +1,16 @@
 // `tandem frontend`: the OpenAI-compatible HTTP server with the embedded worker registry.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
+#include <cstdlib>
 
 #include "cli/commands.h"
 #include "cli/signals.h"
 #include "cluster/etcd.h"
 #include "common/error.h"
+#include "frontend/auth.h"
 #include "frontend/frontend.h"
 
 namespace tandem::cli {
@@ -22,7 +25,13 @@ struct FrontendCommandOptions {
   size_t max_body_bytes = 16u << 20;
   int drain_timeout_ms = 30000;
   std::string reasoning_parser;
+  std::vector<std::string> api_keys;  // --api-key values; else TANDEM_API_KEY
+  double header_timeout_s = 10;
+  double idle_timeout_s = 60;
+  double request_timeout_s = 0;
 };
+
+int to_ms(double seconds) { return static_cast<int>(std::min(seconds * 1000.0, 2e9)); }
 
 }  // namespace
 
@@ -51,6 +60,22 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--request-timeout-ms", f.request_timeout_ms, "Fail a request with no output for this long")->capture_default_str();
   cmd->add_option("--default-max-tokens", f.default_max_tokens, "Chat max_tokens when the request has none")->capture_default_str();
   cmd->add_option("--max-body-bytes", o->max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+  cmd->add_option("--max-header-bytes", f.http.max_header_bytes, "Larger request line + headers get 431")->capture_default_str();
+  cmd->add_option("--http-header-timeout-s", o->header_timeout_s,
+                  "Close a connection whose request header is not complete this long after its first byte (or the accept)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--http-idle-timeout-s", o->idle_timeout_s, "Close a keep-alive connection idle this long; a body must arrive within it")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-connections", f.http.max_connections, "Open HTTP connections beyond which new ones get 503 (0 = no limit)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--api-key", o->api_keys,
+                  "Require Authorization: Bearer KEY on /v1/* (repeatable: any of the keys; default $TANDEM_API_KEY, "
+                  "comma-separated)");
+  cmd->add_option("--max-pending-requests", f.max_pending_requests, "Requests in flight beyond which new ones get 429 (0 = no limit)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--request-timeout-s", o->request_timeout_s,
+                  "Fail a request (an error event on a stream) not done this long after it arrived, and abort it on its worker (0 = none)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--drain-timeout-ms", o->drain_timeout_ms, "On SIGTERM, wait this long for running requests")->capture_default_str();
   cmd->add_option("--ready-file", f.ready_file, "Write {http_port, registry_port} here once listening");
   return [o]() {
@@ -80,6 +105,12 @@ Runner add_frontend_command(CLI::App& app) {
     o->options.reasoning = *reasoning;
     o->options.http.port = static_cast<uint16_t>(o->port);
     o->options.http.max_body_bytes = o->max_body_bytes;
+    o->options.http.header_timeout_ms = std::max(1, to_ms(o->header_timeout_s));
+    o->options.http.idle_timeout_ms = std::max(1, to_ms(o->idle_timeout_s));
+    o->options.request_deadline_ms = o->request_timeout_s > 0 ? std::max(1, to_ms(o->request_timeout_s)) : 0;
+    auto keys = frontend::resolve_api_keys(o->api_keys, std::getenv("TANDEM_API_KEY"));
+    if (!keys.ok()) throw Error(keys.status().message());
+    o->options.api_keys = std::move(*keys);
     o->options.registry_port = static_cast<uint16_t>(o->registry_port);
     std::unique_ptr<frontend::PromptCodec> codec;
     if (!o->tokenizer.empty()) codec = frontend::load_prompt_codec(o->tokenizer);

@@ -30,6 +30,7 @@
 #include "common/error.h"
 #include "cli/serve_layout.h"
 #include "common/socket.h"
+#include "frontend/auth.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -66,6 +67,10 @@ struct ServeOptions {
   std::vector<std::string> worker_args;
   std::vector<std::string> served_model_name;  // passed to the workers, who register these names
   std::string reasoning_parser;                // passed to the frontend
+  std::vector<std::string> frontend_args;
+  std::vector<std::string> api_keys;  // to the frontend through its environment, never its argv
+  int max_pending_requests = 0;
+  double request_timeout_s = 0;
 };
 
 struct Child {
@@ -113,7 +118,17 @@ fs::path demo_model(const std::string& cache_flag) {
 
 std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
 
-pid_t spawn(const std::vector<std::string>& argv) {
+// Starts argv[0] in its own process group; `env`, when given, replaces the environment it inherits.
+pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>* env = nullptr) {
+  // Built before fork: the child may only make async-signal-safe calls until it execs.
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  std::vector<char*> envp;
+  if (env) {
+    for (const auto& e : *env) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+  }
   pid_t pid = fork();
   if (pid < 0) throw Error(std::string("fork failed: ") + std::strerror(errno));
   if (pid == 0) {
@@ -125,10 +140,11 @@ pid_t spawn(const std::vector<std::string>& argv) {
     pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
     setpgid(0, 0);                          // Ctrl-C goes to the supervisor, which stops us in order
     prctl(PR_SET_PDEATHSIG, SIGTERM);       // and if the supervisor dies, we follow
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
+    if (env) {
+      execve(args[0], args.data(), envp.data());
+    } else {
+      execv(args[0], args.data());
+    }
     std::fprintf(stderr, "tandem serve: exec %s failed: %s\n", args[0], std::strerror(errno));
     _exit(127);
   }
@@ -183,6 +199,14 @@ Runner add_serve_command(CLI::App& app) {
                   "Model names clients use, one or more (default: the model directory's name)");
   cmd->add_option("--reasoning-parser", o->reasoning_parser,
                   "Split <think>...</think> into reasoning_content: qwen3 or deepseek_r1 (default: none)");
+  cmd->add_option("--api-key", o->api_keys,
+                  "Require Authorization: Bearer KEY on /v1/* (repeatable; default $TANDEM_API_KEY, comma-separated)");
+  cmd->add_option("--max-pending-requests", o->max_pending_requests, "Requests in flight beyond which new ones get 429 (0 = no limit)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--request-timeout-s", o->request_timeout_s,
+                  "Fail a request not done this long after it arrived, and abort it on its worker (0 = none)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--frontend-arg", o->frontend_args, "Extra flag passed to the frontend (repeatable), e.g. --frontend-arg=--max-connections=1000");
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
   return [o]() {
     // Before any thread starts (make-model uses OpenMP), so that every thread blocks the signals.
@@ -228,7 +252,29 @@ Runner add_serve_command(CLI::App& app) {
       frontend.argv.push_back(tokenizer_dir);
     }
     if (!o->reasoning_parser.empty()) frontend.argv.insert(frontend.argv.end(), {"--reasoning-parser", o->reasoning_parser});
-    frontend.pid = spawn(frontend.argv);
+    if (o->max_pending_requests > 0) {
+      frontend.argv.insert(frontend.argv.end(), {"--max-pending-requests", std::to_string(o->max_pending_requests)});
+    }
+    if (o->request_timeout_s > 0) {
+      char seconds[32];
+      std::snprintf(seconds, sizeof(seconds), "%g", o->request_timeout_s);
+      frontend.argv.insert(frontend.argv.end(), {"--request-timeout-s", seconds});
+    }
+    for (const auto& a : o->frontend_args) frontend.argv.push_back(a);
+    // The keys reach the frontend as TANDEM_API_KEY, so that they show in no process list; checked
+    // here first, so that a bad one is reported before anything starts.
+    auto api_keys = frontend::resolve_api_keys(o->api_keys, std::getenv("TANDEM_API_KEY"));
+    if (!api_keys.ok()) throw Error(api_keys.status().message());
+    std::vector<std::string> frontend_env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::strncmp(*e, "TANDEM_API_KEY=", 15) != 0) frontend_env.emplace_back(*e);
+    }
+    if (!api_keys->empty()) {
+      std::string joined;
+      for (const auto& key : *api_keys) joined += (joined.empty() ? "" : ",") + key;
+      frontend_env.push_back("TANDEM_API_KEY=" + joined);
+    }
+    frontend.pid = spawn(frontend.argv, &frontend_env);
     int registry_port = 0;
     for (int i = 0; i < 300 && registry_port == 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -329,8 +375,10 @@ Runner add_serve_command(CLI::App& app) {
                     o->engine == "fake" ? "fake engine" : layout_text.c_str());
         std::printf("Try:\n  curl %s/v1/chat/completions -H 'Content-Type: application/json' \\\n"
                     "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 32}'\n"
+                    "%s"
                     "Metrics: %s/metrics   Stop: Ctrl-C\n\n",
-                    url.c_str(), url.c_str());
+                    url.c_str(), api_keys->empty() ? "" : "  (with an API key: add -H 'Authorization: Bearer <key>')\n",
+                    url.c_str());
         std::fflush(stdout);
       }
       int status = 0;

@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "frontend/admission.h"
+#include "frontend/auth.h"
 #include "frontend/metrics.h"
 #include "frontend/openai.h"
 #include "frontend/post_gate.h"
@@ -42,6 +44,7 @@ LifecycleOptions lifecycle_options(const FrontendOptions& o) {
   LifecycleOptions l;
   l.remote_prefill_timeout_ms = o.remote_prefill_timeout_ms;
   l.request_timeout_ms = o.request_timeout_ms;
+  l.request_deadline_ms = o.request_deadline_ms;
   l.default_max_tokens = o.default_max_tokens;
   l.served_model_name = o.served_model_name;
   l.reasoning = o.reasoning;
@@ -57,6 +60,8 @@ struct Frontend::Impl {
   // Threads that may outlive run() post through it only while the I/O context exists.
   std::shared_ptr<PostGate> gate = std::make_shared<PostGate>();
   Metrics metrics;
+  ApiKeys api_keys;
+  std::unique_ptr<Admission> admission;
   std::unique_ptr<WorkerDirectory> directory;
   std::unique_ptr<RequestLifecycle> requests;
   Clock::time_point drain_deadline;
@@ -93,8 +98,16 @@ struct Frontend::Impl {
     const HttpRequest& req = ex->request();
     const std::string& path = req.path;
     metrics.add("tandem_http_requests_total", "");
+    if (path.rfind("/v1/", 0) == 0) {
+      // The admin route takes its own token as a key too: one Authorization header carries either.
+      const std::string& admin = path == "/v1/tandem/router" ? options.admin_token : std::string();
+      if (auto error = api_keys.check(req, admin)) return respond_error(*ex, metrics, *error, unauthorized_headers());
+    }
     if (path == "/v1/completions" || path == "/v1/chat/completions") {
       if (req.method != "POST") return reply_error(*ex, ApiError::method_not_allowed("use POST for " + path));
+      if (auto error = admission->admit(requests->num_active())) {
+        return respond_error(*ex, metrics, *error, admission->rejection_headers());
+      }
       return requests->start(std::move(ex), path == "/v1/chat/completions");
     }
     if (path == "/health") {
@@ -107,6 +120,7 @@ struct Frontend::Impl {
     }
     if (path == "/v1/models" && req.method == "GET") return handle_models(*ex);
     if (path == "/metrics" && req.method == "GET") {
+      metrics.set("tandem_http_connections", "", http->num_connections());
       return ex->respond(200, "text/plain; version=0.0.4; charset=utf-8",
                          render_serving_metrics(metrics, *directory, requests->num_active(), options.router), {});
     }
@@ -151,14 +165,23 @@ Frontend::Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec) 
   Impl* impl = impl_.get();
   impl->options = std::move(options);
   impl->codec = std::move(codec);
+  HttpServerHooks hooks;
+  hooks.refusal = [impl](int status) {
+    const HttpServerOptions& http = impl->options.http;
+    impl->metrics.add("tandem_http_errors_total", labels({{"status", std::to_string(status)}}));
+    const ApiError error =
+        status == 413   ? ApiError::too_large("the request body is over the limit of " +
+                                              std::to_string(http.max_body_bytes) + " bytes")
+        : status == 431 ? ApiError::header_too_large("the request's headers are over the limit of " +
+                                                     std::to_string(http.max_header_bytes) + " bytes")
+                        : ApiError::unavailable("the server has too many open connections; retry later");
+    return std::make_pair(error_body(error), std::string("application/json"));
+  };
+  hooks.on_limit = [impl](const char* reason) {
+    impl->metrics.add("tandem_http_connections_closed_total", labels({{"reason", reason}}));
+  };
   impl->http = std::make_unique<HttpServer>(
-      impl->options.http, [impl](std::shared_ptr<HttpExchange> ex) { impl->handle(std::move(ex)); },
-      [impl] {
-        impl->metrics.add("tandem_http_errors_total", labels({{"status", "413"}}));
-        return std::make_pair(error_body(ApiError::too_large("the request body is over the limit of " +
-                                                             std::to_string(impl->options.http.max_body_bytes) + " bytes")),
-                              std::string("application/json"));
-      });
+      impl->options.http, [impl](std::shared_ptr<HttpExchange> ex) { impl->handle(std::move(ex)); }, std::move(hooks));
   impl->gate->io = &impl->http->executor();
   if (impl->options.frontend_id.empty()) {
     char host[256] = {};
@@ -166,6 +189,10 @@ Frontend::Frontend(FrontendOptions options, std::unique_ptr<PromptCodec> codec) 
     impl->options.frontend_id = std::string(host) + "-" + std::to_string(getpid());
   }
   describe_serving_metrics(impl->metrics);
+  impl->api_keys = ApiKeys(impl->options.api_keys);
+  AdmissionOptions admission;
+  admission.max_pending_requests = impl->options.max_pending_requests;
+  impl->admission = std::make_unique<Admission>(admission, impl->metrics);
   impl->directory = make_worker_directory(directory_options(impl->options), impl->gate);
   impl->requests = std::make_unique<RequestLifecycle>(lifecycle_options(impl->options), impl->options.router,
                                                       *impl->directory, impl->metrics, impl->codec.get());
@@ -201,6 +228,7 @@ void Frontend::run() {
     }
     std::filesystem::rename(tmp, impl->options.ready_file);
   }
+  if (impl->api_keys.enabled()) spdlog::info("event=api_keys_required count={}", impl->api_keys.size());
   spdlog::info("event=frontend_listening frontend_id={} http_port={} registry_port={} registry={}",
                impl->options.frontend_id, http_port(), registry_port(), impl->directory->description());
   impl->http->run();

@@ -32,6 +32,7 @@ struct FrontendOptions {
   int heartbeat_timeout_ms = 5000;     // a worker silent this long is dropped
   int remote_prefill_timeout_ms = 30000;  // passed to decode workers: then they prefill locally
   int request_timeout_ms = 600000;     // a request with no output for this long fails (504)
+  int request_deadline_ms = 0;         // a request not done this long after arrival fails (504); 0 = none
   int default_max_tokens = 1024;       // chat requests without max_tokens: min(this, room left)
   // --served-model-name: the names /v1/models lists and requests may use, each routed to every
   // worker; empty = the names workers register with.
@@ -49,6 +50,10 @@ struct FrontendOptions {
   // POST /v1/tandem/router: with a token, from anywhere with "Authorization: Bearer <token>";
   // without one, only from loopback clients.
   std::string admin_token;
+  // Admission (auth.h, admission.h): with keys, every /v1/* request needs "Authorization: Bearer
+  // <one of them>"; beyond max_pending_requests in flight (0 = no limit), new ones get 429.
+  std::vector<std::string> api_keys;
+  int max_pending_requests = 0;
 };
 
 class Frontend {

@@ -57,23 +57,43 @@ class Executor {
 
 using HttpHandler = std::function<void(std::shared_ptr<HttpExchange>)>;
 
+// The limits that keep one client from holding the server (issue 20): each is a flag of `tandem
+// frontend` (docs/serving.md, "Limits and keys").
 struct HttpServerOptions {
   std::string host = "0.0.0.0";
   uint16_t port = 8000;
-  size_t max_body_bytes = 16u << 20;  // larger bodies get 413
-  int idle_timeout_ms = 60000;        // a keep-alive connection idle this long is closed
+  size_t max_body_bytes = 16u << 20;    // larger bodies get 413
+  size_t max_header_bytes = 16u << 10;  // a larger request line + headers get 431
+  // A request's header must be complete this long after its first byte, or, for a connection's first
+  // request, after the connection was accepted; else the connection is closed (a slowloris client
+  // sending a byte at a time, or connecting and sending nothing, holds it no longer).
+  int header_timeout_ms = 10000;
+  // A keep-alive connection idle this long between requests is closed; a body must arrive within it too.
+  int idle_timeout_ms = 60000;
+  // Connections beyond this many open ones are answered 503 and closed at once; 0 = no limit.
+  int max_connections = 8192;
+};
+
+// What the server answers or closes by itself, before any handler sees a request.
+struct HttpServerHooks {
+  // The body (and its content type) of an error the server answers itself: 413 (body too large), 431
+  // (header too large), 503 (too many connections).
+  std::function<std::pair<std::string, std::string>(int status)> refusal;
+  // A connection closed by a limit: "body_too_large", "header_too_large", "header_timeout",
+  // "body_timeout", "max_connections". May be empty.
+  std::function<void(const char* reason)> on_limit;
 };
 
 // Asynchronous HTTP/1.1 server (Boost.Beast) on one I/O thread.
 class HttpServer {
  public:
   // Binds now (throws tandem::Error naming the address if it cannot); serves once run() is called.
-  // `too_large` renders the 413 response for a body over the limit (body, content type).
-  HttpServer(const HttpServerOptions& options, HttpHandler handler,
-             std::function<std::pair<std::string, std::string>()> too_large);
+  HttpServer(const HttpServerOptions& options, HttpHandler handler, HttpServerHooks hooks);
   ~HttpServer();
   uint16_t port() const;
   Executor& executor();
+  // Connections open now (I/O thread only).
+  int num_connections() const;
   // Serves on the calling thread until stop().
   void run();
   // Thread-safe.

@@ -1,7 +1,8 @@
 // Asynchronous HTTP/1.1 server on Boost.Beast with C++20 coroutines (see http.h). One coroutine per
 // connection: read a request, hand it to the handler, then pump whatever the handler queues on the
 // exchange (a whole response, or SSE chunks) to the socket, while a pending one-byte read notices a
-// client that goes away mid-response.
+// client that goes away mid-response. The limits of HttpServerOptions are enforced here: header and
+// body sizes (431, 413), the header and idle timeouts, and the number of open connections (503).
 #include <utility>  // before Asio's awaitable headers (Boost 1.74 with g++ 12)
 
 #include <boost/asio/co_spawn.hpp>
@@ -17,7 +18,10 @@
 #include <boost/beast/http.hpp>
 
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <deque>
 
 #include "common/error.h"
@@ -120,10 +124,21 @@ class IoExecutor : public Executor {
 struct HttpServer::Impl {
   HttpServerOptions options;
   HttpHandler handler;
-  std::function<std::pair<std::string, std::string>()> too_large;
+  HttpServerHooks hooks;
+  // Before `io`: the sessions' frames, destroyed with it, decrement these.
+  int connections = 0;  // sessions open
+  int refusing = 0;     // connections being answered 503 over max_connections
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
   IoExecutor executor{io};
+
+  // The most connections refused with an answer at once; beyond it a flood is closed unanswered.
+  static constexpr int kMaxRefusing = 256;
+
+  void limit_hit(const char* reason) {
+    spdlog::debug("event=http_limit reason={}", reason);
+    if (hooks.on_limit) hooks.on_limit(reason);
+  }
 
   awaitable<void> write_whole(beast::tcp_stream& stream, const Item& item, bool keep_alive,
                               boost::system::error_code& ec) {
@@ -137,23 +152,45 @@ struct HttpServer::Impl {
     co_await http::async_write(stream, res, redirect_error(use_awaitable, ec));
   }
 
-  // Answers 413 without reading the body, then drains it briefly so the client sees the answer
-  // rather than a reset.
-  awaitable<void> refuse_too_large(beast::tcp_stream& stream) {
-    auto [body, content_type] = too_large();
-    Item item{Item::kWhole, 413, content_type, body, {}};
+  // Answers an error the server decides by itself (hooks.refusal) without reading the request on,
+  // then drains what the client still sends for a moment, so that it sees the answer rather than a
+  // reset. The write is bounded too: a client that reads nothing cannot hold the connection.
+  awaitable<void> refuse(beast::tcp_stream& stream, int status, std::chrono::milliseconds drain) {
+    auto [body, content_type] = hooks.refusal(status);
+    HttpHeaders headers;
+    if (status == 503) headers.emplace_back("Retry-After", "1");
+    Item item{Item::kWhole, status, content_type, body, headers};
     boost::system::error_code ec;
+    stream.expires_after(drain);
     co_await write_whole(stream, item, false, ec);
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
     char scratch[65536];
     size_t drained = 0;
-    stream.expires_after(std::chrono::seconds(2));
+    stream.expires_after(drain);
     while (!ec && drained < (256u << 20)) {
       drained += co_await stream.async_read_some(asio::buffer(scratch), redirect_error(use_awaitable, ec));
     }
   }
 
+  // A connection over max_connections: 503 at once.
+  awaitable<void> refuse_connection(tcp::socket socket) {
+    ++refusing;
+    struct Release {
+      int& n;
+      ~Release() { --n; }
+    } release{refusing};
+    beast::tcp_stream stream(std::move(socket));
+    co_await refuse(stream, 503, std::chrono::seconds(1));
+    boost::system::error_code ec;
+    stream.socket().close(ec);
+  }
+
   awaitable<void> session(tcp::socket socket) {
+    ++connections;
+    struct Release {
+      int& n;
+      ~Release() { --n; }
+    } release{connections};
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
     asio::steady_timer wake(io);
@@ -167,23 +204,52 @@ struct HttpServer::Impl {
                                 asio::ip::make_address_v4(asio::ip::v4_mapped, remote.address().to_v6()).is_loopback());
       ec = {};
     }
-    while (true) {
+    // The first request's header is due header_timeout_ms after the accept: a client that connects
+    // and sends nothing, or a byte at a time, is closed then.
+    stream.expires_after(std::chrono::milliseconds(options.header_timeout_ms));
+    for (bool first = true;; first = false) {
       http::request_parser<http::string_body> parser;
       parser.body_limit(options.max_body_bytes);
-      stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+      parser.header_limit(static_cast<uint32_t>(std::min<size_t>(options.max_header_bytes, UINT32_MAX)));
+      if (!first) {
+        if (buffer.size() == 0) {
+          // Between requests: idle until the next one's first byte (a timeout or a close here is the
+          // ordinary end of a keep-alive connection).
+          stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+          const size_t n = co_await stream.async_read_some(buffer.prepare(4096), redirect_error(use_awaitable, ec));
+          if (ec) break;
+          buffer.commit(n);
+        }
+        stream.expires_after(std::chrono::milliseconds(options.header_timeout_ms));
+      }
       co_await http::async_read_header(stream, buffer, parser, redirect_error(use_awaitable, ec));
+      if (ec == beast::error::timeout) {
+        limit_hit("header_timeout");
+        break;
+      }
+      if (ec == http::error::header_limit) {
+        limit_hit("header_too_large");
+        co_await refuse(stream, 431, std::chrono::seconds(2));
+        break;
+      }
       // Beast refuses a Content-Length over the limit while parsing the header.
       if (ec == http::error::body_limit ||
           (!ec && parser.content_length() && *parser.content_length() > options.max_body_bytes)) {
-        stream.expires_never();
-        co_await refuse_too_large(stream);
+        limit_hit("body_too_large");
+        co_await refuse(stream, 413, std::chrono::seconds(2));
         break;
       }
       if (ec) break;
+      stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
       co_await http::async_read(stream, buffer, parser, redirect_error(use_awaitable, ec));
       stream.expires_never();
       if (ec == http::error::body_limit) {
-        co_await refuse_too_large(stream);
+        limit_hit("body_too_large");
+        co_await refuse(stream, 413, std::chrono::seconds(2));
+        break;
+      }
+      if (ec == beast::error::timeout) {
+        limit_hit("body_timeout");
         break;
       }
       if (ec) break;
@@ -287,12 +353,26 @@ struct HttpServer::Impl {
   }
 
   awaitable<void> accept_loop() {
+    asio::steady_timer backoff(io);
+    auto last_warning = std::chrono::steady_clock::time_point();
     while (true) {
       boost::system::error_code ec;
       tcp::socket socket = co_await acceptor.async_accept(redirect_error(use_awaitable, ec));
       if (ec) {
         if (!acceptor.is_open()) co_return;
+        // Out of descriptors (EMFILE) leaves the connection queued: retrying at once would spin.
+        if (std::chrono::steady_clock::now() - last_warning > std::chrono::seconds(10)) {
+          last_warning = std::chrono::steady_clock::now();
+          spdlog::warn("event=http_accept_failed error=\"{}\" connections={}", ec.message(), connections);
+        }
+        backoff.expires_after(std::chrono::milliseconds(50));
+        co_await backoff.async_wait(redirect_error(use_awaitable, ec));
         continue;
+      }
+      if (options.max_connections > 0 && connections >= options.max_connections) {
+        limit_hit("max_connections");
+        if (refusing < kMaxRefusing) asio::co_spawn(io, refuse_connection(std::move(socket)), asio::detached);
+        continue;  // else the socket closes here, unanswered
       }
       socket.set_option(tcp::no_delay(true), ec);
       asio::co_spawn(io, session(std::move(socket)), asio::detached);
@@ -300,12 +380,40 @@ struct HttpServer::Impl {
   }
 };
 
-HttpServer::HttpServer(const HttpServerOptions& options, HttpHandler handler,
-                       std::function<std::pair<std::string, std::string>()> too_large)
+namespace {
+
+// The descriptors max_connections needs, with room for the worker connections and the rest: the
+// soft limit is raised toward the hard one when short, else the connection limit is lowered to fit.
+int fit_connections_to_descriptors(int max_connections) {
+  constexpr rlim_t kHeadroom = 256;
+  if (max_connections <= 0) return max_connections;
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return max_connections;
+  const rlim_t wanted = static_cast<rlim_t>(max_connections) + kHeadroom;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max == RLIM_INFINITY ? wanted : std::min(wanted, limit.rlim_max);
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < wanted) {
+    const int fitted = static_cast<int>(std::max<rlim_t>(16, limit.rlim_cur > 2 * kHeadroom ? limit.rlim_cur - kHeadroom
+                                                                                            : limit.rlim_cur / 2));
+    spdlog::warn("event=http_max_connections_lowered requested={} effective={} open_files_limit={} (raise ulimit -n "
+                 "or lower --max-connections)",
+                 max_connections, fitted, static_cast<unsigned long long>(limit.rlim_cur));
+    return fitted;
+  }
+  return max_connections;
+}
+
+}  // namespace
+
+HttpServer::HttpServer(const HttpServerOptions& options, HttpHandler handler, HttpServerHooks hooks)
     : impl_(std::make_unique<Impl>()) {
   impl_->options = options;
+  impl_->options.max_connections = fit_connections_to_descriptors(options.max_connections);
   impl_->handler = std::move(handler);
-  impl_->too_large = std::move(too_large);
+  impl_->hooks = std::move(hooks);
   boost::system::error_code ec;
   auto address = asio::ip::make_address(options.host, ec);
   if (ec) throw Error("--host: '" + options.host + "' is not an IP address");
@@ -324,6 +432,8 @@ HttpServer::~HttpServer() = default;
 uint16_t HttpServer::port() const { return impl_->acceptor.local_endpoint().port(); }
 
 Executor& HttpServer::executor() { return impl_->executor; }
+
+int HttpServer::num_connections() const { return impl_->connections; }
 
 void HttpServer::run() {
   asio::co_spawn(impl_->io, impl_->accept_loop(), asio::detached);

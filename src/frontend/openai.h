@@ -38,6 +38,10 @@ struct ApiError {
   static ApiError too_large(std::string message, std::string param = "") {  // 413
     return {413, std::move(message), std::move(param), ""};
   }
+  static ApiError too_many_requests(std::string message) {  // 429, as OpenAI's rate limits
+    return {429, std::move(message), "", "rate_limit_exceeded"};
+  }
+  static ApiError header_too_large(std::string message) { return {431, std::move(message), "", ""}; }  // 431
   static ApiError unavailable(std::string message) { return {503, std::move(message), "", ""}; }  // 503
   static ApiError timeout(std::string message) { return {504, std::move(message), "", ""}; }       // 504
   // The status a worker's (or any tandem) StatusCode maps to (http_status()).

@@ -355,12 +355,22 @@ void RequestLifecycle::on_worker_lost(WorkerKey worker, const std::string& name,
 }
 
 void RequestLifecycle::expire_stalled(Clock::time_point now) {
-  std::vector<std::string> stalled;
+  std::vector<std::string> stalled, late;
+  const auto deadline = std::chrono::milliseconds(options_.request_deadline_ms);
   for (auto& [id, r] : active_) {
-    if (now - r.last_activity > std::chrono::milliseconds(options_.request_timeout_ms)) stalled.push_back(id);
+    if (options_.request_deadline_ms > 0 && now - r.arrival > deadline) {
+      late.push_back(id);
+    } else if (now - r.last_activity > std::chrono::milliseconds(options_.request_timeout_ms)) {
+      stalled.push_back(id);
+    }
   }
   for (const auto& id : stalled) {
     fail(id, ApiError::timeout("no output from the worker for " + std::to_string(options_.request_timeout_ms) + " ms"),
+         /*abort_worker=*/true);
+  }
+  for (const auto& id : late) {
+    fail(id, ApiError::timeout("the request ran past its deadline of " + std::to_string(options_.request_deadline_ms) +
+                               " ms (--request-timeout-s)"),
          /*abort_worker=*/true);
   }
 }

@@ -31,6 +31,7 @@ namespace tandem::frontend {
 struct LifecycleOptions {
   int remote_prefill_timeout_ms = 30000;  // passed to decode workers: then they prefill locally
   int request_timeout_ms = 600000;        // a request with no output for this long fails (504)
+  int request_deadline_ms = 0;            // a request not done this long after arrival fails (504); 0 = none
   int default_max_tokens = 1024;          // chat requests without max_tokens: min(this, room left)
   std::vector<std::string> served_model_name;  // empty = the model names workers register with
   ReasoningFormat reasoning = ReasoningFormat::kNone;  // --reasoning-parser: chat replies split the think block
@@ -52,7 +53,8 @@ class RequestLifecycle {
   void on_output(WorkerKey worker, const rpc::pb::Output& output);
   void on_worker_lost(WorkerKey worker, const std::string& name, const Status& reason,
                       const std::vector<std::string>& requests);
-  // Fails (504) the requests without output for request_timeout_ms by `now`.
+  // Fails (504, or an error event on a stream) the requests without output for request_timeout_ms by
+  // `now`, and those past their deadline (request_deadline_ms after arrival), aborting them on their worker.
   void expire_stalled(Clock::time_point now);
 
   // New requests get 503 from here on; the running ones go on.

@@ -71,6 +71,11 @@ void describe_serving_metrics(Metrics& metrics) {
   metrics.describe("tandem_kv_transfer_bytes_total", "counter", "KV bytes moved from prefill to decode workers.");
   metrics.describe("tandem_kv_transfer_seconds", "histogram", "Time of one request's KV push.");
   metrics.describe("tandem_worker_kv_blocks_used", "gauge", "KV blocks in use on a worker (last heartbeat).");
+  metrics.describe("tandem_requests_rejected_total", "counter", "Requests refused by admission control, by reason (429).");
+  metrics.describe("tandem_http_connections", "gauge", "HTTP connections open.");
+  metrics.describe("tandem_http_connections_closed_total", "counter",
+                   "HTTP connections closed by a limit (timeouts, sizes, max connections), by reason.");
+  metrics.add("tandem_requests_rejected_total", labels({{"reason", "max_pending"}}), 0);
   for (const char* name : {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                            "tandem_worker_kv_blocks_total", "tandem_worker_kv_blocks_cached", "tandem_worker_kv_reservations",
                            "tandem_worker_prefills_in_flight", "tandem_workers", "tandem_worker_outstanding_requests",
