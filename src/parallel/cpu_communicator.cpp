@@ -86,6 +86,8 @@ class Group {
 class CpuCommunicator : public Communicator {
  public:
   CpuCommunicator(std::shared_ptr<Group> group, int rank) : group_(std::move(group)), rank_(rank) {}
+  using Communicator::all_gather;
+  using Communicator::broadcast;
 
   int rank() const override { return rank_; }
   int world_size() const override { return group_->world(); }
