@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/tensor_parallel_backend.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -76,8 +77,18 @@ Status Backend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tok
 
 std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, const BackendOptions& options) {
   if (options.block_size <= 0) throw Error("--block-size must be positive");
-  if (options.device == "cpu") return std::make_unique<cpu::CpuBackend>(weights, options);
+  const int tp = options.tensor_parallel_size;
+  if (tp < 1) throw Error("--tensor-parallel-size must be at least 1, not " + std::to_string(tp));
+  if (options.device == "cpu") {
+    if (tp > 1) return std::make_unique<cpu::TensorParallelCpuBackend>(weights, options);
+    return std::make_unique<cpu::CpuBackend>(weights, options);
+  }
   if (options.device.rfind("cuda", 0) == 0) {
+    if (tp > 1) {
+      throw Error("--tensor-parallel-size " + std::to_string(tp) + " with --device " + options.device +
+                  ": tensor parallelism is not yet supported on CUDA (CPU only for now: --device cpu; see "
+                  "docs/parallelism.md)");
+    }
 #ifdef TANDEM_HAVE_CUDA
     return cuda::create_cuda_backend(weights, options);
 #else

@@ -180,6 +180,9 @@ struct BackendOptions {
   double gpu_memory_utilization = 0.9;
   int num_threads = 0;  // CPU: OpenMP threads; 0 = all cores
   bool cuda_graphs = true;  // CUDA: replay decode steps (one token per sequence) from captured graphs
+  // Ranks the model is split over (--tensor-parallel-size; docs/parallelism.md). CPU: threads of this
+  // process; CUDA: only 1 for now.
+  int tensor_parallel_size = 1;
 };
 
 // Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error

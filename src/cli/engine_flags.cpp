@@ -43,6 +43,10 @@ void add_engine_flags(CLI::App* cmd, EngineFlags* flags, const EngineFlagRules& 
     if (rules.check_gpu_memory_utilization) gpu->check(CLI::Range(0.05, 0.99));
   }
   cmd->add_option("--threads", flags->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  cmd->add_option("--tensor-parallel-size", flags->tensor_parallel_size,
+                  "Ranks the model is split over (Megatron-style); CPU: threads of this process, CUDA: 1 for now")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--num-kv-blocks", flags->num_kv_blocks, rules.num_kv_blocks_help)
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 30));
@@ -68,6 +72,7 @@ backend::BackendOptions EngineFlags::backend_options() const {
   options.num_threads = threads;
   options.num_kv_blocks = num_kv_blocks;
   options.gpu_memory_utilization = gpu_memory_utilization;
+  options.tensor_parallel_size = tensor_parallel_size;
   return options;
 }
 

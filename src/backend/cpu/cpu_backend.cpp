@@ -57,16 +57,56 @@ void grow(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
+// Rows [begin, end) of a row-major [rows, row_len] matrix; the matrix itself when that is all of it
+// (world 1 copies nothing).
+std::vector<float> take_rows(std::vector<float> m, size_t row_len, int begin, int end) {
+  if (begin == 0 && static_cast<size_t>(end) * row_len == m.size()) return m;
+  return std::vector<float>(m.begin() + static_cast<std::ptrdiff_t>(begin * row_len),
+                            m.begin() + static_cast<std::ptrdiff_t>(end * row_len));
+}
+
+// Columns [begin, end) of a row-major [rows, cols] matrix; the matrix itself when that is all of it.
+std::vector<float> take_columns(std::vector<float> m, size_t cols, int begin, int end) {
+  if (begin == 0 && static_cast<size_t>(end) == cols) return m;
+  const size_t rows = m.size() / cols, width = static_cast<size_t>(end - begin);
+  std::vector<float> out(rows * width);
+  for (size_t r = 0; r < rows; ++r) std::copy_n(m.begin() + static_cast<std::ptrdiff_t>(r * cols + begin), width, out.begin() + static_cast<std::ptrdiff_t>(r * width));
+  return out;
+}
+
 }  // namespace
 
-CpuBackend::CpuBackend(const model::WeightSource& weights, const BackendOptions& options)
+parallel::ModelShape shard_shape(const model::ModelConfig& c) {
+  return parallel::ModelShape{.num_heads = c.num_heads,
+                              .num_kv_heads = c.num_kv_heads,
+                              .head_dim = c.head_dim,
+                              .intermediate_size = c.intermediate_size,
+                              .vocab_size = c.vocab_size};
+}
+
+CpuBackend::CpuBackend(const model::WeightSource& weights, const BackendOptions& options, const CpuRank* rank)
     : config_(weights.config()) {
   weights.validate();
   if (options.num_threads > 0) omp_set_num_threads(options.num_threads);
   const auto& c = config_;
+  if (rank != nullptr) {
+    comm_ = rank->comm;
+    plan_ = rank->plan;
+    TANDEM_CHECK(comm_ != nullptr && comm_->rank() == plan_.rank && comm_->world_size() == plan_.world);
+  } else {
+    auto whole = parallel::plan_shard(shard_shape(c), 0, 1);
+    if (!whole.ok()) throw Error(weights.describe() + ": " + whole.status().message());
+    plan_ = *whole;
+  }
+  fault_step_ = rank == nullptr || rank->inject_faults ? injected_device_fault_step() : 0;
+  heads_ = plan_.q_heads.size();
+  kv_heads_ = plan_.kv_heads.size();
+  q_size_ = heads_ * c.head_dim;
+  kv_size_ = kv_heads_ * c.head_dim;
+  inter_ = plan_.intermediate.size();
   kv_.num_layers = c.num_layers;
   kv_.block_size = options.block_size;
-  kv_.num_kv_heads = c.num_kv_heads;
+  kv_.num_kv_heads = kv_heads_;
   kv_.head_dim = c.head_dim;
   kv_.dtype = DType::kF32;
   kv_.num_blocks = options.num_kv_blocks > 0
@@ -82,39 +122,50 @@ CpuBackend::CpuBackend(const model::WeightSource& weights, const BackendOptions&
     return read_f32(weights, specs[next++]);
   };
   auto append = [](std::vector<float>& dst, const std::vector<float>& src) { dst.insert(dst.end(), src.begin(), src.end()); };
+  // This rank's rows of q (its heads), of k and v (its KV heads), of gate and up; its columns of o and down.
+  const size_t hidden = static_cast<size_t>(c.hidden_size), d = static_cast<size_t>(c.head_dim);
+  const parallel::Range q = plan_.q_heads, kv = plan_.kv_heads, mlp = plan_.intermediate;
   embed_ = take("model.embed_tokens.weight");
   layers_.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& w = layers_[l];
     w.input_norm = take(p + "input_layernorm.weight");
-    w.qkv = take(p + "self_attn.q_proj.weight");
-    append(w.qkv, take(p + "self_attn.k_proj.weight"));
-    append(w.qkv, take(p + "self_attn.v_proj.weight"));
+    w.qkv = take_rows(take(p + "self_attn.q_proj.weight"), hidden * d, q.begin, q.end);
+    append(w.qkv, take_rows(take(p + "self_attn.k_proj.weight"), hidden * d, kv.begin, kv.end));
+    append(w.qkv, take_rows(take(p + "self_attn.v_proj.weight"), hidden * d, kv.begin, kv.end));
     if (c.attention_bias) {
-      w.qkv_bias = take(p + "self_attn.q_proj.bias");
-      append(w.qkv_bias, take(p + "self_attn.k_proj.bias"));
-      append(w.qkv_bias, take(p + "self_attn.v_proj.bias"));
+      w.qkv_bias = take_rows(take(p + "self_attn.q_proj.bias"), d, q.begin, q.end);
+      append(w.qkv_bias, take_rows(take(p + "self_attn.k_proj.bias"), d, kv.begin, kv.end));
+      append(w.qkv_bias, take_rows(take(p + "self_attn.v_proj.bias"), d, kv.begin, kv.end));
     }
     if (c.qk_norm) {
       w.q_norm = take(p + "self_attn.q_norm.weight");
       w.k_norm = take(p + "self_attn.k_norm.weight");
     }
-    w.o_proj = take(p + "self_attn.o_proj.weight");
+    w.o_proj = take_columns(take(p + "self_attn.o_proj.weight"), c.q_size(), q.begin * c.head_dim, q.end * c.head_dim);
     w.post_norm = take(p + "post_attention_layernorm.weight");
-    w.gate_up = take(p + "mlp.gate_proj.weight");
-    append(w.gate_up, take(p + "mlp.up_proj.weight"));
-    w.down = take(p + "mlp.down_proj.weight");
+    w.gate_up = take_rows(take(p + "mlp.gate_proj.weight"), hidden, mlp.begin, mlp.end);
+    append(w.gate_up, take_rows(take(p + "mlp.up_proj.weight"), hidden, mlp.begin, mlp.end));
+    w.down = take_columns(take(p + "mlp.down_proj.weight"), c.intermediate_size, mlp.begin, mlp.end);
   }
   final_norm_ = take("model.norm.weight");
-  if (!c.tie_word_embeddings) lm_head_ = take("lm_head.weight");
+  if (!c.tie_word_embeddings) {
+    lm_head_ = take_rows(take("lm_head.weight"), hidden, plan_.vocab.begin, plan_.vocab.end);
+  } else if (plan_.world == 1) {
+    head_is_embed_ = true;
+  } else {
+    lm_head_ = take_rows(embed_, hidden, plan_.vocab.begin, plan_.vocab.end);
+  }
   inv_freq_ = model::rope_inv_freq(c);
 
   kv_pools_.resize(c.num_layers);
   for (auto& pool : kv_pools_) pool.assign(static_cast<size_t>(kv_.num_blocks) * kv_.block_elements(), 0.0f);
-  spdlog::info("cpu backend: model={} layers={} kv_blocks={} kv_tokens={} kv_bytes={}", weights.describe(),
-               c.num_layers, kv_.num_blocks, static_cast<int64_t>(kv_.num_blocks) * kv_.block_size,
-               kv_.block_bytes() * kv_.num_blocks * c.num_layers);
+  if (plan_.world == 1) {
+    spdlog::info("cpu backend: model={} layers={} kv_blocks={} kv_tokens={} kv_bytes={}", weights.describe(),
+                 c.num_layers, kv_.num_blocks, static_cast<int64_t>(kv_.num_blocks) * kv_.block_size,
+                 kv_.block_bytes() * kv_.num_blocks * c.num_layers);
+  }
 }
 
 void CpuBackend::apply_rope(float* x, int num_heads, int position) const {
@@ -134,8 +185,8 @@ void CpuBackend::apply_rope(float* x, int num_heads, int position) const {
 }
 
 void CpuBackend::write_kv(const ForwardBatch& b, int layer, const float* k, const float* v) {
-  const int kv_size = config_.kv_size();
-  const int qkv_stride = config_.q_size() + 2 * kv_size;
+  const int kv_size = kv_size_;
+  const int qkv_stride = q_size_ + 2 * kv_size;
   for (int s = 0; s < b.num_seqs(); ++s) {
     const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
     for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) {
@@ -153,9 +204,10 @@ void CpuBackend::write_kv(const ForwardBatch& b, int layer, const float* k, cons
 void CpuBackend::attention(const ForwardBatch& b, int layer, const float* q, float* out) const {
   const auto& c = config_;
   const int d = c.head_dim;
-  const int group = c.num_heads / c.num_kv_heads;
-  const int kv_size = c.kv_size();
-  const int qkv_stride = c.q_size() + 2 * kv_size;
+  const int num_heads = heads_;
+  const int group = heads_ / kv_heads_;
+  const int kv_size = kv_size_;
+  const int qkv_stride = q_size_ + 2 * kv_size;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   // Map each token row to its sequence once, so the parallel loop is flat over (token, head).
   std::vector<int> seq_of_token(b.num_tokens());
@@ -167,8 +219,8 @@ void CpuBackend::attention(const ForwardBatch& b, int layer, const float* q, flo
   {
     std::vector<float> scores;
 #pragma omp for schedule(dynamic, 4)
-    for (int work = 0; work < num_tokens * c.num_heads; ++work) {
-      const int t = work / c.num_heads, h = work % c.num_heads;
+    for (int work = 0; work < num_tokens * num_heads; ++work) {
+      const int t = work / num_heads, h = work % num_heads;
       const int kv_head = h / group;
       const int32_t* table = b.block_tables.data() + static_cast<size_t>(seq_of_token[t]) * b.max_blocks_per_seq;
       const int num_keys = b.positions[t] + 1;  // causal: keys at positions 0..pos
@@ -189,7 +241,7 @@ void CpuBackend::attention(const ForwardBatch& b, int layer, const float* q, flo
         scores[j] = std::exp(scores[j] - max_score);
         denom += scores[j];
       }
-      float* oh = out + static_cast<size_t>(t) * c.q_size() + static_cast<size_t>(h) * d;
+      float* oh = out + static_cast<size_t>(t) * q_size_ + static_cast<size_t>(h) * d;
       std::fill(oh, oh + d, 0.0f);
       for (int j = 0; j < num_keys; ++j) {
         const float* block = kv_block(layer, table[j / kv_.block_size]);
@@ -215,9 +267,9 @@ Status CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
                                " (TANDEM_INJECT_DEVICE_FAULT_AT_STEP)");
   }
   if (!health_.ok()) return health_;
-  const int hidden = c.hidden_size, q_size = c.q_size(), kv_size = c.kv_size();
+  const int hidden = c.hidden_size, q_size = q_size_, kv_size = kv_size_;
   const int qkv_stride = q_size + 2 * kv_size;
-  const int inter = c.intermediate_size;
+  const int inter = inter_;
   grow(hidden_, static_cast<size_t>(n) * hidden);    // [n, hidden] residual stream
   grow(normed_, static_cast<size_t>(n) * hidden);    // [n, hidden]
   grow(qkv_, static_cast<size_t>(n) * qkv_stride);   // [n, q_size + 2 kv_size]
@@ -237,15 +289,17 @@ Status CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
       float* q = &qkv_[static_cast<size_t>(t) * qkv_stride];
       float* k = q + q_size;
       if (c.qk_norm) {
-        for (int h = 0; h < c.num_heads; ++h) rms_norm(q + h * c.head_dim, w.q_norm.data(), c.head_dim, c.rms_norm_eps, q + h * c.head_dim);
-        for (int h = 0; h < c.num_kv_heads; ++h) rms_norm(k + h * c.head_dim, w.k_norm.data(), c.head_dim, c.rms_norm_eps, k + h * c.head_dim);
+        for (int h = 0; h < heads_; ++h) rms_norm(q + h * c.head_dim, w.q_norm.data(), c.head_dim, c.rms_norm_eps, q + h * c.head_dim);
+        for (int h = 0; h < kv_heads_; ++h) rms_norm(k + h * c.head_dim, w.k_norm.data(), c.head_dim, c.rms_norm_eps, k + h * c.head_dim);
       }
-      apply_rope(q, c.num_heads, b.positions[t]);
-      apply_rope(k, c.num_kv_heads, b.positions[t]);
+      apply_rope(q, heads_, b.positions[t]);
+      apply_rope(k, kv_heads_, b.positions[t]);
     }
     write_kv(b, l, qkv_.data() + q_size, qkv_.data() + q_size + kv_size);
     attention(b, l, qkv_.data(), attn_out_.data());
     linear(attn_out_.data(), n, q_size, w.o_proj.data(), hidden, nullptr, mlp_out_.data());
+    // Each rank's o_proj saw its heads only: the sum over ranks is the whole projection.
+    if (comm_ != nullptr) TANDEM_RETURN_IF_ERROR(comm_->all_reduce_sum(std::span<float>(mlp_out_.data(), static_cast<size_t>(n) * hidden)));
     for (size_t i = 0; i < static_cast<size_t>(n) * hidden; ++i) hidden_[i] += mlp_out_[i];
 
     rms_norm_rows(hidden_.data(), w.post_norm.data(), n, hidden, c.rms_norm_eps, normed_.data());
@@ -261,6 +315,7 @@ Status CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
       std::memmove(&gate_up_[static_cast<size_t>(t) * inter], &gate_up_[static_cast<size_t>(t) * 2 * inter], sizeof(float) * inter);
     }
     linear(gate_up_.data(), n, inter, w.down.data(), hidden, nullptr, mlp_out_.data());
+    if (comm_ != nullptr) TANDEM_RETURN_IF_ERROR(comm_->all_reduce_sum(std::span<float>(mlp_out_.data(), static_cast<size_t>(n) * hidden)));
     for (size_t i = 0; i < static_cast<size_t>(n) * hidden; ++i) hidden_[i] += mlp_out_[i];
   }
 
@@ -269,8 +324,37 @@ Status CpuBackend::forward(const ForwardBatch& b, std::span<float> logits) {
     rms_norm(&hidden_[static_cast<size_t>(b.logits_indices[r]) * hidden], final_norm_.data(), hidden, c.rms_norm_eps,
              &normed_[static_cast<size_t>(r) * hidden]);
   }
-  const std::vector<float>& head = c.tie_word_embeddings ? embed_ : lm_head_;
-  linear(normed_.data(), num_logits, hidden, head.data(), c.vocab_size, nullptr, logits.data());
+  if (comm_ == nullptr) {
+    const std::vector<float>& head = head_is_embed_ ? embed_ : lm_head_;
+    linear(normed_.data(), num_logits, hidden, head.data(), c.vocab_size, nullptr, logits.data());
+    return Status::Ok();
+  }
+  return gather_logits(num_logits, logits);
+}
+
+Status CpuBackend::gather_logits(int num_logits, std::span<float> logits) {
+  const int vocab = config_.vocab_size, shard = plan_.vocab_shard, world = plan_.world;
+  // This rank's vocabulary columns, padded to the shard width every rank sends.
+  grow(shard_logits_, static_cast<size_t>(num_logits) * shard);
+  grow(gathered_logits_, static_cast<size_t>(world) * num_logits * shard);
+  const int width = plan_.vocab.size();
+  if (width > 0) linear(normed_.data(), num_logits, config_.hidden_size, lm_head_.data(), width, nullptr, shard_logits_.data());
+  // linear wrote [num_logits, width]; spread the rows to stride `shard` (from the last, in place).
+  for (int r = num_logits - 1; r >= 0 && width != shard; --r) {
+    std::copy_backward(shard_logits_.begin() + static_cast<std::ptrdiff_t>(r) * width,
+                       shard_logits_.begin() + static_cast<std::ptrdiff_t>(r + 1) * width,
+                       shard_logits_.begin() + static_cast<std::ptrdiff_t>(r) * shard + width);
+  }
+  const size_t count = static_cast<size_t>(num_logits) * shard;
+  TANDEM_RETURN_IF_ERROR(comm_->all_gather(std::span<const float>(shard_logits_.data(), count),
+                                           std::span<float>(gathered_logits_.data(), count * world)));
+  for (int q = 0; q < world; ++q) {
+    const int begin = std::min(vocab, q * shard), end = std::min(vocab, begin + shard);
+    for (int r = 0; r < num_logits; ++r) {
+      const float* src = &gathered_logits_[(static_cast<size_t>(q) * num_logits + r) * shard];
+      std::copy(src, src + (end - begin), logits.begin() + static_cast<std::ptrdiff_t>(r) * vocab + begin);
+    }
+  }
   return Status::Ok();
 }
 
