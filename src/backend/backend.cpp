@@ -10,6 +10,7 @@
 #include "backend/cuda/cuda_backend.h"
 #endif
 #include "common/error.h"
+#include "model/online_fp8.h"
 
 namespace tandem::backend {
 
@@ -76,7 +77,21 @@ Status Backend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tok
 
 std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, const BackendOptions& options) {
   if (options.block_size <= 0) throw Error("--block-size must be positive");
-  if (options.device == "cpu") return std::make_unique<cpu::CpuBackend>(weights, options);
+  const model::QuantizationConfig quantization =
+      model::resolve_quantization_flag(options.quantization, weights.config().quantization, weights.describe());
+  if (quantization.is_fp8() && options.device.rfind("cuda", 0) == 0) {
+    throw Error("--device " + options.device + ": FP8 on CUDA is not implemented yet (" + weights.describe() + ": " +
+                quantization.describe() + "); use --device cpu, or a bf16 checkpoint without --quantization fp8");
+  }
+  if (options.device == "cpu") {
+    // The CPU backend is the fp32 reference: FP8 checkpoints dequantize on read; online FP8 quantizes each
+    // projection per channel and dequantizes it, so its numbers carry the FP8 rounding.
+    if (quantization.method == model::QuantizationConfig::Method::kOnlineFp8) {
+      const model::OnlineFp8Weights online(weights);
+      return std::make_unique<cpu::CpuBackend>(online, options);
+    }
+    return std::make_unique<cpu::CpuBackend>(weights, options);
+  }
   if (options.device.rfind("cuda", 0) == 0) {
 #ifdef TANDEM_HAVE_CUDA
     return cuda::create_cuda_backend(weights, options);

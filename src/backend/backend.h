@@ -180,6 +180,9 @@ struct BackendOptions {
   double gpu_memory_utilization = 0.9;
   int num_threads = 0;  // CPU: OpenMP threads; 0 = all cores
   bool cuda_graphs = true;  // CUDA: replay decode steps (one token per sequence) from captured graphs
+  // --quantization: "" (as the checkpoint says), "fp8" (online per-channel FP8 unless the checkpoint is
+  // FP8 already) or "none" (refused on an FP8 checkpoint). See model/quantization.h.
+  std::string quantization;
 };
 
 // Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error
