@@ -173,6 +173,7 @@ def build_fixture(out, name, config_class, model_class, kwargs, scheme, static, 
 
     model_dir = os.path.join(out, "models", name)
     os.makedirs(model_dir, exist_ok=True)
+    config.architectures = [model_class.__name__]  # save_pretrained of a bare config leaves it out
     config.save_pretrained(model_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         config_json = json.load(f)
