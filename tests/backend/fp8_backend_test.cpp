@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 
 #include "backend/backend.h"
@@ -127,6 +128,38 @@ TEST_F(Fp8Backend, RefusalsAreClear) {
   EXPECT_NE(error(block, "cpu", "none").find("--quantization none: "), std::string::npos);
   EXPECT_NE(error(random, "cpu", "int8").find("--quantization: unknown value 'int8'"), std::string::npos);
   EXPECT_EQ(error(block, "cpu", "fp8"), "");  // an FP8 checkpoint is fp8 already
+}
+
+// The `tandem` binary: make-model writes both formats, generate runs on them, and the flag's refusals
+// exit non-zero with the flag named.
+TEST_F(Fp8Backend, CommandLine) {
+  fs::create_directories(root_);
+  auto run = [](const std::string& args) {
+    const std::string cmd = std::string(TANDEM_BINARY) + " " + args + " 2>&1";
+    FILE* pipe = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[512];
+    while (size_t n = std::fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
+    return std::pair{::pclose(pipe), out};
+  };
+  for (const char* dtype : {"fp8-block", "fp8-channel"}) {
+    const std::string dir = (root_ / dtype).string();
+    auto [made, made_out] = run("make-model --preset tiny-llama --dtype " + std::string(dtype) + " --out " + dir);
+    ASSERT_EQ(made, 0) << made_out;
+    auto [generated, generated_out] = run("generate --model " + dir + " --prompt-ids 1,2,3 --max-tokens 4");
+    EXPECT_EQ(generated, 0) << generated_out;
+    auto [refused, refused_out] = run("generate --model " + dir + " --quantization none --prompt-ids 1,2 --max-tokens 2");
+    EXPECT_NE(refused, 0);
+    EXPECT_NE(refused_out.find("--quantization none: " + dir + " is quantized"), std::string::npos) << refused_out;
+  }
+  auto [online, online_out] = run("generate --model random:tiny-llama --quantization fp8 --prompt-ids 1,2 --max-tokens 2");
+  EXPECT_EQ(online, 0) << online_out;
+  auto [bad, bad_out] = run("generate --model random:tiny-llama --quantization int8 --prompt-ids 1,2 --max-tokens 2");
+  EXPECT_NE(bad, 0);
+  EXPECT_NE(bad_out.find("--quantization"), std::string::npos) << bad_out;
+  auto [dtype, dtype_out] = run("make-model --preset tiny-llama --dtype fp8-tensor --out " + (root_ / "x").string());
+  EXPECT_NE(dtype, 0);
+  EXPECT_NE(dtype_out.find("--dtype: unknown dtype 'fp8-tensor'"), std::string::npos) << dtype_out;
 }
 
 }  // namespace
