@@ -1,6 +1,7 @@
 #include "backend/backend.h"
 
 #include <charconv>
+#include <optional>
 #include <cstdlib>
 #include <sstream>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "backend/cuda/cuda_backend.h"
 #endif
 #include "common/error.h"
+#include "model/online_fp8.h"
 
 namespace tandem::backend {
 
@@ -79,9 +81,21 @@ std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, cons
   if (options.block_size <= 0) throw Error("--block-size must be positive");
   const int tp = options.tensor_parallel_size;
   if (tp < 1) throw Error("--tensor-parallel-size must be at least 1, not " + std::to_string(tp));
+  const model::QuantizationConfig quantization =
+      model::resolve_quantization_flag(options.quantization, weights.config().quantization, weights.describe());
+  if (quantization.is_fp8() && options.device.rfind("cuda", 0) == 0) {
+    throw Error("--device " + options.device + ": FP8 on CUDA is not implemented yet (" + weights.describe() + ": " +
+                quantization.describe() + "); use --device cpu, or a bf16 checkpoint without --quantization fp8");
+  }
   if (options.device == "cpu") {
-    if (tp > 1) return std::make_unique<cpu::TensorParallelCpuBackend>(weights, options);
-    return std::make_unique<cpu::CpuBackend>(weights, options);
+    // The CPU backend is the fp32 reference: FP8 checkpoints dequantize on read; online FP8 quantizes each
+    // projection per channel and dequantizes it, so its numbers carry the FP8 rounding. Both backends read
+    // every weight in their constructors, so the wrapper may go when they return.
+    std::optional<model::OnlineFp8Weights> online;
+    if (quantization.method == model::QuantizationConfig::Method::kOnlineFp8) online.emplace(weights);
+    const model::WeightSource& source = online ? static_cast<const model::WeightSource&>(*online) : weights;
+    if (tp > 1) return std::make_unique<cpu::TensorParallelCpuBackend>(source, options);
+    return std::make_unique<cpu::CpuBackend>(source, options);
   }
   if (options.device.rfind("cuda", 0) == 0) {
     if (tp > 1) {

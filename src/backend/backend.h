@@ -183,6 +183,9 @@ struct BackendOptions {
   // Ranks the model is split over (--tensor-parallel-size; docs/parallelism.md). CPU: threads of this
   // process; CUDA: only 1 for now.
   int tensor_parallel_size = 1;
+  // --quantization: "" (as the checkpoint says), "fp8" (online per-channel FP8 unless the checkpoint is
+  // FP8 already) or "none" (refused on an FP8 checkpoint). See model/quantization.h.
+  std::string quantization;
 };
 
 // Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error

@@ -64,6 +64,10 @@ void add_engine_flags(CLI::App* cmd, EngineFlags* flags, const EngineFlagRules& 
   if (rules.no_prefix_caching_help != nullptr) {
     cmd->add_flag("--no-prefix-caching", flags->no_prefix_caching, rules.no_prefix_caching_help);
   }
+  cmd->add_option("--quantization", flags->quantization,
+                  "fp8: quantize the linear weights to FP8 per channel at load (an FP8 checkpoint is used as it "
+                  "is); none: refuse a quantized checkpoint. Default: as the checkpoint's config.json says")
+      ->check(CLI::IsMember({"fp8", "none"}));
 }
 
 backend::BackendOptions EngineFlags::backend_options() const {
@@ -73,6 +77,7 @@ backend::BackendOptions EngineFlags::backend_options() const {
   options.num_kv_blocks = num_kv_blocks;
   options.gpu_memory_utilization = gpu_memory_utilization;
   options.tensor_parallel_size = tensor_parallel_size;
+  options.quantization = quantization;
   return options;
 }
 

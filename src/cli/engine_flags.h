@@ -1,6 +1,6 @@
 // The engine flags that `tandem generate`, `tandem worker` and `tandem bench throughput|latency` share
 // (--device, --gpu-memory-utilization, --threads, --num-kv-blocks, --max-batch-tokens, --max-seqs,
-// --no-prefix-caching, --tensor-parallel-size): declared once here, with what still differs between the commands spelled out in
+// --no-prefix-caching, --tensor-parallel-size, --quantization): declared once here, with what still differs between the commands spelled out in
 // EngineFlagRules, and turned into the backend's and the engine's options in one place.
 //
 // Ownership: the command owns its EngineFlags; CLI11 writes into it while parsing, so it must outlive the
@@ -27,6 +27,7 @@ struct EngineFlags {
   int max_seqs = 256;
   bool no_prefix_caching = false;
   int tensor_parallel_size = 1;
+  std::string quantization = "";  // --quantization: "" = as the checkpoint says, "fp8", "none"
 
   // device, threads, num_kv_blocks, gpu_memory_utilization and tensor_parallel_size; block size and the rest stay at their
   // defaults. A command that sizes the pool itself when num_kv_blocks is 0 overwrites num_kv_blocks.

@@ -114,6 +114,9 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
       fail(source, "unsupported rope_scaling type '" + type + "' (supported: default, llama3)");
     }
   }
+  if (auto q = j.find("quantization_config"); q != j.end() && !q->is_null()) {
+    c.quantization = parse_quantization_config(*q, source);
+  }
   return c;
 }
 
@@ -166,6 +169,10 @@ json model_config_to_json(const ModelConfig& c) {
     j["max_window_layers"] = c.num_layers;
   }
   if (c.architecture == Architecture::kLlama) j["mlp_bias"] = false;
+  if (c.quantization.method == QuantizationConfig::Method::kFp8Block ||
+      c.quantization.method == QuantizationConfig::Method::kCompressedTensors) {
+    j["quantization_config"] = quantization_config_to_json(c.quantization);
+  }
   return j;
 }
 

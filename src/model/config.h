@@ -1,5 +1,6 @@
 // ModelConfig: the shape and numerics of a decoder-only transformer, parsed from a Hugging Face
-// config.json (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM). Plain value; thread-safe to share.
+// config.json (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM) with its quantization_config.
+// Plain value; thread-safe to share.
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>
@@ -8,6 +9,8 @@
 #include <filesystem>
 #include <string>
 #include <vector>
+
+#include "model/quantization.h"
 
 namespace tandem::model {
 
@@ -43,6 +46,7 @@ struct ModelConfig {
   std::vector<int> eos_token_ids;
   int bos_token_id = -1;
   std::string torch_dtype = "bfloat16";
+  QuantizationConfig quantization;  // config.json "quantization_config"; kNone when absent
 
   int q_size() const { return num_heads * head_dim; }
   int kv_size() const { return num_kv_heads * head_dim; }

@@ -60,6 +60,18 @@ ModelConfig llama_3_1_8b() {
   return c;
 }
 
+// Llama-3.1-70B config.json: Llama-3.1-8B's vocabulary, rope and norms at the 70B's width and depth.
+ModelConfig llama_3_1_70b() {
+  ModelConfig c = llama_3_1_8b();
+  c.hidden_size = 8192;
+  c.intermediate_size = 28672;
+  c.num_layers = 80;
+  c.num_heads = 64;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  return c;
+}
+
 // Tiny models: the real vocabularies with a few small layers. The demo model is tiny-qwen3.
 ModelConfig shrink(ModelConfig c) {
   c.hidden_size = 128;
@@ -94,6 +106,7 @@ const std::vector<std::pair<std::string, std::function<ModelConfig()>>>& presets
   static const std::vector<std::pair<std::string, std::function<ModelConfig()>>> kPresets = {
       {"qwen3-0.6b", qwen3_0_6b},
       {"llama-3.1-8b", llama_3_1_8b},
+      {"llama-3.1-70b", llama_3_1_70b},
       {"tiny-qwen3", [] { return shrink(qwen3_0_6b()); }},
       {"tiny-llama", [] { return shrink(llama_3_1_8b()); }},
       {"tiny-qwen2", tiny_qwen2},

@@ -1,5 +1,5 @@
 // Named model shapes for `random:<preset>` and `tandem make-model --preset`: the real shapes of
-// Qwen3-0.6B and Llama-3.1-8B (from their published config.json), and tiny ones for tests and the
+// Qwen3-0.6B, Llama-3.1-8B and Llama-3.1-70B (from their published config.json), and tiny ones for tests and the
 // built-in demo model (real vocabulary sizes, so the real tokenizers work with them).
 #pragma once
 

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <string>
 
 #include "common/error.h"
 #include "model/config.h"
@@ -47,13 +48,17 @@ void write_safetensors(const fs::path& path, const std::vector<TensorToWrite>& t
 }
 
 void write_model_directory(const WeightSource& source, const fs::path& dir, DType dtype,
-                           size_t max_shard_bytes) {
+                           size_t max_shard_bytes, const QuantizationConfig& quantization) {
+  const bool fp8 = quantization.method == QuantizationConfig::Method::kFp8Block ||
+                   quantization.method == QuantizationConfig::Method::kCompressedTensors;
+  TANDEM_CHECK(fp8 || !quantization.is_fp8());
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error(dir.string() + ": cannot create directory: " + ec.message());
 
   ModelConfig config = source.config();
   config.torch_dtype = dtype == DType::kF32 ? "float32" : dtype == DType::kF16 ? "float16" : "bfloat16";
+  config.quantization = fp8 ? quantization : QuantizationConfig{};
   {
     std::ofstream out(dir / "config.json");
     out << model_config_to_json(config).dump(2) << "\n";
@@ -64,17 +69,56 @@ void write_model_directory(const WeightSource& source, const fs::path& dir, DTyp
   std::vector<std::vector<TensorToWrite>> shards(1);
   size_t shard_bytes = 0;
   size_t total_bytes = 0;
+  // An FP8 weight and its scale go in the same shard, weight first.
+  std::vector<TensorToWrite> tensors;
   for (const TensorSpec& spec : expected_tensors(config)) {
-    size_t bytes = static_cast<size_t>(num_elements(spec.shape)) * dtype_size(dtype);
+    if (!fp8 || !is_quantizable_linear(spec.name)) {
+      tensors.push_back({spec.name, dtype, spec.shape});
+      continue;
+    }
+    tensors.push_back({spec.name, DType::kF8E4M3, spec.shape});
+    // The shapes Checkpoint::validate_fp8 accepts, as the published checkpoints write them.
+    Shape scale_shape;
+    switch (quantization.weight_scheme) {
+      case Fp8Scheme::kBlock:
+        scale_shape = {(spec.shape[0] + quantization.block_rows - 1) / quantization.block_rows,
+                       (spec.shape[1] + quantization.block_cols - 1) / quantization.block_cols};
+        break;
+      case Fp8Scheme::kChannel: scale_shape = {spec.shape[0], 1}; break;
+      case Fp8Scheme::kTensor: scale_shape = {}; break;
+    }
+    const std::string stem = spec.name.substr(0, spec.name.size() - std::string("weight").size());
+    tensors.push_back({stem + quantization.scale_suffix(), DType::kF32, scale_shape});
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    size_t bytes = static_cast<size_t>(num_elements(tensors[i].shape)) * dtype_size(tensors[i].dtype);
+    const bool with_next = tensors[i].dtype == DType::kF8E4M3;
+    if (with_next) bytes += static_cast<size_t>(num_elements(tensors[i + 1].shape)) * sizeof(float);
     if (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
     }
-    shards.back().push_back({spec.name, dtype, spec.shape});
+    shards.back().push_back(tensors[i]);
+    if (with_next) shards.back().push_back(tensors[++i]);
     shard_bytes += bytes;
     total_bytes += bytes;
   }
-  auto fill = [&source](const TensorToWrite& t, std::byte* out) {
+  // The filler is called weight first, then its scale: the scale comes from the weight's quantization.
+  QuantizedWeight last;
+  std::string last_name;
+  auto fill = [&](const TensorToWrite& t, std::byte* out) {
+    if (t.dtype == DType::kF8E4M3) {
+      std::vector<float> full(static_cast<size_t>(num_elements(t.shape)));
+      source.read(TensorSpec{t.name, t.shape}, DType::kF32, full.data());
+      last = quantize_fp8(full.data(), t.shape, quantization.weight_scheme, quantization.block_rows, quantization.block_cols);
+      last_name = t.name;
+      std::memcpy(out, last.values.data(), last.values.size());
+      return;
+    }
+    if (!last_name.empty() && t.name == last_name.substr(0, last_name.size() - 6) + quantization.scale_suffix()) {
+      std::memcpy(out, last.scales.data(), last.scales.size() * sizeof(float));
+      return;
+    }
     source.read(TensorSpec{t.name, t.shape}, t.dtype, out);
   };
   if (shards.size() == 1) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "model/quantization.h"
 #include "model/tensor.h"
 #include "model/weight_source.h"
 
@@ -30,7 +31,10 @@ void write_safetensors(const std::filesystem::path& path, const std::vector<Tens
 
 // Writes `source`'s config and weights as a Hugging Face directory in `dtype`, in shards of at most
 // `max_shard_bytes` (a single model.safetensors when everything fits in one). Creates `dir`.
+// With `quantization` kFp8Block or kCompressedTensors, the linear projections (is_quantizable_linear) are
+// quantized (quantize_fp8) and written as F8_E4M3 plus their F32 scale tensor, as the published FP8
+// checkpoints lay them out, and config.json carries the quantization_config; everything else is `dtype`.
 void write_model_directory(const WeightSource& source, const std::filesystem::path& dir, DType dtype,
-                           size_t max_shard_bytes);
+                           size_t max_shard_bytes, const QuantizationConfig& quantization = {});
 
 }  // namespace tandem::model

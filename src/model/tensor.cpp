@@ -7,6 +7,7 @@ size_t dtype_size(DType dtype) {
     case DType::kF32: return 4;
     case DType::kBF16: return 2;
     case DType::kF16: return 2;
+    case DType::kF8E4M3: return 1;
     case DType::kUnsupported: return 0;
   }
   return 0;
@@ -17,6 +18,7 @@ std::string_view dtype_name(DType dtype) {
     case DType::kF32: return "F32";
     case DType::kBF16: return "BF16";
     case DType::kF16: return "F16";
+    case DType::kF8E4M3: return "F8_E4M3";
     case DType::kUnsupported: return "unsupported";
   }
   return "unsupported";
@@ -26,6 +28,7 @@ DType parse_dtype(std::string_view name) {
   if (name == "F32") return DType::kF32;
   if (name == "BF16") return DType::kBF16;
   if (name == "F16") return DType::kF16;
+  if (name == "F8_E4M3") return DType::kF8E4M3;
   return DType::kUnsupported;
 }
 

@@ -9,13 +9,14 @@
 
 namespace tandem::model {
 
-enum class DType { kF32, kBF16, kF16, kUnsupported };
+// kF8E4M3: OCP FP8 e4m3fn bytes (safetensors "F8_E4M3"); only meaningful with their scales (model/fp8.h).
+enum class DType { kF32, kBF16, kF16, kF8E4M3, kUnsupported };
 
 // Bytes per element; 0 for kUnsupported.
 size_t dtype_size(DType dtype);
-// Safetensors spelling: "F32", "BF16", "F16".
+// Safetensors spelling: "F32", "BF16", "F16", "F8_E4M3".
 std::string_view dtype_name(DType dtype);
-// Parses the safetensors spelling; kUnsupported for anything else (F64, I64, F8_E4M3, ...).
+// Parses the safetensors spelling; kUnsupported for anything else (F64, I64, F8_E5M2, ...).
 DType parse_dtype(std::string_view name);
 
 using Shape = std::vector<int64_t>;

@@ -50,6 +50,7 @@ void convert_elements(DType from, const void* in, DType to, void* out, size_t co
       case DType::kF32: return static_cast<const float*>(in)[i];
       case DType::kBF16: return bf16_to_float(static_cast<const uint16_t*>(in)[i]);
       case DType::kF16: return fp16_to_float(static_cast<const uint16_t*>(in)[i]);
+      case DType::kF8E4M3:  // FP8 bytes mean nothing without their scales: see model/fp8.h
       case DType::kUnsupported: break;
     }
     TANDEM_CHECK(false);
@@ -64,6 +65,7 @@ void convert_elements(DType from, const void* in, DType to, void* out, size_t co
     case DType::kF16:
       for (size_t i = 0; i < count; ++i) static_cast<uint16_t*>(out)[i] = float_to_fp16(load(i));
       return;
+    case DType::kF8E4M3:
     case DType::kUnsupported: break;
   }
   TANDEM_CHECK(false);

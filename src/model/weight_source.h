@@ -6,10 +6,12 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "model/config.h"
+#include "model/fp8.h"
 #include "model/tensor.h"
 
 namespace tandem::model {
@@ -25,7 +27,14 @@ class WeightSource {
   virtual void validate() const = 0;
   // Writes tensor `name` (REQUIRES: one of expected_tensors(config())) as `out_dtype`, row-major,
   // into `out`, which holds num_elements(shape) elements.
+  // An FP8 tensor (config().quantization says which) is dequantized to `out_dtype`: FP8 value times scale.
   virtual void read(const TensorSpec& spec, DType out_dtype, void* out) const = 0;
+  // The tensor as stored when it is FP8 (its bytes and scales, for a backend that computes in FP8);
+  // nullopt when it is stored unquantized. Same REQUIRES as read().
+  virtual std::optional<QuantizedWeight> read_quantized(const TensorSpec& spec) const {
+    (void)spec;
+    return std::nullopt;
+  }
 };
 
 // Every tensor a model of `config` reads, with the Hugging Face names and shapes:
