@@ -20,6 +20,8 @@ usage() { echo "usage: tools/fuzz.sh TARGET MINUTES | all SECONDS | list" >&2; e
 [ $# -ge 1 ] || usage
 if [ "$1" = list ]; then printf '%s\n' "${TARGETS[@]}"; exit 0; fi
 [ $# -eq 2 ] || usage
+# 0 would mean "no limit" to libFuzzer.
+[[ "$2" =~ ^[1-9][0-9]*$ ]] || { echo "fuzz: the duration must be a positive whole number" >&2; exit 2; }
 if [ "$1" = all ]; then
   selected=("${TARGETS[@]}"); seconds=$2
 else
@@ -50,7 +52,7 @@ for t in "${selected[@]}"; do
   # -timeout: one input running 10 s is a hang; -rss_limit_mb: one using 2 GiB is unbounded memory.
   "$BUILD/fuzz/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
     -print_final_stats=1 -artifact_prefix="$artifacts/" "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || true)
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
   corpus=$(ls "$work" | wc -l)
   if [ "$rc" != 0 ]; then
     failed+=("$t")

@@ -21,7 +21,7 @@ namespace {
 class CannedEtcd {
  public:
   explicit CannedEtcd(std::string answer) : answer_(std::move(answer)) {
-    listener_ = std::move(*net::Listener::bind("127.0.0.1", 0));
+    listener_ = net::Listener::bind("127.0.0.1", 0).value();
     listener_->start([this](int fd, std::string) {
       std::string request;
       char buffer[4096];

@@ -51,7 +51,7 @@ tandem::cluster::EtcdClient& client() {
   static std::unique_ptr<tandem::net::Listener> listener;
   static const auto c = [] {
     signal(SIGPIPE, SIG_IGN);
-    listener = std::move(*tandem::net::Listener::bind("127.0.0.1", 0));
+    listener = tandem::net::Listener::bind("127.0.0.1", 0).value();
     listener->start([](int fd, std::string) { serve(fd); });
     auto endpoints = tandem::cluster::parse_etcd_url("etcd://127.0.0.1:" + std::to_string(listener->port()));
     return std::make_unique<tandem::cluster::EtcdClient>(*endpoints, 2000);

@@ -14,6 +14,7 @@
 
 #include "common/socket.h"
 #include "transfer/transfer.h"
+#include "transfer/transport_choice.h"
 
 namespace {
 tandem::transfer::TransferBackend& backend() {
@@ -28,7 +29,8 @@ tandem::transfer::TransferBackend& backend() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto& kv = backend();
   kv.expect("fuzz", {0, 1, 2, 3});
-  auto fd = tandem::net::dial(kv.address(), 2000);
+  static const std::string address = tandem::transfer::parse_peer_address(kv.address()).tcp;
+  auto fd = tandem::net::dial(address, 2000);
   if (!fd.ok()) __builtin_trap();
   timeval tv{10, 0};
   setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
