@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <thread>
 
 #include "common/socket.h"
 #include "rpc/connection.h"
@@ -39,6 +40,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)tandem::net::write_full(fds[1], data, size, "fuzz");
   shutdown(fds[1], SHUT_WR);
   if (!connection->wait_closed(std::chrono::seconds(10))) __builtin_trap();
+  // Both threads hold the connection until they exit; wait for that, so the leak check after this input
+  // does not race a thread that is still letting go (and a thread that never ends is a finding).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (connection.use_count() > 1) {
+    if (std::chrono::steady_clock::now() > deadline) __builtin_trap();
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
   close(fds[1]);
   return 0;
 }
