@@ -87,7 +87,9 @@ bool dechunk(std::string& in, std::string& out) {
       return false;
     }
     if (size == 0) return false;
-    if (in.size() < eol + 2 + size + 2) return true;
+    // A size past what has arrived waits for more; compared first, as eol + size + 4 wraps for a size
+    // near 2^64 and erasing nothing then looped for ever (tests/fuzz/etcd_response_fuzz).
+    if (size > in.size() || in.size() < eol + 2 + size + 2) return true;
     out.append(in, eol + 2, size);
     in.erase(0, eol + 2 + size + 2);
   }
@@ -347,18 +349,24 @@ Status EtcdClient::watch_prefix(const std::string& prefix, int64_t start_revisio
       lines.erase(0, eol + 1);
       if (!j.is_object()) continue;
       if (j.contains("error")) return Status::Unavailable(peer + ": watch error: " + j["error"].dump());
-      const json& r = j.value("result", json::object());
-      if (r.value("canceled", false)) {
-        if (as_int64(r, "compact_revision") > 0) return Status::NotFound("watch revision compacted");
-        return Status::Unavailable(peer + ": watch canceled by the server");
-      }
-      if (!r.contains("events")) continue;
       std::vector<WatchEvent> events;
-      for (const auto& e : r["events"]) {
-        WatchEvent ev;
-        ev.deleted = e.value("type", "") == "DELETE";
-        ev.kv = kv_from_json(e.value("kv", json::object()));
-        events.push_back(std::move(ev));
+      // A field of the wrong type makes value() throw: such a message ends the stream like any other
+      // malformed answer; the exception used to end the process from the watcher's thread.
+      try {
+        const json& r = j.value("result", json::object());
+        if (r.value("canceled", false)) {
+          if (as_int64(r, "compact_revision") > 0) return Status::NotFound("watch revision compacted");
+          return Status::Unavailable(peer + ": watch canceled by the server");
+        }
+        if (!r.contains("events")) continue;
+        for (const auto& e : r["events"]) {
+          WatchEvent ev;
+          ev.deleted = e.value("type", "") == "DELETE";
+          ev.kv = kv_from_json(e.value("kv", json::object()));
+          events.push_back(std::move(ev));
+        }
+      } catch (const json::exception& e) {
+        return Status::Unavailable(peer + ": malformed watch message: " + e.what());
       }
       if (!events.empty()) on_events(events);
     }

@@ -26,6 +26,7 @@
 
 #include "common/error.h"
 #include "frontend/http.h"
+#include "frontend/http_parser.h"
 
 namespace tandem::frontend {
 namespace {
@@ -254,18 +255,8 @@ struct HttpServer::Impl {
       }
       if (ec) break;
       auto& msg = parser.get();
-      HttpRequest request;
-      request.method = std::string(msg.method_string());
-      request.target = std::string(msg.target());
-      request.path = request.target.substr(0, request.target.find('?'));
-      for (const auto& field : msg) {
-        std::string name(field.name_string());
-        for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-        request.headers[name] = std::string(field.value());
-      }
-      request.body = std::move(msg.body());
-      request.peer_is_loopback = peer_loopback;
       bool keep_alive = msg.keep_alive();
+      HttpRequest request = to_http_request(msg, peer_loopback);
 
       auto exchange = std::make_shared<Exchange>(std::move(request));
       exchange->wake = &wake;

@@ -31,10 +31,14 @@ Status HttpResponseParser::parse_headers(std::string_view head) {
   }
   bool http10 = status_line.substr(0, 8) == "HTTP/1.0";
   keep_alive_ = !http10;
+  // Checked before the pointer arithmetic: npos + 1 overflows the pointer (tests/fuzz/sse_stream_fuzz).
   size_t sp = status_line.find(' ');
+  if (sp == std::string_view::npos) {
+    return Status::Corruption("bad HTTP status line '" + std::string(status_line.substr(0, 60)) + "'");
+  }
   auto [ptr, ec] = std::from_chars(status_line.data() + sp + 1, status_line.data() + status_line.size(), status_code_);
   (void)ptr;
-  if (sp == std::string_view::npos || ec != std::errc()) {
+  if (ec != std::errc()) {
     return Status::Corruption("bad HTTP status line '" + std::string(status_line.substr(0, 60)) + "'");
   }
   bool chunked = false;

@@ -126,7 +126,7 @@ ModelConfig load_model_config(const std::filesystem::path& path) {
   json j;
   try {
     j = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw Error(path.string() + ": invalid JSON: " + e.what());
   }
   return parse_model_config(j, path.string());

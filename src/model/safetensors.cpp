@@ -53,7 +53,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : path_(path
     try {
       header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes + 8),
                                      reinterpret_cast<const char*>(bytes + 8 + header_bytes));
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // out_of_range too: a number too large (tests/fuzz)
       throw Error(where + ": corrupt safetensors header: " + e.what());
     }
     if (!header.is_object()) throw Error(where + ": corrupt safetensors header: not a JSON object");

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -95,8 +96,15 @@ void Connection::reader_loop() {
       status = Status::Corruption("frame of " + std::to_string(length) + " bytes from " + peer_ + " is over the limit");
       break;
     }
-    buffer.resize(length);
-    status = net::read_full(fd_, buffer.data(), length, peer_);
+    // Grown as the bytes arrive (1 MiB at a time), so that a length prefix alone cannot make the reader
+    // allocate and zero up to kMaxFrameBytes (tests/fuzz/rpc_frames_fuzz).
+    buffer.clear();
+    while (status.ok() && buffer.size() < length) {
+      const size_t at = buffer.size();
+      const size_t step = std::min<size_t>(length - at, size_t{1} << 20);
+      buffer.resize(at + step);
+      status = net::read_full(fd_, buffer.data() + at, step, peer_);
+    }
     if (!status.ok()) break;
     if (!message.ParseFromString(buffer)) {
       status = Status::Corruption("malformed message from " + peer_);

@@ -177,16 +177,22 @@ struct Receiver {
                         ? Status::Ok()
                         : Status::InvalidArgument("block size " + std::to_string(block_bytes) + " != receiver's " +
                                                   std::to_string(memory->block_bytes()));
-    buffer.resize(block_bytes);
+    // `buffer` holds one of the receiver's blocks; records of another size are drained through it, never
+    // allocated: the header alone could otherwise make the receiver zero 1 GiB (tests/fuzz/kv_transfer_fuzz).
     for (uint32_t i = 0; i < num_blocks; ++i) {
       int32_t where[2];
-      if (!net::read_full(fd, where, sizeof(where), peer).ok() || !net::read_full(fd, buffer.data(), block_bytes, peer).ok()) {
-        return false;
+      if (!net::read_full(fd, where, sizeof(where), peer).ok()) return false;
+      if (!result.ok()) {
+        for (uint64_t left = block_bytes; left > 0;) {
+          const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buffer.size()));
+          if (n == 0 || !net::read_full(fd, buffer.data(), n, peer).ok()) return false;
+          left -= n;
+        }
+        continue;
       }
-      if (result.ok()) {
-        result = expectations.write(*memory, id, static_cast<int32_t>(ntohl(where[0])),
-                                    static_cast<int32_t>(ntohl(where[1])), buffer);
-      }
+      if (!net::read_full(fd, buffer.data(), block_bytes, peer).ok()) return false;
+      result = expectations.write(*memory, id, static_cast<int32_t>(ntohl(where[0])),
+                                  static_cast<int32_t>(ntohl(where[1])), buffer);
     }
     if (!send_ack(fd, peer, result).ok()) return false;
     spdlog::debug("event=kv_transfer_received transfer_id={} num_blocks={} status={}", id, num_blocks,

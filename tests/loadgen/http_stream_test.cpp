@@ -73,6 +73,15 @@ TEST(HttpResponseParser, GarbageIsCorruption) {
   EXPECT_EQ(chunked.feed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", body).code(), StatusCode::kCorruption);
 }
 
+// tests/fuzz/sse_stream_fuzz: a status line without a space overflowed a pointer (UBSan).
+TEST(HttpResponseParser, StatusLineWithoutASpaceIsCorruption) {
+  HttpResponseParser parser;
+  std::string body;
+  Status s = parser.feed("HTTP/\xc6\xd1\xcf\xdf\xcd\xcfOK\r\nConnection: close\r\n\r\n", body);
+  EXPECT_EQ(s.code(), StatusCode::kCorruption);
+  EXPECT_NE(s.message().find("bad HTTP status line"), std::string::npos);
+}
+
 TEST(SseParser, EventsSplitAnywhereWithCrLfAndMultiLineData) {
   const std::string stream = ": comment\r\ndata: {\"a\":1}\r\n\r\nevent: x\ndata: line1\ndata:line2\n\ndata: [DONE]\n\n";
   for (size_t split = 0; split <= stream.size(); ++split) {

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <fstream>
+
 #include "common/error.h"
 #include "model/config.h"
 #include "model/presets.h"
@@ -72,6 +74,19 @@ TEST(ModelConfig, ErrorsNameTheFileAndTheProblem) {
   expect_error(R"({"architectures":["LlamaForCausalLM"],"vocab_size":10,"hidden_size":8,
     "intermediate_size":16,"num_hidden_layers":1,"num_attention_heads":2,
     "rope_scaling":{"rope_type":"yarn","factor":4.0}})", "unsupported rope_scaling type 'yarn'");
+}
+
+// The same parse as safetensors headers (tests/fuzz/safetensors_fuzz): a number too large for a double
+// threw nlohmann's out_of_range past load_model_config instead of an Error naming the file.
+TEST(ModelConfig, NumberOutOfRangeIsInvalidJsonNamingTheFile) {
+  const std::string path = ::testing::TempDir() + "tandem_config_huge_number.json";
+  std::ofstream(path) << R"({"architectures":["Qwen3ForCausalLM"],"vocab_size":1e999})";
+  try {
+    load_model_config(path);
+    ADD_FAILURE() << "no error";
+  } catch (const tandem::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": invalid JSON"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ModelConfig, PresetsRoundTripThroughConfigJson) {

@@ -85,6 +85,16 @@ TEST(Safetensors, GarbageHeaderIsCorrupt) {
   EXPECT_NE(open_error(tiny).find("truncated"), std::string::npos);
 }
 
+// tests/fuzz/safetensors_fuzz: a number too large for a double made the JSON parser throw out_of_range,
+// which escaped as that instead of an Error naming the file.
+TEST(Safetensors, NumberOutOfRangeInHeaderIsCorrupt) {
+  fs::path path = temp_file("huge_number.safetensors");
+  write_raw(path, R"({"a":{"dtype":"F32","shape":[7777777e7777],"data_offsets":[0,4]}})", 8);
+  const std::string error = open_error(path);
+  EXPECT_NE(error.find("corrupt safetensors header"), std::string::npos) << error;
+  EXPECT_NE(error.find(path.string()), std::string::npos) << error;
+}
+
 TEST(Safetensors, SizeThatDisagreesWithShapeIsCorrupt) {
   fs::path path = temp_file("size.safetensors");
   write_raw(path, R"({"w":{"dtype":"BF16","shape":[3,3],"data_offsets":[0,16]}})", 16);

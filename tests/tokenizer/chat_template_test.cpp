@@ -100,6 +100,18 @@ TEST(ChatTemplateTest, UnsupportedConstructsAreNamedWithTheirLine) {
   expect_parse_error("{{ f(*args) }}", "*args", 1);
 }
 
+// tests/fuzz/chat_template_fuzz: number literals out of range escaped as std::out_of_range, not an Error.
+TEST(ChatTemplateTest, NumbersOutOfRangeAreTemplateErrors) {
+  expect_parse_error("{% for m in messages.99999999999999999999 %}{% endfor %}", "integer index out of range", 1);
+  expect_parse_error("\n{{ " + std::string(400, '9') + ".5 }}", "float literal out of range", 2);
+  expect_parse_error("{{ 99999999999999999999 }}", "integer literal out of range", 1);
+  // Rendering: an attribute path of more digits than an int64 holds is looked up as a name.
+  ChatTemplate t("{{ messages | map(attribute='99999999999999999999') | list | length }}");
+  ChatInputs in;
+  in.messages = nlohmann::ordered_json::parse(R"([{"role":"user","content":"x"}])");
+  EXPECT_NO_THROW((void)t.render(in));
+}
+
 TEST(ChatTemplateTest, UnsupportedRuntimeConstructsAreUnsupportedErrors) {
   ChatInputs inputs;
   const ChatTemplate append("{% set l = [] %}\n{{ l.append(1) }}");

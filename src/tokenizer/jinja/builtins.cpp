@@ -489,7 +489,10 @@ Value get_attribute_path(const Value& obj, const std::string& path, int line) {
   while (true) {
     const size_t dot = path.find('.', start);
     const std::string part = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
-    const bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    // At most 18 digits: stoll of a longer one could throw std::out_of_range out of render(); longer ones
+    // are looked up as names, which fails as jinja2's would.
+    const bool numeric = !part.empty() && part.size() <= 18 &&
+                         std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
     cur = numeric ? get_item(cur, Value::integer(std::stoll(part)), line) : get_item(cur, Value::string(part), line);
     if (dot == std::string::npos) return cur;
     start = dot + 1;

@@ -371,7 +371,11 @@ class Parser {
       }
       case Token::Type::kFloat: {
         auto e = std::make_unique<Expr>(Expr::Kind::kLiteral, t.line);
-        e->literal = Value::floating(std::stod(t.text));
+        try {
+          e->literal = Value::floating(std::stod(t.text));
+        } catch (const std::exception&) {  // out of double's range (tests/fuzz/chat_template_fuzz)
+          fail("unsupported construct: float literal out of range", t.line);
+        }
         return e;
       }
       case Token::Type::kOp:
@@ -430,7 +434,12 @@ class Parser {
         if (cur().type == Token::Type::kInt) {
           auto e = std::make_unique<Expr>(Expr::Kind::kGetItem, line);
           auto index = std::make_unique<Expr>(Expr::Kind::kLiteral, line);
-          index->literal = Value::integer(std::stoll(cur().text));
+          // `x.99999999999999999999` escaped as std::out_of_range (tests/fuzz/chat_template_fuzz).
+          try {
+            index->literal = Value::integer(std::stoll(cur().text));
+          } catch (const std::exception&) {
+            fail("unsupported construct: integer index out of range", line);
+          }
           ++tok_;
           e->children.push_back(std::move(node));
           e->children.push_back(std::move(index));
