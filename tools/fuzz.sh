@@ -50,7 +50,8 @@ for t in "${selected[@]}"; do
   echo "fuzz: $t for ${seconds}s"
   rc=0
   # -timeout: one input running 10 s is a hang; -rss_limit_mb: one using 2 GiB is unbounded memory.
-  "$BUILD/fuzz/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
+  # FUZZ_SEED fixes libFuzzer's random seed (scripts/test.sh sets it, so that CI repeats its own run).
+  "$BUILD/fuzz/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=8192 ${FUZZ_SEED:+-seed=$FUZZ_SEED} \
     -print_final_stats=1 -artifact_prefix="$artifacts/" "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
   corpus=$(ls "$work" | wc -l)
