@@ -35,7 +35,7 @@ TEST(HttpParser, ChunkedBodyIsJoined) {
   HttpRequest request;
   size_t consumed = 0;
   ASSERT_EQ(parse_http_request("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-                               1024, &request, &consumed),
+                               1024, 16384, &request, &consumed),
             HttpParseResult::kComplete);
   EXPECT_EQ(request.body, "abcde");
 }
