@@ -21,7 +21,7 @@ PACKAGES=(
   libnats-dev  # NATS C client (JetStream): the prefill queue of cluster mode
   etcd-server etcd-client nats-server  # cluster mode's tests start real ones on loopback
   yamllint  # deploy/ checks (tests/deploy)
-  clang libclang-rt-14-dev  # libFuzzer and clang's sanitizer runtimes: the fuzz targets (tools/fuzz.sh)
+  clang libclang-rt-14-dev libomp-dev  # libFuzzer, clang's sanitizer runtimes and OpenMP: the fuzz targets (tools/fuzz.sh)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
