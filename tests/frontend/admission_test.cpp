@@ -39,15 +39,11 @@ TEST(Admission, ZeroMeansNoLimit) {
   EXPECT_EQ(metrics.get("tandem_requests_rejected_total", labels({{"reason", "max_pending"}})), 0);
 }
 
-class DeadlineTest : public ::testing::Test {
+class DeadlineTest : public testing::LifecycleFixture<> {
  protected:
   DeadlineTest() {
     options_.request_timeout_ms = 60000;
     options_.request_deadline_ms = 1000;
-  }
-  RequestLifecycle& lifecycle() {
-    if (!lifecycle_) lifecycle_ = std::make_unique<RequestLifecycle>(options_, router_, directory_, metrics_, &codec_);
-    return *lifecycle_;
   }
   static rpc::pb::Output token(const std::string& id, int32_t t) {
     rpc::pb::Output out;
@@ -57,12 +53,6 @@ class DeadlineTest : public ::testing::Test {
     return out;
   }
 
-  LifecycleOptions options_;
-  RouterOptions router_;
-  FakeDirectory directory_;
-  Metrics metrics_;
-  ByteCodec codec_;
-  std::unique_ptr<RequestLifecycle> lifecycle_;
 };
 
 // A stream that keeps producing tokens is still ended at its deadline: an error event, [DONE], and an

@@ -31,20 +31,11 @@ class KwargsCodec : public ByteCodec {
   mutable json last_kwargs;
 };
 
-class ApiFeaturesTest : public ::testing::Test {
+class ApiFeaturesTest : public testing::LifecycleFixture<KwargsCodec> {
  protected:
   ApiFeaturesTest() {
     options_.request_timeout_ms = 1000;
     worker_ = directory_.add("w1", rpc::pb::ROLE_BOTH, /*max_model_len=*/1000);
-  }
-  RequestLifecycle& lifecycle() {
-    if (!lifecycle_) lifecycle_ = std::make_unique<RequestLifecycle>(options_, router_, directory_, metrics_, &codec_);
-    return *lifecycle_;
-  }
-  std::shared_ptr<FakeExchange> start(const std::string& body, bool chat = false) {
-    auto ex = std::make_shared<FakeExchange>(body);
-    lifecycle().start(ex, chat);
-    return ex;
   }
   // The generate requests the worker got, in order.
   std::vector<rpc::pb::Generate> generates() {
@@ -82,12 +73,6 @@ class ApiFeaturesTest : public ::testing::Test {
     return out;
   }
 
-  LifecycleOptions options_;
-  RouterOptions router_;
-  FakeDirectory directory_;
-  Metrics metrics_;
-  KwargsCodec codec_;
-  std::unique_ptr<RequestLifecycle> lifecycle_;
   WorkerKey worker_ = 0;
 };
 

@@ -8,10 +8,12 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "frontend/http.h"
 #include "frontend/prompt_codec.h"
+#include "frontend/request_lifecycle.h"
 #include "frontend/worker_directory.h"
 
 namespace tandem::frontend::testing {
@@ -187,6 +189,29 @@ class ByteCodec : public PromptCodec {
     return text;
   }
   std::string token_text(int32_t id) const override { return std::string(1, static_cast<char>(id)); }
+};
+
+// The request lifecycle over a fake directory, as its tests set it up: a test sets options_ and adds
+// workers to directory_ before its first lifecycle() call, which builds the lifecycle from them.
+template <class Codec = ByteCodec>
+class LifecycleFixture : public ::testing::Test {
+ protected:
+  RequestLifecycle& lifecycle() {
+    if (!lifecycle_) lifecycle_ = std::make_unique<RequestLifecycle>(options_, router_, directory_, metrics_, &codec_);
+    return *lifecycle_;
+  }
+  std::shared_ptr<FakeExchange> start(const std::string& body, bool chat = false) {
+    auto ex = std::make_shared<FakeExchange>(body);
+    lifecycle().start(ex, chat);
+    return ex;
+  }
+
+  LifecycleOptions options_;
+  RouterOptions router_;
+  FakeDirectory directory_;
+  Metrics metrics_;
+  Codec codec_;
+  std::unique_ptr<RequestLifecycle> lifecycle_;
 };
 
 }  // namespace tandem::frontend::testing

@@ -14,19 +14,10 @@ using testing::ByteCodec;
 using testing::FakeDirectory;
 using testing::FakeExchange;
 
-class RequestLifecycleTest : public ::testing::Test {
+class RequestLifecycleTest : public testing::LifecycleFixture<> {
  protected:
   RequestLifecycleTest() { options_.request_timeout_ms = 1000; }
 
-  RequestLifecycle& lifecycle() {
-    if (!lifecycle_) lifecycle_ = std::make_unique<RequestLifecycle>(options_, router_, directory_, metrics_, &codec_);
-    return *lifecycle_;
-  }
-  std::shared_ptr<FakeExchange> start(const std::string& body, bool chat = false) {
-    auto ex = std::make_shared<FakeExchange>(body);
-    lifecycle().start(ex, chat);
-    return ex;
-  }
   // The request id the worker was sent last.
   std::string sent_request_id(WorkerKey worker) { return directory_.last_sent(worker).generate().request_id(); }
   static rpc::pb::Output output(const std::string& id, std::vector<int32_t> tokens, const std::string& text,
@@ -51,12 +42,6 @@ class RequestLifecycleTest : public ::testing::Test {
     return out;
   }
 
-  LifecycleOptions options_;
-  RouterOptions router_;
-  FakeDirectory directory_;
-  Metrics metrics_;
-  ByteCodec codec_;
-  std::unique_ptr<RequestLifecycle> lifecycle_;
 };
 
 TEST_F(RequestLifecycleTest, CompletionIsSentToTheDecodeWorkerAndAnsweredWhole) {
