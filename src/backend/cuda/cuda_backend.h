@@ -24,4 +24,9 @@ int cuda_device_count();
 // bench/kv_transfer_bench. Throws tandem::Error naming the call and the device on a CUDA failure.
 double measure_device_copy_gbps(int src_device, int dst_device, size_t num_bytes, int iters);
 
+// TFLOP/s of the FP8 GEMM the backend uses for prefill (cuBLASLt e4m3 x e4m3 -> bf16, per-row scales):
+// [m, k] x [n, k]^T, `iters` runs timed with CUDA events after one warm-up. The reference rate of the FP8
+// prefill figure (docs/quantization.md). Throws tandem::Error when cuBLASLt has no such GEMM.
+double measure_fp8_gemm_tflops(int device, int m, int n, int k, int iters);
+
 }  // namespace tandem::backend::cuda

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
@@ -23,6 +24,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/fp8_gemm.cuh"
 #include "backend/cuda/launch_options.h"
 #include "backend/cuda/profile.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
@@ -52,6 +54,8 @@ struct LayerWeights {
   __nv_bfloat16* post_norm;   // [hidden]
   __nv_bfloat16* gate_up;     // [2 inter, hidden]: gate rows then up rows
   __nv_bfloat16* down;        // [hidden, inter]
+  // FP8 weights (fp8_weights.cu): set instead of qkv, o_proj, gate_up and down, same shapes.
+  Fp8Linear qkv8, o8, gate_up8, down8;
 };
 
 // Where each array of one step's metadata sits in the packed buffer (byte offsets).
@@ -110,6 +114,10 @@ class CudaBackend final : public Backend {
   using bf16 = __nv_bfloat16;
 
   void load_weights(const model::WeightSource& weights);
+  // FP8 projections (fp8_weights.cu): upload or quantize them; y[rows, w.rows] bf16 = x * dequant(w)^T
+  // (with silu_in, x is [rows, 2 w.cols] gate|up and silu(gate) * up is the operand).
+  void load_fp8_weights(const model::WeightSource& weights);
+  Status fp8_linear(const bf16* x, int rows, const Fp8Linear& w, void* y, bool silu_in);
   void allocate_kv_pool(const BackendOptions& options);
   Status ensure_workspace(int num_tokens, int num_logits);
   Status ensure_metadata(size_t bytes);
@@ -217,6 +225,15 @@ class CudaBackend final : public Backend {
   LaunchOptions launch_;
   SkinnyGemmWorkspace skinny_ws_;  // partials [kSkinnyPartialFloats] fp32, counters [kSkinnyCounters] int32, device
   int32_t* combine_counters_ = nullptr;  // [kMaxPartials] int32, device, zero between steps (decode split merges)
+
+  // FP8 weights: config_.quantization.is_fp8() (fp8_weights.cu, fp8_gemm.cuh).
+  bool fp8_ = false;
+  bool fp8_use_lt_ = false;          // cuBLASLt FP8 GEMMs for > kFp8GemvMaxRows tokens, else dequantize + bf16
+  void* fp8_arena_ = nullptr;        // every Fp8Linear's values and scales, device
+  bf16* fp8_dequant_ = nullptr;      // [largest FP8 projection] bf16, device: the dequantizing path's scratch
+  uint8_t* fp8_act_ = nullptr;       // [max_tokens, max(hidden, q_size, inter)] e4m3, device: per-token activations
+  float* fp8_act_scales_ = nullptr;  // [max_tokens] fp32, device
+  std::unique_ptr<Fp8Gemm> fp8_gemm_;
 
   KernelProfile profile_;  // TANDEM_PROFILE_KERNELS=1 (profile.cuh)
   StepTiming step_timing_;  // TANDEM_PROFILE_STEPS=1 (profile.cuh)
