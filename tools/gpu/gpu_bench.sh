@@ -6,7 +6,7 @@
 #   tools/gpu/gpu_bench.sh DIR [BUNDLE]        run from the repository root; BUNDLE defaults to .device/cuda
 #
 # Skip workloads with SKIP="llama" (space-separated: qwen_tp sampled qwen_lat llama llama_prefill gemm kv_transfer
-# fp8 fp8_70b fp8_throughput).
+# fp8 fp8_70b fp8_throughput fp8_70b_throughput).
 # The prefill figure's limit is the bf16 GEMM rate measured on the same GPU (torch.matmul of 8192^3,
 # written to DIR/gemm_rate.json; 795 TFLOP/s, the H200 figure of DESIGN.md, where torch is missing).
 # The KV transfer step runs when BUNDLE/bin/kv_transfer_bench exists (built with CUDA from bench/):
@@ -123,7 +123,7 @@ PY
   if [[ $skip != *" fp8_70b "* ]]; then
     run llama70_fp8_latency latency --model random:llama-3.1-70b --quantization fp8 --device cuda:0 \
       --batch-size 1 --input-len 128 --output-len 128 --num-iters 2 --limit 16.9
-    [[ $skip == *" fp8_throughput "* ]] || run llama70_fp8_throughput throughput --model random:llama-3.1-70b \
+    [[ $skip == *" fp8_throughput "* || $skip == *" fp8_70b_throughput "* ]] || run llama70_fp8_throughput throughput --model random:llama-3.1-70b \
       --quantization fp8 --device cuda:0 --num-prompts 128 --input-len 1024 --output-len 256 --max-num-seqs 128 \
       --max-num-batched-tokens 8192 --limit 1760
   fi

@@ -45,6 +45,25 @@ __device__ __forceinline__ void fp8x16_to_float(const uint4& v, float (&f)[16]) 
   }
 }
 
+// 16 e4m3 bytes to fp32 with integer operations only: the bits ((b & 0x7F) << 20) | ((b & 0x80) << 24)
+// are an fp32 (normal or subnormal) whose value is exactly e4m3(b) * 2^-120, for e4m3 normals and
+// subnormals alike (the exponent field lands in the fp32 one, the mantissa below it). Integer ops issue
+// at 4x the rate of the f16 -> f32 conversions above; the caller multiplies its sums by 2^120 (nvcc keeps
+// fp32 subnormals unless asked for fast math, so the products are exact).
+constexpr float kIntCvtUnscale = 0x1p120f;
+
+__device__ __forceinline__ void fp8x16_to_scaled_float(const uint4& v, float (&f)[16]) {
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t w = words[i];
+    f[4 * i + 0] = __uint_as_float(((w << 20) & 0x07F00000u) | ((w << 24) & 0x80000000u));
+    f[4 * i + 1] = __uint_as_float(((w << 12) & 0x07F00000u) | ((w << 16) & 0x80000000u));
+    f[4 * i + 2] = __uint_as_float(((w << 4) & 0x07F00000u) | ((w << 8) & 0x80000000u));
+    f[4 * i + 3] = __uint_as_float(((w >> 4) & 0x07F00000u) | (w & 0x80000000u));
+  }
+}
+
 // 8 activations at row[k..k+8) as fp32; with kSiluIn, row is [gate | up] of 2 * in values and the value is
 // silu(gate) * up rounded to bf16 (launch_silu_and_mul's numbers).
 template <bool kSiluIn>
@@ -72,8 +91,9 @@ __device__ __forceinline__ float scale_at(const Fp8Linear& w, int row, int col) 
 // One block: weight rows [tile * 4, +4) against M tokens; K passes split over the block's warps and over
 // `splits` blocks (blockIdx.x = tile * splits + split), the last block of a tile to finish summing the
 // others' partials (skinny_gemm.cu's scheme, same workspace). kBlock: scales vary along K (applied to each
-// lane's 16-weight partial dot product); else one scale per row, applied to the finished sum.
-template <int M, bool kOutF32, bool kSiluIn, bool kBlock>
+// lane's 16-weight partial dot product); else one scale per row, applied to the finished sum. kIntCvt: the
+// weights are converted by fp8x16_to_scaled_float (sums carry a factor 2^-120 until the scale is applied).
+template <int M, bool kOutF32, bool kSiluIn, bool kBlock, bool kIntCvt>
 __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __restrict__ x, int rows, Fp8Linear w,
                                                                    void* __restrict__ y, int splits,
                                                                    float* __restrict__ ws,
@@ -116,7 +136,11 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
 #pragma unroll
     for (int r = 0; r < kRowsPerBlock; ++r) {
       float wf[kLaneBytes];
-      fp8x16_to_float(a[r], wf);
+      if constexpr (kIntCvt) {
+        fp8x16_to_scaled_float(a[r], wf);
+      } else {
+        fp8x16_to_float(a[r], wf);
+      }
       const float s = kBlock ? scale_at(w, row_of[r], kl) : 1.0f;
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -124,7 +148,11 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
         float d = 0.0f;
 #pragma unroll
         for (int e = 0; e < kLaneBytes; ++e) d += wf[e] * xf[m][e];
-        acc[r][m] += kBlock ? d * s : d;
+        if constexpr (kBlock) {
+          acc[r][m] += (kIntCvt ? d * kIntCvtUnscale : d) * s;
+        } else {
+          acc[r][m] += d;
+        }
       }
     }
   };
@@ -186,7 +214,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
   const int r = lane / M, m = lane % M;
   const int n = tile * kRowsPerBlock + r;
   if (n >= out || m >= rows) return;
-  if constexpr (!kBlock) sum *= scale_at(w, n, 0);
+  if constexpr (!kBlock) sum = (kIntCvt ? sum * kIntCvtUnscale : sum) * scale_at(w, n, 0);
   const size_t at = static_cast<size_t>(m) * out + n;
   if constexpr (kOutF32) {
     static_cast<float*>(y)[at] = sum;
@@ -195,23 +223,30 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
   }
 }
 
-template <int M, bool kSiluIn, bool kBlock>
+template <int M, bool kSiluIn, bool kBlock, bool kIntCvt>
 cudaError_t launch_gemv(const bf16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, int tiles, int splits,
                         const SkinnyGemmWorkspace& ws, cudaStream_t stream, const LaunchOptions& options) {
   const dim3 grid(static_cast<unsigned>(tiles * splits)), block(kWarps * kWarp);
   if (y_fp32) {
-    return launch_kernel(fp8_gemv_kernel<M, true, kSiluIn, kBlock>, grid, block, 0, stream, options, x, rows, w, y,
-                         splits, ws.partials, ws.counters);
+    return launch_kernel(fp8_gemv_kernel<M, true, kSiluIn, kBlock, kIntCvt>, grid, block, 0, stream, options, x, rows, w,
+                         y, splits, ws.partials, ws.counters);
   }
-  return launch_kernel(fp8_gemv_kernel<M, false, kSiluIn, kBlock>, grid, block, 0, stream, options, x, rows, w, y,
-                       splits, ws.partials, ws.counters);
+  return launch_kernel(fp8_gemv_kernel<M, false, kSiluIn, kBlock, kIntCvt>, grid, block, 0, stream, options, x, rows, w,
+                       y, splits, ws.partials, ws.counters);
 }
 
 template <int M, bool kSiluIn>
 cudaError_t launch_gemv_m(const bf16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, int tiles, int splits,
-                          const SkinnyGemmWorkspace& ws, cudaStream_t stream, const LaunchOptions& options) {
-  return w.block_cols > 0 ? launch_gemv<M, kSiluIn, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
-                          : launch_gemv<M, kSiluIn, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
+                          bool int_convert, const SkinnyGemmWorkspace& ws, cudaStream_t stream,
+                          const LaunchOptions& options) {
+  if (int_convert) {
+    return w.block_cols > 0
+               ? launch_gemv<M, kSiluIn, true, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
+               : launch_gemv<M, kSiluIn, false, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
+  }
+  return w.block_cols > 0
+             ? launch_gemv<M, kSiluIn, true, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
+             : launch_gemv<M, kSiluIn, false, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
 }
 
 // One block per row: the row's amax, then its values divided by amax / 448.
@@ -225,8 +260,19 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_rows_kernel(const bf16
   pdl_trigger();
   pdl_wait();
   const bf16* row = x + static_cast<size_t>(blockIdx.x) * x_stride;
+  // 8 values per load where the row allows it (cols % 8 == 0 and 16-byte aligned rows), else one by one.
+  const bool vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(row) % 16 == 0;
   float amax = 0.0f;
-  for (int c = threadIdx.x; c < cols; c += kQuantThreads) amax = fmaxf(amax, fabsf(__bfloat162float(row[c])));
+  if (vec) {
+    for (int c = threadIdx.x * 8; c < cols; c += kQuantThreads * 8) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + c));
+      const bf16* v = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(__bfloat162float(v[e])));
+    }
+  } else {
+    for (int c = threadIdx.x; c < cols; c += kQuantThreads) amax = fmaxf(amax, fabsf(__bfloat162float(row[c])));
+  }
   amax = warp_max(amax);
   if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = amax;
   __syncthreads();
@@ -240,8 +286,22 @@ __global__ void __launch_bounds__(kQuantThreads) quantize_rows_kernel(const bf16
   __syncthreads();
   const float s = row_scale;
   uint8_t* out = q + static_cast<size_t>(blockIdx.x) * cols;
-  for (int c = threadIdx.x; c < cols; c += kQuantThreads) {
-    out[c] = __nv_cvt_float_to_fp8(__fdiv_rn(__bfloat162float(row[c]), s), __NV_SATFINITE, __NV_E4M3);
+  if (vec && reinterpret_cast<uintptr_t>(out) % 8 == 0) {
+    for (int c = threadIdx.x * 8; c < cols; c += kQuantThreads * 8) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + c));
+      const bf16* v = reinterpret_cast<const bf16*>(&raw);
+      uint2 packed;
+      uint8_t* o = reinterpret_cast<uint8_t*>(&packed);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        o[e] = __nv_cvt_float_to_fp8(__fdiv_rn(__bfloat162float(v[e]), s), __NV_SATFINITE, __NV_E4M3);
+      }
+      *reinterpret_cast<uint2*>(out + c) = packed;
+    }
+  } else {
+    for (int c = threadIdx.x; c < cols; c += kQuantThreads) {
+      out[c] = __nv_cvt_float_to_fp8(__fdiv_rn(__bfloat162float(row[c]), s), __NV_SATFINITE, __NV_E4M3);
+    }
   }
 }
 
@@ -275,7 +335,7 @@ bool fp8_gemv_supported(int rows, const Fp8Linear& w, const void* x) {
 
 cudaError_t launch_fp8_gemv(const bf16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, bool silu_in,
                             const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
-                            const LaunchOptions& options) {
+                            const LaunchOptions& options, bool int_convert) {
   if (!fp8_gemv_supported(rows, w, x) || !y) return cudaErrorInvalidValue;
   const int m = rows <= 1 ? 1 : (rows <= 2 ? 2 : 4);
   const int tiles = (w.rows + kRowsPerBlock - 1) / kRowsPerBlock;
@@ -289,15 +349,15 @@ cudaError_t launch_fp8_gemv(const bf16* x, int rows, const Fp8Linear& w, void* y
     splits = 1;
   }
   if (m == 1) {
-    return silu_in ? launch_gemv_m<1, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
-                   : launch_gemv_m<1, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
+    return silu_in ? launch_gemv_m<1, true>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options)
+                   : launch_gemv_m<1, false>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options);
   }
   if (m == 2) {
-    return silu_in ? launch_gemv_m<2, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
-                   : launch_gemv_m<2, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
+    return silu_in ? launch_gemv_m<2, true>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options)
+                   : launch_gemv_m<2, false>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options);
   }
-  return silu_in ? launch_gemv_m<4, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
-                 : launch_gemv_m<4, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
+  return silu_in ? launch_gemv_m<4, true>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options)
+                 : launch_gemv_m<4, false>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options);
 }
 
 cudaError_t launch_quantize_rows_fp8(const bf16* x, int rows, int cols, size_t x_stride, uint8_t* q, float* scales,

@@ -57,10 +57,11 @@ bool fp8_gemv_supported(int rows, const Fp8Linear& w, const void* x);
 
 // y[rows, w.rows] (fp32 when y_fp32, else bf16) = x[rows, w.cols] (bf16) * dequant(w)^T. With silu_in, x is
 // [rows, 2 w.cols] ([gate | up]) and the operand is silu(gate) * up rounded to bf16, as launch_silu_and_mul.
-// cudaErrorInvalidValue when !fp8_gemv_supported.
+// cudaErrorInvalidValue when !fp8_gemv_supported. int_convert: decode the e4m3 bytes with integer operations
+// (exact, fewer slow conversion instructions) instead of the hardware e4m3 -> f16 -> f32 converts.
 cudaError_t launch_fp8_gemv(const __nv_bfloat16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, bool silu_in,
                             const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
-                            const LaunchOptions& options);
+                            const LaunchOptions& options, bool int_convert = true);
 
 // For each of `rows` rows of x (bf16, row stride x_stride elements): scale = amax / 448 (1 when the row is
 // all zeros), q = e4m3(x / scale) rounded to nearest even. q is [rows, cols] (stride cols), scales [rows].
