@@ -57,11 +57,14 @@ bool fp8_gemv_supported(int rows, const Fp8Linear& w, const void* x);
 
 // y[rows, w.rows] (fp32 when y_fp32, else bf16) = x[rows, w.cols] (bf16) * dequant(w)^T. With silu_in, x is
 // [rows, 2 w.cols] ([gate | up]) and the operand is silu(gate) * up rounded to bf16, as launch_silu_and_mul.
-// cudaErrorInvalidValue when !fp8_gemv_supported. int_convert: decode the e4m3 bytes with integer operations
-// (exact, fewer slow conversion instructions) instead of the hardware e4m3 -> f16 -> f32 converts.
+// cudaErrorInvalidValue when !fp8_gemv_supported. `kind` picks the kernel (all compute the same products up to
+// fp32 summation order): FMAs over weights decoded by the hardware converts (e4m3 -> f16 -> f32) or by integer
+// operations, or tensor cores (weights e4m3 -> f16, activations bf16 -> f16; per-row scales only, block
+// scales fall back to kFmaCvt). TANDEM_FP8_GEMV=cvt|int|mma picks it in the backend.
+enum class Fp8GemvKind { kFmaCvt, kFmaInt, kMma };
 cudaError_t launch_fp8_gemv(const __nv_bfloat16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, bool silu_in,
                             const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
-                            const LaunchOptions& options, bool int_convert = true);
+                            const LaunchOptions& options, Fp8GemvKind kind = Fp8GemvKind::kFmaCvt);
 
 // For each of `rows` rows of x (bf16, row stride x_stride elements): scale = amax / 448 (1 when the row is
 // all zeros), q = e4m3(x / scale) rounded to nearest even. q is [rows, cols] (stride cols), scales [rows].

@@ -297,14 +297,19 @@ TEST_F(CudaFp8Written, BlockScalesOffBlockBoundaries) {
   }
 }
 
-// The GEMV with the hardware e4m3 -> f16 -> f32 converts instead of the integer decoding (TANDEM_FP8_GEMV=cvt).
-TEST_F(CudaFp8Written, GemvWithHardwareConverts) {
+// The other GEMV kernels (TANDEM_FP8_GEMV): integer decoding of e4m3, and tensor cores (per-row scales; block
+// checkpoints keep the FMA kernel).
+TEST_F(CudaFp8Written, GemvVariants) {
   GPU_OR_SKIP();
-  const ScopedEnv cvt("TANDEM_FP8_GEMV", "cvt");
-  const model::RandomWeights random(wide_llama(), 9, "random:wide");
-  compare_source(random, "fp8", "wide_online_cvt");
-  auto block = model::open_weight_source(fixture("llama_fp8_block"));
-  compare_source(*block, "", "llama_fp8_block_cvt");
+  for (const char* kind : {"int", "mma"}) {
+    const ScopedEnv gemv("TANDEM_FP8_GEMV", kind);
+    const model::RandomWeights random(wide_llama(), 9, "random:wide");
+    compare_source(random, "fp8", std::string("wide_online_") + kind);
+    auto tensor = model::open_weight_source(fixture("llama_fp8_tensor_static"));
+    compare_source(*tensor, "", std::string("llama_fp8_tensor_static_") + kind);
+    auto block = model::open_weight_source(fixture("llama_fp8_block"));
+    compare_source(*block, "", std::string("llama_fp8_block_") + kind);
+  }
 }
 
 // The FP8 GEMM rate the prefill figure is measured against (also printed by backend_tool fp8-gemm).
