@@ -60,7 +60,9 @@ bool fp8_gemv_supported(int rows, const Fp8Linear& w, const void* x);
 // cudaErrorInvalidValue when !fp8_gemv_supported. `kind` picks the kernel (all compute the same products up to
 // fp32 summation order): FMAs over weights decoded by the hardware converts (e4m3 -> f16 -> f32) or by integer
 // operations, or tensor cores (weights e4m3 -> f16, activations bf16 -> f16; per-row scales only, block
-// scales fall back to kFmaCvt). TANDEM_FP8_GEMV=cvt|int|mma picks it in the backend.
+// scales fall back to kFmaCvt). TANDEM_FP8_GEMV=cvt|int|mma picks it in the backend. Measured on an H200,
+// batch-1 decode of Llama-3.1-8B / 70B: cvt 3.85 / 24.3 ms, int 4.25 / 27.4, mma 4.55 / 30.5
+// (bench/results/2026-12-02-h200-fp8), so cvt is the default and the others stay for tuning.
 enum class Fp8GemvKind { kFmaCvt, kFmaInt, kMma };
 cudaError_t launch_fp8_gemv(const __nv_bfloat16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, bool silu_in,
                             const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
