@@ -88,8 +88,8 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   TANDEM_CUDA_THROW(cudaMalloc(&combine_counters_, kMaxPartials * sizeof(int32_t)), device_);
   TANDEM_CUDA_THROW(cudaMemset(combine_counters_, 0, kMaxPartials * sizeof(int32_t)), device_);
   skinny_ws_.partial_floats = kSkinnyPartialFloats;
-  if (fp8_) fp8_gemm_ = std::make_unique<Fp8Gemm>(cublas_workspace_, kCublasWorkspaceBytes);
   skinny_ws_.num_counters = kSkinnyCounters;
+  if (fp8_) fp8_gemm_ = std::make_unique<Fp8Gemm>(cublas_workspace_, kCublasWorkspaceBytes);
   graphs_enabled_ = options.cuda_graphs && !profile_.enabled();
 
   kv_.num_layers = c.num_layers;

@@ -1,7 +1,7 @@
 // The CUDA backend's entry points for code outside src/backend/cuda (plain C++: no CUDA header here,
-// STYLE.md "Layout"). The backend itself (CudaBackend, cuda_backend_impl.cuh) keeps bf16 weights and a
-// bf16 paged KV cache on one GPU and computes in fp32; see backend.h for the interface and its
-// thread-safety.
+// STYLE.md "Layout"). The backend itself (CudaBackend, cuda_backend_impl.cuh) keeps bf16 weights (or FP8
+// projections, docs/quantization.md) and a bf16 paged KV cache on one GPU and computes in fp32; see
+// backend.h for the interface and its thread-safety.
 #pragma once
 
 #include <memory>

@@ -2,10 +2,11 @@
 // backend (code outside src/backend/cuda reaches it through cuda_backend.h); included only by the .cu
 // files that implement its methods.
 //
-// The forward pass on one GPU: bf16 weights (q/k/v and gate/up fused), bf16 paged KV cache, fp32 residual
-// stream and fp32 accumulation everywhere; cuBLAS GEMMs, our kernels for the rest (kernels.cuh,
-// attention.cuh, skinny_gemm.cuh, sampling.cuh). One stream; forward() ends with the logits on the host,
-// so a device fault surfaces as Status::Internal from the same call.
+// The forward pass on one GPU: bf16 weights (q/k/v and gate/up fused; or FP8 projections with their scales,
+// fp8_weights.cu), bf16 paged KV cache, fp32 residual stream and fp32 accumulation everywhere; cuBLAS GEMMs,
+// our kernels for the rest (kernels.cuh, attention.cuh, skinny_gemm.cuh, fp8_gemm.cuh, sampling.cuh). One
+// stream; forward() ends with the logits on the host, so a device fault surfaces as Status::Internal from the
+// same call.
 #pragma once
 
 #include <cublas_v2.h>
