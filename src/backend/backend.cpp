@@ -83,10 +83,7 @@ std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, cons
   if (tp < 1) throw Error("--tensor-parallel-size must be at least 1, not " + std::to_string(tp));
   const model::QuantizationConfig quantization =
       model::resolve_quantization_flag(options.quantization, weights.config().quantization, weights.describe());
-  if (quantization.is_fp8() && options.device.rfind("cuda", 0) == 0) {
-    throw Error("--device " + options.device + ": FP8 on CUDA is not implemented yet (" + weights.describe() + ": " +
-                quantization.describe() + "); use --device cpu, or a bf16 checkpoint without --quantization fp8");
-  }
+  // The CUDA backend reads FP8 checkpoints as stored and quantizes online itself (per channel, on the GPU).
   if (options.device == "cpu") {
     // The CPU backend is the fp32 reference: FP8 checkpoints dequantize on read; online FP8 quantizes each
     // projection per channel and dequantizes it, so its numbers carry the FP8 rounding. Both backends read

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The CUDA backend's check on a GPU machine, from binaries carried there (tools/gpu/prepare_device_bundle.sh):
 # GPU unit tests (kernels vs CPU references; the backend vs the transformers fixtures, the CPU backend and
-# itself one sequence at a time), compute-sanitizer memcheck and racecheck on the kernel tests, the
+# itself one sequence at a time; FP8 weights vs dequantized bf16), compute-sanitizer memcheck and racecheck on
+# the kernel tests (memcheck on the FP8 tests' small cases too), the
 # comparison with transformers on random:qwen3-0.6b written by `tandem make-model` (prompts up to 4k
 # tokens), and a short benchmark. Writes logs and summary.json into DIR; prints the summary last.
 #
@@ -33,6 +34,10 @@ step() {  # step NAME COMMAND...: runs it, logs to DIR/NAME.log, records the exi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/device.txt" 2>&1
 step kernels "$bin/cuda_kernels_test" --gtest_output=json:"$out/kernels.json"
 step backend "$bin/cuda_backend_test" --gtest_output=json:"$out/backend.json"
+# FP8 weights (issue 18): each format against dequantized bf16 on this GPU; when bundled.
+if [[ -x $bin/cuda_fp8_test ]]; then
+  step fp8 "$bin/cuda_fp8_test" --gtest_output=json:"$out/fp8.json"
+fi
 # Disaggregated serving on this GPU over CUDA IPC (and TCP), and the IPC transfer rate; when bundled.
 if [[ -x $bin/gpu_serving_test ]]; then
   step serving env TANDEM_BINARY="$(realpath "$bin/tandem")" "$bin/gpu_serving_test" --gtest_output=json:"$out/serving.json"
@@ -44,6 +49,10 @@ if [[ $skip != *" sanitizer "* ]]; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/cuda_kernels_test" --gtest_brief=1
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/cuda_kernels_test" \
     --gtest_filter='Shapes/Attention.*/0:Shapes/Attention.*/6:Shapes/Attention.*/9:Sizes/AddRmsNorm.*' --gtest_brief=1
+  if [[ -x $bin/cuda_fp8_test ]]; then
+    step memcheck_fp8 compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/cuda_fp8_test" \
+      --gtest_filter='Formats/*:CudaFp8.OnlineQuantizationOfABf16Checkpoint' --gtest_brief=1
+  fi
 fi
 if [[ $skip != *" compare "* ]]; then
   model_dir=${TMPDIR:-/tmp}/tandem_qwen3_0_6b
@@ -72,7 +81,7 @@ python3 - "$out" "{${status_json%,}}" "$(( $(date +%s) - start ))" <<'PY'
 import json, os, sys
 out, steps, total = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 summary = {"device": open(os.path.join(out, "device.txt")).read().strip(), "total_seconds": total, "steps": steps}
-for name in ("kernels", "backend", "serving"):
+for name in ("kernels", "backend", "fp8", "serving"):
     path = os.path.join(out, name + ".json")
     if os.path.exists(path):
         j = json.load(open(path))

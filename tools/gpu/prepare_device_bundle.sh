@@ -17,15 +17,15 @@ dest=${1:-.device/cuda}
 if (( build )); then
   cmake -S . -B "${BUILD_DIR:-build}" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build "${BUILD_DIR:-build}" -j"$(nproc)" --target tandem cuda_kernels_test cuda_backend_test backend_tool \
-    gpu_serving_test kv_transfer_bench
+    cuda_fp8_test gpu_serving_test kv_transfer_bench
 fi
 rm -rf "$dest"
 mkdir -p "$dest/bin" "$dest/lib" "$dest/tools"
 b=${BUILD_DIR:-build}
 bins=($b/tandem $b/tests/backend/cuda_kernels_test $b/tests/backend/cuda_backend_test
       $b/tests/backend/backend_tool)
-# Optional binaries, when built: the GPU serving tests and the KV transfer benchmark.
-for extra in $b/tests/integration/gpu_serving_test $b/bench/kv_transfer_bench; do
+# Optional binaries, when built: the FP8 GPU tests, the GPU serving tests and the KV transfer benchmark.
+for extra in $b/tests/backend/cuda_fp8_test $b/tests/integration/gpu_serving_test $b/bench/kv_transfer_bench; do
   [[ -x $extra ]] && bins+=("$extra")
 done
 cp "${bins[@]}" "$dest/bin/"

@@ -48,6 +48,9 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
     : config_(weights.config()), device_(parse_device(options.device)) {
   weights.validate();
   const auto& c = config_;
+  // --quantization fp8 on an unquantized model quantizes it here, at load (fp8_weights.cu).
+  config_.quantization = model::resolve_quantization_flag(options.quantization, config_.quantization, weights.describe());
+  fp8_ = config_.quantization.is_fp8();
   if (c.head_dim != 16 && c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128) {
     throw Error("cuda backend: head_dim " + std::to_string(c.head_dim) + " is not supported (16, 32, 64 or 128)");
   }
@@ -67,6 +70,11 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   num_sms_ = prop.multiProcessorCount;
   use_mma_ = (c.head_dim == 64 || c.head_dim == 128) && prop.major >= 8;
   use_skinny_ = prop.major >= 8;
+  if (fp8_ && prop.major * 10 + prop.minor < 89) {
+    throw Error("--device " + options.device + ": FP8 weights need compute capability 8.9 or newer (" + prop.name +
+                " is " + std::to_string(prop.major) + "." + std::to_string(prop.minor) +
+                "); use a bf16 checkpoint without --quantization fp8, or --device cpu");
+  }
   launch_ = launch_options_for(prop.major);
   TANDEM_CUDA_THROW(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), device_);
   TANDEM_CUBLAS_THROW(cublasCreate(&cublas_), device_);
@@ -81,6 +89,7 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   TANDEM_CUDA_THROW(cudaMemset(combine_counters_, 0, kMaxPartials * sizeof(int32_t)), device_);
   skinny_ws_.partial_floats = kSkinnyPartialFloats;
   skinny_ws_.num_counters = kSkinnyCounters;
+  if (fp8_) fp8_gemm_ = std::make_unique<Fp8Gemm>(cublas_workspace_, kCublasWorkspaceBytes);
   graphs_enabled_ = options.cuda_graphs && !profile_.enabled();
 
   kv_.num_layers = c.num_layers;
@@ -91,6 +100,7 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
 
   const auto start = std::chrono::steady_clock::now();
   load_weights(weights);
+  if (fp8_) load_fp8_weights(weights);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   throw_if_error(ensure_workspace(kInitialMaxTokens, kInitialMaxLogits));
   allocate_kv_pool(options);
@@ -125,6 +135,8 @@ CudaBackend::~CudaBackend() {
   cudaFree(combine_counters_);
   cudaFree(kv_pool_);
   cudaFree(weight_arena_);
+  cudaFree(fp8_arena_);
+  cudaFree(fp8_dequant_);
   cudaFree(inv_freq_);
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -164,16 +176,16 @@ void CudaBackend::load_weights(const model::WeightSource& weights) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     LayerWeights& w = layers_[l];
     add(&w.input_norm, {p + "input_layernorm.weight"});
-    add(&w.qkv, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"});
+    if (!fp8_) add(&w.qkv, {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight"});
     if (c.attention_bias) add(&w.qkv_bias, {p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias", p + "self_attn.v_proj.bias"});
     if (c.qk_norm) {
       add(&w.q_norm, {p + "self_attn.q_norm.weight"});
       add(&w.k_norm, {p + "self_attn.k_norm.weight"});
     }
-    add(&w.o_proj, {p + "self_attn.o_proj.weight"});
+    if (!fp8_) add(&w.o_proj, {p + "self_attn.o_proj.weight"});
     add(&w.post_norm, {p + "post_attention_layernorm.weight"});
-    add(&w.gate_up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
-    add(&w.down, {p + "mlp.down_proj.weight"});
+    if (!fp8_) add(&w.gate_up, {p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"});
+    if (!fp8_) add(&w.down, {p + "mlp.down_proj.weight"});
   }
   add(&final_norm_, {"model.norm.weight"});
   if (!c.tie_word_embeddings) add(&lm_head_, {"lm_head.weight"});
@@ -281,7 +293,8 @@ void CudaBackend::free_workspace() {
                   static_cast<void*>(attn_out_), static_cast<void*>(delta_), static_cast<void*>(gate_up_),
                   static_cast<void*>(act_), static_cast<void*>(logits_dev_), static_cast<void*>(greedy_dev_),
                   static_cast<void*>(partial_out_),
-                  static_cast<void*>(partial_ml_), static_cast<void*>(metadata_dev_)}) {
+                  static_cast<void*>(partial_ml_), static_cast<void*>(metadata_dev_), static_cast<void*>(fp8_act_),
+                  static_cast<void*>(fp8_act_scales_)}) {
     cudaFree(p);
   }
   if (metadata_host_) cudaFreeHost(metadata_host_);
@@ -289,6 +302,8 @@ void CudaBackend::free_workspace() {
   normed_ = qkv_ = attn_out_ = delta_ = gate_up_ = act_ = nullptr;
   logits_dev_ = partial_out_ = partial_ml_ = nullptr;
   greedy_dev_ = nullptr;
+  fp8_act_ = nullptr;
+  fp8_act_scales_ = nullptr;
   metadata_dev_ = metadata_host_ = nullptr;
   max_tokens_ = max_logits_ = 0;
   metadata_capacity_ = 0;
@@ -320,6 +335,10 @@ Status CudaBackend::ensure_workspace(int num_tokens, int num_logits) {
       {reinterpret_cast<void**>(&greedy_dev_), static_cast<size_t>(logits) * sizeof(int32_t)},
       {reinterpret_cast<void**>(&partial_out_), static_cast<size_t>(kMaxPartials) * kAttentionRows * c.head_dim * sizeof(float)},
       {reinterpret_cast<void**>(&partial_ml_), static_cast<size_t>(kMaxPartials) * kAttentionRows * 2 * sizeof(float)},
+      // FP8 weights: each token's activations quantized before a cuBLASLt FP8 GEMM (a token when unused).
+      {reinterpret_cast<void**>(&fp8_act_),
+       (fp8_ ? t : 1) * std::max({c.hidden_size, c.q_size(), c.intermediate_size}) * sizeof(uint8_t)},
+      {reinterpret_cast<void**>(&fp8_act_scales_), (fp8_ ? t : 1) * sizeof(float)},
   };
   for (const Want& w : wants) {
     cudaFree(*w.ptr);

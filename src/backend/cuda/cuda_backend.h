@@ -1,7 +1,7 @@
 // The CUDA backend's entry points for code outside src/backend/cuda (plain C++: no CUDA header here,
-// STYLE.md "Layout"). The backend itself (CudaBackend, cuda_backend_impl.cuh) keeps bf16 weights and a
-// bf16 paged KV cache on one GPU and computes in fp32; see backend.h for the interface and its
-// thread-safety.
+// STYLE.md "Layout"). The backend itself (CudaBackend, cuda_backend_impl.cuh) keeps bf16 weights (or FP8
+// projections, docs/quantization.md) and a bf16 paged KV cache on one GPU and computes in fp32; see
+// backend.h for the interface and its thread-safety.
 #pragma once
 
 #include <memory>
@@ -23,5 +23,10 @@ int cuda_device_count();
 // allow it). Best of `iters` copies timed with CUDA events, after one warm-up. The reference figure of
 // bench/kv_transfer_bench. Throws tandem::Error naming the call and the device on a CUDA failure.
 double measure_device_copy_gbps(int src_device, int dst_device, size_t num_bytes, int iters);
+
+// TFLOP/s of the FP8 GEMM the backend uses for prefill (cuBLASLt e4m3 x e4m3 -> bf16, per-row scales):
+// [m, k] x [n, k]^T, `iters` runs timed with CUDA events after one warm-up. The reference rate of the FP8
+// prefill figure (docs/quantization.md). Throws tandem::Error when cuBLASLt has no such GEMM.
+double measure_fp8_gemm_tflops(int device, int m, int n, int k, int iters);
 
 }  // namespace tandem::backend::cuda

@@ -2,10 +2,11 @@
 // backend (code outside src/backend/cuda reaches it through cuda_backend.h); included only by the .cu
 // files that implement its methods.
 //
-// The forward pass on one GPU: bf16 weights (q/k/v and gate/up fused), bf16 paged KV cache, fp32 residual
-// stream and fp32 accumulation everywhere; cuBLAS GEMMs, our kernels for the rest (kernels.cuh,
-// attention.cuh, skinny_gemm.cuh, sampling.cuh). One stream; forward() ends with the logits on the host,
-// so a device fault surfaces as Status::Internal from the same call.
+// The forward pass on one GPU: bf16 weights (q/k/v and gate/up fused; or FP8 projections with their scales,
+// fp8_weights.cu), bf16 paged KV cache, fp32 residual stream and fp32 accumulation everywhere; cuBLAS GEMMs,
+// our kernels for the rest (kernels.cuh, attention.cuh, skinny_gemm.cuh, fp8_gemm.cuh, sampling.cuh). One
+// stream; forward() ends with the logits on the host, so a device fault surfaces as Status::Internal from the
+// same call.
 #pragma once
 
 #include <cublas_v2.h>
@@ -16,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
@@ -23,6 +25,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/fp8_gemm.cuh"
 #include "backend/cuda/launch_options.h"
 #include "backend/cuda/profile.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
@@ -52,6 +55,8 @@ struct LayerWeights {
   __nv_bfloat16* post_norm;   // [hidden]
   __nv_bfloat16* gate_up;     // [2 inter, hidden]: gate rows then up rows
   __nv_bfloat16* down;        // [hidden, inter]
+  // FP8 weights (fp8_weights.cu): set instead of qkv, o_proj, gate_up and down, same shapes.
+  Fp8Linear qkv8, o8, gate_up8, down8;
 };
 
 // Where each array of one step's metadata sits in the packed buffer (byte offsets).
@@ -110,6 +115,10 @@ class CudaBackend final : public Backend {
   using bf16 = __nv_bfloat16;
 
   void load_weights(const model::WeightSource& weights);
+  // FP8 projections (fp8_weights.cu): upload or quantize them; y[rows, w.rows] bf16 = x * dequant(w)^T
+  // (with silu_in, x is [rows, 2 w.cols] gate|up and silu(gate) * up is the operand).
+  void load_fp8_weights(const model::WeightSource& weights);
+  Status fp8_linear(const bf16* x, int rows, const Fp8Linear& w, void* y, bool silu_in);
   void allocate_kv_pool(const BackendOptions& options);
   Status ensure_workspace(int num_tokens, int num_logits);
   Status ensure_metadata(size_t bytes);
@@ -217,6 +226,16 @@ class CudaBackend final : public Backend {
   LaunchOptions launch_;
   SkinnyGemmWorkspace skinny_ws_;  // partials [kSkinnyPartialFloats] fp32, counters [kSkinnyCounters] int32, device
   int32_t* combine_counters_ = nullptr;  // [kMaxPartials] int32, device, zero between steps (decode split merges)
+
+  // FP8 weights: config_.quantization.is_fp8() (fp8_weights.cu, fp8_gemm.cuh).
+  bool fp8_ = false;
+  bool fp8_use_lt_ = false;          // cuBLASLt FP8 GEMMs for > kFp8GemvMaxRows tokens, else dequantize + bf16
+  Fp8GemvKind fp8_gemv_ = Fp8GemvKind::kFmaCvt;  // TANDEM_FP8_GEMV=cvt|int|mma (fp8_gemm.cuh)
+  void* fp8_arena_ = nullptr;        // every Fp8Linear's values and scales, device
+  bf16* fp8_dequant_ = nullptr;      // [largest FP8 projection] bf16, device: the dequantizing path's scratch
+  uint8_t* fp8_act_ = nullptr;       // [max_tokens, max(hidden, q_size, inter)] e4m3, device: per-token activations
+  float* fp8_act_scales_ = nullptr;  // [max_tokens] fp32, device
+  std::unique_ptr<Fp8Gemm> fp8_gemm_;
 
   KernelProfile profile_;  // TANDEM_PROFILE_KERNELS=1 (profile.cuh)
   StepTiming step_timing_;  // TANDEM_PROFILE_STEPS=1 (profile.cuh)

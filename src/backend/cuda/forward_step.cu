@@ -64,7 +64,8 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
                                            hidden, c.rms_norm_eps, true, stream_, launch_),
                        device_);
     mark(StepPart::kNorm);
-    TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.qkv, qkv_size, qkv_, false));
+    TANDEM_RETURN_IF_ERROR(w.qkv8 ? fp8_linear(normed_, n, w.qkv8, qkv_, false)
+                                  : gemm(normed_, n, hidden, w.qkv, qkv_size, qkv_, false));
     mark(StepPart::kQkvGemm);
     QkvParams qp;
     qp.qkv = qkv_;
@@ -111,15 +112,19 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     }
     TANDEM_CUDA_RETURN(launch_attention(ap, stream_, launch_), device_);
     mark(StepPart::kAttention);
-    TANDEM_RETURN_IF_ERROR(gemm(attn_out_, n, q_size, w.o_proj, hidden, delta_, false));
+    TANDEM_RETURN_IF_ERROR(w.o8 ? fp8_linear(attn_out_, n, w.o8, delta_, false)
+                                : gemm(attn_out_, n, q_size, w.o_proj, hidden, delta_, false));
     mark(StepPart::kOGemm);
     TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, w.post_norm, normed_, nullptr, n, hidden, c.rms_norm_eps,
                                            true, stream_, launch_),
                        device_);
     mark(StepPart::kNorm);
-    TANDEM_RETURN_IF_ERROR(gemm(normed_, n, hidden, w.gate_up, 2 * inter, gate_up_, false));
+    TANDEM_RETURN_IF_ERROR(w.gate_up8 ? fp8_linear(normed_, n, w.gate_up8, gate_up_, false)
+                                      : gemm(normed_, n, hidden, w.gate_up, 2 * inter, gate_up_, false));
     mark(StepPart::kGateUpGemm);
-    if (use_skinny_ && skinny_gemm_supported(n, inter, gate_up_, w.down) && skinny_gemm_preferred(n, inter, hidden)) {
+    if (w.down8) {
+      TANDEM_RETURN_IF_ERROR(fp8_linear(gate_up_, n, w.down8, delta_, true));
+    } else if (use_skinny_ && skinny_gemm_supported(n, inter, gate_up_, w.down) && skinny_gemm_preferred(n, inter, hidden)) {
       // Few tokens: the activation is computed as the down projection loads its input (one launch).
       TANDEM_CUDA_RETURN(launch_skinny_gemm_silu(gate_up_, n, inter, w.down, hidden, delta_, false, skinny_ws_,
                                                  num_sms_, stream_, launch_),

@@ -6,6 +6,9 @@
 //   backend_tool bench --model M --device cuda:0 [--prompt-len 1024] [--decode-steps 128] [--batch 1,8,32]
 //     prints one JSON object: load seconds, prefill tokens/s, decode ms/step at each batch size, with
 //     host logits (forward) and with the device argmax (forward_greedy).
+//   backend_tool fp8-gemm [--device 0] [--size 8192] [--iters 50]
+//     prints one JSON object: the TFLOP/s of the backend's FP8 GEMM (cuBLASLt e4m3, per-row scales) on
+//     size^3, the reference rate of the FP8 prefill figure.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -19,6 +22,9 @@
 #include <vector>
 
 #include "backend/backend.h"
+#ifdef TANDEM_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "backend/reference_decode.h"
 #include "common/error.h"
 #include "common/logging.h"
@@ -203,6 +209,18 @@ int main(int argc, char** argv) {
     const auto flags = parse_flags(argc, argv, 2);
     if (cmd == "logits") return run_logits(flags);
     if (cmd == "bench") return run_bench(flags);
+#ifdef TANDEM_HAVE_CUDA
+    if (cmd == "fp8-gemm") {
+      const int n = std::stoi(flag(flags, "--size", "8192"));
+      const double tflops = tb::cuda::measure_fp8_gemm_tflops(std::stoi(flag(flags, "--device", "0")), n, n, n,
+                                                              std::stoi(flag(flags, "--iters", "50")));
+      std::printf("%s\n", nlohmann::json{{"figure", "fp8_gemm_tflops"}, {"value", tflops}, {"unit", "TFLOP/s"},
+                                          {"shape", {n, n, n}}, {"gemm", "cublaslt e4m3 outer-vector scales"}}
+                               .dump()
+                               .c_str());
+      return 0;
+    }
+#endif
     throw tandem::Error("unknown command " + cmd);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
