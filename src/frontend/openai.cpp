@@ -239,6 +239,8 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
     // The messages and tools keep the client's key order (templates render them with tojson).
     const auto ordered = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (auto error = parse_tool_request(ordered, &out->tools)) return ApiError::bad_request(error->message, error->param);
+    auto ordered_msgs = ordered.find("messages");  // the same list as `msgs` (both parses keep a repeated key's last value)
+    const bool have_ordered = ordered_msgs != ordered.end() && ordered_msgs->is_array() && ordered_msgs->size() == msgs->size();
     out->messages = nlohmann::ordered_json::array();
     for (size_t i = 0; i < msgs->size(); ++i) {
       const json& m = (*msgs)[i];
@@ -270,7 +272,7 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
         return ApiError::bad_request("'" + where + ".content' must be a string or a list of text parts", where + ".content");
       }
       nlohmann::ordered_json message = {{"role", role_name == "developer" ? "system" : role_name}, {"content", content}};
-      if (auto error = read_message_tool_fields(ordered["messages"][i], where, &message)) {
+      if (auto error = read_message_tool_fields(have_ordered ? (*ordered_msgs)[i] : nlohmann::ordered_json(m), where, &message)) {
         return ApiError::bad_request(error->message, error->param);
       }
       out->messages.push_back(std::move(message));

@@ -104,7 +104,8 @@ std::optional<ToolError> parse_tool_request(const ojson& body, ToolRequest* out)
 
 std::optional<ToolError> read_message_tool_fields(const ojson& message, const std::string& where, ojson* out) {
   if (const ojson* name = field(message, "name"); name && name->is_string()) (*out)["name"] = *name;
-  const std::string role = message.value("role", "");
+  const ojson* role_field = field(message, "role");
+  const std::string role = role_field && role_field->is_string() ? role_field->get<std::string>() : "";
   if (role == "tool") {
     if (const ojson* id = field(message, "tool_call_id")) {
       if (!id->is_string()) return ToolError{"'" + where + ".tool_call_id' must be a string", where + ".tool_call_id"};

@@ -6,6 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <iostream>
+#include <random>
+
 #include "frontend/chat_reply.h"
 #include "frontend/tool_call_parser.h"
 
@@ -142,6 +145,48 @@ TEST(Llama3JsonToolParser, TextAndMalformedJsonAreContent) {
   }
   // Text after a call: the call, then the text as content.
   expect_all_cuttings(ToolParserKind::kLlama3Json, R"({"name": "f", "parameters": {}} and more)", calls(" and more", {{"f", "{}"}}));
+}
+
+// Replies made at random of the pieces the parsers look for (tags, braces, quotes, separators,
+// blanks): whatever they hold, every cutting gives what the whole gives, and with no call read the
+// content is the reply byte for byte.
+TEST(ToolParsers, RandomRepliesGiveTheSameResultWholeAndInPieces) {
+  const std::vector<std::string> parts = {"<tool_call>", "</tool_call>", "<tool_", "{", "}", "[", "]", "\"name\"", ": ",
+                                          "\"f\"", ",", "\"arguments\"", "\"parameters\"", "{}", " ", "\n", "x", ";",
+                                          "<|python_tag|>", "\"", "\\", "1", "<"};
+  std::mt19937 rng(21);
+  for (const ToolParserKind kind : {ToolParserKind::kHermes, ToolParserKind::kLlama3Json}) {
+    int with_calls = 0;
+    for (int n = 0; n < 400; ++n) {
+      std::string text;
+      const int len = 1 + static_cast<int>(rng() % 24);
+      for (int i = 0; i < len; ++i) text += parts[rng() % parts.size()];
+      // Half of them hold a well-formed call somewhere.
+      if (n % 2 == 0) {
+        const std::string call = R"({"name": "f", "arguments": {"a": [1, "}"]}})";
+        if (kind == ToolParserKind::kHermes) {
+          text.insert(rng() % (text.size() + 1), "<tool_call>" + call + "</tool_call>");
+        } else {
+          // Llama's calls are the reply itself: at its start, maybe after the tag, maybe more after.
+          const char* lead[] = {"", " \n", "<|python_tag|>"};
+          text = lead[rng() % 3] + call + (rng() % 2 ? "; " + call : "") + (rng() % 2 ? text : "");
+        }
+      }
+      const Result whole = run(kind, {text});
+      with_calls += whole.calls.empty() ? 0 : 1;
+      if (whole.calls.empty()) {
+        ASSERT_EQ(whole.content, text) << "nothing read, so all of it is content";
+      }
+      for (size_t i = 0; i <= text.size(); ++i) {
+        ASSERT_EQ(run(kind, {text.substr(0, i), text.substr(i)}), whole) << "cut at " << i << ": " << text;
+      }
+      std::vector<std::string> bytes;
+      for (char c : text) bytes.emplace_back(1, c);
+      ASSERT_EQ(run(kind, bytes), whole) << text;
+    }
+    EXPECT_GT(with_calls, 40) << tool_parser_name(kind);  // the cases exercise calls, not only text
+    std::cout << tool_parser_name(kind) << ": " << with_calls << " of 400 replies held calls\n";
+  }
 }
 
 TEST(ToolParserNames, AreVllmsAndUnknownOnesAreRefused) {
