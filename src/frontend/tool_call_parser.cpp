@@ -24,32 +24,6 @@ size_t partial_tag_suffix(std::string_view text, std::string_view tag) {
   return 0;
 }
 
-// Where the JSON object starting at text[start] == '{' ends (the index of its closing brace), or npos
-// while it is still open. Only brackets and strings are tracked; validity is checked on the whole.
-size_t object_end(std::string_view text, size_t start) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (size_t i = start; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      ++depth;
-    } else if (c == '}' || c == ']') {
-      if (--depth == 0) return i;
-    }
-  }
-  return std::string_view::npos;
-}
-
 // A call's JSON: {"name": non-empty string, "arguments" (or "parameters"): object}; no arguments
 // key at all reads as {} (a function without parameters).
 std::optional<ToolCall> read_call(std::string_view json_text) {
@@ -129,11 +103,16 @@ void ToolCallParser::feed_hermes(ToolParse* out) {
       buffer_.erase(0, at + kCallOpen.size());
       state_ = State::kCall;
     } else {
-      const size_t at = buffer_.find(kCallClose);
-      if (at == std::string::npos) return;  // the call goes on
+      const size_t from = scanned_ >= kCallClose.size() ? scanned_ - kCallClose.size() + 1 : 0;
+      const size_t at = buffer_.find(kCallClose, from);
+      if (at == std::string::npos) {
+        scanned_ = buffer_.size();
+        return;  // the call goes on
+      }
       const std::string body = buffer_.substr(0, at);
       complete_call(body, std::string(kCallOpen) + body + std::string(kCallClose), out);
       buffer_.erase(0, at + kCallClose.size());
+      scanned_ = 0;
       state_ = State::kText;
     }
   }
@@ -161,13 +140,23 @@ void ToolCallParser::feed_llama(ToolParse* out) {
     return;
   }
   while (true) {
-    size_t at = 0;
-    while (at < buffer_.size() && (is_space(buffer_[at]) || (num_calls_ > 0 && buffer_[at] == ';'))) ++at;
-    if (at == buffer_.size()) return;  // separators so far
-    const size_t end = buffer_[at] == '{' ? object_end(buffer_, at) : std::string::npos;
-    if (buffer_[at] == '{' && end == std::string::npos) return;  // the object goes on
-    if (buffer_[at] == '{') {
-      if (auto call = read_call(std::string_view(buffer_).substr(at, end + 1 - at))) {
+    if (object_start_ == std::string::npos) {
+      size_t at = 0;
+      while (at < buffer_.size() && (is_space(buffer_[at]) || (num_calls_ > 0 && buffer_[at] == ';'))) ++at;
+      if (at == buffer_.size()) return;  // separators so far
+      if (buffer_[at] == '{') {
+        object_start_ = at;
+        scanned_ = at;
+        depth_ = 0;
+        in_string_ = escaped_ = false;
+      }
+    }
+    if (object_start_ != std::string::npos) {
+      const size_t end = scan_object();
+      if (end == std::string::npos) return;  // the object goes on
+      auto call = read_call(std::string_view(buffer_).substr(object_start_, end + 1 - object_start_));
+      object_start_ = std::string::npos;
+      if (call) {
         call->id = new_id_();
         out->calls.push_back(std::move(*call));
         ++num_calls_;
@@ -183,6 +172,29 @@ void ToolCallParser::feed_llama(ToolParse* out) {
     state_ = State::kText;
     return;
   }
+}
+
+// Only brackets and strings are tracked; whether the object is valid JSON is read_call's to say.
+size_t ToolCallParser::scan_object() {
+  for (; scanned_ < buffer_.size(); ++scanned_) {
+    const char c = buffer_[scanned_];
+    if (in_string_) {
+      if (escaped_) {
+        escaped_ = false;
+      } else if (c == '\\') {
+        escaped_ = true;
+      } else if (c == '"') {
+        in_string_ = false;
+      }
+    } else if (c == '"') {
+      in_string_ = true;
+    } else if (c == '{' || c == '[') {
+      ++depth_;
+    } else if ((c == '}' || c == ']') && --depth_ == 0) {
+      return scanned_++;
+    }
+  }
+  return std::string::npos;
 }
 
 ToolParse ToolCallParser::feed(std::string_view piece) {
@@ -223,6 +235,8 @@ ToolParse ToolCallParser::finish() {
     out.content += buffer_;  // kStart: blank, or a beginning of <|python_tag|> that never finished
   }
   buffer_.clear();
+  object_start_ = std::string::npos;
+  scanned_ = 0;
   if (num_calls_ == 0) out.content += blank_;  // a reply without calls keeps every byte
   blank_.clear();
   state_ = State::kText;

@@ -71,6 +71,9 @@ class ToolCallParser {
   void text(std::string_view s, ToolParse* out);
   // A call's JSON text: a call when valid, else `raw` (its whole text) becomes content.
   void complete_call(std::string_view json_text, std::string_view raw, ToolParse* out);
+  // llama3_json: scans the object that starts at buffer_[object_start_] on from where the last piece
+  // ended; the index of its closing brace, or npos while it is open.
+  size_t scan_object();
 
   ToolParserKind kind_;
   IdFn new_id_;
@@ -78,6 +81,13 @@ class ToolCallParser {
   std::string buffer_;  // text read but not yet consumed (a partial tag, a call in progress)
   std::string blank_;   // whitespace outside calls, held
   int num_calls_ = 0;
+  // Where earlier pieces left off, so that a long call costs linear time, not quadratic: hermes, how
+  // much of buffer_ was searched for the closing tag; llama3_json, the open object's scan state.
+  size_t scanned_ = 0;
+  size_t object_start_ = std::string::npos;
+  int depth_ = 0;
+  bool in_string_ = false;
+  bool escaped_ = false;
 };
 
 }  // namespace tandem::frontend

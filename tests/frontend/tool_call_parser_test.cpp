@@ -189,6 +189,25 @@ TEST(ToolParsers, RandomRepliesGiveTheSameResultWholeAndInPieces) {
   }
 }
 
+// A long call (a file's worth of code in its arguments) arriving a few bytes at a time: each piece
+// continues the search where the last stopped, so this stays linear.
+TEST(ToolParsers, LongCallsInSmallPieces) {
+  std::string code;
+  for (int i = 0; i < 4000; ++i) code += "if (x[" + std::to_string(i) + "]) { y = \\\"}\\\"; }\\n";
+  const std::string args = "{\"code\":\"" + code + "\"}";
+  for (const ToolParserKind kind : {ToolParserKind::kHermes, ToolParserKind::kLlama3Json}) {
+    const std::string call = std::string("{\"name\": \"write\", \"") +
+                             (kind == ToolParserKind::kHermes ? "arguments" : "parameters") + "\": " + args + "}";
+    const std::string text = kind == ToolParserKind::kHermes ? "<tool_call>\n" + call + "\n</tool_call>" : call;
+    std::vector<std::string> pieces;
+    for (size_t at = 0; at < text.size(); at += 3) pieces.push_back(text.substr(at, 3));
+    const Result r = run(kind, pieces);
+    ASSERT_EQ(r.calls.size(), 1u) << tool_parser_name(kind);
+    EXPECT_EQ(r.calls[0].second, args);
+    EXPECT_EQ(r.content, "");
+  }
+}
+
 TEST(ToolParserNames, AreVllmsAndUnknownOnesAreRefused) {
   EXPECT_EQ(parse_tool_parser_kind("hermes"), ToolParserKind::kHermes);
   EXPECT_EQ(parse_tool_parser_kind("llama3_json"), ToolParserKind::kLlama3Json);
