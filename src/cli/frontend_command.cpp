@@ -25,6 +25,8 @@ struct FrontendCommandOptions {
   size_t max_body_bytes = 16u << 20;
   int drain_timeout_ms = 30000;
   std::string reasoning_parser;
+  std::string tool_call_parser;
+  bool enable_auto_tool_choice = false;  // vLLM's flag, accepted: --tool-call-parser alone turns tool calling on
   std::vector<std::string> api_keys;  // --api-key values; else TANDEM_API_KEY
   double header_timeout_s = 10;
   double idle_timeout_s = 60;
@@ -53,6 +55,10 @@ Runner add_frontend_command(CLI::App& app) {
                   "Model names to serve, one or more, each reaching every worker (default: the names workers register)");
   cmd->add_option("--reasoning-parser", o->reasoning_parser,
                   "Split chat replies' <think>...</think> into reasoning_content: qwen3 or deepseek_r1 (default: none)");
+  cmd->add_option("--tool-call-parser", o->tool_call_parser,
+                  "Serve 'tools' in chat and read the model's calls into tool_calls: hermes or llama3_json (default: none)");
+  cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
+                "Accepted for vLLM's command lines (tool calling is on whenever --tool-call-parser is given)");
   cmd->add_option("--max-local-prefill", f.router.max_local_prefill, "Uncached prompt tokens above which prefill runs remotely")->capture_default_str();
   cmd->add_option("--max-prefill-queue", f.router.max_prefill_queue, "Remote prefill only while fewer than this are queued")->capture_default_str();
   cmd->add_option("--heartbeat-timeout-ms", f.heartbeat_timeout_ms, "Drop a worker silent this long")->capture_default_str();
@@ -103,6 +109,9 @@ Runner add_frontend_command(CLI::App& app) {
     auto reasoning = frontend::parse_reasoning_format(o->reasoning_parser);
     if (!reasoning) throw Error("--reasoning-parser: unknown parser '" + o->reasoning_parser + "' (use qwen3 or deepseek_r1)");
     o->options.reasoning = *reasoning;
+    auto tool_parser = frontend::parse_tool_parser_kind(o->tool_call_parser);
+    if (!tool_parser) throw Error("--tool-call-parser: unknown parser '" + o->tool_call_parser + "' (use hermes or llama3_json)");
+    o->options.tool_parser = *tool_parser;
     o->options.http.port = static_cast<uint16_t>(o->port);
     o->options.http.max_body_bytes = o->max_body_bytes;
     o->options.http.header_timeout_ms = std::max(1, to_ms(o->header_timeout_s));

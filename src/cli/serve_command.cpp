@@ -67,6 +67,8 @@ struct ServeOptions {
   std::vector<std::string> worker_args;
   std::vector<std::string> served_model_name;  // passed to the workers, who register these names
   std::string reasoning_parser;                // passed to the frontend
+  std::string tool_call_parser;                // passed to the frontend
+  bool enable_auto_tool_choice = false;        // vLLM's flag, accepted (see the frontend's)
   std::vector<std::string> frontend_args;
   std::vector<std::string> api_keys;  // to the frontend through its environment, never its argv
   int max_pending_requests = 0;
@@ -199,6 +201,10 @@ Runner add_serve_command(CLI::App& app) {
                   "Model names clients use, one or more (default: the model directory's name)");
   cmd->add_option("--reasoning-parser", o->reasoning_parser,
                   "Split <think>...</think> into reasoning_content: qwen3 or deepseek_r1 (default: none)");
+  cmd->add_option("--tool-call-parser", o->tool_call_parser,
+                  "Serve 'tools' in chat and read the model's calls into tool_calls: hermes or llama3_json (default: none)");
+  cmd->add_flag("--enable-auto-tool-choice", o->enable_auto_tool_choice,
+                "Accepted for vLLM's command lines (tool calling is on whenever --tool-call-parser is given)");
   cmd->add_option("--api-key", o->api_keys,
                   "Require Authorization: Bearer KEY on /v1/* (repeatable; default $TANDEM_API_KEY, comma-separated)");
   cmd->add_option("--max-pending-requests", o->max_pending_requests, "Requests in flight beyond which new ones get 429 (0 = no limit)")
@@ -252,6 +258,7 @@ Runner add_serve_command(CLI::App& app) {
       frontend.argv.push_back(tokenizer_dir);
     }
     if (!o->reasoning_parser.empty()) frontend.argv.insert(frontend.argv.end(), {"--reasoning-parser", o->reasoning_parser});
+    if (!o->tool_call_parser.empty()) frontend.argv.insert(frontend.argv.end(), {"--tool-call-parser", o->tool_call_parser});
     if (o->max_pending_requests > 0) {
       frontend.argv.insert(frontend.argv.end(), {"--max-pending-requests", std::to_string(o->max_pending_requests)});
     }

@@ -48,6 +48,7 @@ LifecycleOptions lifecycle_options(const FrontendOptions& o) {
   l.default_max_tokens = o.default_max_tokens;
   l.served_model_name = o.served_model_name;
   l.reasoning = o.reasoning;
+  l.tool_parser = o.tool_parser;
   return l;
 }
 

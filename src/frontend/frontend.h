@@ -20,6 +20,7 @@
 #include "frontend/http.h"
 #include "frontend/prompt_codec.h"
 #include "frontend/reasoning_parser.h"
+#include "frontend/tool_call_parser.h"
 #include "frontend/router.h"
 
 namespace tandem::frontend {
@@ -38,6 +39,7 @@ struct FrontendOptions {
   // worker; empty = the names workers register with.
   std::vector<std::string> served_model_name;
   ReasoningFormat reasoning = ReasoningFormat::kNone;  // --reasoning-parser
+  ToolParserKind tool_parser = ToolParserKind::kNone;  // --tool-call-parser
   std::string ready_file;              // written once listening: {"http_port": .., "registry_port": ..}
   // Cluster mode (non-empty etcd): workers are found under /tandem/<ns>/workers/ and dialed; the
   // thresholds live under /tandem/<ns>/disagg/. The embedded registry port stays open as well.

@@ -142,7 +142,8 @@ std::string error_body(const ApiError& error) {
 // Features a client asks for that would change what the answer means: structured output and tool
 // calls. Ignoring them, as unknown fields are ignored, would hand back free text where the client
 // expects JSON or a tool call, so they get a 400 naming the parameter instead. The harmless forms
-// pass: a "text" response format, and tools with tool_choice "none" (the model is not to call them).
+// pass: a "text" response format. Tools are read by parse_tool_request (chat) instead; the legacy
+// `functions` stay refused.
 std::optional<ApiError> refuse_unsupported_features(Reader& r) {
   if (const json* rf = r.field("response_format"); rf && !(rf->is_object() && rf->value("type", "") == "text")) {
     return ApiError::bad_request(
@@ -153,16 +154,7 @@ std::optional<ApiError> refuse_unsupported_features(Reader& r) {
       return ApiError::bad_request(std::string("'") + guided + "' is not supported (no structured output)", guided);
     }
   }
-  const json* choice = r.field("tool_choice");
-  const bool choice_none = choice && *choice == "none";
-  if (choice && !choice_none && *choice != "auto") {
-    return ApiError::bad_request("'tool_choice' other than \"none\" or \"auto\" is not supported (no tool calling)",
-                                 "tool_choice");
-  }
   auto non_empty = [](const json* v) { return v && !(v->is_array() && v->empty()); };
-  if (non_empty(r.field("tools")) && !choice_none) {
-    return ApiError::bad_request("tool calling is not supported: send no 'tools', or 'tool_choice': \"none\"", "tools");
-  }
   if (non_empty(r.field("functions"))) {
     return ApiError::bad_request("'functions' (function calling) is not supported", "functions");
   }
@@ -231,11 +223,25 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
     if (out->prompt_text && out->prompt_text->empty()) return ApiError::bad_request("'prompt' is empty", "prompt");
     if (auto echo = r.boolean("echo"); echo && *echo) return ApiError::bad_request("'echo' is not supported", "echo");
     if (r.field("suffix")) return ApiError::bad_request("'suffix' is not supported", "suffix");
+    // Completions have no tool calling: tools pass only with tool_choice "none", as before chat had it.
+    const json* choice = r.field("tool_choice");
+    if (choice && *choice != "none" && *choice != "auto") {
+      return ApiError::bad_request("'tool_choice' is for /v1/chat/completions", "tool_choice");
+    }
+    const json* tools = r.field("tools");
+    if (tools && !(tools->is_array() && tools->empty()) && !(choice && *choice == "none")) {
+      return ApiError::bad_request("'tools' are for /v1/chat/completions", "tools");
+    }
   } else {
     const json* msgs = r.field("messages");
     if (!msgs) return ApiError::bad_request("'messages' is required", "messages");
     if (!msgs->is_array() || msgs->empty()) return ApiError::bad_request("'messages' must be a non-empty list", "messages");
-    out->messages = json::array();
+    // The messages and tools keep the client's key order (templates render them with tojson).
+    const auto ordered = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (auto error = parse_tool_request(ordered, &out->tools)) return ApiError::bad_request(error->message, error->param);
+    auto ordered_msgs = ordered.find("messages");  // the same list as `msgs` (both parses keep a repeated key's last value)
+    const bool have_ordered = ordered_msgs != ordered.end() && ordered_msgs->is_array() && ordered_msgs->size() == msgs->size();
+    out->messages = nlohmann::ordered_json::array();
     for (size_t i = 0; i < msgs->size(); ++i) {
       const json& m = (*msgs)[i];
       std::string where = "messages[" + std::to_string(i) + "]";
@@ -265,7 +271,11 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
       } else {
         return ApiError::bad_request("'" + where + ".content' must be a string or a list of text parts", where + ".content");
       }
-      out->messages.push_back({{"role", role_name == "developer" ? "system" : role_name}, {"content", content}});
+      nlohmann::ordered_json message = {{"role", role_name == "developer" ? "system" : role_name}, {"content", content}};
+      if (auto error = read_message_tool_fields(have_ordered ? (*ordered_msgs)[i] : nlohmann::ordered_json(m), where, &message)) {
+        return ApiError::bad_request(error->message, error->param);
+      }
+      out->messages.push_back(std::move(message));
     }
     if (auto agp = r.boolean("add_generation_prompt")) out->add_generation_prompt = *agp;
     if (const json* kwargs = r.field("chat_template_kwargs")) {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "frontend/tool_calls.h"
 #include "rpc/messages.pb.h"
 
 namespace tandem::frontend {
@@ -66,7 +67,10 @@ struct GenerationRequest {
   // completions with a list of two or more prompts (each answered as its own request, the choices
   // merged); empty for one prompt (prompt_text / prompt_ids).
   std::vector<PromptInput> batch;
-  nlohmann::json messages;             // chat: [{role, content (string)}], content parts joined
+  // chat: [{role, content (string), tool_calls / tool_call_id / name}] as the template takes them
+  // (tool_calls' arguments as JSON), content parts joined; the client's key order.
+  nlohmann::ordered_json messages;
+  ToolRequest tools;                   // chat: tools, tool_choice, parallel_tool_calls
   bool add_generation_prompt = true;
   nlohmann::json chat_template_kwargs = nlohmann::json::object();  // chat: more template variables
   bool stream = false;

@@ -90,6 +90,16 @@ json response_body(const ResponseContext& ctx, const std::vector<ChoiceState>& c
     if (ctx.chat) {
       choice["message"] = {{"role", "assistant"}, {"content", c.text}};
       if (c.reasoning) choice["message"]["reasoning_content"] = c.reasoning->empty() ? json(nullptr) : json(*c.reasoning);
+      if (!c.tool_calls.empty()) {
+        // OpenAI's shape: content null when the reply is calls alone.
+        json calls = json::array();
+        for (const auto& call : c.tool_calls) {
+          calls.push_back({{"id", call.id}, {"type", "function"},
+                           {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
+        }
+        choice["message"]["tool_calls"] = calls;
+        if (c.text.empty()) choice["message"]["content"] = nullptr;
+      }
       choice["logprobs"] = with_logprobs ? json{{"content", c.logprobs_content}} : json(nullptr);
     } else {
       choice["text"] = c.text;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "frontend/reasoning_parser.h"
+#include "frontend/tool_call_parser.h"
 #include "rpc/messages.pb.h"
 
 namespace tandem::frontend {
@@ -38,6 +39,7 @@ struct TokenUsage {
 struct ChoiceState {
   std::string text;                       // chat with a reasoning parser: the answer part alone
   std::optional<std::string> reasoning;   // chat with a reasoning parser: the think block ("" = null)
+  std::vector<ToolCall> tool_calls;       // chat with --tool-call-parser: the calls read out of the reply
   std::vector<int32_t> tokens;
   nlohmann::json logprobs_content = nlohmann::json::array();  // chat: one entry per token
   nlohmann::json completion_logprobs = {{"tokens", nlohmann::json::array()},

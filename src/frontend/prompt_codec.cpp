@@ -21,11 +21,12 @@ class TokenizerCodec : public PromptCodec {
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const override {
     return tokenizer_->encode(text, add_special_tokens);
   }
-  StatusOr<std::string> render_chat(const nlohmann::json& messages, bool add_generation_prompt,
-                                    const nlohmann::json& template_kwargs) const override {
+  StatusOr<std::string> render_chat(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                                    bool add_generation_prompt, const nlohmann::json& template_kwargs) const override {
     if (template_) {
       tokenizer::ChatInputs inputs;
-      inputs.messages = nlohmann::ordered_json::parse(messages.dump());
+      inputs.messages = messages;
+      inputs.tools = tools;
       inputs.add_generation_prompt = add_generation_prompt;
       inputs.bos_token = tokenizer_->bos_token();
       inputs.eos_token = tokenizer_->eos_token();

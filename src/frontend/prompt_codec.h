@@ -19,11 +19,13 @@ class PromptCodec {
  public:
   virtual ~PromptCodec() = default;
   virtual std::vector<int32_t> encode(const std::string& text, bool add_special_tokens) const = 0;
-  // The prompt text for chat `messages` (OpenAI shape, already validated: role and string content).
-  // `template_kwargs` (an object, the request's chat_template_kwargs, e.g. {"enable_thinking": false})
-  // are further template variables. InvalidArgument when the template cannot render them.
-  virtual StatusOr<std::string> render_chat(const nlohmann::json& messages, bool add_generation_prompt,
-                                            const nlohmann::json& template_kwargs) const = 0;
+  // The prompt text for chat `messages` (already validated, in the template's shape: role, string
+  // content, tool_calls with JSON arguments, tool_call_id) and `tools` (their JSON schemas; null for
+  // none), both in the client's key order. `template_kwargs` (an object, the request's
+  // chat_template_kwargs, e.g. {"enable_thinking": false}) are further template variables; they
+  // override the others, as in vLLM. InvalidArgument when the template cannot render them.
+  virtual StatusOr<std::string> render_chat(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                                            bool add_generation_prompt, const nlohmann::json& template_kwargs) const = 0;
   // The text of one token (for logprobs), e.g. " the".
   virtual std::string token_text(int32_t id) const = 0;
 };

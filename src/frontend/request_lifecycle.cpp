@@ -41,7 +41,8 @@ std::optional<ApiError> RequestLifecycle::tokenize(const GenerationRequest& req,
                                                    bool* think_open) const {
   if (req.chat) {
     if (!codec_) return ApiError::bad_request("chat needs a tokenizer: start the frontend with --tokenizer", "messages");
-    auto text = codec_->render_chat(req.messages, req.add_generation_prompt, req.chat_template_kwargs);
+    auto text = codec_->render_chat(req.messages, req.tools.template_tools(), req.add_generation_prompt,
+                                    req.chat_template_kwargs);
     if (!text.ok()) return ApiError::bad_request(text.status().message(), "messages");
     if (think_open) *think_open = prompt_opens_think(*text);
     *prompt = codec_->encode(*text, /*add_special_tokens=*/false);
@@ -97,6 +98,18 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
   if (draining_) return reply_error(*ex, ApiError::unavailable("the server is draining"), headers);
   if (auto error = parse_generation_request(ex->request().body, chat, &r.req)) return reply_error(*ex, *error, headers);
   GenerationRequest& req = r.req;
+  if (req.tools.active() && options_.tool_parser == ToolParserKind::kNone) {
+    return reply_error(*ex, ApiError::bad_request("tool calling needs the server started with --tool-call-parser "
+                                                  "(hermes or llama3_json); send no 'tools', or 'tool_choice': \"none\"",
+                                                  "tools"),
+                       headers);
+  }
+  // TOOL-CALL CONSTRAINT SEAM (issue 21): `required` and a named tool_choice must hold even for a weak
+  // model. tool_call_constraint() says what the reply must be (tool_calls.h); the request's
+  // constrained decoding (the structured-output engine) is to be set from it here, before launch().
+  if (auto constraint = tool_call_constraint(req.tools, options_.tool_parser)) {
+    (void)constraint;  // not enforced yet: the parser still reads whatever the model writes
+  }
   const auto names = served_models(directory_, options_.served_model_name);
   if (names.empty()) return reply_error(*ex, ApiError::unavailable("no worker that can decode is registered"), headers);
   if (req.model.empty()) {
@@ -119,9 +132,13 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
   bool think_open = false;
   if (auto error = tokenize(req, &prompt, &think_open)) return reply_error(*ex, *error, headers);
   if (auto error = launch(r, std::move(prompt))) return reply_error(*ex, *error, headers);
-  if (chat && options_.reasoning != ReasoningFormat::kNone) {
-    r.reasoning.assign(req.sampling.n(), ReasoningParser(options_.reasoning, think_open));
-    for (auto& c : r.choices) c.reasoning.emplace();
+  const ToolParserKind tool_parser = req.tools.active() ? options_.tool_parser : ToolParserKind::kNone;
+  if (chat && (options_.reasoning != ReasoningFormat::kNone || tool_parser != ToolParserKind::kNone)) {
+    const int max_calls = req.tools.parallel_tool_calls ? -1 : 1;
+    for (int i = 0; i < req.sampling.n(); ++i) r.parsers.emplace_back(options_.reasoning, think_open, tool_parser, max_calls);
+    if (options_.reasoning != ReasoningFormat::kNone) {
+      for (auto& c : r.choices) c.reasoning.emplace();
+    }
   }
   if (req.stream) {
     ex->start_stream(200, "text/event-stream", headers);
@@ -300,23 +317,18 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
   if (r.batch) r.batch->usage[r.batch_prompt] = r.usage;
   ChoiceState& c = r.choices[out.index()];
   if (c.finished) return;
-  json delta;
+  std::vector<json> deltas;  // a stream's deltas of this output (chat with parsers: one or more)
   bool has_text = !out.text().empty();
-  if (!r.reasoning.empty()) {
-    ReasoningParser& parser = r.reasoning[out.index()];
-    ReasoningSplit part = parser.feed(out.text());
-    if (out.finished()) {
-      ReasoningSplit rest = parser.finish();
-      part.reasoning += rest.reasoning;
-      part.content += rest.content;
-    }
-    c.text += part.content;
-    *c.reasoning += part.reasoning;
-    has_text = !part.reasoning.empty() || !part.content.empty();
-    if (r.req.stream) delta = reasoning_delta(part, num_new);
+  if (!r.parsers.empty()) {
+    ChatPiece piece = r.parsers[out.index()].feed(out.text(), out.finished());
+    c.text += piece.content;
+    if (c.reasoning) *c.reasoning += piece.reasoning;
+    has_text = !piece.reasoning.empty() || !piece.content.empty() || !piece.calls.empty();
+    if (r.req.stream) deltas = chat_piece_deltas(piece, c.reasoning.has_value(), num_new);
+    c.tool_calls.insert(c.tool_calls.end(), piece.calls.begin(), piece.calls.end());
   } else {
     c.text += out.text();
-    if (r.req.stream) delta = stream_delta(r.req.chat, out.text(), num_new);
+    if (r.req.stream) deltas.push_back(stream_delta(r.req.chat, out.text(), num_new));
   }
   c.tokens.insert(c.tokens.end(), out.token_ids().begin(), out.token_ids().end());
   json lp;
@@ -327,7 +339,8 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
   const char* reason = nullptr;
   if (out.finished()) {
     c.finished = true;
-    c.finish_reason = finish_reason_text(out.finish_reason());
+    c.finish_reason = r.req.chat ? chat_finish_reason(c.tool_calls, finish_reason_text(out.finish_reason()))
+                                 : finish_reason_text(out.finish_reason());
     c.stop_reason = out.stop_reason();
     reason = c.finish_reason.c_str();
     ++r.num_finished;
@@ -336,7 +349,12 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     const std::vector<int32_t> ids(out.token_ids().begin(), out.token_ids().end());
     const int index = r.batch ? batch_choice_index(r.batch_prompt, r.req.sampling.n(), out.index()) : out.index();
     const TokenUsage usage = r.batch ? sum_usage(r.batch->usage) : r.usage;
-    r.exchange->write(sse_event(stream_chunk(r.response, index, delta, has_lp ? &lp : nullptr, reason, &ids, usage)));
+    // Logprobs and token ids ride on the first delta, the finish reason on the last.
+    for (size_t k = 0; k < deltas.size(); ++k) {
+      const bool first = k == 0, last = k + 1 == deltas.size();
+      r.exchange->write(sse_event(stream_chunk(r.response, index, deltas[k], first && has_lp ? &lp : nullptr,
+                                               last ? reason : nullptr, first ? &ids : nullptr, usage)));
+    }
   }
   if (r.num_finished == static_cast<int>(r.choices.size())) complete(r);
 }

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "frontend/chat_reply.h"
 #include "frontend/http.h"
 #include "frontend/metrics.h"
 #include "frontend/openai.h"
@@ -35,6 +36,7 @@ struct LifecycleOptions {
   int default_max_tokens = 1024;          // chat requests without max_tokens: min(this, room left)
   std::vector<std::string> served_model_name;  // empty = the model names workers register with
   ReasoningFormat reasoning = ReasoningFormat::kNone;  // --reasoning-parser: chat replies split the think block
+  ToolParserKind tool_parser = ToolParserKind::kNone;  // --tool-call-parser: chat replies with tools read for calls
 };
 
 // Answers `error` as OpenAI does (error_body) and counts it in tandem_http_errors_total.
@@ -90,7 +92,8 @@ class RequestLifecycle {
     // or loses before producing anything is sent once to another worker (reroute()).
     std::shared_ptr<rpc::pb::Envelope> generate;
     bool rerouted = false;
-    std::vector<ReasoningParser> reasoning;  // chat with --reasoning-parser: one per choice
+    // Chat with --reasoning-parser, or with tools and --tool-call-parser: one per choice.
+    std::vector<ChatReplyParser> parsers;
     std::shared_ptr<Batch> batch;            // a part of a batched request; null for a single prompt
     int batch_prompt = 0;                    // the part's prompt index in the batch
   };

@@ -22,9 +22,10 @@ using testing::FakeExchange;
 // false enable_thinking, so the prompt's length shows the variable arrived.
 class KwargsCodec : public ByteCodec {
  public:
-  StatusOr<std::string> render_chat(const json& messages, bool agp, const json& kwargs) const override {
+  StatusOr<std::string> render_chat(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools, bool agp,
+                                    const json& kwargs) const override {
     last_kwargs = kwargs;
-    auto text = ByteCodec::render_chat(messages, agp, kwargs);
+    auto text = ByteCodec::render_chat(messages, tools, agp, kwargs);
     if (text.ok() && kwargs.value("enable_thinking", true) == false) return *text + "<think></think>";
     return text;
   }
@@ -270,7 +271,7 @@ TEST(ChatTemplateKwargs, ReachQwen3sTemplateAsJinja2RendersThem) {
     if (!inputs.contains("extra") || inputs.contains("tools") || inputs.dump().find("tool_calls") != std::string::npos) {
       continue;
     }
-    auto text = codec->render_chat(inputs["messages"], inputs.value("add_generation_prompt", false), inputs["extra"]);
+    auto text = codec->render_chat(inputs["messages"], nullptr, inputs.value("add_generation_prompt", false), inputs["extra"]);
     ASSERT_TRUE(text.ok()) << c["name"] << ": " << text.status().message();
     EXPECT_EQ(*text, c["expected"].get<std::string>()) << c["name"];
     ++checked;

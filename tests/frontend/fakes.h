@@ -183,7 +183,8 @@ class ByteCodec : public PromptCodec {
   std::vector<int32_t> encode(const std::string& text, bool) const override {
     return std::vector<int32_t>(text.begin(), text.end());
   }
-  StatusOr<std::string> render_chat(const nlohmann::json& messages, bool, const nlohmann::json&) const override {
+  StatusOr<std::string> render_chat(const nlohmann::ordered_json& messages, const nlohmann::ordered_json&, bool,
+                                    const nlohmann::json&) const override {
     std::string text;
     for (const auto& m : messages) text += m.value("content", "");
     return text;

@@ -66,6 +66,26 @@ put("openai_request_fuzz", "chat",
                           "presence_penalty": 0.5, "frequency_penalty": 0.1, "n": 1,
                           "skip_special_tokens": False, "add_generation_prompt": True}).encode())
 
+put("openai_request_fuzz", "chat_tools",
+    b"\x01" + json.dumps({"messages": [{"role": "user", "content": "Weather?"},
+                                       {"role": "assistant", "content": None, "tool_calls": [
+                                           {"id": "call_1", "type": "function",
+                                            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                                       {"role": "tool", "tool_call_id": "call_1", "content": "21C"}],
+                          "tools": [{"type": "function", "function": {"name": "get_weather", "description": "Weather.",
+                                     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
+                          "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                          "parallel_tool_calls": False}).encode())
+
+# Model replies to the tool-call parsers: first byte odd hermes, even llama3_json; second the piece size.
+put("tool_call_parser_fuzz", "hermes_two_calls",
+    b"\x01\x03<think>x</think>\n\n<tool_call>\n" + b'{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    + b"\n</tool_call>\n<tool_call>" + b'{"name": "now"}' + b"</tool_call>")
+put("tool_call_parser_fuzz", "hermes_malformed", b"\x01\x05Let me check. <tool_call>{\"name\": get}</tool_call> <tool_c")
+put("tool_call_parser_fuzz", "llama_two_calls",
+    b"\x00\x04<|python_tag|>" + b'{"name": "f", "parameters": {"a": "}{;"}}; {"name": "g", "arguments": {}}')
+put("tool_call_parser_fuzz", "llama_text", b"\x00\x01  {\"name\": 1} trailing")
+
 # Streamed responses as the bench client reads them; the first byte picks the read size.
 chunk1 = 'data: {"choices":[{"text":"Hi"}]}\n\n'
 chunk2 = 'data: [DONE]\n\n'

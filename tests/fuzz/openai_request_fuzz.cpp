@@ -19,6 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // What the lifecycle does next with a parsed request.
     (void)request.sampling.SerializeAsString();
     if (chat) (void)request.messages.dump();
+    if (chat) (void)tandem::frontend::tool_call_constraint(request.tools, tandem::frontend::ToolParserKind::kHermes);
   }
   return 0;
 }

@@ -9,7 +9,11 @@ Writes tests/data/tokenizer/chat/<name>_cases.json: each case holds its inputs a
 expected render or the error jinja2 raised (our renderer must fail too). Run from the repository
 root after scripts/fetch_data.sh:
 
-    python3 tools/references/chat_template_references.py [DATA_DIR]
+    python3 tools/references/chat_template_references.py [DATA_DIR [SUITE...]]
+
+SUITE names the files to write (e.g. qwen3_requests); all when none is given. The *_requests suites
+hold OpenAI chat requests (tools, tool calls, tool results) and the prompt their conversation renders
+to once converted as vLLM converts it (to_conversation); the frontend must render the same.
 """
 import datetime
 import json
@@ -255,7 +259,109 @@ def snippet_cases():
     return cases
 
 
+def to_conversation(request):
+    """What vLLM hands the template for an OpenAI chat request (its chat_utils): string content
+    (None as "", text parts joined as Tandem joins them), developer as system, an assistant's
+    tool_calls with their JSON-string arguments parsed to objects, a tool message's tool_call_id,
+    any message's name; tools as sent, or None with tool_choice "none" (Tandem omits them then)."""
+    import copy
+    messages = []
+    for m in request["messages"]:
+        content = m.get("content")
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            content = "".join(part["text"] for part in content)
+        out = {"role": "system" if m["role"] == "developer" else m["role"], "content": content}
+        if isinstance(m.get("name"), str):
+            out["name"] = m["name"]
+        if m["role"] == "tool" and "tool_call_id" in m:
+            out["tool_call_id"] = m["tool_call_id"]
+        if m["role"] == "assistant" and m.get("tool_calls") is not None:
+            calls = copy.deepcopy(m["tool_calls"])
+            for c in calls:
+                if isinstance(c["function"].get("arguments"), str):
+                    c["function"]["arguments"] = json.loads(c["function"]["arguments"])
+            out["tool_calls"] = calls
+        messages.append(out)
+    tools = request.get("tools") or None
+    if request.get("tool_choice") == "none":
+        tools = None
+    return {"messages": messages, "tools": tools, "add_generation_prompt": request.get("add_generation_prompt", True),
+            "extra": request.get("chat_template_kwargs", {})}
+
+
+def api_call(call_id, name, arguments):
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+def request_cases():
+    """OpenAI chat requests with tools, tool calls and tool results, as clients send them."""
+    weather = api_call("call_1", "get_weather", {"unit": "celsius", "city": "Paris"})
+    rome = api_call("call_2", "get_weather", {"city": "Rome"})
+    news = api_call("call_3", "search", {"query": "news \"today\"", "limit": 3, "filters": {"z": [1, 2.5], "a": None}})
+    round_trip = [U2, {"role": "assistant", "content": None, "tool_calls": [weather]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 21}"}]
+    parallel = [SYSTEM, {"role": "user", "content": "Weather in Paris and Rome, and the news?"},
+                {"role": "assistant", "content": "Let me look.", "tool_calls": [weather, rome, news]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+                {"role": "tool", "tool_call_id": "call_2", "name": "get_weather", "content": [{"type": "text", "text": "25C"}]},
+                {"role": "tool", "tool_call_id": "call_3", "content": "[\"headline\"]"},
+                {"role": "assistant", "content": "Paris 18C, Rome 25C."}, {"role": "user", "content": "Thanks! And Oslo?"}]
+    odd_tool = {"type": "function", "function": {"parameters": {"type": "object", "required": ["q"], "properties": {
+        "q": {"description": "Grüße — \"quoted\"", "type": "string"}}}, "name": "lookup", "description": "Looks up 東京."}}
+    return [
+        {"name": "tools_single_user", "request": {"messages": [U2], "tools": TOOLS}},
+        {"name": "tools_system_user", "request": {"messages": [SYSTEM, U2], "tools": TOOLS, "tool_choice": "auto"}},
+        {"name": "tools_required", "request": {"messages": [{"role": "developer", "content": "Use tools."}, U2],
+                                               "tools": TOOLS, "tool_choice": "required"}},
+        {"name": "tools_named", "request": {"messages": [U2], "tools": TOOLS,
+                                            "tool_choice": {"type": "function", "function": {"name": "search"}}}},
+        {"name": "tool_choice_none_omits_tools", "request": {"messages": [SYSTEM, U2], "tools": TOOLS, "tool_choice": "none"}},
+        {"name": "round_trip", "request": {"messages": round_trip, "tools": TOOLS}},
+        {"name": "round_trip_without_tools", "request": {"messages": round_trip}},
+        {"name": "parallel_calls_and_results", "request": {"messages": parallel, "tools": TOOLS, "parallel_tool_calls": True}},
+        {"name": "no_thinking", "request": {"messages": round_trip, "tools": TOOLS, "chat_template_kwargs": {"enable_thinking": False}}},
+        {"name": "tool_key_order", "request": {"messages": [U2], "tools": [odd_tool, WEATHER_TOOL]}},
+        {"name": "ends_with_tool_calls", "request": {"messages": [U2, {"role": "assistant", "content": "", "tool_calls": [news]}],
+                                                     "tools": TOOLS, "add_generation_prompt": False}},
+    ]
+
+
+def render_requests(template, tokenizer_config):
+    cases = []
+    for case in request_cases():
+        inputs = to_conversation(case["request"])
+        for key in ("bos_token", "eos_token"):
+            value = tokenizer_config.get(key)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if value:
+                inputs[key] = value
+        out = {"name": case["name"], "request": case["request"]}
+        try:
+            out["expected"] = render(template, inputs)
+        except jinja2.exceptions.TemplateError as e:
+            out["error"] = f"{type(e).__name__}: {e}"
+        cases.append(out)
+    return cases
+
+
 def main():
+    only = sys.argv[2:]  # suite names to write (default: all)
+    for model in ("qwen3", "llama3_1"):
+        name = f"{model}_requests"
+        if only and name not in only:
+            continue
+        with open(os.path.join(DATA, "tokenizers", model, "tokenizer_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        cases = render_requests(config["chat_template"], config)
+        out = {"generator": f"tools/references/chat_template_references.py with jinja2 {jinja2.__version__}",
+               "template": f"config:{model}", "now": NOW.isoformat(), "cases": cases}
+        with open(os.path.join(OUT, f"{name}_cases.json"), "w", encoding="utf-8") as f:
+            json.dump(out, f, ensure_ascii=False, indent=1)
+            f.write("\n")
+        print(f"{name}: {len(cases)} cases")
     suites = {
         "qwen3": ("config:qwen3", qwen3_cases()),
         "llama3_1": ("config:llama3_1", llama_cases()),
@@ -264,6 +370,8 @@ def main():
         "snippets": ("inline:", snippet_cases()),
     }
     for name, (source, cases) in suites.items():
+        if only and name not in only:
+            continue
         kind, ref = source.split(":", 1)
         # Meta's tool-calling Llama-3.1 template is not ours to commit: render its cases only where a
         # copy has been placed beside the other templates by hand.
