@@ -171,7 +171,7 @@ int injected_device_fault_step();
 int32_t argmax(std::span<const float> logits);
 
 struct BackendOptions {
-  std::string device = "cpu";  // "cpu" or "cuda:N"
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:N" or (tensor parallel) "cuda:N,M,..."
   int block_size = 16;
   // KV blocks to allocate; 0 sizes the pool from memory (kv_cache_bytes on CPU; the GPU's free memory
   // times gpu_memory_utilization on CUDA).
@@ -181,12 +181,17 @@ struct BackendOptions {
   int num_threads = 0;  // CPU: OpenMP threads; 0 = all cores
   bool cuda_graphs = true;  // CUDA: replay decode steps (one token per sequence) from captured graphs
   // Ranks the model is split over (--tensor-parallel-size; docs/parallelism.md). CPU: threads of this
-  // process; CUDA: only 1 for now.
+  // process; CUDA: one GPU each (parse_cuda_devices), threads of this process over NCCL.
   int tensor_parallel_size = 1;
   // --quantization: "" (as the checkpoint says), "fp8" (online per-channel FP8 unless the checkpoint is
   // FP8 already) or "none" (refused on an FP8 checkpoint). See model/quantization.h.
   std::string quantization;
 };
+
+// The GPUs of `--device` for `--tensor-parallel-size tp`: "cuda" takes the first tp visible ones,
+// "cuda:N" or "cuda:2,3" names them (as many as tp, none twice: NCCL puts one rank on a GPU). `visible`:
+// how many GPUs this process sees (-1: not checked). InvalidArgument naming both flags otherwise.
+StatusOr<std::vector<int>> parse_cuda_devices(const std::string& device, int tp, int visible);
 
 // Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error
 // with an actionable message (unknown device, not enough memory, CUDA not built in).
