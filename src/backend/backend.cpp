@@ -138,6 +138,12 @@ std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, cons
     return std::make_unique<cpu::CpuBackend>(source, options);
   }
   if (options.device.rfind("cuda", 0) == 0) {
+    // The device list is checked against the TP size before CUDA is asked anything (also in builds without it).
+    if (tp > 1 || options.device.find(',') != std::string::npos) {
+      if (StatusOr<std::vector<int>> devices = parse_cuda_devices(options.device, tp, -1); !devices.ok()) {
+        throw Error(devices.status().message());
+      }
+    }
 #ifdef TANDEM_HAVE_CUDA
     return cuda::create_cuda_backend(weights, options);
 #else

@@ -82,6 +82,25 @@ struct KvExport {
 std::string encode_kv_export(const KvExport& e);
 StatusOr<KvExport> decode_kv_export(const std::string& text);
 
+// One block of one layer of a backend's KV pools.
+struct KvBlockRef {
+  int32_t layer = 0;
+  int32_t block = 0;
+};
+
+// A point-to-point link (NCCL, two ranks) between this backend's KV pools and one peer process's, for
+// workers that cannot map each other's GPU memory. The i-th block one side sends lands in the i-th block
+// the other receives. Each call returns once its blocks are done on this side, or DeadlineExceeded past
+// timeout_ms, after which the link is broken and every call fails. InvalidArgument for a block out of
+// range. Thread-safety: any thread, one call at a time per link; its copies run on the backend's peer
+// stream, beside forward() (as copy_blocks_to_peer's do).
+class KvLink {
+ public:
+  virtual ~KvLink() = default;
+  virtual Status send(std::span<const KvBlockRef> blocks, int timeout_ms) = 0;
+  virtual Status recv(std::span<const KvBlockRef> blocks, int timeout_ms) = 0;
+};
+
 // A sampled step's rows and where its results go (Backend::forward_sampled).
 struct DeviceSamplingStep {
   std::span<const RowSampling> rows;  // [num_logits]
@@ -158,6 +177,18 @@ class Backend {
                                      std::span<const int32_t> peer_blocks, int layer_begin = 0, int layer_end = -1) {
     (void)peer, (void)peer_blocks, (void)local_blocks, (void)layer_begin, (void)layer_end;
     return Status::Unsupported(device_name() + " cannot copy KV to a peer");
+  }
+
+  // KV links (NCCL point-to-point; the transfer layer's --kv-transfer nccl). kv_link_device: this GPU's
+  // PCI bus id when links can be opened (NCCL present, the KV pools on one GPU), else "".
+  virtual std::string kv_link_device() { return ""; }
+  // A fresh link id (an ncclUniqueId in hex) for open_kv_link on both sides.
+  virtual StatusOr<std::string> make_kv_link_id() { return Status::Unsupported(device_name() + " has no KV links"); }
+  // Joins link `link_id` as `rank` (0 or 1); returns once the peer has joined too, or DeadlineExceeded
+  // after timeout_ms.
+  virtual StatusOr<std::unique_ptr<KvLink>> open_kv_link(const std::string& link_id, int rank, int timeout_ms) {
+    (void)link_id, (void)rank, (void)timeout_ms;
+    return Status::Unsupported(device_name() + " has no KV links");
   }
 };
 

@@ -116,6 +116,12 @@ class CudaBackend final : public Backend {
                              std::span<const int32_t> peer_blocks, int layer_begin, int layer_end) override {
     return copy_with_peer(peer, peer_blocks, local_blocks, layer_begin, layer_end, false);
   }
+  // KV links over NCCL (kv_link.cu).
+  std::string kv_link_device() override;
+  StatusOr<std::string> make_kv_link_id() override;
+  StatusOr<std::unique_ptr<KvLink>> open_kv_link(const std::string& link_id, int rank, int timeout_ms) override;
+  // Sends or receives `blocks` over `comm` to/from its other rank, on the peer stream (kv_link.cu).
+  Status link_transfer(NcclCommunicator& comm, std::span<const KvBlockRef> blocks, bool send, int timeout_ms);
 
  private:
   Status copy_with_peer(const KvExport& peer, std::span<const int32_t> peer_blocks, std::span<const int32_t> local_blocks,

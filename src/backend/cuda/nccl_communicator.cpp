@@ -6,7 +6,10 @@
 #include <dlfcn.h>
 #include <nccl.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
@@ -33,6 +36,8 @@ struct NcclApi {
   decltype(&ncclGetVersion) get_version = nullptr;
   decltype(&ncclGetUniqueId) get_unique_id = nullptr;
   decltype(&ncclCommInitRank) comm_init_rank = nullptr;
+  decltype(&ncclCommInitRankConfig) comm_init_rank_config = nullptr;
+  decltype(&ncclCommGetAsyncError) async_error = nullptr;
   decltype(&ncclCommDestroy) comm_destroy = nullptr;
   decltype(&ncclCommAbort) comm_abort = nullptr;
   decltype(&ncclGetErrorString) error_string = nullptr;
@@ -73,6 +78,8 @@ const NcclApi& api() {
     resolve(a.get_version, "ncclGetVersion");
     resolve(a.get_unique_id, "ncclGetUniqueId");
     resolve(a.comm_init_rank, "ncclCommInitRank");
+    resolve(a.comm_init_rank_config, "ncclCommInitRankConfig");
+    resolve(a.async_error, "ncclCommGetAsyncError");
     resolve(a.comm_destroy, "ncclCommDestroy");
     resolve(a.comm_abort, "ncclCommAbort");
     resolve(a.error_string, "ncclGetErrorString");
@@ -84,7 +91,7 @@ const NcclApi& api() {
     resolve(a.group_start, "ncclGroupStart");
     resolve(a.group_end, "ncclGroupEnd");
     if (!complete || a.get_version(&a.version) != ncclSuccess) {
-      a.status = Status::Unavailable("the NCCL library found lacks entry points this build needs (NCCL 2.7 or later)");
+      a.status = Status::Unavailable("the NCCL library found lacks entry points this build needs (NCCL 2.14 or later)");
     }
     return a;
   }();
@@ -109,6 +116,13 @@ ncclDataType_t nccl_type(NcclType t) {
   do {                                                          \
     ncclResult_t tandem_r_ = (call);                            \
     if (tandem_r_ != ncclSuccess) return nccl_error(#call, (device), tandem_r_); \
+  } while (0)
+
+// For calls on a communicator that may be non-blocking: ncclInProgress is its "issued, settle() later".
+#define TANDEM_NCCL_ISSUED(call, device)                                                       \
+  do {                                                                                         \
+    ncclResult_t tandem_r_ = (call);                                                           \
+    if (tandem_r_ != ncclSuccess && tandem_r_ != ncclInProgress) return nccl_error(#call, (device), tandem_r_); \
   } while (0)
 
 }  // namespace
@@ -159,8 +173,9 @@ StatusOr<NcclId> make_nccl_id() {
   return id;
 }
 
-NcclCommunicator::NcclCommunicator(void* comm, int rank, int world, int device, std::shared_ptr<NcclGroup> group)
-    : comm_(comm), rank_(rank), world_(world), device_(device), group_(std::move(group)) {}
+NcclCommunicator::NcclCommunicator(void* comm, int rank, int world, int device, std::shared_ptr<NcclGroup> group,
+                                   bool nonblocking)
+    : comm_(comm), rank_(rank), world_(world), device_(device), nonblocking_(nonblocking), group_(std::move(group)) {}
 
 NcclCommunicator::~NcclCommunicator() {
   cudaSetDevice(device_);
@@ -178,7 +193,8 @@ NcclCommunicator::~NcclCommunicator() {
   }
 }
 
-StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::join(const NcclId& id, int rank, int world, int device) {
+StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::join(const NcclId& id, int rank, int world, int device,
+                                                                   int timeout_ms) {
   TANDEM_RETURN_IF_ERROR(nccl_available());
   if (world < 1 || rank < 0 || rank >= world) {
     return Status::InvalidArgument("NCCL rank " + std::to_string(rank) + " is outside [0, " + std::to_string(world) + ")");
@@ -189,10 +205,18 @@ StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::join(const NcclId&
   ncclUniqueId raw;
   std::memcpy(&raw, id.data(), id.size());
   ncclComm_t comm = nullptr;
-  TANDEM_NCCL_RETURN(api().comm_init_rank(&comm, world, raw, rank), device);
+  if (timeout_ms <= 0) {
+    TANDEM_NCCL_RETURN(api().comm_init_rank(&comm, world, raw, rank), device);
+  } else {
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    TANDEM_NCCL_ISSUED(api().comm_init_rank_config(&comm, world, raw, rank, &config), device);
+  }
   auto group = std::make_shared<NcclGroup>();
   group->comms.push_back(comm);
-  return std::unique_ptr<NcclCommunicator>(new NcclCommunicator(comm, rank, world, device, std::move(group)));
+  auto joined = std::unique_ptr<NcclCommunicator>(new NcclCommunicator(comm, rank, world, device, std::move(group), timeout_ms > 0));
+  if (timeout_ms > 0) TANDEM_RETURN_IF_ERROR(joined->settle(timeout_ms));
+  return joined;
 }
 
 StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> make_nccl_communicators(std::span<const int> devices) {
@@ -227,6 +251,37 @@ StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> make_nccl_communicators
   return out;
 }
 
+Status NcclCommunicator::settle(int timeout_ms) {
+  if (!nonblocking_) return failure();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max(1, timeout_ms));
+  for (;;) {
+    TANDEM_RETURN_IF_ERROR(failure());
+    ncclResult_t state = ncclInProgress;
+    ncclResult_t r = api().async_error(static_cast<ncclComm_t>(comm_), &state);
+    if (r != ncclSuccess) state = r;
+    if (state == ncclSuccess) return Status::Ok();
+    if (state != ncclInProgress) {
+      Status failed = nccl_error("ncclCommGetAsyncError", device_, state);
+      abort(failed);
+      return failed;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      Status late = Status::DeadlineExceeded("NCCL on cuda:" + std::to_string(device_) + ": the peer did not answer within " +
+                                             std::to_string(timeout_ms) + " ms");
+      abort(late);
+      return late;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+void destroy_nccl_communicators(std::vector<std::unique_ptr<NcclCommunicator>>& comms) {
+  std::vector<std::thread> threads;
+  for (auto& c : comms) threads.emplace_back([&c] { c.reset(); });
+  for (auto& t : threads) t.join();
+  comms.clear();
+}
+
 Status NcclCommunicator::failure() const {
   if (!group_->failed.load(std::memory_order_acquire)) return Status::Ok();
   std::lock_guard lock(group_->mu);
@@ -248,32 +303,32 @@ void NcclCommunicator::abort(const Status& reason) {
 
 Status NcclCommunicator::all_reduce_sum(void* data, size_t count, NcclType type, CUstream_st* stream) {
   TANDEM_RETURN_IF_ERROR(failure());
-  TANDEM_NCCL_RETURN(api().all_reduce(data, data, count, nccl_type(type), ncclSum, static_cast<ncclComm_t>(comm_), stream), device_);
+  TANDEM_NCCL_ISSUED(api().all_reduce(data, data, count, nccl_type(type), ncclSum, static_cast<ncclComm_t>(comm_), stream), device_);
   return Status::Ok();
 }
 
 Status NcclCommunicator::all_gather(const void* send, void* recv, size_t send_bytes, CUstream_st* stream) {
   TANDEM_RETURN_IF_ERROR(failure());
-  TANDEM_NCCL_RETURN(api().all_gather(send, recv, send_bytes, ncclUint8, static_cast<ncclComm_t>(comm_), stream), device_);
+  TANDEM_NCCL_ISSUED(api().all_gather(send, recv, send_bytes, ncclUint8, static_cast<ncclComm_t>(comm_), stream), device_);
   return Status::Ok();
 }
 
 Status NcclCommunicator::broadcast(void* data, size_t bytes, int root, CUstream_st* stream) {
   TANDEM_RETURN_IF_ERROR(failure());
   if (root < 0 || root >= world_) return Status::InvalidArgument("broadcast: root " + std::to_string(root) + " is not a rank");
-  TANDEM_NCCL_RETURN(api().broadcast(data, data, bytes, ncclUint8, root, static_cast<ncclComm_t>(comm_), stream), device_);
+  TANDEM_NCCL_ISSUED(api().broadcast(data, data, bytes, ncclUint8, root, static_cast<ncclComm_t>(comm_), stream), device_);
   return Status::Ok();
 }
 
 Status NcclCommunicator::send(const void* data, size_t bytes, int peer, CUstream_st* stream) {
   TANDEM_RETURN_IF_ERROR(failure());
-  TANDEM_NCCL_RETURN(api().send(data, bytes, ncclUint8, peer, static_cast<ncclComm_t>(comm_), stream), device_);
+  TANDEM_NCCL_ISSUED(api().send(data, bytes, ncclUint8, peer, static_cast<ncclComm_t>(comm_), stream), device_);
   return Status::Ok();
 }
 
 Status NcclCommunicator::recv(void* data, size_t bytes, int peer, CUstream_st* stream) {
   TANDEM_RETURN_IF_ERROR(failure());
-  TANDEM_NCCL_RETURN(api().recv(data, bytes, ncclUint8, peer, static_cast<ncclComm_t>(comm_), stream), device_);
+  TANDEM_NCCL_ISSUED(api().recv(data, bytes, ncclUint8, peer, static_cast<ncclComm_t>(comm_), stream), device_);
   return Status::Ok();
 }
 
@@ -285,7 +340,7 @@ Status NcclCommunicator::group_start() {
 
 Status NcclCommunicator::group_end() {
   TANDEM_RETURN_IF_ERROR(nccl_available());
-  TANDEM_NCCL_RETURN(api().group_end(), -1);
+  TANDEM_NCCL_ISSUED(api().group_end(), -1);
   return Status::Ok();
 }
 

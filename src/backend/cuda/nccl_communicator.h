@@ -59,7 +59,15 @@ class NcclCommunicator final : public parallel::Communicator {
  public:
   // Joins rank `rank` of `world` of the communicator named by `id`, on CUDA device `device` (made current
   // on the calling thread). Blocks until every rank has joined (ncclCommInitRank is collective).
-  static StatusOr<std::unique_ptr<NcclCommunicator>> join(const NcclId& id, int rank, int world, int device);
+  // timeout_ms > 0: a non-blocking communicator (for links between processes, where the peer may be gone):
+  // DeadlineExceeded when the ranks have not all joined in time; its calls then return at once and
+  // settle() waits for them.
+  static StatusOr<std::unique_ptr<NcclCommunicator>> join(const NcclId& id, int rank, int world, int device,
+                                                          int timeout_ms = 0);
+  // Non-blocking communicators: waits until the calls issued so far are enqueued on their streams (not
+  // that they have run), or fails the group with DeadlineExceeded after timeout_ms. OK at once
+  // for a blocking one.
+  Status settle(int timeout_ms);
 
   ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
@@ -78,7 +86,7 @@ class NcclCommunicator final : public parallel::Communicator {
   Status recv(void* data, size_t bytes, int peer, CUstream_st* stream);
   // Brackets several send/recv so that NCCL issues them together (both directions at once, many blocks).
   static Status group_start();
-  static Status group_end();
+  static Status group_end();  // a non-blocking member's group may still be in progress: settle() after it
 
   // parallel::Communicator: device buffers, waited for on the communicator's stream.
   using parallel::Communicator::all_gather;
@@ -92,7 +100,7 @@ class NcclCommunicator final : public parallel::Communicator {
 
  private:
   friend StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> make_nccl_communicators(std::span<const int> devices);
-  NcclCommunicator(void* comm, int rank, int world, int device, std::shared_ptr<NcclGroup> group);
+  NcclCommunicator(void* comm, int rank, int world, int device, std::shared_ptr<NcclGroup> group, bool nonblocking = false);
   Status ensure_own_stream();
   Status wait_own_stream(const char* what);
 
@@ -100,6 +108,7 @@ class NcclCommunicator final : public parallel::Communicator {
   int rank_ = 0;
   int world_ = 1;
   int device_ = 0;
+  bool nonblocking_ = false;
   CUstream_st* stream_ = nullptr;  // for the blocking Communicator forms
   std::shared_ptr<NcclGroup> group_;
 };
@@ -108,5 +117,9 @@ class NcclCommunicator final : public parallel::Communicator {
 // in one NCCL group call on the calling thread. Unavailable without NCCL; Internal naming the device when
 // a rank cannot join.
 StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> make_nccl_communicators(std::span<const int> devices);
+
+// Destroys the handles of one in-process group at once, one thread each (destroying a communicator may
+// wait for the other ranks, so one thread destroying them in turn could wait forever); empties `comms`.
+void destroy_nccl_communicators(std::vector<std::unique_ptr<NcclCommunicator>>& comms);
 
 }  // namespace tandem::backend::cuda

@@ -94,6 +94,16 @@ class TensorParallelCudaBackend final : public Backend {
                                int layer_begin, int layer_end) override;
   Status copy_blocks_to_peer(const KvExport& peer, std::span<const int32_t> local_blocks, std::span<const int32_t> peer_blocks,
                              int layer_begin, int layer_end) override;
+  // KV links: rank 0's at TP 1; none at TP > 1 (KV moves over TCP, re-split by read/write_kv_block).
+  std::string kv_link_device() override { return world() == 1 ? ranks_[0]->kv_link_device() : ""; }
+  StatusOr<std::string> make_kv_link_id() override {
+    if (world() > 1) return Status::Unsupported(name_ + ": KV links of a tensor-parallel KV cache are not implemented");
+    return ranks_[0]->make_kv_link_id();
+  }
+  StatusOr<std::unique_ptr<KvLink>> open_kv_link(const std::string& link_id, int rank, int timeout_ms) override {
+    if (world() > 1) return Status::Unsupported(name_ + ": KV links of a tensor-parallel KV cache are not implemented");
+    return ranks_[0]->open_kv_link(link_id, rank, timeout_ms);
+  }
 
  private:
   int world() const { return static_cast<int>(ranks_.size()); }
@@ -169,7 +179,10 @@ TensorParallelCudaBackend::TensorParallelCudaBackend(const model::WeightSource& 
     for (auto& t : loaders) t.join();
   }
   for (int r = 0; r < world; ++r) {
-    if (!errors[r].empty()) throw Error(flag + ": rank " + std::to_string(r) + " (cuda:" + std::to_string(devices_[r]) + "): " + errors[r]);
+    if (errors[r].empty()) continue;
+    ranks_.clear();
+    destroy_nccl_communicators(comms_);
+    throw Error(flag + ": rank " + std::to_string(r) + " (cuda:" + std::to_string(devices_[r]) + "): " + errors[r]);
   }
   kv_ = ranks_[0]->kv_cache_spec();
   kv_.num_kv_heads = config_.num_kv_heads;
@@ -190,7 +203,7 @@ TensorParallelCudaBackend::~TensorParallelCudaBackend() {
   for (auto& t : threads_) t.join();
   // The rank backends synchronize their streams before the communicators they use go.
   ranks_.clear();
-  comms_.clear();
+  destroy_nccl_communicators(comms_);
 }
 
 void TensorParallelCudaBackend::rank_loop(int rank) {
