@@ -53,7 +53,7 @@ if [[ $skip != *" fixtures "* ]]; then
 fi
 if [[ $skip != *" fault "* ]]; then
   # Its own process: the injected fault poisons the last rank's GPU context.
-  step tp_fault 120 env TANDEM_INJECT_DEVICE_FAULT_AT_STEP=3 "$bin/cuda_tensor_parallel_test" --gtest_filter='TpTwoFault.*'
+  step tp_fault 120 env TANDEM_INJECT_DEVICE_FAULT_AT_STEP=3 "$bin/cuda_tensor_parallel_test" --gtest_filter='TpFault.*'
 fi
 if [[ $skip != *" llama8b "* ]]; then
   bench llama8b_tp1 300 random:llama-3.1-8b cuda:0 1 1,8

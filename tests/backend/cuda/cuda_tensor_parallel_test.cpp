@@ -6,6 +6,7 @@
 //  - two or more GPUs (skipped otherwise; tools/gpu/tp_multi_gpu.sh runs them): TP 2 follows TP 1's greedy
 //    path within bf16 noise, including a model with fewer KV heads than ranks, and continues from KV
 //    written by a TP 1 backend.
+//  - a faulting rank fails the step and every later one without a hang (TpFault, in its own process).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -277,14 +278,17 @@ TEST_P(TpTwo, FollowsTpOneWithinBf16NoiseAndContinuesItsKv) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TpTwo, ::testing::Values("qwen3_gqa", "llama_mqa_tied_bf16", "qwen3_mqa_tied_bf16"));
 
-// A rank that faults (TANDEM_INJECT_DEVICE_FAULT_AT_STEP, applied to the last rank) fails the step and
-// every later one without a hang. Run by tools/gpu/tp_multi_gpu.sh in its own process, with the variable
-// set (the fault poisons that GPU's context for the rest of the process).
-TEST(TpTwoFault, FailingRankFailsTheWorkerWithoutHanging) {
-  GPUS_OR_SKIP(2);
+// A rank that faults (TANDEM_INJECT_DEVICE_FAULT_AT_STEP, applied to the last rank: a real illegal-address
+// fault) fails the step and every later one without a hang, the NCCL group aborted: at TP 2 where two GPUs
+// are, else at TP 1 through the tensor-parallel path. Run in its own process with the variable set (the
+// fault poisons that GPU's context for the rest of the process): tools/gpu/tp_multi_gpu.sh, and
+// bench/results/2026-12-02-h200-tp1/run.sh on one GPU.
+TEST(TpFault, FailingRankFailsTheWorkerWithoutHanging) {
+  GPU_OR_SKIP();
   if (injected_device_fault_step() <= 0) GTEST_SKIP() << "set TANDEM_INJECT_DEVICE_FAULT_AT_STEP";
   auto weights = model::open_weight_source(fixture("qwen3_gqa"));
-  auto two = make(*weights, "cuda:0,1", 2, false);
+  const bool two_gpus = cuda::cuda_device_count() >= 2;
+  auto two = two_gpus ? make(*weights, "cuda:0,1", 2, false) : make(*weights, "cuda:0", 1, true);
   auto r = reference_greedy_decode(*two, random_prompt(weights->config().vocab_size, 20, 1), 8);
   EXPECT_FALSE(r.ok());
   EXPECT_FALSE(two->device_health().ok());
