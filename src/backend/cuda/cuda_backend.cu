@@ -149,8 +149,8 @@ void CudaBackend::load_weights(const model::WeightSource& weights) {
     throw Error("cuda backend: the model has no tensor " + name);
   };
   // One upload per device tensor; fused tensors are read part by part into one staging buffer. A
-  // tensor-parallel rank keeps a slice of some parts (parallel/weight_slices.h): whole heads' rows of q/k/v, its rows
-  // of gate/up and of the lm_head, its columns of o and down.
+  // tensor-parallel rank keeps a slice of some parts (parallel/weight_slices.h): whole heads' rows of
+  // q/k/v, its rows of gate/up and of the lm_head, its columns of o and down.
   struct Upload {
     bf16** dst;
     std::vector<parallel::SlicedTensor> parts;

@@ -281,9 +281,19 @@ Status TensorParallelCudaBackend::forward_greedy(const ForwardBatch& batch, std:
 
 Status TensorParallelCudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSamplingStep& step) {
   TANDEM_RETURN_IF_ERROR(validate_batch(batch, kv_, config_.vocab_size));
-  if (step.tokens.size() != static_cast<size_t>(batch.num_logits()) || step.rows.size() != step.tokens.size()) {
-    return Status::InvalidArgument("rows and tokens must be [num_logits]");
+  // Everything rank 0 would refuse is refused here, before any rank runs: a refusal inside the step would
+  // abort the group (the others are already in its collectives) and fail the worker for one bad request.
+  const size_t n = static_cast<size_t>(batch.num_logits());
+  if (step.tokens.size() != n || step.rows.size() != n) return Status::InvalidArgument("rows and tokens must be [num_logits]");
+  bool any_logprobs = false;
+  for (const RowSampling& r : step.rows) {
+    if (r.edits_begin < 0 || r.edits_end < r.edits_begin || static_cast<size_t>(r.edits_end) > step.edits.size()) {
+      return Status::InvalidArgument("a row's edits are outside the step's edit list");
+    }
+    if (r.num_logprobs > kMaxTopLogprobs) return Status::InvalidArgument("at most 20 top logprobs");
+    any_logprobs = any_logprobs || r.num_logprobs >= 0;
   }
+  if (any_logprobs && step.logprobs.size() != n) return Status::InvalidArgument("logprobs must be [num_logits]");
   if (batch.num_tokens() == 0) return Status::Ok();
   // Rank 0 draws; the draw itself is no collective, so the others need not.
   const std::function<Status(int)> job = [&](int r) { return r == 0 ? ranks_[0]->forward_sampled(batch, step) : follower_step(r, batch); };
