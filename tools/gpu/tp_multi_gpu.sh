@@ -5,11 +5,16 @@
 # hang, Llama-3.1-8B and Llama-3.1-70B bf16 (random weights, real shape) batch-1 decode at TP 2 against
 # TP 1, 70B TP 2 offline 64 x 1024/256, the NCCL all-reduce at decode sizes, and the NCCL KV transfer
 # between two processes that cannot see each other's GPU against cudaMemcpyPeer. Logs and summary.json
-# into DIR; the summary is printed last. About 8 minutes on two H200s (most of it generating 70B weights).
+# into DIR; the summary is printed last.
 #
 #   tools/gpu/tp_multi_gpu.sh DIR [BUNDLE]     from the repository root; BUNDLE defaults to .device/nccl-tp
 #
-# Skip steps with SKIP="fixtures fault llama8b llama70b offline allreduce kv" (space-separated).
+# Skip steps with SKIP="fixtures fault llama8b llama70b offline allreduce kv" (space-separated). A `run`
+# command may take 10 minutes and each 70B step loads 140 GB of generated weights, so split it in three
+# calls (kind nvidia-h200-x2, carry [".device/nccl-tp"], timeout_s 600), the bundle's copy of this script:
+#   SKIP="llama70b offline" bash .device/nccl-tp/tools/tp_multi_gpu.sh $OUT/a
+#   SKIP="fixtures fault llama8b allreduce kv offline" bash .device/nccl-tp/tools/tp_multi_gpu.sh $OUT/b
+#   SKIP="fixtures fault llama8b allreduce kv llama70b" bash .device/nccl-tp/tools/tp_multi_gpu.sh $OUT/c
 set -u
 out=${1:?usage: tp_multi_gpu.sh DIR [BUNDLE]}
 bundle=${2:-.device/nccl-tp}

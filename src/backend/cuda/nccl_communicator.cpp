@@ -13,6 +13,7 @@
 #include <cstring>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <cstdlib>
 #include <mutex>
 
@@ -183,14 +184,16 @@ NcclCommunicator::~NcclCommunicator() {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
   }
-  std::lock_guard lock(group_->mu);
-  for (ncclComm_t& c : group_->comms) {
-    if (c == static_cast<ncclComm_t>(comm_)) {
-      // A healthy communicator is destroyed (which waits for its pending work); an aborted one is gone.
-      api().comm_destroy(c);
-      c = nullptr;
+  ncclComm_t mine = nullptr;
+  {
+    std::lock_guard lock(group_->mu);
+    for (ncclComm_t& c : group_->comms) {
+      if (c == static_cast<ncclComm_t>(comm_)) std::swap(mine, c);
     }
   }
+  // A healthy communicator is destroyed (which may wait for the other ranks' destroys: outside the lock
+  // they may need); an aborted one is gone already.
+  if (mine != nullptr) api().comm_destroy(mine);
 }
 
 StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::join(const NcclId& id, int rank, int world, int device,
