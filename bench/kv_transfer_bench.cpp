@@ -2,7 +2,14 @@
 // with a plain device copy of the same bytes (issue 9's "KV transfer" bar, issue 12's peer-copy bar).
 //
 //   build/bench/kv_transfer_bench [--device cuda:0] [--peer-device cuda:0] [--tokens 4096] [--iters 10]
-//                                 [--output-json FILE]
+//                                 [--output-json FILE] [--kv-transfer cuda_ipc|nccl|tcp]
+//                                 [--pusher-visible-devices N] [--reference-gbps G]
+//
+// --kv-transfer nccl moves the blocks over the NCCL path (a two-rank link per pair). With
+// --pusher-visible-devices the pusher runs with CUDA_VISIBLE_DEVICES=N, so (run the receiver under another
+// CUDA_VISIBLE_DEVICES) the two processes cannot see each other's GPU, as in two pods; the plain copy is
+// then not measurable here and the ratio is taken against --reference-gbps (cudaMemcpyPeer measured by a
+// run without isolation).
 //
 // Default geometry is one 4,096-token Llama-3.1-8B prompt: 32 layers x 256 blocks of 16 tokens, 8 KV
 // heads x 128 x bf16 x (K, V) = 64 KiB per (layer, block), 512 MiB in all. No model is loaded: both
@@ -26,6 +33,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -56,6 +64,9 @@ struct Options {
   int block_size = 16;
   int iters = 10;
   std::string output_json;
+  std::string kind = "cuda_ipc";
+  std::string pusher_visible;   // CUDA_VISIBLE_DEVICES of the pusher process; empty: inherited
+  double reference_gbps = 0;    // the plain copy's figure when it cannot be measured here
   std::string push_to;  // internal: run as the pusher, pushing to this address
 };
 
@@ -117,7 +128,7 @@ int run_pusher(const Options& o) {
     }
   }
   auto memory = worker::backend_kv_memory(*be);
-  auto tx = transfer::create_transfer_backend("cuda_ipc", memory, "127.0.0.1", 0);
+  auto tx = transfer::create_transfer_backend(o.kind, memory, "127.0.0.1", 0);
   const std::vector<int32_t> dst = destinations(num_blocks, 2 * num_blocks);
   std::vector<transfer::BlockCopy> copies;  // layer-major, as Worker::run_push builds them
   for (int layer = 0; layer < spec.num_layers; ++layer) {
@@ -138,14 +149,15 @@ int run_pusher(const Options& o) {
   // release over TCP: what the push adds on top of it is the handshake.
   const std::string handles = transfer::parse_peer_address(o.push_to).device_handles;
   double copy_only = 1e9;
-  for (int i = 0; i < o.iters; ++i) {
+  for (int i = 0; i < o.iters && o.kind == "cuda_ipc"; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     Status s = memory->copy_to_peer(handles, copies);
     if (!s.ok()) throw Error("device copy failed: " + s.to_string());
     copy_only = std::min(copy_only, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  const double copy_gbps = backend::cuda::measure_device_copy_gbps(device_index(o.device), device_index(o.peer_device),
-                                                                   static_cast<size_t>(bytes), o.iters);
+  const double copy_gbps = o.pusher_visible.empty() ? backend::cuda::measure_device_copy_gbps(device_index(o.device), device_index(o.peer_device),
+                                                                                              static_cast<size_t>(bytes), o.iters)
+                                                   : o.reference_gbps;
   std::printf("{\"transport\":\"%s\",\"bytes\":%lld,\"num_blocks\":%zu,\"best_s\":%.9f,\"median_s\":%.9f,\"copy_only_s\":%.9f,"
               "\"copy_gbps\":%.3f}\n",
               transport.c_str(), static_cast<long long>(bytes), copies.size(), seconds.front(), seconds[seconds.size() / 2],
@@ -159,7 +171,7 @@ int run_receiver(const Options& o) {
   auto be = make_backend(o, o.peer_device, 2 * num_blocks);
   const auto& spec = be->kv_cache_spec();
   auto memory = worker::backend_kv_memory(*be);
-  auto tx = transfer::create_transfer_backend("cuda_ipc", memory, "127.0.0.1", 0);
+  auto tx = transfer::create_transfer_backend(o.kind, memory, "127.0.0.1", 0);
   const std::vector<int32_t> dst = destinations(num_blocks, 2 * num_blocks);
   for (int i = 0; i <= o.iters; ++i) tx->expect("bench-" + std::to_string(i), dst);
 
@@ -170,11 +182,14 @@ int run_receiver(const Options& o) {
     dup2(out_pipe[1], STDOUT_FILENO);
     close(out_pipe[0]);
     close(out_pipe[1]);
+    if (!o.pusher_visible.empty()) setenv("CUDA_VISIBLE_DEVICES", o.pusher_visible.c_str(), 1);
     std::string self = "/proc/self/exe";
     std::vector<std::string> args = {self, "--device", o.device, "--peer-device", o.peer_device, "--tokens",
                                      std::to_string(o.tokens), "--layers", std::to_string(o.layers), "--kv-heads",
                                      std::to_string(o.kv_heads), "--head-dim", std::to_string(o.head_dim), "--block-size",
-                                     std::to_string(o.block_size), "--iters", std::to_string(o.iters), "--push-to", tx->address()};
+                                     std::to_string(o.block_size), "--iters", std::to_string(o.iters), "--push-to", tx->address(),
+                                     "--kv-transfer", o.kind, "--reference-gbps", std::to_string(o.reference_gbps)};
+    if (!o.pusher_visible.empty()) args.insert(args.end(), {"--pusher-visible-devices", o.pusher_visible});
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -210,8 +225,10 @@ int run_receiver(const Options& o) {
   const double bytes = field("bytes"), best = field("best_s"), median = field("median_s"), copy_gbps = field("copy_gbps");
   const double copy_only = field("copy_only_s");
   const double gbps = bytes / best / 1e9, median_gbps = bytes / median / 1e9;
-  const bool same = o.device == o.peer_device;
-  const std::string reference = same ? "cudaMemcpy device-to-device" : "cudaMemcpyPeer";
+  const bool same = o.device == o.peer_device && o.pusher_visible.empty();
+  const std::string reference = !o.pusher_visible.empty() ? "cudaMemcpyPeer (--reference-gbps)"
+                                : same                     ? "cudaMemcpy device-to-device"
+                                                           : "cudaMemcpyPeer";
   std::printf("KV transfer %s -> %s: %.1f MiB = %d layers x %d blocks of %zu bytes, %d pushes after a warm-up\n",
               o.device.c_str(), o.peer_device.c_str(), bytes / (1 << 20), spec.num_layers, num_blocks, spec.block_bytes(), o.iters);
   std::printf("  transfer layer (%s push: claim, batched copy, release): best %.3f ms = %.1f GB/s, median %.3f ms = %.1f GB/s\n",
@@ -230,7 +247,7 @@ int run_receiver(const Options& o) {
         << ",\"copy_only_gbps\":" << bytes / copy_only / 1e9 << ",\"reference\":\"" << reference << "\",\"reference_gbps\":" << copy_gbps
         << ",\"ratio\":" << gbps / copy_gbps << ",\"bar\":0.7,\"bad_blocks\":" << bad << "}\n";
   }
-  return bad == 0 && transport == "cuda_ipc" ? 0 : 1;
+  return bad == 0 && transport == o.kind ? 0 : 1;
 }
 
 }  // namespace
@@ -247,6 +264,9 @@ int main(int argc, char** argv) {
   app.add_option("--block-size", o.block_size, "Tokens per block")->capture_default_str();
   app.add_option("--iters", o.iters, "Timed pushes")->capture_default_str();
   app.add_option("--output-json", o.output_json, "Write the figures here");
+  app.add_option("--kv-transfer", o.kind, "Transfer backend: cuda_ipc, nccl or tcp")->capture_default_str();
+  app.add_option("--pusher-visible-devices", o.pusher_visible, "CUDA_VISIBLE_DEVICES of the pusher process");
+  app.add_option("--reference-gbps", o.reference_gbps, "The plain copy's GB/s when the pusher cannot measure it");
   app.add_option("--push-to", o.push_to, "(internal) run as the pusher");
   CLI11_PARSE(app, argc, argv);
   init_logging("warn");  // to stderr: the pusher's stdout carries its result line

@@ -1,5 +1,6 @@
 #include "backend/backend.h"
 
+#include <algorithm>
 #include <charconv>
 #include <optional>
 #include <cstdlib>
@@ -77,6 +78,45 @@ Status Backend::forward_greedy(const ForwardBatch& batch, std::span<int32_t> tok
   return Status::Ok();
 }
 
+StatusOr<std::vector<int>> parse_cuda_devices(const std::string& device, int tp, int visible) {
+  const std::string flags = "--device " + device + " --tensor-parallel-size " + std::to_string(tp);
+  if (tp < 1) return Status::InvalidArgument(flags + ": the tensor-parallel size must be at least 1");
+  std::vector<int> devices;
+  if (device == "cuda") {
+    if (visible >= 0 && visible < tp) {
+      return Status::InvalidArgument(flags + ": needs " + std::to_string(tp) + " GPUs, " + std::to_string(visible) + " visible");
+    }
+    for (int i = 0; i < tp; ++i) devices.push_back(i);
+    return devices;
+  }
+  const std::string prefix = "cuda:";
+  if (device.rfind(prefix, 0) != 0 || device.size() == prefix.size()) {
+    return Status::InvalidArgument(flags + ": expected cuda, cuda:N or cuda:N,M,...");
+  }
+  size_t at = prefix.size();
+  while (at <= device.size()) {
+    const size_t comma = std::min(device.find(',', at), device.size());
+    const std::string item = device.substr(at, comma - at);
+    if (item.empty() || item.size() > 4 || item.find_first_not_of("0123456789") != std::string::npos) {
+      return Status::InvalidArgument(flags + ": '" + item + "' is not a device index");
+    }
+    const int index = std::stoi(item);
+    if (std::find(devices.begin(), devices.end(), index) != devices.end()) {
+      return Status::InvalidArgument(flags + ": cuda:" + item + " is named twice (one rank per GPU)");
+    }
+    if (visible >= 0 && index >= visible) {
+      return Status::InvalidArgument(flags + ": cuda:" + item + " does not exist (" + std::to_string(visible) + " visible)");
+    }
+    devices.push_back(index);
+    at = comma + 1;
+  }
+  if (static_cast<int>(devices.size()) != tp) {
+    return Status::InvalidArgument(flags + ": names " + std::to_string(devices.size()) + " GPU(s) for " +
+                                   std::to_string(tp) + " tensor-parallel ranks");
+  }
+  return devices;
+}
+
 std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, const BackendOptions& options) {
   if (options.block_size <= 0) throw Error("--block-size must be positive");
   const int tp = options.tensor_parallel_size;
@@ -95,10 +135,11 @@ std::unique_ptr<Backend> create_backend(const model::WeightSource& weights, cons
     return std::make_unique<cpu::CpuBackend>(source, options);
   }
   if (options.device.rfind("cuda", 0) == 0) {
-    if (tp > 1) {
-      throw Error("--tensor-parallel-size " + std::to_string(tp) + " with --device " + options.device +
-                  ": tensor parallelism is not yet supported on CUDA (CPU only for now: --device cpu; see "
-                  "docs/parallelism.md)");
+    // The device list is checked against the TP size before CUDA is asked anything (also in builds without it).
+    if (tp > 1 || options.device.find(',') != std::string::npos) {
+      if (StatusOr<std::vector<int>> devices = parse_cuda_devices(options.device, tp, -1); !devices.ok()) {
+        throw Error(devices.status().message());
+      }
     }
 #ifdef TANDEM_HAVE_CUDA
     return cuda::create_cuda_backend(weights, options);

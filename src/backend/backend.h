@@ -82,6 +82,25 @@ struct KvExport {
 std::string encode_kv_export(const KvExport& e);
 StatusOr<KvExport> decode_kv_export(const std::string& text);
 
+// One block of one layer of a backend's KV pools.
+struct KvBlockRef {
+  int32_t layer = 0;
+  int32_t block = 0;
+};
+
+// A point-to-point link (NCCL, two ranks) between this backend's KV pools and one peer process's, for
+// workers that cannot map each other's GPU memory. The i-th block one side sends lands in the i-th block
+// the other receives. Each call returns once its blocks are done on this side, or DeadlineExceeded past
+// timeout_ms, after which the link is broken and every call fails. InvalidArgument for a block out of
+// range. Thread-safety: any thread, one call at a time per link; its copies run on the backend's peer
+// stream, beside forward() (as copy_blocks_to_peer's do).
+class KvLink {
+ public:
+  virtual ~KvLink() = default;
+  virtual Status send(std::span<const KvBlockRef> blocks, int timeout_ms) = 0;
+  virtual Status recv(std::span<const KvBlockRef> blocks, int timeout_ms) = 0;
+};
+
 // A sampled step's rows and where its results go (Backend::forward_sampled).
 struct DeviceSamplingStep {
   std::span<const RowSampling> rows;  // [num_logits]
@@ -159,6 +178,18 @@ class Backend {
     (void)peer, (void)peer_blocks, (void)local_blocks, (void)layer_begin, (void)layer_end;
     return Status::Unsupported(device_name() + " cannot copy KV to a peer");
   }
+
+  // KV links (NCCL point-to-point; the transfer layer's --kv-transfer nccl). kv_link_device: this GPU's
+  // PCI bus id when links can be opened (NCCL present, the KV pools on one GPU), else "".
+  virtual std::string kv_link_device() { return ""; }
+  // A fresh link id (an ncclUniqueId in hex) for open_kv_link on both sides.
+  virtual StatusOr<std::string> make_kv_link_id() { return Status::Unsupported(device_name() + " has no KV links"); }
+  // Joins link `link_id` as `rank` (0 or 1); returns once the peer has joined too, or DeadlineExceeded
+  // after timeout_ms.
+  virtual StatusOr<std::unique_ptr<KvLink>> open_kv_link(const std::string& link_id, int rank, int timeout_ms) {
+    (void)link_id, (void)rank, (void)timeout_ms;
+    return Status::Unsupported(device_name() + " has no KV links");
+  }
 };
 
 // Fault injection for tests of the device-failure path: the forward call number N (1-based, counted
@@ -171,7 +202,7 @@ int injected_device_fault_step();
 int32_t argmax(std::span<const float> logits);
 
 struct BackendOptions {
-  std::string device = "cpu";  // "cpu" or "cuda:N"
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:N" or (tensor parallel) "cuda:N,M,..."
   int block_size = 16;
   // KV blocks to allocate; 0 sizes the pool from memory (kv_cache_bytes on CPU; the GPU's free memory
   // times gpu_memory_utilization on CUDA).
@@ -181,12 +212,17 @@ struct BackendOptions {
   int num_threads = 0;  // CPU: OpenMP threads; 0 = all cores
   bool cuda_graphs = true;  // CUDA: replay decode steps (one token per sequence) from captured graphs
   // Ranks the model is split over (--tensor-parallel-size; docs/parallelism.md). CPU: threads of this
-  // process; CUDA: only 1 for now.
+  // process; CUDA: one GPU each (parse_cuda_devices), threads of this process over NCCL.
   int tensor_parallel_size = 1;
   // --quantization: "" (as the checkpoint says), "fp8" (online per-channel FP8 unless the checkpoint is
   // FP8 already) or "none" (refused on an FP8 checkpoint). See model/quantization.h.
   std::string quantization;
 };
+
+// The GPUs of `--device` for `--tensor-parallel-size tp`: "cuda" takes the first tp visible ones,
+// "cuda:N" or "cuda:2,3" names them (as many as tp, none twice: NCCL puts one rank on a GPU). `visible`:
+// how many GPUs this process sees (-1: not checked). InvalidArgument naming both flags otherwise.
+StatusOr<std::vector<int>> parse_cuda_devices(const std::string& device, int tp, int visible);
 
 // Loads `weights` (validated first) onto the device named by options.device. Throws tandem::Error
 // with an actionable message (unknown device, not enough memory, CUDA not built in).

@@ -35,7 +35,8 @@ const EngineFlagRules kBenchOfflineRules = {
 };
 
 void add_engine_flags(CLI::App* cmd, EngineFlags* flags, const EngineFlagRules& rules) {
-  cmd->add_option("--device", flags->device, "cpu or cuda:N")->capture_default_str();
+  cmd->add_option("--device", flags->device, "cpu, cuda:N, or with --tensor-parallel-size N: cuda (the first N GPUs) or cuda:N,M,...")
+      ->capture_default_str();
   if (rules.gpu_memory_utilization_help != nullptr) {
     auto* gpu =
         cmd->add_option("--gpu-memory-utilization", flags->gpu_memory_utilization, rules.gpu_memory_utilization_help)
@@ -44,7 +45,7 @@ void add_engine_flags(CLI::App* cmd, EngineFlags* flags, const EngineFlagRules& 
   }
   cmd->add_option("--threads", flags->threads, "CPU threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--tensor-parallel-size", flags->tensor_parallel_size,
-                  "Ranks the model is split over (Megatron-style); CPU: threads of this process, CUDA: 1 for now")
+                  "Ranks the model is split over (Megatron-style); CPU: threads of this process, CUDA: one GPU a rank over NCCL")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   cmd->add_option("--num-kv-blocks", flags->num_kv_blocks, rules.num_kv_blocks_help)

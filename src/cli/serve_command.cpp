@@ -192,7 +192,7 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--gpu-memory-utilization", o->gpu_memory_utilization,
                   "Fraction of each GPU's free memory (after weights) for KV caches, split evenly between the workers on it")
       ->capture_default_str();
-  cmd->add_option("--kv-transfer", o->kv_transfer, "KV transport between workers: auto (CUDA IPC where possible, else TCP) or tcp")
+  cmd->add_option("--kv-transfer", o->kv_transfer, "KV transport between workers: auto (CUDA IPC where possible, else NCCL between GPUs, else TCP), tcp, or nccl")
       ->capture_default_str();
   cmd->add_option("--worker-start-timeout-s", o->worker_start_timeout_s,
                   "How long a worker may take to load before the next one on its GPU starts anyway")

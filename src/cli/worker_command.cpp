@@ -97,7 +97,7 @@ Runner add_worker_command(CLI::App& app) {
                   "Fake engine: every reply is this text's tokens (--tokenizer's), then stop (for tests)");
   add_engine_flags(cmd, &o->engine_flags, kWorkerRules);
   cmd->add_option("--kv-transfer", o->kv_transfer,
-                  "KV transport: auto (CUDA IPC to workers on this host whose GPU this one can reach, else TCP), tcp, or cuda_ipc")
+                  "KV transport: auto (CUDA IPC to workers on this host whose GPU this one can reach, else NCCL between GPUs, else TCP), tcp, cuda_ipc, or nccl")
       ->capture_default_str();
   cmd->add_option("--ready-file", o->ready_file, "Write {\"kv_blocks\": N, ...} here once the engine is loaded (for supervisors)");
   cmd->add_option("--seed", o->seed, "Seed of random:<preset> weights")->capture_default_str();

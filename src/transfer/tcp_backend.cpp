@@ -1,15 +1,19 @@
-// TCP transfer backend, with the CUDA IPC path on top (see transfer.h): the pusher streams (layer,
-// block, bytes) records over a pooled connection to the receiver, which writes each block into its
-// memory and acknowledges the whole transfer once every block is in place. On the device path the
-// same connection carries only a claim and a release around the pusher's device-to-device copy, so
-// the receiver's expect/forget barrier holds for both paths; the completion the decode worker acts
-// on is the request plane's RemotePrefillResult, sent after push() returns.
+// TCP transfer backend, with the CUDA IPC and NCCL paths on top (see transfer.h): the pusher streams
+// (layer, block, bytes) records over a pooled connection to the receiver, which writes each block into
+// its memory and acknowledges the whole transfer once every block is in place. On the CUDA IPC path the
+// same connection carries only a claim and a release around the pusher's device-to-device copy; on the
+// NCCL path a claim naming the pair's link and the blocks in the order they travel, answered once when
+// the blocks are claimed and once when they have arrived (the receiver releases the claim itself). So
+// the receiver's expect/forget barrier holds on every path; the completion the decode worker acts on is
+// the request plane's RemotePrefillResult, sent after push() returns.
 //
 // Wire format (integers in network order):
 //   push:    "TKV1" u32 | id_len u32 | num_blocks u32 | block_bytes u64 | id bytes |
 //            num_blocks x (layer i32 | block i32 | block_bytes bytes)
 //   claim:   "TKC1" u32 | id_len u32 | num_blocks u32 | id bytes | num_blocks x block i32
 //   release: "TKR1" u32 | id_len u32 | id bytes
+//   nccl:    "TKN1" u32 | id_len u32 | num_blocks u32 | link_len u32 | timeout_ms u32 | id bytes | link id bytes |
+//            num_blocks x (layer i32 | block i32)          (two acks: claimed, then received)
 //   ack:     "TKA1" u32 | status_code u32 | msg_len u32 | msg bytes      (after each of the above)
 #include <arpa/inet.h>
 #include <spdlog/spdlog.h>
@@ -39,6 +43,8 @@ constexpr uint32_t kPushMagic = 0x544b5631;  // "TKV1"
 constexpr uint32_t kAckMagic = 0x544b4131;   // "TKA1"
 constexpr uint32_t kClaimMagic = 0x544b4331;   // "TKC1"
 constexpr uint32_t kReleaseMagic = 0x544b5231; // "TKR1"
+constexpr uint32_t kNcclMagic = 0x544b4e31;    // "TKN1"
+constexpr uint32_t kMaxLinkIdBytes = 512;
 constexpr uint32_t kMaxClaimBlocks = 1u << 24;
 constexpr uint32_t kMaxIdBytes = 1024;
 
@@ -97,6 +103,10 @@ struct Receiver {
   std::map<int, std::thread> connections;  // GUARDED_BY(mu): one thread per open incoming connection, by fd
   std::vector<std::thread> finished;  // GUARDED_BY(mu): ended connection threads, joined by the next accept
   bool stopped = false;  // GUARDED_BY(mu)
+  // NCCL links opened by pushers, by link id. A pusher sends one transfer at a time on its link, so a link
+  // is used by one connection thread at a time.
+  std::mutex links_mu;
+  std::map<std::string, std::shared_ptr<KvLink>> links;  // GUARDED_BY(links_mu)
 
   // Called from the accept thread for each new connection.
   void accept(int fd, const std::string& peer) {
@@ -145,6 +155,8 @@ struct Receiver {
         ok = serve_claim(fd, peer, claimed);
       } else if (magic == kReleaseMagic) {
         ok = serve_release(fd, peer, claimed);
+      } else if (magic == kNcclMagic) {
+        ok = serve_nccl(fd, peer);
       } else {
         spdlog::warn("event=kv_transfer_bad_frame peer={}", peer);
       }
@@ -218,6 +230,66 @@ struct Receiver {
     return send_ack(fd, peer, result).ok();
   }
 
+  // One TKN1 frame after its magic: claim, ack, join the link on first use, receive in order, release, ack.
+  bool serve_nccl(int fd, const std::string& peer) {
+    uint32_t header[4];
+    if (!net::read_full(fd, header, sizeof(header), peer).ok()) return false;
+    const uint32_t id_len = ntohl(header[0]), num_blocks = ntohl(header[1]), link_len = ntohl(header[2]);
+    const int timeout_ms = static_cast<int>(std::min<uint32_t>(ntohl(header[3]), 3600u * 1000u));
+    if (id_len > kMaxIdBytes || link_len > kMaxLinkIdBytes || num_blocks > kMaxClaimBlocks) return false;
+    std::string id(id_len, '\0'), link_id(link_len, '\0');
+    std::vector<int32_t> where(2ull * num_blocks);
+    if (!net::read_full(fd, id.data(), id_len, peer).ok() || !net::read_full(fd, link_id.data(), link_len, peer).ok() ||
+        !net::read_full(fd, where.data(), where.size() * sizeof(int32_t), peer).ok()) {
+      return false;
+    }
+    std::vector<BlockRef> refs(num_blocks);
+    std::vector<int32_t> blocks;
+    for (uint32_t i = 0; i < num_blocks; ++i) {
+      refs[i] = {static_cast<int32_t>(ntohl(static_cast<uint32_t>(where[2 * i]))),
+                 static_cast<int32_t>(ntohl(static_cast<uint32_t>(where[2 * i + 1])))};
+      blocks.push_back(refs[i].block);
+    }
+    std::sort(blocks.begin(), blocks.end());
+    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+    Status claimed = memory->link_device().empty() ? Status::Unsupported("the receiver has no NCCL path")
+                                                   : expectations.claim(id, blocks);
+    if (!send_ack(fd, peer, claimed).ok()) {
+      if (claimed.ok()) expectations.release(id);
+      return false;
+    }
+    if (!claimed.ok()) return true;
+    Status result = receive_on_link(link_id, refs, timeout_ms);
+    expectations.release(id);
+    spdlog::debug("event=kv_transfer_received transfer_id={} num_blocks={} transport=nccl status={}", id, num_blocks,
+                  result.ok() ? "ok" : result.to_string());
+    return send_ack(fd, peer, result).ok();
+  }
+
+  Status receive_on_link(const std::string& link_id, std::span<const BlockRef> refs, int timeout_ms) {
+    std::shared_ptr<KvLink> link;
+    {
+      std::lock_guard<std::mutex> lock(links_mu);
+      auto it = links.find(link_id);
+      if (it != links.end()) link = it->second;
+    }
+    if (!link) {
+      // Joined outside the lock: it waits for the pusher, which joins once it reads our claim's ack.
+      auto opened = memory->open_link(link_id, 1);
+      if (!opened.ok()) return opened.status();
+      link = std::move(*opened);
+      std::lock_guard<std::mutex> lock(links_mu);
+      links[link_id] = link;
+    }
+    Status received = link->recv(refs, timeout_ms);
+    if (!received.ok()) {
+      // A broken link fails every later call; the pusher makes a new one (or falls back to TCP).
+      std::lock_guard<std::mutex> lock(links_mu);
+      links.erase(link_id);
+    }
+    return received;
+  }
+
   bool serve_release(int fd, const std::string& peer, std::vector<std::string>& claimed) {
     uint32_t id_len;
     if (!net::read_full(fd, &id_len, sizeof(id_len), peer).ok()) return false;
@@ -236,9 +308,15 @@ struct Receiver {
 
 class TcpBackend : public TransferBackend {
  public:
-  // device_path: offer and use CUDA IPC (REQUIRES: memory exports device handles).
-  TcpBackend(std::shared_ptr<KvMemory> memory, const std::string& host, uint16_t port, bool device_path)
-      : memory_(memory), receiver_(std::make_unique<Receiver>()), transports_(local_host_id(), device_path) {
+  // device_path: offer and use CUDA IPC (REQUIRES: memory exports device handles). nccl: offer and use
+  // NCCL links (REQUIRES: memory has a link_device); nccl_first: before CUDA IPC (--kv-transfer nccl).
+  TcpBackend(std::shared_ptr<KvMemory> memory, const std::string& host, uint16_t port, bool device_path, bool nccl = false,
+             bool nccl_first = false)
+      : memory_(memory),
+        receiver_(std::make_unique<Receiver>()),
+        transports_(local_host_id(), LocalPaths{.cuda_ipc = device_path,
+                                                .nccl_device = nccl ? memory->link_device() : std::string(),
+                                                .nccl_first = nccl_first}) {
     receiver_->memory = std::move(memory);
     auto listener = net::Listener::bind(host, port);
     if (!listener.ok()) throw Error("KV transfer: " + listener.status().message());
@@ -251,7 +329,10 @@ class TcpBackend : public TransferBackend {
       handles = *exported;
     }
     device_path_ = device_path;
-    address_ = format_address(advertised + ":" + std::to_string(listener_->port()), local_host_id(), handles);
+    const std::string link_device = nccl ? memory_->link_device() : std::string();
+    if (nccl && link_device.empty()) throw Error("KV transfer: the NCCL path needs device memory with NCCL available");
+    nccl_ = nccl;
+    address_ = format_address(advertised + ":" + std::to_string(listener_->port()), local_host_id(), handles, link_device);
     listener_->start([receiver = receiver_.get()](int fd, std::string peer) { receiver->accept(fd, peer); });
   }
   ~TcpBackend() override {
@@ -262,7 +343,7 @@ class TcpBackend : public TransferBackend {
     }
   }
 
-  std::string name() const override { return device_path_ ? "cuda_ipc" : "tcp"; }
+  std::string name() const override { return nccl_ && !device_path_ ? "nccl" : device_path_ ? "cuda_ipc" : "tcp"; }
   std::string address() const override { return address_; }
 
   StatusOr<TransferStats> push(const std::string& peer_address, const std::string& transfer_id,
@@ -271,14 +352,20 @@ class TcpBackend : public TransferBackend {
     const PeerAddress target = parse_peer_address(peer_address);
     const std::string& peer = target.tcp;
     auto start = std::chrono::steady_clock::now();
-    if (transports_.choose(peer_address, target, *memory_).transport == Transport::kCudaIpc) {
+    const Transport transport = transports_.choose(peer_address, target, *memory_).transport;
+    if (transport != Transport::kTcp) {
       bool fall_back = false;
-      auto stats = push_device(target, transfer_id, copies, timeout_ms, &fall_back);
+      auto stats = transport == Transport::kCudaIpc ? push_device(target, transfer_id, copies, timeout_ms, &fall_back)
+                                                    : push_nccl(peer_address, target, transfer_id, copies, timeout_ms, &fall_back);
       if (!fall_back) {
         if (stats.ok()) stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         return stats;
       }
-      transports_.mark_failed(peer_address, stats.status().message());
+      if (transport == Transport::kCudaIpc) {
+        transports_.mark_failed(peer_address, stats.status().message());
+      } else {
+        transports_.mark_link_failed(peer_address, stats.status().message());
+      }
     }
     // A pooled connection may have gone stale (the peer restarted): one retry on a fresh one.
     for (int attempt = 0;; ++attempt) {
@@ -383,6 +470,98 @@ class TcpBackend : public TransferBackend {
     return stats;
   }
 
+  // The NCCL path: one transfer at a time on this peer's link (the receiver matches blocks by order). The
+  // claim names the link (a fresh id on first use, when both sides then join it) and the destination
+  // blocks in the order they travel; after its first ack the blocks are sent, and the second ack says they
+  // arrived. *fall_back is set (with the reason as the error) when the peer has no NCCL path or the link
+  // cannot be made or breaks, so that the caller pushes over TCP instead.
+  StatusOr<TransferStats> push_nccl(const std::string& peer_address, const PeerAddress& target, const std::string& transfer_id,
+                                    std::span<const BlockCopy> copies, int timeout_ms, bool* fall_back) {
+    const std::string& peer = target.tcp;
+    std::shared_ptr<PeerLink> link;
+    {
+      std::lock_guard<std::mutex> lock(links_mu_);
+      auto& slot = links_[peer_address];
+      if (!slot) slot = std::make_shared<PeerLink>();
+      link = slot;
+    }
+    std::lock_guard<std::mutex> serialized(link->mu);
+    const bool fresh = link->link == nullptr;
+    if (fresh) {
+      auto id = memory_->make_link_id();
+      if (!id.ok()) {
+        *fall_back = true;
+        return id.status();
+      }
+      link->id = *id;
+    }
+    const uint32_t header[5] = {htonl(kNcclMagic), htonl(static_cast<uint32_t>(transfer_id.size())),
+                                htonl(static_cast<uint32_t>(copies.size())), htonl(static_cast<uint32_t>(link->id.size())),
+                                htonl(static_cast<uint32_t>(std::max(1, timeout_ms)))};
+    std::vector<uint32_t> where;
+    where.reserve(2 * copies.size());
+    std::vector<BlockRef> sources;
+    sources.reserve(copies.size());
+    for (const BlockCopy& c : copies) {
+      where.push_back(htonl(static_cast<uint32_t>(c.layer)));
+      where.push_back(htonl(static_cast<uint32_t>(c.dst_block)));
+      sources.push_back({c.layer, c.src_block});
+    }
+    std::vector<std::byte> claim = control_message(header, transfer_id + link->id, where);
+    int fd = -1;
+    for (int attempt = 0;; ++attempt) {
+      bool pooled = false;
+      auto dialed = take_connection(peer, timeout_ms, &pooled);
+      if (!dialed.ok()) return dialed.status();
+      fd = *dialed;
+      set_timeouts(fd, std::max(1, timeout_ms));
+      Status sent = net::write_full(fd, claim.data(), claim.size(), peer);
+      Status verdict;
+      if (sent.ok()) sent = read_ack(fd, peer, &verdict);
+      if (sent.ok()) {
+        if (!verdict.ok()) {
+          give_back(peer, fd);
+          *fall_back = verdict.code() == StatusCode::kUnsupported;
+          return Status(verdict.code(), "KV claim at " + peer + " refused: " + verdict.message());
+        }
+        break;
+      }
+      ::close(fd);
+      if (!pooled || attempt > 0) return sent;
+    }
+    // The receiver now joins the link (first use) and waits for the blocks; a failure here leaves it to
+    // its receive timeout, after which it releases the claim and answers.
+    if (fresh) {
+      auto opened = memory_->open_link(link->id, 0);
+      if (!opened.ok()) {
+        ::close(fd);
+        *fall_back = true;
+        return opened.status();
+      }
+      link->link = std::move(*opened);
+    }
+    Status sent = link->link->send(sources, timeout_ms);
+    if (!sent.ok()) link->link.reset();
+    Status verdict;
+    Status acked = read_ack(fd, peer, &verdict);
+    if (acked.ok()) {
+      give_back(peer, fd);
+    } else {
+      ::close(fd);
+    }
+    if (!sent.ok()) {
+      *fall_back = true;
+      return sent;
+    }
+    TANDEM_RETURN_IF_ERROR(acked);
+    if (!verdict.ok()) return Status(verdict.code(), "KV push to " + peer + " over NCCL: " + verdict.message());
+    TransferStats stats;
+    stats.num_blocks = static_cast<int>(copies.size());
+    stats.num_bytes = static_cast<int64_t>(copies.size()) * static_cast<int64_t>(memory_->block_bytes());
+    stats.transport = "nccl";
+    return stats;
+  }
+
   StatusOr<TransferStats> push_on(int fd, const std::string& peer, const std::string& transfer_id,
                                   std::span<const BlockCopy> copies) {
     const size_t block_bytes = memory_->block_bytes();
@@ -446,7 +625,16 @@ class TcpBackend : public TransferBackend {
   std::unique_ptr<net::Listener> listener_;
   std::string address_;
   bool device_path_ = false;
+  bool nccl_ = false;
   PeerTransports transports_;
+  // The NCCL link to each peer (by address) and the lock that keeps one transfer at a time on it.
+  struct PeerLink {
+    std::mutex mu;
+    std::string id;                 // GUARDED_BY(mu)
+    std::unique_ptr<KvLink> link;   // GUARDED_BY(mu); null until first used, and after it broke
+  };
+  std::mutex links_mu_;
+  std::map<std::string, std::shared_ptr<PeerLink>> links_;  // GUARDED_BY(links_mu_)
   std::mutex pool_mu_;
   struct Idle {
     int fd = -1;
@@ -466,15 +654,23 @@ std::unique_ptr<TransferBackend> create_transfer_backend(const std::string& kind
                                                          const std::string& host, uint16_t port) {
   if (kind == "tcp") return std::make_unique<TcpBackend>(std::move(memory), host, port, false);
   if (kind == "cuda_ipc") return std::make_unique<TcpBackend>(std::move(memory), host, port, true);
+  if (kind == "nccl") {
+    if (memory->link_device().empty()) {
+      throw Error("--kv-transfer nccl: this worker's KV memory has no NCCL path (a CUDA device with NCCL installed, one GPU a worker)");
+    }
+    const bool ipc = memory->export_device_handles().ok();
+    return std::make_unique<TcpBackend>(std::move(memory), host, port, ipc, true, true);
+  }
   if (kind == "auto") {
     auto exported = memory->export_device_handles();
-    if (!exported.ok()) {
+    const bool nccl = !memory->link_device().empty();
+    if (!exported.ok() && !nccl) {
       spdlog::info("event=kv_transfer_backend transport=tcp reason=\"{}\"", exported.status().message());
       return std::make_unique<TcpBackend>(std::move(memory), host, port, false);
     }
-    return std::make_unique<TcpBackend>(std::move(memory), host, port, true);
+    return std::make_unique<TcpBackend>(std::move(memory), host, port, exported.ok(), nccl);
   }
-  throw Error("--kv-transfer: unknown transport '" + kind + "' (use auto, tcp or cuda_ipc)");
+  throw Error("--kv-transfer: unknown transport '" + kind + "' (use auto, tcp, cuda_ipc or nccl)");
 }
 
 }  // namespace tandem::transfer

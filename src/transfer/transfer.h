@@ -20,6 +20,24 @@
 
 namespace tandem::transfer {
 
+// One block of one layer (the NCCL path names each side's blocks in the order they travel).
+struct BlockRef {
+  int32_t layer = 0;
+  int32_t block = 0;
+};
+
+// A point-to-point link between this memory and one peer process's (NCCL: two ranks, the pusher 0 and
+// the receiver 1), made by KvMemory::open_link on both sides with the same id. The i-th block sent by
+// one side lands in the i-th block the other receives; each call returns once its blocks are done, or
+// DeadlineExceeded past timeout_ms (the link is then broken: every later call fails).
+// Thread-safety: one transfer at a time per link (the pusher serializes them).
+class KvLink {
+ public:
+  virtual ~KvLink() = default;
+  virtual Status send(std::span<const BlockRef> blocks, int timeout_ms) = 0;
+  virtual Status recv(std::span<const BlockRef> blocks, int timeout_ms) = 0;
+};
+
 // Copy block `src_block` of `layer` here into block `dst_block` of the same layer on the peer.
 struct BlockCopy {
   int32_t layer = 0;
@@ -59,13 +77,27 @@ class KvMemory {
     (void)peer_handles, (void)copies;
     return Status::Unsupported("KV memory is not on a device");
   }
+
+  // ---- Device path (NCCL point-to-point): for device memory that a peer cannot map (another container,
+  // pod or host). The defaults say "no NCCL path".
+  //
+  // Names this memory's GPU for the "same GPU" check (NCCL cannot link two ranks on one GPU): its PCI bus
+  // id; empty when this memory cannot open NCCL links.
+  virtual std::string link_device() { return ""; }
+  // A fresh link id (an ncclUniqueId, hex) for open_link on both sides.
+  virtual StatusOr<std::string> make_link_id() { return Status::Unsupported("KV memory has no NCCL path"); }
+  // Joins the link named `link_id` as `rank` (0 pusher, 1 receiver); blocks until the peer has joined too.
+  virtual StatusOr<std::unique_ptr<KvLink>> open_link(const std::string& link_id, int rank) {
+    (void)link_id, (void)rank;
+    return Status::Unsupported("KV memory has no NCCL path");
+  }
 };
 
 struct TransferStats {
   int64_t num_bytes = 0;
   int num_blocks = 0;
   double seconds = 0;  // from the first byte read here to the peer's acknowledgement
-  std::string transport;  // what moved the bytes: "tcp", "cuda_ipc", "mock"
+  std::string transport;  // what moved the bytes: "tcp", "cuda_ipc", "nccl", "mock"
 };
 
 class TransferBackend {
@@ -104,8 +136,13 @@ std::unique_ptr<TransferBackend> create_tcp_backend(std::shared_ptr<KvMemory> me
 // carries a descriptor from the same host, reachable from this device (KvMemory::can_reach), claims the
 // destination blocks over the TCP connection (so the receiver's expect/forget contract holds), copies
 // device to device, and releases the claim; a peer whose handles cannot be opened is pushed over TCP
-// from then on, after one warning line. `kind`: "auto" (CUDA IPC where the memory allows, else TCP),
-// "tcp" (never CUDA IPC), "cuda_ipc" (throws tandem::Error if the memory exports no handles).
+// from then on, after one warning line. The NCCL path (when `memory` has a link_device) serves peers
+// that CUDA IPC cannot reach: the claim carries the pair's link id (made by the pusher on first use), both
+// sides join the link, the blocks go GPU to GPU in order, and the receiver acknowledges on the same
+// connection; a link that fails sends that peer to TCP for good, after one warning line (see
+// transport_choice.h for the rule). `kind`: "auto" (CUDA IPC, else NCCL, where the memory allows, else
+// TCP), "tcp" (neither), "cuda_ipc" (throws tandem::Error if the memory exports no handles), "nccl" (NCCL
+// to every peer offering it, even one CUDA IPC could reach; throws if the memory has no NCCL path).
 // Throws tandem::Error if it cannot listen or `kind` is unknown.
 std::unique_ptr<TransferBackend> create_transfer_backend(const std::string& kind, std::shared_ptr<KvMemory> memory,
                                                          const std::string& host, uint16_t port);

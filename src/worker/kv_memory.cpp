@@ -52,8 +52,34 @@ class BackendKvMemory : public transfer::KvMemory {
     }
     return Status::Ok();
   }
+  // NCCL links: the backend's, with the transfer layer's block names.
+  std::string link_device() override { return backend_.kv_link_device(); }
+  StatusOr<std::string> make_link_id() override { return backend_.make_kv_link_id(); }
+  StatusOr<std::unique_ptr<transfer::KvLink>> open_link(const std::string& link_id, int rank) override {
+    auto link = backend_.open_kv_link(link_id, rank, kLinkJoinTimeoutMs);
+    if (!link.ok()) return link.status();
+    return std::unique_ptr<transfer::KvLink>(new Link(std::move(*link)));
+  }
 
  private:
+  // How long a side waits for its peer to join a new link (the peer joins as soon as the claim is acked).
+  static constexpr int kLinkJoinTimeoutMs = 30000;
+
+  class Link : public transfer::KvLink {
+   public:
+    explicit Link(std::unique_ptr<backend::KvLink> link) : link_(std::move(link)) {}
+    Status send(std::span<const transfer::BlockRef> blocks, int timeout_ms) override { return link_->send(convert(blocks), timeout_ms); }
+    Status recv(std::span<const transfer::BlockRef> blocks, int timeout_ms) override { return link_->recv(convert(blocks), timeout_ms); }
+
+   private:
+    static std::vector<backend::KvBlockRef> convert(std::span<const transfer::BlockRef> blocks) {
+      std::vector<backend::KvBlockRef> out(blocks.size());
+      for (size_t i = 0; i < blocks.size(); ++i) out[i] = {blocks[i].layer, blocks[i].block};
+      return out;
+    }
+    std::unique_ptr<backend::KvLink> link_;
+  };
+
   StatusOr<const backend::KvExport*> parse(const std::string& text) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = peers_.find(text);

@@ -62,7 +62,10 @@ TEST(TensorParallelGenerate, SizesThatCannotRunAreRefusedNamingTheFlag) {
   EXPECT_NE(three.out.find("num_attention_heads (4) is not a multiple of 3"), std::string::npos) << three.out;
   const Result cuda = generate(kModel + " --device cuda:0 --tensor-parallel-size 2", true);
   EXPECT_NE(cuda.exit_code, 0);
-  EXPECT_NE(cuda.out.find("not yet supported on CUDA"), std::string::npos) << cuda.out;
+  // One GPU named for two ranks (CUDA tensor parallelism takes one GPU a rank), refused before any GPU is asked.
+  EXPECT_NE(cuda.out.find("--device cuda:0 --tensor-parallel-size 2: names 1 GPU(s) for 2 tensor-parallel ranks"),
+            std::string::npos)
+      << cuda.out;
   const Result zero = generate(kModel + " --tensor-parallel-size 0", true);
   EXPECT_NE(zero.exit_code, 0);
   EXPECT_NE(zero.out.find("--tensor-parallel-size"), std::string::npos) << zero.out;

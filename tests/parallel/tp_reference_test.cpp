@@ -181,16 +181,19 @@ TEST(TensorParallelBackend, ShapesThatDoNotSplitAreRefusedNamingTheFlag) {
   EXPECT_THROW(make(*weights, 0), Error);
 }
 
-TEST(TensorParallelBackend, CudaRefusesTensorParallelismForNow) {
+// CUDA tensor parallelism takes one GPU a rank: one GPU named for two ranks is refused before any GPU is
+// asked (so in builds without CUDA too), naming both flags.
+TEST(TensorParallelBackend, CudaDeviceListMustNameOneGpuARank) {
   auto weights = fixture("qwen3_gqa");
   BackendOptions options;
   options.device = "cuda:0";
   options.tensor_parallel_size = 2;
   try {
     create_backend(*weights, options);
-    FAIL() << "CUDA TP 2 was accepted";
+    FAIL() << "CUDA TP 2 on one named GPU was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("not yet supported on CUDA"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--device cuda:0 --tensor-parallel-size 2: names 1 GPU(s) for 2"), std::string::npos)
+        << e.what();
   }
 }
 

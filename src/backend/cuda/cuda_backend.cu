@@ -19,6 +19,7 @@
 #include "backend/cuda/sampling.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
 #include "common/error.h"
+#include "parallel/weight_slices.h"
 
 namespace tandem::backend::cuda {
 namespace {
@@ -44,13 +45,25 @@ int parse_device(const std::string& device) {
 
 }  // namespace
 
-CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOptions& options)
+CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOptions& options, const CudaRank* rank)
     : config_(weights.config()), device_(parse_device(options.device)) {
   weights.validate();
+  if (rank != nullptr) {
+    rank_ = *rank;
+    config_.num_heads = rank->plan.q_heads.size();
+    config_.num_kv_heads = rank->plan.kv_heads.size();
+    config_.intermediate_size = rank->plan.intermediate.size();
+    if (!rank->inject_faults) fault_step_ = 0;
+  }
   const auto& c = config_;
   // --quantization fp8 on an unquantized model quantizes it here, at load (fp8_weights.cu).
   config_.quantization = model::resolve_quantization_flag(options.quantization, config_.quantization, weights.describe());
   fp8_ = config_.quantization.is_fp8();
+  if (fp8_ && rank_ && rank_->plan.world > 1) {
+    // fp8_weights.cu loads whole projections; slicing them (values and their row/block scales) is not done yet.
+    throw Error("cuda backend: FP8 weights (--quantization fp8 or an FP8 checkpoint) with --tensor-parallel-size " +
+                std::to_string(rank_->plan.world) + " are not supported yet; use --tensor-parallel-size 1");
+  }
   if (c.head_dim != 16 && c.head_dim != 32 && c.head_dim != 64 && c.head_dim != 128) {
     throw Error("cuda backend: head_dim " + std::to_string(c.head_dim) + " is not supported (16, 32, 64 or 128)");
   }
@@ -144,29 +157,31 @@ CudaBackend::~CudaBackend() {
 
 void CudaBackend::load_weights(const model::WeightSource& weights) {
   const auto& c = config_;
-  const std::vector<TensorSpec> specs = model::expected_tensors(c);
+  // The checkpoint's tensors are the whole model's, whatever share of them this backend keeps.
+  const std::vector<TensorSpec> specs = model::expected_tensors(weights.config());
   auto find = [&](const std::string& name) -> const TensorSpec& {
     for (const auto& s : specs) {
       if (s.name == name) return s;
     }
     throw Error("cuda backend: the model has no tensor " + name);
   };
-  auto bytes_of = [](const TensorSpec& s) { return static_cast<size_t>(model::num_elements(s.shape)) * sizeof(bf16); };
-
-  // One upload per device tensor; fused tensors are read part by part into one staging buffer.
+  // One upload per device tensor; fused tensors are read part by part into one staging buffer. A
+  // tensor-parallel rank keeps a slice of some parts (parallel/weight_slices.h): whole heads' rows of
+  // q/k/v, its rows of gate/up and of the lm_head, its columns of o and down.
   struct Upload {
     bf16** dst;
-    std::vector<const TensorSpec*> parts;
+    std::vector<parallel::SlicedTensor> parts;
     size_t bytes = 0;
     size_t offset = 0;  // in the arena
   };
+  const std::optional<parallel::ShardPlan> plan = rank_ ? std::optional(rank_->plan) : std::nullopt;
   std::vector<Upload> uploads;
   auto add = [&](bf16** dst, std::vector<std::string> names) {
     Upload u;
     u.dst = dst;
     for (const auto& n : names) {
-      u.parts.push_back(&find(n));
-      u.bytes += bytes_of(*u.parts.back());
+      u.parts.push_back(parallel::shard_slice(find(n), weights.config(), plan));
+      u.bytes += u.parts.back().elements() * sizeof(bf16);
     }
     uploads.push_back(std::move(u));
   };
@@ -188,7 +203,10 @@ void CudaBackend::load_weights(const model::WeightSource& weights) {
     if (!fp8_) add(&w.down, {p + "mlp.down_proj.weight"});
   }
   add(&final_norm_, {"model.norm.weight"});
-  if (!c.tie_word_embeddings) add(&lm_head_, {"lm_head.weight"});
+  // A rank of several keeps its vocabulary rows of the lm_head, tied or not.
+  const bool own_head = !c.tie_word_embeddings || (rank_ && rank_->plan.world > 1);
+  if (own_head) add(&lm_head_, {c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight"});
+  if (own_head && c.tie_word_embeddings) uploads.back().parts[0] = parallel::shard_rows(find("model.embed_tokens.weight"), plan->vocab);
 
   size_t total = 0, largest = 0;
   for (auto& u : uploads) {
@@ -206,11 +224,12 @@ void CudaBackend::load_weights(const model::WeightSource& weights) {
   }
   TANDEM_CUDA_THROW(cudaMalloc(&weight_arena_, total), device_);
   for (auto& u : uploads) *u.dst = reinterpret_cast<bf16*>(static_cast<std::byte*>(weight_arena_) + u.offset);
-  if (c.tie_word_embeddings) lm_head_ = embed_;
+  if (!own_head) lm_head_ = embed_;
 
   // Two pinned staging buffers: the host reads (mmap'd checkpoint or generated weights) into one while
   // the copy engine uploads the other.
   std::byte* staging[2] = {nullptr, nullptr};  // [largest] bytes each, pinned host
+  std::vector<std::byte> slice_scratch;          // a whole tensor, when only a slice of it is kept
   cudaEvent_t uploaded[2] = {nullptr, nullptr};
   auto cleanup = [&]() {
     for (int i = 0; i < 2; ++i) {
@@ -227,9 +246,9 @@ void CudaBackend::load_weights(const model::WeightSource& weights) {
       const int slot = static_cast<int>(i % 2);
       TANDEM_CUDA_THROW(cudaEventSynchronize(uploaded[slot]), device_);  // its previous upload is done
       size_t offset = 0;
-      for (const TensorSpec* part : uploads[i].parts) {
-        weights.read(*part, DType::kBF16, staging[slot] + offset);
-        offset += bytes_of(*part);
+      for (const parallel::SlicedTensor& part : uploads[i].parts) {
+        parallel::read_slice(weights, part, DType::kBF16, staging[slot] + offset, slice_scratch);
+        offset += part.elements() * sizeof(bf16);
       }
       TANDEM_CUDA_THROW(cudaMemcpyAsync(*uploads[i].dst, staging[slot], uploads[i].bytes, cudaMemcpyHostToDevice, stream_),
                         device_);
@@ -294,13 +313,14 @@ void CudaBackend::free_workspace() {
                   static_cast<void*>(act_), static_cast<void*>(logits_dev_), static_cast<void*>(greedy_dev_),
                   static_cast<void*>(partial_out_),
                   static_cast<void*>(partial_ml_), static_cast<void*>(metadata_dev_), static_cast<void*>(fp8_act_),
-                  static_cast<void*>(fp8_act_scales_)}) {
+                  static_cast<void*>(fp8_act_scales_), static_cast<void*>(shard_logits_),
+                  static_cast<void*>(gathered_logits_)}) {
     cudaFree(p);
   }
   if (metadata_host_) cudaFreeHost(metadata_host_);
   residual_ = nullptr;
   normed_ = qkv_ = attn_out_ = delta_ = gate_up_ = act_ = nullptr;
-  logits_dev_ = partial_out_ = partial_ml_ = nullptr;
+  logits_dev_ = partial_out_ = partial_ml_ = shard_logits_ = gathered_logits_ = nullptr;
   greedy_dev_ = nullptr;
   fp8_act_ = nullptr;
   fp8_act_scales_ = nullptr;
@@ -339,12 +359,16 @@ Status CudaBackend::ensure_workspace(int num_tokens, int num_logits) {
       {reinterpret_cast<void**>(&fp8_act_),
        (fp8_ ? t : 1) * std::max({c.hidden_size, c.q_size(), c.intermediate_size}) * sizeof(uint8_t)},
       {reinterpret_cast<void**>(&fp8_act_scales_), (fp8_ ? t : 1) * sizeof(float)},
+      {reinterpret_cast<void**>(&shard_logits_), rank_ ? static_cast<size_t>(logits) * rank_->plan.vocab_shard * sizeof(float) : 0},
+      {reinterpret_cast<void**>(&gathered_logits_),
+       rank_ ? static_cast<size_t>(rank_->plan.world) * logits * rank_->plan.vocab_shard * sizeof(float) : 0},
   };
   for (const Want& w : wants) {
     cudaFree(*w.ptr);
     *w.ptr = nullptr;
   }
   for (const Want& w : wants) {
+    if (w.bytes == 0) continue;
     cudaError_t err = cudaMalloc(w.ptr, w.bytes);
     if (err != cudaSuccess) {
       cudaGetLastError();
@@ -493,6 +517,9 @@ Status CudaBackend::forward(const ForwardBatch& batch, std::span<float> logits) 
 }
 
 std::unique_ptr<Backend> create_cuda_backend(const model::WeightSource& weights, const BackendOptions& options) {
+  if (options.tensor_parallel_size > 1 || options.device.find(',') != std::string::npos) {
+    return create_tensor_parallel_cuda_backend(weights, options);
+  }
   return std::make_unique<CudaBackend>(weights, options);
 }
 

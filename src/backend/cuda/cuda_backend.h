@@ -15,6 +15,12 @@ namespace tandem::backend::cuda {
 // and tokens. Throws tandem::Error naming the device, the memory asked and free, and the flag to change.
 std::unique_ptr<Backend> create_cuda_backend(const model::WeightSource& weights, const BackendOptions& options);
 
+// The tensor-parallel path (tensor_parallel_backend.cu): options.tensor_parallel_size ranks, one per GPU
+// of options.device ("cuda": the first N visible; "cuda:2,3": those), over NCCL. Taken for every
+// tensor_parallel_size > 1 and, at 1, by tests that check it against the plain backend. Throws
+// tandem::Error naming the flag (devices, a model that does not split, NCCL missing or failing).
+std::unique_ptr<Backend> create_tensor_parallel_cuda_backend(const model::WeightSource& weights, const BackendOptions& options);
+
 // CUDA devices this process can use; 0 when there is no driver or no device. Never throws.
 int cuda_device_count();
 

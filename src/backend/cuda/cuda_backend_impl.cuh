@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <span>
 #include <string>
@@ -29,6 +30,7 @@
 #include "backend/cuda/launch_options.h"
 #include "backend/cuda/profile.cuh"
 #include "backend/cuda/skinny_gemm.cuh"
+#include "parallel/shard_plan.h"
 
 namespace tandem::backend::cuda {
 
@@ -78,12 +80,23 @@ struct StepArgs {
   int decode_splits = 0;  // items per tile of a plan_decode_attention plan whose splits merge in-kernel (0: none)
 };
 
+class NcclCommunicator;
+
+// One tensor-parallel rank (tensor_parallel_backend.cu): the shard this backend holds and the group it
+// sums its partial results with. Without one the backend is the whole model on one GPU, unchanged.
+struct CudaRank {
+  parallel::ShardPlan plan;
+  NcclCommunicator* comm = nullptr;  // not owned; outlives the backend
+  bool inject_faults = false;        // whether TANDEM_INJECT_DEVICE_FAULT_AT_STEP applies to this rank
+};
+
 // See cuda_backend.h for what it does and backend.h for the interface and its thread-safety. Its methods
 // live in cuda_backend.cu (set-up, weights, buffers, entry points), forward_step.cu (one step: plan,
 // metadata, kernels, decode graphs) and kv_blocks.cu (KV blocks to and from the host and peers).
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const model::WeightSource& weights, const BackendOptions& options);
+  // `rank`: load only that shard and make its collectives (copied; null: the whole model).
+  CudaBackend(const model::WeightSource& weights, const BackendOptions& options, const CudaRank* rank = nullptr);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -108,6 +121,12 @@ class CudaBackend final : public Backend {
                              std::span<const int32_t> peer_blocks, int layer_begin, int layer_end) override {
     return copy_with_peer(peer, peer_blocks, local_blocks, layer_begin, layer_end, false);
   }
+  // KV links over NCCL (kv_link.cu).
+  std::string kv_link_device() override;
+  StatusOr<std::string> make_kv_link_id() override;
+  StatusOr<std::unique_ptr<KvLink>> open_kv_link(const std::string& link_id, int rank, int timeout_ms) override;
+  // Sends or receives `blocks` over `comm` to/from its other rank, on the peer stream (kv_link.cu).
+  Status link_transfer(NcclCommunicator& comm, std::span<const KvBlockRef> blocks, bool send, int timeout_ms);
 
  private:
   Status copy_with_peer(const KvExport& peer, std::span<const int32_t> peer_blocks, std::span<const int32_t> local_blocks,
@@ -140,9 +159,18 @@ class CudaBackend final : public Backend {
   static StepLayout layout_step(int num_tokens, size_t table_entries, int num_logits, size_t num_items, size_t num_combines,
                                 size_t num_mma_items = 0);
   void clear_graphs();
+  // Tensor parallel (no-ops without rank_): the sum of the ranks' o/down partial results in delta_, and
+  // the lm_head's vocabulary shards gathered into logits_dev_ (tensor_parallel_backend.cu).
+  Status reduce_partial_sums(int num_tokens);
+  Status lm_head_and_gather(int num_logits);
   bf16* layer_pool(int layer) const { return kv_pool_ + static_cast<size_t>(layer) * layer_pool_elements_; }
 
+  // With rank_: this rank's heads, KV heads and intermediate rows (the whole vocabulary: the logits are
+  // gathered); the weights are read with the whole model's config.
   model::ModelConfig config_;
+  std::optional<CudaRank> rank_;
+  float* shard_logits_ = nullptr;     // rank_ only: [max_logits, vocab_shard] fp32, device: this rank's lm_head rows
+  float* gathered_logits_ = nullptr;  // rank_ only: [world, max_logits, vocab_shard] fp32, device
   KvCacheSpec kv_;
   int device_ = 0;
   int num_sms_ = 0;
@@ -186,7 +214,7 @@ class CudaBackend final : public Backend {
   // The first CUDA failure of a step, kept: CUDA errors such as an illegal address are sticky, so
   // every later step would fail as well (see Backend::device_health).
   Status health_;
-  const int fault_step_ = injected_device_fault_step();
+  int fault_step_ = injected_device_fault_step();  // 0 on the tensor-parallel ranks that do not inject
   int num_forwards_ = 0;
   float* partial_out_ = nullptr;    // [kMaxPartials, kAttentionRows, head_dim] fp32, device
   float* partial_ml_ = nullptr;     // [kMaxPartials, kAttentionRows, 2] fp32, device

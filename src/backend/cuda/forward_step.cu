@@ -114,6 +114,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     mark(StepPart::kAttention);
     TANDEM_RETURN_IF_ERROR(w.o8 ? fp8_linear(attn_out_, n, w.o8, delta_, false)
                                 : gemm(attn_out_, n, q_size, w.o_proj, hidden, delta_, false));
+    TANDEM_RETURN_IF_ERROR(reduce_partial_sums(n));
     mark(StepPart::kOGemm);
     TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, w.post_norm, normed_, nullptr, n, hidden, c.rms_norm_eps,
                                            true, stream_, launch_),
@@ -133,6 +134,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
       TANDEM_CUDA_RETURN(launch_silu_and_mul(gate_up_, act_, n, inter, stream_, launch_), device_);
       TANDEM_RETURN_IF_ERROR(gemm(act_, n, inter, w.down, hidden, delta_, false));
     }
+    TANDEM_RETURN_IF_ERROR(reduce_partial_sums(n));
     mark(StepPart::kDownGemm);
   }
   if (a.num_logits > 0) {
@@ -140,7 +142,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     TANDEM_CUDA_RETURN(launch_add_rms_norm(residual_, delta_, final_norm_, normed_, d_rows, a.num_logits, hidden,
                                            c.rms_norm_eps, false, stream_, launch_),
                        device_);
-    TANDEM_RETURN_IF_ERROR(gemm(normed_, a.num_logits, hidden, lm_head_, c.vocab_size, logits_dev_, true));
+    TANDEM_RETURN_IF_ERROR(lm_head_and_gather(a.num_logits));
     mark(StepPart::kLmHead);
   }
   return Status::Ok();

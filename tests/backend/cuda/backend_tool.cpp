@@ -4,8 +4,10 @@
 //   backend_tool logits --model M --device cuda:0 --prompts FILE --mode alone|batched|chunked:N --out FILE.f32
 //     FILE: {"prompts": [[ids...], ...]}; writes float32 [num_prompts, vocab] row-major.
 //   backend_tool bench --model M --device cuda:0 [--prompt-len 1024] [--decode-steps 128] [--batch 1,8,32]
+//                      [--tensor-parallel-size N] [--tp-path 1]
 //     prints one JSON object: load seconds, prefill tokens/s, decode ms/step at each batch size, with
-//     host logits (forward) and with the device argmax (forward_greedy).
+//     host logits (forward) and with the device argmax (forward_greedy). --tp-path 1 takes the
+//     tensor-parallel CUDA path (NCCL) even at TP 1, to measure what it costs against the plain backend.
 //   backend_tool fp8-gemm [--device 0] [--size 8192] [--iters 50]
 //     prints one JSON object: the TFLOP/s of the backend's FP8 GEMM (cuBLASLt e4m3, per-row scales) on
 //     size^3, the reference rate of the FP8 prefill figure.
@@ -16,6 +18,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
@@ -136,7 +139,15 @@ int run_bench(const std::map<std::string, std::string>& f) {
   options.device = flag(f, "--device", "cuda:0");
   const int blocks_each = (prompt_len + decode_steps + options.block_size) / options.block_size + 1;
   options.num_kv_blocks = blocks_each * std::max(max_batch, 8);
-  auto backend = tb::create_backend(*weights, options);
+  options.tensor_parallel_size = std::stoi(flag(f, "--tensor-parallel-size", "1"));
+  const bool tp_path = flag(f, "--tp-path", "0") == "1";
+  std::unique_ptr<tb::Backend> backend;
+#ifdef TANDEM_HAVE_CUDA
+  if (tp_path) backend = tb::cuda::create_tensor_parallel_cuda_backend(*weights, options);
+#else
+  if (tp_path) throw tandem::Error("--tp-path 1: this build has no CUDA");
+#endif
+  if (!backend) backend = tb::create_backend(*weights, options);
   const double load_s = seconds_since(t0);
   const int vocab = backend->config().vocab_size;
   std::mt19937 rng(1);
@@ -144,6 +155,8 @@ int run_bench(const std::map<std::string, std::string>& f) {
   nlohmann::json result;
   result["model"] = model;
   result["device"] = backend->device_name();
+  result["tensor_parallel_size"] = options.tensor_parallel_size;
+  result["tp_path"] = tp_path;
   result["load_seconds"] = load_s;
   result["prompt_len"] = prompt_len;
 
