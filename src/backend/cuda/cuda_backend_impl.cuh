@@ -258,7 +258,6 @@ class CudaBackend final : public Backend {
   // FP8 weights: config_.quantization.is_fp8() (fp8_weights.cu, fp8_gemm.cuh).
   bool fp8_ = false;
   bool fp8_use_lt_ = false;          // cuBLASLt FP8 GEMMs for > kFp8GemvMaxRows tokens, else dequantize + bf16
-  Fp8GemvKind fp8_gemv_ = Fp8GemvKind::kFmaCvt;  // TANDEM_FP8_GEMV=cvt|int|mma (fp8_gemm.cuh)
   void* fp8_arena_ = nullptr;        // every Fp8Linear's values and scales, device
   bf16* fp8_dequant_ = nullptr;      // [largest FP8 projection] bf16, device: the dequantizing path's scratch
   uint8_t* fp8_act_ = nullptr;       // [max_tokens, max(hidden, q_size, inter)] e4m3, device: per-token activations

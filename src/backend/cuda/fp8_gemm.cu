@@ -45,25 +45,6 @@ __device__ __forceinline__ void fp8x16_to_float(const uint4& v, float (&f)[16]) 
   }
 }
 
-// 16 e4m3 bytes to fp32 with integer operations only: the bits ((b & 0x7F) << 20) | ((b & 0x80) << 24)
-// are an fp32 (normal or subnormal) whose value is exactly e4m3(b) * 2^-120, for e4m3 normals and
-// subnormals alike (the exponent field lands in the fp32 one, the mantissa below it). Integer ops issue
-// at 4x the rate of the f16 -> f32 conversions above; the caller multiplies its sums by 2^120 (nvcc keeps
-// fp32 subnormals unless asked for fast math, so the products are exact).
-constexpr float kIntCvtUnscale = 0x1p120f;
-
-__device__ __forceinline__ void fp8x16_to_scaled_float(const uint4& v, float (&f)[16]) {
-  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t w = words[i];
-    f[4 * i + 0] = __uint_as_float(((w << 20) & 0x07F00000u) | ((w << 24) & 0x80000000u));
-    f[4 * i + 1] = __uint_as_float(((w << 12) & 0x07F00000u) | ((w << 16) & 0x80000000u));
-    f[4 * i + 2] = __uint_as_float(((w << 4) & 0x07F00000u) | ((w << 8) & 0x80000000u));
-    f[4 * i + 3] = __uint_as_float(((w >> 4) & 0x07F00000u) | (w & 0x80000000u));
-  }
-}
-
 // 8 activations at row[k..k+8) as fp32; with kSiluIn, row is [gate | up] of 2 * in values and the value is
 // silu(gate) * up rounded to bf16 (launch_silu_and_mul's numbers).
 template <bool kSiluIn>
@@ -91,9 +72,8 @@ __device__ __forceinline__ float scale_at(const Fp8Linear& w, int row, int col) 
 // One block: weight rows [tile * 4, +4) against M tokens; K passes split over the block's warps and over
 // `splits` blocks (blockIdx.x = tile * splits + split), the last block of a tile to finish summing the
 // others' partials (skinny_gemm.cu's scheme, same workspace). kBlock: scales vary along K (applied to each
-// lane's 16-weight partial dot product); else one scale per row, applied to the finished sum. kIntCvt: the
-// weights are converted by fp8x16_to_scaled_float (sums carry a factor 2^-120 until the scale is applied).
-template <int M, bool kOutF32, bool kSiluIn, bool kBlock, bool kIntCvt>
+// lane's 16-weight partial dot product); else one scale per row, applied to the finished sum.
+template <int M, bool kOutF32, bool kSiluIn, bool kBlock>
 __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __restrict__ x, int rows, Fp8Linear w,
                                                                    void* __restrict__ y, int splits,
                                                                    float* __restrict__ ws,
@@ -136,11 +116,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
 #pragma unroll
     for (int r = 0; r < kRowsPerBlock; ++r) {
       float wf[kLaneBytes];
-      if constexpr (kIntCvt) {
-        fp8x16_to_scaled_float(a[r], wf);
-      } else {
-        fp8x16_to_float(a[r], wf);
-      }
+      fp8x16_to_float(a[r], wf);
       const float s = kBlock ? scale_at(w, row_of[r], kl) : 1.0f;
 #pragma unroll
       for (int m = 0; m < M; ++m) {
@@ -149,7 +125,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
 #pragma unroll
         for (int e = 0; e < kLaneBytes; ++e) d += wf[e] * xf[m][e];
         if constexpr (kBlock) {
-          acc[r][m] += (kIntCvt ? d * kIntCvtUnscale : d) * s;
+          acc[r][m] += d * s;
         } else {
           acc[r][m] += d;
         }
@@ -214,7 +190,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
   const int r = lane / M, m = lane % M;
   const int n = tile * kRowsPerBlock + r;
   if (n >= out || m >= rows) return;
-  if constexpr (!kBlock) sum = (kIntCvt ? sum * kIntCvtUnscale : sum) * scale_at(w, n, 0);
+  if constexpr (!kBlock) sum *= scale_at(w, n, 0);
   const size_t at = static_cast<size_t>(m) * out + n;
   if constexpr (kOutF32) {
     static_cast<float*>(y)[at] = sum;
@@ -223,262 +199,23 @@ __global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_kernel(const bf16* __
   }
 }
 
-template <int M, bool kSiluIn, bool kBlock, bool kIntCvt>
+template <int M, bool kSiluIn, bool kBlock>
 cudaError_t launch_gemv(const bf16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, int tiles, int splits,
                         const SkinnyGemmWorkspace& ws, cudaStream_t stream, const LaunchOptions& options) {
   const dim3 grid(static_cast<unsigned>(tiles * splits)), block(kWarps * kWarp);
   if (y_fp32) {
-    return launch_kernel(fp8_gemv_kernel<M, true, kSiluIn, kBlock, kIntCvt>, grid, block, 0, stream, options, x, rows, w,
-                         y, splits, ws.partials, ws.counters);
+    return launch_kernel(fp8_gemv_kernel<M, true, kSiluIn, kBlock>, grid, block, 0, stream, options, x, rows, w, y,
+                         splits, ws.partials, ws.counters);
   }
-  return launch_kernel(fp8_gemv_kernel<M, false, kSiluIn, kBlock, kIntCvt>, grid, block, 0, stream, options, x, rows, w,
-                       y, splits, ws.partials, ws.counters);
+  return launch_kernel(fp8_gemv_kernel<M, false, kSiluIn, kBlock>, grid, block, 0, stream, options, x, rows, w, y,
+                       splits, ws.partials, ws.counters);
 }
 
 template <int M, bool kSiluIn>
 cudaError_t launch_gemv_m(const bf16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, int tiles, int splits,
-                          bool int_convert, const SkinnyGemmWorkspace& ws, cudaStream_t stream,
-                          const LaunchOptions& options) {
-  if (int_convert) {
-    return w.block_cols > 0
-               ? launch_gemv<M, kSiluIn, true, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
-               : launch_gemv<M, kSiluIn, false, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
-  }
-  return w.block_cols > 0
-             ? launch_gemv<M, kSiluIn, true, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
-             : launch_gemv<M, kSiluIn, false, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
-}
-
-// ---- Tensor-core variant (per-row scales): weights as the A operand of mma.sync m16n8k16 in f16 (every
-// e4m3 value is an f16 exactly, one hardware convert per two), tokens as B (bf16 -> f16, exact in f16's
-// normal range, saturated at +-65504), fp32 accumulation. A block covers kMmaTiles x 16 weight rows; lane
-// (g = lane / 4, q = lane % 4) loads 16 contiguous bytes of rows g and g + 8 of each 16-row tile at
-// k = slice * 64 + 16q, so a slice is 64 of K and four mmas per tile, all against one B fragment (the
-// activations are converted once per slice for every tile). K is permuted the same way in A and B: logical
-// (2q, 2q+1) of mma j is physical 16q + 4j + (0, 1), logical (2q+8, 2q+9) is 16q + 4j + (2, 3). Split over K
-// as the other kernels.
-constexpr int kMmaTiles = 2;
-constexpr int kMmaRows = 16 * kMmaTiles;
-constexpr int kMmaSliceK = 64;
-constexpr int kMmaUnroll = 2;
-constexpr int kMmaTileFloats = kMmaRows * 8;  // fp32 results of a block: its rows x 8 tokens
-
-__device__ __forceinline__ uint4 load_weights_l2(const uint8_t* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
-__device__ __forceinline__ void mma_f16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                        uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// 16 e4m3 bytes to 8 f16x2 (pair p holds bytes 2p, 2p + 1, the first in the low half).
-__device__ __forceinline__ void fp8x16_to_f16x2(const uint4& v, uint32_t (&out)[8]) {
-  const auto* pairs = reinterpret_cast<const __nv_fp8x2_storage_t*>(&v);
-#pragma unroll
-  for (int p = 0; p < 8; ++p) {
-    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pairs[p], __NV_E4M3);
-    out[p] = static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
-  }
-}
-
-// (lo, hi) to f16x2, rounded to nearest, saturating at +-65504 rather than overflowing to infinity.
-__device__ __forceinline__ uint32_t floats_to_f16x2(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-
-// 16 activations at row[k..k+16) as 8 f16x2 (silu(gate) * up rounded to bf16 first with kSiluIn).
-template <bool kSiluIn>
-__device__ __forceinline__ void load_x16_f16(const bf16* row, int k, int in, uint32_t (&out)[8]) {
-  if constexpr (!kSiluIn) {
-    const uint4 raw[2] = {__ldg(reinterpret_cast<const uint4*>(row + k)), __ldg(reinterpret_cast<const uint4*>(row + k + 8))};
-    const auto* h = reinterpret_cast<const __nv_bfloat162*>(raw);
-#pragma unroll
-    for (int p = 0; p < 8; ++p) {
-      const float2 f = __bfloat1622float2(h[p]);
-      out[p] = floats_to_f16x2(f.x, f.y);
-    }
-  } else {
-    float f[16];
-    load_x8<true>(row, k, in, f);
-    load_x8<true>(row, k + 8, in, f + 8);
-#pragma unroll
-    for (int p = 0; p < 8; ++p) out[p] = floats_to_f16x2(f[2 * p], f[2 * p + 1]);
-  }
-}
-
-template <bool kOutF32, bool kSiluIn>
-__global__ void __launch_bounds__(kWarps * kWarp) fp8_gemv_mma_kernel(const bf16* __restrict__ x, int rows, Fp8Linear w,
-                                                                       void* __restrict__ y, int splits,
-                                                                       float* __restrict__ ws,
-                                                                       int32_t* __restrict__ counters) {
-  __shared__ __align__(16) float red[kWarps][kMmaTiles][kWarp][4];  // [warps, tiles, lanes, 4] fp32, shared
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int g = lane / 4, q = lane % 4;
-  const int tile = blockIdx.x / splits, split = blockIdx.x % splits;
-  const int in = w.cols, out = w.rows;
-  const int num_slices = (in + kMmaSliceK - 1) / kMmaSliceK;
-  const int warp_splits = splits * kWarps;
-  const int per_warp = (num_slices + warp_splits - 1) / warp_splits;
-  const int s_begin = min(num_slices, (split * kWarps + warp) * per_warp);
-  const int s_end = min(num_slices, s_begin + per_warp);
-  // Rows past `out` read the last row (kept in bounds) and are never written. wr[2t], wr[2t+1]: rows g and
-  // g + 8 of tile t.
-  const uint8_t* wr[2 * kMmaTiles];
-#pragma unroll
-  for (int i = 0; i < 2 * kMmaTiles; ++i) {
-    const int row = min(tile * kMmaRows + (i / 2) * 16 + g + (i % 2) * 8, out - 1);
-    wr[i] = w.values + static_cast<size_t>(row) * in + kLaneBytes * q;
-  }
-  pdl_trigger();
-  pdl_wait();
-  const bool has_token = g < rows;
-  const size_t x_stride = kSiluIn ? 2 * static_cast<size_t>(in) : static_cast<size_t>(in);
-  const bf16* xr = x + static_cast<size_t>(min(g, rows - 1)) * x_stride + kLaneBytes * q;
-  float acc[kMmaTiles][2][4];
-#pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[t][0][i] = acc[t][1][i] = 0.0f;
-  }
-  // Every lane takes part in every mma; a lane past the end of K brings zeros.
-  auto consume = [&](const uint4 (&a)[2 * kMmaTiles], int k, bool ok) {
-    uint32_t xb[8];
-    if (has_token && ok) {
-      load_x16_f16<kSiluIn>(xr, k, in, xb);
-    } else {
-#pragma unroll
-      for (int p = 0; p < 8; ++p) xb[p] = 0;
-    }
-#pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) {
-      uint32_t wa[8], wb[8];
-      fp8x16_to_f16x2(a[2 * t], wa);
-      fp8x16_to_f16x2(a[2 * t + 1], wb);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        mma_f16(acc[t][j % 2], wa[2 * j], wb[2 * j], wa[2 * j + 1], wb[2 * j + 1], xb[2 * j], xb[2 * j + 1]);
-      }
-    }
-  };
-  int s = s_begin;
-  for (; s + kMmaUnroll <= s_end; s += kMmaUnroll) {
-    uint4 a[kMmaUnroll][2 * kMmaTiles];
-#pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int k = (s + u) * kMmaSliceK;
-      const bool ok = k + kLaneBytes * q < in;
-#pragma unroll
-      for (int i = 0; i < 2 * kMmaTiles; ++i) a[u][i] = ok ? load_weights_l2(wr[i] + k) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kMmaUnroll; ++u) {
-      const int k = (s + u) * kMmaSliceK;
-      consume(a[u], k, k + kLaneBytes * q < in);
-    }
-  }
-  for (; s < s_end; ++s) {
-    const int k = s * kMmaSliceK;
-    const bool ok = k + kLaneBytes * q < in;
-    uint4 a[2 * kMmaTiles];
-#pragma unroll
-    for (int i = 0; i < 2 * kMmaTiles; ++i) a[i] = ok ? load_weights_l2(wr[i] + k) : make_uint4(0, 0, 0, 0);
-    consume(a, k, ok);
-  }
-#pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) {
-    *reinterpret_cast<float4*>(red[warp][t][lane]) = make_float4(acc[t][0][0] + acc[t][1][0], acc[t][0][1] + acc[t][1][1],
-                                                                 acc[t][0][2] + acc[t][1][2], acc[t][0][3] + acc[t][1][3]);
-  }
-  __syncthreads();
-  if (warp != 0) return;
-  float sum[kMmaTiles][4];
-#pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      sum[t][i] = 0.0f;
-#pragma unroll
-      for (int v = 0; v < kWarps; ++v) sum[t][i] += red[v][t][lane][i];
-    }
-  }
-  if (splits > 1) {
-    // Publish this block's partial; the last block of the tile to arrive adds them all up.
-    float* mine = ws + (static_cast<size_t>(tile) * splits + split) * kMmaTileFloats;
-#pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) {
-      __stcg(reinterpret_cast<float4*>(mine + (t * kWarp + lane) * 4), make_float4(sum[t][0], sum[t][1], sum[t][2], sum[t][3]));
-    }
-    __threadfence();
-    __syncwarp();
-    int arrived = 0;
-    if (lane == 0) arrived = atomicAdd(&counters[tile], 1);
-    arrived = __shfl_sync(0xffffffffu, arrived, 0);
-    if (arrived != splits - 1) return;
-    __threadfence();
-    const float* all = ws + static_cast<size_t>(tile) * splits * kMmaTileFloats;
-#pragma unroll
-    for (int t = 0; t < kMmaTiles; ++t) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) sum[t][i] = 0.0f;
-      for (int sp = 0; sp < splits; ++sp) {
-        const float4 v = __ldcg(reinterpret_cast<const float4*>(all + sp * kMmaTileFloats + (t * kWarp + lane) * 4));
-        sum[t][0] += v.x;
-        sum[t][1] += v.y;
-        sum[t][2] += v.z;
-        sum[t][3] += v.w;
-      }
-    }
-    if (lane == 0) counters[tile] = 0;  // ready for the next launch (ordered after it by the stream)
-  }
-  // c0, c1: weight row g of the tile, tokens 2q, 2q + 1; c2, c3: row g + 8.
-#pragma unroll
-  for (int t = 0; t < kMmaTiles; ++t) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int n = tile * kMmaRows + t * 16 + g + (i / 2) * 8;
-      const int m = 2 * q + i % 2;
-      if (n >= out || m >= rows) continue;
-      const float v = sum[t][i] * scale_at(w, n, 0);
-      const size_t at = static_cast<size_t>(m) * out + n;
-      if constexpr (kOutF32) {
-        static_cast<float*>(y)[at] = v;
-      } else {
-        static_cast<bf16*>(y)[at] = __float2bfloat16(v);
-      }
-    }
-  }
-}
-
-template <bool kSiluIn>
-cudaError_t launch_gemv_mma(const bf16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32,
-                            const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
-                            const LaunchOptions& options) {
-  const int tiles = (w.rows + kMmaRows - 1) / kMmaRows;
-  const int slices = (w.cols + kMmaSliceK - 1) / kMmaSliceK;
-  const int want_blocks = std::max(1, num_sms) * 8;
-  int splits = std::clamp((want_blocks + tiles - 1) / tiles, 1, std::max(1, slices / (2 * kWarps)));
-  if (splits > 1 && (tiles > ws.num_counters || !ws.partials || !ws.counters ||
-                     static_cast<size_t>(tiles) * splits * kMmaTileFloats > ws.partial_floats)) {
-    splits = 1;
-  }
-  const dim3 grid(static_cast<unsigned>(tiles * splits)), block(kWarps * kWarp);
-  if (y_fp32) {
-    return launch_kernel(fp8_gemv_mma_kernel<true, kSiluIn>, grid, block, 0, stream, options, x, rows, w, y, splits,
-                         ws.partials, ws.counters);
-  }
-  return launch_kernel(fp8_gemv_mma_kernel<false, kSiluIn>, grid, block, 0, stream, options, x, rows, w, y, splits,
-                       ws.partials, ws.counters);
+                          const SkinnyGemmWorkspace& ws, cudaStream_t stream, const LaunchOptions& options) {
+  return w.block_cols > 0 ? launch_gemv<M, kSiluIn, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
+                          : launch_gemv<M, kSiluIn, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
 }
 
 // One block per row: the row's amax, then its values divided by amax / 448.
@@ -567,13 +304,8 @@ bool fp8_gemv_supported(int rows, const Fp8Linear& w, const void* x) {
 
 cudaError_t launch_fp8_gemv(const bf16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, bool silu_in,
                             const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
-                            const LaunchOptions& options, Fp8GemvKind kind) {
+                            const LaunchOptions& options) {
   if (!fp8_gemv_supported(rows, w, x) || !y) return cudaErrorInvalidValue;
-  if (kind == Fp8GemvKind::kMma && w.per_row()) {
-    return silu_in ? launch_gemv_mma<true>(x, rows, w, y, y_fp32, ws, num_sms, stream, options)
-                   : launch_gemv_mma<false>(x, rows, w, y, y_fp32, ws, num_sms, stream, options);
-  }
-  const bool int_convert = kind == Fp8GemvKind::kFmaInt;
   const int m = rows <= 1 ? 1 : (rows <= 2 ? 2 : 4);
   const int tiles = (w.rows + kRowsPerBlock - 1) / kRowsPerBlock;
   const int chunks = (w.cols + kChunk - 1) / kChunk;
@@ -586,15 +318,15 @@ cudaError_t launch_fp8_gemv(const bf16* x, int rows, const Fp8Linear& w, void* y
     splits = 1;
   }
   if (m == 1) {
-    return silu_in ? launch_gemv_m<1, true>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options)
-                   : launch_gemv_m<1, false>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options);
+    return silu_in ? launch_gemv_m<1, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
+                   : launch_gemv_m<1, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
   }
   if (m == 2) {
-    return silu_in ? launch_gemv_m<2, true>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options)
-                   : launch_gemv_m<2, false>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options);
+    return silu_in ? launch_gemv_m<2, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
+                   : launch_gemv_m<2, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
   }
-  return silu_in ? launch_gemv_m<4, true>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options)
-                 : launch_gemv_m<4, false>(x, rows, w, y, y_fp32, tiles, splits, int_convert, ws, stream, options);
+  return silu_in ? launch_gemv_m<4, true>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options)
+                 : launch_gemv_m<4, false>(x, rows, w, y, y_fp32, tiles, splits, ws, stream, options);
 }
 
 cudaError_t launch_quantize_rows_fp8(const bf16* x, int rows, int cols, size_t x_stride, uint8_t* q, float* scales,

@@ -57,16 +57,13 @@ bool fp8_gemv_supported(int rows, const Fp8Linear& w, const void* x);
 
 // y[rows, w.rows] (fp32 when y_fp32, else bf16) = x[rows, w.cols] (bf16) * dequant(w)^T. With silu_in, x is
 // [rows, 2 w.cols] ([gate | up]) and the operand is silu(gate) * up rounded to bf16, as launch_silu_and_mul.
-// cudaErrorInvalidValue when !fp8_gemv_supported. `kind` picks the kernel (all compute the same products up to
-// fp32 summation order): FMAs over weights decoded by the hardware converts (e4m3 -> f16 -> f32) or by integer
-// operations, or tensor cores (weights e4m3 -> f16, activations bf16 -> f16; per-row scales only, block
-// scales fall back to kFmaCvt). TANDEM_FP8_GEMV=cvt|int|mma picks it in the backend. Measured on an H200,
-// batch-1 decode of Llama-3.1-8B / 70B: cvt 3.85 / 24.3 ms, int 4.25 / 27.4, mma 4.55 / 30.5
-// (bench/results/2026-12-02-h200-fp8), so cvt is the default and the others stay for tuning.
-enum class Fp8GemvKind { kFmaCvt, kFmaInt, kMma };
+// cudaErrorInvalidValue when !fp8_gemv_supported. The weights are decoded by the hardware converts
+// (e4m3 -> f16 -> f32). Two alternatives were measured on an H200 and deleted (batch-1 decode of
+// Llama-3.1-8B / 70B, ms/token; bench/results/2026-12-02-h200-fp8/README.md): decoding e4m3 with integer
+// operations, 4.25 / 27.4, and a tensor-core GEMV (mma.sync with f16 operands), 4.55 / 30.5, against 3.85 / 24.3.
 cudaError_t launch_fp8_gemv(const __nv_bfloat16* x, int rows, const Fp8Linear& w, void* y, bool y_fp32, bool silu_in,
                             const SkinnyGemmWorkspace& ws, int num_sms, cudaStream_t stream,
-                            const LaunchOptions& options, Fp8GemvKind kind = Fp8GemvKind::kFmaCvt);
+                            const LaunchOptions& options);
 
 // For each of `rows` rows of x (bf16, row stride x_stride elements): scale = amax / 448 (1 when the row is
 // all zeros), q = e4m3(x / scale) rounded to nearest even. q is [rows, cols] (stride cols), scales [rows].

@@ -212,17 +212,14 @@ void CudaBackend::load_fp8_weights(const model::WeightSource& weights) {
   }
   cleanup();
 
-  const std::string gemv = std::getenv("TANDEM_FP8_GEMV") ? std::getenv("TANDEM_FP8_GEMV") : "";
-  fp8_gemv_ = gemv == "int" ? Fp8GemvKind::kFmaInt : gemv == "mma" ? Fp8GemvKind::kMma : Fp8GemvKind::kFmaCvt;
   const char* mode = std::getenv("TANDEM_FP8_GEMM");
   fp8_use_lt_ = !(mode && std::string(mode) == "dequantize") && !block;
   const int probe_rows = 64;
   if (fp8_use_lt_ && !fp8_gemm_->supports(probe_rows, c.hidden_size, layers_[0].qkv8.rows)) fp8_use_lt_ = false;
   char line[512];
   std::snprintf(line, sizeof(line),
-                "cuda backend: fp8 weights (%s): projections_gib=%.2f gemv_rows<=%d gemv=%s gemm=%s",
+                "cuda backend: fp8 weights (%s): projections_gib=%.2f gemv_rows<=%d gemm=%s",
                 q.describe().c_str(), gib(total), kFp8GemvMaxRows,
-                fp8_gemv_ == Fp8GemvKind::kMma ? "mma" : fp8_gemv_ == Fp8GemvKind::kFmaInt ? "int" : "cvt",
                 fp8_use_lt_ ? "cublaslt-fp8-outer-vector" : "dequantize-bf16");
   log_info(line);
 }
@@ -230,7 +227,7 @@ void CudaBackend::load_fp8_weights(const model::WeightSource& weights) {
 Status CudaBackend::fp8_linear(const bf16* x, int rows, const Fp8Linear& w, void* y, bool silu_in) {
   if (fp8_gemv_supported(rows, w, x)) {
     TANDEM_CUDA_RETURN(
-        launch_fp8_gemv(x, rows, w, y, false, silu_in, skinny_ws_, num_sms_, stream_, launch_, fp8_gemv_), device_);
+        launch_fp8_gemv(x, rows, w, y, false, silu_in, skinny_ws_, num_sms_, stream_, launch_), device_);
     return Status::Ok();
   }
   if (silu_in) {

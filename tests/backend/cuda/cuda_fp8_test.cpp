@@ -297,21 +297,6 @@ TEST_F(CudaFp8Written, BlockScalesOffBlockBoundaries) {
   }
 }
 
-// The other GEMV kernels (TANDEM_FP8_GEMV): integer decoding of e4m3, and tensor cores (per-row scales; block
-// checkpoints keep the FMA kernel).
-TEST_F(CudaFp8Written, GemvVariants) {
-  GPU_OR_SKIP();
-  for (const char* kind : {"int", "mma"}) {
-    const ScopedEnv gemv("TANDEM_FP8_GEMV", kind);
-    const model::RandomWeights random(wide_llama(), 9, "random:wide");
-    compare_source(random, "fp8", std::string("wide_online_") + kind);
-    auto tensor = model::open_weight_source(fixture("llama_fp8_tensor_static"));
-    compare_source(*tensor, "", std::string("llama_fp8_tensor_static_") + kind);
-    auto block = model::open_weight_source(fixture("llama_fp8_block"));
-    compare_source(*block, "", std::string("llama_fp8_block_") + kind);
-  }
-}
-
 // The FP8 GEMM rate the prefill figure is measured against (also printed by backend_tool fp8-gemm).
 TEST(CudaFp8, GemmRateIsMeasurable) {
   GPU_OR_SKIP();
