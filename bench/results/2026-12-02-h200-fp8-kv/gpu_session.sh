@@ -22,9 +22,11 @@ log=$out/console.log
   echo "== backend: FP8 KV against bf16 KV, layout, moves, batches and graphs; the bf16 batching and graphs tests"
   timeout 150 "$here/bin/cuda_backend_test" --gtest_filter='*Fp8*:CudaBatching*:CudaGraphs*:CudaGreedy*' > "$work/backend.log" 2>&1
   echo "   rc=$?"; grep -E "FAILED|PASSED|figures" "$work/backend.log" | head -30
+  # Runs 1 and 2 had 'Fp8Attention*/0' here, which matches nothing (the instances are Shapes/Fp8Attention...):
+  # they checked the KV write kernel only (README.md).
   echo "== compute-sanitizer memcheck: the FP8 kernels' tests"
   timeout 100 compute-sanitizer --tool memcheck --error-exitcode 3 "$here/bin/cuda_kernels_test" \
-    --gtest_filter='Fp8KvWrite*:Fp8Attention*/0:Fp8Attention*/1:Fp8Attention*/5' > "$work/memcheck.log" 2>&1
+    --gtest_filter='Fp8KvWrite*:*Fp8Attention*/0:*Fp8Attention*/1:*Fp8Attention*/5' > "$work/memcheck.log" 2>&1
   echo "   rc=$?"; grep -E "ERROR SUMMARY|FAILED|PASSED|not supported" "$work/memcheck.log" | head -5
   echo "== offline figures, bf16 KV then FP8 KV"
   SKIP="sampled qwen_lat llama_lat llama_prefill gemm kv_transfer" STEP_TIMEOUT=90 \

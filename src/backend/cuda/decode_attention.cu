@@ -5,6 +5,7 @@
 #include "backend/cuda/warp.cuh"
 
 #include <cmath>
+#include <type_traits>
 
 namespace tandem::backend::cuda {
 namespace {
@@ -25,7 +26,10 @@ using bf16 = __nv_bfloat16;
 // +0.8% over loading a tile, then scoring it (that path is deleted; docs/performance.md).
 //
 // FP8 cache (kFp8): the same lanes read 8 bytes of e4m3 a key instead of 16 of bf16, and the row's scale;
-// the scale multiplies the key's reduced dot product, and the probability that weights its V row.
+// the scale multiplies the key's reduced dot product, and the probability that weights its V row. The
+// launchers give it twice bf16's kUnroll, so that a lane has as many bytes in flight as on bf16 (with the
+// bf16 unroll, halving the bytes a load halved the bytes in flight and the kernel ran no faster: H200,
+// Qwen3-0.6B offline, FP8 8.13 ms per decode step against bf16's 7.43).
 template <int D, int G, int kUnroll = (G >= 8 ? 2 : 4), bool kFp8 = false>
 __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) {
   constexpr int kLanesPerKey = D / 8;
@@ -67,20 +71,19 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
   const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * D;
   const size_t head_offset = static_cast<size_t>(w.kv_head) * D + part * 8;
   // This lane's K and V rows of the tile that starts at key0 (zeros past the end), and (FP8) their scales.
-  auto load_tile = [&](int key0, uint4 (&kr)[kUnroll], uint4 (&vr)[kUnroll], float (&ks)[kUnroll], float (&vs)[kUnroll]) {
+  using Raw = std::conditional_t<kFp8, uint2, uint4>;  // one lane's 8 values of a K or V row
+  auto load_tile = [&](int key0, Raw (&kr)[kUnroll], Raw (&vr)[kUnroll], float (&ks)[kUnroll], float (&vs)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int key = key0 + (u * kWarps + warp) * kKeysPerWarp + sub;
-      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      kr[u] = vr[u] = Raw{};
       ks[u] = vs[u] = 0.0f;
       if (key < w.key_end) {
         const int block = table[key / p.block_size], offset = key % p.block_size;
         if constexpr (kFp8) {
           const Fp8KvRow row = fp8_kv_row<D>(p, block, offset, w.kv_head);
-          const uint2 k8 = *reinterpret_cast<const uint2*>(row.k + part * 8);
-          const uint2 v8 = *reinterpret_cast<const uint2*>(row.v + part * 8);
-          kr[u] = make_uint4(k8.x, k8.y, 0, 0);
-          vr[u] = make_uint4(v8.x, v8.y, 0, 0);
+          kr[u] = *reinterpret_cast<const uint2*>(row.k + part * 8);
+          vr[u] = *reinterpret_cast<const uint2*>(row.v + part * 8);
           ks[u] = *row.k_scale;
           vs[u] = *row.v_scale;
         } else {
@@ -92,9 +95,9 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
     }
   };
   // 8 values of a K or V row as floats (unscaled for FP8).
-  auto to_float = [](const uint4& raw, float (&out)[8]) {
+  auto to_float = [](const Raw& raw, float (&out)[8]) {
     if constexpr (kFp8) {
-      fp8x8_to_float(make_uint2(raw.x, raw.y), out);
+      fp8x8_to_float(raw, out);
     } else {
       const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
@@ -106,7 +109,7 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
     }
   };
   // Scores the tile's keys for the G heads and folds them into this lane's online-softmax state.
-  auto consume = [&](int key0, const uint4 (&kr)[kUnroll], const uint4 (&vr)[kUnroll], const float (&ks)[kUnroll],
+  auto consume = [&](int key0, const Raw (&kr)[kUnroll], const Raw (&vr)[kUnroll], const float (&ks)[kUnroll],
                      const float (&vs)[kUnroll]) {
     bool valid[kUnroll];
 #pragma unroll
@@ -154,11 +157,11 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
       }
     }
   };
-  uint4 kr[kUnroll], vr[kUnroll];
+  Raw kr[kUnroll], vr[kUnroll];
   float ks[kUnroll], vs[kUnroll];
   load_tile(w.key_begin, kr, vr, ks, vs);
   for (int key0 = w.key_begin; key0 < w.key_end; key0 += kTileKeys) {
-    uint4 kn[kUnroll], vn[kUnroll];
+    Raw kn[kUnroll], vn[kUnroll];
     float ksn[kUnroll], vsn[kUnroll];
     load_tile(key0 + kTileKeys, kn, vn, ksn, vsn);  // past the end: zeros, nothing read
     consume(key0, kr, vr, ks, vs);
@@ -286,7 +289,7 @@ template <int D, int G, bool kFp8>
 __global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
-  decode_attention_tile<D, G, (G >= 8 ? 2 : 4), kFp8>(p);
+  decode_attention_tile<D, G, (G >= 8 ? 2 : 4) * (kFp8 ? 2 : 1), kFp8>(p);
 }
 
 // The kernel held to few enough registers that 4 CTAs of a G = 4 tile share an SM (168 registers allow 3),
@@ -296,7 +299,7 @@ template <int D, bool kFp8>
 __global__ void __launch_bounds__(kWarps * kWarp, 4) decode_attention_g4_capped_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
-  decode_attention_tile<D, 4, 2, kFp8>(p);
+  decode_attention_tile<D, 4, kFp8 ? 4 : 2, kFp8>(p);
 }
 
 template <int D, int G, bool kFp8>
