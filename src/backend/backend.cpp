@@ -48,6 +48,22 @@ Status validate_batch(const ForwardBatch& b, const KvCacheSpec& kv, int vocab_si
   return Status::Ok();
 }
 
+std::string kv_dtype_name(model::DType dtype) {
+  switch (dtype) {
+    case model::DType::kF32: return "fp32";
+    case model::DType::kBF16: return "bf16";
+    case model::DType::kF8E4M3: return "fp8";
+    default: return "?";
+  }
+}
+
+model::DType resolve_kv_cache_dtype(const std::string& flag, const std::string& device) {
+  if (flag == "auto" || flag.empty()) return device == "cpu" ? model::DType::kF32 : model::DType::kBF16;
+  if (flag == "bf16") return model::DType::kBF16;
+  if (flag == "fp8") return model::DType::kF8E4M3;
+  throw Error("--kv-cache-dtype: unknown KV cache dtype '" + flag + "' (use auto, bf16 or fp8)");
+}
+
 int injected_device_fault_step() {
   const char* text = std::getenv("TANDEM_INJECT_DEVICE_FAULT_AT_STEP");
   if (text == nullptr) return 0;

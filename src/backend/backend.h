@@ -29,6 +29,15 @@ namespace tandem::backend {
 // Geometry of the paged KV cache. Per layer one pool
 //   [num_blocks, 2 (K then V), block_size, num_kv_heads, head_dim]
 // so one block of one layer (its K and V) is one contiguous run of block_bytes() (DESIGN.md §4).
+//
+// dtype is the KV cache dtype (--kv-cache-dtype): kF32 (the CPU's default), kBF16 (CUDA's default) or
+// kF8E4M3. An FP8 block carries its own scales after its values, so a block is still one self-contained
+// run of bytes that block copies and KV transfers move as they are:
+//   [K e4m3 [block_size, num_kv_heads, head_dim] | V e4m3 (same) | K scales fp32 [block_size, num_kv_heads] |
+//    V scales fp32 (same) | padding to 16 bytes]
+// One scale per (token, KV head), computed when the KV is written: scale = amax over head_dim / 448 (1 for an
+// all-zero row), value = e4m3(x / scale) rounded to nearest even, saturating; read back as value * scale
+// (docs/quantization.md says why this granularity).
 struct KvCacheSpec {
   int num_layers = 0;
   int num_blocks = 0;
@@ -37,9 +46,25 @@ struct KvCacheSpec {
   int head_dim = 0;
   model::DType dtype = model::DType::kF32;
 
+  // K and V values of one block (not its scales).
   size_t block_elements() const { return 2ull * block_size * num_kv_heads * head_dim; }
-  size_t block_bytes() const { return block_elements() * model::dtype_size(dtype); }
+  // fp32 scales of one block: 2 * block_size * num_kv_heads for FP8, else 0.
+  size_t block_scales() const { return dtype == model::DType::kF8E4M3 ? 2ull * block_size * num_kv_heads : 0; }
+  // Where the scales start within a block (the values' bytes).
+  size_t scales_offset_bytes() const { return block_elements() * model::dtype_size(dtype); }
+  // FP8 blocks are padded to a multiple of 16 bytes (none at block_size 16), which the device copies and the
+  // kernels' vector loads rely on.
+  size_t block_bytes() const {
+    const size_t bytes = scales_offset_bytes() + block_scales() * sizeof(float);
+    return block_scales() > 0 ? (bytes + 15) / 16 * 16 : bytes;
+  }
 };
+
+// The KV dtype as --kv-cache-dtype and logs spell it: "fp32", "bf16", "fp8" ("?" for anything else).
+std::string kv_dtype_name(model::DType dtype);
+// What --kv-cache-dtype (`flag`: "auto", "bf16" or "fp8") means on `device` ("cpu" or "cuda:N"): auto is
+// fp32 on the CPU and bf16 on CUDA. Throws tandem::Error naming the flag for anything else.
+model::DType resolve_kv_cache_dtype(const std::string& flag, const std::string& device);
 
 // One step's input: the new tokens of every sequence in the batch, sequence after sequence.
 // For sequence s, its new tokens are token_ids[query_starts[s] .. query_starts[s+1]) at consecutive
@@ -217,6 +242,8 @@ struct BackendOptions {
   // --quantization: "" (as the checkpoint says), "fp8" (online per-channel FP8 unless the checkpoint is
   // FP8 already) or "none" (refused on an FP8 checkpoint). See model/quantization.h.
   std::string quantization;
+  // --kv-cache-dtype: "auto", "bf16" or "fp8" (resolve_kv_cache_dtype).
+  std::string kv_cache_dtype = "auto";
 };
 
 // The GPUs of `--device` for `--tensor-parallel-size tp`: "cuda" takes the first tp visible ones,

@@ -69,6 +69,11 @@ void add_engine_flags(CLI::App* cmd, EngineFlags* flags, const EngineFlagRules& 
                   "fp8: quantize the linear weights to FP8 per channel at load (an FP8 checkpoint is used as it "
                   "is); none: refuse a quantized checkpoint. Default: as the checkpoint's config.json says")
       ->check(CLI::IsMember({"fp8", "none"}));
+  cmd->add_option("--kv-cache-dtype", flags->kv_cache_dtype,
+                  "KV cache dtype. auto: fp32 on the CPU, bf16 on CUDA; fp8: e4m3 with one scale per token and KV "
+                  "head (about twice the blocks of bf16; docs/quantization.md)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}));
 }
 
 backend::BackendOptions EngineFlags::backend_options() const {
@@ -79,6 +84,7 @@ backend::BackendOptions EngineFlags::backend_options() const {
   options.gpu_memory_utilization = gpu_memory_utilization;
   options.tensor_parallel_size = tensor_parallel_size;
   options.quantization = quantization;
+  options.kv_cache_dtype = kv_cache_dtype;
   return options;
 }
 

@@ -1,7 +1,8 @@
 // The engine flags that `tandem generate`, `tandem worker` and `tandem bench throughput|latency` share
 // (--device, --gpu-memory-utilization, --threads, --num-kv-blocks, --max-batch-tokens, --max-seqs,
-// --no-prefix-caching, --tensor-parallel-size, --quantization): declared once here, with what still differs between the commands spelled out in
-// EngineFlagRules, and turned into the backend's and the engine's options in one place.
+// --no-prefix-caching, --tensor-parallel-size, --quantization, --kv-cache-dtype): declared once here, with
+// what still differs between the commands spelled out in EngineFlagRules, and turned into the backend's and
+// the engine's options in one place.
 //
 // Ownership: the command owns its EngineFlags; CLI11 writes into it while parsing, so it must outlive the
 // parse (keep it beside the command's other options, e.g. in the struct its runner captures).
@@ -28,9 +29,11 @@ struct EngineFlags {
   bool no_prefix_caching = false;
   int tensor_parallel_size = 1;
   std::string quantization = "";  // --quantization: "" = as the checkpoint says, "fp8", "none"
+  std::string kv_cache_dtype = "auto";  // --kv-cache-dtype: "auto", "bf16", "fp8"
 
-  // device, threads, num_kv_blocks, gpu_memory_utilization and tensor_parallel_size; block size and the rest stay at their
-  // defaults. A command that sizes the pool itself when num_kv_blocks is 0 overwrites num_kv_blocks.
+  // device, threads, num_kv_blocks, gpu_memory_utilization, tensor_parallel_size, quantization and
+  // kv_cache_dtype; block size and the rest stay at their defaults. A command that sizes the pool itself
+  // when num_kv_blocks is 0 overwrites num_kv_blocks.
   backend::BackendOptions backend_options() const;
   // max_batch_tokens, max_seqs and prefix caching (on unless --no-prefix-caching).
   engine::EngineOptions engine_options() const;

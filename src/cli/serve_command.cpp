@@ -64,6 +64,7 @@ struct ServeOptions {
   std::string decode_device;
   double gpu_memory_utilization = 0.9;
   std::string kv_transfer = "auto";
+  std::string kv_cache_dtype = "auto";  // passed to every worker
   std::vector<std::string> worker_args;
   std::vector<std::string> served_model_name;  // passed to the workers, who register these names
   std::string reasoning_parser;                // passed to the frontend
@@ -194,6 +195,11 @@ Runner add_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--kv-transfer", o->kv_transfer, "KV transport between workers: auto (CUDA IPC where possible, else NCCL between GPUs, else TCP), tcp, or nccl")
       ->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", o->kv_cache_dtype,
+                  "KV cache dtype of every worker: auto (fp32 on the CPU, bf16 on CUDA), bf16 or fp8 (e4m3 with a scale "
+                  "per token and KV head; docs/quantization.md)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}));
   cmd->add_option("--worker-start-timeout-s", o->worker_start_timeout_s,
                   "How long a worker may take to load before the next one on its GPU starts anyway")
       ->capture_default_str();
@@ -332,6 +338,7 @@ Runner add_serve_command(CLI::App& app) {
         c.argv.push_back("--served-model-name");
         c.argv.insert(c.argv.end(), o->served_model_name.begin(), o->served_model_name.end());
       }
+      if (o->kv_cache_dtype != "auto") c.argv.insert(c.argv.end(), {"--kv-cache-dtype", o->kv_cache_dtype});
       for (const auto& a : o->worker_args) c.argv.push_back(a);
       layout_text += (layout_text.empty() ? "" : ", ") + c.name + "@" + w.device;
       children.push_back(std::move(c));

@@ -13,7 +13,8 @@ std::string render_serving_metrics(Metrics& metrics, const WorkerDirectory& dire
                            "tandem_worker_kv_blocks_used", "tandem_worker_kv_blocks_total", "tandem_worker_kv_blocks_cached",
                            "tandem_worker_kv_reservations", "tandem_worker_prefills_in_flight", "tandem_workers",
                            "tandem_worker_kv_transfer_bytes_total", "tandem_worker_remote_prefill_fallbacks_total",
-                           "tandem_worker_outstanding_requests", "tandem_worker_info", "tandem_cluster_members"}) {
+                           "tandem_worker_outstanding_requests", "tandem_worker_info", "tandem_cluster_members",
+                           "vllm:cache_config_info"}) {
     metrics.clear(name);
   }
   std::map<std::string, int> by_role;
@@ -41,6 +42,12 @@ std::string render_serving_metrics(Metrics& metrics, const WorkerDirectory& dire
     metrics.set("tandem_worker_info",
                 labels({{"worker", w.info->worker_id()}, {"role", role}, {"pid", std::to_string(w.info->pid())},
                         {"draining", w.draining ? "true" : "false"}}),
+                1);
+    // vLLM's cache info gauge: the KV cache dtype (--kv-cache-dtype) and geometry a worker registered with.
+    metrics.set("vllm:cache_config_info",
+                labels({{"worker", w.info->worker_id()}, {"role", role}, {"cache_dtype", w.info->kv_cache_dtype()},
+                        {"block_size", std::to_string(w.info->block_size())},
+                        {"num_gpu_blocks", std::to_string(w.info->num_kv_blocks())}}),
                 1);
   });
   for (const char* role : {"prefill", "decode", "both"}) metrics.set("tandem_workers", labels({{"role", role}}), by_role[role]);
@@ -83,6 +90,7 @@ void describe_serving_metrics(Metrics& metrics) {
                            "tandem_cluster_members", "tandem_worker_info"}) {
     metrics.describe(name, "gauge", "");
   }
+  metrics.describe("vllm:cache_config_info", "gauge", "KV cache of a worker: dtype (--kv-cache-dtype), block size, blocks.");
   for (const char* name : {"vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total",
                            "tandem_worker_kv_transfer_bytes_total", "tandem_worker_remote_prefill_fallbacks_total",
                            "tandem_http_requests_total", "tandem_http_errors_total", "tandem_requests_failed_total",

@@ -30,6 +30,14 @@ void PrefillServer::on_remote_prefill(const rpc::pb::RemotePrefill& rp, const st
   };
   if (!core_->prefills()) return reply_error(Status::InvalidArgument("a decode worker does not serve remote prefills"));
   const auto& spec = core_->engine->backend().kv_cache_spec();
+  const std::string kv_dtype = backend::kv_dtype_name(spec.dtype);
+  if (!rp.dest_kv_dtype().empty() && rp.dest_kv_dtype() != kv_dtype) {
+    const std::string why = "KV cache dtype differs between prefill and decode workers: the decode worker stores " +
+                            rp.dest_kv_dtype() + " KV, this prefill worker " + kv_dtype +
+                            " (start both with the same --kv-cache-dtype)";
+    spdlog::warn("event=remote_prefill_refused request_id={} reason=\"{}\"", id, why);
+    return reply_error(Status::InvalidArgument(why));
+  }
   if (rp.dest_block_size() != spec.block_size || rp.dest_num_layers() != spec.num_layers ||
       rp.dest_block_bytes() != static_cast<int64_t>(spec.block_bytes())) {
     return reply_error(Status::InvalidArgument("KV geometry differs between prefill and decode workers"));

@@ -109,7 +109,8 @@ class EtcdRegistration : public Registration {
       kv_descriptors_[peer_id] = d;
     }
     if (d.value("transfer_address", "") != rp.transfer_address() || d.value("block_size", 0) != rp.dest_block_size() ||
-        d.value("num_layers", 0) != rp.dest_num_layers() || d.value("block_bytes", int64_t{0}) != rp.dest_block_bytes()) {
+        d.value("num_layers", 0) != rp.dest_num_layers() || d.value("block_bytes", int64_t{0}) != rp.dest_block_bytes() ||
+        (d.contains("kv_cache_dtype") && d.value("kv_cache_dtype", "") != rp.dest_kv_dtype())) {
       std::lock_guard<std::mutex> lock(mu_);
       kv_descriptors_.erase(peer_id);  // it may have restarted: read it again next time
       return Status::InvalidArgument("remote prefill from " + peer_id + " disagrees with its KV descriptor in etcd");
@@ -132,7 +133,7 @@ class EtcdRegistration : public Registration {
     return {{"worker_id", core_->options.worker_id}, {"backend", core_->transfer->name()},
             {"transfer_address", core_->transfer->address()}, {"num_layers", spec.num_layers},
             {"num_blocks", spec.num_blocks}, {"block_size", spec.block_size},
-            {"block_bytes", static_cast<int64_t>(spec.block_bytes())}};
+            {"block_bytes", static_cast<int64_t>(spec.block_bytes())}, {"kv_cache_dtype", backend::kv_dtype_name(spec.dtype)}};
   }
 
   void send_to_frontends(const rpc::pb::Envelope& env) {

@@ -49,6 +49,7 @@ rpc::pb::Envelope remote_prefill_message(const Core& core, const engine::Request
   rp->set_dest_block_size(spec.block_size);
   rp->set_dest_block_bytes(static_cast<int64_t>(spec.block_bytes()));
   rp->set_dest_num_layers(spec.num_layers);
+  rp->set_dest_kv_dtype(backend::kv_dtype_name(spec.dtype));
   rp->set_decode_worker_id(core.options.worker_id);
   return env;
 }

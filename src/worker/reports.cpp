@@ -37,6 +37,7 @@ rpc::pb::Envelope Reports::registration() const {
   r->set_vocab_size(backend.config().vocab_size);
   r->set_pid(static_cast<int32_t>(getpid()));
   r->set_no_prefix_caching(!options.prefix_caching);
+  r->set_kv_cache_dtype(backend::kv_dtype_name(spec.dtype));
   return env;
 }
 

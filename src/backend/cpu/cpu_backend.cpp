@@ -7,7 +7,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/kv_codec.h"
 #include "common/error.h"
+#include "common/half.h"
 
 namespace tandem::backend::cpu {
 namespace {
@@ -108,7 +110,7 @@ CpuBackend::CpuBackend(const model::WeightSource& weights, const BackendOptions&
   kv_.block_size = options.block_size;
   kv_.num_kv_heads = kv_heads_;
   kv_.head_dim = c.head_dim;
-  kv_.dtype = DType::kF32;
+  kv_.dtype = resolve_kv_cache_dtype(options.kv_cache_dtype, "cpu");
   kv_.num_blocks = options.num_kv_blocks > 0
                        ? options.num_kv_blocks
                        : static_cast<int>(options.cpu_kv_cache_bytes / (kv_.block_bytes() * c.num_layers));
@@ -160,11 +162,12 @@ CpuBackend::CpuBackend(const model::WeightSource& weights, const BackendOptions&
   inv_freq_ = model::rope_inv_freq(c);
 
   kv_pools_.resize(c.num_layers);
-  for (auto& pool : kv_pools_) pool.assign(static_cast<size_t>(kv_.num_blocks) * kv_.block_elements(), 0.0f);
+  // Zero bytes read back as zeros in every dtype (an FP8 scale of 0 included).
+  for (auto& pool : kv_pools_) pool.assign(static_cast<size_t>(kv_.num_blocks) * kv_.block_bytes(), std::byte{0});
   if (plan_.world == 1) {
-    spdlog::info("cpu backend: model={} layers={} kv_blocks={} kv_tokens={} kv_bytes={}", weights.describe(),
-                 c.num_layers, kv_.num_blocks, static_cast<int64_t>(kv_.num_blocks) * kv_.block_size,
-                 kv_.block_bytes() * kv_.num_blocks * c.num_layers);
+    spdlog::info("cpu backend: model={} layers={} kv_blocks={} kv_tokens={} kv_bytes={} kv_cache_dtype={}",
+                 weights.describe(), c.num_layers, kv_.num_blocks, static_cast<int64_t>(kv_.num_blocks) * kv_.block_size,
+                 kv_.block_bytes() * kv_.num_blocks * c.num_layers, kv_dtype_name(kv_.dtype));
   }
 }
 
@@ -184,19 +187,62 @@ void CpuBackend::apply_rope(float* x, int num_heads, int position) const {
   }
 }
 
+void CpuBackend::store_kv_row(std::byte* block, int which, int slot, int head, const float* x) {
+  const int d = config_.head_dim;
+  const size_t row = (static_cast<size_t>(which) * kv_.block_size + slot) * kv_heads_ + head;  // [2, bs, heads]
+  switch (kv_.dtype) {
+    case DType::kF32:
+      std::memcpy(block + row * d * sizeof(float), x, sizeof(float) * d);
+      return;
+    case DType::kBF16: {
+      auto* dst = reinterpret_cast<uint16_t*>(block) + row * d;
+      for (int i = 0; i < d; ++i) dst[i] = float_to_bf16(x[i]);
+      return;
+    }
+    case DType::kF8E4M3: {
+      auto* dst = reinterpret_cast<uint8_t*>(block) + row * d;
+      const float scale = quantize_kv_row_fp8(x, d, dst);
+      std::memcpy(block + kv_.scales_offset_bytes() + row * sizeof(float), &scale, sizeof(float));
+      return;
+    }
+    default: TANDEM_CHECK(false);
+  }
+}
+
+const float* CpuBackend::load_kv_row(const std::byte* block, int which, int slot, int head, float* scratch) const {
+  const int d = config_.head_dim;
+  const size_t row = (static_cast<size_t>(which) * kv_.block_size + slot) * kv_heads_ + head;
+  switch (kv_.dtype) {
+    case DType::kF32: return reinterpret_cast<const float*>(block) + row * d;
+    case DType::kBF16: {
+      const auto* src = reinterpret_cast<const uint16_t*>(block) + row * d;
+      for (int i = 0; i < d; ++i) scratch[i] = bf16_to_float(src[i]);
+      return scratch;
+    }
+    case DType::kF8E4M3: {
+      float scale;
+      std::memcpy(&scale, block + kv_.scales_offset_bytes() + row * sizeof(float), sizeof(float));
+      dequantize_kv_row_fp8(reinterpret_cast<const uint8_t*>(block) + row * d, scale, d, scratch);
+      return scratch;
+    }
+    default: TANDEM_CHECK(false);
+  }
+  return nullptr;
+}
+
 void CpuBackend::write_kv(const ForwardBatch& b, int layer, const float* k, const float* v) {
-  const int kv_size = kv_size_;
+  const int kv_size = kv_size_, d = config_.head_dim;
   const int qkv_stride = q_size_ + 2 * kv_size;
   for (int s = 0; s < b.num_seqs(); ++s) {
     const int32_t* table = b.block_tables.data() + static_cast<size_t>(s) * b.max_blocks_per_seq;
     for (int t = b.query_starts[s]; t < b.query_starts[s + 1]; ++t) {
       const int pos = b.positions[t];
-      float* block = kv_block(layer, table[pos / kv_.block_size]);
+      std::byte* block = kv_block(layer, table[pos / kv_.block_size]);
       const int slot = pos % kv_.block_size;
-      float* k_dst = block + static_cast<size_t>(slot) * kv_size;
-      float* v_dst = block + static_cast<size_t>(kv_.block_size + slot) * kv_size;
-      std::memcpy(k_dst, k + static_cast<size_t>(t) * qkv_stride, sizeof(float) * kv_size);
-      std::memcpy(v_dst, v + static_cast<size_t>(t) * qkv_stride, sizeof(float) * kv_size);
+      for (int h = 0; h < kv_heads_; ++h) {
+        store_kv_row(block, 0, slot, h, k + static_cast<size_t>(t) * qkv_stride + static_cast<size_t>(h) * d);
+        store_kv_row(block, 1, slot, h, v + static_cast<size_t>(t) * qkv_stride + static_cast<size_t>(h) * d);
+      }
     }
   }
 }
@@ -218,6 +264,7 @@ void CpuBackend::attention(const ForwardBatch& b, int layer, const float* q, flo
 #pragma omp parallel
   {
     std::vector<float> scores;
+    std::vector<float> row(static_cast<size_t>(d));  // one K or V row read back as fp32 (bf16, FP8 caches)
 #pragma omp for schedule(dynamic, 4)
     for (int work = 0; work < num_tokens * num_heads; ++work) {
       const int t = work / num_heads, h = work % num_heads;
@@ -228,8 +275,7 @@ void CpuBackend::attention(const ForwardBatch& b, int layer, const float* q, flo
       grow(scores, static_cast<size_t>(num_keys));
       float max_score = -INFINITY;
       for (int j = 0; j < num_keys; ++j) {
-        const float* block = kv_block(layer, table[j / kv_.block_size]);
-        const float* kj = block + static_cast<size_t>(j % kv_.block_size) * kv_size + static_cast<size_t>(kv_head) * d;
+        const float* kj = load_kv_row(kv_block(layer, table[j / kv_.block_size]), 0, j % kv_.block_size, kv_head, row.data());
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
         for (int i = 0; i < d; ++i) dot += qh[i] * kj[i];
@@ -244,8 +290,7 @@ void CpuBackend::attention(const ForwardBatch& b, int layer, const float* q, flo
       float* oh = out + static_cast<size_t>(t) * q_size_ + static_cast<size_t>(h) * d;
       std::fill(oh, oh + d, 0.0f);
       for (int j = 0; j < num_keys; ++j) {
-        const float* block = kv_block(layer, table[j / kv_.block_size]);
-        const float* vj = block + static_cast<size_t>(kv_.block_size + j % kv_.block_size) * kv_size + static_cast<size_t>(kv_head) * d;
+        const float* vj = load_kv_row(kv_block(layer, table[j / kv_.block_size]), 1, j % kv_.block_size, kv_head, row.data());
         const float p = scores[j] / denom;
 #pragma omp simd
         for (int i = 0; i < d; ++i) oh[i] += p * vj[i];

@@ -63,8 +63,12 @@ class CpuBackend : public Backend {
   void attention(const ForwardBatch& batch, int layer, const float* q, float* out) const;
   void write_kv(const ForwardBatch& batch, int layer, const float* k, const float* v);
   void apply_rope(float* x, int num_heads, int position) const;
-  float* kv_block(int layer, int block) { return kv_pools_[layer].data() + static_cast<size_t>(block) * kv_.block_elements(); }
-  const float* kv_block(int layer, int block) const { return kv_pools_[layer].data() + static_cast<size_t>(block) * kv_.block_elements(); }
+  std::byte* kv_block(int layer, int block) { return kv_pools_[layer].data() + static_cast<size_t>(block) * kv_.block_bytes(); }
+  const std::byte* kv_block(int layer, int block) const { return kv_pools_[layer].data() + static_cast<size_t>(block) * kv_.block_bytes(); }
+  // Stores row x [head_dim] as K (which 0) or V (which 1) of `slot`, KV head `head`, in the cache's dtype
+  // (kv_codec.h); reads it back as fp32: a pointer into the block (fp32 cache) or to `scratch` [head_dim].
+  void store_kv_row(std::byte* block, int which, int slot, int head, const float* x);
+  const float* load_kv_row(const std::byte* block, int which, int slot, int head, float* scratch) const;
 
   model::ModelConfig config_;
   parallel::Communicator* comm_ = nullptr;  // null at world 1
@@ -78,7 +82,9 @@ class CpuBackend : public Backend {
   std::vector<float> final_norm_;  // [hidden]
   std::vector<LayerWeights> layers_;
   std::vector<float> inv_freq_;  // [head_dim / 2] RoPE inverse frequencies, llama3-scaled when configured
-  std::vector<std::vector<float>> kv_pools_;  // per layer [num_blocks, 2, block_size, kv_heads, head_dim]
+  // Per layer num_blocks blocks of kv_.block_bytes(): [2, block_size, kv_heads, head_dim] values in kv_.dtype,
+  // then (FP8) their scales (backend.h).
+  std::vector<std::vector<std::byte>> kv_pools_;
 
   // TANDEM_INJECT_DEVICE_FAULT_AT_STEP: the CPU has no sticky device errors, so an injected one is
   // simulated: that forward call and every later one fail with it. 0 (never) on a rank told not to inject.

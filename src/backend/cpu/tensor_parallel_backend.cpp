@@ -28,10 +28,14 @@ TensorParallelCpuBackend::TensorParallelCpuBackend(const model::WeightSource& we
   kv_.block_size = options.block_size;
   kv_.num_kv_heads = c.num_kv_heads;
   kv_.head_dim = c.head_dim;
-  kv_.dtype = model::DType::kF32;
+  kv_.dtype = resolve_kv_cache_dtype(options.kv_cache_dtype, "cpu");
   // Every rank holds the same blocks, each with its heads: a block costs the sum of the ranks' shares.
   size_t block_bytes_all_ranks = 0;
-  for (const auto& p : plans_) block_bytes_all_ranks += 2ull * options.block_size * p.kv_heads.size() * c.head_dim * sizeof(float);
+  for (const auto& p : plans_) {
+    KvCacheSpec rank_kv = kv_;
+    rank_kv.num_kv_heads = p.kv_heads.size();
+    block_bytes_all_ranks += rank_kv.block_bytes();
+  }
   kv_.num_blocks = options.num_kv_blocks > 0
                        ? options.num_kv_blocks
                        : static_cast<int>(options.cpu_kv_cache_bytes / (block_bytes_all_ranks * c.num_layers));
@@ -51,9 +55,10 @@ TensorParallelCpuBackend::TensorParallelCpuBackend(const model::WeightSource& we
   rank_status_.resize(world);
   for (int r = 0; r < world; ++r) threads_.emplace_back([this, r] { rank_loop(r); });
   spdlog::info("cpu backend: model={} layers={} tensor_parallel_size={} threads_per_rank={} kv_heads_per_rank={} "
-               "kv_blocks={} kv_tokens={} kv_bytes={}",
+               "kv_blocks={} kv_tokens={} kv_bytes={} kv_cache_dtype={}",
                weights.describe(), c.num_layers, world, threads_per_rank_, plans_[0].kv_heads.size(), kv_.num_blocks,
-               static_cast<int64_t>(kv_.num_blocks) * kv_.block_size, block_bytes_all_ranks * kv_.num_blocks * c.num_layers);
+               static_cast<int64_t>(kv_.num_blocks) * kv_.block_size, block_bytes_all_ranks * kv_.num_blocks * c.num_layers,
+               kv_dtype_name(kv_.dtype));
 }
 
 TensorParallelCpuBackend::~TensorParallelCpuBackend() {
@@ -130,25 +135,40 @@ Status TensorParallelCpuBackend::forward(const ForwardBatch& batch, std::span<fl
   return run_on_ranks(job);
 }
 
-// A block of the whole model is [2][block_size][num_kv_heads][head_dim]; rank r's block holds the same
-// rows with its heads plans_[r].kv_heads only. Head h of the whole model is read from its home rank
-// (the first of its replicas) and written to every rank that holds it.
+// A block of the whole model is [2][block_size][num_kv_heads][head_dim] values, then (FP8) the scales
+// [2][block_size][num_kv_heads]; rank r's block holds the same rows with its heads plans_[r].kv_heads only.
+// Head h of the whole model is read from its home rank (the first of its replicas) and written to every
+// rank that holds it.
+void TensorParallelCpuBackend::copy_heads(int rank, std::byte* whole, std::byte* local, bool to_local) const {
+  const KvCacheSpec& rank_kv = ranks_[rank]->kv_cache_spec();
+  const size_t heads = static_cast<size_t>(kv_.num_kv_heads), local_heads = static_cast<size_t>(rank_kv.num_kv_heads);
+  const size_t first = static_cast<size_t>(plans_[rank].kv_heads.begin), rows = 2ull * kv_.block_size;
+  // The values, then the scales: each region is `rows` rows of one entry of head_bytes per head.
+  auto region = [&](size_t whole_offset, size_t local_offset, size_t head_bytes) {
+    for (size_t row = 0; row < rows; ++row) {
+      std::byte* w = whole + whole_offset + (row * heads + first) * head_bytes;
+      std::byte* l = local + local_offset + row * local_heads * head_bytes;
+      if (to_local) {
+        std::memcpy(l, w, local_heads * head_bytes);
+      } else {
+        std::memcpy(w, l, local_heads * head_bytes);
+      }
+    }
+  };
+  region(0, 0, static_cast<size_t>(kv_.head_dim) * model::dtype_size(kv_.dtype));
+  if (kv_.block_scales() > 0) region(kv_.scales_offset_bytes(), rank_kv.scales_offset_bytes(), sizeof(float));
+}
+
 Status TensorParallelCpuBackend::read_kv_block(int layer, int block, std::span<std::byte> out) {
   if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
   if (out.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
-  const size_t d = static_cast<size_t>(kv_.head_dim), heads = static_cast<size_t>(kv_.num_kv_heads);
-  const size_t rows = 2ull * kv_.block_size;
-  float* dst = reinterpret_cast<float*>(out.data());
-  std::vector<float> local;
+  std::vector<std::byte> local;
   for (int r = 0; r < world_size(); ++r) {
     const parallel::ShardPlan& p = plans_[r];
     if (p.rank % p.kv_replicas != 0) continue;  // a replica: its home rank is read instead
-    const size_t local_heads = static_cast<size_t>(p.kv_heads.size());
-    local.resize(ranks_[r]->kv_cache_spec().block_elements());
-    TANDEM_RETURN_IF_ERROR(ranks_[r]->read_kv_block(layer, block, std::as_writable_bytes(std::span<float>(local))));
-    for (size_t row = 0; row < rows; ++row) {
-      std::memcpy(dst + (row * heads + p.kv_heads.begin) * d, local.data() + row * local_heads * d, sizeof(float) * local_heads * d);
-    }
+    local.resize(ranks_[r]->kv_cache_spec().block_bytes());
+    TANDEM_RETURN_IF_ERROR(ranks_[r]->read_kv_block(layer, block, local));
+    copy_heads(r, out.data(), local.data(), /*to_local=*/false);
   }
   return Status::Ok();
 }
@@ -156,18 +176,12 @@ Status TensorParallelCpuBackend::read_kv_block(int layer, int block, std::span<s
 Status TensorParallelCpuBackend::write_kv_block(int layer, int block, std::span<const std::byte> in) {
   if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
   if (in.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
-  const size_t d = static_cast<size_t>(kv_.head_dim), heads = static_cast<size_t>(kv_.num_kv_heads);
-  const size_t rows = 2ull * kv_.block_size;
-  const float* src = reinterpret_cast<const float*>(in.data());
-  std::vector<float> local;
+  std::vector<std::byte> local;
   for (int r = 0; r < world_size(); ++r) {
-    const parallel::ShardPlan& p = plans_[r];
-    const size_t local_heads = static_cast<size_t>(p.kv_heads.size());
-    local.resize(ranks_[r]->kv_cache_spec().block_elements());
-    for (size_t row = 0; row < rows; ++row) {
-      std::memcpy(local.data() + row * local_heads * d, src + (row * heads + p.kv_heads.begin) * d, sizeof(float) * local_heads * d);
-    }
-    TANDEM_RETURN_IF_ERROR(ranks_[r]->write_kv_block(layer, block, std::as_bytes(std::span<const float>(local))));
+    local.resize(ranks_[r]->kv_cache_spec().block_bytes());
+    // copy_heads only reads `whole` when filling the local block.
+    copy_heads(r, const_cast<std::byte*>(in.data()), local.data(), /*to_local=*/true);
+    TANDEM_RETURN_IF_ERROR(ranks_[r]->write_kv_block(layer, block, local));
   }
   return Status::Ok();
 }

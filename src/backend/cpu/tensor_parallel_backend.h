@@ -49,6 +49,9 @@ class TensorParallelCpuBackend : public Backend {
   // Runs job(rank) on every rank's thread and waits for all; the lowest rank's failure, if any.
   Status run_on_ranks(const std::function<Status(int)>& job);
   void rank_loop(int rank);
+  // Copies rank `rank`'s KV heads of one block between the whole model's block and the rank's own (both
+  // regions: values, then the FP8 scales), into `local` when to_local, else into `whole`.
+  void copy_heads(int rank, std::byte* whole, std::byte* local, bool to_local) const;
 
   KvCacheSpec kv_;  // the whole model's heads
   std::vector<parallel::ShardPlan> plans_;

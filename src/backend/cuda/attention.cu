@@ -19,7 +19,8 @@ constexpr int kRowsPerWarp = kAttentionRows / kWarps;
 constexpr int kKeys = 32;  // keys per shared-memory tile: one per lane when scoring
 
 // Scores are kept in log2 units (q pre-scaled by scale * log2(e)) so exp2f does the exponentials.
-template <int D>
+// kFp8: the keys come from the FP8 cache, dequantized (value * scale) as they are staged in shared memory.
+template <int D, bool kFp8>
 __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
@@ -71,7 +72,17 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(AttentionPara
       const int j = c / kChunks, part = c % kChunks;
       const int key = key0 + j;
       float kf[8], vf[8];
-      if (key < w.key_end) {
+      if (key < w.key_end && kFp8) {
+        const Fp8KvRow row = fp8_kv_row<D>(p, table[key / p.block_size], key % p.block_size, w.kv_head);
+        fp8x8_to_float(*reinterpret_cast<const uint2*>(row.k + part * 8), kf);
+        fp8x8_to_float(*reinterpret_cast<const uint2*>(row.v + part * 8), vf);
+        const float k_scale = *row.k_scale, v_scale = *row.v_scale;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          kf[e] *= k_scale;
+          vf[e] *= v_scale;
+        }
+      } else if (key < w.key_end) {
         const int block = table[key / p.block_size], offset = key % p.block_size;
         const bf16* k_src = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size +
                             static_cast<size_t>(w.kv_head) * D + part * 8;
@@ -231,7 +242,9 @@ cudaError_t launch_for_dim(const AttentionParams& p, cudaStream_t stream, const 
       merged = p.combine_counters != nullptr && p.decode_splits > 0;
       err = launch_decode_attention(p, stream, options);
     } else {
-      err = launch_kernel(attention_kernel<D>, dim3(p.num_items), dim3(kWarps * kWarp), 0, stream, options, p);
+      err = p.kv_pool_fp8
+                ? launch_kernel(attention_kernel<D, true>, dim3(p.num_items), dim3(kWarps * kWarp), 0, stream, options, p)
+                : launch_kernel(attention_kernel<D, false>, dim3(p.num_items), dim3(kWarps * kWarp), 0, stream, options, p);
     }
     if (err != cudaSuccess) return err;
   }

@@ -90,6 +90,10 @@ struct AttentionParams {
   const __nv_bfloat16* q = nullptr;  // query of token t, head h at q + t * q_row_stride + h * head_dim; bf16, device
   int q_row_stride = 0;
   const __nv_bfloat16* kv_pool = nullptr;  // [num_blocks, 2, block_size, num_kv_heads, head_dim] bf16, device (one layer)
+  // Instead of kv_pool, an FP8 cache (one layer, device): blocks in backend.h's KvCacheSpec layout, e4m3
+  // values and one fp32 scale per (token, KV head) after them. Every kernel reads it directly: a K row's
+  // scores are its e4m3 values dotted with q, times its scale; a V row enters the output times its scale.
+  const uint8_t* kv_pool_fp8 = nullptr;
   const int32_t* block_tables = nullptr;   // [num_seqs, max_blocks_per_seq] int32, device
   int max_blocks_per_seq = 0;
   const int32_t* positions = nullptr;      // [num_tokens] int32, device

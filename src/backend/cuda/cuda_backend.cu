@@ -109,7 +109,7 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   kv_.block_size = options.block_size;
   kv_.num_kv_heads = c.num_kv_heads;
   kv_.head_dim = c.head_dim;
-  kv_.dtype = DType::kBF16;
+  kv_.dtype = resolve_kv_cache_dtype(options.kv_cache_dtype, options.device);
 
   const auto start = std::chrono::steady_clock::now();
   load_weights(weights);
@@ -120,10 +120,10 @@ CudaBackend::CudaBackend(const model::WeightSource& weights, const BackendOption
   char line[512];
   std::snprintf(line, sizeof(line),
                 "cuda backend: device=cuda:%d gpu=\"%s\" model=%s layers=%d load_seconds=%.2f kv_blocks=%d kv_tokens=%lld "
-                "kv_bytes=%zu kv_gib=%.2f",
+                "kv_bytes=%zu kv_gib=%.2f kv_cache_dtype=%s",
                 device_, prop.name, weights.describe().c_str(), c.num_layers, load_s, kv_.num_blocks,
                 static_cast<long long>(kv_.num_blocks) * kv_.block_size, kv_.block_bytes() * kv_.num_blocks * c.num_layers,
-                gib(kv_.block_bytes() * kv_.num_blocks * c.num_layers));
+                gib(kv_.block_bytes() * kv_.num_blocks * c.num_layers), kv_dtype_name(kv_.dtype).c_str());
   log_info(line);
 }
 
@@ -293,7 +293,7 @@ void CudaBackend::allocate_kv_pool(const BackendOptions& options) {
     kv_.num_blocks = static_cast<int>(std::min<size_t>(blocks, INT32_MAX / std::max(1, kv_.block_size)));
   }
   // One more block than the engine sees: padding tokens of graph-captured decode steps write there.
-  layer_pool_elements_ = static_cast<size_t>(kv_.num_blocks + 1) * kv_.block_elements();
+  layer_pool_bytes_ = static_cast<size_t>(kv_.num_blocks + 1) * kv_.block_bytes();
   const size_t bytes = per_block * (kv_.num_blocks + 1);
   cudaError_t err = cudaMalloc(&kv_pool_, bytes);
   if (err != cudaSuccess) {

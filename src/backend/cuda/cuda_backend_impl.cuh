@@ -163,7 +163,11 @@ class CudaBackend final : public Backend {
   // the lm_head's vocabulary shards gathered into logits_dev_ (tensor_parallel_backend.cu).
   Status reduce_partial_sums(int num_tokens);
   Status lm_head_and_gather(int num_logits);
-  bf16* layer_pool(int layer) const { return kv_pool_ + static_cast<size_t>(layer) * layer_pool_elements_; }
+  // One layer's pool: bf16 values (bf16 cache), or its bytes (any cache; an FP8 cache's kernels take these).
+  bf16* layer_pool(int layer) const { return reinterpret_cast<bf16*>(layer_pool_bytes(layer)); }
+  std::byte* layer_pool_bytes(int layer) const {
+    return reinterpret_cast<std::byte*>(kv_pool_) + static_cast<size_t>(layer) * layer_pool_bytes_;
+  }
 
   // With rank_: this rank's heads, KV heads and intermediate rows (the whole vocabulary: the logits are
   // gathered); the weights are read with the whole model's config.
@@ -184,10 +188,11 @@ class CudaBackend final : public Backend {
   float* inv_freq_ = nullptr;     // [head_dim / 2] fp32, device
   std::vector<LayerWeights> layers_;
 
-  // [num_layers, num_blocks + 1, 2, block_size, num_kv_heads, head_dim] bf16, device; block num_blocks is
-  // a scratch block the engine never sees (graph padding tokens write their K/V there).
+  // [num_layers, num_blocks + 1] blocks of kv_.block_bytes() (bf16 [2, block_size, num_kv_heads, head_dim], or
+  // FP8 values and scales: backend.h), device; block num_blocks is a scratch block the engine never sees
+  // (graph padding tokens write their K/V there).
   bf16* kv_pool_ = nullptr;
-  size_t layer_pool_elements_ = 0;
+  size_t layer_pool_bytes_ = 0;
 
   // Activations, sized for max_tokens_ tokens and max_logits_ logits rows; regrown when a step needs more.
   int max_tokens_ = 0;

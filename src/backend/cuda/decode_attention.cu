@@ -5,6 +5,7 @@
 #include "backend/cuda/warp.cuh"
 
 #include <cmath>
+#include <type_traits>
 
 namespace tandem::backend::cuda {
 namespace {
@@ -23,7 +24,13 @@ using bf16 = __nv_bfloat16;
 // in flight while it computes instead of in bursts (a G = 4 tile uses ~165 registers a thread, so only 12
 // warps share an SM and the bursts left HBM idle). H200, same call: Llama-3.1-8B offline +4.3%, Qwen3-0.6B
 // +0.8% over loading a tile, then scoring it (that path is deleted; docs/performance.md).
-template <int D, int G, int kUnroll = (G >= 8 ? 2 : 4)>
+//
+// FP8 cache (kFp8): the same lanes read 8 bytes of e4m3 a key instead of 16 of bf16, and the row's scale;
+// the scale multiplies the key's reduced dot product, and the probability that weights its V row. The
+// launchers give it twice bf16's kUnroll, so that a lane has as many bytes in flight as on bf16 (with the
+// bf16 unroll, halving the bytes a load halved the bytes in flight and the kernel ran no faster: H200,
+// Qwen3-0.6B offline, FP8 8.13 ms per decode step against bf16's 7.43).
+template <int D, int G, int kUnroll = (G >= 8 ? 2 : 4), bool kFp8 = false>
 __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) {
   constexpr int kLanesPerKey = D / 8;
   constexpr int kKeysPerWarp = kWarp / kLanesPerKey;
@@ -63,22 +70,47 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
   const int32_t* table = p.block_tables + static_cast<size_t>(w.seq) * p.max_blocks_per_seq;
   const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * D;
   const size_t head_offset = static_cast<size_t>(w.kv_head) * D + part * 8;
-  // This lane's K and V rows of the tile that starts at key0 (zeros past the end).
-  auto load_tile = [&](int key0, uint4 (&kr)[kUnroll], uint4 (&vr)[kUnroll]) {
+  // This lane's K and V rows of the tile that starts at key0 (zeros past the end), and (FP8) their scales.
+  using Raw = std::conditional_t<kFp8, uint2, uint4>;  // one lane's 8 values of a K or V row
+  auto load_tile = [&](int key0, Raw (&kr)[kUnroll], Raw (&vr)[kUnroll], float (&ks)[kUnroll], float (&vs)[kUnroll]) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int key = key0 + (u * kWarps + warp) * kKeysPerWarp + sub;
-      kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      kr[u] = vr[u] = Raw{};
+      ks[u] = vs[u] = 0.0f;
       if (key < w.key_end) {
         const int block = table[key / p.block_size], offset = key % p.block_size;
-        const bf16* src = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size + head_offset;
-        kr[u] = *reinterpret_cast<const uint4*>(src);
-        vr[u] = *reinterpret_cast<const uint4*>(src + static_cast<size_t>(p.block_size) * kv_size);
+        if constexpr (kFp8) {
+          const Fp8KvRow row = fp8_kv_row<D>(p, block, offset, w.kv_head);
+          kr[u] = *reinterpret_cast<const uint2*>(row.k + part * 8);
+          vr[u] = *reinterpret_cast<const uint2*>(row.v + part * 8);
+          ks[u] = *row.k_scale;
+          vs[u] = *row.v_scale;
+        } else {
+          const bf16* src = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size + head_offset;
+          kr[u] = *reinterpret_cast<const uint4*>(src);
+          vr[u] = *reinterpret_cast<const uint4*>(src + static_cast<size_t>(p.block_size) * kv_size);
+        }
+      }
+    }
+  };
+  // 8 values of a K or V row as floats (unscaled for FP8).
+  auto to_float = [](const Raw& raw, float (&out)[8]) {
+    if constexpr (kFp8) {
+      fp8x8_to_float(raw, out);
+    } else {
+      const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 f = __bfloat1622float2(h2[e]);
+        out[2 * e] = f.x;
+        out[2 * e + 1] = f.y;
       }
     }
   };
   // Scores the tile's keys for the G heads and folds them into this lane's online-softmax state.
-  auto consume = [&](int key0, const uint4 (&kr)[kUnroll], const uint4 (&vr)[kUnroll]) {
+  auto consume = [&](int key0, const Raw (&kr)[kUnroll], const Raw (&vr)[kUnroll], const float (&ks)[kUnroll],
+                     const float (&vs)[kUnroll]) {
     bool valid[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) valid[u] = key0 + (u * kWarps + warp) * kKeysPerWarp + sub < w.key_end;
@@ -86,13 +118,7 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       float kf[8];
-      const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&kr[u]);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(k2[e]);
-        kf[2 * e] = f.x;
-        kf[2 * e + 1] = f.y;
-      }
+      to_float(kr[u], kf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
@@ -100,6 +126,7 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
         for (int e = 0; e < 8; ++e) dot += q[g][e] * kf[e];
 #pragma unroll
         for (int off = kLanesPerKey / 2; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        if constexpr (kFp8) dot *= ks[u];
         s[u][g] = valid[u] ? dot : -INFINITY;
       }
     }
@@ -120,31 +147,30 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       float vf[8];
-      const __nv_bfloat162* v2 = reinterpret_cast<const __nv_bfloat162*>(&vr[u]);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 f = __bfloat1622float2(v2[e]);
-        vf[2 * e] = f.x;
-        vf[2 * e + 1] = f.y;
-      }
+      to_float(vr[u], vf);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         l[g] += s[u][g];
+        const float pv = kFp8 ? s[u][g] * vs[u] : s[u][g];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[g][e] += s[u][g] * vf[e];
+        for (int e = 0; e < 8; ++e) acc[g][e] += pv * vf[e];
       }
     }
   };
-  uint4 kr[kUnroll], vr[kUnroll];
-  load_tile(w.key_begin, kr, vr);
+  Raw kr[kUnroll], vr[kUnroll];
+  float ks[kUnroll], vs[kUnroll];
+  load_tile(w.key_begin, kr, vr, ks, vs);
   for (int key0 = w.key_begin; key0 < w.key_end; key0 += kTileKeys) {
-    uint4 kn[kUnroll], vn[kUnroll];
-    load_tile(key0 + kTileKeys, kn, vn);  // past the end: zeros, nothing read
-    consume(key0, kr, vr);
+    Raw kn[kUnroll], vn[kUnroll];
+    float ksn[kUnroll], vsn[kUnroll];
+    load_tile(key0 + kTileKeys, kn, vn, ksn, vsn);  // past the end: zeros, nothing read
+    consume(key0, kr, vr, ks, vs);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       kr[u] = kn[u];
       vr[u] = vn[u];
+      ks[u] = ksn[u];
+      vs[u] = vsn[u];
     }
   }
 
@@ -259,56 +285,61 @@ __device__ __forceinline__ void decode_attention_tile(const AttentionParams& p) 
   }
 }
 
-template <int D, int G>
+template <int D, int G, bool kFp8>
 __global__ void __launch_bounds__(kWarps * kWarp) decode_attention_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
-  decode_attention_tile<D, G>(p);
+  decode_attention_tile<D, G, (G >= 8 ? 2 : 4) * (kFp8 ? 2 : 1), kFp8>(p);
 }
 
 // The kernel held to few enough registers that 4 CTAs of a G = 4 tile share an SM (168 registers allow 3),
 // with half the keys a step so that the cap costs no spills (ptxas -v): more warps with loads in flight
 // against fewer loads a warp. The launcher uses it for G = 4 only.
-template <int D>
+template <int D, bool kFp8>
 __global__ void __launch_bounds__(kWarps * kWarp, 4) decode_attention_g4_capped_kernel(AttentionParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
-  decode_attention_tile<D, 4, 2>(p);
+  decode_attention_tile<D, 4, kFp8 ? 4 : 2, kFp8>(p);
 }
 
-template <int D, int G>
+template <int D, int G, bool kFp8>
 cudaError_t launch_decode(const AttentionParams& p, dim3 grid, dim3 block, cudaStream_t stream,
                           const LaunchOptions& options) {
   // The register-capped build where it measured faster: G = 4 (Llama-3.1-8B, H200: offline +1.0%, decode
   // steps at batch 64 1.7% shorter; the uncapped G = 4 launch is deleted); for G = 2 it was 4-6% slower
   // (Qwen3-0.6B at batch 256), so the other groups run uncapped.
   if constexpr (G == 4) {
-    return launch_kernel(decode_attention_g4_capped_kernel<D>, grid, block, 0, stream, options, p);
+    return launch_kernel(decode_attention_g4_capped_kernel<D, kFp8>, grid, block, 0, stream, options, p);
   } else {
-    return launch_kernel(decode_attention_kernel<D, G>, grid, block, 0, stream, options, p);
+    return launch_kernel(decode_attention_kernel<D, G, kFp8>, grid, block, 0, stream, options, p);
+  }
+}
+
+template <int D, bool kFp8>
+cudaError_t launch_for_group(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options) {
+  const dim3 grid(p.num_items), block(kWarps * kWarp);
+  switch (p.num_heads / p.num_kv_heads) {
+    case 1: return launch_decode<D, 1, kFp8>(p, grid, block, stream, options);
+    case 2: return launch_decode<D, 2, kFp8>(p, grid, block, stream, options);
+    case 4: return launch_decode<D, 4, kFp8>(p, grid, block, stream, options);
+    case 8: return launch_decode<D, 8, kFp8>(p, grid, block, stream, options);
+    default: return cudaErrorInvalidValue;
   }
 }
 
 template <int D>
-cudaError_t launch_for_group(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options) {
-  const dim3 grid(p.num_items), block(kWarps * kWarp);
-  switch (p.num_heads / p.num_kv_heads) {
-    case 1: return launch_decode<D, 1>(p, grid, block, stream, options);
-    case 2: return launch_decode<D, 2>(p, grid, block, stream, options);
-    case 4: return launch_decode<D, 4>(p, grid, block, stream, options);
-    case 8: return launch_decode<D, 8>(p, grid, block, stream, options);
-    default: return cudaErrorInvalidValue;
-  }
+cudaError_t launch_for_cache(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options) {
+  return p.kv_pool_fp8 ? launch_for_group<D, true>(p, stream, options) : launch_for_group<D, false>(p, stream, options);
 }
 
 }  // namespace
 
 cudaError_t launch_decode_attention(const AttentionParams& p, cudaStream_t stream, const LaunchOptions& options) {
   switch (p.head_dim) {
-    case 16: return launch_for_group<16>(p, stream, options);
-    case 32: return launch_for_group<32>(p, stream, options);
-    case 64: return launch_for_group<64>(p, stream, options);
-    case 128: return launch_for_group<128>(p, stream, options);
+    case 16: return launch_for_cache<16>(p, stream, options);
+    case 32: return launch_for_cache<32>(p, stream, options);
+    case 64: return launch_for_cache<64>(p, stream, options);
+    case 128: return launch_for_cache<128>(p, stream, options);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -76,6 +76,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     qp.positions = d_pos;
     qp.slots = d_slots;
     qp.kv_pool = layer_pool(l);
+    if (kv_.dtype == model::DType::kF8E4M3) qp.kv_pool_fp8 = reinterpret_cast<uint8_t*>(layer_pool_bytes(l));
     qp.num_tokens = n;
     qp.num_heads = c.num_heads;
     qp.num_kv_heads = c.num_kv_heads;
@@ -88,6 +89,7 @@ Status CudaBackend::enqueue_step(const StepArgs& a) {
     ap.q = qkv_;
     ap.q_row_stride = qkv_size;
     ap.kv_pool = layer_pool(l);
+    if (kv_.dtype == model::DType::kF8E4M3) ap.kv_pool_fp8 = reinterpret_cast<const uint8_t*>(layer_pool_bytes(l));
     ap.block_tables = d_tables;
     ap.max_blocks_per_seq = a.max_blocks_per_seq;
     ap.positions = d_pos;

@@ -4,6 +4,8 @@
 #include "backend/cuda/launch.cuh"
 #include "backend/cuda/warp.cuh"
 
+#include <cuda_fp8.h>
+
 #include <algorithm>
 #include <cstddef>
 
@@ -59,6 +61,34 @@ __global__ void add_rms_norm_kernel(float* residual, const bf16* delta, const bf
 
 constexpr int kMaxPairsPerLane = 4;  // head_dim <= 256
 
+// Bytes of one FP8 KV block (backend.h's KvCacheSpec::block_bytes for kF8E4M3).
+__host__ __device__ inline size_t fp8_kv_block_bytes(int block_size, int num_kv_heads, int head_dim) {
+  const size_t bytes = 2ull * block_size * num_kv_heads * head_dim + 2ull * block_size * num_kv_heads * sizeof(float);
+  return (bytes + 15) / 16 * 16;
+}
+
+// Quantizes one K or V row held by a warp (lo[k], hi[k] are elements lane + 32k and that + half) into
+// `dst` [head_dim] e4m3 and `*scale_dst`, as kv_codec.h: scale = amax / 448 (1 for a zero row), e4m3(x / scale).
+__device__ void store_fp8_row(const float (&lo)[kMaxPairsPerLane], const float (&hi)[kMaxPairsPerLane], int lane, int half,
+                              uint8_t* dst, float* scale_dst) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kMaxPairsPerLane; ++k) {
+    if (lane + k * kWarp < half) amax = fmaxf(amax, fmaxf(fabsf(lo[k]), fabsf(hi[k])));
+  }
+  amax = warp_max(amax);
+  const float scale = amax > 0.0f && isfinite(amax) ? amax / 448.0f : 1.0f;
+#pragma unroll
+  for (int k = 0; k < kMaxPairsPerLane; ++k) {
+    const int i = lane + k * kWarp;
+    if (i < half) {
+      dst[i] = __nv_cvt_float_to_fp8(lo[k] / scale, __NV_SATFINITE, __NV_E4M3);
+      dst[i + half] = __nv_cvt_float_to_fp8(hi[k] / scale, __NV_SATFINITE, __NV_E4M3);
+    }
+  }
+  if (lane == 0) *scale_dst = scale;
+}
+
 __global__ void qkv_rope_kv_write_kernel(QkvParams p) {
   pdl_trigger();
   pdl_wait();  // everything below may read what the previous kernel wrote
@@ -72,8 +102,15 @@ __global__ void qkv_rope_kv_write_kernel(QkvParams p) {
   const int block = slot / p.block_size, offset = slot % p.block_size;
   const size_t kv_size = static_cast<size_t>(p.num_kv_heads) * d;
   // K of this token at [block, 0, offset, :, :], V at [block, 1, offset, :, :].
-  bf16* k_dst = p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size;
-  bf16* v_dst = k_dst + static_cast<size_t>(p.block_size) * kv_size;
+  // FP8 cache: the same rows as e4m3 bytes, their scales [2, block_size, num_kv_heads] after the values.
+  const bool fp8 = p.kv_pool_fp8 != nullptr;
+  bf16* k_dst = fp8 ? nullptr : p.kv_pool + (static_cast<size_t>(block) * 2 * p.block_size + offset) * kv_size;
+  bf16* v_dst = fp8 ? nullptr : k_dst + static_cast<size_t>(p.block_size) * kv_size;
+  uint8_t* block8 = fp8 ? p.kv_pool_fp8 + static_cast<size_t>(block) * fp8_kv_block_bytes(p.block_size, p.num_kv_heads, d) : nullptr;
+  uint8_t* k8_dst = fp8 ? block8 + static_cast<size_t>(offset) * kv_size : nullptr;
+  uint8_t* v8_dst = fp8 ? k8_dst + static_cast<size_t>(p.block_size) * kv_size : nullptr;
+  float* k_scales = fp8 ? reinterpret_cast<float*>(block8 + 2ull * p.block_size * kv_size) + static_cast<size_t>(offset) * p.num_kv_heads : nullptr;
+  float* v_scales = fp8 ? k_scales + static_cast<size_t>(p.block_size) * p.num_kv_heads : nullptr;
 
   for (int h = warp; h < total_heads; h += num_warps) {
     bf16* x = p.qkv + t * stride + static_cast<size_t>(h) * d;
@@ -96,7 +133,12 @@ __global__ void qkv_rope_kv_write_kernel(QkvParams p) {
     }
     const bool is_q = h < p.num_heads, is_k = !is_q && h < p.num_heads + p.num_kv_heads;
     if (!is_q && !is_k) {  // V: copy into the cache
-      bf16* dst = v_dst + static_cast<size_t>(h - p.num_heads - p.num_kv_heads) * d;
+      const int kv_head = h - p.num_heads - p.num_kv_heads;
+      if (fp8) {
+        store_fp8_row(lo, hi, lane, half, v8_dst + static_cast<size_t>(kv_head) * d, v_scales + kv_head);
+        continue;
+      }
+      bf16* dst = v_dst + static_cast<size_t>(kv_head) * d;
 #pragma unroll
       for (int k = 0; k < kMaxPairsPerLane; ++k) {
         const int i = lane + k * kWarp;
@@ -110,7 +152,8 @@ __global__ void qkv_rope_kv_write_kernel(QkvParams p) {
     const bf16* norm = is_q ? p.q_norm : p.k_norm;
     float scale = 1.0f;
     if (norm) scale = rsqrtf(warp_sum(sum_sq) / static_cast<float>(d) + p.eps);
-    bf16* dst = is_q ? x : k_dst + static_cast<size_t>(h - p.num_heads) * d;
+    const bool k_fp8 = is_k && fp8;
+    bf16* dst = is_q ? x : (k_fp8 ? nullptr : k_dst + static_cast<size_t>(h - p.num_heads) * d);
 #pragma unroll
     for (int k = 0; k < kMaxPairsPerLane; ++k) {
       const int i = lane + k * kWarp;
@@ -123,9 +166,17 @@ __global__ void qkv_rope_kv_write_kernel(QkvParams p) {
         // transformers forms the angle as an fp32 product (position * inv_freq) before cos/sin.
         float sin_a, cos_a;
         sincosf(static_cast<float>(pos) * p.inv_freq[i], &sin_a, &cos_a);
-        dst[i] = __float2bfloat16(a * cos_a - b * sin_a);
-        dst[i + half] = __float2bfloat16(b * cos_a + a * sin_a);
+        lo[k] = a * cos_a - b * sin_a;
+        hi[k] = b * cos_a + a * sin_a;
+        if (!k_fp8) {
+          dst[i] = __float2bfloat16(lo[k]);
+          dst[i + half] = __float2bfloat16(hi[k]);
+        }
       }
+    }
+    if (k_fp8) {
+      const int kv_head = h - p.num_heads;
+      store_fp8_row(lo, hi, lane, half, k8_dst + static_cast<size_t>(kv_head) * d, k_scales + kv_head);
     }
   }
 }

@@ -43,6 +43,9 @@ struct QkvParams {
   const int32_t* positions = nullptr;  // [num_tokens] int32
   const int32_t* slots = nullptr;      // [num_tokens] int32: block_id * block_size + offset in block
   bf16* kv_pool = nullptr;  // this layer's [num_blocks, 2, block_size, num_kv_heads, head_dim] bf16
+  // Instead of kv_pool, an FP8 cache: this layer's blocks in backend.h's KvCacheSpec layout (e4m3 values,
+  // then one fp32 scale per token and KV head); each K/V row is quantized as kv_codec.h says.
+  uint8_t* kv_pool_fp8 = nullptr;
   int num_tokens = 0;
   int num_heads = 0;
   int num_kv_heads = 0;

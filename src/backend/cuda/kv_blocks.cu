@@ -19,7 +19,7 @@ Status CudaBackend::read_kv_block(int layer, int block, std::span<std::byte> out
   if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
   if (out.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
-  const bf16* src = layer_pool(layer) + static_cast<size_t>(block) * kv_.block_elements();
+  const std::byte* src = layer_pool_bytes(layer) + static_cast<size_t>(block) * kv_.block_bytes();
   TANDEM_CUDA_RETURN(cudaMemcpyAsync(out.data(), src, out.size(), cudaMemcpyDeviceToHost, stream_), device_);
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
   return Status::Ok();
@@ -29,7 +29,7 @@ Status CudaBackend::write_kv_block(int layer, int block, std::span<const std::by
   if (layer < 0 || layer >= kv_.num_layers || block < 0 || block >= kv_.num_blocks) return Status::InvalidArgument("KV block out of range");
   if (in.size() != kv_.block_bytes()) return Status::InvalidArgument("KV block buffer has the wrong size");
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
-  bf16* dst = layer_pool(layer) + static_cast<size_t>(block) * kv_.block_elements();
+  std::byte* dst = layer_pool_bytes(layer) + static_cast<size_t>(block) * kv_.block_bytes();
   TANDEM_CUDA_RETURN(cudaMemcpyAsync(dst, in.data(), in.size(), cudaMemcpyHostToDevice, stream_), device_);
   TANDEM_CUDA_RETURN(cudaStreamSynchronize(stream_), device_);
   return Status::Ok();
@@ -47,7 +47,7 @@ StatusOr<KvExport> CudaBackend::export_kv_handles() {
   out.pci_bus_id = bus_id;
   out.process_id = static_cast<int64_t>(getpid());
   out.spec = kv_;
-  out.layer_stride_bytes = layer_pool_elements_ * sizeof(bf16);
+  out.layer_stride_bytes = layer_pool_bytes_;
   const auto* bytes = reinterpret_cast<const std::byte*>(&handle);
   out.handle.assign(bytes, bytes + sizeof(handle));
   return out;
@@ -58,7 +58,10 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
   const KvCacheSpec& ps = peer.spec;
   if (ps.num_layers != kv_.num_layers || ps.block_size != kv_.block_size || ps.num_kv_heads != kv_.num_kv_heads ||
       ps.head_dim != kv_.head_dim || ps.dtype != kv_.dtype) {
-    return Status::InvalidArgument("peer " + peer.device + " has a different KV geometry");
+    return Status::InvalidArgument("peer " + peer.device + " has a different KV geometry" +
+                                   (ps.dtype != kv_.dtype ? " (KV cache dtype " + kv_dtype_name(ps.dtype) + " there, " +
+                                                                kv_dtype_name(kv_.dtype) + " here)"
+                                                          : std::string()));
   }
   if (peer.handle.size() != sizeof(cudaIpcMemHandle_t)) return Status::InvalidArgument("peer KV handle has the wrong size");
   if (peer_blocks.size() != local_blocks.size()) return Status::InvalidArgument("peer and local block lists differ in length");
@@ -110,7 +113,7 @@ Status CudaBackend::copy_with_peer(const KvExport& peer, std::span<const int32_t
   const int32_t* peer_ids = peer_ids_dev_;
   const int32_t* local_ids = peer_ids_dev_ + n;
   std::byte* peer_base = static_cast<std::byte*>(it->second) + layer_begin * peer.layer_stride_bytes;
-  const size_t local_stride = layer_pool_elements_ * sizeof(bf16);
+  const size_t local_stride = layer_pool_bytes_;
   std::byte* local_base = reinterpret_cast<std::byte*>(kv_pool_) + layer_begin * local_stride;
   const int layers = layer_end - layer_begin;
   if (from_peer) {

@@ -186,6 +186,13 @@ TensorParallelCudaBackend::TensorParallelCudaBackend(const model::WeightSource& 
   }
   kv_ = ranks_[0]->kv_cache_spec();
   kv_.num_kv_heads = config_.num_kv_heads;
+  if (world > 1 && kv_.dtype == model::DType::kF8E4M3) {
+    // read/write_kv_block re-split bf16 rows by head; an FP8 block's scale region is not re-split yet.
+    ranks_.clear();
+    destroy_nccl_communicators(comms_);
+    throw Error("--kv-cache-dtype fp8 with --tensor-parallel-size " + std::to_string(world) +
+                " on CUDA is not supported yet; use --kv-cache-dtype bf16 or --tensor-parallel-size 1");
+  }
   for (const auto& rank : ranks_) kv_.num_blocks = std::min(kv_.num_blocks, rank->kv_cache_spec().num_blocks);
   scratch_tokens_.resize(world);
   rank_status_.resize(world);
