@@ -81,7 +81,7 @@ Status CudaBackend::link_transfer(NcclCommunicator& comm, std::span<const KvBloc
     // The group is ended whatever happened inside it (NCCL requires it).
     const Status issued = [&]() -> Status {
       for (size_t i = begin; i < end; ++i) {
-        bf16* block = layer_pool(blocks[i].layer) + static_cast<size_t>(blocks[i].block) * kv_.block_elements();
+        std::byte* block = layer_pool_bytes(blocks[i].layer) + static_cast<size_t>(blocks[i].block) * bytes;
         TANDEM_RETURN_IF_ERROR(send ? comm.send(block, bytes, peer, peer_stream_) : comm.recv(block, bytes, peer, peer_stream_));
       }
       return Status::Ok();
