@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdlib>
 
+#include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "cli/signals.h"
 #include "cluster/etcd.h"
@@ -29,6 +30,7 @@ struct FrontendCommandOptions {
   double header_timeout_s = 10;
   double idle_timeout_s = 60;
   double request_timeout_s = 0;
+  ClusterFlags cluster;
 };
 
 int to_ms(double seconds) { return static_cast<int>(std::min(seconds * 1000.0, 2e9)); }
@@ -78,6 +80,7 @@ Runner add_frontend_command(CLI::App& app) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--drain-timeout-ms", o->drain_timeout_ms, "On SIGTERM, wait this long for running requests")->capture_default_str();
   cmd->add_option("--ready-file", f.ready_file, "Write {http_port, registry_port} here once listening");
+  add_cluster_flags(cmd, &o->cluster);
   return [o]() {
     // Before any thread starts, so that every thread blocks the signals.
     auto target = std::make_shared<std::atomic<frontend::Frontend*>>(nullptr);
@@ -95,6 +98,7 @@ Runner add_frontend_command(CLI::App& app) {
         server->stop();
       }
     });
+    apply_cluster_flags(o->cluster, {{"--registry-host", o->options.registry_host}});
     if (o->registry != "embedded") {
       auto endpoints = cluster::parse_etcd_url(o->registry);
       if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message() + " (use embedded or etcd://host:port)");

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
 #include "cli/model_files.h"
@@ -54,6 +55,7 @@ struct WorkerCommandOptions {
   std::string ready_file;
   uint64_t seed = 0;
   std::string tokenizer;
+  ClusterFlags cluster;
 };
 
 std::string default_model_name(const std::string& model) {
@@ -102,6 +104,7 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--ready-file", o->ready_file, "Write {\"kv_blocks\": N, ...} here once the engine is loaded (for supervisors)");
   cmd->add_option("--seed", o->seed, "Seed of random:<preset> weights")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer directory for text output and stop strings (default: the model directory)");
+  add_cluster_flags(cmd, &o->cluster);
   return [o]() {
     // Before any thread starts (engine, OpenMP, listeners), so that every thread blocks the signals.
     auto target = std::make_shared<std::atomic<worker::Worker*>>(nullptr);
@@ -113,6 +116,8 @@ Runner add_worker_command(CLI::App& app) {
         early_stop->store(true);
       }
     });
+    // The request-plane and KV transfer ports both listen on --host.
+    apply_cluster_flags(o->cluster, {{"--host", o->host}});
     worker::WorkerOptions options;
     options.role = worker::parse_role(o->role);
     if (o->frontend.empty() == o->registry.empty()) {
