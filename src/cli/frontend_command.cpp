@@ -81,6 +81,9 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--drain-timeout-ms", o->drain_timeout_ms, "On SIGTERM, wait this long for running requests")->capture_default_str();
   cmd->add_option("--ready-file", f.ready_file, "Write {http_port, registry_port} here once listening");
   add_cluster_flags(cmd, &o->cluster);
+  cmd->add_option("--tls-cert", f.http.tls_cert, "Serve HTTPS: PEM certificate chain of the HTTP API (with --tls-key)");
+  cmd->add_option("--tls-key", f.http.tls_key, "PEM private key of --tls-cert");
+  cmd->add_option("--tls-ca", f.http.tls_ca, "PEM CA certificates: HTTPS clients must present a certificate one of them signed");
   return [o]() {
     // Before any thread starts, so that every thread blocks the signals.
     auto target = std::make_shared<std::atomic<frontend::Frontend*>>(nullptr);
