@@ -45,7 +45,7 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--port", o->port, "HTTP port (0 = any; see --ready-file)")->capture_default_str();
   cmd->add_option("--registry", o->registry, "Worker registry: embedded, or etcd://host:port[,host:port...]")->capture_default_str();
   cmd->add_option("--namespace", f.cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
-  cmd->add_option("--prefill-queue", f.prefill_queue, "nats://host:port: remote prefills go through the NATS JetStream queue");
+  cmd->add_option("--prefill-queue", f.prefill_queue, "nats://host:port: remote prefills go through the NATS JetStream queue (tls://[TOKEN@|USER:PASS@]host:port[?ca=F&cert=F&key=F&creds=F] over TLS; docs/security.md)");
   cmd->add_option("--frontend-id", f.frontend_id, "Name of this frontend in logs and to workers (default host-pid)");
   cmd->add_option("--admin-token", f.admin_token, "Token for POST /v1/tandem/router from any address (default: localhost only)");
   cmd->add_option("--registry-host", f.registry_host, "Address workers register on")->capture_default_str();

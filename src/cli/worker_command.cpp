@@ -79,7 +79,7 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--namespace", o->cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
   cmd->add_option("--lease-ttl", o->lease_ttl_s, "etcd lease TTL in seconds: a killed worker is dropped this long after")
       ->capture_default_str()->check(CLI::Range(1, 3600));
-  cmd->add_option("--prefill-queue", o->prefill_queue, "nats://host:port: remote prefills through the NATS JetStream queue");
+  cmd->add_option("--prefill-queue", o->prefill_queue, "nats://host:port: remote prefills through the NATS JetStream queue (tls://[TOKEN@|USER:PASS@]host:port[?ca=F&cert=F&key=F&creds=F] over TLS; docs/security.md)");
   cmd->add_option("--prefill-queue-ack-wait-ms", o->prefill_queue_ack_wait_ms,
                   "A pulled prefill not acknowledged this long goes to another prefill worker")->capture_default_str();
   cmd->add_option("--max-pulled-prefills", o->max_pulled_prefills, "Prefill worker: pull from the queue only while holding fewer")

@@ -58,6 +58,7 @@ using Clock = std::chrono::steady_clock;
 // Reads exactly `size` bytes before `deadline`: a peer that connects and sends nothing (or a byte at a
 // time) holds the handshake no longer than its timeout.
 Status read_before(int fd, uint8_t* data, size_t size, Clock::time_point deadline) {
+  const size_t wanted = size;
   while (size > 0) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) return Status::DeadlineExceeded("timed out");
@@ -67,7 +68,9 @@ Status read_before(int fd, uint8_t* data, size_t size, Clock::time_point deadlin
     if (rc < 0) return Status::Unavailable(std::string("poll: ") + std::strerror(errno));
     if (rc == 0) return Status::DeadlineExceeded("timed out");
     ssize_t n = ::recv(fd, data, size, 0);
-    if (n == 0) return Status::Unavailable("closed by the peer");
+    // Aborted: the peer left without a byte, as a TCP health check (a kubelet's tcpSocket probe) does.
+    if (n == 0) return size == wanted ? Status::Aborted("closed by the peer before sending anything")
+                                      : Status::Unavailable("closed by the peer");
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
       return Status::Unavailable(std::string("lost: ") + std::strerror(errno));
@@ -117,6 +120,11 @@ std::mutex log_mu;
 std::map<std::string, LogWindow> log_windows;  // GUARDED_BY(log_mu), by plane and side
 
 Status failed(const std::string& plane, const std::string& peer, const char* side, const Status& why) {
+  if (why.code() == StatusCode::kAborted && std::strcmp(side, "acceptor") == 0) {
+    // Connected and left without a byte: nothing was attempted, so no warning (probes do this).
+    spdlog::debug("event=cluster_auth_empty_connection plane={} peer={}", plane, peer);
+    return Status::Unavailable("connection from " + peer + " (" + plane + ") closed before the handshake");
+  }
   int suppressed = -1;
   {
     std::lock_guard<std::mutex> lock(log_mu);

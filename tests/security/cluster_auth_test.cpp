@@ -82,6 +82,15 @@ TEST(ClusterAuth, SilentPeerTimesOut) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(2000));
 }
 
+TEST(ClusterAuth, PeerLeavingWithoutAByteIsRefusedQuietly) {
+  // A TCP health check connects and closes: refused, but not as a failed attempt (debug log only).
+  Pair p;
+  shutdown(p.dialer, SHUT_WR);
+  Status s = authenticate_acceptor(p.acceptor, kKey, "test", "probe", 2000);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("closed before the handshake"), std::string::npos) << s.message();
+}
+
 TEST(ClusterAuth, ReflectedServerProofIsRefused) {
   // A dialer without the key sends back the acceptor's own proof as its response: the labels differ,
   // so it must not pass.
