@@ -265,7 +265,12 @@ Status authenticate_acceptor(int fd, const std::string& key, const std::string& 
   challenge.mac = handshake_mac(key, /*server=*/true, hello->nonce, challenge.nonce);
   if (Status sent = write_frame(fd, challenge, peer); !sent.ok()) return failed(plane, peer, "acceptor", sent);
   auto response = read_frame(fd, FrameType::kResponse, deadline);
-  if (!response.ok()) return failed(plane, peer, "acceptor", response.status());
+  if (!response.ok()) {
+    // Only a peer that left before its hello is a probe; one that leaves after the challenge failed.
+    const Status why = response.status().code() == StatusCode::kAborted ? Status::Unavailable("closed by the peer")
+                                                                         : response.status();
+    return failed(plane, peer, "acceptor", why);
+  }
   if (!same_mac(response->mac, handshake_mac(key, /*server=*/false, hello->nonce, challenge.nonce))) {
     return failed(plane, peer, "acceptor", Status::InvalidArgument("the peer does not hold this cluster key"));
   }

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "harness.h"
+#include "testing/dependencies.h"
 
 namespace tandem::testing {
 namespace {
@@ -160,6 +161,28 @@ TEST_F(ClusterKey, KeylessPeerOnAWorkersPortsIsDroppedUnanswered) {
   }, 10000)) << cluster.log("decode-0");
   EXPECT_EQ(cluster.post("/v1/completions", kCompletion).status, 200);
   EXPECT_TRUE(cluster.worker(0).running());
+}
+
+// Cluster mode: the frontend dials the workers it finds in etcd, with the handshake; a worker with
+// another key is listed in etcd, but the dial fails both ways and it gets no request.
+TEST_F(ClusterKey, EtcdModeFrontendDialsOnlyWorkersWithTheKey) {
+  TANDEM_SKIP_OR_FAIL_IF_MISSING(!EtcdServer::available(), "etcd (Debian packages etcd-server, etcd-client)");
+  EtcdServer etcd;
+  ASSERT_TRUE(etcd.ok()) << "etcd did not start";
+  Cluster cluster({"--registry", etcd.url(), "--cluster-key-file", key_});
+  cluster.set_worker_registry({"--registry", etcd.url()});
+  cluster.add_worker("both", {"--engine", "fake", "--cluster-key-file", key_});
+  cluster.add_worker("both", {"--engine", "fake", "--cluster-key-file", other_key_});
+  ASSERT_TRUE(cluster.wait_for_workers(1));
+  EXPECT_TRUE(eventually([&] {
+    const std::string log = cluster.log("frontend");
+    return log.find("event=cluster_auth_failed plane=request") != std::string::npos &&
+           log.find("side=dialer") != std::string::npos;
+  }, 20000)) << cluster.log("frontend");
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(cluster.post("/v1/completions", kCompletion).status, 200);
+  EXPECT_EQ(cluster.metric("tandem_workers"), 1) << cluster.metrics();
+  // The worker with the other key refused the frontend's dial on its request port.
+  EXPECT_NE(cluster.log("both-1").find("event=cluster_auth_failed plane=request"), std::string::npos) << cluster.log("both-1");
 }
 
 TEST_F(ClusterKey, MissingOrEmptyKeyFileIsACliErrorNamingTheFlag) {
