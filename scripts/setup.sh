@@ -16,6 +16,7 @@ PACKAGES=(
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
   libpcre2-dev libutf8proc-dev
   libboost-dev libboost-system-dev libprotobuf-dev protobuf-compiler
+  libssl-dev openssl  # OpenSSL: the cluster key's HMAC-SHA256 and TLS; the CLI makes test certificates
   python3 python3-jinja2 curl
   chromium  # headless, for the test of tandem bench report's HTML page
   libnats-dev  # NATS C client (JetStream): the prefill queue of cluster mode

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdlib>
 
+#include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "cli/signals.h"
 #include "cluster/etcd.h"
@@ -31,6 +32,7 @@ struct FrontendCommandOptions {
   double header_timeout_s = 10;
   double idle_timeout_s = 60;
   double request_timeout_s = 0;
+  ClusterFlags cluster;
 };
 
 int to_ms(double seconds) { return static_cast<int>(std::min(seconds * 1000.0, 2e9)); }
@@ -45,7 +47,7 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--port", o->port, "HTTP port (0 = any; see --ready-file)")->capture_default_str();
   cmd->add_option("--registry", o->registry, "Worker registry: embedded, or etcd://host:port[,host:port...]")->capture_default_str();
   cmd->add_option("--namespace", f.cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
-  cmd->add_option("--prefill-queue", f.prefill_queue, "nats://host:port: remote prefills go through the NATS JetStream queue");
+  cmd->add_option("--prefill-queue", f.prefill_queue, "nats://host:port: remote prefills go through the NATS JetStream queue (tls://[TOKEN@|USER:PASS@]host:port[?ca=F&cert=F&key=F&creds=F] over TLS; docs/security.md)");
   cmd->add_option("--frontend-id", f.frontend_id, "Name of this frontend in logs and to workers (default host-pid)");
   cmd->add_option("--admin-token", f.admin_token, "Token for POST /v1/tandem/router from any address (default: localhost only)");
   cmd->add_option("--registry-host", f.registry_host, "Address workers register on")->capture_default_str();
@@ -84,6 +86,10 @@ Runner add_frontend_command(CLI::App& app) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--drain-timeout-ms", o->drain_timeout_ms, "On SIGTERM, wait this long for running requests")->capture_default_str();
   cmd->add_option("--ready-file", f.ready_file, "Write {http_port, registry_port} here once listening");
+  add_cluster_flags(cmd, &o->cluster);
+  cmd->add_option("--tls-cert", f.http.tls_cert, "Serve HTTPS: PEM certificate chain of the HTTP API (with --tls-key)");
+  cmd->add_option("--tls-key", f.http.tls_key, "PEM private key of --tls-cert");
+  cmd->add_option("--tls-ca", f.http.tls_ca, "PEM CA certificates: HTTPS clients must present a certificate one of them signed");
   return [o]() {
     // Before any thread starts, so that every thread blocks the signals.
     auto target = std::make_shared<std::atomic<frontend::Frontend*>>(nullptr);
@@ -101,6 +107,7 @@ Runner add_frontend_command(CLI::App& app) {
         server->stop();
       }
     });
+    apply_cluster_flags(o->cluster, {{"--registry-host", o->options.registry_host}});
     if (o->registry != "embedded") {
       auto endpoints = cluster::parse_etcd_url(o->registry);
       if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message() + " (use embedded or etcd://host:port)");

@@ -28,9 +28,11 @@
 #include "cli/model_files.h"
 #include "cli/signals.h"
 #include "common/error.h"
+#include "cli/cluster_flags.h"
 #include "cli/serve_layout.h"
 #include "common/socket.h"
 #include "frontend/auth.h"
+#include "security/cluster_auth.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -74,6 +76,7 @@ struct ServeOptions {
   std::vector<std::string> api_keys;  // to the frontend through its environment, never its argv
   int max_pending_requests = 0;
   double request_timeout_s = 0;
+  ClusterFlags cluster;  // checked here, then handed to every child
 };
 
 struct Child {
@@ -219,11 +222,20 @@ Runner add_serve_command(CLI::App& app) {
                   "Fail a request not done this long after it arrived, and abort it on its worker (0 = none)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--frontend-arg", o->frontend_args, "Extra flag passed to the frontend (repeatable), e.g. --frontend-arg=--max-connections=1000");
+  add_cluster_flags(cmd, &o->cluster);
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
   return [o]() {
     // Before any thread starts (make-model uses OpenMP), so that every thread blocks the signals.
     std::atomic<bool> stopping{false};
     handle_termination_signals([&stopping](int) { stopping.store(true); });
+    // A bad key file is reported before anything starts (each child loads it again).
+    if (!o->cluster.key_file.empty()) {
+      auto key = security::load_cluster_key(o->cluster.key_file);
+      if (!key.ok()) throw Error(key.status().message());
+    }
+    // Absolute, so that a child started in another directory finds the same file.
+    if (!o->cluster.key_file.empty()) o->cluster.key_file = fs::absolute(o->cluster.key_file).string();
+    const std::vector<std::string> cluster_args = cluster_flag_args(o->cluster);
     const bool demo = o->model.empty();
     fs::path model = demo ? demo_model(o->cache_dir) : fs::path(o->model);
     const bool random_preset = o->model.rfind("random:", 0) == 0;  // random weights made by each worker
@@ -273,6 +285,7 @@ Runner add_serve_command(CLI::App& app) {
       std::snprintf(seconds, sizeof(seconds), "%g", o->request_timeout_s);
       frontend.argv.insert(frontend.argv.end(), {"--request-timeout-s", seconds});
     }
+    frontend.argv.insert(frontend.argv.end(), cluster_args.begin(), cluster_args.end());
     for (const auto& a : o->frontend_args) frontend.argv.push_back(a);
     // The keys reach the frontend as TANDEM_API_KEY, so that they show in no process list; checked
     // here first, so that a bad one is reported before anything starts.
@@ -339,6 +352,7 @@ Runner add_serve_command(CLI::App& app) {
         c.argv.insert(c.argv.end(), o->served_model_name.begin(), o->served_model_name.end());
       }
       if (o->kv_cache_dtype != "auto") c.argv.insert(c.argv.end(), {"--kv-cache-dtype", o->kv_cache_dtype});
+      c.argv.insert(c.argv.end(), cluster_args.begin(), cluster_args.end());
       for (const auto& a : o->worker_args) c.argv.push_back(a);
       layout_text += (layout_text.empty() ? "" : ", ") + c.name + "@" + w.device;
       children.push_back(std::move(c));

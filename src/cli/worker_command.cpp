@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
 #include "cli/model_files.h"
@@ -54,6 +55,7 @@ struct WorkerCommandOptions {
   std::string ready_file;
   uint64_t seed = 0;
   std::string tokenizer;
+  ClusterFlags cluster;
 };
 
 std::string default_model_name(const std::string& model) {
@@ -77,7 +79,7 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--namespace", o->cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
   cmd->add_option("--lease-ttl", o->lease_ttl_s, "etcd lease TTL in seconds: a killed worker is dropped this long after")
       ->capture_default_str()->check(CLI::Range(1, 3600));
-  cmd->add_option("--prefill-queue", o->prefill_queue, "nats://host:port: remote prefills through the NATS JetStream queue");
+  cmd->add_option("--prefill-queue", o->prefill_queue, "nats://host:port: remote prefills through the NATS JetStream queue (tls://[TOKEN@|USER:PASS@]host:port[?ca=F&cert=F&key=F&creds=F] over TLS; docs/security.md)");
   cmd->add_option("--prefill-queue-ack-wait-ms", o->prefill_queue_ack_wait_ms,
                   "A pulled prefill not acknowledged this long goes to another prefill worker")->capture_default_str();
   cmd->add_option("--max-pulled-prefills", o->max_pulled_prefills, "Prefill worker: pull from the queue only while holding fewer")
@@ -102,6 +104,7 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--ready-file", o->ready_file, "Write {\"kv_blocks\": N, ...} here once the engine is loaded (for supervisors)");
   cmd->add_option("--seed", o->seed, "Seed of random:<preset> weights")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer directory for text output and stop strings (default: the model directory)");
+  add_cluster_flags(cmd, &o->cluster);
   return [o]() {
     // Before any thread starts (engine, OpenMP, listeners), so that every thread blocks the signals.
     auto target = std::make_shared<std::atomic<worker::Worker*>>(nullptr);
@@ -113,6 +116,8 @@ Runner add_worker_command(CLI::App& app) {
         early_stop->store(true);
       }
     });
+    // The request-plane and KV transfer ports both listen on --host.
+    apply_cluster_flags(o->cluster, {{"--host", o->host}});
     worker::WorkerOptions options;
     options.role = worker::parse_role(o->role);
     if (o->frontend.empty() == o->registry.empty()) {

@@ -4,6 +4,8 @@
 #include <nats/nats.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace tandem::cluster {
 namespace {
 
@@ -18,9 +20,63 @@ Status nats_error(const std::string& what, natsStatus s, jsErrCode jerr = static
   return Status::Unavailable(text);
 }
 
+// The URL with each server's credentials (user:password@ or token@) and the query left out, for logs
+// and errors: the URL itself may carry a password.
+std::string redacted(const std::string& url) {
+  std::string out = url.substr(0, url.find('?'));
+  for (size_t at = out.find("://"); at != std::string::npos; at = out.find("://", at + 3)) {
+    const size_t host = at + 3;
+    const size_t end = std::min(out.find(',', host), out.size());
+    const size_t user = out.find('@', host);
+    if (user != std::string::npos && user < end) out.replace(host, user + 1 - host, "***@");
+  }
+  return out;
+}
+
+// The security settings of the URL's query (see prefill_queue.h), applied to the NATS options.
+Status apply_security(natsOptions* opts, const std::string& url) {
+  const bool tls_scheme = url.rfind("tls://", 0) == 0;
+  const size_t query_at = url.find('?');
+  std::string ca, cert, key, creds;
+  if (query_at != std::string::npos) {
+    std::string query = url.substr(query_at + 1);
+    for (size_t start = 0; start <= query.size();) {
+      size_t end = std::min(query.find('&', start), query.size());
+      const std::string pair = query.substr(start, end - start);
+      const size_t eq = pair.find('=');
+      const std::string name = pair.substr(0, eq);
+      const std::string value = eq == std::string::npos ? std::string() : pair.substr(eq + 1);
+      std::string* slot = name == "ca" ? &ca : name == "cert" ? &cert : name == "key" ? &key : name == "creds" ? &creds : nullptr;
+      if (slot == nullptr || value.empty()) {
+        return Status::InvalidArgument("--prefill-queue: unknown or empty setting '" + pair +
+                                       "' (the query takes ca=FILE, cert=FILE, key=FILE, creds=FILE)");
+      }
+      *slot = value;
+      start = end + 1;
+    }
+  }
+  if (cert.empty() != key.empty()) return Status::InvalidArgument("--prefill-queue: cert= and key= go together");
+  auto check = [](const char* what, const std::string& file, natsStatus s) {
+    return s == NATS_OK ? Status::Ok()
+                        : Status::InvalidArgument(std::string("--prefill-queue: ") + what + "=" + file + ": " +
+                                                  natsStatus_GetText(s) + " (" + nats_GetLastError(nullptr) + ")");
+  };
+  if (tls_scheme || !ca.empty() || !cert.empty()) {
+    TANDEM_RETURN_IF_ERROR(check("tls", url.substr(0, 6), natsOptions_SetSecure(opts, true)));
+  }
+  if (!ca.empty()) TANDEM_RETURN_IF_ERROR(check("ca", ca, natsOptions_LoadCATrustedCertificates(opts, ca.c_str())));
+  if (!cert.empty()) {
+    TANDEM_RETURN_IF_ERROR(check("cert", cert, natsOptions_LoadCertificatesChain(opts, cert.c_str(), key.c_str())));
+  }
+  if (!creds.empty()) {
+    TANDEM_RETURN_IF_ERROR(check("creds", creds, natsOptions_SetUserCredentialsFromFiles(opts, creds.c_str(), nullptr)));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
-bool is_nats_url(const std::string& url) { return url.rfind("nats://", 0) == 0; }
+bool is_nats_url(const std::string& url) { return url.rfind("nats://", 0) == 0 || url.rfind("tls://", 0) == 0; }
 
 PrefillQueue::Message::~Message() {
   if (msg_) natsMsg_Destroy(static_cast<natsMsg*>(msg_));
@@ -42,17 +98,22 @@ Status PrefillQueue::Message::in_progress() {
 }
 
 StatusOr<std::unique_ptr<PrefillQueue>> PrefillQueue::connect(const PrefillQueueOptions& options) {
-  if (!is_nats_url(options.url)) return Status::InvalidArgument("'" + options.url + "' is not a nats:// URL");
+  if (!is_nats_url(options.url)) {
+    return Status::InvalidArgument("'" + redacted(options.url) + "' is not a nats:// or tls:// URL");
+  }
   std::unique_ptr<PrefillQueue> q(new PrefillQueue());
   q->options_ = options;
+  q->options_.url = redacted(options.url);  // what logs and errors show
   q->stream_ = "tandem_" + options.cluster_namespace + "_prefill";
   q->subject_ = "tandem." + options.cluster_namespace + ".prefill";
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
   if (s != NATS_OK) return nats_error("nats options", s);
   q->opts_ = opts;
-  s = natsOptions_SetURL(opts, options.url.c_str());
-  if (s != NATS_OK) return Status::InvalidArgument("--prefill-queue '" + options.url + "': " + natsStatus_GetText(s));
+  const std::string servers = options.url.substr(0, options.url.find('?'));
+  s = natsOptions_SetURL(opts, servers.c_str());
+  if (s != NATS_OK) return Status::InvalidArgument("--prefill-queue '" + q->options_.url + "': " + natsStatus_GetText(s));
+  TANDEM_RETURN_IF_ERROR(apply_security(opts, options.url));
   // Reconnect forever, every 250 ms, buffering nothing: a call made while down fails at once and the
   // caller falls back (a decode worker prefills locally).
   natsOptions_SetMaxReconnect(opts, -1);
@@ -63,7 +124,7 @@ StatusOr<std::unique_ptr<PrefillQueue>> PrefillQueue::connect(const PrefillQueue
   natsOptions_SetName(opts, "tandem");
   natsConnection* nc = nullptr;
   s = natsConnection_Connect(&nc, opts);
-  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) return nats_error("connect to " + options.url, s);
+  if (s != NATS_OK && s != NATS_NOT_YET_CONNECTED) return nats_error("connect to " + q->options_.url, s);
   q->nc_ = nc;
   jsOptions jo;
   jsOptions_Init(&jo);
@@ -75,7 +136,7 @@ StatusOr<std::unique_ptr<PrefillQueue>> PrefillQueue::connect(const PrefillQueue
   {
     std::lock_guard<std::mutex> lock(q->mu_);
     Status st = q->ensure_stream();
-    if (!st.ok()) spdlog::warn("event=prefill_queue_unavailable url={} reason=\"{}\"; retrying", options.url, st.message());
+    if (!st.ok()) spdlog::warn("event=prefill_queue_unavailable url={} reason=\"{}\"; retrying", q->options_.url, st.message());
   }
   return q;
 }

@@ -22,7 +22,11 @@
 namespace tandem::cluster {
 
 struct PrefillQueueOptions {
-  std::string url;                // "nats://host:port[,nats://host:port...]"
+  // "nats://host:port[,nats://host:port...]". Over TLS: "tls://" (or any ca=/cert=). Credentials: a
+  // token or user:password before the host ("tls://TOKEN@host:4222", "nats://user:pw@host:4222"), or
+  // a creds file (JWT + NKey seed). Files in the query: "?ca=CA.pem&cert=C.pem&key=K.pem&creds=U.creds".
+  // Logs and errors show it with credentials and query left out.
+  std::string url;
   std::string cluster_namespace = "default";
   int ack_wait_ms = 10000;        // redelivery after this long without an ack
   int max_deliver = 3;            // deliveries of one message at most

@@ -18,7 +18,7 @@ EmbeddedDirectory::~EmbeddedDirectory() = default;
 void EmbeddedDirectory::start() {
   registry_->start([this](int fd, std::string peer) {
     const WorkerKey key = next_key_.fetch_add(1);
-    auto conn = rpc::Connection::adopt(fd, peer);
+    auto conn = rpc::Connection::adopt(fd, peer, "registry");
     gate_->post([this, key, conn] { add_record(key, conn); });
     start_reading(key, conn);
   });

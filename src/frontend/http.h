@@ -72,6 +72,11 @@ struct HttpServerOptions {
   int idle_timeout_ms = 60000;
   // Connections beyond this many open ones are answered 503 and closed at once; 0 = no limit.
   int max_connections = 8192;
+  // HTTPS (--tls-cert, --tls-key: PEM files): every connection is TLS 1.2+. With tls_ca (--tls-ca)
+  // every client must present a certificate that CA signed. All empty: plain HTTP.
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
 };
 
 // What the server answers or closes by itself, before any handler sees a request.

@@ -3,6 +3,8 @@
 // exchange (a whole response, or SSE chunks) to the socket, while a pending one-byte read notices a
 // client that goes away mid-response. The limits of HttpServerOptions are enforced here: header and
 // body sizes (431, 413), the header and idle timeouts, and the number of open connections (503).
+// With a certificate (HttpServerOptions::tls) every connection is HTTPS: the same session over a
+// Beast TLS stream, after a handshake bounded by the header timeout.
 #include <utility>  // before Asio's awaitable headers (Boost 1.74 with g++ 12)
 
 #include <boost/asio/co_spawn.hpp>
@@ -13,9 +15,11 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -23,6 +27,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <optional>
+#include <type_traits>
 
 #include "common/error.h"
 #include "frontend/http.h"
@@ -38,6 +44,14 @@ using tcp = asio::ip::tcp;
 using asio::awaitable;
 using asio::redirect_error;
 using asio::use_awaitable;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+
+template <class Stream>
+constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
+
+// The TCP stream under a plain or TLS stream: timeouts, the peer's address, cancel and close.
+beast::tcp_stream& tcp_layer(beast::tcp_stream& stream) { return stream; }
+beast::tcp_stream& tcp_layer(TlsStream& stream) { return stream.next_layer(); }
 
 struct Item {
   enum Kind { kWhole, kHead, kData, kEnd } kind;
@@ -129,6 +143,7 @@ struct HttpServer::Impl {
   // Before `io`: the sessions' frames, destroyed with it, decrement these.
   int connections = 0;  // sessions open
   int refusing = 0;     // connections being answered 503 over max_connections
+  std::optional<asio::ssl::context> tls;  // set: every connection is HTTPS
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
   IoExecutor executor{io};
@@ -141,7 +156,8 @@ struct HttpServer::Impl {
     if (hooks.on_limit) hooks.on_limit(reason);
   }
 
-  awaitable<void> write_whole(beast::tcp_stream& stream, const Item& item, bool keep_alive,
+  template <class Stream>
+  awaitable<void> write_whole(Stream& stream, const Item& item, bool keep_alive,
                               boost::system::error_code& ec) {
     http::response<http::string_body> res{static_cast<http::status>(item.status), 11};
     res.set(http::field::server, "tandem");
@@ -156,18 +172,20 @@ struct HttpServer::Impl {
   // Answers an error the server decides by itself (hooks.refusal) without reading the request on,
   // then drains what the client still sends for a moment, so that it sees the answer rather than a
   // reset. The write is bounded too: a client that reads nothing cannot hold the connection.
-  awaitable<void> refuse(beast::tcp_stream& stream, int status, std::chrono::milliseconds drain) {
+  template <class Stream>
+  awaitable<void> refuse(Stream& stream, int status, std::chrono::milliseconds drain) {
     auto [body, content_type] = hooks.refusal(status);
     HttpHeaders headers;
     if (status == 503) headers.emplace_back("Retry-After", "1");
     Item item{Item::kWhole, status, content_type, body, headers};
     boost::system::error_code ec;
-    stream.expires_after(drain);
+    tcp_layer(stream).expires_after(drain);
     co_await write_whole(stream, item, false, ec);
-    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    // Over TLS the drain reads through the TLS layer, and the session's end sends the close_notify.
+    if constexpr (!kIsTls<Stream>) tcp_layer(stream).socket().shutdown(tcp::socket::shutdown_send, ec);
     char scratch[65536];
     size_t drained = 0;
-    stream.expires_after(drain);
+    tcp_layer(stream).expires_after(drain);
     while (!ec && drained < (256u << 20)) {
       drained += co_await stream.async_read_some(asio::buffer(scratch), redirect_error(use_awaitable, ec));
     }
@@ -180,10 +198,30 @@ struct HttpServer::Impl {
       int& n;
       ~Release() { --n; }
     } release{refusing};
-    beast::tcp_stream stream(std::move(socket));
-    co_await refuse(stream, 503, std::chrono::seconds(1));
     boost::system::error_code ec;
-    stream.socket().close(ec);
+    if (tls) {
+      TlsStream stream(std::move(socket), *tls);
+      if (co_await tls_handshake(stream, std::chrono::seconds(1))) co_await refuse(stream, 503, std::chrono::seconds(1));
+      tcp_layer(stream).socket().close(ec);
+    } else {
+      beast::tcp_stream stream(std::move(socket));
+      co_await refuse(stream, 503, std::chrono::seconds(1));
+      stream.socket().close(ec);
+    }
+  }
+
+  // True once the client's TLS handshake is done within `limit` (a client that connects and sends
+  // nothing is closed, as on a plain connection, by the header timeout).
+  awaitable<bool> tls_handshake(TlsStream& stream, std::chrono::milliseconds limit) {
+    boost::system::error_code ec;
+    tcp_layer(stream).expires_after(limit);
+    co_await stream.async_handshake(asio::ssl::stream_base::server, redirect_error(use_awaitable, ec));
+    if (ec) {
+      spdlog::debug("event=tls_handshake_failed error=\"{}\"", ec.message());
+      if (ec == beast::error::timeout) limit_hit("header_timeout");
+      co_return false;
+    }
+    co_return true;
   }
 
   awaitable<void> session(tcp::socket socket) {
@@ -192,14 +230,32 @@ struct HttpServer::Impl {
       int& n;
       ~Release() { --n; }
     } release{connections};
-    beast::tcp_stream stream(std::move(socket));
+    if (!tls) {
+      beast::tcp_stream stream(std::move(socket));
+      co_await serve(stream);
+      co_return;
+    }
+    TlsStream stream(std::move(socket), *tls);
+    const auto accepted = std::chrono::steady_clock::now();
+    if (!co_await tls_handshake(stream, std::chrono::milliseconds(options.header_timeout_ms))) {
+      boost::system::error_code ec;
+      tcp_layer(stream).socket().close(ec);
+      co_return;
+    }
+    co_await serve(stream, accepted);
+  }
+
+  // One connection's requests, in turn. `accepted`: when the connection was accepted (the first
+  // request's header is due header_timeout_ms after it, TLS handshake included).
+  template <class Stream>
+  awaitable<void> serve(Stream& stream, std::chrono::steady_clock::time_point accepted = std::chrono::steady_clock::now()) {
     beast::flat_buffer buffer;
     asio::steady_timer wake(io);
     boost::system::error_code ec;
     // Fixed for the connection: the admin routes trust loopback peers without a token.
     bool peer_loopback = false;
     {
-      auto remote = stream.socket().remote_endpoint(ec);
+      auto remote = tcp_layer(stream).socket().remote_endpoint(ec);
       if (!ec) peer_loopback = remote.address().is_loopback() ||
                                (remote.address().is_v6() && remote.address().to_v6().is_v4_mapped() &&
                                 asio::ip::make_address_v4(asio::ip::v4_mapped, remote.address().to_v6()).is_loopback());
@@ -207,7 +263,7 @@ struct HttpServer::Impl {
     }
     // The first request's header is due header_timeout_ms after the accept: a client that connects
     // and sends nothing, or a byte at a time, is closed then.
-    stream.expires_after(std::chrono::milliseconds(options.header_timeout_ms));
+    tcp_layer(stream).expires_at(accepted + std::chrono::milliseconds(options.header_timeout_ms));
     for (bool first = true;; first = false) {
       http::request_parser<http::string_body> parser;
       parser.body_limit(options.max_body_bytes);
@@ -216,12 +272,12 @@ struct HttpServer::Impl {
         if (buffer.size() == 0) {
           // Between requests: idle until the next one's first byte (a timeout or a close here is the
           // ordinary end of a keep-alive connection).
-          stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+          tcp_layer(stream).expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
           const size_t n = co_await stream.async_read_some(buffer.prepare(4096), redirect_error(use_awaitable, ec));
           if (ec) break;
           buffer.commit(n);
         }
-        stream.expires_after(std::chrono::milliseconds(options.header_timeout_ms));
+        tcp_layer(stream).expires_after(std::chrono::milliseconds(options.header_timeout_ms));
       }
       co_await http::async_read_header(stream, buffer, parser, redirect_error(use_awaitable, ec));
       if (ec == beast::error::timeout) {
@@ -241,9 +297,9 @@ struct HttpServer::Impl {
         break;
       }
       if (ec) break;
-      stream.expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
+      tcp_layer(stream).expires_after(std::chrono::milliseconds(options.idle_timeout_ms));
       co_await http::async_read(stream, buffer, parser, redirect_error(use_awaitable, ec));
-      stream.expires_never();
+      tcp_layer(stream).expires_never();
       if (ec == http::error::body_limit) {
         limit_hit("body_too_large");
         co_await refuse(stream, 413, std::chrono::seconds(2));
@@ -267,13 +323,19 @@ struct HttpServer::Impl {
         char byte = 0;
       };
       auto watch = std::make_shared<Watch>();
-      stream.socket().async_read_some(asio::buffer(&watch->byte, 1),
-                                      [exchange, watch, &wake](const boost::system::error_code& e, size_t n) {
-                                        watch->done = true;
-                                        watch->n = n;
-                                        if (e && e != asio::error::operation_aborted) exchange->mark_gone();
-                                        wake.cancel();
-                                      });
+      auto on_watch = [exchange, watch, &wake](const boost::system::error_code& e, size_t n) {
+        watch->done = true;
+        watch->n = n;
+        if (e && e != asio::error::operation_aborted) exchange->mark_gone();
+        wake.cancel();
+      };
+      // Over TLS the byte is read through the TLS layer (one read and one write may be in flight on a
+      // TLS stream at once); a plain connection reads the socket itself, as before.
+      if constexpr (kIsTls<Stream>) {
+        stream.async_read_some(asio::buffer(&watch->byte, 1), on_watch);
+      } else {
+        stream.socket().async_read_some(asio::buffer(&watch->byte, 1), on_watch);
+      }
       try {
         handler(exchange);
       } catch (const std::exception& e) {
@@ -327,7 +389,7 @@ struct HttpServer::Impl {
       }
       exchange->wake = nullptr;
       if (!watch->done) {
-        stream.socket().cancel(ec);
+        tcp_layer(stream).socket().cancel(ec);
         while (!watch->done) {
           wake.expires_at(asio::steady_timer::time_point::max());
           co_await wake.async_wait(redirect_error(use_awaitable, ec));
@@ -339,8 +401,14 @@ struct HttpServer::Impl {
       }
       if (write_failed || exchange->client_gone() || !keep_alive) break;
     }
-    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream.socket().close(ec);
+    if constexpr (kIsTls<Stream>) {
+      // close_notify: a stream is delimited by the connection's end, and OpenSSL 3 clients report a
+      // TLS connection that ends without one as truncated.
+      tcp_layer(stream).expires_after(std::chrono::seconds(1));
+      co_await stream.async_shutdown(redirect_error(use_awaitable, ec));
+    }
+    tcp_layer(stream).socket().shutdown(tcp::socket::shutdown_send, ec);
+    tcp_layer(stream).socket().close(ec);
   }
 
   awaitable<void> accept_loop() {
@@ -397,6 +465,34 @@ int fit_connections_to_descriptors(int max_connections) {
   return max_connections;
 }
 
+// The server's TLS context: TLS 1.2 or later, the certificate chain and key of --tls-cert/--tls-key,
+// and with --tls-ca a client certificate signed by that CA required of every client.
+asio::ssl::context make_tls_context(const HttpServerOptions& options) {
+  if (options.tls_cert.empty() || options.tls_key.empty()) {
+    throw Error("--tls-cert and --tls-key: HTTPS needs both (a PEM certificate chain and its PEM private key)");
+  }
+  asio::ssl::context context(asio::ssl::context::tls_server);
+  context.set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                      asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 | asio::ssl::context::no_tlsv1_1);
+  // OpenSSL's reason, e.g. "no such file" or "key values mismatch".
+  auto load = [](const char* flag, const std::string& file, auto&& call) {
+    boost::system::error_code ec;
+    call(ec);
+    if (ec) throw Error(std::string(flag) + " " + file + ": " + ec.message());
+  };
+  load("--tls-cert", options.tls_cert, [&](auto& ec) { context.use_certificate_chain_file(options.tls_cert, ec); });
+  load("--tls-key", options.tls_key,
+       [&](auto& ec) { context.use_private_key_file(options.tls_key, asio::ssl::context::pem, ec); });
+  if (SSL_CTX_check_private_key(context.native_handle()) != 1) {
+    throw Error("--tls-key " + options.tls_key + ": does not match the certificate of --tls-cert " + options.tls_cert);
+  }
+  if (!options.tls_ca.empty()) {
+    load("--tls-ca", options.tls_ca, [&](auto& ec) { context.load_verify_file(options.tls_ca, ec); });
+    context.set_verify_mode(asio::ssl::verify_peer | asio::ssl::verify_fail_if_no_peer_cert);
+  }
+  return context;
+}
+
 }  // namespace
 
 HttpServer::HttpServer(const HttpServerOptions& options, HttpHandler handler, HttpServerHooks hooks)
@@ -405,6 +501,7 @@ HttpServer::HttpServer(const HttpServerOptions& options, HttpHandler handler, Ht
   impl_->options.max_connections = fit_connections_to_descriptors(options.max_connections);
   impl_->handler = std::move(handler);
   impl_->hooks = std::move(hooks);
+  if (!options.tls_cert.empty() || !options.tls_key.empty() || !options.tls_ca.empty()) impl_->tls = make_tls_context(options);
   boost::system::error_code ec;
   auto address = asio::ip::make_address(options.host, ec);
   if (ec) throw Error("--host: '" + options.host + "' is not an IP address");

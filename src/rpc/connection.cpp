@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "common/socket.h"
+#include "security/cluster_auth.h"
 
 namespace tandem::rpc {
 
@@ -23,24 +24,32 @@ struct Connection::State {
   std::deque<std::string> queue;  // GUARDED_BY(mu): frames ready to write (length prefix included)
   bool closed = false;            // GUARDED_BY(mu)
   bool started = false;
+  bool authenticated = false;     // GUARDED_BY(mu): the handshake passed (or none is needed); the writer waits for it
   bool reader_done = false;       // GUARDED_BY(mu): the close handler has run and both handlers are dropped
   Status close_reason;            // GUARDED_BY(mu): the first reason the connection ended
   MessageHandler on_message;
   CloseHandler on_close;
 };
 
-Connection::Connection(int fd, std::string peer) : fd_(fd), peer_(std::move(peer)), state_(std::make_unique<State>()) {}
+Connection::Connection(int fd, std::string peer, const char* plane)
+    : fd_(fd), peer_(std::move(peer)), plane_(plane), state_(std::make_unique<State>()) {
+  state_->authenticated = plane_ == nullptr;
+}
 
 Connection::~Connection() { ::close(fd_); }
 
-StatusOr<std::shared_ptr<Connection>> Connection::dial(const std::string& address, int timeout_ms) {
+StatusOr<std::shared_ptr<Connection>> Connection::dial(const std::string& address, int timeout_ms, const char* plane) {
   auto fd = net::dial(address, timeout_ms);
   if (!fd.ok()) return fd.status();
-  return adopt(*fd, address);
+  if (Status auth = security::on_dialed(*fd, plane, address); !auth.ok()) {
+    ::close(*fd);
+    return auth;
+  }
+  return std::shared_ptr<Connection>(new Connection(*fd, address, nullptr));
 }
 
-std::shared_ptr<Connection> Connection::adopt(int fd, std::string peer) {
-  return std::shared_ptr<Connection>(new Connection(fd, std::move(peer)));
+std::shared_ptr<Connection> Connection::adopt(int fd, std::string peer, const char* plane) {
+  return std::shared_ptr<Connection>(new Connection(fd, std::move(peer), plane));
 }
 
 void Connection::start(MessageHandler on_message, CloseHandler on_close) {
@@ -85,9 +94,17 @@ bool Connection::is_open() const {
 
 void Connection::reader_loop() {
   Status status;
+  if (plane_ != nullptr) {
+    status = security::on_accepted(fd_, plane_, peer_);
+    if (status.ok()) {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->authenticated = true;
+    }
+    state_->cv.notify_all();
+  }
   std::string buffer;
   pb::Envelope message;
-  while (true) {
+  while (status.ok()) {
     uint32_t length = 0;
     status = net::read_full(fd_, &length, 4, peer_);
     if (!status.ok()) break;
@@ -147,7 +164,7 @@ void Connection::writer_loop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(state_->mu);
-      state_->cv.wait(lock, [&] { return state_->closed || !state_->queue.empty(); });
+      state_->cv.wait(lock, [&] { return state_->closed || (state_->authenticated && !state_->queue.empty()); });
       if (state_->closed) return;
       batch.swap(state_->queue);
     }

@@ -30,10 +30,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Runs once, on the reader thread, when the connection ends for any reason.
   using CloseHandler = std::function<void(const Status& reason)>;
 
-  // Connects to "host:port" within timeout_ms. Unavailable with the address and errno text on failure.
-  static StatusOr<std::shared_ptr<Connection>> dial(const std::string& address, int timeout_ms);
-  // Takes ownership of a connected socket.
-  static std::shared_ptr<Connection> adopt(int fd, std::string peer);
+  // Connects to "host:port" within timeout_ms, then, when the process has a cluster key, proves it and
+  // checks the peer's (security/cluster_auth.h; `plane` names the port in its log line). Unavailable
+  // with the address and the reason on failure.
+  static StatusOr<std::shared_ptr<Connection>> dial(const std::string& address, int timeout_ms,
+                                                    const char* plane = "request");
+  // Takes ownership of an accepted socket. With a cluster key, the reader runs the acceptor's side of
+  // the handshake before it reads any message, and the writer sends nothing until it has passed; a
+  // peer that fails it is closed (the close handler runs) without a message handled or sent.
+  static std::shared_ptr<Connection> adopt(int fd, std::string peer, const char* plane = "request");
 
   ~Connection();
   Connection(const Connection&) = delete;
@@ -59,12 +64,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   struct State;
-  Connection(int fd, std::string peer);
+  Connection(int fd, std::string peer, const char* plane);
   void reader_loop();
   void writer_loop();
 
   const int fd_;
   const std::string peer_;
+  const char* const plane_;  // nullptr: dialed (authenticated already, or no key); else the acceptor's plane
   std::unique_ptr<State> state_;
 };
 

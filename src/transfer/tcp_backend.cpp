@@ -15,6 +15,7 @@
 //   nccl:    "TKN1" u32 | id_len u32 | num_blocks u32 | link_len u32 | timeout_ms u32 | id bytes | link id bytes |
 //            num_blocks x (layer i32 | block i32)          (two acks: claimed, then received)
 //   ack:     "TKA1" u32 | status_code u32 | msg_len u32 | msg bytes      (after each of the above)
+// With a cluster key, every connection starts with its handshake (security/cluster_auth.h).
 #include <arpa/inet.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -32,6 +33,7 @@
 
 #include "common/error.h"
 #include "common/socket.h"
+#include "security/cluster_auth.h"
 #include "transfer/expectations.h"
 #include "transfer/transfer.h"
 #include "transfer/transport_choice.h"
@@ -144,7 +146,9 @@ struct Receiver {
   void serve(int fd, const std::string& peer) {
     std::vector<std::byte> buffer(memory->block_bytes());
     std::vector<std::string> claimed;  // device-path claims of this connection, released if it drops
-    while (true) {
+    // With a cluster key, nothing is read from a peer (no frame, no block) before it has proven it.
+    const bool admitted = security::on_accepted(fd, "kv_transfer", peer).ok();
+    while (admitted) {
       uint32_t magic;
       if (!net::read_full(fd, &magic, sizeof(magic), peer).ok()) break;
       magic = ntohl(magic);
@@ -611,7 +615,13 @@ class TcpBackend : public TransferBackend {
       return idle.fd;
     }
     *pooled = false;
-    return net::dial(peer, timeout_ms);
+    auto fd = net::dial(peer, timeout_ms);
+    if (!fd.ok()) return fd;
+    if (Status auth = security::on_dialed(*fd, "kv_transfer", peer); !auth.ok()) {
+      ::close(*fd);
+      return auth;
+    }
+    return fd;
   }
 
   // ack_pending: a release was sent on fd and its ack not yet read.

@@ -14,7 +14,7 @@ class EmbeddedRegistration : public Registration {
 
   bool connect() override {
     const WorkerOptions& options = core_->options;
-    auto dialed = rpc::Connection::dial(options.frontend, options.dial_timeout_ms);
+    auto dialed = rpc::Connection::dial(options.frontend, options.dial_timeout_ms, "registry");
     if (!dialed.ok()) {
       spdlog::debug("event=frontend_unreachable frontend={} reason=\"{}\"", options.frontend, dialed.status().message());
       return false;

@@ -177,6 +177,17 @@ put("kv_transfer_fuzz", "claim_release",
     + struct.pack(">II", 0x544B5231, 4) + b"fuzz")
 put("kv_transfer_fuzz", "bad_magic", b"XXXX" + bytes(12))
 
+# Cluster handshake frames: "TCA1" | type | body. First byte even: the dialer's bytes to the acceptor
+# (hello, then response); odd: the acceptor's challenge to the dialer.
+def handshake(kind, body):
+    return struct.pack(">IB", 0x54434131, kind) + body
+
+
+put("cluster_handshake_fuzz", "hello_response", b"\0" + handshake(1, bytes(32)) + handshake(3, bytes(range(32))))
+put("cluster_handshake_fuzz", "challenge", b"\1" + handshake(2, bytes(range(64))))
+put("cluster_handshake_fuzz", "wrong_type", b"\0" + handshake(2, bytes(64)))
+put("cluster_handshake_fuzz", "rpc_frame", b"\0" + struct.pack(">I", 2) + b"\x0a\x00")
+
 # etcd gateway answers: the first byte picks the call (0 range, 1 grant, 2 keepalive, 3 put, 4 watch).
 def http_answer(body, status="200 OK", chunked=False):
     if chunked:

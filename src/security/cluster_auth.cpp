@@ -1,0 +1,290 @@
+// The cluster key's challenge-response (see cluster_auth.h).
+#include "security/cluster_auth.h"
+
+#include <arpa/inet.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+#include "common/socket.h"
+
+namespace tandem::security {
+namespace {
+
+std::mutex key_mu;
+std::shared_ptr<const std::string> process_key;  // GUARDED_BY(key_mu)
+
+constexpr char kServerLabel[] = "tandem-cluster-v1 server";
+constexpr char kClientLabel[] = "tandem-cluster-v1 client";
+
+size_t body_bytes(FrameType type) {
+  switch (type) {
+    case FrameType::kHello:
+      return kNonceBytes;
+    case FrameType::kChallenge:
+      return kNonceBytes + kMacBytes;
+    case FrameType::kResponse:
+      return kMacBytes;
+  }
+  return 0;
+}
+
+const char* type_name(FrameType type) {
+  switch (type) {
+    case FrameType::kHello:
+      return "hello";
+    case FrameType::kChallenge:
+      return "challenge";
+    case FrameType::kResponse:
+      return "response";
+  }
+  return "?";
+}
+
+using Clock = std::chrono::steady_clock;
+
+// Reads exactly `size` bytes before `deadline`: a peer that connects and sends nothing (or a byte at a
+// time) holds the handshake no longer than its timeout.
+Status read_before(int fd, uint8_t* data, size_t size, Clock::time_point deadline) {
+  const size_t wanted = size;
+  while (size > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return Status::DeadlineExceeded("timed out");
+    pollfd p{fd, POLLIN, 0};
+    int rc = ::poll(&p, 1, static_cast<int>(left));
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) return Status::Unavailable(std::string("poll: ") + std::strerror(errno));
+    if (rc == 0) return Status::DeadlineExceeded("timed out");
+    ssize_t n = ::recv(fd, data, size, 0);
+    // Aborted: the peer left without a byte, as a TCP health check (a kubelet's tcpSocket probe) does.
+    if (n == 0) return size == wanted ? Status::Aborted("closed by the peer before sending anything")
+                                      : Status::Unavailable("closed by the peer");
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return Status::Unavailable(std::string("lost: ") + std::strerror(errno));
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return Status::Ok();
+}
+
+StatusOr<HandshakeFrame> read_frame(int fd, FrameType expected, Clock::time_point deadline) {
+  uint8_t bytes[kFrameHeaderBytes + kNonceBytes + kMacBytes];
+  TANDEM_RETURN_IF_ERROR(read_before(fd, bytes, kFrameHeaderBytes, deadline));
+  std::string error;
+  auto body = parse_frame_header(std::span(bytes, kFrameHeaderBytes), expected, &error);
+  if (!body) return Status::InvalidArgument(error);
+  TANDEM_RETURN_IF_ERROR(read_before(fd, bytes + kFrameHeaderBytes, *body, deadline));
+  return parse_frame(std::span(bytes, kFrameHeaderBytes + *body), expected);
+}
+
+Status write_frame(int fd, const HandshakeFrame& frame, const std::string& peer) {
+  const std::string bytes = serialize_frame(frame);
+  return net::write_full(fd, bytes.data(), bytes.size(), peer);
+}
+
+std::array<uint8_t, kNonceBytes> fresh_nonce() {
+  std::array<uint8_t, kNonceBytes> nonce{};
+  if (RAND_bytes(nonce.data(), static_cast<int>(nonce.size())) != 1) {
+    // A predictable nonce would make the exchange replayable: better no connection than that.
+    throw std::runtime_error("cluster key: OpenSSL's RAND_bytes failed");
+  }
+  return nonce;
+}
+
+bool same_mac(const std::array<uint8_t, kMacBytes>& a, const std::array<uint8_t, kMacBytes>& b) {
+  return CRYPTO_memcmp(a.data(), b.data(), kMacBytes) == 0;
+}
+
+// Failures are logged at most once a second per plane and side, with the count of those left out: a
+// misconfigured worker redials its frontend at once after each refusal, and one such process must not
+// flood the log (nor hide a second peer's failures, whose count still shows).
+struct LogWindow {
+  Clock::time_point last{};
+  int suppressed = 0;
+};
+std::mutex log_mu;
+std::map<std::string, LogWindow> log_windows;  // GUARDED_BY(log_mu), by plane and side
+
+Status failed(const std::string& plane, const std::string& peer, const char* side, const Status& why) {
+  if (why.code() == StatusCode::kAborted && std::strcmp(side, "acceptor") == 0) {
+    // Connected and left without a byte: nothing was attempted, so no warning (probes do this).
+    spdlog::debug("event=cluster_auth_empty_connection plane={} peer={}", plane, peer);
+    return Status::Unavailable("connection from " + peer + " (" + plane + ") closed before the handshake");
+  }
+  int suppressed = -1;
+  {
+    std::lock_guard<std::mutex> lock(log_mu);
+    LogWindow& w = log_windows[plane + "/" + side];
+    const auto now = Clock::now();
+    if (now - w.last >= std::chrono::seconds(1)) {
+      suppressed = w.suppressed;
+      w = LogWindow{now, 0};
+    } else {
+      ++w.suppressed;
+    }
+  }
+  if (suppressed >= 0) {
+    spdlog::warn("event=cluster_auth_failed plane={} peer={} side={} reason=\"{}\" suppressed={}", plane, peer, side,
+                 why.message(), suppressed);
+  }
+  return Status::Unavailable("cluster key handshake with " + peer + " (" + plane + ") failed: " + why.message());
+}
+
+}  // namespace
+
+std::shared_ptr<const std::string> cluster_key() {
+  std::lock_guard<std::mutex> lock(key_mu);
+  return process_key;
+}
+
+void set_cluster_key(std::string key) {
+  std::lock_guard<std::mutex> lock(key_mu);
+  process_key = key.empty() ? nullptr : std::make_shared<const std::string>(std::move(key));
+}
+
+StatusOr<std::string> load_cluster_key(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status::InvalidArgument("--cluster-key-file " + path + ": cannot read it: " + std::strerror(errno));
+  std::stringstream contents;
+  contents << in.rdbuf();
+  std::string key = contents.str();
+  // Editors and `echo` add a newline; a key written either way is the same key.
+  while (!key.empty() && (key.back() == '\n' || key.back() == '\r' || key.back() == ' ' || key.back() == '\t')) key.pop_back();
+  if (key.empty()) return Status::InvalidArgument("--cluster-key-file " + path + ": the file is empty");
+  if (key.size() < kMinKeyBytes) {
+    return Status::InvalidArgument("--cluster-key-file " + path + ": the key has " + std::to_string(key.size()) +
+                                   " bytes, fewer than " + std::to_string(kMinKeyBytes) +
+                                   " (make one with: openssl rand -hex 32 > " + path + ")");
+  }
+  return key;
+}
+
+std::optional<size_t> parse_frame_header(std::span<const uint8_t> header, FrameType expected, std::string* error) {
+  if (header.size() < kFrameHeaderBytes) {
+    *error = "short handshake frame";
+    return std::nullopt;
+  }
+  uint32_t magic;
+  std::memcpy(&magic, header.data(), 4);
+  if (ntohl(magic) != kHandshakeMagic) {
+    *error = "not a cluster handshake (no cluster key on the peer?)";
+    return std::nullopt;
+  }
+  if (header[4] != static_cast<uint8_t>(expected)) {
+    *error = "expected a " + std::string(type_name(expected)) + " frame, got type " + std::to_string(header[4]);
+    return std::nullopt;
+  }
+  return body_bytes(expected);
+}
+
+StatusOr<HandshakeFrame> parse_frame(std::span<const uint8_t> bytes, FrameType expected) {
+  std::string error;
+  auto body = parse_frame_header(bytes, expected, &error);
+  if (!body) return Status::InvalidArgument(error);
+  if (bytes.size() != kFrameHeaderBytes + *body) {
+    return Status::InvalidArgument(std::string(type_name(expected)) + " frame of " + std::to_string(bytes.size()) +
+                                   " bytes, expected " + std::to_string(kFrameHeaderBytes + *body));
+  }
+  HandshakeFrame frame;
+  frame.type = expected;
+  const uint8_t* at = bytes.data() + kFrameHeaderBytes;
+  if (expected != FrameType::kResponse) {
+    std::memcpy(frame.nonce.data(), at, kNonceBytes);
+    at += kNonceBytes;
+  }
+  if (expected != FrameType::kHello) std::memcpy(frame.mac.data(), at, kMacBytes);
+  return frame;
+}
+
+std::string serialize_frame(const HandshakeFrame& frame) {
+  std::string out(kFrameHeaderBytes, '\0');
+  const uint32_t magic = htonl(kHandshakeMagic);
+  std::memcpy(out.data(), &magic, 4);
+  out[4] = static_cast<char>(frame.type);
+  if (frame.type != FrameType::kResponse) out.append(reinterpret_cast<const char*>(frame.nonce.data()), kNonceBytes);
+  if (frame.type != FrameType::kHello) out.append(reinterpret_cast<const char*>(frame.mac.data()), kMacBytes);
+  return out;
+}
+
+std::array<uint8_t, kMacBytes> handshake_mac(const std::string& key, bool server, std::span<const uint8_t> client_nonce,
+                                             std::span<const uint8_t> server_nonce) {
+  std::string message = server ? kServerLabel : kClientLabel;
+  message.append(reinterpret_cast<const char*>(client_nonce.data()), client_nonce.size());
+  message.append(reinterpret_cast<const char*>(server_nonce.data()), server_nonce.size());
+  std::array<uint8_t, kMacBytes> mac{};
+  unsigned int length = 0;
+  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const uint8_t*>(message.data()),
+           message.size(), mac.data(), &length) == nullptr ||
+      length != kMacBytes) {
+    throw std::runtime_error("cluster key: OpenSSL's HMAC-SHA256 failed");
+  }
+  return mac;
+}
+
+Status authenticate_dialer(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+                           int timeout_ms) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  HandshakeFrame hello;
+  hello.type = FrameType::kHello;
+  hello.nonce = fresh_nonce();
+  if (Status sent = write_frame(fd, hello, peer); !sent.ok()) return failed(plane, peer, "dialer", sent);
+  auto challenge = read_frame(fd, FrameType::kChallenge, deadline);
+  if (!challenge.ok()) return failed(plane, peer, "dialer", challenge.status());
+  if (!same_mac(challenge->mac, handshake_mac(key, /*server=*/true, hello.nonce, challenge->nonce))) {
+    return failed(plane, peer, "dialer", Status::InvalidArgument("the peer does not hold this cluster key"));
+  }
+  HandshakeFrame response;
+  response.type = FrameType::kResponse;
+  response.mac = handshake_mac(key, /*server=*/false, hello.nonce, challenge->nonce);
+  if (Status sent = write_frame(fd, response, peer); !sent.ok()) return failed(plane, peer, "dialer", sent);
+  return Status::Ok();
+}
+
+Status authenticate_acceptor(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+                             int timeout_ms) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto hello = read_frame(fd, FrameType::kHello, deadline);
+  if (!hello.ok()) return failed(plane, peer, "acceptor", hello.status());
+  HandshakeFrame challenge;
+  challenge.type = FrameType::kChallenge;
+  challenge.nonce = fresh_nonce();
+  challenge.mac = handshake_mac(key, /*server=*/true, hello->nonce, challenge.nonce);
+  if (Status sent = write_frame(fd, challenge, peer); !sent.ok()) return failed(plane, peer, "acceptor", sent);
+  auto response = read_frame(fd, FrameType::kResponse, deadline);
+  if (!response.ok()) {
+    // Only a peer that left before its hello is a probe; one that leaves after the challenge failed.
+    const Status why = response.status().code() == StatusCode::kAborted ? Status::Unavailable("closed by the peer")
+                                                                         : response.status();
+    return failed(plane, peer, "acceptor", why);
+  }
+  if (!same_mac(response->mac, handshake_mac(key, /*server=*/false, hello->nonce, challenge.nonce))) {
+    return failed(plane, peer, "acceptor", Status::InvalidArgument("the peer does not hold this cluster key"));
+  }
+  return Status::Ok();
+}
+
+Status on_dialed(int fd, const std::string& plane, const std::string& peer) {
+  auto key = cluster_key();
+  return key ? authenticate_dialer(fd, *key, plane, peer) : Status::Ok();
+}
+
+Status on_accepted(int fd, const std::string& plane, const std::string& peer) {
+  auto key = cluster_key();
+  return key ? authenticate_acceptor(fd, *key, plane, peer) : Status::Ok();
+}
+
+}  // namespace tandem::security

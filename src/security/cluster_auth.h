@@ -1,0 +1,79 @@
+// The cluster key (--cluster-key-file): a mutual challenge-response that every connection on the
+// registry, request and KV transfer planes runs before any message is read, so that only processes
+// holding the key can register as workers, send requests to a worker or write into its KV blocks.
+//
+// The exchange, dialer C and acceptor S, each frame "TCA1" | type u8 | fixed-size body:
+//   C -> S  hello      nonce_c[32]
+//   S -> C  challenge  nonce_s[32] | HMAC-SHA256(key, "tandem-cluster-v1 server" | nonce_c | nonce_s)
+//   C -> S  response   HMAC-SHA256(key, "tandem-cluster-v1 client" | nonce_c | nonce_s)
+// Each side proves the key over a nonce the other chose fresh, so a recorded exchange replays nowhere;
+// the two labels keep S's proof from being reflected back to S as C's. The key never crosses the wire.
+// The acceptor sends nothing but its challenge before the dialer has proven the key, and a failed peer
+// is dropped with one `event=cluster_auth_failed` line. The first word of a hello, read as a request
+// plane length prefix, is over that plane's frame limit, so a keyless peer refuses a keyed one too.
+//
+// The key is process-wide: set once at startup (the CLI), before any connection is made or accepted.
+// Thread-safety: every function may be called from any thread; set_cluster_key must not race the others.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "common/status.h"
+
+namespace tandem::security {
+
+// The process's cluster key, or nullptr when there is none (the planes then run no handshake).
+std::shared_ptr<const std::string> cluster_key();
+// REQUIRES: before any connection; an empty key clears it (tests).
+void set_cluster_key(std::string key);
+
+// Reads the key file: its bytes, a trailing newline and blanks dropped. InvalidArgument naming the
+// file when it cannot be read, is empty, or holds fewer than kMinKeyBytes bytes.
+StatusOr<std::string> load_cluster_key(const std::string& path);
+constexpr size_t kMinKeyBytes = 16;
+
+constexpr uint32_t kHandshakeMagic = 0x54434131;  // "TCA1"
+constexpr size_t kNonceBytes = 32;
+constexpr size_t kMacBytes = 32;
+constexpr size_t kFrameHeaderBytes = 5;  // magic + type
+constexpr int kHandshakeTimeoutMs = 5000;
+
+enum class FrameType : uint8_t { kHello = 1, kChallenge = 2, kResponse = 3 };
+
+struct HandshakeFrame {
+  FrameType type = FrameType::kHello;
+  std::array<uint8_t, kNonceBytes> nonce{};  // hello, challenge
+  std::array<uint8_t, kMacBytes> mac{};      // challenge, response
+};
+
+// The body size a frame header announces, or nullopt (with *error set) when the header is not a
+// handshake frame of the expected type: the reader then drops the peer without reading further.
+std::optional<size_t> parse_frame_header(std::span<const uint8_t> header, FrameType expected, std::string* error);
+// A whole frame (header and body) of the expected type; InvalidArgument saying what is wrong.
+StatusOr<HandshakeFrame> parse_frame(std::span<const uint8_t> bytes, FrameType expected);
+std::string serialize_frame(const HandshakeFrame& frame);
+
+// HMAC-SHA256(key, label | nonce_c | nonce_s), label "tandem-cluster-v1 server" or "... client".
+std::array<uint8_t, kMacBytes> handshake_mac(const std::string& key, bool server, std::span<const uint8_t> client_nonce,
+                                             std::span<const uint8_t> server_nonce);
+
+// The two sides on a connected blocking socket the caller owns, each within timeout_ms. Ok once the
+// peer has proven `key`; otherwise Unavailable (the caller closes the socket, as after any lost
+// connection) and one `event=cluster_auth_failed plane=<plane> peer=<peer> side=... reason=...
+// suppressed=N` warning is logged (at most one a second per plane and side; N counts those left out).
+Status authenticate_dialer(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+                           int timeout_ms = kHandshakeTimeoutMs);
+Status authenticate_acceptor(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+                             int timeout_ms = kHandshakeTimeoutMs);
+
+// The hooks the planes call: the handshake with the process's key when it has one, else Ok at once.
+Status on_dialed(int fd, const std::string& plane, const std::string& peer);
+Status on_accepted(int fd, const std::string& plane, const std::string& peer);
+
+}  // namespace tandem::security
