@@ -1,0 +1,87 @@
+// Constraint specs -> grammar trees, and the frontend's cheap validation (see spec.h).
+#include "structured/spec.h"
+
+#include "structured/regex.h"
+
+namespace tandem::structured {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+constexpr int64_t kMaxValidatedNfaStates = 400000;
+
+}  // namespace
+
+NodePtr spec_grammar(const json& spec, const JsonGrammarOptions& options) {
+  if (!spec.is_object() || spec.size() == 0) throw GrammarError("a constraint must be an object");
+  if (spec.contains("json_schema")) return json_schema_grammar(spec["json_schema"], options);
+  if (spec.contains("json_object")) return json_object_grammar(options);
+  if (spec.contains("regex")) {
+    if (!spec["regex"].is_string()) throw GrammarError("the regex must be a string");
+    return parse_regex(spec["regex"].get<std::string>());
+  }
+  if (spec.contains("literal")) {
+    if (!spec["literal"].is_string()) throw GrammarError("a literal must be a string");
+    return literal(spec["literal"].get<std::string>());
+  }
+  if (spec.contains("choice")) {
+    const json& c = spec["choice"];
+    if (!c.is_array() || c.empty()) throw GrammarError("the choices must be a non-empty array of strings");
+    std::vector<NodePtr> alts;
+    for (const json& s : c) {
+      if (!s.is_string()) throw GrammarError("the choices must be strings");
+      alts.push_back(literal(s.get<std::string>()));
+    }
+    return alt(std::move(alts));
+  }
+  for (const char* key : {"sequence", "any_of"}) {
+    if (!spec.contains(key)) continue;
+    const json& parts = spec[key];
+    if (!parts.is_array() || parts.empty()) throw GrammarError(std::string("'") + key + "' must be a non-empty array");
+    std::vector<NodePtr> kids;
+    for (const json& p : parts) kids.push_back(spec_grammar(p, options));
+    return std::string(key) == "sequence" ? seq(std::move(kids)) : alt(std::move(kids));
+  }
+  if (spec.contains("repeat")) {
+    const int min = spec.value("min", 0), max = spec.value("max", -1);
+    return repeat(spec_grammar(spec["repeat"], options), min, max);
+  }
+  throw GrammarError("unknown constraint kind '" + spec.begin().key() + "'");
+}
+
+Status validate_spec(const std::string& spec_text) {
+  try {
+    const json spec = json::parse(spec_text);
+    const NodePtr root = spec_grammar(spec);
+    if (count_nfa_states(root, kMaxValidatedNfaStates) > kMaxValidatedNfaStates) {
+      return Status::InvalidArgument("the schema is too large to enforce (more than " +
+                                     std::to_string(kMaxValidatedNfaStates) + " automaton states)");
+    }
+    return Status::Ok();
+  } catch (const GrammarError& e) {
+    return Status::InvalidArgument(e.what());
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string("malformed constraint: ") + e.what());
+  }
+}
+
+json json_schema_spec(const json& schema) { return json{{"json_schema", schema}}; }
+
+json schemas_spec(const std::vector<json>& schemas, const std::string& prefix, const std::string& suffix) {
+  json body;
+  if (schemas.size() == 1) {
+    body = json_schema_spec(schemas[0]);
+  } else {
+    json alts = json::array();
+    for (const json& s : schemas) alts.push_back(json_schema_spec(s));
+    body = json{{"any_of", alts}};
+  }
+  if (prefix.empty() && suffix.empty()) return body;
+  json parts = json::array();
+  if (!prefix.empty()) parts.push_back(json{{"literal", prefix}});
+  parts.push_back(body);
+  if (!suffix.empty()) parts.push_back(json{{"literal", suffix}});
+  return json{{"sequence", parts}};
+}
+
+}  // namespace tandem::structured
