@@ -153,20 +153,30 @@ bool CompiledGrammar::fill_mask(int32_t state, int remaining_tokens, std::span<u
   const bool can_end = dfa_.accepting[state] != 0;
   const int budget = std::max(0, remaining_tokens - 1);  // tokens left after this one
   const StateMask& m = mask_of(state);
-  if (budget >= m.max_next_dist) {
-    if (!m.dense.empty()) {
-      std::memcpy(words.data(), m.dense.data(), std::min(words.size(), m.dense.size()) * sizeof(uint32_t));
-      return can_end;
-    }
+  if (budget < m.max_next_dist) {
+    // Near the end of the budget: only tokens after which acceptance is still reachable in time. When
+    // none is (a budget below the grammar's shortest text), the reply will be cut at max_tokens: it
+    // continues with any allowed token, so what it has is still a prefix of a valid text.
     std::memset(words.data(), 0, words.size_bytes());
-    for (int32_t id : m.sparse) words[id >> 5] |= 1u << (id & 31);
+    bool any = false;
+    walk(state, [&](int32_t id, int32_t next) {
+      if (dfa_.dist[next] <= budget && static_cast<size_t>(id >> 5) < words.size()) {
+        words[id >> 5] |= 1u << (id & 31);
+        any = true;
+      }
+    });
+    if (any || can_end) return can_end;
+  }
+  if (!m.dense.empty()) {
+    const size_t n = std::min(words.size(), m.dense.size());
+    std::memcpy(words.data(), m.dense.data(), n * sizeof(uint32_t));
+    if (words.size() > n) std::memset(words.data() + n, 0, (words.size() - n) * sizeof(uint32_t));
     return can_end;
   }
-  // Near the end of the budget: only tokens after which acceptance is still reachable in time.
   std::memset(words.data(), 0, words.size_bytes());
-  walk(state, [&](int32_t id, int32_t next) {
-    if (dfa_.dist[next] <= budget) words[id >> 5] |= 1u << (id & 31);
-  });
+  for (int32_t id : m.sparse) {
+    if (static_cast<size_t>(id >> 5) < words.size()) words[id >> 5] |= 1u << (id & 31);
+  }
   return can_end;
 }
 

@@ -55,6 +55,10 @@ TEST(TokenMask, SmallVocabulary) {
   EXPECT_EQ(allowed_ids(*r, 0, 2), (std::vector<int32_t>{3}));     // "y" then "es" is not a token
   EXPECT_EQ(allowed_ids(*r, 0, 3), (std::vector<int32_t>{0, 3}));
   EXPECT_EQ(allowed_ids(*r, 0, 50), (std::vector<int32_t>{0, 3}));
+  // A budget below the shortest text: the reply will be cut, so any allowed token goes on (not EOS).
+  auto two = compile(R"({"regex": "yesyes"})", vocab);
+  EXPECT_EQ(allowed_ids(*two, 0, 1, &can_end), (std::vector<int32_t>{0, 3}));
+  EXPECT_FALSE(can_end);
 }
 
 TEST(TokenMask, CachedGrammarsAreShared) {
