@@ -264,6 +264,120 @@ struct VecHash {
   }
 };
 
+// Hopcroft's partition refinement (Hopcroft 1971; the "smaller half" worklist as in Knuutila 2001,
+// "Re-describing an algorithm by Hopcroft"): states with the same language get one block. A sink state
+// stands for kDead; states that cannot reach acceptance end in its block, returned as -1. O(n k log n)
+// for n states and k classes, where Moore's round-by-round refinement needs one round per distinguishing
+// length (hundreds for schemas with bounded repetitions).
+std::vector<int32_t> minimal_blocks(const std::vector<int32_t>& next, int n, int num_classes, const std::vector<uint8_t>& accepting,
+                                    const std::vector<int32_t>& dist, int* num_live_blocks) {
+  const int sink = n, total = n + 1;
+  auto target = [&](int s, int c) {
+    if (s == sink) return sink;
+    const int32_t t = next[static_cast<size_t>(s) * num_classes + c];
+    return t >= 0 ? t : sink;
+  };
+  // Inverse transitions per class: inv[inv_begin[c * (total + 1) + t] ..] are the states entering t on c.
+  std::vector<int32_t> inv_begin(static_cast<size_t>(num_classes) * (total + 1) + 1, 0), inv;
+  for (int s = 0; s < total; ++s) {
+    for (int c = 0; c < num_classes; ++c) ++inv_begin[static_cast<size_t>(c) * (total + 1) + target(s, c) + 1];
+  }
+  for (size_t i = 1; i < inv_begin.size(); ++i) inv_begin[i] += inv_begin[i - 1];
+  inv.resize(static_cast<size_t>(total) * num_classes);
+  {
+    std::vector<int32_t> fill(inv_begin.begin(), inv_begin.end() - 1);
+    for (int s = 0; s < total; ++s) {
+      for (int c = 0; c < num_classes; ++c) inv[fill[static_cast<size_t>(c) * (total + 1) + target(s, c)]++] = s;
+    }
+  }
+  // Blocks are ranges [first, end) of `elems`; the first `marked` of a block are marked.
+  std::vector<int32_t> elems(total), loc(total), blk(total), first, end, marked;
+  int pos = 0;
+  for (int pass = 0; pass < 2; ++pass) {  // accepting states first, then the rest (sink included)
+    const int b = static_cast<int>(first.size());
+    const int begin = pos;
+    for (int s = 0; s < total; ++s) {
+      const bool acc = s != sink && accepting[s] && dist[s] >= 0;
+      if (acc != (pass == 0)) continue;
+      elems[pos] = s;
+      loc[s] = pos++;
+      blk[s] = b;
+    }
+    if (pos > begin) {
+      first.push_back(begin);
+      end.push_back(pos);
+      marked.push_back(0);
+    }
+  }
+  std::vector<uint8_t> in_work;
+  std::vector<std::pair<int32_t, int32_t>> work;
+  auto add_work = [&](int b, int c) {
+    const size_t k = static_cast<size_t>(b) * num_classes + c;
+    if (in_work.size() <= k) in_work.resize(std::max(k + 1, in_work.size() * 2), 0);
+    if (in_work[k]) return;
+    in_work[k] = 1;
+    work.emplace_back(b, c);
+  };
+  const int smaller = first.size() == 2 && end[1] - first[1] < end[0] - first[0] ? 1 : 0;
+  for (int c = 0; c < num_classes; ++c) add_work(smaller, c);
+  std::vector<int32_t> splitter, touched;
+  while (!work.empty()) {
+    const auto [a, c] = work.back();
+    work.pop_back();
+    in_work[static_cast<size_t>(a) * num_classes + c] = 0;
+    splitter.assign(elems.begin() + first[a], elems.begin() + end[a]);
+    touched.clear();
+    for (int32_t t : splitter) {
+      const size_t base = static_cast<size_t>(c) * (total + 1);
+      for (int32_t i = inv_begin[base + t]; i < inv_begin[base + t + 1]; ++i) {
+        const int32_t s = inv[i];
+        const int b = blk[s];
+        const int m = first[b] + marked[b];
+        if (loc[s] < m) continue;  // marked already
+        const int32_t other = elems[m];
+        std::swap(elems[loc[s]], elems[m]);
+        loc[other] = loc[s];
+        loc[s] = m;
+        if (marked[b]++ == 0) touched.push_back(b);
+      }
+    }
+    for (int b : touched) {
+      const int m = marked[b];
+      marked[b] = 0;
+      if (m == end[b] - first[b]) continue;
+      const int nb = static_cast<int>(first.size());
+      first.push_back(first[b]);
+      end.push_back(first[b] + m);
+      marked.push_back(0);
+      first[b] += m;
+      for (int i = first[nb]; i < end[nb]; ++i) blk[elems[i]] = nb;
+      const bool new_smaller = end[nb] - first[nb] <= end[b] - first[b];
+      for (int k = 0; k < num_classes; ++k) {
+        const size_t key = static_cast<size_t>(b) * num_classes + k;
+        if (key < in_work.size() && in_work[key]) {
+          add_work(nb, k);
+        } else {
+          add_work(new_smaller ? nb : b, k);
+        }
+      }
+    }
+  }
+  // Live blocks numbered 0.., the sink's block -1.
+  std::vector<int32_t> id(first.size(), -1), out(n);
+  int count = 0;
+  for (int s = 0; s < n; ++s) {
+    const int b = blk[s];
+    if (b == blk[sink]) {
+      out[s] = -1;
+      continue;
+    }
+    if (id[b] < 0) id[b] = count++;
+    out[s] = id[b];
+  }
+  *num_live_blocks = count;
+  return out;
+}
+
 }  // namespace
 
 Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
@@ -385,31 +499,8 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
     if (t >= 0 && dist[t] < 0) t = Dfa::kDead;
   }
 
-  // Moore's partition refinement: states with the same acceptance and the same blocks behind every
-  // class are one state.
-  std::vector<int32_t> block(n, -1);
-  for (int d = 0; d < n; ++d) {
-    if (dist[d] >= 0) block[d] = accepting[d] ? 1 : 0;
-  }
   int num_blocks = 0;
-  for (;;) {
-    std::unordered_map<std::vector<int32_t>, int32_t, VecHash> sig_ids;
-    std::vector<int32_t> new_block(n, -1);
-    std::vector<int32_t> sig(num_classes + 1);
-    for (int d = 0; d < n; ++d) {
-      if (block[d] < 0) continue;
-      sig[0] = block[d];
-      for (int c = 0; c < num_classes; ++c) {
-        const int32_t t = next[static_cast<size_t>(d) * num_classes + c];
-        sig[c + 1] = t >= 0 ? block[t] : -1;
-      }
-      new_block[d] = sig_ids.emplace(sig, static_cast<int32_t>(sig_ids.size())).first->second;
-    }
-    const int count = static_cast<int>(sig_ids.size());
-    block.swap(new_block);
-    if (count == num_blocks) break;
-    num_blocks = count;
-  }
+  const std::vector<int32_t> block = minimal_blocks(next, n, num_classes, accepting, dist, &num_blocks);
 
   // Renumber blocks in breadth-first order from the start, so the start is state 0.
   std::vector<int32_t> order(num_blocks, -1), rep(num_blocks, -1);
