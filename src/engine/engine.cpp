@@ -557,14 +557,16 @@ class EngineImpl final : public Engine {
     for (const ScheduledSeq& s : step.seqs) {
       if (!s.needs_sample) continue;
       const Choice* c = static_cast<const Choice*>(s.seq);
-      any_constrained = any_constrained || c->constraint != nullptr;
+      if (c->constraint) {
+        any_constrained = true;
+        // min_tokens may mask the EOS a finished grammar needs; the host sampler settles that case.
+        all_device = all_device && c->num_output_tokens() >= c->request->request.sampling.min_tokens;
+      }
       all_greedy = all_greedy && samplers_[0]->is_plain_greedy(sample_input(c));
       // The first token of n > 1 choices is n draws from one row: host only.
       all_device = all_device && !(c->index == 0 && c->request->n > 1 && !c->request->forked);
     }
-    // Constrained rows are masked by the host sampler (the device draw takes no masks yet).
-    if (any_constrained) return StepDraw::kHostSampler;
-    if (all_greedy) return StepDraw::kArgmaxOnDevice;
+    if (all_greedy && !any_constrained) return StepDraw::kArgmaxOnDevice;
     if (!all_device) return StepDraw::kHostSampler;
     device_rows_.clear();
     device_edits_.clear();
@@ -572,6 +574,7 @@ class EngineImpl final : public Engine {
       if (!s.needs_sample) continue;
       const SampleInput in = sample_input(static_cast<const Choice*>(s.seq));
       backend::RowSampling row = Sampler::device_row(in);
+      row.mask_row = step_masks_.slot(static_cast<int>(device_rows_.size()));
       row.edits_begin = static_cast<int>(device_edits_.size());
       samplers_[0]->device_edits(in, &device_edits_);
       row.edits_end = static_cast<int>(device_edits_.size());
@@ -654,8 +657,8 @@ class EngineImpl final : public Engine {
           blocked_ = scheduler_.num_running() + scheduler_.num_waiting() > 0;
         } else {
           runner_.prepare(*step);
-          step_draw_ = choose_step_draw(*step);
           begin_step_masks(*step);
+          step_draw_ = choose_step_draw(*step);
         }
       }
       if (!step->empty()) {
@@ -664,7 +667,9 @@ class EngineImpl final : public Engine {
         try {
           switch (step_draw_) {
             case StepDraw::kArgmaxOnDevice: status = runner_.execute_greedy(); break;
-            case StepDraw::kSampleOnDevice: status = runner_.execute_sampled(device_rows_, device_edits_); break;
+            case StepDraw::kSampleOnDevice:
+              status = runner_.execute_sampled(device_rows_, device_edits_, step_masks_.all_masks(), [this] { step_masks_.wait(); });
+              break;
             case StepDraw::kHostSampler: status = runner_.execute(); break;
           }
         } catch (const std::exception& e) {

@@ -40,6 +40,10 @@ class StepMasks {
   std::span<const uint32_t> mask(int row) const;
   // Whether row r's constraint allows nothing but ending.
   bool only_end(int row) const;
+  // Right after begin(): row r's index among the masks (-1: unconstrained), and every mask back to
+  // back ([rows, ceil(vocab / 32)] words; complete only after wait()), for a draw on the device.
+  int slot(int row) const { return row >= 0 && row < static_cast<int>(slot_of_row_.size()) ? slot_of_row_[row] : -1; }
+  std::span<const uint32_t> all_masks() const { return rows_.empty() ? std::span<const uint32_t>{} : std::span<const uint32_t>(words_); }
 
  private:
   void compute();
