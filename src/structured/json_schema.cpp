@@ -16,6 +16,7 @@ constexpr int kMaxDigits = 16;         // integer digits: the outputs stay exact
 constexpr int kMaxFractionDigits = 15;
 constexpr int kMaxStringLength = 4096; // the largest maxLength / minLength built as a bounded repetition
 constexpr int kMaxItems = 256;         // the largest minItems / maxItems built as copies
+constexpr int kMaxSchemaDepth = 32;    // nested schemas (properties, items, anyOf, $ref) below the root
 
 const std::set<std::string>& annotations() {
   static const std::set<std::string> k = {"title", "description", "default", "examples", "$schema", "$id",
@@ -91,6 +92,14 @@ class SchemaCompiler {
   NodePtr ws() const { return repeat(byte_set(whitespace_bytes()), 0, o_.max_whitespace); }
 
   NodePtr value(const json& s, const std::string& path) {
+    // Bounds the recursion here and in the NFA builder; no real schema nests this deep.
+    struct Depth {
+      int& d;
+      explicit Depth(int& depth, const std::string& path) : d(depth) {
+        if (++d > kMaxSchemaDepth) throw GrammarError("the schema nests deeper than " + std::to_string(kMaxSchemaDepth) + " at " + path);
+      }
+      ~Depth() { --d; }
+    } depth(depth_, path);
     if (s.is_boolean()) {
       if (!s.get<bool>()) throw GrammarError("the schema at " + path + " is false (matches nothing)");
       return open_value(o_.max_open_depth);
@@ -375,6 +384,7 @@ class SchemaCompiler {
   const json& root_;
   const JsonGrammarOptions& o_;
   std::vector<std::string> refs_in_progress_;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -76,7 +76,7 @@ class Parser {
   }
 
   NodePtr parse_quantifier(NodePtr atom) {
-    while (!at_end()) {
+    for (int count = 0; !at_end();) {
       int lo, hi;
       const char c = peek();
       if (c == '*') {
@@ -101,6 +101,7 @@ class Parser {
       }
       if (!at_end() && peek() == '?') ++i_;  // lazy: the same language
       if (!at_end() && peek() == '+') fail("possessive quantifiers are not supported");
+      if (++count > 3) fail("more than 3 quantifiers in a row");
       atom = repeat(std::move(atom), lo, hi);
     }
     return atom;
@@ -120,6 +121,7 @@ class Parser {
   NodePtr parse_atom() {
     const char c = peek();
     if (c == '(') {
+      if (++depth_ > kMaxNesting) fail("groups nested deeper than " + std::to_string(kMaxNesting));
       ++i_;
       if (!at_end() && peek() == '?') {
         ++i_;
@@ -139,6 +141,7 @@ class Parser {
       NodePtr inner = parse_alt();
       if (at_end() || peek() != ')') fail("missing ')'");
       ++i_;
+      --depth_;
       return inner;
     }
     if (c == '[') return to_node(parse_class());
@@ -327,9 +330,11 @@ class Parser {
     return alt(std::move(alts));
   }
 
+  static constexpr int kMaxNesting = 64;  // bounds the parser's (and later the NFA builder's) recursion
   std::string_view p_;
   const RegexOptions& o_;
   size_t i_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -12,7 +12,18 @@ constexpr int64_t kMaxValidatedNfaStates = 400000;
 
 }  // namespace
 
-NodePtr spec_grammar(const json& spec, const JsonGrammarOptions& options) {
+namespace {
+
+NodePtr spec_grammar_at(const json& spec, const JsonGrammarOptions& options, int depth);
+
+}  // namespace
+
+NodePtr spec_grammar(const json& spec, const JsonGrammarOptions& options) { return spec_grammar_at(spec, options, 0); }
+
+namespace {
+
+NodePtr spec_grammar_at(const json& spec, const JsonGrammarOptions& options, int depth) {
+  if (depth > 16) throw GrammarError("constraints nested deeper than 16");
   if (!spec.is_object() || spec.size() == 0) throw GrammarError("a constraint must be an object");
   if (spec.contains("json_schema")) return json_schema_grammar(spec["json_schema"], options);
   if (spec.contains("json_object")) return json_object_grammar(options);
@@ -39,15 +50,20 @@ NodePtr spec_grammar(const json& spec, const JsonGrammarOptions& options) {
     const json& parts = spec[key];
     if (!parts.is_array() || parts.empty()) throw GrammarError(std::string("'") + key + "' must be a non-empty array");
     std::vector<NodePtr> kids;
-    for (const json& p : parts) kids.push_back(spec_grammar(p, options));
+    for (const json& p : parts) kids.push_back(spec_grammar_at(p, options, depth + 1));
     return std::string(key) == "sequence" ? seq(std::move(kids)) : alt(std::move(kids));
   }
   if (spec.contains("repeat")) {
+    if (!spec.value("min", json(0)).is_number_integer() || !spec.value("max", json(-1)).is_number_integer()) {
+      throw GrammarError("a repeat's min and max must be integers");
+    }
     const int min = spec.value("min", 0), max = spec.value("max", -1);
-    return repeat(spec_grammar(spec["repeat"], options), min, max);
+    return repeat(spec_grammar_at(spec["repeat"], options, depth + 1), min, max);
   }
   throw GrammarError("unknown constraint kind '" + spec.begin().key() + "'");
 }
+
+}  // namespace
 
 Status validate_spec(const std::string& spec_text) {
   try {

@@ -45,9 +45,12 @@ TEST(RegexGrammar, AcceptsAndRejects) {
 }
 
 TEST(RegexGrammar, RefusesUnsupportedSyntax) {
-  for (const char* bad : {"(a)\\1", "a(?=b)", "a++", "\\bword", "[z-a]", "(ab", "*a", "a{3,1}"}) {
+  for (const char* bad : {"(a)\\1", "a(?=b)", "a++", "\\bword", "[z-a]", "(ab", "*a", "a{3,1}", "a*?*?*?*"}) {
     EXPECT_THROW(parse_regex(bad), GrammarError) << bad;
   }
+  // Nesting is bounded (the parser and the NFA builder recurse).
+  EXPECT_THROW(parse_regex(std::string(100, '(') + "a" + std::string(100, ')')), GrammarError);
+  EXPECT_NO_THROW(parse_regex(std::string(20, '(') + "a" + std::string(20, ')')));
 }
 
 TEST(JsonSchemaGrammar, ObjectWithRequiredAndOptionalProperties) {
@@ -115,6 +118,9 @@ TEST(JsonSchemaGrammar, RefusesUnsupportedFeaturesByName) {
             std::string::npos);
   EXPECT_NE(refusal(R"({"type": "number", "maximum": 3})").find("'maximum'"), std::string::npos);
   EXPECT_NE(refusal(R"({"type": "object", "properties": {"a": {}}, "required": ["b"]})").find("'b'"), std::string::npos);
+  std::string deep = R"({"type": "string"})";
+  for (int i = 0; i < 40; ++i) deep = R"({"type": "array", "items": )" + deep + "}";
+  EXPECT_NE(refusal(deep.c_str()).find("nests deeper"), std::string::npos);
 }
 
 TEST(Spec, KindsAndValidation) {
