@@ -36,6 +36,7 @@ NodePtr non_ascii_char() {
 }
 
 NodePtr seq(std::vector<NodePtr> kids) {
+  if (kids.empty()) return empty_node();
   if (kids.size() == 1) return kids[0];
   auto n = std::make_shared<Node>();
   n->kind = Node::Kind::kSeq;

@@ -127,6 +127,7 @@ TEST(Spec, KindsAndValidation) {
   const Dfa choice = compile_dfa(spec_grammar(json::parse(R"({"choice": ["yes", "no"]})")));
   EXPECT_TRUE(choice.matches("yes"));
   EXPECT_FALSE(choice.matches("maybe"));
+  EXPECT_TRUE(compile_dfa(spec_grammar(json::parse(R"({"choice": ["", "x"]})"))).matches(""));  // found by fuzzing: an empty literal
   const json tool = schemas_spec({json::parse(R"({"type": "object", "properties": {"n": {"const": "f"}}, "required": ["n"]})"),
                                   json::parse(R"({"type": "object", "properties": {"n": {"const": "g"}}, "required": ["n"]})")},
                                  "<tool_call>\n", "\n</tool_call>");
