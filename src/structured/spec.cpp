@@ -100,4 +100,19 @@ json schemas_spec(const std::vector<json>& schemas, const std::string& prefix, c
   return json{{"sequence", parts}};
 }
 
+json tool_calls_spec(const json& call_schema, const std::string& prefix, const std::string& suffix, const std::string& separator,
+                     int min_calls, int max_calls) {
+  auto call = [&](const std::string& before) {
+    json parts = json::array();
+    if (!before.empty()) parts.push_back(json{{"literal", before}});
+    parts.push_back(json_schema_spec(call_schema));
+    if (!suffix.empty()) parts.push_back(json{{"literal", suffix}});
+    return json{{"sequence", parts}};
+  };
+  const json first = call(prefix);
+  if (max_calls == 1) return first;
+  const json more = json{{"repeat", call(separator + prefix)}, {"min", min_calls - 1}, {"max", max_calls < 0 ? -1 : max_calls - 1}};
+  return json{{"sequence", json::array({first, more})}};
+}
+
 }  // namespace tandem::structured

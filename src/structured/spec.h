@@ -37,5 +37,10 @@ nlohmann::ordered_json json_schema_spec(const nlohmann::ordered_json& schema);
 // Any one of `schemas` (one schema: that schema), between `prefix` and `suffix` (either may be empty).
 nlohmann::ordered_json schemas_spec(const std::vector<nlohmann::ordered_json>& schemas, const std::string& prefix = "",
                                     const std::string& suffix = "");
+// Forced tool calls: min_calls..max_calls (max -1: unbounded) calls, each `prefix` + a JSON value valid
+// against `call_schema` + `suffix`, joined by `separator`, nothing around them (the shape of the
+// frontend's ToolCallConstraint). REQUIRES: 1 <= min_calls, max_calls == -1 or >= min_calls.
+nlohmann::ordered_json tool_calls_spec(const nlohmann::ordered_json& call_schema, const std::string& prefix,
+                                       const std::string& suffix, const std::string& separator, int min_calls, int max_calls);
 
 }  // namespace tandem::structured

@@ -134,6 +134,17 @@ TEST(Spec, KindsAndValidation) {
   const Dfa calls = compile_dfa(spec_grammar(tool));
   EXPECT_TRUE(calls.matches("<tool_call>\n{\"n\": \"g\"}\n</tool_call>"));
   EXPECT_FALSE(calls.matches("<tool_call>\n{\"n\": \"h\"}\n</tool_call>"));
+  // Forced tool calls in Qwen3's hermes form: one to three calls, newline-separated.
+  const json calls_spec = tool_calls_spec(json::parse(R"({"type": "object", "properties": {"name": {"const": "f"},
+      "arguments": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}, "required": ["name", "arguments"]})"),
+                                          "<tool_call>\n", "\n</tool_call>", "\n", 1, 3);
+  const Dfa forced = compile_dfa(spec_grammar(calls_spec));
+  const std::string one = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>";
+  EXPECT_TRUE(forced.matches(one));
+  EXPECT_TRUE(forced.matches(one + "\n" + one + "\n" + one));
+  EXPECT_FALSE(forced.matches(one + "\n" + one + "\n" + one + "\n" + one));
+  EXPECT_FALSE(forced.matches(""));
+  EXPECT_FALSE(forced.matches("Sure! " + one));
   EXPECT_TRUE(validate_spec(R"({"regex": "a+"})").ok());
   EXPECT_FALSE(validate_spec(R"({"regex": "(a"})").ok());
   EXPECT_FALSE(validate_spec(R"({"json_schema": {"type": "string", "maxLength": 100000}})").ok());
