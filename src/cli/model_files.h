@@ -7,6 +7,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/constraint.h"
 #include "engine/engine.h"
 #include "tokenizer/tokenizer.h"
 
@@ -30,5 +31,10 @@ class DetokenizerStreams : public engine::TextStreamFactory {
  private:
   std::shared_ptr<const tokenizer::Tokenizer> tokenizer_;
 };
+
+// Structured output over `tokenizer`'s vocabulary (src/structured), masks `vocab_size` tokens long (the
+// model's vocabulary). The vocabulary's trie is built on the first compile; grammars are cached by spec.
+std::shared_ptr<const engine::ConstraintCompiler> make_constraint_compiler(std::shared_ptr<const tokenizer::Tokenizer> tokenizer,
+                                                                          int vocab_size);
 
 }  // namespace tandem::cli

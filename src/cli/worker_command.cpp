@@ -157,7 +157,11 @@ Runner add_worker_command(CLI::App& app) {
       tokenizer_dir = o->model;
     }
     std::vector<int> eos;
-    if (!tokenizer_dir.empty()) text = std::make_shared<DetokenizerStreams>(tokenizer::Tokenizer::load(tokenizer_dir));
+    std::shared_ptr<const tokenizer::Tokenizer> tokenizer;
+    if (!tokenizer_dir.empty()) {
+      tokenizer = tokenizer::Tokenizer::load(tokenizer_dir);
+      text = std::make_shared<DetokenizerStreams>(tokenizer);
+    }
 
     std::unique_ptr<engine::Engine> engine;
     if (o->engine == "fake") {
@@ -177,8 +181,9 @@ Runner add_worker_command(CLI::App& app) {
       engine = engine::create_fake_engine(fake, text);
     } else if (o->engine == "real") {
       auto weights = model::open_weight_source(o->model, o->seed);
-      engine = engine::create_engine(backend::create_backend(*weights, o->engine_flags.backend_options()),
-                                     o->engine_flags.engine_options(), text);
+      engine::EngineOptions engine_options = o->engine_flags.engine_options();
+      if (tokenizer) engine_options.constraints = make_constraint_compiler(tokenizer, weights->config().vocab_size);
+      engine = engine::create_engine(backend::create_backend(*weights, o->engine_flags.backend_options()), engine_options, text);
     } else {
       throw Error("--engine: unknown engine '" + o->engine + "' (use real or fake)");
     }

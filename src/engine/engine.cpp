@@ -23,6 +23,7 @@
 #include "engine/model_runner.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "engine/step_masks.h"
 #include "engine/stop_checker.h"
 
 namespace tandem::engine {
@@ -35,6 +36,7 @@ struct Choice : Sequence {
   RequestState* request = nullptr;
   int index = 0;
   std::unique_ptr<StopChecker> stop;
+  std::unique_ptr<TokenConstraint> constraint;  // SamplingParams::guided's state for this choice, or null
 };
 
 struct RequestState {
@@ -47,6 +49,7 @@ struct RequestState {
   int num_done = 0;
   bool forked = false;
   std::vector<int32_t> reserved_blocks;  // kDecodeFromKv: taken from reserve_kv at submit
+  std::shared_ptr<const TokenConstraintFactory> constraint;  // compiled SamplingParams::guided, or null
   int reserved_cached_tokens = 0;
 };
 
@@ -85,8 +88,10 @@ class EngineImpl final : public Engine {
         scheduler_({options.max_batch_tokens, options.max_seqs}, &blocks_),
         max_seqs_(options.max_seqs),
         seed_source_(std::random_device{}()),
+        constraints_(options.constraints),
         runner_(backend_.get()),
-        samplers_(std::max(1, omp_get_max_threads())) {
+        samplers_(std::max(1, omp_get_max_threads())),
+        step_masks_(config_.vocab_size, config_.eos_token_ids) {
     samplers_[0] = std::make_unique<Sampler>(config_.vocab_size, config_.eos_token_ids);
     device_sampling_ = backend_->samples_on_device();
     spdlog::info("engine started device={} kv_blocks={} block_size={} max_model_len={} max_batch_tokens={} max_seqs={} "
@@ -126,6 +131,12 @@ class EngineImpl final : public Engine {
   Status submit(Request request, OutputCallback on_output) override {
     auto state = std::make_shared<RequestState>();
     TANDEM_RETURN_IF_ERROR(validate(request));
+    if (!request.sampling.guided.empty()) {  // compiled here, on the caller's thread, not the loop's
+      if (!constraints_) return Status::InvalidArgument("structured output needs a worker with a tokenizer");
+      auto compiled = constraints_->compile(request.sampling.guided);
+      if (!compiled.ok()) return compiled.status();
+      state->constraint = *compiled;
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stop_) return Status::Unavailable("the engine is shutting down");
@@ -341,6 +352,7 @@ class EngineImpl final : public Engine {
       if (!stream) throw std::runtime_error("new_stream returned null");
     }
     c->stop = std::make_unique<StopChecker>(&state.request.sampling, config_.eos_token_ids, max_model_len_, std::move(stream));
+    if (state.constraint) c->constraint = state.constraint->start();
     return c;
   }
 
@@ -385,6 +397,11 @@ class EngineImpl final : public Engine {
                 std::vector<PendingOutput>* outs) {
     RequestState& state = *state_ptr;
     c->token_ids.push_back(token);
+    if (c->constraint && std::find(config_.eos_token_ids.begin(), config_.eos_token_ids.end(), token) == config_.eos_token_ids.end() &&
+        !c->constraint->advance(token)) {
+      // Only a first token drawn elsewhere without the mask can get here; the text so far stands.
+      spdlog::warn("event=constraint_violated request_id={} token={}", state.request.request_id, token);
+    }
     RequestOutput out = base_output(state, c, c->index);
     out.token_ids.push_back(token);
     if (logprobs != nullptr) out.logprobs.push_back(std::move(*logprobs));
@@ -458,6 +475,8 @@ class EngineImpl final : public Engine {
         job.choice = c;
         job.in = sample_input(c);
         job.in.choice_index = c->index + i;
+        job.in.allowed = step_masks_.mask(r);
+        job.in.allowed_only_end = step_masks_.only_end(r);
         job.group_size = i == 0 ? num_draws : 0;
         jobs_.push_back(std::move(job));
       }
@@ -534,15 +553,20 @@ class EngineImpl final : public Engine {
   // greedy; a draw on the device when the backend can and every row is drawn once (device_rows_ and
   // device_edits_ then hold them, in row order); otherwise whole rows come back to the host sampler.
   StepDraw choose_step_draw(const SchedulerOutput& step) {
-    bool all_greedy = true, all_device = device_sampling_;
+    bool all_greedy = true, all_device = device_sampling_, any_constrained = false;
     for (const ScheduledSeq& s : step.seqs) {
       if (!s.needs_sample) continue;
       const Choice* c = static_cast<const Choice*>(s.seq);
+      if (c->constraint) {
+        any_constrained = true;
+        // min_tokens may mask the EOS a finished grammar needs; the host sampler settles that case.
+        all_device = all_device && c->num_output_tokens() >= c->request->request.sampling.min_tokens;
+      }
       all_greedy = all_greedy && samplers_[0]->is_plain_greedy(sample_input(c));
       // The first token of n > 1 choices is n draws from one row: host only.
       all_device = all_device && !(c->index == 0 && c->request->n > 1 && !c->request->forked);
     }
-    if (all_greedy) return StepDraw::kArgmaxOnDevice;
+    if (all_greedy && !any_constrained) return StepDraw::kArgmaxOnDevice;
     if (!all_device) return StepDraw::kHostSampler;
     device_rows_.clear();
     device_edits_.clear();
@@ -550,12 +574,33 @@ class EngineImpl final : public Engine {
       if (!s.needs_sample) continue;
       const SampleInput in = sample_input(static_cast<const Choice*>(s.seq));
       backend::RowSampling row = Sampler::device_row(in);
+      row.mask_row = step_masks_.slot(static_cast<int>(device_rows_.size()));
       row.edits_begin = static_cast<int>(device_edits_.size());
       samplers_[0]->device_edits(in, &device_edits_);
       row.edits_end = static_cast<int>(device_edits_.size());
       device_rows_.push_back(row);
     }
     return StepDraw::kSampleOnDevice;
+  }
+
+  // REQUIRES: mu_ held. Starts the masks of the step's constrained rows, computed while the forward runs.
+  void begin_step_masks(const SchedulerOutput& step) {
+    std::vector<StepMasks::Row> rows;
+    int row = 0;
+    for (const ScheduledSeq& s : step.seqs) {
+      if (!s.needs_sample) continue;
+      const int r = row++;
+      const Choice* c = static_cast<const Choice*>(s.seq);
+      if (!c->constraint) continue;
+      const SamplingParams& p = c->request->request.sampling;
+      StepMasks::Row m;
+      m.row = r;
+      m.constraint = c->constraint.get();
+      m.remaining_tokens = std::min(p.max_tokens - c->num_output_tokens(), max_model_len_ - c->num_tokens());
+      m.min_tokens_pending = c->num_output_tokens() < p.min_tokens && !p.ignore_eos;
+      rows.push_back(m);
+    }
+    step_masks_.begin(std::move(rows), row);
   }
 
   Sampler& sampler_for_thread() {
@@ -612,6 +657,7 @@ class EngineImpl final : public Engine {
           blocked_ = scheduler_.num_running() + scheduler_.num_waiting() > 0;
         } else {
           runner_.prepare(*step);
+          begin_step_masks(*step);
           step_draw_ = choose_step_draw(*step);
         }
       }
@@ -621,12 +667,15 @@ class EngineImpl final : public Engine {
         try {
           switch (step_draw_) {
             case StepDraw::kArgmaxOnDevice: status = runner_.execute_greedy(); break;
-            case StepDraw::kSampleOnDevice: status = runner_.execute_sampled(device_rows_, device_edits_); break;
+            case StepDraw::kSampleOnDevice:
+              status = runner_.execute_sampled(device_rows_, device_edits_, step_masks_.all_masks(), [this] { step_masks_.wait(); });
+              break;
             case StepDraw::kHostSampler: status = runner_.execute(); break;
           }
         } catch (const std::exception& e) {
           status = Status::Internal(std::string("backend forward threw: ") + e.what());
         }
+        step_masks_.wait();
         forward_end = SteadyClock::now();
         is_decode = step->num_batched_tokens == static_cast<int>(step->seqs.size());
         std::lock_guard<std::mutex> lock(mu_);
@@ -734,6 +783,8 @@ class EngineImpl final : public Engine {
   int64_t next_seq_id_ = 0;                                              // GUARDED_BY(mu_)
   SplitMix64 seed_source_;                                               // GUARDED_BY(mu_)
 
+  const std::shared_ptr<const ConstraintCompiler> constraints_;
+
   // Engine thread only.
   ModelRunner runner_;
   struct SampleJob {
@@ -750,6 +801,7 @@ class EngineImpl final : public Engine {
   std::vector<backend::RowSampling> device_rows_;  // [sampled rows] for kSampleOnDevice
   std::vector<backend::LogitEdit> device_edits_;   // their edits, back to back
   bool device_sampling_ = false;  // the backend can draw tokens on its device (Backend::samples_on_device)
+  StepMasks step_masks_;          // the step in flight's constrained-row masks
   // Step timing (written by the engine thread, read by stats()).
   std::atomic<int64_t> num_steps_{0}, forward_ns_{0}, outside_forward_ns_{0};
   std::atomic<int64_t> num_decode_steps_{0}, decode_forward_ns_{0}, decode_outside_forward_ns_{0};

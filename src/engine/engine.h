@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "engine/constraint.h"
 #include "engine/request.h"
 
 namespace tandem::engine {
@@ -33,6 +34,8 @@ struct EngineOptions {
   int max_seqs = 256;           // --max-seqs: sequences per step
   bool enable_prefix_caching = true;
   int max_model_len = 0;        // 0 = the model's max_position_embeddings
+  // Compiles SamplingParams::guided; null: requests with a constraint are refused (InvalidArgument).
+  std::shared_ptr<const ConstraintCompiler> constraints;
 };
 
 // Incremental detokenization, supplied by the tokenizer part (the engine does not own vocabularies).

@@ -53,11 +53,14 @@ Status ModelRunner::execute_greedy() {
   return backend_->forward_greedy(batch(), greedy_tokens_);
 }
 
-Status ModelRunner::execute_sampled(std::span<const backend::RowSampling> rows, std::span<const backend::LogitEdit> edits) {
+Status ModelRunner::execute_sampled(std::span<const backend::RowSampling> rows, std::span<const backend::LogitEdit> edits,
+                                    std::span<const uint32_t> masks, std::function<void()> await_masks) {
   greedy_tokens_.resize(logits_indices_.size());
   backend::DeviceSamplingStep step;
   step.rows = rows;
   step.edits = edits;
+  step.masks = masks;
+  step.await_masks = std::move(await_masks);
   step.tokens = greedy_tokens_;
   bool any_logprobs = false;
   for (const backend::RowSampling& r : rows) any_logprobs = any_logprobs || r.num_logprobs >= 0;

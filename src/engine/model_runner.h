@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -33,7 +34,9 @@ class ModelRunner {
   // Runs the prepared batch with row r edited and drawn by rows[r] on the backend's device
   // (Backend::forward_sampled); on OK, sampled_token(r) is its token and, when rows[r] asked,
   // sampled_logprobs(r) its logprobs.
-  Status execute_sampled(std::span<const backend::RowSampling> rows, std::span<const backend::LogitEdit> edits);
+  // `masks` and `await_masks` as backend::DeviceSamplingStep's (constrained rows; may be empty).
+  Status execute_sampled(std::span<const backend::RowSampling> rows, std::span<const backend::LogitEdit> edits,
+                         std::span<const uint32_t> masks = {}, std::function<void()> await_masks = nullptr);
   int32_t sampled_token(int r) const { return greedy_tokens_[r]; }
   const backend::RowLogprobs& sampled_logprobs(int r) const { return logprobs_[r]; }
 

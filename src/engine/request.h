@@ -37,6 +37,9 @@ struct SamplingParams {
   int logprobs = -1;
   int n = 1;                       // choices sharing the prompt's KV blocks (kLocal only); <= max_seqs
   bool skip_special_tokens = true;
+  // Structured output: a constraint spec (src/structured/spec.h) that every choice's text must follow,
+  // enforced by masking the logits before each draw (engine/constraint.h); "" = none.
+  std::string guided;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kAbort, kError };

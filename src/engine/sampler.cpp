@@ -81,7 +81,19 @@ void Sampler::process(const SampleInput& in) {
   for (const auto& [id, bias] : p.logit_bias) {
     if (id >= 0 && id < vocab_size_) work_[id] += bias;
   }
-  if (static_cast<int>(in.output_token_ids.size()) < p.min_tokens) {
+  if (!in.allowed.empty()) {
+    const int num_words = std::min(static_cast<int>(in.allowed.size()), (vocab_size_ + 31) / 32);
+    for (int w = 0; w < num_words; ++w) {
+      const uint32_t bits = in.allowed[w];
+      if (bits == 0xffffffffu) continue;
+      const int base = w * 32, end = std::min(vocab_size_, base + 32);
+      for (int t = base; t < end; ++t) {
+        if (!(bits >> (t - base) & 1u)) work_[t] = kNegInf;
+      }
+    }
+    for (int t = num_words * 32; t < vocab_size_; ++t) work_[t] = kNegInf;
+  }
+  if (static_cast<int>(in.output_token_ids.size()) < p.min_tokens && !in.allowed_only_end) {
     for (int32_t id : p.stop_token_ids) {
       if (id >= 0 && id < vocab_size_) work_[id] = kNegInf;
     }
@@ -292,7 +304,7 @@ bool Sampler::draws_from_unedited_row(const SampleInput& in) const {
   const SamplingParams& p = *in.params;
   const bool masks_stops = static_cast<int>(in.output_token_ids.size()) < p.min_tokens &&
                            (!p.stop_token_ids.empty() || (!p.ignore_eos && !eos_token_ids_.empty()));
-  return p.logprobs < 0 && !masks_stops && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
+  return p.logprobs < 0 && !masks_stops && in.allowed.empty() && p.logit_bias.empty() && p.repetition_penalty == 1.0f &&
          p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f;
 }
 
@@ -312,7 +324,19 @@ void Sampler::device_edits(const SampleInput& in, std::vector<backend::LogitEdit
   for (const auto& [id, bias] : p.logit_bias) {
     if (id >= 0 && id < vocab_size_) edit(id).bias += bias;
   }
-  if (static_cast<int>(in.output_token_ids.size()) < p.min_tokens) {
+  if (!in.allowed.empty()) {
+    const int num_words = std::min(static_cast<int>(in.allowed.size()), (vocab_size_ + 31) / 32);
+    for (int w = 0; w < num_words; ++w) {
+      const uint32_t bits = in.allowed[w];
+      if (bits == 0xffffffffu) continue;
+      const int base = w * 32, end = std::min(vocab_size_, base + 32);
+      for (int t = base; t < end; ++t) {
+        if (!(bits >> (t - base) & 1u)) work_[t] = kNegInf;
+      }
+    }
+    for (int t = num_words * 32; t < vocab_size_; ++t) work_[t] = kNegInf;
+  }
+  if (static_cast<int>(in.output_token_ids.size()) < p.min_tokens && !in.allowed_only_end) {
     for (int32_t id : p.stop_token_ids) {
       if (id >= 0 && id < vocab_size_) edit(id).masked = 1;
     }

@@ -33,6 +33,11 @@ struct SampleInput {
   int choice_index = 0;
   std::span<const int32_t> prompt_token_ids;
   std::span<const int32_t> output_token_ids;  // generated so far (their count is the draw's position)
+  // Constrained decoding (engine/constraint.h): [ceil(vocab / 32)] words, bit t set = token t may be
+  // drawn; every other logit becomes -inf after logit_bias. Empty = no constraint.
+  std::span<const uint32_t> allowed;
+  // The constraint allows only ending (EOS): min_tokens then does not mask EOS, which would leave nothing.
+  bool allowed_only_end = false;
 };
 
 class Sampler {

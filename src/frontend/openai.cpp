@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "frontend/structured_output.h"
+
 namespace tandem::frontend {
 namespace {
 
@@ -139,17 +141,14 @@ std::string error_body(const ApiError& error) {
   return body.dump();
 }
 
-// Features a client asks for that would change what the answer means: structured output and tool
-// calls. Ignoring them, as unknown fields are ignored, would hand back free text where the client
+// Features a client asks for that would change what the answer means: grammar-based structured output
+// (guided_grammar, structured_outputs) and tool calls. Ignoring them, as unknown fields are ignored, would hand back free text where the client
 // expects JSON or a tool call, so they get a 400 naming the parameter instead. The harmless forms
 // pass: a "text" response format. Tools are read by parse_tool_request (chat) instead; the legacy
 // `functions` stay refused.
 std::optional<ApiError> refuse_unsupported_features(Reader& r) {
-  if (const json* rf = r.field("response_format"); rf && !(rf->is_object() && rf->value("type", "") == "text")) {
-    return ApiError::bad_request(
-        "'response_format' other than {\"type\": \"text\"} is not supported (no structured output)", "response_format");
-  }
-  for (const char* guided : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+  // response_format and guided_json/regex/choice are structured output (structured_output.h).
+  for (const char* guided : {"guided_grammar", "structured_outputs"}) {
     if (r.field(guided)) {
       return ApiError::bad_request(std::string("'") + guided + "' is not supported (no structured output)", guided);
     }
@@ -357,6 +356,7 @@ std::optional<ApiError> parse_generation_request(const std::string& text, bool c
   }
   s.set_logprobs(out->top_logprobs);
   if (auto unsupported = refuse_unsupported_features(r)) return unsupported;
+  if (auto structured = parse_structured_output(text, body, &s)) return structured;
   if (auto v = r.boolean("stream")) out->stream = *v;
   if (const json* so = r.field("stream_options")) {
     if (!so->is_object()) return ApiError::bad_request("'stream_options' must be an object", "stream_options");

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "structured/spec.h"
+
 namespace tandem::frontend {
 namespace {
 
@@ -104,11 +106,24 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
                                                   "tools"),
                        headers);
   }
-  // TOOL-CALL CONSTRAINT SEAM (issue 21): `required` and a named tool_choice must hold even for a weak
-  // model. tool_call_constraint() says what the reply must be (tool_calls.h); the request's
-  // constrained decoding (the structured-output engine) is to be set from it here, before launch().
+  // `required` and a named tool_choice must hold even for a weak model: the reply is constrained to the
+  // parser's call form (tool_calls.h says what it is), enforced by the workers like response_format.
   if (auto constraint = tool_call_constraint(req.tools, options_.tool_parser)) {
-    (void)constraint;  // not enforced yet: the parser still reads whatever the model writes
+    if (!req.sampling.guided().empty()) {
+      return reply_error(*ex, ApiError::bad_request("a 'tool_choice' that forces a call cannot be combined with "
+                                                    "structured output (response_format or guided_*)", "tool_choice"),
+                         headers);
+    }
+    const std::string spec = structured::tool_calls_spec(constraint->call_schema, constraint->call_prefix,
+                                                         constraint->call_suffix, constraint->separator,
+                                                         constraint->min_calls, constraint->max_calls)
+                                 .dump();
+    if (const Status valid = structured::validate_spec(spec); !valid.ok()) {
+      return reply_error(*ex, ApiError::bad_request("'tools' cannot be enforced for this tool_choice: " + valid.message(),
+                                                    "tools"),
+                         headers);
+    }
+    req.sampling.set_guided(spec);
   }
   const auto names = served_models(directory_, options_.served_model_name);
   if (names.empty()) return reply_error(*ex, ApiError::unavailable("no worker that can decode is registered"), headers);

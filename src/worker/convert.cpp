@@ -24,6 +24,7 @@ engine::SamplingParams from_proto(const rpc::pb::SamplingParams& p) {
   s.logprobs = p.logprobs();
   s.n = p.n();
   s.skip_special_tokens = p.skip_special_tokens();
+  s.guided = p.guided();
   return s;
 }
 
@@ -51,6 +52,7 @@ void to_proto(const engine::SamplingParams& s, rpc::pb::SamplingParams* p) {
   p->set_logprobs(s.logprobs);
   p->set_n(s.n);
   p->set_skip_special_tokens(s.skip_special_tokens);
+  p->set_guided(s.guided);
 }
 
 void to_proto(const engine::TokenLogprobs& in, rpc::pb::TokenLogprobs* out) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <map>
@@ -60,8 +61,15 @@ class FakeBackend : public backend::Backend {
   Status forward_sampled(const backend::ForwardBatch& b, const backend::DeviceSamplingStep& step) override {
     std::vector<float> logits(static_cast<size_t>(b.num_logits()) * kVocab);
     TANDEM_RETURN_IF_ERROR(forward(b, logits));
+    if (step.await_masks) step.await_masks();  // as a device backend: after the forward is under way
     for (size_t r = 0; r < step.rows.size(); ++r) {
       const backend::RowSampling& row = step.rows[r];
+      if (row.mask_row >= 0) {  // constrained: tokens outside the mask are -inf, as the CUDA draw does
+        const uint32_t* mask = step.masks.data() + static_cast<size_t>(row.mask_row) * ((kVocab + 31) / 32);
+        for (int t = 0; t < kVocab; ++t) {
+          if (!(mask[t >> 5] >> (t & 31) & 1u)) logits[r * kVocab + t] = -INFINITY;
+        }
+      }
       sampled_rows_.push_back(row);
       sampled_edits_.emplace_back(step.edits.begin() + row.edits_begin, step.edits.begin() + row.edits_end);
       step.tokens[r] = backend::argmax(std::span<const float>(logits.data() + r * kVocab, kVocab));

@@ -375,7 +375,7 @@ TEST(Serving, BadRequests_GetOpenAiErrorsAndTheServerKeepsServing) {
       {"/v1/completions", R"({"prompt": [1,2], "model": "nope"})", 404, "model"},
       {"/v1/completions", R"({"prompt": [)" + random_prompt_ids(2000, 1) + "]}", 413, ""},
       {"/v1/nothing", R"({})", 404, ""},
-      {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}})", 400,
+      {"/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"response_format":{"type":"yaml"}})", 400,
        "response_format"},
   };
   for (const auto& c : cases) {

@@ -25,6 +25,7 @@ TEST(Convert, SamplingParams_RoundTripKeepsEveryField) {
   s.logprobs = 4;
   s.n = 3;
   s.skip_special_tokens = false;
+  s.guided = R"({"regex": "a+"})";
 
   rpc::pb::SamplingParams p;
   to_proto(s, &p);
@@ -46,6 +47,7 @@ TEST(Convert, SamplingParams_RoundTripKeepsEveryField) {
   EXPECT_EQ(back.logprobs, s.logprobs);
   EXPECT_EQ(back.n, s.n);
   EXPECT_EQ(back.skip_special_tokens, s.skip_special_tokens);
+  EXPECT_EQ(back.guided, s.guided);
 }
 
 TEST(Convert, SamplingParams_NoSeedStaysUnset) {

@@ -42,6 +42,11 @@ fi
 if [[ -x $bin/gpu_serving_test ]]; then
   step serving env TANDEM_BINARY="$(realpath "$bin/tandem")" "$bin/gpu_serving_test" --gtest_output=json:"$out/serving.json"
 fi
+# Structured output drawn on the device; needs data/tokenizers/qwen3 (carry it) or $TANDEM_DATA_DIR.
+if [[ -x $bin/gpu_structured_test ]]; then
+  step structured env TANDEM_BINARY="$(realpath "$bin/tandem")" TANDEM_DATA_DIR="${TANDEM_DATA_DIR:-$PWD/data}" \
+    "$bin/gpu_structured_test" --gtest_output=json:"$out/structured.json"
+fi
 if [[ -x $bin/kv_transfer_bench ]]; then
   step kv_transfer "$bin/kv_transfer_bench" --device cuda:0 --peer-device cuda:0 --output-json "$out/kv_transfer.json"
 fi
@@ -81,7 +86,7 @@ python3 - "$out" "{${status_json%,}}" "$(( $(date +%s) - start ))" <<'PY'
 import json, os, sys
 out, steps, total = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
 summary = {"device": open(os.path.join(out, "device.txt")).read().strip(), "total_seconds": total, "steps": steps}
-for name in ("kernels", "backend", "fp8", "serving"):
+for name in ("kernels", "backend", "fp8", "serving", "structured"):
     path = os.path.join(out, name + ".json")
     if os.path.exists(path):
         j = json.load(open(path))

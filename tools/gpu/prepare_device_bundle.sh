@@ -24,8 +24,10 @@ mkdir -p "$dest/bin" "$dest/lib" "$dest/tools"
 b=${BUILD_DIR:-build}
 bins=($b/tandem $b/tests/backend/cuda_kernels_test $b/tests/backend/cuda_backend_test
       $b/tests/backend/backend_tool)
-# Optional binaries, when built: the FP8 GPU tests, the GPU serving tests and the KV transfer benchmark.
-for extra in $b/tests/backend/cuda_fp8_test $b/tests/integration/gpu_serving_test $b/bench/kv_transfer_bench; do
+# Optional binaries, when built: the FP8 GPU tests, the GPU serving and structured-output tests and the KV
+# transfer benchmark.
+for extra in $b/tests/backend/cuda_fp8_test $b/tests/integration/gpu_serving_test $b/tests/integration/gpu_structured_test \
+             $b/bench/kv_transfer_bench; do
   [[ -x $extra ]] && bins+=("$extra")
 done
 cp "${bins[@]}" "$dest/bin/"

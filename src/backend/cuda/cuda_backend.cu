@@ -464,21 +464,27 @@ Status CudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSampl
   const size_t n = static_cast<size_t>(batch.num_logits());
   if (step.tokens.size() != n || step.rows.size() != n) return Status::InvalidArgument("rows and tokens must be [num_logits]");
   bool any_logprobs = false;
+  const size_t mask_words = (static_cast<size_t>(config_.vocab_size) + 31) / 32;
   for (const RowSampling& r : step.rows) {
     if (r.edits_begin < 0 || r.edits_end < r.edits_begin || static_cast<size_t>(r.edits_end) > step.edits.size()) {
       return Status::InvalidArgument("a row's edits are outside the step's edit list");
     }
     if (r.num_logprobs > kMaxTopLogprobs) return Status::InvalidArgument("at most 20 top logprobs");
+    if (r.mask_row >= 0 && static_cast<size_t>(r.mask_row + 1) * mask_words > step.masks.size()) {
+      return Status::InvalidArgument("a row's mask is outside the step's masks");
+    }
     any_logprobs = any_logprobs || r.num_logprobs >= 0;
   }
   if (any_logprobs && step.logprobs.size() != n) return Status::InvalidArgument("logprobs must be [num_logits]");
   if (batch.num_tokens() == 0) return Status::Ok();
   if (!health_.ok()) return health_;
   TANDEM_CUDA_RETURN(cudaSetDevice(device_), device_);
-  // One staging buffer, [rows | edits | logprobs], pinned on the host and mirrored on the device; the
-  // logprobs come back into the pinned part and are copied out once the step is done (finish_step).
+  // One staging buffer, [rows | edits | masks | logprobs], pinned on the host and mirrored on the device;
+  // the logprobs come back into the pinned part and are copied out once the step is done (finish_step).
+  // The masks are staged in finish_step, once the forward is enqueued (DeviceSamplingStep::await_masks).
   const size_t rows_bytes = sizeof(RowSampling) * n, edits_bytes = sizeof(LogitEdit) * step.edits.size();
-  const size_t logprobs_offset = (rows_bytes + edits_bytes + 15) / 16 * 16;
+  const size_t masks_offset = (rows_bytes + edits_bytes + 15) / 16 * 16;
+  const size_t logprobs_offset = (masks_offset + step.masks.size_bytes() + 15) / 16 * 16;
   const size_t total = logprobs_offset + (any_logprobs ? sizeof(RowLogprobs) * n : 0);
   if (total > sample_capacity_) {
     // The previous step's copies may still read the old buffers.
@@ -496,6 +502,9 @@ Status CudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSampl
   std::memcpy(sample_host_, step.rows.data(), rows_bytes);
   if (edits_bytes > 0) std::memcpy(sample_host_ + rows_bytes, step.edits.data(), edits_bytes);
   sample_upload_bytes_ = rows_bytes + edits_bytes;
+  sample_masks_offset_ = masks_offset;
+  sample_masks_ = step.masks;
+  sample_await_masks_ = step.await_masks;
   sample_logprobs_offset_ = logprobs_offset;
   sample_logprobs_ = any_logprobs ? step.logprobs : std::span<RowLogprobs>{};
   sampling_ = true;
@@ -504,6 +513,8 @@ Status CudaBackend::forward_sampled(const ForwardBatch& batch, const DeviceSampl
   greedy_tokens_ = {};
   sampling_ = false;
   sample_logprobs_ = {};
+  sample_masks_ = {};
+  sample_await_masks_ = nullptr;
   return s;
 }
 

@@ -211,9 +211,12 @@ class CudaBackend final : public Backend {
   // logits are enqueued; the rows' logprobs come back through the same buffer.
   bool sampling_ = false;                 // the step in flight draws (else argmax or whole rows)
   size_t sample_capacity_ = 0;
-  std::byte* sample_host_ = nullptr;      // [sample_capacity] pinned host: rows | edits | logprobs
+  std::byte* sample_host_ = nullptr;      // [sample_capacity] pinned host: rows | edits | masks | logprobs
   std::byte* sample_dev_ = nullptr;       // [sample_capacity] device, same layout
-  size_t sample_upload_bytes_ = 0;        // rows + edits
+  size_t sample_upload_bytes_ = 0;        // rows + edits (+ masks, staged in finish_step)
+  size_t sample_masks_offset_ = 0;        // where the masks go in the staging buffer
+  std::span<const uint32_t> sample_masks_;  // DeviceSamplingStep::masks, read after sample_await_masks_
+  std::function<void()> sample_await_masks_;
   size_t sample_logprobs_offset_ = 0;
   std::span<RowLogprobs> sample_logprobs_;  // where the logprobs go; empty when no row asks
   // The first CUDA failure of a step, kept: CUDA errors such as an illegal address are sticky, so

@@ -205,11 +205,20 @@ Status CudaBackend::finish_step(std::span<float> logits) {
   if (!greedy_tokens_.empty()) {
     const int rows = static_cast<int>(greedy_tokens_.size());
     if (sampling_) {
-      TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_dev_, sample_host_, sample_upload_bytes_, cudaMemcpyHostToDevice, stream_), device_);
+      // The forward is enqueued: the masks the host computed meanwhile join the upload.
+      size_t upload = sample_upload_bytes_;
+      const uint32_t* masks_dev = nullptr;
+      if (!sample_masks_.empty()) {
+        if (sample_await_masks_) sample_await_masks_();
+        std::memcpy(sample_host_ + sample_masks_offset_, sample_masks_.data(), sample_masks_.size_bytes());
+        upload = sample_masks_offset_ + sample_masks_.size_bytes();
+        masks_dev = reinterpret_cast<const uint32_t*>(sample_dev_ + sample_masks_offset_);
+      }
+      TANDEM_CUDA_RETURN(cudaMemcpyAsync(sample_dev_, sample_host_, upload, cudaMemcpyHostToDevice, stream_), device_);
       const auto* rows_dev = reinterpret_cast<const RowSampling*>(sample_dev_);
       const auto* edits_dev = reinterpret_cast<const LogitEdit*>(sample_dev_ + sizeof(RowSampling) * rows);
       auto* logprobs_dev = sample_logprobs_.empty() ? nullptr : reinterpret_cast<RowLogprobs*>(sample_dev_ + sample_logprobs_offset_);
-      TANDEM_CUDA_RETURN(launch_sample_rows(logits_dev_, rows_dev, edits_dev, greedy_dev_, logprobs_dev, rows,
+      TANDEM_CUDA_RETURN(launch_sample_rows(logits_dev_, rows_dev, edits_dev, masks_dev, greedy_dev_, logprobs_dev, rows,
                                             config_.vocab_size, stream_, launch_),
                          device_);
       if (logprobs_dev != nullptr) {

@@ -355,7 +355,8 @@ __device__ void fill_logprobs(Shared& sh, const float* row, int vocab, int num_t
 }
 
 __global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, const RowSampling* rows, const LogitEdit* edits,
-                                                                int32_t* tokens, RowLogprobs* logprobs, int vocab) {
+                                                                const uint32_t* masks, int32_t* tokens, RowLogprobs* logprobs,
+                                                                int vocab) {
   pdl_trigger();
   pdl_wait();  // the logits come from the previous kernel
   __shared__ Shared sh;
@@ -376,6 +377,15 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, co
     row[edit.token] = x;
   }
   __syncthreads();
+  // Constrained decoding: tokens outside the allowed mask are -inf (an edit cannot bring them back: the
+  // host masks after logit_bias, and penalties keep -inf).
+  if (p.mask_row >= 0 && masks != nullptr) {
+    const uint32_t* mask = masks + static_cast<size_t>(p.mask_row) * ((vocab + 31) / 32);
+    for (int t = static_cast<int>(threadIdx.x); t < vocab; t += kThreads) {
+      if (!((mask[t >> 5] >> (t & 31)) & 1u)) row[t] = -INFINITY;
+    }
+    __syncthreads();
+  }
 
   // Scale (as the host: only when the temperature is neither 0 nor 1) and find the maximum.
   const bool scale = p.temperature > 0.0f && p.temperature != 1.0f;
@@ -404,13 +414,13 @@ __global__ void __launch_bounds__(kThreads) sample_rows_kernel(float* logits, co
 
 }  // namespace
 
-cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, int32_t* tokens,
-                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream,
+cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, const uint32_t* masks,
+                               int32_t* tokens, RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream,
                                const LaunchOptions& options) {
   if (num_rows < 0 || vocab <= 0) return cudaErrorInvalidValue;
   if (num_rows == 0) return cudaSuccess;
   return launch_kernel(sample_rows_kernel, dim3(num_rows), dim3(kThreads), 0, stream, options, logits, rows, edits,
-                       tokens, logprobs, vocab);
+                       masks, tokens, logprobs, vocab);
 }
 
 }  // namespace tandem::backend::cuda

@@ -28,10 +28,11 @@ namespace tandem::backend::cuda {
 // For each row r: applies its edits (rows[r].edits_begin..edits_end of `edits`), draws tokens[r], and when
 // rows[r].num_logprobs >= 0 fills logprobs[r].
 //   logits [num_rows, vocab] fp32 (overwritten: edited, and scaled by 1 / temperature); rows [num_rows];
-//   edits [sum of the rows' edits] (null when none); tokens [num_rows] int32; logprobs [num_rows] (null
-//   when no row asks).
-cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, int32_t* tokens,
-                               RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream,
+//   edits [sum of the rows' edits] (null when none); masks [mask rows, ceil(vocab / 32)] uint32 (null when
+//   no row has rows[r].mask_row >= 0): after the edits, a token whose bit is clear in its row's mask is
+//   -inf; tokens [num_rows] int32; logprobs [num_rows] (null when no row asks).
+cudaError_t launch_sample_rows(float* logits, const RowSampling* rows, const LogitEdit* edits, const uint32_t* masks,
+                               int32_t* tokens, RowLogprobs* logprobs, int num_rows, int vocab, cudaStream_t stream,
                                const LaunchOptions& options);
 
 }  // namespace tandem::backend::cuda

@@ -456,7 +456,12 @@ TEST(CudaGreedy, ForwardGreedyEqualsArgmaxOfForward) {
       sampler.device_edits(in, &edits);
       draws[r].edits_end = static_cast<int>(edits.size());
     }
-    ASSERT_TRUE(backend->forward_sampled(batch, DeviceSamplingStep{draws, edits, sampled, device_logprobs}).ok());
+    DeviceSamplingStep sampling_step;
+    sampling_step.rows = draws;
+    sampling_step.edits = edits;
+    sampling_step.tokens = sampled;
+    sampling_step.logprobs = device_logprobs;
+    ASSERT_TRUE(backend->forward_sampled(batch, sampling_step).ok());
     for (size_t r = 0; r < rows.size(); ++r) {
       EXPECT_EQ(sampled[r], want[r]) << "step " << step << " row " << r;
       if (draws[r].num_logprobs >= 0) {

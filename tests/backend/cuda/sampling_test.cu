@@ -39,7 +39,8 @@ TEST(SamplingKeys, OrderLikeTheHostSamplersSort) {
 // rows (a flat row puts most of the vocabulary into the one bucket that top_k/top_p cut, where the
 // radix selection does the work) and on rows of tied logits (ties go to the lower id, as the host's
 // sort); rows edited by penalties, logit_bias and min_tokens masks (Sampler::device_edits, applied on
-// the device, against Sampler::sample's own processing); logprobs (chosen and top 0..20). The two must
+// the device, against Sampler::sample's own processing); rows constrained by an allowed-token mask
+// (structured output: RowSampling::mask_row); logprobs (chosen and top 0..20). The two must
 // pick the same token on every row and report the same logprobs.
 struct SamplingCase {
   int vocab;
@@ -78,6 +79,10 @@ TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
   std::vector<int32_t> want(rows);
   std::vector<engine::TokenLogprobs> want_logprobs(rows);
   engine::Sampler sampler(c.vocab, {c.vocab - 1});
+  // Every fifth row is constrained (structured output): a random, a sparse or a banded allowed mask.
+  const int words = (c.vocab + 31) / 32;
+  std::vector<uint32_t> masks;  // [constrained rows, words]
+  std::vector<uint32_t> row_mask(words);
   for (int r = 0; r < rows; ++r) {
     const Params& g = grid[r % grid.size()];
     engine::SamplingParams sp;
@@ -109,9 +114,23 @@ TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
     in.seed = *sp.seed;
     in.prompt_token_ids = prompt;
     in.output_token_ids = output;
+    const bool constrained = r % 5 == 4;
+    if (constrained) {
+      const int kind = (r / 5) % 3;
+      std::fill(row_mask.begin(), row_mask.end(), 0u);
+      for (int t = 0; t < c.vocab; ++t) {
+        const bool allowed = kind == 0 ? rng() % 10 < 3 : kind == 1 ? t % 997 == 5 || t == 7 : !(t >= 100 && t < 5000);
+        if (allowed) row_mask[t >> 5] |= 1u << (t & 31);
+      }
+      in.allowed = row_mask;
+    }
     want[r] = sampler.sample(std::span<const float>(logits.data() + static_cast<size_t>(r) * c.vocab, c.vocab), in,
                              &want_logprobs[r]);
     params[r] = engine::Sampler::device_row(in);
+    if (constrained) {
+      params[r].mask_row = static_cast<int>(masks.size() / words);
+      masks.insert(masks.end(), row_mask.begin(), row_mask.end());
+    }
     params[r].edits_begin = static_cast<int>(edits.size());
     sampler.device_edits(in, &edits);
     params[r].edits_end = static_cast<int>(edits.size());
@@ -122,7 +141,8 @@ TEST_P(DeviceSampling, DrawsWhatTheHostSamplerDraws) {
   DeviceVec<LogitEdit> d_edits(edits);
   DeviceVec<int32_t> d_tokens(rows);
   DeviceVec<RowLogprobs> d_logprobs(rows);
-  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_edits.ptr, d_tokens.ptr, d_logprobs.ptr, rows, c.vocab,
+  DeviceVec<uint32_t> d_masks(masks);
+  CUDA_OK(launch_sample_rows(d_logits.ptr, d_params.ptr, d_edits.ptr, d_masks.ptr, d_tokens.ptr, d_logprobs.ptr, rows, c.vocab,
                              nullptr, kPlain));
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<int32_t> got = d_tokens.download();
