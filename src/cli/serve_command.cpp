@@ -71,6 +71,8 @@ struct ServeOptions {
   std::vector<std::string> api_keys;  // to the frontend through its environment, never its argv
   int max_pending_requests = 0;
   double request_timeout_s = 0;
+  std::string router_mode;     // passed to the frontend
+  int migration_limit = -1;    // passed to the frontend when given
 };
 
 struct Child {
@@ -206,6 +208,8 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--request-timeout-s", o->request_timeout_s,
                   "Fail a request not done this long after it arrived, and abort it on its worker (0 = none)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--router-mode", o->router_mode, "The frontend's --router-mode (default kv)");
+  cmd->add_option("--migration-limit", o->migration_limit, "The frontend's --migration-limit (default 3)");
   cmd->add_option("--frontend-arg", o->frontend_args, "Extra flag passed to the frontend (repeatable), e.g. --frontend-arg=--max-connections=1000");
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
   return [o]() {
@@ -260,6 +264,8 @@ Runner add_serve_command(CLI::App& app) {
       std::snprintf(seconds, sizeof(seconds), "%g", o->request_timeout_s);
       frontend.argv.insert(frontend.argv.end(), {"--request-timeout-s", seconds});
     }
+    if (!o->router_mode.empty()) frontend.argv.insert(frontend.argv.end(), {"--router-mode", o->router_mode});
+    if (o->migration_limit >= 0) frontend.argv.insert(frontend.argv.end(), {"--migration-limit", std::to_string(o->migration_limit)});
     for (const auto& a : o->frontend_args) frontend.argv.push_back(a);
     // The keys reach the frontend as TANDEM_API_KEY, so that they show in no process list; checked
     // here first, so that a bad one is reported before anything starts.

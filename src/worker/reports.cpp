@@ -37,6 +37,9 @@ rpc::pb::Envelope Reports::registration() const {
   r->set_vocab_size(backend.config().vocab_size);
   r->set_pid(static_cast<int32_t>(getpid()));
   r->set_no_prefix_caching(!options.prefix_caching);
+  const uint64_t salt = options.prefix_caching ? core_->engine->kv_hash_salt() : 0;
+  r->set_kv_events(salt != 0);
+  r->set_kv_hash_salt(salt);
   return env;
 }
 
