@@ -424,7 +424,9 @@ bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
 // no repeated and no lost token. Up to --migration-limit times per request; one choice only (n = 1).
 // False (nothing changed) when it may not move or no other worker can take it.
 bool RequestLifecycle::migrate(Request& r, WorkerKey from, const char* why) {
-  if (r.migrations >= options_.migration_limit || !r.generate || r.choices.size() != 1 || r.choices[0].finished) {
+  // Before the first token reroute() is the rule (once); migration continues a stream under way.
+  if (r.migrations >= options_.migration_limit || !r.generate || r.choices.size() != 1 || r.choices[0].finished ||
+      r.choices[0].tokens.empty()) {
     return false;
   }
   const std::vector<int32_t>& done = r.choices[0].tokens;
