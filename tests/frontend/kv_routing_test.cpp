@@ -164,6 +164,7 @@ Candidate decoder(int load_blocks, int overlap_tokens = 0, int outstanding = 0) 
 TEST(Router, KvCostPicksTheCachedWorkerUnderLoad) {
   RouterOptions o;
   o.mode = RouterMode::kKv;
+  o.kv_overlap_score_weight = 1.0;
   // 800-token prompt = 50 blocks. Worker 1 holds 48 of them but runs 40 blocks of decodes; worker 0 is
   // idle and holds nothing: 50 > 2 + 40, so the cached worker wins.
   std::vector<Candidate> c = {decoder(0), decoder(40, 768, 3), decoder(10)};
@@ -173,7 +174,7 @@ TEST(Router, KvCostPicksTheCachedWorkerUnderLoad) {
   // Under enough load the idle worker wins after all.
   c[1].load_blocks = 60;
   EXPECT_EQ(route(c, 800, 0, true, o).decode, 0);
-  // The weight shifts the balance: prefill counts 2x.
+  // The weight shifts the balance: prefill counts 2x (the default counts it 5x).
   o.kv_overlap_score_weight = 2.0;
   EXPECT_EQ(route(c, 800, 0, true, o).decode, 1);
   // least-loaded ignores the cache when loads differ.
@@ -184,6 +185,7 @@ TEST(Router, KvCostPicksTheCachedWorkerUnderLoad) {
 TEST(Router, KvChoosesThePrefillWorkerByTheSameCost) {
   RouterOptions o;
   o.mode = RouterMode::kKv;
+  o.kv_overlap_score_weight = 1.0;
   Candidate p0, p1;
   p0.is_prefill = p1.is_prefill = true;
   p0.block_size = p1.block_size = 16;
@@ -213,7 +215,7 @@ TEST(Router, ModesBehaveAsNamed) {
   EXPECT_EQ(route(c, 10, 0, true, o).decode, 1);
   // Softmax over costs: a cold temperature is the lowest cost; a hot one reaches the others.
   o.mode = RouterMode::kKv;
-  std::vector<Candidate> k = {decoder(0, 160), decoder(40), decoder(40)};  // costs 0, 41, 41 (1 block prompt + load)
+  std::vector<Candidate> k = {decoder(0, 160), decoder(40), decoder(40)};  // costs 0, 90, 90
   o.temperature = 0.01;
   for (double u : {0.0, 0.5, 0.999}) EXPECT_EQ(route(k, 160, 0, true, o, RouteDraw{u, 0}).decode, 0);
   o.temperature = 100;
