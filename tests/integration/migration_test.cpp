@@ -61,8 +61,7 @@ std::string stream_body(const std::string& prompt_ids, int max_tokens, const std
          R"(,"stream":true,"return_token_ids":true,"ignore_eos":true,)" + sampling + "}";
 }
 
-// The decode worker the frontend logged for the request whose log line mentions `marker`... the
-// requests here carry an X-Request-Id-free body, so the first route line after `skip` lines is used.
+// The decode worker of the frontend's nth routing decision (its event=route lines, in order).
 std::string routed_worker(Cluster& cluster, size_t nth) {
   const std::string log = cluster.log("frontend");
   static const std::regex route(R"(event=route .*decode_worker=(\S+))");
