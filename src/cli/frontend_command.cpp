@@ -33,6 +33,7 @@ struct FrontendCommandOptions {
   double idle_timeout_s = 60;
   double request_timeout_s = 0;
   ClusterFlags cluster;
+  std::string router_mode = "kv";
 };
 
 int to_ms(double seconds) { return static_cast<int>(std::min(seconds * 1000.0, 2e9)); }
@@ -63,6 +64,19 @@ Runner add_frontend_command(CLI::App& app) {
                 "Accepted for vLLM's command lines (tool calling is on whenever --tool-call-parser is given)");
   cmd->add_option("--max-local-prefill", f.router.max_local_prefill, "Uncached prompt tokens above which prefill runs remotely")->capture_default_str();
   cmd->add_option("--max-prefill-queue", f.router.max_prefill_queue, "Remote prefill only while fewer than this are queued")->capture_default_str();
+  cmd->add_option("--router-mode", o->router_mode,
+                  "How a request's worker is chosen: kv (cached overlap and load), least-loaded, round-robin, random, "
+                  "prefix-hash (by the prompt's first tokens: the benchmark's oracle)")
+      ->capture_default_str();
+  cmd->add_option("--kv-overlap-score-weight", f.router.kv_overlap_score_weight,
+                  "kv mode: weight of the blocks a worker would prefill against its load in blocks")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--router-temperature", f.router.temperature,
+                  "kv mode: 0 picks the lowest cost; above 0, a softmax draw over the costs")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--migration-limit", f.migration_limit,
+                  "Times a streaming request moves to another worker when its decode worker is lost (0 = never)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--heartbeat-timeout-ms", f.heartbeat_timeout_ms, "Drop a worker silent this long")->capture_default_str();
   cmd->add_option("--remote-prefill-timeout-ms", f.remote_prefill_timeout_ms, "Deadline of a remote prefill before the decode worker prefills locally")->capture_default_str();
   cmd->add_option("--request-timeout-ms", f.request_timeout_ms, "Fail a request with no output for this long")->capture_default_str();
@@ -119,6 +133,9 @@ Runner add_frontend_command(CLI::App& app) {
     auto tool_parser = frontend::parse_tool_parser_kind(o->tool_call_parser);
     if (!tool_parser) throw Error("--tool-call-parser: unknown parser '" + o->tool_call_parser + "' (use hermes or llama3_json)");
     o->options.tool_parser = *tool_parser;
+    auto mode = frontend::parse_router_mode(o->router_mode);
+    if (!mode) throw Error("--router-mode: unknown mode '" + o->router_mode + "' (use kv, least-loaded, round-robin, random or prefix-hash)");
+    o->options.router.mode = *mode;
     o->options.http.port = static_cast<uint16_t>(o->port);
     o->options.http.max_body_bytes = o->max_body_bytes;
     o->options.http.header_timeout_ms = std::max(1, to_ms(o->header_timeout_s));

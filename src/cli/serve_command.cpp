@@ -77,6 +77,8 @@ struct ServeOptions {
   int max_pending_requests = 0;
   double request_timeout_s = 0;
   ClusterFlags cluster;  // checked here, then handed to every child
+  std::string router_mode;     // passed to the frontend
+  int migration_limit = -1;    // passed to the frontend when given
 };
 
 struct Child {
@@ -221,6 +223,8 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--request-timeout-s", o->request_timeout_s,
                   "Fail a request not done this long after it arrived, and abort it on its worker (0 = none)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--router-mode", o->router_mode, "The frontend's --router-mode (default kv)");
+  cmd->add_option("--migration-limit", o->migration_limit, "The frontend's --migration-limit (default 3)");
   cmd->add_option("--frontend-arg", o->frontend_args, "Extra flag passed to the frontend (repeatable), e.g. --frontend-arg=--max-connections=1000");
   add_cluster_flags(cmd, &o->cluster);
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
@@ -286,6 +290,8 @@ Runner add_serve_command(CLI::App& app) {
       frontend.argv.insert(frontend.argv.end(), {"--request-timeout-s", seconds});
     }
     frontend.argv.insert(frontend.argv.end(), cluster_args.begin(), cluster_args.end());
+    if (!o->router_mode.empty()) frontend.argv.insert(frontend.argv.end(), {"--router-mode", o->router_mode});
+    if (o->migration_limit >= 0) frontend.argv.insert(frontend.argv.end(), {"--migration-limit", std::to_string(o->migration_limit)});
     for (const auto& a : o->frontend_args) frontend.argv.push_back(a);
     // The keys reach the frontend as TANDEM_API_KEY, so that they show in no process list; checked
     // here first, so that a bad one is reported before anything starts.

@@ -3,20 +3,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/block_hash.h"
 #include "common/error.h"
 
 namespace tandem::engine {
-namespace {
-
-// SplitMix64's finalizer: a full-avalanche 64-bit mix.
-inline uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
-
 BlockManager::BlockManager(int num_blocks, int block_size, bool enable_prefix_caching, uint64_t salt)
     : num_blocks_(num_blocks),
       block_size_(block_size),
@@ -36,9 +26,7 @@ BlockManager::BlockManager(int num_blocks, int block_size, bool enable_prefix_ca
 }
 
 uint64_t BlockManager::chain_hash(uint64_t parent, std::span<const int32_t> tokens) const {
-  uint64_t h = mix64(parent ^ 0x9e3779b97f4a7c15ull);
-  for (int32_t t : tokens) h = mix64(h + 0x9e3779b97f4a7c15ull + static_cast<uint32_t>(t));
-  return h == kNoHash ? 1 : h;
+  return chain_block_hash(parent, tokens);
 }
 
 void BlockManager::update_block_hashes(Sequence& seq) const {
@@ -137,8 +125,31 @@ void BlockManager::publish_computed_blocks(Sequence& seq) {
     std::memcpy(&tokens_[static_cast<size_t>(b) * block_size_], seq.token_ids.data() + static_cast<size_t>(i) * block_size_,
                 sizeof(int32_t) * block_size_);
     cached_.emplace(h, b);
+    if (record_events_) events_.push_back({h, true});
   }
   seq.num_published_blocks = full;
+}
+
+void BlockManager::take_events(std::vector<uint64_t>* stored, std::vector<uint64_t>* removed) {
+  if (events_.empty()) return;
+  // A hash stored and evicted within one batch (or the reverse) nets out to its last change.
+  std::unordered_map<uint64_t, bool> last;
+  last.reserve(events_.size());
+  for (const auto& [h, is_stored] : events_) last[h] = is_stored;
+  for (const auto& [h, is_stored] : events_) {
+    auto it = last.find(h);
+    if (it == last.end()) continue;
+    (it->second ? stored : removed)->push_back(h);
+    last.erase(it);
+  }
+  events_.clear();
+}
+
+std::vector<uint64_t> BlockManager::cached_hashes() const {
+  std::vector<uint64_t> out;
+  out.reserve(cached_.size());
+  for (const auto& [h, b] : cached_) out.push_back(h);
+  return out;
 }
 
 BlockManagerStats BlockManager::stats() const {
@@ -190,7 +201,10 @@ int32_t BlockManager::pop_free_head() {
 void BlockManager::evict(int32_t b) {
   if (hash_[b] == kNoHash) return;
   auto it = cached_.find(hash_[b]);
-  if (it != cached_.end() && it->second == b) cached_.erase(it);
+  if (it != cached_.end() && it->second == b) {
+    cached_.erase(it);
+    if (record_events_) events_.push_back({hash_[b], false});
+  }
   hash_[b] = kNoHash;
 }
 

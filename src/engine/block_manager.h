@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "engine/sequence.h"
@@ -79,6 +80,15 @@ class BlockManager {
     prefix_hits_ += num_hit_tokens;
   }
 
+  // KV events (the frontend's KV index, docs/routing.md): once enabled, every hash published to or
+  // evicted from the prefix cache is logged until take_events() hands the net change since the last
+  // call to `stored` and `removed` (disjoint; appended).
+  void enable_events() { record_events_ = enable_prefix_caching_; }
+  void take_events(std::vector<uint64_t>* stored, std::vector<uint64_t>* removed);
+  // Every hash the prefix cache holds now (a KV index's resynchronisation), in no order.
+  std::vector<uint64_t> cached_hashes() const;
+  uint64_t salt() const { return salt_; }
+
   BlockManagerStats stats() const;
   int ref_count(int32_t block) const { return ref_count_[block]; }
   // Walks every structure and returns false on the first broken invariant (tests and debug builds):
@@ -111,6 +121,9 @@ class BlockManager {
   int num_free_ = 0;
   int num_cached_free_ = 0;
   std::unordered_map<uint64_t, int32_t> cached_;  // chain hash -> block id
+
+  bool record_events_ = false;
+  std::vector<std::pair<uint64_t, bool>> events_;  // (hash, stored) in order, since take_events()
 
   int64_t prefix_queries_ = 0;
   int64_t prefix_hits_ = 0;

@@ -311,6 +311,10 @@ class EngineImpl final : public Engine {
     if (!(p.frequency_penalty >= -2 && p.frequency_penalty <= 2)) return bad("frequency_penalty must be in [-2, 2]");
     if (!(p.repetition_penalty > 0) || !std::isfinite(p.repetition_penalty)) return bad("repetition_penalty must be > 0");
     if (p.max_tokens < 1) return bad("max_tokens must be >= 1");
+    if (r.num_resumed_tokens < 0 || r.num_resumed_tokens >= static_cast<int>(r.prompt_token_ids.size())) {
+      return bad("num_resumed_tokens must be in [0, prompt length)");
+    }
+    if (r.num_resumed_tokens > 0 && p.n != 1) return bad("a resumed request has n = 1");
     if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) return bad("min_tokens must be in [0, max_tokens]");
     if (p.logprobs < -1 || p.logprobs > 20) return bad("logprobs must be in [0, 20]");
     if (p.n < 1 || p.n > max_seqs_) return bad("n must be in [1, max_seqs = " + std::to_string(max_seqs_) + "]");
@@ -353,6 +357,14 @@ class EngineImpl final : public Engine {
     }
     c->stop = std::make_unique<StopChecker>(&state.request.sampling, config_.eos_token_ids, max_model_len_, std::move(stream));
     if (state.constraint) c->constraint = state.constraint->start();
+    if (const int resumed = state.request.num_resumed_tokens; resumed > 0) {
+      const auto sent = c->prompt().last(static_cast<size_t>(resumed));
+      c->stop->resume(sent, state.request.resumed_text_bytes);
+      // A migrated constrained stream goes on with its grammar where the client's text is, not from its start.
+      if (c->constraint) {
+        for (const int32_t token : sent) c->constraint->advance(token);
+      }
+    }
     return c;
   }
 
@@ -544,8 +556,10 @@ class EngineImpl final : public Engine {
     in.params = &state.request.sampling;
     in.seed = state.seed;
     in.choice_index = c->index;
-    in.prompt_token_ids = c->prompt();
-    in.output_token_ids = c->output();
+    // A migrated request's resumed tokens are output: its draws continue their positions.
+    const size_t prompt_len = static_cast<size_t>(c->num_prompt_tokens - state.request.num_resumed_tokens);
+    in.prompt_token_ids = {c->token_ids.data(), prompt_len};
+    in.output_token_ids = {c->token_ids.data() + prompt_len, c->token_ids.size() - prompt_len};
     return in;
   }
 
@@ -623,6 +637,7 @@ class EngineImpl final : public Engine {
 
   void loop() {
     std::vector<PendingOutput> outs;
+    KvCacheEvents kv_events;  // the step's prefix-cache changes, delivered after its outputs
     using SteadyClock = std::chrono::steady_clock;
     auto ns = [](SteadyClock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); };
     while (true) {
@@ -679,6 +694,7 @@ class EngineImpl final : public Engine {
         forward_end = SteadyClock::now();
         is_decode = step->num_batched_tokens == static_cast<int>(step->seqs.size());
         std::lock_guard<std::mutex> lock(mu_);
+        if (on_kv_events_) blocks_.take_events(&kv_events.stored, &kv_events.removed);
         if (status.ok()) {
           try {
             complete_step(*step, &outs);
@@ -718,6 +734,10 @@ class EngineImpl final : public Engine {
       }
       const auto deliver_start = SteadyClock::now();
       deliver(outs);
+      if (!kv_events.stored.empty() || !kv_events.removed.empty()) {
+        on_kv_events_(std::move(kv_events));  // set before the first submit: read without the lock
+        kv_events = KvCacheEvents{};
+      }
       if (!step->empty()) {
         const int64_t delivery = ns(SteadyClock::now() - deliver_start);
         outside_forward_ns_.fetch_add(delivery, std::memory_order_relaxed);
@@ -754,6 +774,19 @@ class EngineImpl final : public Engine {
     aborts_.clear();
   }
 
+  void set_on_kv_events(std::function<void(KvCacheEvents)> callback) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_kv_events_ = std::move(callback);
+    if (on_kv_events_) blocks_.enable_events();
+  }
+
+  std::vector<uint64_t> kv_cached_hashes() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return blocks_.prefix_caching() ? blocks_.cached_hashes() : std::vector<uint64_t>{};
+  }
+
+  uint64_t kv_hash_salt() const override { return blocks_.prefix_caching() ? blocks_.salt() : 0; }
+
   void set_on_device_lost(std::function<void(const Status&)> callback) override {
     std::lock_guard<std::mutex> lock(mu_);
     on_device_lost_ = std::move(callback);
@@ -770,6 +803,7 @@ class EngineImpl final : public Engine {
   bool stop_ = false;                                                    // GUARDED_BY(mu_)
   Status device_failure_;  // the backend's device_health once a step found it failed    GUARDED_BY(mu_)
   std::function<void(const Status&)> on_device_lost_;                    // GUARDED_BY(mu_)
+  std::function<void(KvCacheEvents)> on_kv_events_;  // set under mu_ before the first submit, then only read
   bool blocked_ = false;  // the last schedule() found nothing runnable     GUARDED_BY(mu_)
   BlockManager blocks_;                                                  // GUARDED_BY(mu_)
   Scheduler scheduler_;                                                  // GUARDED_BY(mu_)

@@ -86,6 +86,13 @@ struct EngineStats {
   double decode_outside_forward_seconds = 0;
 };
 
+// What the prefix cache stored and evicted over one engine step (KV events, docs/routing.md): block
+// hashes as common/block_hash.h names them, salted by kv_hash_salt(); disjoint lists.
+struct KvCacheEvents {
+  std::vector<uint64_t> stored;
+  std::vector<uint64_t> removed;
+};
+
 class Engine {
  public:
   // Stops the loop thread and ends every live request with kAbort.
@@ -131,6 +138,17 @@ class Engine {
 
   virtual EngineStats stats() const = 0;
   virtual backend::Backend& backend() = 0;
+
+  // KV events: `callback` runs on the engine thread, outside the engine's lock, after every step whose
+  // prefix cache changed, with that step's net change. Set before the first submit. An engine without a
+  // prefix cache never calls it.
+  virtual void set_on_kv_events(std::function<void(KvCacheEvents)> callback) { (void)callback; }
+  // Every block hash the prefix cache holds now (a snapshot for a KV index's resynchronisation). Events
+  // already taken and ones not yet delivered may both overlap it: applying a store or an eviction
+  // again is harmless, so a snapshot followed by the events after it ends in the cache's state.
+  virtual std::vector<uint64_t> kv_cached_hashes() const { return {}; }
+  // The salt of the first block's chain hash (the model); 0 with no prefix cache.
+  virtual uint64_t kv_hash_salt() const { return 0; }
 
   // Called once, on the engine thread and after the failed step's outputs are delivered, when a step
   // fails with the backend's device unusable (Backend::device_health): by then every request the

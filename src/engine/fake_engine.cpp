@@ -86,6 +86,8 @@ struct FakeChoice {
   int index = 0;
   int32_t last_token = -1;
   int num_output = 0;
+  int resumed = 0;          // a migrated request: output positions produced before it moved here
+  std::string resumed_text; // their text the client does not have yet (streamed with the next token)
   bool finished = false;
   std::unique_ptr<TextStream> text;
 };
@@ -126,11 +128,26 @@ class FakeEngine : public Engine {
     const int needed = num_blocks_for(request.prompt_token_ids.size() + s.max_tokens);
     if (needed > options_.num_blocks) return Status::TooLarge("prompt does not fit in the KV pool");
     auto seq = std::make_shared<FakeSequence>();
-    seq->hash = prompt_hash(request.prompt_token_ids);
+    const int resumed = request.num_resumed_tokens;
+    if (resumed < 0 || resumed >= static_cast<int>(request.prompt_token_ids.size())) {
+      return Status::InvalidArgument("num_resumed_tokens must be in [0, prompt length)");
+    }
+    // A migrated request continues as if it had never moved: its tokens hash the original prompt.
+    seq->hash = prompt_hash({request.prompt_token_ids.begin(), request.prompt_token_ids.end() - resumed});
     for (int i = 0; i < (request.prefill_mode == PrefillMode::kPrefillOnly ? 1 : s.n); ++i) {
       FakeChoice c;
       c.index = i;
       if (text_) c.text = text_->new_stream(s.skip_special_tokens);
+      if (resumed > 0) {
+        c.resumed = resumed;
+        c.last_token = request.prompt_token_ids.back();
+        std::string text;
+        if (c.text) {
+          for (auto t = request.prompt_token_ids.end() - resumed; t != request.prompt_token_ids.end(); ++t) text += c.text->push(*t);
+        }
+        const auto have = static_cast<size_t>(std::max<int64_t>(0, request.resumed_text_bytes));
+        if (text.size() > have) c.resumed_text = text.substr(have);
+      }
       seq->choices.push_back(std::move(c));
     }
     seq->on_output = std::move(on_output);
@@ -199,10 +216,10 @@ class FakeEngine : public Engine {
 
   int32_t next_token(const FakeSequence& seq, const FakeChoice& c) const {
     if (!options_.script.empty()) {
-      return options_.script[std::min(static_cast<size_t>(c.num_output), options_.script.size() - 1)];
+      return options_.script[std::min(static_cast<size_t>(c.num_output + c.resumed), options_.script.size() - 1)];
     }
     uint64_t h = mix(seq.hash, static_cast<uint64_t>(c.last_token) + 7);
-    if (seq.request.sampling.temperature > 0) h = mix(h, static_cast<uint64_t>(c.index) * 31 + c.num_output);
+    if (seq.request.sampling.temperature > 0) h = mix(h, static_cast<uint64_t>(c.index) * 31 + c.num_output + c.resumed);
     return static_cast<int32_t>(h % static_cast<uint64_t>(std::min(options_.vocab_size, 100000)));
   }
 
@@ -228,6 +245,8 @@ class FakeEngine : public Engine {
     RequestOutput out;
     out.request_id = seq.request.request_id;
     out.index = c.index;
+    out.text = std::move(c.resumed_text);
+    c.resumed_text.clear();
     if (c.text) {
       for (int32_t t : tokens) out.text += c.text->push(t);
     }

@@ -92,6 +92,13 @@ struct Request {
   SamplingParams sampling;
   PrefillMode prefill_mode = PrefillMode::kLocal;
   int32_t first_token_id = -1;  // kDecodeFromKv only
+  // A migrated request (docs/routing.md, migration): the last num_resumed_tokens of prompt_token_ids
+  // are output this request already produced elsewhere, of whose text the client has the first
+  // resumed_text_bytes bytes. They count as output for the seeded draws (the next draw is output
+  // position num_resumed_tokens), the penalties and the stop strings; only text past those bytes is
+  // streamed. sampling.max_tokens and min_tokens count new tokens only.
+  int num_resumed_tokens = 0;
+  int64_t resumed_text_bytes = 0;
   Clock::time_point arrival_time = Clock::now();
 };
 

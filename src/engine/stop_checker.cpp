@@ -82,6 +82,18 @@ FinishReason StopChecker::push(int32_t token_id, int num_output_tokens, int num_
   return FinishReason::kNone;
 }
 
+void StopChecker::resume(std::span<const int32_t> tokens, int64_t emitted_bytes) {
+  if (!text_) return;
+  for (int32_t t : tokens) {
+    try {
+      output_text_ += text_->push(t);
+    } catch (const std::exception& e) {
+      spdlog::error("detokenizer failed token_id={} error={}", t, e.what());
+    }
+  }
+  num_emitted_ = std::min(output_text_.size(), static_cast<size_t>(std::max<int64_t>(0, emitted_bytes)));
+}
+
 std::string StopChecker::flush() {
   std::string rest = output_text_.substr(std::min(num_emitted_, output_text_.size()));
   num_emitted_ = output_text_.size();

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,10 @@ class StopChecker {
   // (then `stop_reason` names the stop string or token id, and all remaining text has been flushed).
   FinishReason push(int32_t token_id, int num_output_tokens, int num_tokens, std::string* text_out,
                     std::string* stop_reason);
+  // A migrated choice: `tokens` were its output elsewhere, and the client has the first
+  // `emitted_bytes` bytes of their text. They join the text (stop strings match across them) without
+  // stop checks; text past emitted_bytes (held back there) streams with the next token.
+  void resume(std::span<const int32_t> tokens, int64_t emitted_bytes);
   // Everything held back, for a choice that ends for another reason (abort, error).
   std::string flush();
 

@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+
+#include "common/block_hash.h"
 #include <vector>
 
 namespace tandem::frontend {
@@ -93,6 +95,13 @@ void EmbeddedDirectory::on_message(WorkerKey key, rpc::pb::Envelope& env) {
       rpc::pb::Envelope ack;
       ack.mutable_register_ack()->set_ok(true);
       w.conn->send(ack);
+      if (w.info.kv_events()) {
+        // Its cache arrives as a snapshot; the events before it are not applied.
+        kv_index_.add_worker(key);
+        rpc::pb::Envelope request;
+        request.mutable_kv_snapshot_request();
+        w.conn->send(request);
+      }
       spdlog::info("event=worker_registered worker_id={} role={} model={} rpc={} kv_blocks={} peer={}",
                    w.info.worker_id(), role_label(w.info.role()), w.info.model(), w.info.rpc_address(),
                    w.info.num_kv_blocks(), w.conn->peer());
@@ -107,9 +116,23 @@ void EmbeddedDirectory::on_message(WorkerKey key, rpc::pb::Envelope& env) {
       h.clear_prefix_blocks_added();
       w.heartbeat.Swap(&h);
       w.sent_since_heartbeat = 0;
+      w.blocks_sent_since_heartbeat = 0;
       w.prefills_sent_since_heartbeat = 0;
       break;
     }
+    case rpc::pb::Envelope::kKvEvents:
+      if (kv_index_.apply(key, env.kv_events()) == KvIndex::Applied::kNeedSnapshot) {
+        spdlog::warn("event=kv_events_gap worker_id={} seq={}", w.info.worker_id(), env.kv_events().seq());
+        rpc::pb::Envelope request;
+        request.mutable_kv_snapshot_request();
+        w.conn->send(request);
+      }
+      break;
+    case rpc::pb::Envelope::kKvSnapshot:
+      kv_index_.apply_snapshot(key, env.kv_snapshot());
+      spdlog::debug("event=kv_snapshot worker_id={} seq={} blocks={}", w.info.worker_id(), env.kv_snapshot().seq(),
+                    env.kv_snapshot().hashes_size());
+      break;
     case rpc::pb::Envelope::kDrain:
       w.draining = true;
       spdlog::info("event=worker_draining worker_id={} requests={}", w.info.worker_id(), w.requests.size());
@@ -130,6 +153,7 @@ void EmbeddedDirectory::on_closed(WorkerKey key, const Status& reason) {
                  role_label(w.info.role()), reason.message(), w.requests.size());
   }
   on_connection_lost(w);
+  kv_index_.remove_worker(key);
   const std::vector<std::string> requests(w.requests.begin(), w.requests.end());
   const std::string name = w.registered ? w.info.worker_id() : w.conn->peer();
   if (events_.worker_lost) events_.worker_lost(key, name, reason, requests);
@@ -149,11 +173,18 @@ RoutingPool EmbeddedDirectory::pool(const std::string& model, std::span<const in
     Candidate c;
     c.can_decode = w.can_decode();
     c.is_prefill = w.is_prefill();
+    c.block_size = std::max(1, w.info.block_size());
+    c.load_blocks = w.load_blocks;
     fill_load(w, &c);
-    c.overlap_tokens = w.prefix && c.can_decode && !w.info.no_prefix_caching() ? w.prefix->overlap(prompt) : 0;
+    if (kv_index_.has_worker(key)) {
+      c.overlap_tokens = kv_index_.overlap_blocks(key, prompt_hashes(w.info, prompt)) * c.block_size;
+    } else {
+      c.overlap_tokens = w.prefix && c.can_decode && !w.info.no_prefix_caching() ? w.prefix->overlap(prompt) : 0;
+    }
     pool.candidates.push_back(c);
     pool.keys.push_back(key);
   }
+  hash_scratch_.clear();
   if (queue_) {
     pool.prefill_queue = queue_->depth_for_routing();
     pool.remote_prefill_up = queue_->up();
@@ -189,6 +220,26 @@ void EmbeddedDirectory::note_prompt(WorkerKey worker, std::span<const int32_t> p
   it->second.prefix->insert(prompt);
 }
 
+const std::vector<uint64_t>& EmbeddedDirectory::prompt_hashes(const rpc::pb::Register& info,
+                                                              std::span<const int32_t> prompt) const {
+  const auto key = std::make_pair(info.kv_hash_salt(), std::max(1, info.block_size()));
+  auto it = hash_scratch_.find(key);
+  if (it == hash_scratch_.end()) it = hash_scratch_.emplace(key, chain_block_hashes(key.first, key.second, prompt)).first;
+  return it->second;
+}
+
+void EmbeddedDirectory::note_routed(WorkerKey worker, const std::string& request_id, std::span<const int32_t> prompt) {
+  auto it = workers_.find(worker);
+  if (it == workers_.end()) return;
+  WorkerRecord& w = it->second;
+  const int block_size = std::max(1, w.info.block_size());
+  const int blocks = (static_cast<int>(prompt.size()) + block_size - 1) / block_size;
+  w.load_blocks += blocks - w.request_blocks[request_id];
+  w.blocks_sent_since_heartbeat += blocks;
+  w.request_blocks[request_id] = blocks;
+  if (kv_index_.has_worker(worker)) kv_index_.add_pending(worker, request_id, chain_block_hashes(w.info.kv_hash_salt(), block_size, prompt));
+}
+
 void EmbeddedDirectory::assign(WorkerKey worker, const std::string& request_id) {
   auto it = workers_.find(worker);
   if (it == workers_.end()) return;
@@ -202,6 +253,12 @@ void EmbeddedDirectory::unassign(WorkerKey worker, const std::string& request_id
   if (it == workers_.end()) return;
   it->second.outstanding--;
   it->second.requests.erase(request_id);
+  auto blocks = it->second.request_blocks.find(request_id);
+  if (blocks != it->second.request_blocks.end()) {
+    it->second.load_blocks -= blocks->second;
+    it->second.request_blocks.erase(blocks);
+  }
+  kv_index_.remove_pending(worker, request_id);
 }
 
 WorkerKey EmbeddedDirectory::hold_prefill(WorkerKey prefill_worker) {

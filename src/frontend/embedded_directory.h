@@ -1,6 +1,7 @@
 // The embedded worker directory (--registry embedded): workers dial the frontend's registry port,
 // register, heartbeat, and carry their requests over that one connection. The load the router weighs
-// is what this frontend routed to each worker, counted here; so is the prefill queue (remote prefills
+// is what this frontend routed to each worker, counted here; the prefix caches are the workers' KV
+// events in one KvIndex (kv_index.h), or, for a worker that publishes none, the prompts routed to it; so is the prefill queue (remote prefills
 // routed and not yet started), unless --prefill-queue reads it from NATS.
 //
 // EtcdDirectory (etcd_directory.h) extends this class: in cluster mode the registry port stays open
@@ -17,6 +18,7 @@
 #include <set>
 #include <string>
 
+#include "frontend/kv_index.h"
 #include "frontend/post_gate.h"
 #include "frontend/prefill_queue_depth.h"
 #include "frontend/worker_directory.h"
@@ -45,6 +47,7 @@ class EmbeddedDirectory : public WorkerDirectory {
   bool send(WorkerKey worker, const rpc::pb::Envelope& message) override;
   void address_remote_prefill(WorkerKey prefill_worker, rpc::pb::Generate* generate) const override;
   void note_prompt(WorkerKey worker, std::span<const int32_t> prompt) override;
+  void note_routed(WorkerKey worker, const std::string& request_id, std::span<const int32_t> prompt) override;
   void assign(WorkerKey worker, const std::string& request_id) override;
   void unassign(WorkerKey worker, const std::string& request_id) override;
   WorkerKey hold_prefill(WorkerKey prefill_worker) override;
@@ -72,8 +75,13 @@ class EmbeddedDirectory : public WorkerDirectory {
     // Routed here since its last heartbeat (not yet in the load it reports): decodes, remote prefills.
     int sent_since_heartbeat = 0;
     int prefills_sent_since_heartbeat = 0;
-    std::unique_ptr<PrefixIndex> prefix;
+    std::unique_ptr<PrefixIndex> prefix;  // workers without KV events: the prompts routed here
     std::set<std::string> requests;  // decode requests riding on this worker
+    // Decode load in KV blocks: the prompt blocks of the requests routed here (note_routed) and not
+    // finished, by request; and those routed since the last heartbeat (etcd's load).
+    std::map<std::string, int> request_blocks;
+    int load_blocks = 0;
+    int blocks_sent_since_heartbeat = 0;
 
     bool can_decode() const { return info.role() == rpc::pb::ROLE_DECODE || info.role() == rpc::pb::ROLE_BOTH; }
     bool is_prefill() const { return info.role() == rpc::pb::ROLE_PREFILL; }
@@ -107,7 +115,12 @@ class EmbeddedDirectory : public WorkerDirectory {
 
   std::unique_ptr<net::Listener> registry_;
   std::unique_ptr<PrefillQueueDepth> queue_;
+  // The prompt's block hashes under each (salt, block size) of the pool's workers (one pool() call).
+  const std::vector<uint64_t>& prompt_hashes(const rpc::pb::Register& info, std::span<const int32_t> prompt) const;
+
   std::atomic<WorkerKey> next_key_{1};
+  KvIndex kv_index_;  // the caches of the workers that publish KV events
+  mutable std::map<std::pair<uint64_t, int>, std::vector<uint64_t>> hash_scratch_;
   int prefills_held_ = 0;  // remote prefills routed directly and not yet started
 };
 

@@ -55,6 +55,8 @@ void EtcdDirectory::fill_load(const WorkerRecord& w, Candidate* c) const {
   const auto& h = w.heartbeat;
   c->outstanding = h.num_running() + h.num_waiting() + h.num_reservations() + w.sent_since_heartbeat;
   c->prefills_outstanding = h.num_prefills_in_flight() + w.prefills_sent_since_heartbeat;
+  // Blocks its running requests hold, by its heartbeat, plus what was routed here since.
+  c->load_blocks = h.num_kv_blocks_used() + w.blocks_sent_since_heartbeat;
 }
 
 int EtcdDirectory::counted_prefill_queue(const RoutingPool& pool) const {

@@ -44,6 +44,7 @@ LifecycleOptions lifecycle_options(const FrontendOptions& o) {
   LifecycleOptions l;
   l.remote_prefill_timeout_ms = o.remote_prefill_timeout_ms;
   l.request_timeout_ms = o.request_timeout_ms;
+  l.migration_limit = o.migration_limit;
   l.request_deadline_ms = o.request_deadline_ms;
   l.default_max_tokens = o.default_max_tokens;
   l.served_model_name = o.served_model_name;

@@ -35,6 +35,7 @@ struct FrontendOptions {
   int request_timeout_ms = 600000;     // a request with no output for this long fails (504)
   int request_deadline_ms = 0;         // a request not done this long after arrival fails (504); 0 = none
   int default_max_tokens = 1024;       // chat requests without max_tokens: min(this, room left)
+  int migration_limit = 3;             // --migration-limit: times a stream moves on after losing its worker
   // --served-model-name: the names /v1/models lists and requests may use, each routed to every
   // worker; empty = the names workers register with.
   std::vector<std::string> served_model_name;

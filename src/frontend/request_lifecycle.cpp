@@ -238,7 +238,9 @@ std::optional<ApiError> RequestLifecycle::launch(Request& r, std::vector<int32_t
   const RoutingPool pool = directory_.pool(r.response.model, prompt, /*excluded=*/0);
   const int prompt_len = static_cast<int>(prompt.size());
   const bool disaggregable = req.sampling.n() == 1 && (!req.max_tokens_given || req.sampling.max_tokens() > 1);
-  Decision d = route(pool.candidates, prompt_len, pool.prefill_queue, disaggregable, router_);
+  RouteDraw draw = next_draw();
+  draw.prefix_key = prefix_key(prompt);
+  Decision d = route(pool.candidates, prompt_len, pool.prefill_queue, disaggregable, router_, draw);
   if (d.remote && !pool.remote_prefill_up) {
     d.remote = false;
     d.prefill = -1;
@@ -270,6 +272,7 @@ std::optional<ApiError> RequestLifecycle::launch(Request& r, std::vector<int32_t
   if (!directory_.send(decoder, env)) return ApiError::unavailable("decode worker " + decoder_id + " is gone");
   directory_.note_prompt(decoder, prompt);
   directory_.assign(decoder, r.id);
+  directory_.note_routed(decoder, r.id, prompt);
   if (d.remote) {
     r.remote = true;
     r.prefill_slot = directory_.hold_prefill(prefill);
@@ -309,16 +312,24 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     auto code = static_cast<StatusCode>(out.error_code());
     // Refused (draining, its device failed) or failed (a device fault) before producing anything:
     // another worker can serve it, and the client never sees the first attempt.
-    if ((code == StatusCode::kUnavailable || code == StatusCode::kInternal) && reroute(r, worker, "worker_error")) return;
+    if ((code == StatusCode::kUnavailable || code == StatusCode::kInternal) &&
+        (reroute(r, worker, "worker_error") || migrate(r, worker, "worker_error"))) {
+      return;
+    }
     return fail(r.id, ApiError::from_code(code, out.error_message().empty() ? "the worker failed" : out.error_message()),
                 /*abort_worker=*/true);
   }
+  // The frontend's own aborts forget the request first: an abort that reaches a live request is the
+  // worker's (its drain ran past its deadline). The stream moves on; the client never sees it.
+  if (out.finish_reason() == rpc::pb::FINISH_ABORT && migrate(r, worker, "worker_aborted")) return;
+  if (out.index() == 0) r.text_bytes += static_cast<int64_t>(out.text().size());
   const int num_new = out.token_ids_size();
   if (num_new > 0) {
     if (!r.seen_first) {
       r.seen_first = true;
       r.first_token = now;
-      r.generate.reset();  // past the point of re-routing
+      // Past the point of re-routing; kept while the stream may still migrate.
+      if (options_.migration_limit <= 0 || r.choices.size() != 1) r.generate.reset();
       metrics_.histogram("vllm:time_to_first_token_seconds", "", latency_buckets()).observe(seconds_between(r.arrival, now));
     } else {
       metrics_.histogram("vllm:inter_token_latency_seconds", "", latency_buckets())
@@ -328,7 +339,9 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     r.usage.completion_tokens += num_new;
     metrics_.add("vllm:generation_tokens_total", "", num_new);
   }
-  r.usage.cached_prompt_tokens = std::max(r.usage.cached_prompt_tokens, out.num_cached_prompt_tokens());
+  // A migrated request's prompt holds its earlier output too: the cached part counts up to the prompt.
+  r.usage.cached_prompt_tokens =
+      std::max(r.usage.cached_prompt_tokens, std::min(out.num_cached_prompt_tokens(), r.usage.prompt_tokens));
   if (r.batch) r.batch->usage[r.batch_prompt] = r.usage;
   ChoiceState& c = r.choices[out.index()];
   if (c.finished) return;
@@ -378,7 +391,9 @@ void RequestLifecycle::on_worker_lost(WorkerKey worker, const std::string& name,
                                       const std::vector<std::string>& requests) {
   for (const auto& id : requests) {
     auto it = active_.find(id);
-    if (it != active_.end() && reroute(it->second, worker, "worker_lost")) continue;
+    if (it != active_.end() && (reroute(it->second, worker, "worker_lost") || migrate(it->second, worker, "worker_lost"))) {
+      continue;
+    }
     fail(id, ApiError::unavailable("decode worker " + name + " lost: " + reason.message()), /*abort_worker=*/false);
   }
   // Remote prefills routed to it no longer count toward the queue; their decode workers fall back.
@@ -416,7 +431,7 @@ bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
   rpc::pb::Generate* g = r.generate->mutable_generate();
   const std::span<const int32_t> prompt(g->prompt_token_ids().data(), static_cast<size_t>(g->prompt_token_ids_size()));
   const RoutingPool pool = directory_.pool(r.response.model, prompt, from);
-  const Decision d = route(pool.candidates, static_cast<int>(prompt.size()), 0, /*disaggregable=*/false, router_);
+  const Decision d = route(pool.candidates, static_cast<int>(prompt.size()), 0, /*disaggregable=*/false, router_, next_draw());
   if (d.decode < 0) return false;
   const WorkerKey target = pool.keys[d.decode];
   g->clear_remote_prefill_address();
@@ -425,6 +440,7 @@ bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
   release_prefill(r);
   directory_.unassign(from, r.id);
   directory_.assign(target, r.id);
+  directory_.note_routed(target, r.id, prompt);
   r.worker = target;
   r.remote = false;
   r.rerouted = true;
@@ -432,6 +448,61 @@ bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
   spdlog::warn("event=request_rerouted request_id={} from={} to={} reason={}", r.id,
                from_info ? from_info->worker_id() : "", directory_.info(target)->worker_id(), why);
   metrics_.add("tandem_requests_rerouted_total", labels({{"reason", why}}));
+  return true;
+}
+
+// Moves a stream whose decode worker was lost, failed or gave it up after its first tokens to another
+// worker (docs/routing.md, migration): the prompt plus the tokens the client already has, which the
+// new worker continues as output (Generate.num_resumed_tokens), so the stream goes on with no error,
+// no repeated and no lost token. Up to --migration-limit times per request; one choice only (n = 1).
+// False (nothing changed) when it may not move or no other worker can take it.
+bool RequestLifecycle::migrate(Request& r, WorkerKey from, const char* why) {
+  // Before the first token reroute() is the rule (once); migration continues a stream under way.
+  if (r.migrations >= options_.migration_limit || !r.generate || r.choices.size() != 1 || r.choices[0].finished ||
+      r.choices[0].tokens.empty()) {
+    return false;
+  }
+  const std::vector<int32_t>& done = r.choices[0].tokens;
+  rpc::pb::Envelope env = *r.generate;
+  rpc::pb::Generate* g = env.mutable_generate();
+  rpc::pb::SamplingParams* sampling = g->mutable_sampling();
+  const int resumed = static_cast<int>(done.size());
+  if (sampling->max_tokens() - resumed < 1) return false;
+  sampling->set_max_tokens(sampling->max_tokens() - resumed);
+  sampling->set_min_tokens(std::max(0, sampling->min_tokens() - resumed));
+  g->mutable_prompt_token_ids()->Add(done.begin(), done.end());
+  g->set_num_resumed_tokens(resumed);
+  g->set_resumed_text_bytes(r.text_bytes);
+  g->clear_remote_prefill_address();
+  g->set_remote_prefill_queue(false);
+  const std::span<const int32_t> prompt(g->prompt_token_ids().data(), static_cast<size_t>(g->prompt_token_ids_size()));
+  const RoutingPool pool = directory_.pool(r.response.model, prompt, from);
+  // Its prefill may be remote again: the prompt and output so far are prefilled wherever the rule says.
+  Decision d = route(pool.candidates, static_cast<int>(prompt.size()), pool.prefill_queue, sampling->max_tokens() > 1,
+                     router_, next_draw());
+  if (d.decode < 0) return false;
+  if (d.remote && !pool.remote_prefill_up) d.remote = false;
+  const WorkerKey target = pool.keys[d.decode];
+  const WorkerKey prefill = d.remote ? pool.keys[d.prefill] : 0;
+  if (d.remote) {
+    directory_.address_remote_prefill(prefill, g);
+    g->set_remote_prefill_timeout_ms(options_.remote_prefill_timeout_ms);
+  }
+  if (!directory_.send(target, env)) return false;
+  release_prefill(r);
+  directory_.unassign(from, r.id);
+  directory_.assign(target, r.id);
+  directory_.note_routed(target, r.id, prompt);
+  if (d.remote) r.prefill_slot = directory_.hold_prefill(prefill);
+  r.worker = target;
+  r.remote = d.remote;
+  ++r.migrations;
+  r.last_activity = Clock::now();
+  const rpc::pb::Register* from_info = directory_.info(from);
+  spdlog::warn("event=request_migrated request_id={} from={} to={} reason={} resumed_tokens={} migrations={} remote_prefill={}",
+               r.id, from_info ? from_info->worker_id() : "", directory_.info(target)->worker_id(), why, resumed,
+               r.migrations, d.remote);
+  metrics_.add("tandem_requests_migrated_total", labels({{"reason", why}}));
   return true;
 }
 
@@ -514,6 +585,13 @@ void RequestLifecycle::finish(Request& r, bool abort_worker) {
   }
   const std::string id = r.id;  // `r` lives in the map entry being erased
   active_.erase(id);
+}
+
+RouteDraw RequestLifecycle::next_draw() {
+  RouteDraw draw;
+  draw.uniform = std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+  draw.turn = route_turn_++;
+  return draw;
 }
 
 std::string RequestLifecycle::token_text(int32_t id) const {

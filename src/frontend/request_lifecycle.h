@@ -2,7 +2,8 @@
 // tokenize, route it (router.h) among the workers the directory offers, send it to the decode
 // worker, stream its outputs back (openai_responses.h), and end it: complete, failed, timed out,
 // aborted by a client that left, or sent once to another worker when its first one refused or lost it
-// before producing anything.
+// before producing anything; a stream whose worker is lost after its first tokens migrates to another
+// worker and continues where it was (--migration-limit).
 //
 // Ownership: owns the requests in flight and their HTTP exchanges; borrows the directory, the metrics,
 // the router thresholds (changed by the admin endpoint while serving) and the codec, which must
@@ -37,6 +38,7 @@ struct LifecycleOptions {
   std::vector<std::string> served_model_name;  // empty = the model names workers register with
   ReasoningFormat reasoning = ReasoningFormat::kNone;  // --reasoning-parser: chat replies split the think block
   ToolParserKind tool_parser = ToolParserKind::kNone;  // --tool-call-parser: chat replies with tools read for calls
+  int migration_limit = 3;  // --migration-limit: times a stream moves on after losing its decode worker
 };
 
 // Answers `error` as OpenAI does (error_body) and counts it in tandem_http_errors_total.
@@ -89,11 +91,14 @@ class RequestLifecycle {
     int num_finished = 0;
     Clock::time_point arrival, first_token, last_token, last_activity;
     // What was sent to the decode worker, kept until its first token: a request that worker refuses
-    // or loses before producing anything is sent once to another worker (reroute()).
+    // or loses before producing anything is sent once to another worker (reroute()). With
+    // --migration-limit > 0 and one choice it is kept to the end, for migrate().
     std::shared_ptr<rpc::pb::Envelope> generate;
     bool rerouted = false;
     // Chat with --reasoning-parser, or with tools and --tool-call-parser: one per choice.
     std::vector<ChatReplyParser> parsers;
+    int migrations = 0;      // times it moved on after losing its decode worker mid-stream (migrate())
+    int64_t text_bytes = 0;  // bytes of choice 0's text received: what the client has
     std::shared_ptr<Batch> batch;            // a part of a batched request; null for a single prompt
     int batch_prompt = 0;                    // the part's prompt index in the batch
   };
@@ -109,11 +114,14 @@ class RequestLifecycle {
   std::optional<ApiError> fit_to_model(const rpc::pb::Register& worker, std::span<const int32_t> prompt,
                                        GenerationRequest* req) const;
   bool reroute(Request& r, WorkerKey from, const char* why);
+  bool migrate(Request& r, WorkerKey from, const char* why);
   void release_prefill(Request& r);
   void complete(Request& r);
   void fail(const std::string& id, const ApiError& error, bool abort_worker);
   void finish(Request& r, bool abort_worker);
   std::string token_text(int32_t id) const;
+  // The random number and turn the router's stateful modes take, one per routing.
+  RouteDraw next_draw();
 
   LifecycleOptions options_;
   const RouterOptions& router_;
@@ -123,6 +131,7 @@ class RequestLifecycle {
   std::map<std::string, Request> active_;
   bool draining_ = false;
   uint64_t next_request_ = 1;
+  uint64_t route_turn_ = 0;
   std::mt19937_64 rng_{std::random_device{}()};
 };
 

@@ -83,6 +83,9 @@ void describe_serving_metrics(Metrics& metrics) {
   metrics.describe("tandem_http_connections_closed_total", "counter",
                    "HTTP connections closed by a limit (timeouts, sizes, max connections), by reason.");
   metrics.add("tandem_requests_rejected_total", labels({{"reason", "max_pending"}}), 0);
+  metrics.describe("tandem_requests_migrated_total", "counter",
+                   "Streams moved to another worker after losing their decode worker mid-stream, by reason.");
+  metrics.add("tandem_requests_migrated_total", labels({{"reason", "worker_lost"}}), 0);
   for (const char* name : {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                            "tandem_worker_kv_blocks_total", "tandem_worker_kv_blocks_cached", "tandem_worker_kv_reservations",
                            "tandem_worker_prefills_in_flight", "tandem_workers", "tandem_worker_outstanding_requests",

@@ -111,6 +111,12 @@ class WorkerDirectory {
   virtual void address_remote_prefill(WorkerKey prefill_worker, rpc::pb::Generate* generate) const = 0;
   // The worker now holds `prompt` in its prefix cache (unless it runs without one).
   virtual void note_prompt(WorkerKey worker, std::span<const int32_t> prompt) = 0;
+  // The decode request `request_id` with `prompt` was sent to `worker`: until unassign(), its prompt
+  // blocks count as the worker's decode load and as cached there (the KV index's pending entries, so
+  // that a burst of one prefix does not scatter before the worker's events report it).
+  virtual void note_routed(WorkerKey worker, const std::string& request_id, std::span<const int32_t> prompt) {
+    (void)worker, (void)request_id, (void)prompt;
+  }
   // Counts a decode request on the worker until unassign(); no-op for a worker that is gone.
   virtual void assign(WorkerKey worker, const std::string& request_id) = 0;
   virtual void unassign(WorkerKey worker, const std::string& request_id) = 0;

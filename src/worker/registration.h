@@ -52,6 +52,8 @@ class Registration {
   // Ends what connect() made: the connection was lost or the worker stops.
   virtual void disconnect() = 0;
 
+  // Sends `env` to every frontend connected now (KV events); nothing when none is.
+  virtual void broadcast(const rpc::pb::Envelope& env) = 0;
   // A stop request should drain first: some frontend can be told (otherwise it stops at once).
   virtual bool can_drain() const = 0;
   // A frontend dialed in and said hello (etcd: it found the worker's record).

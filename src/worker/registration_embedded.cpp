@@ -49,6 +49,11 @@ class EmbeddedRegistration : public Registration {
     if (conn && conn->is_open()) conn->send(reports_->delta_heartbeat());
   }
 
+  void broadcast(const rpc::pb::Envelope& env) override {
+    auto conn = frontend();
+    if (conn && conn->is_open()) conn->send(env);
+  }
+
   void announce_drain() override {
     rpc::pb::Envelope env;
     env.mutable_drain()->set_worker_id(core_->options.worker_id);

@@ -41,6 +41,8 @@ class EtcdRegistration : public Registration {
 
   void heartbeat() override { send_to_frontends(reports_->delta_heartbeat()); }
 
+  void broadcast(const rpc::pb::Envelope& env) override { send_to_frontends(env); }
+
   void announce_drain() override {
     rpc::pb::Envelope env;
     env.mutable_drain()->set_worker_id(core_->options.worker_id);

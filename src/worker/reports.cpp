@@ -38,6 +38,9 @@ rpc::pb::Envelope Reports::registration() const {
   r->set_pid(static_cast<int32_t>(getpid()));
   r->set_no_prefix_caching(!options.prefix_caching);
   r->set_kv_cache_dtype(backend::kv_dtype_name(spec.dtype));
+  const uint64_t salt = options.prefix_caching ? core_->engine->kv_hash_salt() : 0;
+  r->set_kv_events(salt != 0);
+  r->set_kv_hash_salt(salt);
   return env;
 }
 

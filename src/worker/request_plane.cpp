@@ -14,9 +14,11 @@ RequestPlane::RequestPlane(std::shared_ptr<Core> core, std::shared_ptr<Outputs> 
       reports_(std::move(reports)),
       remote_prefill_(std::move(remote_prefill)) {}
 
-void RequestPlane::attach(std::shared_ptr<Registration> registration, std::shared_ptr<PrefillServer> prefill_server) {
+void RequestPlane::attach(std::shared_ptr<Registration> registration, std::shared_ptr<PrefillServer> prefill_server,
+                          std::shared_ptr<KvEventPublisher> kv_events) {
   registration_ = std::move(registration);
   prefill_server_ = std::move(prefill_server);
+  kv_events_ = std::move(kv_events);
 }
 
 Registration::Hooks RequestPlane::registration_hooks() {
@@ -79,6 +81,7 @@ void RequestPlane::on_message(rpc::pb::Envelope& env, const std::shared_ptr<rpc:
     case rpc::pb::Envelope::kRemotePrefill: prefill_server_->on_remote_prefill(env.remote_prefill(), conn); break;
     case rpc::pb::Envelope::kRemotePrefillResult: remote_prefill_->on_result(env.remote_prefill_result()); break;
     case rpc::pb::Envelope::kFrontendHello: registration_->on_frontend_hello(conn, env.frontend_hello()); break;
+    case rpc::pb::Envelope::kKvSnapshotRequest: kv_events_->send_snapshot(conn); break;
     case rpc::pb::Envelope::kRegisterAck:
       if (!env.register_ack().ok()) spdlog::error("event=register_refused reason=\"{}\"", env.register_ack().error());
       break;
@@ -91,6 +94,8 @@ void RequestPlane::on_generate(const rpc::pb::Generate& g, const std::shared_ptr
   request.request_id = g.request_id();
   request.prompt_token_ids.assign(g.prompt_token_ids().begin(), g.prompt_token_ids().end());
   request.sampling = from_proto(g.sampling());
+  request.num_resumed_tokens = g.num_resumed_tokens();
+  request.resumed_text_bytes = g.resumed_text_bytes();
   outputs_->set_owner(g.request_id(), conn);
   if (!core_->decodes()) {
     outputs_->send_error(g.request_id(), Status::InvalidArgument("a prefill worker does not decode"), request.sampling.n);

@@ -1,7 +1,7 @@
 // The worker's side of the request plane: the listener that decode workers and (cluster mode)
 // frontends dial, and the dispatch of every message that arrives, on any connection, to the part that
 // owns it: Generate and Abort here, RemotePrefill to the prefill side, RemotePrefillResult to the
-// decode side, FrontendHello to the registration.
+// decode side, FrontendHello to the registration, KvSnapshotRequest to the KV event publisher.
 //
 // Ownership: held by shared_ptr; connection handlers hold it weakly. attach() completes it once, before
 // the listener starts.
@@ -16,6 +16,7 @@
 #include "common/socket.h"
 #include "rpc/connection.h"
 #include "worker/core.h"
+#include "worker/kv_events.h"
 #include "worker/outputs.h"
 #include "worker/prefill_server.h"
 #include "worker/registration.h"
@@ -29,7 +30,8 @@ class RequestPlane : public std::enable_shared_from_this<RequestPlane> {
   RequestPlane(std::shared_ptr<Core> core, std::shared_ptr<Outputs> outputs, std::shared_ptr<Reports> reports,
                std::shared_ptr<RemotePrefillClient> remote_prefill);
   // REQUIRES: called once, before start().
-  void attach(std::shared_ptr<Registration> registration, std::shared_ptr<PrefillServer> prefill_server);
+  void attach(std::shared_ptr<Registration> registration, std::shared_ptr<PrefillServer> prefill_server,
+              std::shared_ptr<KvEventPublisher> kv_events);
 
   // The hooks a Registration calls with its frontend's messages and loss.
   Registration::Hooks registration_hooks();
@@ -56,6 +58,7 @@ class RequestPlane : public std::enable_shared_from_this<RequestPlane> {
   const std::shared_ptr<RemotePrefillClient> remote_prefill_;
   std::shared_ptr<Registration> registration_;    // set once by attach()
   std::shared_ptr<PrefillServer> prefill_server_;  // set once by attach()
+  std::shared_ptr<KvEventPublisher> kv_events_;     // set once by attach()
   std::unique_ptr<net::Listener> listener_;
   mutable std::mutex mu_;
   std::set<std::shared_ptr<rpc::Connection>> incoming_;  // GUARDED_BY(mu_): accepted connections

@@ -9,6 +9,7 @@
 //   peers.*           connections this worker dialed to other workers
 //   registration*     embedded registry or etcd: being known to the frontends, heartbeats, drain
 //   reports.*         Register and heartbeat messages, the prefix summary
+//   kv_events.*       KV events: the prefix cache's stores and evictions, snapshots on request
 //   kv_memory.cpp     the backend's KV pools as transfer::KvMemory
 // Locks: each part's mutex guards only that part's tables (see its header), and no part calls into
 // the engine under it (reading the backend's fixed geometry aside). Two nest, always in this order:
@@ -24,6 +25,7 @@
 #include "worker/core.h"
 #include "worker/outputs.h"
 #include "worker/prefill_server.h"
+#include "worker/kv_events.h"
 #include "worker/registration.h"
 #include "worker/remote_prefill.h"
 #include "worker/reports.h"
@@ -54,6 +56,7 @@ struct Worker::Impl {
   std::shared_ptr<RemotePrefillClient> remote_prefill;
   std::shared_ptr<RequestPlane> plane;
   std::shared_ptr<Registration> registration;
+  std::shared_ptr<KvEventPublisher> kv_events;
   std::shared_ptr<PrefillServer> prefill_server;
   std::unique_ptr<net::Listener> listener;  // handed to `plane` by run()
 
@@ -171,7 +174,9 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   w.plane = std::make_shared<RequestPlane>(core, w.outputs, w.reports, w.remote_prefill);
   w.registration = make_registration(core, w.reports, w.plane->registration_hooks());
   w.prefill_server = std::make_shared<PrefillServer>(core, w.remote_prefill->peers(), w.registration);
-  w.plane->attach(w.registration, w.prefill_server);
+  w.kv_events = std::make_shared<KvEventPublisher>(core);
+  w.kv_events->start(w.registration);
+  w.plane->attach(w.registration, w.prefill_server, w.kv_events);
 
   if (!core->options.prefill_queue.empty()) {
     cluster::PrefillQueueOptions q;

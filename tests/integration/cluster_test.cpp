@@ -153,7 +153,9 @@ TEST_F(Etcd, DecodeWorkerAddedWhileServing_ReceivesTrafficWithinASecond) {
 }
 
 TEST_F(Etcd, DecodeWorkerKilled_StreamsEndWithAnError_DroppedFromEtcdWhenItsLeaseExpires) {
-  Cluster cluster(frontend_args());
+  // Without migration (issue 22), which would continue these streams on the other worker
+  // (tests/integration/migration_test.cpp): this test keeps the error path covered.
+  Cluster cluster(frontend_args({"--migration-limit", "0"}));
   use_etcd(cluster, 2);
   int victim = cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
   cluster.add_worker("decode", {"--engine", "fake", "--fake-step-ms", "20"});
