@@ -72,6 +72,12 @@ struct HttpServerOptions {
   int idle_timeout_ms = 60000;
   // Connections beyond this many open ones are answered 503 and closed at once; 0 = no limit.
   int max_connections = 8192;
+  // A client that reads its response slowly, or not at all: a write to it not done this long after it
+  // began closes the connection, and response bytes queued for it beyond max_send_buffer_bytes (the
+  // producer ran that far ahead of the socket) do too. Either counts as the client going away, so its
+  // request is aborted on its workers.
+  int send_timeout_ms = 30000;
+  size_t max_send_buffer_bytes = 8u << 20;
 };
 
 // What the server answers or closes by itself, before any handler sees a request.
@@ -80,7 +86,7 @@ struct HttpServerHooks {
   // (header too large), 503 (too many connections).
   std::function<std::pair<std::string, std::string>(int status)> refusal;
   // A connection closed by a limit: "body_too_large", "header_too_large", "header_timeout",
-  // "body_timeout", "max_connections". May be empty.
+  // "body_timeout", "max_connections", "send_timeout", "send_buffer_full". May be empty.
   std::function<void(const char* reason)> on_limit;
 };
 

@@ -49,7 +49,8 @@ struct Item {
 
 class Exchange : public HttpExchange {
  public:
-  explicit Exchange(HttpRequest request) : request_(std::move(request)) {}
+  Exchange(HttpRequest request, size_t max_queued_bytes)
+      : request_(std::move(request)), max_queued_bytes_(max_queued_bytes) {}
   const HttpRequest& request() const override { return request_; }
   void respond(int status, const std::string& content_type, std::string body, const HttpHeaders& headers) override {
     if (closed_) return;
@@ -63,8 +64,19 @@ class Exchange : public HttpExchange {
     notify();
   }
   void write(std::string data) override {
-    if (closed_ || data.empty()) return;
-    items.push_back({Item::kData, 0, {}, std::move(data), {}});
+    if (closed_ || data.empty() || overflowed) return;
+    queued_bytes += data.size();
+    if (queued_bytes > max_queued_bytes_) {
+      // The session, not this call, reports the client gone: the producer that is writing must not
+      // have its own gone-callback run inside its write.
+      // The response is cut here: what is queued is dropped and end() adds nothing.
+      overflowed = true;
+      closed_ = true;
+      items.clear();
+      queued_bytes = 0;
+    } else {
+      items.push_back({Item::kData, 0, {}, std::move(data), {}});
+    }
     notify();
   }
   void end() override {
@@ -97,11 +109,14 @@ class Exchange : public HttpExchange {
   }
 
   std::deque<Item> items;
+  size_t queued_bytes = 0;             // stream data in `items`, not yet handed to the socket
+  bool overflowed = false;             // queued_bytes went past the limit: the session drops the client
   asio::steady_timer* wake = nullptr;  // the session's timer while it serves this exchange
   bool written_ = false;               // the whole response is on the wire
 
  private:
   HttpRequest request_;
+  size_t max_queued_bytes_;
   bool closed_ = false;  // respond() or end() was called
   bool gone_ = false;
   std::function<void()> gone_callback_;
@@ -258,7 +273,7 @@ struct HttpServer::Impl {
       bool keep_alive = msg.keep_alive();
       HttpRequest request = to_http_request(msg, peer_loopback);
 
-      auto exchange = std::make_shared<Exchange>(std::move(request));
+      auto exchange = std::make_shared<Exchange>(std::move(request), options.max_send_buffer_bytes);
       exchange->wake = &wake;
       // Watches for the client going away while the response is produced.
       struct Watch {
@@ -284,9 +299,13 @@ struct HttpServer::Impl {
       }
       bool write_failed = false;
       while (true) {
-        while (!exchange->items.empty() && !write_failed) {
+        while (!exchange->items.empty() && !write_failed && !exchange->overflowed) {
           Item item = std::move(exchange->items.front());
           exchange->items.pop_front();
+          if (item.kind == Item::kData) exchange->queued_bytes -= item.body.size();
+          // Each write is bounded: a client that stops reading holds the connection (and its request)
+          // no longer than send_timeout_ms.
+          stream.expires_after(std::chrono::milliseconds(options.send_timeout_ms));
           switch (item.kind) {
             case Item::kWhole:
               co_await write_whole(stream, item, keep_alive, ec);
@@ -316,10 +335,17 @@ struct HttpServer::Impl {
               exchange->written_ = true;
               break;
           }
+          stream.expires_never();
           if (ec) {
+            if (ec == beast::error::timeout) limit_hit("send_timeout");
             write_failed = true;
             exchange->mark_gone();
           }
+        }
+        if (exchange->overflowed && !write_failed) {
+          limit_hit("send_buffer_full");
+          write_failed = true;
+          exchange->mark_gone();
         }
         if (write_failed || exchange->written_ || exchange->client_gone()) break;
         wake.expires_at(asio::steady_timer::time_point::max());
