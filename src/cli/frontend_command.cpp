@@ -68,7 +68,7 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--http-idle-timeout-s", o->idle_timeout_s, "Close a keep-alive connection idle this long; a body must arrive within it")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--http-send-timeout-s", o->send_timeout_s,
-                  "Close a connection (aborting its request) when a write to it is not done this long after it began")
+                  "Close a connection (aborting its request) whose client takes none of its reply for this long")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-connections", f.http.max_connections, "Open HTTP connections beyond which new ones get 503 (0 = no limit)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);

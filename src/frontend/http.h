@@ -72,9 +72,9 @@ struct HttpServerOptions {
   int idle_timeout_ms = 60000;
   // Connections beyond this many open ones are answered 503 and closed at once; 0 = no limit.
   int max_connections = 8192;
-  // A client that reads its response slowly, or not at all: a write to it not done this long after it
-  // began closes the connection, and response bytes queued for it beyond max_send_buffer_bytes (the
-  // producer ran that far ahead of the socket) do too. Either counts as the client going away, so its
+  // A client that reads its response slowly, or not at all: taking none of it for send_timeout_ms
+  // (the deadline restarts with every piece the socket accepts) closes the connection, and so do
+  // response bytes queued for it beyond max_send_buffer_bytes (the producer ran that far ahead of it). Either counts as the client going away, so its
   // request is aborted on its workers.
   int send_timeout_ms = 30000;
   size_t max_send_buffer_bytes = 8u << 20;

@@ -67,9 +67,9 @@ class Exchange : public HttpExchange {
     if (closed_ || data.empty() || overflowed) return;
     queued_bytes += data.size();
     if (queued_bytes > max_queued_bytes_) {
-      // The session, not this call, reports the client gone: the producer that is writing must not
-      // have its own gone-callback run inside its write.
-      // The response is cut here: what is queued is dropped and end() adds nothing.
+      // The response is cut here: what is queued is dropped and end() adds nothing. The session, not
+      // this call, reports the client gone: the producer must not have its gone-callback run inside
+      // its own write.
       overflowed = true;
       closed_ = true;
       items.clear();
@@ -156,8 +156,11 @@ struct HttpServer::Impl {
     if (hooks.on_limit) hooks.on_limit(reason);
   }
 
+  // progress_timeout_ms > 0: the write fails when the client takes none of it for that long (the
+  // deadline restarts with each piece the socket accepts, so a large reply to a slow but reading
+  // client goes through); 0: the caller's deadline on `stream` applies to the whole write.
   awaitable<void> write_whole(beast::tcp_stream& stream, const Item& item, bool keep_alive,
-                              boost::system::error_code& ec) {
+                              boost::system::error_code& ec, int progress_timeout_ms = 0) {
     http::response<http::string_body> res{static_cast<http::status>(item.status), 11};
     res.set(http::field::server, "tandem");
     res.set(http::field::content_type, item.content_type);
@@ -165,7 +168,28 @@ struct HttpServer::Impl {
     res.keep_alive(keep_alive);
     res.body() = item.body;
     res.prepare_payload();
-    co_await http::async_write(stream, res, redirect_error(use_awaitable, ec));
+    if (progress_timeout_ms <= 0) {
+      co_await http::async_write(stream, res, redirect_error(use_awaitable, ec));
+      co_return;
+    }
+    http::response_serializer<http::string_body> serializer{res};
+    ec = {};
+    while (!ec && !serializer.is_done()) {
+      stream.expires_after(std::chrono::milliseconds(progress_timeout_ms));
+      co_await http::async_write_some(stream, serializer, redirect_error(use_awaitable, ec));
+    }
+  }
+
+  // Writes `data` whole, failing when the client takes none of it for progress_timeout_ms.
+  awaitable<void> write_data(beast::tcp_stream& stream, const std::string& data, boost::system::error_code& ec,
+                             int progress_timeout_ms) {
+    size_t written = 0;
+    ec = {};
+    while (!ec && written < data.size()) {
+      stream.expires_after(std::chrono::milliseconds(progress_timeout_ms));
+      written += co_await stream.async_write_some(asio::buffer(data.data() + written, data.size() - written),
+                                                  redirect_error(use_awaitable, ec));
+    }
   }
 
   // Answers an error the server decides by itself (hooks.refusal) without reading the request on,
@@ -303,12 +327,13 @@ struct HttpServer::Impl {
           Item item = std::move(exchange->items.front());
           exchange->items.pop_front();
           if (item.kind == Item::kData) exchange->queued_bytes -= item.body.size();
-          // Each write is bounded: a client that stops reading holds the connection (and its request)
-          // no longer than send_timeout_ms.
+          // Every write is bounded: a client that takes none of it holds the connection (and its
+          // request) no longer than send_timeout_ms.
           stream.expires_after(std::chrono::milliseconds(options.send_timeout_ms));
+          ec = {};  // the wake-up's operation_aborted is no write error
           switch (item.kind) {
             case Item::kWhole:
-              co_await write_whole(stream, item, keep_alive, ec);
+              co_await write_whole(stream, item, keep_alive, ec, options.send_timeout_ms);
               exchange->written_ = true;
               break;
             case Item::kHead: {
@@ -329,7 +354,7 @@ struct HttpServer::Impl {
               break;
             }
             case Item::kData:
-              co_await asio::async_write(stream, asio::buffer(item.body), redirect_error(use_awaitable, ec));
+              co_await write_data(stream, item.body, ec, options.send_timeout_ms);
               break;
             case Item::kEnd:  // the close below ends the stream
               exchange->written_ = true;

@@ -25,10 +25,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// A server on loopback whose one route streams `total_bytes` at once, in 16 KiB pieces.
+// A server on loopback whose one route streams `total_bytes` at once, in 16 KiB pieces (or, `whole`,
+// answers them as one response).
 class StreamingServer {
  public:
-  StreamingServer(HttpServerOptions options, size_t total_bytes) {
+  StreamingServer(HttpServerOptions options, size_t total_bytes, bool whole = false) {
     options.host = "127.0.0.1";
     options.port = 0;
     HttpServerHooks hooks;
@@ -39,8 +40,9 @@ class StreamingServer {
     };
     server_ = std::make_unique<HttpServer>(
         options,
-        [this, total_bytes](std::shared_ptr<HttpExchange> ex) {
+        [this, total_bytes, whole](std::shared_ptr<HttpExchange> ex) {
           ex->on_client_gone([this] { ++gone_; });
+          if (whole) return ex->respond(200, "text/plain", std::string(total_bytes, 'y'), {});
           ex->start_stream(200, "text/event-stream", {});
           const std::string piece(16 << 10, 'x');
           for (size_t sent = 0; sent < total_bytes; sent += piece.size()) ex->write(piece);
@@ -156,6 +158,37 @@ TEST(HttpServerSendBounds, ProducerFarAheadOfTheSocket_IsDroppedAtTheBufferLimit
   const size_t got = read_all(fd, 10000, &closed);
   EXPECT_TRUE(closed);
   EXPECT_LT(got, size_t{8} << 20);
+  ::close(fd);
+}
+
+// The timeout is on progress, not on the whole write: a 1 MiB reply read 4 KiB at a time every 10 ms
+// takes seconds, far past the timeout, and arrives whole.
+TEST(HttpServerSendBounds, SlowButReadingClient_GetsALargeReplyTakingLongerThanTheTimeout) {
+  HttpServerOptions options;
+  options.send_timeout_ms = 300;
+  StreamingServer server(options, 1u << 20, /*whole=*/true);
+  int fd = connect_and_request(server.port());
+  ASSERT_GE(fd, 0);
+  const auto start = Clock::now();
+  size_t got = 0;
+  char buf[4096];
+  bool closed = false;
+  while (Clock::now() - start < std::chrono::seconds(60)) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) {
+      closed = n == 0;
+      break;
+    }
+    got += static_cast<size_t>(n);
+    if (got > (1u << 20)) break;  // the body and the response head
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GT(got, size_t{1} << 20) << (closed ? "closed early" : "stalled");
+  EXPECT_GT(Clock::now() - start, std::chrono::milliseconds(options.send_timeout_ms));
+  EXPECT_EQ(server.gone(), 0);
+  EXPECT_TRUE(server.limits().empty());
   ::close(fd);
 }
 
