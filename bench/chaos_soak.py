@@ -21,7 +21,9 @@ each idle point between rounds:
                       return to 0 and no frontend holds a request
   resource_growth     each tandem process's RSS, open fds and threads at an idle point stay within
                       bounds of the same process's first idle point (and a restarted process's fds and
-                      threads within bounds of its role's first idle point)
+                      threads within bounds of its role's first idle point); one frontend, one prefill
+                      and one decode worker (--long-lived) are only ever stopped, never ended, so that
+                      they live through the whole run
 
 It exits 0 when all held, 1 naming each violated invariant, 2 on a setup failure, 77 (ctest's skip)
 when etcd or nats-server is missing and $CI is not set. Python 3 standard library only.
@@ -388,6 +390,8 @@ class Soak:
         actions = ["SIGKILL", "SIGTERM", "SIGSTOP"]
         while not self.stop_chaos.wait(self.rng.uniform(self.a.kill_interval * 0.5, self.a.kill_interval * 1.5)):
             name, action = self.rng.choice(targets), self.rng.choice(actions)
+            if name in self.a.long_lived:
+                action = "SIGSTOP"  # stopped, never ended: its growth is judged over the whole run
             self.hit(name, action)
 
     def hit(self, name, action):
@@ -602,12 +606,16 @@ def main():
     ap.add_argument("--max-rss-growth-mib", type=float, default=64)
     ap.add_argument("--max-fd-growth", type=int, default=8)
     ap.add_argument("--max-thread-growth", type=int, default=4)
+    ap.add_argument("--long-lived", default="frontend-1,prefill-1,decode-1",
+                    help="processes only ever SIGSTOPped, so that their RSS, fds and threads are compared over the "
+                         "whole run ('' for none)")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--summary", help="write the figures here (JSON)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory (logs) even when all held")
     a = ap.parse_args()
     if a.round <= 0:
         a.round = a.duration
+    a.long_lived = [n for n in a.long_lived.split(",") if n]
     a.tandem = os.path.abspath(a.tandem)
     a.etcd = shutil.which("etcd") or ""
     a.nats_server = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/bin") or ""
