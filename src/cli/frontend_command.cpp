@@ -31,6 +31,7 @@ struct FrontendCommandOptions {
   std::vector<std::string> api_keys;  // --api-key values; else TANDEM_API_KEY
   double header_timeout_s = 10;
   double idle_timeout_s = 60;
+  double send_timeout_s = 30;
   double request_timeout_s = 0;
   ClusterFlags cluster;
   std::string router_mode = "kv";
@@ -88,6 +89,9 @@ Runner add_frontend_command(CLI::App& app) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--http-idle-timeout-s", o->idle_timeout_s, "Close a keep-alive connection idle this long; a body must arrive within it")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--http-send-timeout-s", o->send_timeout_s,
+                  "Close a connection (aborting its request) whose client takes none of its reply for this long")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-connections", f.http.max_connections, "Open HTTP connections beyond which new ones get 503 (0 = no limit)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--api-key", o->api_keys,
@@ -140,6 +144,7 @@ Runner add_frontend_command(CLI::App& app) {
     o->options.http.max_body_bytes = o->max_body_bytes;
     o->options.http.header_timeout_ms = std::max(1, to_ms(o->header_timeout_s));
     o->options.http.idle_timeout_ms = std::max(1, to_ms(o->idle_timeout_s));
+    o->options.http.send_timeout_ms = std::max(1, to_ms(o->send_timeout_s));
     o->options.request_deadline_ms = o->request_timeout_s > 0 ? std::max(1, to_ms(o->request_timeout_s)) : 0;
     auto keys = frontend::resolve_api_keys(o->api_keys, std::getenv("TANDEM_API_KEY"));
     if (!keys.ok()) throw Error(keys.status().message());

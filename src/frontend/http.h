@@ -77,6 +77,12 @@ struct HttpServerOptions {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_ca;
+  // A client that reads its response slowly, or not at all: taking none of it for send_timeout_ms
+  // (the deadline restarts with every piece the socket accepts) closes the connection, and so do
+  // response bytes queued for it beyond max_send_buffer_bytes (the producer ran that far ahead of it). Either counts as the client going away, so its
+  // request is aborted on its workers.
+  int send_timeout_ms = 30000;
+  size_t max_send_buffer_bytes = 8u << 20;
 };
 
 // What the server answers or closes by itself, before any handler sees a request.
@@ -85,7 +91,7 @@ struct HttpServerHooks {
   // (header too large), 503 (too many connections).
   std::function<std::pair<std::string, std::string>(int status)> refusal;
   // A connection closed by a limit: "body_too_large", "header_too_large", "header_timeout",
-  // "body_timeout", "max_connections". May be empty.
+  // "body_timeout", "max_connections", "send_timeout", "send_buffer_full". May be empty.
   std::function<void(const char* reason)> on_limit;
 };
 

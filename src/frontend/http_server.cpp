@@ -63,7 +63,8 @@ struct Item {
 
 class Exchange : public HttpExchange {
  public:
-  explicit Exchange(HttpRequest request) : request_(std::move(request)) {}
+  Exchange(HttpRequest request, size_t max_queued_bytes)
+      : request_(std::move(request)), max_queued_bytes_(max_queued_bytes) {}
   const HttpRequest& request() const override { return request_; }
   void respond(int status, const std::string& content_type, std::string body, const HttpHeaders& headers) override {
     if (closed_) return;
@@ -77,8 +78,19 @@ class Exchange : public HttpExchange {
     notify();
   }
   void write(std::string data) override {
-    if (closed_ || data.empty()) return;
-    items.push_back({Item::kData, 0, {}, std::move(data), {}});
+    if (closed_ || data.empty() || overflowed) return;
+    queued_bytes += data.size();
+    if (queued_bytes > max_queued_bytes_) {
+      // The response is cut here: what is queued is dropped and end() adds nothing. The session, not
+      // this call, reports the client gone: the producer must not have its gone-callback run inside
+      // its own write.
+      overflowed = true;
+      closed_ = true;
+      items.clear();
+      queued_bytes = 0;
+    } else {
+      items.push_back({Item::kData, 0, {}, std::move(data), {}});
+    }
     notify();
   }
   void end() override {
@@ -111,11 +123,14 @@ class Exchange : public HttpExchange {
   }
 
   std::deque<Item> items;
+  size_t queued_bytes = 0;             // stream data in `items`, not yet handed to the socket
+  bool overflowed = false;             // queued_bytes went past the limit: the session drops the client
   asio::steady_timer* wake = nullptr;  // the session's timer while it serves this exchange
   bool written_ = false;               // the whole response is on the wire
 
  private:
   HttpRequest request_;
+  size_t max_queued_bytes_;
   bool closed_ = false;  // respond() or end() was called
   bool gone_ = false;
   std::function<void()> gone_callback_;
@@ -156,9 +171,12 @@ struct HttpServer::Impl {
     if (hooks.on_limit) hooks.on_limit(reason);
   }
 
+  // progress_timeout_ms > 0: the write fails when the client takes none of it for that long (the
+  // deadline restarts with each piece the socket accepts, so a large reply to a slow but reading
+  // client goes through); 0: the caller's deadline on `stream` applies to the whole write.
   template <class Stream>
   awaitable<void> write_whole(Stream& stream, const Item& item, bool keep_alive,
-                              boost::system::error_code& ec) {
+                              boost::system::error_code& ec, int progress_timeout_ms = 0) {
     http::response<http::string_body> res{static_cast<http::status>(item.status), 11};
     res.set(http::field::server, "tandem");
     res.set(http::field::content_type, item.content_type);
@@ -166,7 +184,29 @@ struct HttpServer::Impl {
     res.keep_alive(keep_alive);
     res.body() = item.body;
     res.prepare_payload();
-    co_await http::async_write(stream, res, redirect_error(use_awaitable, ec));
+    if (progress_timeout_ms <= 0) {
+      co_await http::async_write(stream, res, redirect_error(use_awaitable, ec));
+      co_return;
+    }
+    http::response_serializer<http::string_body> serializer{res};
+    ec = {};
+    while (!ec && !serializer.is_done()) {
+      tcp_layer(stream).expires_after(std::chrono::milliseconds(progress_timeout_ms));
+      co_await http::async_write_some(stream, serializer, redirect_error(use_awaitable, ec));
+    }
+  }
+
+  // Writes `data` whole, failing when the client takes none of it for progress_timeout_ms.
+  template <class Stream>
+  awaitable<void> write_data(Stream& stream, const std::string& data, boost::system::error_code& ec,
+                             int progress_timeout_ms) {
+    size_t written = 0;
+    ec = {};
+    while (!ec && written < data.size()) {
+      tcp_layer(stream).expires_after(std::chrono::milliseconds(progress_timeout_ms));
+      written += co_await stream.async_write_some(asio::buffer(data.data() + written, data.size() - written),
+                                                  redirect_error(use_awaitable, ec));
+    }
   }
 
   // Answers an error the server decides by itself (hooks.refusal) without reading the request on,
@@ -314,7 +354,7 @@ struct HttpServer::Impl {
       bool keep_alive = msg.keep_alive();
       HttpRequest request = to_http_request(msg, peer_loopback);
 
-      auto exchange = std::make_shared<Exchange>(std::move(request));
+      auto exchange = std::make_shared<Exchange>(std::move(request), options.max_send_buffer_bytes);
       exchange->wake = &wake;
       // Watches for the client going away while the response is produced.
       struct Watch {
@@ -346,12 +386,17 @@ struct HttpServer::Impl {
       }
       bool write_failed = false;
       while (true) {
-        while (!exchange->items.empty() && !write_failed) {
+        while (!exchange->items.empty() && !write_failed && !exchange->overflowed) {
           Item item = std::move(exchange->items.front());
           exchange->items.pop_front();
+          if (item.kind == Item::kData) exchange->queued_bytes -= item.body.size();
+          // Every write is bounded: a client that takes none of it holds the connection (and its
+          // request) no longer than send_timeout_ms.
+          tcp_layer(stream).expires_after(std::chrono::milliseconds(options.send_timeout_ms));
+          ec = {};  // the wake-up's operation_aborted is no write error
           switch (item.kind) {
             case Item::kWhole:
-              co_await write_whole(stream, item, keep_alive, ec);
+              co_await write_whole(stream, item, keep_alive, ec, options.send_timeout_ms);
               exchange->written_ = true;
               break;
             case Item::kHead: {
@@ -372,16 +417,23 @@ struct HttpServer::Impl {
               break;
             }
             case Item::kData:
-              co_await asio::async_write(stream, asio::buffer(item.body), redirect_error(use_awaitable, ec));
+              co_await write_data(stream, item.body, ec, options.send_timeout_ms);
               break;
             case Item::kEnd:  // the close below ends the stream
               exchange->written_ = true;
               break;
           }
+          tcp_layer(stream).expires_never();
           if (ec) {
+            if (ec == beast::error::timeout) limit_hit("send_timeout");
             write_failed = true;
             exchange->mark_gone();
           }
+        }
+        if (exchange->overflowed && !write_failed) {
+          limit_hit("send_buffer_full");
+          write_failed = true;
+          exchange->mark_gone();
         }
         if (write_failed || exchange->written_ || exchange->client_gone()) break;
         wake.expires_at(asio::steady_timer::time_point::max());

@@ -23,6 +23,7 @@ struct Connection::State {
   std::condition_variable cv;
   std::deque<std::string> queue;  // GUARDED_BY(mu): frames ready to write (length prefix included)
   bool closed = false;            // GUARDED_BY(mu)
+  bool writing = false;           // GUARDED_BY(mu): the writer holds frames taken from `queue`
   bool started = false;
   bool authenticated = false;     // GUARDED_BY(mu): the handshake passed (or none is needed); the writer waits for it
   bool reader_done = false;       // GUARDED_BY(mu): the close handler has run and both handlers are dropped
@@ -71,7 +72,7 @@ bool Connection::send(const pb::Envelope& message) {
     if (state_->closed) return false;
     state_->queue.push_back(std::move(frame));
   }
-  state_->cv.notify_one();
+  state_->cv.notify_all();  // the writer, and not only a flush() that waits on the same variable
   return true;
 }
 
@@ -85,6 +86,12 @@ void Connection::close() {
   state_->cv.notify_all();
   // Wakes the reader blocked in recv(); it runs the close handler.
   ::shutdown(fd_, SHUT_RDWR);
+}
+
+bool Connection::flush(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(state_->mu);
+  return state_->cv.wait_for(lock, timeout, [&] { return state_->closed || (state_->queue.empty() && !state_->writing); }) &&
+         !state_->closed;
 }
 
 bool Connection::is_open() const {
@@ -167,12 +174,18 @@ void Connection::writer_loop() {
       state_->cv.wait(lock, [&] { return state_->closed || (state_->authenticated && !state_->queue.empty()); });
       if (state_->closed) return;
       batch.swap(state_->queue);
+      state_->writing = true;
     }
     // One write for everything queued: many small token messages become one syscall.
     joined.clear();
     for (auto& frame : batch) joined += frame;
     batch.clear();
     Status status = net::write_full(fd_, joined.data(), joined.size(), peer_);
+    {
+      std::lock_guard<std::mutex> lock(state_->mu);
+      state_->writing = false;
+    }
+    state_->cv.notify_all();  // flush() waits for this
     if (!status.ok()) {
       ::shutdown(fd_, SHUT_RDWR);  // the reader sees it and runs the close handler
       return;

@@ -48,8 +48,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void start(MessageHandler on_message, CloseHandler on_close);
   // Queues `message` for sending; false (and nothing sent) once the connection is closed.
   bool send(const pb::Envelope& message);
-  // Ends the connection; idempotent. The close handler runs with an Aborted status.
+  // Ends the connection; idempotent. The close handler runs with an Aborted status. Frames still
+  // queued are dropped: call flush() first for a last message that must arrive.
   void close();
+  // Waits up to `timeout` until every frame queued so far is written to the socket; false on timeout
+  // or when the connection ended first.
+  bool flush(std::chrono::milliseconds timeout);
   // After close(), or once the peer is gone: waits up to `timeout` until the reader thread has run the
   // close handler and dropped both handlers; true when it has (or start() was never called). Call it
   // before tearing down what the handlers or the reader touch (at exit: the logger), since the threads

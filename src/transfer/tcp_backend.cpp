@@ -17,6 +17,7 @@
 //   ack:     "TKA1" u32 | status_code u32 | msg_len u32 | msg bytes      (after each of the above)
 // With a cluster key, every connection starts with its handshake (security/cluster_auth.h).
 #include <arpa/inet.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -627,7 +628,35 @@ class TcpBackend : public TransferBackend {
   // ack_pending: a release was sent on fd and its ack not yet read.
   void give_back(const std::string& peer, int fd, bool ack_pending = false) {
     std::lock_guard<std::mutex> lock(pool_mu_);
+    prune_closed_locked();
     pool_[peer].push_back(Idle{fd, ack_pending});
+  }
+
+  // Closes the idle connections whose peer has hung up and forgets peers left with none. A receiver
+  // that restarts comes back on a new port, so its old connections would never be taken again: without
+  // this each restart of a decode worker left one socket per pooled connection open here for good
+  // (found by bench/chaos_soak.py). A live receiver never half-closes, so POLLRDHUP means it is gone;
+  // an unread ack (ack_pending) is data, not a hang-up.
+  void prune_closed_locked() {
+    std::vector<pollfd> fds;
+    for (const auto& [peer, idle] : pool_) {
+      for (const Idle& i : idle) fds.push_back(pollfd{i.fd, POLLRDHUP, 0});
+    }
+    if (fds.empty() || ::poll(fds.data(), fds.size(), 0) <= 0) return;
+    size_t k = 0;
+    for (auto it = pool_.begin(); it != pool_.end();) {
+      auto& idle = it->second;
+      std::vector<Idle> kept;
+      for (const Idle& i : idle) {
+        if (fds[k++].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+          ::close(i.fd);
+        } else {
+          kept.push_back(i);
+        }
+      }
+      idle = std::move(kept);
+      it = idle.empty() ? pool_.erase(it) : std::next(it);
+    }
   }
 
   std::shared_ptr<KvMemory> memory_;

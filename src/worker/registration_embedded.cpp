@@ -71,6 +71,9 @@ class EmbeddedRegistration : public Registration {
     if (!conn) return;
     if (!core_->lifecycle.stop.load()) {
       spdlog::warn("event=frontend_lost worker_id={} frontend={}", core_->options.worker_id, core_->options.frontend);
+    } else {
+      // Leaving: the drain announcement and the final heartbeat go out before the close.
+      conn->flush(std::chrono::milliseconds(500));
     }
     conn->close();
     hooks_.on_frontend_lost(conn);

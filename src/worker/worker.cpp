@@ -129,6 +129,13 @@ struct Worker::Impl {
         }
         registration->heartbeat();
       }
+      if (lifecycle.stop_requested() && !drain_announced && registration->connected()) {
+        // Stopped at once (a second signal before this loop woke): the frontends still hear of it before
+        // the connection closes, so they stop routing here rather than send into a closing connection.
+        registration->announce_drain();
+        drain_announced = true;
+        spdlog::info("event=draining worker_id={} deadline_ms=0", options.worker_id);
+      }
       registration->disconnect();
     }
     shutdown();
