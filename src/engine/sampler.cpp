@@ -324,18 +324,7 @@ void Sampler::device_edits(const SampleInput& in, std::vector<backend::LogitEdit
   for (const auto& [id, bias] : p.logit_bias) {
     if (id >= 0 && id < vocab_size_) edit(id).bias += bias;
   }
-  if (!in.allowed.empty()) {
-    const int num_words = std::min(static_cast<int>(in.allowed.size()), (vocab_size_ + 31) / 32);
-    for (int w = 0; w < num_words; ++w) {
-      const uint32_t bits = in.allowed[w];
-      if (bits == 0xffffffffu) continue;
-      const int base = w * 32, end = std::min(vocab_size_, base + 32);
-      for (int t = base; t < end; ++t) {
-        if (!(bits >> (t - base) & 1u)) work_[t] = kNegInf;
-      }
-    }
-    for (int t = num_words * 32; t < vocab_size_; ++t) work_[t] = kNegInf;
-  }
+  // The allowed mask of a constrained row is not an edit: it travels as RowSampling::mask_row.
   if (static_cast<int>(in.output_token_ids.size()) < p.min_tokens && !in.allowed_only_end) {
     for (int32_t id : p.stop_token_ids) {
       if (id >= 0 && id < vocab_size_) edit(id).masked = 1;
