@@ -36,10 +36,10 @@ class ForcedToolCalls : public ::testing::Test {
                       "--served-model-name", "tiny", "--tool-call-parser", "hermes", "--child-log-level", "warn"},
                      dir_ + "/serve.log");
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (std::chrono::steady_clock::now() < deadline && metric_value(http(port_, "GET", "/metrics").body, "tandem_workers") < 1) {
+    while (std::chrono::steady_clock::now() < deadline && metric_value(http(port_, "GET", "/metrics").body, "tandem_workers") < 2) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    ASSERT_GE(metric_value(http(port_, "GET", "/metrics").body, "tandem_workers"), 1) << shell("cat " + dir_ + "/serve.log");
+    ASSERT_GE(metric_value(http(port_, "GET", "/metrics").body, "tandem_workers"), 2) << shell("cat " + dir_ + "/serve.log");
   }
   void TearDown() override { serve_.terminate(); }
 
