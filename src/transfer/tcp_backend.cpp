@@ -431,27 +431,11 @@ class TcpBackend : public TransferBackend {
     const uint32_t header[3] = {htonl(kClaimMagic), htonl(static_cast<uint32_t>(transfer_id.size())),
                                 htonl(static_cast<uint32_t>(blocks.size()))};
     const std::vector<std::byte> claim = control_message(header, transfer_id, blocks);
-    // A pooled connection may have gone stale (the peer restarted): one retry on a fresh one.
-    int fd = -1;
-    for (int attempt = 0;; ++attempt) {
-      bool pooled = false;
-      auto dialed = take_connection(peer, timeout_ms, &pooled);
-      if (!dialed.ok()) return dialed.status();
-      fd = *dialed;
-      set_timeouts(fd, std::max(1, timeout_ms));
-      Status sent = net::write_full(fd, claim.data(), claim.size(), peer);
-      Status verdict;
-      if (sent.ok()) sent = read_ack(fd, peer, &verdict);
-      if (sent.ok()) {
-        if (!verdict.ok()) {
-          give_back(peer, fd);
-          return Status(verdict.code(), "KV claim at " + peer + " refused: " + verdict.message());
-        }
-        break;
-      }
-      ::close(fd);
-      if (!pooled || attempt > 0) return sent;
-    }
+    Status verdict;
+    auto claimed = send_claim(peer, claim, timeout_ms, &verdict);
+    if (!claimed.ok()) return claimed.status();
+    if (!verdict.ok()) return Status(verdict.code(), "KV claim at " + peer + " refused: " + verdict.message());
+    const int fd = *claimed;
     Status copied = memory_->copy_to_peer(target.device_handles, copies);
     // Release whatever the copy did: the receiver's forget() waits for it. Its ack is read by the
     // connection's next user (take_connection), not waited for here: the bytes are already in place.
@@ -513,27 +497,14 @@ class TcpBackend : public TransferBackend {
       sources.push_back({c.layer, c.src_block});
     }
     std::vector<std::byte> claim = control_message(header, transfer_id + link->id, where);
-    int fd = -1;
-    for (int attempt = 0;; ++attempt) {
-      bool pooled = false;
-      auto dialed = take_connection(peer, timeout_ms, &pooled);
-      if (!dialed.ok()) return dialed.status();
-      fd = *dialed;
-      set_timeouts(fd, std::max(1, timeout_ms));
-      Status sent = net::write_full(fd, claim.data(), claim.size(), peer);
-      Status verdict;
-      if (sent.ok()) sent = read_ack(fd, peer, &verdict);
-      if (sent.ok()) {
-        if (!verdict.ok()) {
-          give_back(peer, fd);
-          *fall_back = verdict.code() == StatusCode::kUnsupported;
-          return Status(verdict.code(), "KV claim at " + peer + " refused: " + verdict.message());
-        }
-        break;
-      }
-      ::close(fd);
-      if (!pooled || attempt > 0) return sent;
+    Status verdict;
+    auto claimed = send_claim(peer, claim, timeout_ms, &verdict);
+    if (!claimed.ok()) return claimed.status();
+    if (!verdict.ok()) {
+      *fall_back = verdict.code() == StatusCode::kUnsupported;
+      return Status(verdict.code(), "KV claim at " + peer + " refused: " + verdict.message());
     }
+    const int fd = *claimed;
     // The receiver now joins the link (first use) and waits for the blocks; a failure here leaves it to
     // its receive timeout, after which it releases the claim and answers.
     if (fresh) {
@@ -547,8 +518,7 @@ class TcpBackend : public TransferBackend {
     }
     Status sent = link->link->send(sources, timeout_ms);
     if (!sent.ok()) link->link.reset();
-    Status verdict;
-    Status acked = read_ack(fd, peer, &verdict);
+    Status acked = read_ack(fd, peer, &verdict);  // the second ack: the blocks arrived
     if (acked.ok()) {
       give_back(peer, fd);
     } else {
@@ -592,6 +562,28 @@ class TcpBackend : public TransferBackend {
     TANDEM_RETURN_IF_ERROR(read_ack(fd, peer, &verdict));
     if (!verdict.ok()) return Status(verdict.code(), "KV push to " + peer + " refused: " + verdict.message());
     return stats;
+  }
+
+  // Sends `claim` and reads its ack, on a pooled connection or a fresh one; a pooled connection gone
+  // stale (the peer restarted) gets one retry on a fresh one. Returns the connection with *verdict set
+  // to the receiver's answer; a refused claim's connection is already given back (the caller must not
+  // use it). An error: no answer could be had, the connection is closed.
+  StatusOr<int> send_claim(const std::string& peer, const std::vector<std::byte>& claim, int timeout_ms, Status* verdict) {
+    for (int attempt = 0;; ++attempt) {
+      bool pooled = false;
+      auto dialed = take_connection(peer, timeout_ms, &pooled);
+      if (!dialed.ok()) return dialed.status();
+      const int fd = *dialed;
+      set_timeouts(fd, std::max(1, timeout_ms));
+      Status sent = net::write_full(fd, claim.data(), claim.size(), peer);
+      if (sent.ok()) sent = read_ack(fd, peer, verdict);
+      if (sent.ok()) {
+        if (!verdict->ok()) give_back(peer, fd);
+        return fd;
+      }
+      ::close(fd);
+      if (!pooled || attempt > 0) return sent;
+    }
   }
 
   StatusOr<int> take_connection(const std::string& peer, int timeout_ms, bool* pooled) {
