@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/utf8.h"  // append_utf8
+
 namespace tandem::tokenizer {
 
 // Length of the longest prefix of `bytes` that is complete, valid UTF-8. A caller streaming bytes
@@ -30,7 +32,6 @@ size_t utf8_lossy_prefix(std::string_view bytes, std::string* out);
 
 // Decodes one code point at `bytes[*pos]` and advances *pos. REQUIRES: valid UTF-8 at *pos.
 char32_t next_code_point(std::string_view bytes, size_t* pos);
-void append_utf8(char32_t cp, std::string* out);
 
 // Unicode NFC (utf8proc on the stretches that can change). REQUIRES: valid UTF-8.
 std::string nfc(std::string_view text);
