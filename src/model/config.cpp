@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
+#include <type_traits>
 #include <numbers>
 
 #include "common/error.h"
@@ -18,26 +20,55 @@ using nlohmann::json;
   throw Error(source + ": " + what);
 }
 
+// nlohmann's get<int>() converts a float or an out-of-range integer with a plain C++ cast, which is
+// undefined for a value such as 1e300; every number is checked against its target type first.
+template <typename T>
+T convert(const json& v, const char* key, const std::string& source) {
+  auto wrong_type = [&]() { fail(source, std::string("key '") + key + "' has the wrong type (" + v.type_name() + ")"); };
+  auto out_of_range = [&]() { fail(source, std::string("key '") + key + "' is out of range (" + v.dump() + ")"); };
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    if (v.is_number_unsigned()) {
+      if (v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())) out_of_range();
+      return static_cast<T>(v.get<uint64_t>());
+    }
+    if (v.is_number_integer()) {
+      const int64_t x = v.get<int64_t>();
+      if (x < static_cast<int64_t>(std::numeric_limits<T>::min()) || x > static_cast<int64_t>(std::numeric_limits<T>::max())) out_of_range();
+      return static_cast<T>(x);
+    }
+    if (v.is_number_float()) {  // e.g. 4096.0, as some exporters write integers
+      const double d = v.get<double>();
+      if (!std::isfinite(d) || d != std::floor(d)) wrong_type();
+      if (d < static_cast<double>(std::numeric_limits<T>::min()) || d > static_cast<double>(std::numeric_limits<T>::max())) out_of_range();
+      return static_cast<T>(d);
+    }
+    wrong_type();
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) wrong_type();
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || std::fabs(d) > static_cast<double>(std::numeric_limits<T>::max())) out_of_range();
+    return static_cast<T>(d);
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const json::exception&) {
+      wrong_type();
+    }
+  }
+}
+
 template <typename T>
 T get_required(const json& j, const char* key, const std::string& source) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) fail(source, std::string("missing required key '") + key + "'");
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    fail(source, std::string("key '") + key + "' has the wrong type (" + it->type_name() + ")");
-  }
+  return convert<T>(*it, key, source);
 }
 
 template <typename T>
 T get_optional(const json& j, const char* key, T fallback, const std::string& source) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
-  try {
-    return it->get<T>();
-  } catch (const json::exception&) {
-    fail(source, std::string("key '") + key + "' has the wrong type (" + it->type_name() + ")");
-  }
+  return convert<T>(*it, key, source);
 }
 
 void require_positive(int value, const char* key, const std::string& source) {
@@ -89,8 +120,8 @@ ModelConfig parse_model_config(const json& j, const std::string& source) {
   c.torch_dtype = get_optional<std::string>(j, "torch_dtype", get_optional<std::string>(j, "dtype", "bfloat16", source), source);
   c.bos_token_id = get_optional<int>(j, "bos_token_id", -1, source);
   if (auto eos = j.find("eos_token_id"); eos != j.end() && !eos->is_null()) {
-    if (eos->is_number_integer()) c.eos_token_ids.push_back(eos->get<int>());
-    else if (eos->is_array()) for (const auto& e : *eos) c.eos_token_ids.push_back(e.get<int>());
+    if (eos->is_number_integer()) c.eos_token_ids.push_back(convert<int>(*eos, "eos_token_id", source));
+    else if (eos->is_array()) for (const auto& e : *eos) c.eos_token_ids.push_back(convert<int>(e, "eos_token_id", source));
     else fail(source, "key 'eos_token_id' has the wrong type (" + std::string(eos->type_name()) + ")");
   }
 

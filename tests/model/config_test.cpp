@@ -76,6 +76,24 @@ TEST(ModelConfig, ErrorsNameTheFileAndTheProblem) {
     "rope_scaling":{"rope_type":"yarn","factor":4.0}})", "unsupported rope_scaling type 'yarn'");
 }
 
+// Found by model_config_fuzz (UBSan float-cast-overflow): nlohmann's get<int>() casts a float or a too
+// large integer without a check, so 1e300 as a size was undefined behaviour instead of an error.
+TEST(ModelConfig, NumbersOutsideTheirTypeAreRefusedByName) {
+  const std::string head = R"({"architectures":["LlamaForCausalLM"],"hidden_size":8,"intermediate_size":16,
+    "num_hidden_layers":1,"num_attention_heads":2,)";
+  expect_error(head + R"("vocab_size":1e300})", "'vocab_size' is out of range");
+  expect_error(head + R"("vocab_size":-1e300})", "'vocab_size' is out of range");
+  expect_error(head + R"("vocab_size":5000000000})", "'vocab_size' is out of range");
+  expect_error(head + R"("vocab_size":18446744073709551615})", "'vocab_size' is out of range");
+  expect_error(head + R"("vocab_size":10.5})", "'vocab_size' has the wrong type");
+  expect_error(head + R"("vocab_size":10,"rms_norm_eps":1e300})", "'rms_norm_eps' is out of range");
+  expect_error(head + R"("vocab_size":10,"eos_token_id":[1,"two"]})", "'eos_token_id' has the wrong type");
+  expect_error(head + R"("vocab_size":10,"eos_token_id":[1,1e300]})", "'eos_token_id' is out of range");
+  // An integer written as a float, as some exporters do, still reads.
+  auto config = parse_model_config(nlohmann::json::parse(head + R"("vocab_size":10.0})"), "config.json");
+  EXPECT_EQ(config.vocab_size, 10);
+}
+
 // The same parse as safetensors headers (tests/fuzz/safetensors_fuzz): a number too large for a double
 // threw nlohmann's out_of_range past load_model_config instead of an Error naming the file.
 TEST(ModelConfig, NumberOutOfRangeIsInvalidJsonNamingTheFile) {
