@@ -1,0 +1,37 @@
+// What a prefill worker checks in a RemotePrefill before it trusts it, and the KV copies it derives from
+// one. The message comes from outside the process — a decode worker's request-plane frame, or a NATS
+// prefill-queue payload that anyone with queue credentials can publish — so every field that later
+// indexes memory or sizes work is checked here, and these pure functions are what
+// tests/fuzz/prefill_queue_message_fuzz feeds.
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "rpc/messages.pb.h"
+#include "transfer/transfer.h"
+
+namespace tandem::worker {
+
+// This worker's KV cache as a RemotePrefill must match it.
+struct LocalKvGeometry {
+  std::string kv_dtype;  // backend::kv_dtype_name
+  int block_size = 0;
+  int num_layers = 0;
+  int64_t block_bytes = 0;
+};
+
+// Ok, or InvalidArgument naming what is wrong: a KV dtype or geometry unlike ours.
+Status check_remote_prefill(const rpc::pb::RemotePrefill& rp, const LocalKvGeometry& local);
+
+// The copies that push a finished prefill's KV (`kv_block_ids`: the prompt's blocks here, in order) into
+// the decode worker's blocks: every layer of each destination block past the blocks its cached prefix
+// already fills, layer-major. Internal when fewer blocks came back than the destination names.
+// REQUIRES: check_remote_prefill(rp, ...) was Ok.
+StatusOr<std::vector<transfer::BlockCopy>> remote_prefill_copies(const rpc::pb::RemotePrefill& rp,
+                                                                 const std::vector<int32_t>& kv_block_ids);
+
+}  // namespace tandem::worker
