@@ -72,26 +72,46 @@ NodePtr members(std::vector<NodePtr> items, std::vector<bool> required, NodePtr 
   return n;
 }
 
-int64_t count_nfa_states(const NodePtr& node, int64_t limit) {
+namespace {
+
+// Trees share subtrees (a JSON array's item schema appears twice, a $ref's target once per use), and
+// the NFA holds one copy per use: a node's count is computed once and multiplied along each path, so
+// the cost is linear in the distinct nodes even when the paths through them are exponentially many.
+int64_t count_states(const Node& node, int64_t limit, std::unordered_map<const Node*, int64_t>* memo) {
+  if (auto it = memo->find(&node); it != memo->end()) return it->second;
   auto cap = [limit](int64_t x) { return std::min(x, limit + 1); };
-  switch (node->kind) {
-    case Node::Kind::kEmpty: return 1;
-    case Node::Kind::kBytes: return 2;
-    case Node::Kind::kNonAscii: return 9;
+  int64_t total = limit + 1;
+  switch (node.kind) {
+    case Node::Kind::kEmpty: total = 1; break;
+    case Node::Kind::kBytes: total = 2; break;
+    case Node::Kind::kNonAscii: total = 9; break;
     case Node::Kind::kSeq:
     case Node::Kind::kAlt:
     case Node::Kind::kMembers: {
-      int64_t total = 2 + 2 * static_cast<int64_t>(node->kids.size());
-      for (const NodePtr& k : node->kids) total = cap(total + count_nfa_states(k, limit) * (node->kind == Node::Kind::kMembers ? 2 : 1));
-      return total;
+      total = cap(2 + 2 * static_cast<int64_t>(node.kids.size()));
+      const int64_t copies = node.kind == Node::Kind::kMembers ? 2 : 1;
+      for (const NodePtr& k : node.kids) {
+        if (total > limit) break;
+        total = cap(total + count_states(*k, limit, memo) * copies);
+      }
+      break;
     }
     case Node::Kind::kRepeat: {
-      const int64_t k = count_nfa_states(node->kids[0], limit);
-      const int64_t copies = node->max < 0 ? node->min + 1 : node->max;
-      return cap(2 + cap(k * copies) + copies);
+      const int64_t k = count_states(*node.kids[0], limit, memo);
+      const int64_t copies = node.max < 0 ? node.min + 1 : node.max;
+      total = cap(2 + cap(k * copies) + copies);
+      break;
     }
   }
-  return limit + 1;
+  memo->emplace(&node, total);
+  return total;
+}
+
+}  // namespace
+
+int64_t count_nfa_states(const NodePtr& root, int64_t limit) {
+  std::unordered_map<const Node*, int64_t> memo;
+  return count_states(*root, limit, &memo);
 }
 
 namespace {

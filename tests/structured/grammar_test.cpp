@@ -151,5 +151,20 @@ TEST(Spec, KindsAndValidation) {
   EXPECT_FALSE(validate_spec("not json").ok());
 }
 
+// Found while adding structured_spec_fuzz: the frontend's size check (validate_spec, on its I/O thread)
+// walked every path through shared subtrees, and an array's item schema appears twice in the array's
+// tree, so n nested arrays took 2^n steps (30 levels: hours; the check now visits each node once).
+TEST(Spec, ValidatingNestedArraysVisitsEachNodeOnce) {
+  std::string deep = R"({"type": "integer"})";
+  for (int i = 0; i < 30; ++i) deep = R"({"type": "array", "items": )" + deep + "}";
+  const Status s = validate_spec(R"({"json_schema": )" + deep + "}");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("too large to enforce"), std::string::npos) << s.message();
+  std::string small = R"({"type": "integer"})";
+  for (int i = 0; i < 3; ++i) small = R"({"type": "array", "items": )" + small + "}";
+  EXPECT_TRUE(validate_spec(R"({"json_schema": )" + small + "}").ok());
+}
+
+
 }  // namespace
 }  // namespace tandem::structured
