@@ -426,6 +426,10 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
   std::vector<int32_t> stamp(num_nfa, -1);
   int32_t stamp_id = 0;
   std::vector<int32_t> stack;
+  // The subset construction's work: NFA states visited by closures, bucket entries, and one per DFA state
+  // and byte class. It is bounded apart from the DFA's size because a few thousand DFA states that each
+  // hold thousands of NFA states (a bounded repetition of a loop, e.g. (\w+\s?){0,1000}) took minutes.
+  int64_t steps = 0;
   auto closure = [&](std::vector<int32_t>& set) {
     ++stamp_id;
     stack.clear();
@@ -440,6 +444,7 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
       const int32_t s = stack.back();
       stack.pop_back();
       set.push_back(s);
+      ++steps;
       for (int32_t t : nfa.eps[s]) {
         if (stamp[t] != stamp_id) {
           stamp[t] = stamp_id;
@@ -462,8 +467,10 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
   std::vector<std::vector<int32_t>> buckets(num_classes);
   for (size_t d = 0; d < sets.size(); ++d) {
     for (auto& b : buckets) b.clear();
+    steps += num_classes;
     for (int32_t s : sets[d]) {
       for (const Nfa::Edge& e : nfa.edges[s]) {
+        steps += dfa.byte_class[e.hi] - dfa.byte_class[e.lo] + 1;
         for (int c = dfa.byte_class[e.lo]; c <= dfa.byte_class[e.hi]; ++c) buckets[c].push_back(e.to);
       }
     }
@@ -472,6 +479,11 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
       if (buckets[c].empty()) continue;
       std::vector<int32_t> target = buckets[c];
       closure(target);
+      if (steps > limits.max_subset_steps) {
+        throw GrammarError("the grammar is too complex to enforce (building its automaton takes more than " +
+                           std::to_string(limits.max_subset_steps) +
+                           " steps; a bounded repetition such as {0,1000} of a group containing * or + costs the most)");
+      }
       if (target.empty()) continue;
       auto [it, inserted] = ids.emplace(target, static_cast<int32_t>(sets.size()));
       if (inserted) {

@@ -189,5 +189,24 @@ TEST(JsonSchemaGrammar, RefTargetsAreBuiltOnce) {
   EXPECT_NE(s.message().find("too large to enforce"), std::string::npos) << s.message();
 }
 
+
+// Found while adding structured_spec_fuzz: the subset construction had no bound on its work, only on the
+// DFA's size, and DFAs of a few thousand states that each hold thousands of NFA states took the worker
+// minutes (a guided_regex or schema pattern from any client). Both are now refused quickly by name.
+TEST(RegexGrammar, CompileWorkIsBounded) {
+  for (const char* pattern : {"((a{0,20}){0,20}){0,20}", "(a|b|ab|ba){0,1000}"}) {
+    try {
+      const Dfa d = compile_dfa(parse_regex(pattern));
+      ADD_FAILURE() << pattern << " compiled to " << d.num_states << " states";
+    } catch (const GrammarError& e) {
+      EXPECT_NE(std::string(e.what()).find("too complex"), std::string::npos) << e.what();
+    }
+  }
+  DfaLimits small;
+  small.max_subset_steps = 100;
+  EXPECT_THROW(compile_dfa(parse_regex("[a-z]{0,100}"), small), GrammarError);
+  EXPECT_TRUE(compile_dfa(parse_regex("[a-z]{0,100}")).matches("abc"));
+}
+
 }  // namespace
 }  // namespace tandem::structured
