@@ -13,6 +13,12 @@ Status check_remote_prefill(const rpc::pb::RemotePrefill& rp, const LocalKvGeome
       rp.dest_block_bytes() != local.block_bytes) {
     return Status::InvalidArgument("KV geometry differs between prefill and decode workers");
   }
+  // The push skips the blocks the cached prefix fills, counted from num_cached_tokens: a negative count
+  // made it read the prefill's block list before its start.
+  if (rp.num_cached_tokens() < 0 || rp.num_cached_tokens() > rp.prompt_token_ids_size()) {
+    return Status::InvalidArgument("num_cached_tokens " + std::to_string(rp.num_cached_tokens()) + " is outside [0, " +
+                                   std::to_string(rp.prompt_token_ids_size()) + "] (the prompt's length)");
+  }
   return Status::Ok();
 }
 

@@ -24,7 +24,8 @@ struct LocalKvGeometry {
   int64_t block_bytes = 0;
 };
 
-// Ok, or InvalidArgument naming what is wrong: a KV dtype or geometry unlike ours.
+// Ok, or InvalidArgument naming what is wrong: a KV dtype or geometry unlike ours, or a cached-token
+// count outside [0, prompt length].
 Status check_remote_prefill(const rpc::pb::RemotePrefill& rp, const LocalKvGeometry& local);
 
 // The copies that push a finished prefill's KV (`kv_block_ids`: the prompt's blocks here, in order) into
