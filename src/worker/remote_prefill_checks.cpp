@@ -22,6 +22,25 @@ Status check_remote_prefill(const rpc::pb::RemotePrefill& rp, const LocalKvGeome
   return Status::Ok();
 }
 
+bool kv_descriptor_matches(const nlohmann::json& descriptor, const rpc::pb::RemotePrefill& rp) {
+  // nlohmann's value<int>() throws on a string and converts a float such as 1e300 with an undefined
+  // cast: each field's type is checked before it is read.
+  auto string_is = [&](const char* key, const std::string& want) {
+    auto it = descriptor.find(key);
+    return it != descriptor.end() && it->is_string() && it->get_ref<const std::string&>() == want;
+  };
+  auto integer_is = [&](const char* key, int64_t want) {
+    auto it = descriptor.find(key);
+    if (it == descriptor.end() || !it->is_number_integer()) return false;
+    if (it->is_number_unsigned()) return want >= 0 && it->get<uint64_t>() == static_cast<uint64_t>(want);
+    return it->get<int64_t>() == want;
+  };
+  if (!descriptor.is_object()) return false;
+  return string_is("transfer_address", rp.transfer_address()) && integer_is("block_size", rp.dest_block_size()) &&
+         integer_is("num_layers", rp.dest_num_layers()) && integer_is("block_bytes", rp.dest_block_bytes()) &&
+         (!descriptor.contains("kv_cache_dtype") || string_is("kv_cache_dtype", rp.dest_kv_dtype()));
+}
+
 StatusOr<std::vector<transfer::BlockCopy>> remote_prefill_copies(const rpc::pb::RemotePrefill& rp,
                                                                  const std::vector<int32_t>& kv_block_ids) {
   if (kv_block_ids.size() < static_cast<size_t>(rp.dest_block_ids_size())) {

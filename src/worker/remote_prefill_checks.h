@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/status.h"
 #include "rpc/messages.pb.h"
 #include "transfer/transfer.h"
@@ -27,6 +29,11 @@ struct LocalKvGeometry {
 // Ok, or InvalidArgument naming what is wrong: a KV dtype or geometry unlike ours, or a cached-token
 // count outside [0, prompt length].
 Status check_remote_prefill(const rpc::pb::RemotePrefill& rp, const LocalKvGeometry& local);
+
+// Whether the decode worker's KV descriptor (its JSON record in etcd: transfer_address, block_size,
+// num_layers, block_bytes and, when present, kv_cache_dtype) agrees with what `rp` says. A field missing
+// or of another type is a disagreement: the record is read from etcd, not trusted to be well formed.
+bool kv_descriptor_matches(const nlohmann::json& descriptor, const rpc::pb::RemotePrefill& rp);
 
 // The copies that push a finished prefill's KV (`kv_block_ids`: the prompt's blocks here, in order) into
 // the decode worker's blocks: every layer of each destination block past the blocks its cached prefix

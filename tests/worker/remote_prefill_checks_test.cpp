@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "worker/remote_prefill_checks.h"
@@ -61,6 +63,29 @@ TEST(RemotePrefillChecks, RefusesCachedTokensOutsideThePrompt) {
   EXPECT_TRUE(check_remote_prefill(request(40), kLocal).ok());
 }
 
+
+// Found reading the cluster registration while adding prefill_queue_message_fuzz: the decode worker's KV
+// descriptor from etcd was read with nlohmann's value<int>(), which throws on a string (uncaught on the
+// prefill worker's pull or request-plane thread: the process ended) and converts 1e300 with an
+// undefined cast. A malformed descriptor is now a disagreement.
+TEST(RemotePrefillChecks, KvDescriptorFromEtcd) {
+  auto rp = request(0);
+  rp.set_transfer_address("10.0.0.2:7000");
+  const nlohmann::json good = {{"transfer_address", "10.0.0.2:7000"}, {"block_size", 16}, {"num_layers", 2},
+                               {"block_bytes", 4096}, {"kv_cache_dtype", "bf16"}};
+  EXPECT_TRUE(kv_descriptor_matches(good, rp));
+  nlohmann::json without_dtype = good;
+  without_dtype.erase("kv_cache_dtype");  // written by a worker that predates the field
+  EXPECT_TRUE(kv_descriptor_matches(without_dtype, rp));
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"block_size", "16"}, {"block_size", 1e300}, {"block_size", 16.0}, {"num_layers", nullptr},
+           {"block_bytes", -1}, {"transfer_address", 7000}, {"kv_cache_dtype", 1}, {"block_size", 17}}) {
+    nlohmann::json bad = good;
+    bad[key] = value;
+    EXPECT_FALSE(kv_descriptor_matches(bad, rp)) << bad.dump();
+  }
+  EXPECT_FALSE(kv_descriptor_matches(nlohmann::json::array(), rp));
+}
 
 }  // namespace
 }  // namespace tandem::worker
