@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 BUILD=${FUZZ_BUILD_DIR:-build-fuzz}
 TARGETS=(http_request_fuzz openai_request_fuzz sse_stream_fuzz tokenizer_fuzz chat_template_fuzz
          model_config_fuzz safetensors_fuzz rpc_frames_fuzz kv_transfer_fuzz etcd_response_fuzz
-         tool_call_parser_fuzz cluster_handshake_fuzz)
+         tool_call_parser_fuzz cluster_handshake_fuzz structured_spec_fuzz
+         prefill_queue_message_fuzz)
 
 usage() { echo "usage: tools/fuzz.sh TARGET MINUTES | all SECONDS | list" >&2; exit 2; }
 [ $# -ge 1 ] || usage

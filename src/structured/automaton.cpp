@@ -72,26 +72,46 @@ NodePtr members(std::vector<NodePtr> items, std::vector<bool> required, NodePtr 
   return n;
 }
 
-int64_t count_nfa_states(const NodePtr& node, int64_t limit) {
+namespace {
+
+// Trees share subtrees (a JSON array's item schema appears twice, a $ref's target once per use), and
+// the NFA holds one copy per use: a node's count is computed once and multiplied along each path, so
+// the cost is linear in the distinct nodes even when the paths through them are exponentially many.
+int64_t count_states(const Node& node, int64_t limit, std::unordered_map<const Node*, int64_t>* memo) {
+  if (auto it = memo->find(&node); it != memo->end()) return it->second;
   auto cap = [limit](int64_t x) { return std::min(x, limit + 1); };
-  switch (node->kind) {
-    case Node::Kind::kEmpty: return 1;
-    case Node::Kind::kBytes: return 2;
-    case Node::Kind::kNonAscii: return 9;
+  int64_t total = limit + 1;
+  switch (node.kind) {
+    case Node::Kind::kEmpty: total = 1; break;
+    case Node::Kind::kBytes: total = 2; break;
+    case Node::Kind::kNonAscii: total = 9; break;
     case Node::Kind::kSeq:
     case Node::Kind::kAlt:
     case Node::Kind::kMembers: {
-      int64_t total = 2 + 2 * static_cast<int64_t>(node->kids.size());
-      for (const NodePtr& k : node->kids) total = cap(total + count_nfa_states(k, limit) * (node->kind == Node::Kind::kMembers ? 2 : 1));
-      return total;
+      total = cap(2 + 2 * static_cast<int64_t>(node.kids.size()));
+      const int64_t copies = node.kind == Node::Kind::kMembers ? 2 : 1;
+      for (const NodePtr& k : node.kids) {
+        if (total > limit) break;
+        total = cap(total + count_states(*k, limit, memo) * copies);
+      }
+      break;
     }
     case Node::Kind::kRepeat: {
-      const int64_t k = count_nfa_states(node->kids[0], limit);
-      const int64_t copies = node->max < 0 ? node->min + 1 : node->max;
-      return cap(2 + cap(k * copies) + copies);
+      const int64_t k = count_states(*node.kids[0], limit, memo);
+      const int64_t copies = node.max < 0 ? node.min + 1 : node.max;
+      total = cap(2 + cap(k * copies) + copies);
+      break;
     }
   }
-  return limit + 1;
+  memo->emplace(&node, total);
+  return total;
+}
+
+}  // namespace
+
+int64_t count_nfa_states(const NodePtr& root, int64_t limit) {
+  std::unordered_map<const Node*, int64_t> memo;
+  return count_states(*root, limit, &memo);
 }
 
 namespace {
@@ -406,6 +426,10 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
   std::vector<int32_t> stamp(num_nfa, -1);
   int32_t stamp_id = 0;
   std::vector<int32_t> stack;
+  // The subset construction's work: NFA states visited by closures, bucket entries, and one per DFA state
+  // and byte class. It is bounded apart from the DFA's size because a few thousand DFA states that each
+  // hold thousands of NFA states (a bounded repetition of a loop, e.g. (\w+\s?){0,1000}) took minutes.
+  int64_t steps = 0;
   auto closure = [&](std::vector<int32_t>& set) {
     ++stamp_id;
     stack.clear();
@@ -420,6 +444,7 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
       const int32_t s = stack.back();
       stack.pop_back();
       set.push_back(s);
+      ++steps;
       for (int32_t t : nfa.eps[s]) {
         if (stamp[t] != stamp_id) {
           stamp[t] = stamp_id;
@@ -442,8 +467,10 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
   std::vector<std::vector<int32_t>> buckets(num_classes);
   for (size_t d = 0; d < sets.size(); ++d) {
     for (auto& b : buckets) b.clear();
+    steps += num_classes;
     for (int32_t s : sets[d]) {
       for (const Nfa::Edge& e : nfa.edges[s]) {
+        steps += dfa.byte_class[e.hi] - dfa.byte_class[e.lo] + 1;
         for (int c = dfa.byte_class[e.lo]; c <= dfa.byte_class[e.hi]; ++c) buckets[c].push_back(e.to);
       }
     }
@@ -452,6 +479,11 @@ Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits) {
       if (buckets[c].empty()) continue;
       std::vector<int32_t> target = buckets[c];
       closure(target);
+      if (steps > limits.max_subset_steps) {
+        throw GrammarError("the grammar is too complex to enforce (building its automaton takes more than " +
+                           std::to_string(limits.max_subset_steps) +
+                           " steps; a bounded repetition such as {0,1000} of a group containing * or + costs the most)");
+      }
       if (target.empty()) continue;
       auto [it, inserted] = ids.emplace(target, static_cast<int32_t>(sets.size()));
       if (inserted) {

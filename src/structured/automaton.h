@@ -87,9 +87,14 @@ struct Dfa {
 struct DfaLimits {
   int max_nfa_states = 400000;
   int max_dfa_states = 60000;
+  // Work of the subset construction (see compile_dfa), which bounds a compile's time and memory (tenths
+  // of a second and some 30 MB at this limit; seconds under ASan, which the fuzz target's timeout
+  // allows) whatever the DFA's size. The schemas of bench/structured_bench need at most 1 million.
+  int64_t max_subset_steps = 4000000;
 };
 
-// Throws GrammarError when the NFA or DFA would pass `limits`, or when the language is empty.
+// Throws GrammarError when the NFA, the DFA or the work to build it would pass `limits`, or when the
+// language is empty.
 Dfa compile_dfa(const NodePtr& root, const DfaLimits& limits = {});
 
 // The number of NFA states `root` needs, or a number > limit (counting stops there): a cheap size check

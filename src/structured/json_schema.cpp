@@ -2,6 +2,7 @@
 #include "structured/json_schema.h"
 
 #include <cmath>
+#include <map>
 #include <set>
 #include <string>
 
@@ -210,9 +211,13 @@ class SchemaCompiler {
         throw GrammarError("'$ref' '" + r + "' points nowhere in the schema");
       }
     }
+    // A target's tree is built once and shared by every use (nodes are immutable): built again per use, a
+    // chain of definitions that each name the next twice would grow as 2^depth.
+    if (auto built = built_refs_.find(r); built != built_refs_.end()) return built->second;
     refs_in_progress_.push_back(r);
     NodePtr n = value(*target, r);
     refs_in_progress_.pop_back();
+    built_refs_.emplace(r, n);
     return n;
   }
 
@@ -384,6 +389,7 @@ class SchemaCompiler {
   const json& root_;
   const JsonGrammarOptions& o_;
   std::vector<std::string> refs_in_progress_;
+  std::map<std::string, NodePtr> built_refs_;  // $ref -> its target's tree
   int depth_ = 0;
 };
 

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "worker/convert.h"
+#include "worker/remote_prefill_checks.h"
 
 namespace tandem::worker {
 
@@ -30,17 +31,11 @@ void PrefillServer::on_remote_prefill(const rpc::pb::RemotePrefill& rp, const st
   };
   if (!core_->prefills()) return reply_error(Status::InvalidArgument("a decode worker does not serve remote prefills"));
   const auto& spec = core_->engine->backend().kv_cache_spec();
-  const std::string kv_dtype = backend::kv_dtype_name(spec.dtype);
-  if (!rp.dest_kv_dtype().empty() && rp.dest_kv_dtype() != kv_dtype) {
-    const std::string why = "KV cache dtype differs between prefill and decode workers: the decode worker stores " +
-                            rp.dest_kv_dtype() + " KV, this prefill worker " + kv_dtype +
-                            " (start both with the same --kv-cache-dtype)";
-    spdlog::warn("event=remote_prefill_refused request_id={} reason=\"{}\"", id, why);
-    return reply_error(Status::InvalidArgument(why));
-  }
-  if (rp.dest_block_size() != spec.block_size || rp.dest_num_layers() != spec.num_layers ||
-      rp.dest_block_bytes() != static_cast<int64_t>(spec.block_bytes())) {
-    return reply_error(Status::InvalidArgument("KV geometry differs between prefill and decode workers"));
+  const LocalKvGeometry local{backend::kv_dtype_name(spec.dtype), spec.block_size, spec.num_layers,
+                              static_cast<int64_t>(spec.block_bytes())};
+  if (Status checked = check_remote_prefill(rp, local); !checked.ok()) {
+    spdlog::warn("event=remote_prefill_refused request_id={} reason=\"{}\"", id, checked.message());
+    return reply_error(checked);
   }
   Status sender = registration_->check_decode_worker(rp);
   if (!sender.ok()) return reply_error(sender);
@@ -97,20 +92,10 @@ void PrefillServer::run_push(PushJob& job) {
   if (out.finish_reason == engine::FinishReason::kError || out.finish_reason == engine::FinishReason::kAbort ||
       out.token_ids.empty()) {
     status = out.error.ok() ? Status::Aborted("prefill aborted") : out.error;
-  } else if (out.kv_block_ids.size() < static_cast<size_t>(rp.dest_block_ids_size())) {
-    status = Status::Internal("prefill returned fewer KV blocks than the prompt needs");
+  } else if (auto copies = remote_prefill_copies(rp, out.kv_block_ids); !copies.ok()) {
+    status = copies.status();
   } else {
-    // Blocks wholly inside the decode worker's cached prefix are already there. Copies go layer-major
-    // with the same blocks in every layer (BackendKvMemory::copy_to_peer batches on that).
-    const int block_size = core_->engine->backend().kv_cache_spec().block_size;
-    const int first_block = rp.num_cached_tokens() / block_size;
-    std::vector<transfer::BlockCopy> copies;
-    for (int layer = 0; layer < rp.dest_num_layers(); ++layer) {
-      for (int b = first_block; b < rp.dest_block_ids_size(); ++b) {
-        copies.push_back({layer, out.kv_block_ids[b], rp.dest_block_ids(b)});
-      }
-    }
-    auto stats = core_->transfer->push(rp.transfer_address(), rp.request_id(), copies, core_->options.transfer_timeout_ms);
+    auto stats = core_->transfer->push(rp.transfer_address(), rp.request_id(), *copies, core_->options.transfer_timeout_ms);
     if (stats.ok()) {
       counters.transfers.fetch_add(1);
       counters.transfer_bytes.fetch_add(stats->num_bytes);

@@ -13,6 +13,7 @@
 #include "cluster/keys.h"
 #include "common/error.h"
 #include "worker/registration.h"
+#include "worker/remote_prefill_checks.h"
 
 namespace tandem::worker {
 namespace {
@@ -106,13 +107,11 @@ class EtcdRegistration : public Registration {
       if (r->kvs.empty()) return Status::NotFound("decode worker " + peer_id + " has no KV descriptor in etcd");
       d = nlohmann::json::parse(r->kvs[0].value, nullptr, false);
       if (!d.is_object()) return Status::Corruption("the KV descriptor of " + peer_id + " is not JSON");
-      spdlog::info("event=kv_descriptor_read peer={} transfer={}", peer_id, d.value("transfer_address", ""));
+      spdlog::info("event=kv_descriptor_read peer={} descriptor={}", peer_id, d.dump());
       std::lock_guard<std::mutex> lock(mu_);
       kv_descriptors_[peer_id] = d;
     }
-    if (d.value("transfer_address", "") != rp.transfer_address() || d.value("block_size", 0) != rp.dest_block_size() ||
-        d.value("num_layers", 0) != rp.dest_num_layers() || d.value("block_bytes", int64_t{0}) != rp.dest_block_bytes() ||
-        (d.contains("kv_cache_dtype") && d.value("kv_cache_dtype", "") != rp.dest_kv_dtype())) {
+    if (!kv_descriptor_matches(d, rp)) {
       std::lock_guard<std::mutex> lock(mu_);
       kv_descriptors_.erase(peer_id);  // it may have restarted: read it again next time
       return Status::InvalidArgument("remote prefill from " + peer_id + " disagrees with its KV descriptor in etcd");

@@ -206,3 +206,32 @@ watch = "\n".join(json.dumps(m) for m in (
     {"result": {"events": [{"kv": kv}, {"type": "DELETE", "kv": {"key": kv["key"]}}]}},
     {"result": {"canceled": True, "compact_revision": "3"}})) + "\n"
 put("etcd_response_fuzz", "watch", "\x04" + http_answer(watch, chunked=True))
+
+# Structured-output constraints: the first byte picks the rest's kind (0 regex, 1 JSON schema, 2 spec).
+put("structured_spec_fuzz", "regex", b"\x00" + rb"^[a-z.]{1,20}@(x|yz)*\d+\.(com|org)$")
+put("structured_spec_fuzz", "schema",
+    b"\x01" + json.dumps({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 8}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+        "zip": {"type": "string", "pattern": "^[0-9]{5}$"}, "note": {"anyOf": [{"type": "null"}, {"type": "number"}]}},
+        "required": ["name"], "additionalProperties": False}).encode())
+put("structured_spec_fuzz", "schema_refs",
+    b"\x01" + json.dumps({"$defs": {"p": {"type": "object", "properties": {"x": {"type": "boolean"}}}},
+                          "type": "array", "items": {"$ref": "#/$defs/p"}, "minItems": 1}).encode())
+put("structured_spec_fuzz", "spec_tool_calls",
+    b"\x02" + json.dumps({"sequence": [{"literal": "<tool_call>"}, {"json_object": True}, {"literal": "</tool_call>"},
+                                       {"repeat": {"choice": ["x", "y"]}, "min": 0, "max": 2}]}).encode())
+
+# Prefill-queue payloads (an Envelope holding a RemotePrefill) for a worker with 16-token blocks, 2 layers
+# of 4096-byte blocks, fp32 KV: one matching it (20 prompt tokens, 1 cached block of 2), one that does not.
+def int_field(number, value):  # varint protobuf field
+    return varint(number << 3) + varint(value)
+
+
+prompt = b"".join(varint(i) for i in range(1, 21))
+queued = field(7, field(1, b"q1") + field(2, prompt) + field(4, b"127.0.0.1:6") + field(5, varint(7) + varint(8)) +
+               int_field(6, 16) + int_field(7, 16) + int_field(8, 4096) + int_field(9, 2) + field(10, b"d1") +
+               field(11, b"127.0.0.1:7") + field(13, b"fp32"))
+put("prefill_queue_message_fuzz", "matching", queued)
+put("prefill_queue_message_fuzz", "other_geometry",
+    field(7, field(1, b"q2") + field(2, prompt) + field(5, varint(1)) + int_field(7, 32) + int_field(9, 2)))

@@ -151,5 +151,62 @@ TEST(Spec, KindsAndValidation) {
   EXPECT_FALSE(validate_spec("not json").ok());
 }
 
+// Found while adding structured_spec_fuzz: the frontend's size check (validate_spec, on its I/O thread)
+// walked every path through shared subtrees, and an array's item schema appears twice in the array's
+// tree, so n nested arrays took 2^n steps (30 levels: hours; the check now visits each node once).
+TEST(Spec, ValidatingNestedArraysVisitsEachNodeOnce) {
+  std::string deep = R"({"type": "integer"})";
+  for (int i = 0; i < 30; ++i) deep = R"({"type": "array", "items": )" + deep + "}";
+  const Status s = validate_spec(R"({"json_schema": )" + deep + "}");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("too large to enforce"), std::string::npos) << s.message();
+  std::string small = R"({"type": "integer"})";
+  for (int i = 0; i < 3; ++i) small = R"({"type": "array", "items": )" + small + "}";
+  EXPECT_TRUE(validate_spec(R"({"json_schema": )" + small + "}").ok());
+}
+
+
+// Found while adding structured_spec_fuzz: each use of a $ref built its target's tree again, so a chain
+// of definitions that each name the next more than once grew exponentially (a 600-byte schema took
+// minutes and 10 GB in the frontend's validate_spec). A target is now built once and shared.
+TEST(JsonSchemaGrammar, RefTargetsAreBuiltOnce) {
+  const NodePtr g = json_schema_grammar(json::parse(
+      R"({"$defs": {"a": {"type": "integer"}}, "anyOf": [{"$ref": "#/$defs/a"}, {"$ref": "#/$defs/a"}]})"));
+  ASSERT_EQ(g->kind, Node::Kind::kSeq);  // whitespace, the value, whitespace
+  const NodePtr& any = g->kids[1];
+  ASSERT_EQ(any->kind, Node::Kind::kAlt);
+  ASSERT_EQ(any->kids.size(), 2u);
+  EXPECT_EQ(any->kids[0].get(), any->kids[1].get());
+  // 14 definitions, each naming the next twice: 2^14 uses of the last one, refused by size at once.
+  json defs = json::object();
+  for (int i = 0; i < 14; ++i) {
+    const json ref = {{"$ref", "#/$defs/d" + std::to_string(i + 1)}};
+    defs["d" + std::to_string(i)] = {{"anyOf", json::array({ref, ref})}};
+  }
+  defs["d14"] = {{"type", "integer"}};
+  const Status s = validate_spec(json{{"json_schema", {{"$defs", defs}, {"$ref", "#/$defs/d0"}}}}.dump());
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("too large to enforce"), std::string::npos) << s.message();
+}
+
+
+// Found while adding structured_spec_fuzz: the subset construction had no bound on its work, only on the
+// DFA's size, and DFAs of a few thousand states that each hold thousands of NFA states took the worker
+// minutes (a guided_regex or schema pattern from any client). Both are now refused quickly by name.
+TEST(RegexGrammar, CompileWorkIsBounded) {
+  for (const char* pattern : {"((a{0,20}){0,20}){0,20}", "(a|b|ab|ba){0,1000}"}) {
+    try {
+      const Dfa d = compile_dfa(parse_regex(pattern));
+      ADD_FAILURE() << pattern << " compiled to " << d.num_states << " states";
+    } catch (const GrammarError& e) {
+      EXPECT_NE(std::string(e.what()).find("too complex"), std::string::npos) << e.what();
+    }
+  }
+  DfaLimits small;
+  small.max_subset_steps = 100;
+  EXPECT_THROW(compile_dfa(parse_regex("[a-z]{0,100}"), small), GrammarError);
+  EXPECT_TRUE(compile_dfa(parse_regex("[a-z]{0,100}")).matches("abc"));
+}
+
 }  // namespace
 }  // namespace tandem::structured
