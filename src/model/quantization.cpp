@@ -44,7 +44,10 @@ void check_float8_args(const json& args, const std::string& source, const std::s
   const std::string type = string_field(args, "type", "", source, path);
   if (type != "float") refuse(source, path + "type", "'" + type + "' is not supported (only \"float\": FP8; int8 is not supported)");
   auto bits = args.find("num_bits");
-  if (bits == args.end() || !bits->is_number_integer() || bits->get<int>() != 8) {
+  // Compared as a 64-bit value: get<int>() would wrap 4294967304 (2^32 + 8) to 8 and accept it.
+  const bool eight = bits != args.end() && bits->is_number_integer() &&
+                     (bits->is_number_unsigned() ? bits->get<uint64_t>() == 8 : bits->get<int64_t>() == 8);
+  if (!eight) {
     refuse(source, path + "num_bits", (bits == args.end() ? std::string("missing") : value_text(*bits)) + " is not supported (only 8)");
   }
   if (auto s = args.find("symmetric"); s != args.end() && !s->is_null() && *s != true) {

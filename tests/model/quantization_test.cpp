@@ -115,6 +115,8 @@ TEST(QuantizationConfig, UnsupportedCompressedTensorsFieldsAreRefusedByName) {
   expect_refused(with(kCompressed, "/quantization_status", "frozen"), "quantization_status");
   expect_refused(with(kCompressed, g + "weights/type", "int"), "config_groups.group_0.weights.type", "int8");
   expect_refused(with(kCompressed, g + "weights/num_bits", 4), "config_groups.group_0.weights.num_bits");
+  // Found reviewing quantization.cpp for issue 20's fuzzing: read with get<int>(), 2^32 + 8 wrapped to 8.
+  expect_refused(with(kCompressed, g + "weights/num_bits", int64_t{4294967304}), "config_groups.group_0.weights.num_bits");
   expect_refused(with(kCompressed, g + "weights/strategy", "group"), "config_groups.group_0.weights.strategy", "'group'");
   expect_refused(with(kCompressed, g + "weights/strategy", "block"), "config_groups.group_0.weights.strategy");
   expect_refused(with(kCompressed, g + "weights/group_size", 128), "config_groups.group_0.weights.group_size");
