@@ -144,7 +144,7 @@ std::vector<WorkerPlacement> plan_layout(const LayoutRequest& r) {
     } else {
       // Prefill gets sets in proportion to its GPU demand (at least one), decode what remains (at least
       // one), and prefill then what decode leaves over; when everything fits, that is a set for each
-      // worker, prefill's first. At TP 1 this is the one-GPU-a-worker split serve always made.
+      // worker, prefill's first, spare GPUs left at the end.
       const long long demand = static_cast<long long>(p) * tp_p + static_cast<long long>(d) * tp_d;
       prefill_sets = static_cast<int>(std::clamp<long long>(static_cast<long long>(n) * p / demand, 1, p));
       if ((n - prefill_sets * tp_p) / tp_d < 1) prefill_sets = (n - tp_d) / tp_p;  // >= 1: n >= tp_p + tp_d
