@@ -3,8 +3,9 @@
 // only and it stops them in order), restarts a worker that dies, and stops everything on SIGINT or
 // SIGTERM. With no --model it serves the built-in demo model: tiny-qwen3 random weights (made on
 // first use under the cache directory) with the real Qwen3 tokenizer. Workers go on the devices that
-// cli/serve_layout.h plans (GPUs when visible); workers sharing a GPU start one after another, each
-// once the one before it has its KV cache (its --ready-file), so their memory shares come out even.
+// cli/serve_layout.h plans (GPUs when visible, as many a worker as its tensor-parallel size); workers
+// sharing GPUs start one after another, each once the one before it has its KV cache (its
+// --ready-file), so their memory shares come out even.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -30,12 +32,14 @@
 #include "common/error.h"
 #include "cli/cluster_flags.h"
 #include "cli/serve_layout.h"
+#include "backend/cpu/cpu_backend.h"
 #include "common/socket.h"
 #include "frontend/auth.h"
 #include "security/cluster_auth.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
+#include "model/config.h"
 #include "model/presets.h"
 #include "model/random_weights.h"
 #include "model/safetensors_writer.h"
@@ -65,6 +69,9 @@ struct ServeOptions {
   std::string prefill_device;
   std::string decode_device;
   double gpu_memory_utilization = 0.9;
+  int tensor_parallel_size = 1;          // every worker's, unless a role's flag below says otherwise
+  int prefill_tensor_parallel_size = 0;  // 0: tensor_parallel_size
+  int decode_tensor_parallel_size = 0;   // decode or both workers; 0: tensor_parallel_size
   std::string kv_transfer = "auto";
   std::string kv_cache_dtype = "auto";  // passed to every worker
   std::vector<std::string> worker_args;
@@ -84,7 +91,8 @@ struct ServeOptions {
 struct Child {
   std::string name;
   std::vector<std::string> argv;
-  std::string device;      // "cpu" or "cuda:N"
+  std::string device;      // "cpu", or "cuda:N" / "cuda:N,M,..." for a TP worker
+  std::vector<int> gpus;   // of `device`, sorted; empty on the CPU
   std::string ready_file;  // the worker writes it once its engine is loaded
   int kv_blocks = 0;       // from the ready file: a restart asks for the same pool
   pid_t pid = -1;
@@ -181,7 +189,9 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--num-prefill-workers", o->num_prefill_workers, "Prefill workers (0 = aggregated workers only)")->capture_default_str();
   cmd->add_option("--num-decode-workers", o->num_decode_workers, "Decode workers")->capture_default_str()->check(CLI::Range(1, 64));
   cmd->add_option("--engine", o->engine, "real, or fake (no model math)")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "CPU threads per worker (0 = cores / workers)")->capture_default_str();
+  cmd->add_option("--threads", o->threads,
+                  "CPU threads per worker, divided among its tensor-parallel ranks (0 = the cores shared by ranks)")
+      ->capture_default_str();
   cmd->add_option("--max-local-prefill", o->max_local_prefill, "Uncached prompt tokens above which prefill runs remotely")->capture_default_str();
   cmd->add_option("--max-prefill-queue", o->max_prefill_queue, "Remote prefill only while fewer than this are queued")->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer,
@@ -190,11 +200,24 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--cache-dir", o->cache_dir, "Where the demo model is made (default $TANDEM_CACHE_DIR or ~/.cache/tandem)");
   cmd->add_option("--child-log-level", o->log_level, "Log level of the frontend and workers")->capture_default_str();
   cmd->add_option("--device", o->device,
-                  "auto (GPUs when visible, else cpu), cpu, cuda (lay out over every visible GPU: with two or more, "
-                  "prefill on cuda:0 and decode on cuda:1), or cuda:N (every worker on GPU N)")
+                  "auto (GPUs when visible, else cpu), cpu, cuda (lay out over every visible GPU, as many a worker as "
+                  "its TP size: with two or more, prefill on cuda:0 and decode on cuda:1 at TP 1), or cuda:N[,M...] "
+                  "(every worker on these GPUs, one a rank)")
       ->capture_default_str();
-  cmd->add_option("--prefill-device", o->prefill_device, "Device of the prefill workers (overrides --device), e.g. cuda:0");
-  cmd->add_option("--decode-device", o->decode_device, "Device of the decode workers (overrides --device), e.g. cuda:1");
+  cmd->add_option("--prefill-device", o->prefill_device,
+                  "Device of the prefill workers (overrides --device), e.g. cuda:0, or cuda:0,1 at TP 2");
+  cmd->add_option("--decode-device", o->decode_device,
+                  "Device of the decode workers (overrides --device), e.g. cuda:1, or cuda:2,3 at TP 2");
+  cmd->add_option("--tensor-parallel-size", o->tensor_parallel_size,
+                  "Tensor-parallel ranks of every worker (GPUs a worker, or threads of a CPU worker)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--prefill-tensor-parallel-size", o->prefill_tensor_parallel_size,
+                  "Tensor-parallel ranks of the prefill workers (default: --tensor-parallel-size)")
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--decode-tensor-parallel-size", o->decode_tensor_parallel_size,
+                  "Tensor-parallel ranks of the decode (or aggregated) workers (default: --tensor-parallel-size)")
+      ->check(CLI::Range(1, 64));
   cmd->add_option("--gpu-memory-utilization", o->gpu_memory_utilization,
                   "Fraction of each GPU's free memory (after weights) for KV caches, split evenly between the workers on it")
       ->capture_default_str();
@@ -263,9 +286,51 @@ Runner add_serve_command(CLI::App& app) {
       tokenizer_dir = model.string();
     }
     const std::string exe = self_exe();
-    const int num_workers = o->num_prefill_workers + o->num_decode_workers;
-    int threads = o->threads > 0 ? o->threads
-                                 : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / num_workers);
+    for (const auto& a : o->worker_args) {
+      if (a.rfind("--tensor-parallel-size", 0) == 0 || a.rfind("--device", 0) == 0) {
+        throw Error("--worker-arg=" + a + ": give serve's own --device/--tensor-parallel-size (or "
+                    "--prefill-/--decode-tensor-parallel-size), which also lay the workers out over the GPUs");
+      }
+    }
+
+    // The layout, and whether the model splits at each role's TP size, before any process starts: a
+    // bad split is a CLI error here, not a worker that fails to load (and is restarted) later.
+    LayoutRequest layout;
+    layout.num_prefill_workers = o->num_prefill_workers;
+    layout.num_decode_workers = o->num_decode_workers;
+    layout.device = o->engine == "fake" ? std::string("cpu") : o->device;
+    layout.prefill_device = o->engine == "fake" ? std::string() : o->prefill_device;
+    layout.decode_device = o->engine == "fake" ? std::string() : o->decode_device;
+    layout.tensor_parallel_size = o->tensor_parallel_size;
+    layout.prefill_tensor_parallel_size = o->prefill_tensor_parallel_size;
+    layout.decode_tensor_parallel_size = o->decode_tensor_parallel_size;
+    layout.gpu_memory_utilization = o->gpu_memory_utilization;
+    layout.threads = o->threads;
+    layout.num_cpu_cores = static_cast<int>(std::thread::hardware_concurrency());
+#ifdef TANDEM_HAVE_CUDA
+    // Only asked when a GPU may be used: the supervisor itself never makes a CUDA context.
+    if (layout.device != "cpu" || !layout.prefill_device.empty() || !layout.decode_device.empty()) {
+      layout.num_gpus = backend::cuda::cuda_device_count();
+    }
+#endif
+    const std::vector<WorkerPlacement> placements = plan_layout(layout);
+    {
+      // Random presets are made lazily: opening one only reads its shape.
+      const model::ModelConfig config = random_preset ? model::open_weight_source(o->model, 0)->config()
+                                                      : model::load_model_config(model / "config.json");
+      const parallel::ModelShape shape = backend::cpu::shard_shape(config);
+      for (bool prefill : {true, false}) {
+        if (prefill && o->num_prefill_workers == 0) continue;
+        const int tp = role_tensor_parallel_size(layout, prefill);
+        if (Status split = parallel::check_splittable(shape, tp); !split.ok()) {
+          throw Error(role_tensor_parallel_flag(layout, prefill) + " " + std::to_string(tp) + ": " +
+                      (demo ? std::string("the demo model") : o->model) + ": " + split.message());
+        }
+      }
+    }
+    const bool shared_gpu = std::any_of(placements.begin(), placements.end(),
+                                        [](const WorkerPlacement& w) { return !w.gpus.empty() && w.share_count > 1; });
+    const std::string layout_text = describe_layout(placements, layout.num_gpus);
 
     fs::path ready = fs::temp_directory_path() / ("tandem-serve-" + std::to_string(getpid()) + ".json");
     fs::remove(ready);
@@ -317,36 +382,19 @@ Runner add_serve_command(CLI::App& app) {
     fs::remove(ready);
     if (registry_port == 0) throw Error("the frontend did not start within 15 s");
 
-    LayoutRequest layout;
-    layout.num_prefill_workers = o->num_prefill_workers;
-    layout.num_decode_workers = o->num_decode_workers;
-    layout.device = o->engine == "fake" ? std::string("cpu") : o->device;
-    layout.prefill_device = o->engine == "fake" ? std::string() : o->prefill_device;
-    layout.decode_device = o->engine == "fake" ? std::string() : o->decode_device;
-    layout.gpu_memory_utilization = o->gpu_memory_utilization;
-#ifdef TANDEM_HAVE_CUDA
-    // Only asked when a GPU may be used: the supervisor itself never makes a CUDA context.
-    if (layout.device != "cpu" || !layout.prefill_device.empty() || !layout.decode_device.empty()) {
-      layout.num_gpus = backend::cuda::cuda_device_count();
-    }
-#endif
-    const std::vector<WorkerPlacement> placements = plan_layout(layout);
-    const bool shared_gpu = std::any_of(placements.begin(), placements.end(),
-                                        [](const WorkerPlacement& w) { return w.device != "cpu" && w.share_count > 1; });
-    const int cpu_workers = static_cast<int>(std::count_if(placements.begin(), placements.end(),
-                                                           [](const WorkerPlacement& w) { return w.device == "cpu"; }));
-    if (o->threads <= 0 && cpu_workers > 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / cpu_workers);
-    std::string layout_text;
     for (const auto& w : placements) {
       Child c;
       c.name = w.role + "-" + std::to_string(w.index);
       c.device = w.device;
+      c.gpus = w.gpus;
+      std::sort(c.gpus.begin(), c.gpus.end());
       c.ready_file = (fs::temp_directory_path() / ("tandem-serve-" + std::to_string(getpid()) + "-" + c.name + ".json")).string();
       c.argv = {exe, "--log-level", o->log_level, "worker", "--role", w.role, "--model", model.string(),
                 "--frontend", "127.0.0.1:" + std::to_string(registry_port), "--worker-id", c.name,
-                "--threads", std::to_string(threads), "--engine", o->engine, "--device", w.device,
-                "--kv-transfer", o->kv_transfer, "--ready-file", c.ready_file};
-      if (w.device != "cpu") {
+                "--threads", std::to_string(w.threads), "--engine", o->engine, "--device", w.device,
+                "--tensor-parallel-size", std::to_string(w.tensor_parallel_size), "--kv-transfer", o->kv_transfer,
+                "--ready-file", c.ready_file};
+      if (!w.gpus.empty()) {
         char share[32];
         std::snprintf(share, sizeof(share), "%.6f", w.gpu_memory_utilization);
         c.argv.insert(c.argv.end(), {"--gpu-memory-utilization", share});
@@ -360,11 +408,10 @@ Runner add_serve_command(CLI::App& app) {
       if (o->kv_cache_dtype != "auto") c.argv.insert(c.argv.end(), {"--kv-cache-dtype", o->kv_cache_dtype});
       c.argv.insert(c.argv.end(), cluster_args.begin(), cluster_args.end());
       for (const auto& a : o->worker_args) c.argv.push_back(a);
-      layout_text += (layout_text.empty() ? "" : ", ") + c.name + "@" + w.device;
       children.push_back(std::move(c));
     }
-    std::fprintf(stderr, "tandem serve: workers %s%s\n", layout_text.c_str(),
-                 shared_gpu ? " (workers sharing a GPU start one after another)" : "");
+    std::fprintf(stderr, "tandem serve: layout %s%s\n", layout_text.c_str(),
+                 shared_gpu ? " (workers sharing GPUs start one after another)" : "");
     // Waits for a worker's ready file; false if it exited or took longer than the start timeout.
     auto wait_ready = [&](Child& c) {
       auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o->worker_start_timeout_s);
@@ -383,11 +430,11 @@ Runner add_serve_command(CLI::App& app) {
     };
     for (size_t i = 0; i < children.size(); ++i) {
       Child& c = children[i];
-      // A GPU's free memory is measured by each worker as it starts: the ones before it on the same GPU
-      // must hold their share first.
+      // A GPU's free memory is measured by each worker as it starts: the ones before it on the same GPUs
+      // must hold their share first (plan_layout lets workers share only whole, equal GPU sets).
       for (size_t j = 0; j < i; ++j) {
         Child& before = children[j];
-        if (c.device == "cpu" || before.device != c.device || before.pid <= 0 || before.kv_blocks > 0) continue;
+        if (c.gpus.empty() || before.gpus != c.gpus || before.pid <= 0 || before.kv_blocks > 0) continue;
         if (!wait_ready(before)) {
           std::fprintf(stderr, "tandem serve: %s did not get ready (see its log above); starting %s anyway\n",
                        before.name.c_str(), c.name.c_str());
@@ -443,7 +490,7 @@ Runner add_serve_command(CLI::App& app) {
           std::ifstream in(c.ready_file);
           if (in) c.kv_blocks = nlohmann::json::parse(in, nullptr, false).value("kv_blocks", 0);
         }
-        if (c.kv_blocks > 0 && c.device != "cpu") {
+        if (c.kv_blocks > 0 && !c.gpus.empty()) {
           bool has_blocks_flag = false;
           for (const auto& a : c.argv) has_blocks_flag = has_blocks_flag || a.rfind("--num-kv-blocks", 0) == 0;
           if (!has_blocks_flag) c.argv.insert(c.argv.end(), {"--num-kv-blocks", std::to_string(c.kv_blocks)});

@@ -229,8 +229,8 @@ TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
   auto metrics = [&] { return http(port, "GET", "/metrics").body; };
   ASSERT_TRUE(wait_until([&] { return metric_value(metrics(), "tandem_workers") >= 2; }, 300000)) << read_file(dir + "/serve.log");
   std::string log = read_file(dir + "/serve.log");
-  EXPECT_NE(log.find("prefill-0@cuda:0"), std::string::npos) << log;
-  EXPECT_NE(log.find(c.device == "cuda" ? "decode-0@cuda:1" : "decode-0@cuda:0"), std::string::npos) << log;
+  EXPECT_NE(log.find("prefill-0 cuda:0 (TP1)"), std::string::npos) << log;
+  EXPECT_NE(log.find(c.device == "cuda" ? "decode-0 cuda:1 (TP1)" : "decode-0 cuda:0 (TP1)"), std::string::npos) << log;
   // The fixtures hold 256 positions: 200 prompt + 16 generated tokens fit.
   for (int seed : {3, 4}) {
     const std::string ids = prompt_ids(200, seed, c.vocab);
