@@ -272,9 +272,11 @@ StatusOr<std::string> EtcdClient::call(const std::string& path, const std::strin
     return Status::InvalidArgument("etcd requires a user (" + r.status().message() +
                                    "): give --etcd-user and --etcd-password-file");
   }
-  spdlog::info("event=etcd_token_refused user={} reason=\"{}\"; authenticating again", credentials_.user,
-               r.status().message());
+  // Logged once renewed: while the renewal itself fails (a changed password), the caller's own log
+  // says so, once per change of reason, rather than a line per retry here.
   TANDEM_RETURN_IF_ERROR(renew_token(*token));
+  spdlog::info("event=etcd_token_refused user={} reason=\"{}\"; took a new one", credentials_.user,
+               r.status().message());
   token = this->token();
   if (!token.ok()) return token.status();
   return call_endpoints(path, body, *token, &grpc_code);

@@ -70,9 +70,8 @@ class EtcdClient {
   // REQUIRES: endpoints not empty. `timeout_ms` bounds one unary call on one endpoint.
   explicit EtcdClient(std::vector<net::Endpoint> endpoints, int timeout_ms = 2000);
   // With a user, every call carries a token, taken at the first call and shared by copies of this
-  // client. When etcd refuses the token (a simple token expires after 5 idle minutes; setting the
-  // user's password drops its tokens; a changed auth store makes them stale) the client takes a new
-  // one and repeats the call once.
+  // client. When etcd refuses the token (expired after 5 idle minutes, dropped by a password reset,
+  // made stale by a change to roles) the client takes a new one and repeats the call once.
   EtcdClient(std::vector<net::Endpoint> endpoints, EtcdCredentials credentials, int timeout_ms = 2000);
 
   // Takes a fresh token (Ok at once without credentials, and when etcd's authentication is off).

@@ -30,8 +30,9 @@ bool eventually(const std::function<bool()>& condition, int timeout_ms) {
   return condition();
 }
 
-// JSON-special and URL-special characters: the password must reach etcd byte for byte.
-const std::string kPassword = R"(p@ss"w\ord:1 /x)";
+// JSON-special and URL-special characters: the password must reach etcd byte for byte. (No blank:
+// `etcdctl user passwd --interactive=false` reads one word.)
+const std::string kPassword = R"(p@ss"w\ord:1/x)";
 const std::string kRootPassword = "root-pw-for-the-test";
 
 class EtcdAuth : public ::testing::Test {
