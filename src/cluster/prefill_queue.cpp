@@ -240,14 +240,23 @@ std::shared_ptr<PrefillQueue::Link> PrefillQueue::link() {
   auto fresh = make_link();
   std::lock_guard<std::mutex> lock(mu_);
   relinking_ = false;
-  if (!fresh.ok()) reason = fresh.status().message();
+  if (fresh.ok()) {
+    link_ = std::move(*fresh);  // the old one closes when the last Message on it goes
+    if (link_->connected()) {
+      spdlog::info("event=prefill_queue_connected url={} after=\"{}\"", options_.url, reason);
+      reported_refusal_.clear();
+      return link_;
+    }
+    // Connecting in the background (the server is down): "connected" is logged once it is.
+  } else {
+    reason = fresh.status().message();
+  }
   if (reason != reported_refusal_) {
     spdlog::warn("event=prefill_queue_refused url={} reason=\"{}\"; connecting again every {} ms, remote prefills "
                  "fall back to local meanwhile",
                  options_.url, reason, kRelinkIntervalMs);
     reported_refusal_ = reason;
   }
-  if (fresh.ok()) link_ = std::move(*fresh);  // the old one closes when the last Message on it goes
   return link_;
 }
 

@@ -153,7 +153,7 @@ TEST_F(EtcdAuth, RefusedCredentialsAreCliErrorsNamingTheFlag_NoHang) {
     for (const std::string& command : {"frontend --port 0 " + c.args, "worker --engine fake " + c.args}) {
       int status = 0;
       const auto start = Clock::now();
-      const std::string out = shell("timeout 60 " + tandem_binary() + " " + command + " 2>&1", &status);
+      const std::string out = shell("timeout -k 5 60 " + tandem_binary() + " " + command + " 2>&1", &status);
       EXPECT_NE(status, 0) << command << ": " << out;
       EXPECT_NE(status, 124) << command << ": still running after 60 s";
       EXPECT_LT(Clock::now() - start, std::chrono::seconds(30)) << command;
