@@ -11,7 +11,8 @@ namespace tandem::cli {
 void add_cluster_flags(CLI::App* cmd, ClusterFlags* flags) {
   cmd->add_option("--cluster-key-file", flags->key_file,
                   "File holding the cluster's shared secret: peers on the registry, request and KV transfer ports must "
-                  "prove it (HMAC-SHA256 challenge-response) before anything else is read");
+                  "prove it (HMAC-SHA256 challenge-response) before anything else is read. Several keys, one per line, "
+                  "rotate it: this process proves the first and accepts any (docs/security.md)");
   cmd->add_flag("--insecure-cluster", flags->insecure,
                 "Without --cluster-key-file, let the cluster ports listen on other addresses than loopback (any peer "
                 "that reaches them is trusted)");
@@ -21,10 +22,14 @@ bool is_loopback_host(const std::string& host) { return host == "localhost" || h
 
 void apply_cluster_flags(const ClusterFlags& flags, const std::vector<std::pair<std::string, std::string>>& binds) {
   if (!flags.key_file.empty()) {
-    auto key = security::load_cluster_key(flags.key_file);
-    if (!key.ok()) throw Error(key.status().message());
-    security::set_cluster_key(std::move(*key));
-    spdlog::info("event=cluster_key_loaded file={}", flags.key_file);
+    auto keys = security::load_cluster_keys(flags.key_file);
+    if (!keys.ok()) throw Error(keys.status().message());
+    // Fingerprints, not keys: during a rotation they show which key each process proves itself with.
+    std::string fingerprints;
+    for (const auto& key : *keys) fingerprints += (fingerprints.empty() ? "" : ",") + security::key_fingerprint(key);
+    spdlog::info("event=cluster_key_loaded file={} keys={} proving={} accepting={}", flags.key_file, keys->size(),
+                 security::key_fingerprint(keys->front()), fingerprints);
+    security::set_cluster_keys(std::move(*keys));
     return;
   }
   std::string exposed;

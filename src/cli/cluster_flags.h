@@ -1,6 +1,6 @@
 // The cluster-security flags every process of a cluster takes (`frontend`, `worker`, `serve`):
-// --cluster-key-file FILE turns on the key's challenge-response on the registry, request and KV
-// transfer ports (security/cluster_auth.h); without it those ports listen on loopback only unless
+// --cluster-key-file FILE (one key, or several to rotate it) turns on the key's challenge-response on
+// the registry, request and KV transfer ports (security/cluster_auth.h); without it those ports listen on loopback only unless
 // --insecure-cluster is given. Declared once here, applied once at the start of each command.
 //
 // Ownership: the command owns its ClusterFlags (CLI11 writes into it while parsing).

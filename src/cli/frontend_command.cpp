@@ -8,8 +8,10 @@
 
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
+#include "cli/etcd_flags.h"
 #include "cli/signals.h"
 #include "cluster/etcd.h"
+#include "cluster/keys.h"
 #include "common/error.h"
 #include "frontend/auth.h"
 #include "frontend/frontend.h"
@@ -34,6 +36,7 @@ struct FrontendCommandOptions {
   double send_timeout_s = 30;
   double request_timeout_s = 0;
   ClusterFlags cluster;
+  EtcdFlags etcd;
   std::string router_mode = "kv";
 };
 
@@ -49,6 +52,7 @@ Runner add_frontend_command(CLI::App& app) {
   cmd->add_option("--port", o->port, "HTTP port (0 = any; see --ready-file)")->capture_default_str();
   cmd->add_option("--registry", o->registry, "Worker registry: embedded, or etcd://host:port[,host:port...]")->capture_default_str();
   cmd->add_option("--namespace", f.cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
+  add_etcd_flags(cmd, &o->etcd);
   cmd->add_option("--prefill-queue", f.prefill_queue, "nats://host:port: remote prefills go through the NATS JetStream queue (tls://[TOKEN@|USER:PASS@]host:port[?ca=F&cert=F&key=F&creds=F] over TLS; docs/security.md)");
   cmd->add_option("--frontend-id", f.frontend_id, "Name of this frontend in logs and to workers (default host-pid)");
   cmd->add_option("--admin-token", f.admin_token, "Token for POST /v1/tandem/router from any address (default: localhost only)");
@@ -126,10 +130,12 @@ Runner add_frontend_command(CLI::App& app) {
       }
     });
     apply_cluster_flags(o->cluster, {{"--registry-host", o->options.registry_host}});
+    o->options.etcd_credentials = load_etcd_credentials(o->etcd, o->registry);
     if (o->registry != "embedded") {
       auto endpoints = cluster::parse_etcd_url(o->registry);
       if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message() + " (use embedded or etcd://host:port)");
       o->options.etcd = std::move(*endpoints);
+      check_etcd_access(o->options.etcd, o->options.etcd_credentials, cluster::key_prefix(o->options.cluster_namespace));
     }
     auto reasoning = frontend::parse_reasoning_format(o->reasoning_parser);
     if (!reasoning) throw Error("--reasoning-parser: unknown parser '" + o->reasoning_parser + "' (use qwen3 or deepseek_r1)");

@@ -257,8 +257,8 @@ Runner add_serve_command(CLI::App& app) {
     handle_termination_signals([&stopping](int) { stopping.store(true); });
     // A bad key file is reported before anything starts (each child loads it again).
     if (!o->cluster.key_file.empty()) {
-      auto key = security::load_cluster_key(o->cluster.key_file);
-      if (!key.ok()) throw Error(key.status().message());
+      auto keys = security::load_cluster_keys(o->cluster.key_file);
+      if (!keys.ok()) throw Error(keys.status().message());
     }
     // Absolute, so that a child started in another directory finds the same file.
     if (!o->cluster.key_file.empty()) o->cluster.key_file = fs::absolute(o->cluster.key_file).string();

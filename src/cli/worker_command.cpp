@@ -11,8 +11,11 @@
 #include "cli/cluster_flags.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
+#include "cli/etcd_flags.h"
 #include "cli/model_files.h"
 #include "cli/signals.h"
+#include "cluster/etcd.h"
+#include "cluster/keys.h"
 #include "common/error.h"
 #include "engine/fake_engine.h"
 #include "model/weight_source.h"
@@ -56,6 +59,7 @@ struct WorkerCommandOptions {
   uint64_t seed = 0;
   std::string tokenizer;
   ClusterFlags cluster;
+  EtcdFlags etcd;
 };
 
 std::string default_model_name(const std::string& model) {
@@ -77,6 +81,7 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--frontend", o->frontend, "host:port of the frontend's embedded registry");
   cmd->add_option("--registry", o->registry, "etcd://host:port[,host:port...]: register in etcd instead (cluster mode)");
   cmd->add_option("--namespace", o->cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
+  add_etcd_flags(cmd, &o->etcd);
   cmd->add_option("--lease-ttl", o->lease_ttl_s, "etcd lease TTL in seconds: a killed worker is dropped this long after")
       ->capture_default_str()->check(CLI::Range(1, 3600));
   cmd->add_option("--prefill-queue", o->prefill_queue, "nats://host:port: remote prefills through the NATS JetStream queue (tls://[TOKEN@|USER:PASS@]host:port[?ca=F&cert=F&key=F&creds=F] over TLS; docs/security.md)");
@@ -125,6 +130,13 @@ Runner add_worker_command(CLI::App& app) {
     }
     options.frontend = o->frontend;
     options.registry = o->registry;
+    options.etcd_credentials = load_etcd_credentials(o->etcd, o->registry);
+    if (!o->registry.empty()) {
+      // Before the model loads: a refused password fails the start at once.
+      auto endpoints = cluster::parse_etcd_url(o->registry);
+      if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message());
+      check_etcd_access(*endpoints, options.etcd_credentials, cluster::key_prefix(o->cluster_namespace));
+    }
     options.cluster_namespace = o->cluster_namespace;
     options.lease_ttl_s = o->lease_ttl_s;
     options.prefill_queue = o->prefill_queue;

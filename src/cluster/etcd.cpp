@@ -56,10 +56,13 @@ struct Fd {
   }
 };
 
-std::string request_text(const net::Endpoint& ep, const std::string& path, const std::string& body) {
-  return "POST " + path + " HTTP/1.1\r\nHost: " + ep.to_string() +
-         "\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: " + std::to_string(body.size()) +
-         "\r\n\r\n" + body;
+// `token`: etcd's auth token, sent as the gateway reads it (the Authorization header holds the bare
+// token, no "Bearer"); "" sends none.
+std::string request_text(const net::Endpoint& ep, const std::string& path, const std::string& body,
+                         const std::string& token) {
+  return "POST " + path + " HTTP/1.1\r\nHost: " + ep.to_string() + "\r\nContent-Type: application/json\r\n" +
+         (token.empty() ? std::string() : "Authorization: " + token + "\r\n") +
+         "Connection: close\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
 // Splits "HTTP/1.1 200 OK\r\n...\r\n\r\n" off `raw`: the status code and whether the body is chunked.
@@ -100,6 +103,19 @@ std::string gateway_error(const std::string& body) {
   json j = json::parse(body, nullptr, false);
   if (j.is_object() && j.contains("message") && j["message"].is_string()) return j["message"].get<std::string>();
   return body.substr(0, 200);
+}
+
+// gRPC status codes the gateway puts in "code".
+constexpr int kGrpcNotFound = 5;
+constexpr int kGrpcPermissionDenied = 7;
+constexpr int kGrpcUnauthenticated = 16;
+
+// etcd refused the call's token, or wanted one: a new token may make it pass. "user name is empty": no
+// token was sent where auth is on; "auth store is old": the token predates a change to users or roles.
+bool token_refused(int grpc_code, const std::string& message) {
+  return grpc_code == kGrpcUnauthenticated || message.find("invalid auth token") != std::string::npos ||
+         message.find("user name is empty") != std::string::npos ||
+         message.find("revision of auth store is old") != std::string::npos;
 }
 
 }  // namespace
@@ -181,7 +197,11 @@ std::string prefix_end(const std::string& prefix) {
 EtcdClient::EtcdClient(std::vector<net::Endpoint> endpoints, int timeout_ms)
     : endpoints_(std::move(endpoints)), timeout_ms_(timeout_ms) {}
 
-StatusOr<std::string> EtcdClient::call_one(const net::Endpoint& ep, const std::string& path, const std::string& body) {
+EtcdClient::EtcdClient(std::vector<net::Endpoint> endpoints, EtcdCredentials credentials, int timeout_ms)
+    : endpoints_(std::move(endpoints)), credentials_(std::move(credentials)), timeout_ms_(timeout_ms) {}
+
+StatusOr<std::string> EtcdClient::call_one(const net::Endpoint& ep, const std::string& path, const std::string& body,
+                                           const std::string& token, int* grpc_code) {
   auto fd = net::dial(ep.to_string(), timeout_ms_);
   if (!fd.ok()) return fd.status();
   Fd guard{*fd};
@@ -189,7 +209,7 @@ StatusOr<std::string> EtcdClient::call_one(const net::Endpoint& ep, const std::s
   setsockopt(guard.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   setsockopt(guard.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   const std::string peer = "etcd " + ep.to_string();
-  std::string request = request_text(ep, path, body);
+  std::string request = request_text(ep, path, body, token);
   Status s = net::write_full(guard.fd, request.data(), request.size(), peer);
   if (!s.ok()) return s;
   std::string raw;
@@ -216,20 +236,23 @@ StatusOr<std::string> EtcdClient::call_one(const net::Endpoint& ep, const std::s
     payload = std::move(data);
   }
   if (status != 200) {
-    // A gateway error is the server's answer, not a dead endpoint: code 5 is gRPC's NOT_FOUND.
+    // A gateway error is the server's answer, not a dead endpoint.
     json j = json::parse(payload, nullptr, false);
-    if (j.is_object() && as_int64(j, "code") == 5) return Status::NotFound(gateway_error(payload));
+    *grpc_code = j.is_object() ? static_cast<int>(as_int64(j, "code")) : 0;
+    if (*grpc_code == kGrpcNotFound) return Status::NotFound(gateway_error(payload));
     return Status::Internal(peer + " " + path + ": HTTP " + std::to_string(status) + ": " + gateway_error(payload));
   }
   return payload;
 }
 
-StatusOr<std::string> EtcdClient::call(const std::string& path, const std::string& body) {
+StatusOr<std::string> EtcdClient::call_endpoints(const std::string& path, const std::string& body,
+                                                 const std::string& token, int* grpc_code) {
   std::string errors;
   const size_t first = preferred_->load();
   for (size_t i = 0; i < endpoints_.size(); ++i) {
     const size_t index = (first + i) % endpoints_.size();
-    auto r = call_one(endpoints_[index], path, body);
+    *grpc_code = 0;
+    auto r = call_one(endpoints_[index], path, body, token, grpc_code);
     if (r.ok() || r.status().code() != StatusCode::kUnavailable) {
       preferred_->store(index);
       return r;
@@ -237,6 +260,98 @@ StatusOr<std::string> EtcdClient::call(const std::string& path, const std::strin
     errors += (errors.empty() ? "" : "; ") + r.status().message();
   }
   return Status::Unavailable("no etcd endpoint answered: " + errors);
+}
+
+StatusOr<std::string> EtcdClient::call(const std::string& path, const std::string& body) {
+  auto token = this->token();
+  if (!token.ok()) return token.status();
+  int grpc_code = 0;
+  auto r = call_endpoints(path, body, *token, &grpc_code);
+  if (r.ok() || !token_refused(grpc_code, r.status().message())) return r;
+  if (credentials_.user.empty()) {
+    return Status::InvalidArgument("etcd requires a user (" + r.status().message() +
+                                   "): give --etcd-user and --etcd-password-file");
+  }
+  // Logged once renewed: while the renewal itself fails (a changed password), the caller's own log
+  // says so, once per change of reason, rather than a line per retry here.
+  TANDEM_RETURN_IF_ERROR(renew_token(*token));
+  spdlog::info("event=etcd_token_refused user={} reason=\"{}\"; took a new one", credentials_.user,
+               r.status().message());
+  token = this->token();
+  if (!token.ok()) return token.status();
+  return call_endpoints(path, body, *token, &grpc_code);
+}
+
+StatusOr<std::string> EtcdClient::token() {
+  if (credentials_.user.empty()) return std::string();
+  {
+    std::lock_guard<std::mutex> lock(session_->mu);
+    if (!session_->token.empty() || session_->auth_off) return session_->token;
+  }
+  TANDEM_RETURN_IF_ERROR(renew_token(""));
+  std::lock_guard<std::mutex> lock(session_->mu);
+  return session_->token;
+}
+
+Status EtcdClient::authenticate() {
+  if (credentials_.user.empty()) return Status::Ok();
+  std::string current;
+  {
+    std::lock_guard<std::mutex> lock(session_->mu);
+    current = session_->token;
+  }
+  return renew_token(current);
+}
+
+Status EtcdClient::renew_token(const std::string& refused) {
+  std::lock_guard<std::mutex> lock(session_->mu);
+  if (session_->token != refused) return Status::Ok();  // another call took a new one meanwhile
+  int grpc_code = 0;
+  auto r = call_endpoints("/v3/auth/authenticate",
+                          json{{"name", credentials_.user}, {"password", credentials_.password}}.dump(), "", &grpc_code);
+  if (!r.ok()) {
+    if (r.status().code() == StatusCode::kUnavailable) return r.status();
+    if (r.status().message().find("authentication is not enabled") != std::string::npos) {
+      // Calls go without a token; once etcd turns authentication on, its refusal brings us back here.
+      if (!session_->auth_off) {
+        spdlog::warn("event=etcd_auth_off user={} reason=\"etcd's authentication is off: --etcd-user is not used\"",
+                     credentials_.user);
+      }
+      session_->auth_off = true;
+      session_->token.clear();
+      return Status::Ok();
+    }
+    return Status::InvalidArgument("etcd refused user '" + credentials_.user + "' (--etcd-user, --etcd-password-file): " +
+                                   r.status().message());
+  }
+  json j = json::parse(*r, nullptr, false);
+  const std::string token = j.is_object() && j.contains("token") && j["token"].is_string() ? j["token"].get<std::string>() : "";
+  if (token.empty()) return Status::Internal("etcd authenticated user '" + credentials_.user + "' but gave no token");
+  session_->token = token;
+  session_->auth_off = false;
+  spdlog::info("event=etcd_authenticated user={}", credentials_.user);
+  return Status::Ok();
+}
+
+Status EtcdClient::check_access(const std::string& prefix) {
+  TANDEM_RETURN_IF_ERROR(authenticate());
+  int grpc_code = 0;
+  auto token = this->token();
+  if (!token.ok()) return token.status();
+  auto r = call_endpoints("/v3/kv/range",
+                          json{{"key", base64_encode(prefix)}, {"range_end", base64_encode(prefix_end(prefix))},
+                               {"limit", 1}, {"keys_only", true}}.dump(),
+                          *token, &grpc_code);
+  if (r.ok() || r.status().code() == StatusCode::kUnavailable) return r.ok() ? Status::Ok() : r.status();
+  if (token_refused(grpc_code, r.status().message()) && credentials_.user.empty()) {
+    return Status::InvalidArgument("etcd has authentication on and wants a user: give --etcd-user and --etcd-password-file");
+  }
+  if (grpc_code == kGrpcPermissionDenied) {
+    return Status::InvalidArgument("etcd user '" + credentials_.user + "' (--etcd-user) may not read " + prefix +
+                                   ": give its role readwrite on the prefix (etcdctl role grant-permission ROLE "
+                                   "readwrite --prefix=true " + prefix + ")");
+  }
+  return Status::InvalidArgument("etcd refused a read of " + prefix + ": " + r.status().message());
 }
 
 StatusOr<int64_t> EtcdClient::grant_lease(int ttl_seconds) {
@@ -301,6 +416,8 @@ StatusOr<RangeResult> EtcdClient::get_prefix(const std::string& prefix) {
 Status EtcdClient::watch_prefix(const std::string& prefix, int64_t start_revision,
                                 const std::function<void(const std::vector<WatchEvent>&)>& on_events,
                                 const std::atomic<bool>& cancel) {
+  auto token = this->token();
+  if (!token.ok()) return token.status();
   const net::Endpoint ep = endpoints_[preferred_->load() % endpoints_.size()];
   const std::string peer = "etcd " + ep.to_string();
   auto fd = net::dial(ep.to_string(), timeout_ms_);
@@ -311,7 +428,7 @@ Status EtcdClient::watch_prefix(const std::string& prefix, int64_t start_revisio
   Fd guard{*fd};
   json create = {{"key", base64_encode(prefix)}, {"range_end", base64_encode(prefix_end(prefix))}};
   if (start_revision > 0) create["start_revision"] = std::to_string(start_revision);
-  std::string request = request_text(ep, "/v3/watch", json{{"create_request", create}}.dump());
+  std::string request = request_text(ep, "/v3/watch", json{{"create_request", create}}.dump(), *token);
   Status s = net::write_full(guard.fd, request.data(), request.size(), peer);
   if (!s.ok()) return s;
   std::string raw, chunks, lines;
@@ -356,7 +473,9 @@ Status EtcdClient::watch_prefix(const std::string& prefix, int64_t start_revisio
         const json& r = j.value("result", json::object());
         if (r.value("canceled", false)) {
           if (as_int64(r, "compact_revision") > 0) return Status::NotFound("watch revision compacted");
-          return Status::Unavailable(peer + ": watch canceled by the server");
+          // A refused token ends up here too ("Unauthenticated desc = ... invalid auth token"); the
+          // watcher's next snapshot read takes a new one.
+          return Status::Unavailable(peer + ": watch canceled by the server: " + r.value("cancel_reason", ""));
         }
         if (!r.contains("events")) continue;
         for (const auto& e : r["events"]) {
@@ -396,7 +515,7 @@ void EtcdLease::update(const std::string& key, const std::string& value) {
   }
 }
 
-bool EtcdLease::register_all(int64_t lease_id) {
+Status EtcdLease::register_all(int64_t lease_id) {
   std::map<std::string, std::string> keys;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -404,31 +523,37 @@ bool EtcdLease::register_all(int64_t lease_id) {
   }
   for (const auto& [key, value] : keys) {
     Status s = client_.put(key, value, lease_id);
-    if (!s.ok()) {
-      spdlog::warn("event=etcd_register_failed key={} reason=\"{}\"", key, s.message());
-      return false;
-    }
+    if (!s.ok()) return Status(s.code(), "put " + key + ": " + s.message());
   }
-  return true;
+  return Status::Ok();
 }
 
 void EtcdLease::loop() {
   // Keep-alives at a third of the TTL leave two more tries before the lease would expire.
   const auto period = std::chrono::milliseconds(std::max(200, ttl_seconds_ * 1000 / 3));
   const auto retry = std::chrono::milliseconds(std::min<int64_t>(500, period.count()));
-  bool reported_down = false;
+  // The failure last logged: a new one is logged when it differs (etcd down, then refusing the
+  // password), not on every retry.
+  std::string reported;
   while (true) {
     int64_t lease = lease_id_.load();
     bool ok = false;
     if (lease == 0) {
       auto granted = client_.grant_lease(ttl_seconds_);
-      if (granted.ok() && register_all(*granted)) {
+      const Status registered = granted.ok() ? register_all(*granted) : granted.status();
+      if (registered.ok()) {
         lease_id_.store(*granted);
         spdlog::info("event=etcd_registered lease={} ttl_s={}", *granted, ttl_seconds_);
         ok = true;
-      } else if (!granted.ok() && !reported_down) {
-        spdlog::warn("event=etcd_unreachable reason=\"{}\"", granted.status().message());
-        reported_down = true;
+      } else {
+        // A lease granted for keys that could not be put (a refused password, a role without the
+        // prefix) would only wait out its TTL: give it back.
+        if (granted.ok()) (void)client_.revoke(*granted);
+        const char* event = granted.ok() ? "etcd_register_failed" : "etcd_unreachable";
+        if (registered.message() != reported) {
+          spdlog::warn("event={} reason=\"{}\"", event, registered.message());
+          reported = registered.message();
+        }
       }
     } else {
       auto ttl = client_.keep_alive(lease);
@@ -439,14 +564,14 @@ void EtcdLease::loop() {
         spdlog::warn("event=etcd_lease_lost lease={}; registering again", lease);
         lease_id_.store(0);
         continue;
-      } else if (!reported_down) {
+      } else if (ttl.status().message() != reported) {
         spdlog::warn("event=etcd_unreachable lease={} reason=\"{}\"", lease, ttl.status().message());
-        reported_down = true;
+        reported = ttl.status().message();
       }
     }
-    if (ok && reported_down) {
+    if (ok && !reported.empty()) {
       spdlog::info("event=etcd_reachable lease={}", lease_id_.load());
-      reported_down = false;
+      reported.clear();
     }
     std::unique_lock<std::mutex> lock(mu_);
     if (cv_.wait_for(lock, ok ? period : retry, [&] { return stop_; })) return;

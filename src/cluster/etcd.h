@@ -5,9 +5,11 @@
 //                when etcd forgot it (after an outage longer than the TTL), revokes on request;
 //   EtcdWatcher  reads a prefix (a snapshot at one revision), then watches it from the next revision;
 //                after any error it reconnects and starts again with a fresh snapshot.
+// With etcd's authentication on (--etcd-user, --etcd-password-file), the client takes a token from
+// /v3/auth/authenticate and sends it in the Authorization header of every call and watch.
 //
-// Ownership: EtcdClient is a value (endpoints and timeouts; copies share which endpoint answered last);
-// each call opens its own connection.
+// Ownership: EtcdClient is a value (endpoints, credentials and timeouts; copies share which endpoint
+// answered last, and the auth token); each call opens its own connection.
 // Thread-safety: EtcdClient's methods may be called from any thread at once. EtcdLease and
 // EtcdWatcher own one thread each; their callbacks run on that thread; stop() may be called from
 // any thread but not from their own callbacks.
@@ -56,10 +58,30 @@ struct WatchEvent {
 // The key just past every key that starts with `prefix` (etcd's range_end for a prefix read).
 std::string prefix_end(const std::string& prefix);
 
+// Who this process is to an etcd with authentication on (--etcd-user, --etcd-password-file). An empty
+// user: no authentication.
+struct EtcdCredentials {
+  std::string user;
+  std::string password;
+};
+
 class EtcdClient {
  public:
   // REQUIRES: endpoints not empty. `timeout_ms` bounds one unary call on one endpoint.
   explicit EtcdClient(std::vector<net::Endpoint> endpoints, int timeout_ms = 2000);
+  // With a user, every call carries a token, taken at the first call and shared by copies of this
+  // client. When etcd refuses the token (expired after 5 idle minutes, dropped by a password reset,
+  // made stale by a change to roles) the client takes a new one and repeats the call once.
+  EtcdClient(std::vector<net::Endpoint> endpoints, EtcdCredentials credentials, int timeout_ms = 2000);
+
+  // Takes a fresh token (Ok at once without credentials, and when etcd's authentication is off).
+  // InvalidArgument naming the user when etcd refuses the user or password; Unavailable when no
+  // endpoint answers.
+  Status authenticate();
+  // What a process checks at start: that these credentials may read `prefix`. InvalidArgument, saying
+  // what to fix, when etcd refuses (the password, a user missing where auth is on, a role without the
+  // prefix); Unavailable when etcd does not answer (the caller goes on: its calls retry).
+  Status check_access(const std::string& prefix);
 
   // Each call tries the endpoints in turn, starting with the last one that answered; Unavailable
   // when none does, naming each address tried.
@@ -83,14 +105,32 @@ class EtcdClient {
   const std::vector<net::Endpoint>& endpoints() const { return endpoints_; }
 
  private:
-  // One POST on one endpoint; the parsed JSON body text of a 200 answer.
+  // The token every copy of a client uses. `mu` is held while a new one is taken, so that calls that
+  // find the token refused at once take one new token between them, not one each.
+  struct AuthSession {
+    std::mutex mu;
+    std::string token;      // GUARDED_BY(mu); "" before the first authentication
+    bool auth_off = false;  // GUARDED_BY(mu): etcd said its authentication is off; no token is sent
+  };
+
+  // One POST, with the token (and one renewal of it when refused); the JSON body of a 200 answer.
   StatusOr<std::string> call(const std::string& path, const std::string& body);
-  StatusOr<std::string> call_one(const net::Endpoint& ep, const std::string& path, const std::string& body);
+  // One POST on each endpoint in turn until one answers; `grpc_code` gets the gateway's error code.
+  StatusOr<std::string> call_endpoints(const std::string& path, const std::string& body, const std::string& token,
+                                       int* grpc_code);
+  StatusOr<std::string> call_one(const net::Endpoint& ep, const std::string& path, const std::string& body,
+                                 const std::string& token, int* grpc_code);
+  // The token to send ("" without credentials, or with etcd's authentication off); takes the first one.
+  StatusOr<std::string> token();
+  // Takes a new token unless another call has replaced `refused` meanwhile.
+  Status renew_token(const std::string& refused);
 
   std::vector<net::Endpoint> endpoints_;
+  EtcdCredentials credentials_;
   int timeout_ms_;
   // Index of the endpoint that answered last; shared by copies of this client.
   std::shared_ptr<std::atomic<size_t>> preferred_ = std::make_shared<std::atomic<size_t>>(0);
+  std::shared_ptr<AuthSession> session_ = std::make_shared<AuthSession>();
 };
 
 // A lease with the keys that live under it. The keys are (re)put whenever a lease is (re)granted.
@@ -108,7 +148,7 @@ class EtcdLease {
 
  private:
   void loop();
-  bool register_all(int64_t lease_id);
+  Status register_all(int64_t lease_id);
 
   EtcdClient client_;
   const int ttl_seconds_;

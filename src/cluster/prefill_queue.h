@@ -8,7 +8,10 @@
 // stream's message count: queued plus delivered and not yet acknowledged) for --max-prefill-queue.
 //
 // Ownership: PrefillQueue owns its NATS connection, which reconnects by itself (forever) when the
-// server goes away; calls made meanwhile fail with Unavailable at once.
+// server goes away; calls made meanwhile fail with Unavailable at once. libnats gives up for good on
+// a server that refuses the credentials twice (a password changed on the server, a server that came
+// up requiring what the URL lacks): such a closed connection is replaced by a new one, every
+// kRelinkIntervalMs at most, with one `event=prefill_queue_refused` warning naming the reason.
 // Thread-safety: every method may be called from any thread; a Message belongs to one thread.
 #pragma once
 
@@ -38,6 +41,9 @@ class PrefillQueue {
   // One pulled message; ack() when its work is done (or pointless), nak() to hand it back now.
   class Message {
    public:
+    Message() = default;
+    Message(const Message&) = delete;
+    Message& operator=(const Message&) = delete;
     ~Message();
     const std::string& data() const { return data_; }
     int num_delivered() const { return num_delivered_; }
@@ -48,13 +54,18 @@ class PrefillQueue {
    private:
     friend class PrefillQueue;
     void* msg_ = nullptr;  // natsMsg*
+    std::shared_ptr<void> link_;  // the connection the message came on, kept open for its ack
     std::string data_;
     int num_delivered_ = 1;
   };
 
+  static constexpr int kRelinkIntervalMs = 2000;
+
   // Connects, creating the stream if needed. A server that is not up yet is not an error: the
   // connection keeps retrying and calls fail with Unavailable until it is up. InvalidArgument for a
-  // malformed URL.
+  // malformed URL, and for a server that answers but refuses this client (its credentials, or the
+  // TLS handshake: an untrusted certificate, TLS required or refused): a process given those would
+  // never get a remote prefill through, so it should not start.
   static StatusOr<std::unique_ptr<PrefillQueue>> connect(const PrefillQueueOptions& options);
   ~PrefillQueue();
   PrefillQueue(const PrefillQueue&) = delete;
@@ -72,18 +83,24 @@ class PrefillQueue {
   StatusOr<std::unique_ptr<Message>> pull(int timeout_ms);
 
  private:
+  struct Link;  // one NATS connection, its JetStream context and pull subscription
+
   PrefillQueue() = default;
-  Status ensure_stream();     // REQUIRES: mu_ held
-  Status ensure_consumer();   // REQUIRES: mu_ held
+  // The current connection, replaced first when libnats has closed it for good (see above).
+  std::shared_ptr<Link> link();        // REQUIRES: mu_ not held
+  // A new connection; InvalidArgument when the server answers and refuses this client.
+  StatusOr<std::shared_ptr<Link>> make_link();  // REQUIRES: one caller at a time (opts_ is changed)
+  Status ensure_stream(Link& link);    // REQUIRES: mu_ held
+  Status ensure_consumer(Link& link);  // REQUIRES: mu_ held
 
   PrefillQueueOptions options_;
   std::string stream_, subject_;
-  void* opts_ = nullptr;  // natsOptions*
-  void* nc_ = nullptr;    // natsConnection*
-  void* js_ = nullptr;    // jsCtx*
-  std::mutex mu_;          // guards the lazily made stream and subscription
-  bool stream_ready_ = false;  // GUARDED_BY(mu_)
-  void* sub_ = nullptr;        // GUARDED_BY(mu_) natsSubscription* of the pull consumer
+  void* opts_ = nullptr;  // natsOptions*, retrying a failed connect
+  mutable std::mutex mu_;  // guards the connection and its lazily made stream and subscription
+  std::shared_ptr<Link> link_;            // GUARDED_BY(mu_)
+  int64_t next_relink_ms_ = 0;            // GUARDED_BY(mu_): steady clock
+  bool relinking_ = false;                // GUARDED_BY(mu_): one make_link() at a time
+  std::string reported_refusal_;          // GUARDED_BY(mu_): the reason last logged
   std::mutex pull_mu_;         // one fetch at a time on the subscription
 };
 

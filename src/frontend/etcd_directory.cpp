@@ -26,7 +26,7 @@ void EtcdDirectory::start() {
   EmbeddedDirectory::start();
   auto g = gate_;
   watcher_ = std::make_unique<cluster::EtcdWatcher>(
-      cluster::EtcdClient(options_.etcd), prefix_,
+      cluster::EtcdClient(options_.etcd, options_.etcd_credentials), prefix_,
       [this, g](const std::vector<cluster::KeyValue>& kvs) { g->post([this, kvs] { on_snapshot(kvs); }); },
       [this, g](const std::vector<cluster::WatchEvent>& events) { g->post([this, events] { on_events(events); }); });
 }
@@ -85,8 +85,9 @@ std::optional<std::map<std::string, int>> EtcdDirectory::listed_members() const 
 // etcd answers off the I/O thread; the outcome comes back through the gate.
 void EtcdDirectory::store_thresholds(ThresholdChanges changes, std::function<void(Status)> done) {
   auto g = gate_;
-  std::thread([g, changes = std::move(changes), done = std::move(done), endpoints = options_.etcd, prefix = prefix_] {
-    cluster::EtcdClient client(endpoints);
+  std::thread([g, changes = std::move(changes), done = std::move(done), endpoints = options_.etcd,
+               credentials = options_.etcd_credentials, prefix = prefix_] {
+    cluster::EtcdClient client(endpoints, credentials);
     Status s;
     for (const auto& [name, value] : changes) {
       s = client.put(prefix + "disagg/" + name, value);

@@ -34,6 +34,7 @@ DirectoryOptions directory_options(const FrontendOptions& o) {
   d.heartbeat_timeout_ms = o.heartbeat_timeout_ms;
   d.served_model_name = o.served_model_name;
   d.etcd = o.etcd;
+  d.etcd_credentials = o.etcd_credentials;
   d.cluster_namespace = o.cluster_namespace;
   d.frontend_id = o.frontend_id;
   d.prefill_queue = o.prefill_queue;

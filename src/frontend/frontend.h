@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/etcd.h"
 #include "common/socket.h"
 
 #include "frontend/http.h"
@@ -45,6 +46,7 @@ struct FrontendOptions {
   // Cluster mode (non-empty etcd): workers are found under /tandem/<ns>/workers/ and dialed; the
   // thresholds live under /tandem/<ns>/disagg/. The embedded registry port stays open as well.
   std::vector<net::Endpoint> etcd;
+  cluster::EtcdCredentials etcd_credentials;  // --etcd-user, --etcd-password-file (no user: none)
   std::string cluster_namespace = "default";
   std::string frontend_id;             // names this frontend to workers and in logs ("" = host-pid)
   // "nats://...": remote prefills go through the JetStream work queue; its depth (read from the

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "cluster/etcd.h"
 #include "common/socket.h"
 #include "common/status.h"
 #include "frontend/router.h"
@@ -150,6 +151,7 @@ struct DirectoryOptions {
   int heartbeat_timeout_ms = 5000;
   std::vector<std::string> served_model_name;  // empty = route by the model names workers register with
   std::vector<net::Endpoint> etcd;     // non-empty: the etcd directory
+  cluster::EtcdCredentials etcd_credentials;  // etcd's user and password (no user: none)
   std::string cluster_namespace = "default";
   std::string frontend_id;
   std::string prefill_queue;           // "nats://...": the prefill queue's depth comes from NATS

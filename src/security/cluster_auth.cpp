@@ -24,7 +24,7 @@ namespace tandem::security {
 namespace {
 
 std::mutex key_mu;
-std::shared_ptr<const std::string> process_key;  // GUARDED_BY(key_mu)
+std::shared_ptr<const ClusterKeys> process_keys;  // GUARDED_BY(key_mu)
 
 constexpr char kServerLabel[] = "tandem-cluster-v1 server";
 constexpr char kClientLabel[] = "tandem-cluster-v1 client";
@@ -109,6 +109,36 @@ bool same_mac(const std::array<uint8_t, kMacBytes>& a, const std::array<uint8_t,
   return CRYPTO_memcmp(a.data(), b.data(), kMacBytes) == 0;
 }
 
+// Whether `mac` is the peer's proof under any of `keys`. Every key is tried, the match or not, so that
+// the time taken does not tell which key (if any) matched.
+bool proves_any(const ClusterKeys& keys, const std::array<uint8_t, kMacBytes>& mac, bool server,
+                std::span<const uint8_t> client_nonce, std::span<const uint8_t> server_nonce) {
+  bool matched = false;
+  for (const auto& key : keys) matched |= same_mac(mac, handshake_mac(key, server, client_nonce, server_nonce));
+  return matched;
+}
+
+Status not_held(const ClusterKeys& keys) {
+  return Status::InvalidArgument(keys.size() == 1 ? std::string("the peer does not hold this cluster key")
+                                                  : "the peer does not hold any of this process's " +
+                                                        std::to_string(keys.size()) + " cluster keys");
+}
+
+// Trailing blanks and a CR end no key: editors and `echo` add them.
+void trim_trailing_blanks(std::string* text) {
+  while (!text->empty() && (text->back() == '\n' || text->back() == '\r' || text->back() == ' ' || text->back() == '\t')) {
+    text->pop_back();
+  }
+}
+
+// A file of text lines, as `openssl rand -hex 32` writes; anything else is a raw binary key.
+bool is_text(const std::string& bytes) {
+  for (unsigned char c : bytes) {
+    if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f) return false;
+  }
+  return true;
+}
+
 // Failures are logged at most once a second per plane and side, with the count of those left out: a
 // misconfigured worker redials its frontend at once after each refusal, and one such process must not
 // flood the log (nor hide a second peer's failures, whose count still shows).
@@ -146,31 +176,64 @@ Status failed(const std::string& plane, const std::string& peer, const char* sid
 
 }  // namespace
 
-std::shared_ptr<const std::string> cluster_key() {
+std::shared_ptr<const ClusterKeys> cluster_keys() {
   std::lock_guard<std::mutex> lock(key_mu);
-  return process_key;
+  return process_keys;
 }
 
-void set_cluster_key(std::string key) {
+void set_cluster_keys(ClusterKeys keys) {
   std::lock_guard<std::mutex> lock(key_mu);
-  process_key = key.empty() ? nullptr : std::make_shared<const std::string>(std::move(key));
+  process_keys = keys.empty() ? nullptr : std::make_shared<const ClusterKeys>(std::move(keys));
 }
 
-StatusOr<std::string> load_cluster_key(const std::string& path) {
+StatusOr<ClusterKeys> load_cluster_keys(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return Status::InvalidArgument("--cluster-key-file " + path + ": cannot read it: " + std::strerror(errno));
   std::stringstream contents;
   contents << in.rdbuf();
-  std::string key = contents.str();
-  // Editors and `echo` add a newline; a key written either way is the same key.
-  while (!key.empty() && (key.back() == '\n' || key.back() == '\r' || key.back() == ' ' || key.back() == '\t')) key.pop_back();
-  if (key.empty()) return Status::InvalidArgument("--cluster-key-file " + path + ": the file is empty");
-  if (key.size() < kMinKeyBytes) {
-    return Status::InvalidArgument("--cluster-key-file " + path + ": the key has " + std::to_string(key.size()) +
-                                   " bytes, fewer than " + std::to_string(kMinKeyBytes) +
-                                   " (make one with: openssl rand -hex 32 > " + path + ")");
+  std::string bytes = contents.str();
+  const std::string short_key_hint = " (make one with: openssl rand -hex 32 > " + path + ")";
+  ClusterKeys keys;
+  if (!is_text(bytes)) {
+    trim_trailing_blanks(&bytes);
+    if (bytes.size() < kMinKeyBytes) {
+      return Status::InvalidArgument("--cluster-key-file " + path + ": the key has " + std::to_string(bytes.size()) +
+                                     " bytes, fewer than " + std::to_string(kMinKeyBytes) + short_key_hint);
+    }
+    keys.push_back(std::move(bytes));
+    return keys;
   }
-  return key;
+  std::stringstream lines(bytes);
+  std::string line;
+  for (int number = 1; std::getline(lines, line); ++number) {
+    trim_trailing_blanks(&line);
+    if (line.empty()) continue;
+    if (line.size() < kMinKeyBytes) {
+      return Status::InvalidArgument("--cluster-key-file " + path + ": the key on line " + std::to_string(number) +
+                                     " has " + std::to_string(line.size()) + " bytes, fewer than " +
+                                     std::to_string(kMinKeyBytes) + short_key_hint);
+    }
+    keys.push_back(std::move(line));
+  }
+  if (keys.empty()) return Status::InvalidArgument("--cluster-key-file " + path + ": the file is empty");
+  return keys;
+}
+
+std::string key_fingerprint(const std::string& key) {
+  static constexpr char kLabel[] = "tandem-cluster-v1 fingerprint";
+  uint8_t mac[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const uint8_t*>(kLabel),
+           sizeof(kLabel) - 1, mac, &length) == nullptr) {
+    throw std::runtime_error("cluster key: OpenSSL's HMAC-SHA256 failed");
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 4; ++i) {
+    out += kHex[mac[i] >> 4];
+    out += kHex[mac[i] & 15];
+  }
+  return out;
 }
 
 std::optional<size_t> parse_frame_header(std::span<const uint8_t> header, FrameType expected, std::string* error) {
@@ -235,8 +298,9 @@ std::array<uint8_t, kMacBytes> handshake_mac(const std::string& key, bool server
   return mac;
 }
 
-Status authenticate_dialer(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+Status authenticate_dialer(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
                            int timeout_ms) {
+  if (keys.empty()) return failed(plane, peer, "dialer", Status::Internal("no cluster key to prove"));
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   HandshakeFrame hello;
   hello.type = FrameType::kHello;
@@ -244,25 +308,26 @@ Status authenticate_dialer(int fd, const std::string& key, const std::string& pl
   if (Status sent = write_frame(fd, hello, peer); !sent.ok()) return failed(plane, peer, "dialer", sent);
   auto challenge = read_frame(fd, FrameType::kChallenge, deadline);
   if (!challenge.ok()) return failed(plane, peer, "dialer", challenge.status());
-  if (!same_mac(challenge->mac, handshake_mac(key, /*server=*/true, hello.nonce, challenge->nonce))) {
-    return failed(plane, peer, "dialer", Status::InvalidArgument("the peer does not hold this cluster key"));
+  if (!proves_any(keys, challenge->mac, /*server=*/true, hello.nonce, challenge->nonce)) {
+    return failed(plane, peer, "dialer", not_held(keys));
   }
   HandshakeFrame response;
   response.type = FrameType::kResponse;
-  response.mac = handshake_mac(key, /*server=*/false, hello.nonce, challenge->nonce);
+  response.mac = handshake_mac(keys.front(), /*server=*/false, hello.nonce, challenge->nonce);
   if (Status sent = write_frame(fd, response, peer); !sent.ok()) return failed(plane, peer, "dialer", sent);
   return Status::Ok();
 }
 
-Status authenticate_acceptor(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+Status authenticate_acceptor(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
                              int timeout_ms) {
+  if (keys.empty()) return failed(plane, peer, "acceptor", Status::Internal("no cluster key to prove"));
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   auto hello = read_frame(fd, FrameType::kHello, deadline);
   if (!hello.ok()) return failed(plane, peer, "acceptor", hello.status());
   HandshakeFrame challenge;
   challenge.type = FrameType::kChallenge;
   challenge.nonce = fresh_nonce();
-  challenge.mac = handshake_mac(key, /*server=*/true, hello->nonce, challenge.nonce);
+  challenge.mac = handshake_mac(keys.front(), /*server=*/true, hello->nonce, challenge.nonce);
   if (Status sent = write_frame(fd, challenge, peer); !sent.ok()) return failed(plane, peer, "acceptor", sent);
   auto response = read_frame(fd, FrameType::kResponse, deadline);
   if (!response.ok()) {
@@ -271,20 +336,20 @@ Status authenticate_acceptor(int fd, const std::string& key, const std::string& 
                                                                          : response.status();
     return failed(plane, peer, "acceptor", why);
   }
-  if (!same_mac(response->mac, handshake_mac(key, /*server=*/false, hello->nonce, challenge.nonce))) {
-    return failed(plane, peer, "acceptor", Status::InvalidArgument("the peer does not hold this cluster key"));
+  if (!proves_any(keys, response->mac, /*server=*/false, hello->nonce, challenge.nonce)) {
+    return failed(plane, peer, "acceptor", not_held(keys));
   }
   return Status::Ok();
 }
 
 Status on_dialed(int fd, const std::string& plane, const std::string& peer) {
-  auto key = cluster_key();
-  return key ? authenticate_dialer(fd, *key, plane, peer) : Status::Ok();
+  auto keys = cluster_keys();
+  return keys ? authenticate_dialer(fd, *keys, plane, peer) : Status::Ok();
 }
 
 Status on_accepted(int fd, const std::string& plane, const std::string& peer) {
-  auto key = cluster_key();
-  return key ? authenticate_acceptor(fd, *key, plane, peer) : Status::Ok();
+  auto keys = cluster_keys();
+  return keys ? authenticate_acceptor(fd, *keys, plane, peer) : Status::Ok();
 }
 
 }  // namespace tandem::security

@@ -12,8 +12,13 @@
 // is dropped with one `event=cluster_auth_failed` line. The first word of a hello, read as a request
 // plane length prefix, is over that plane's frame limit, so a keyless peer refuses a keyed one too.
 //
-// The key is process-wide: set once at startup (the CLI), before any connection is made or accepted.
-// Thread-safety: every function may be called from any thread; set_cluster_key must not race the others.
+// A process may hold several keys (the key file's lines): it proves itself with the first and accepts a
+// peer that proves any of them, so that the key can be rotated by rolling restarts without the cluster
+// ever splitting (docs/security.md, "Rotating the cluster key"). Each side checks the other's proof
+// against every key it holds; the exchange on the wire is the same as with one key.
+//
+// The keys are process-wide: set once at startup (the CLI), before any connection is made or accepted.
+// Thread-safety: every function may be called from any thread; set_cluster_keys must not race the others.
 #pragma once
 
 #include <array>
@@ -23,20 +28,31 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
 namespace tandem::security {
 
-// The process's cluster key, or nullptr when there is none (the planes then run no handshake).
-std::shared_ptr<const std::string> cluster_key();
-// REQUIRES: before any connection; an empty key clears it (tests).
-void set_cluster_key(std::string key);
+// The keys a process holds, the one it proves itself with first. Never empty where it is used.
+using ClusterKeys = std::vector<std::string>;
 
-// Reads the key file: its bytes, a trailing newline and blanks dropped. InvalidArgument naming the
-// file when it cannot be read, is empty, or holds fewer than kMinKeyBytes bytes.
-StatusOr<std::string> load_cluster_key(const std::string& path);
+// The process's cluster keys, or nullptr when it has none (the planes then run no handshake).
+std::shared_ptr<const ClusterKeys> cluster_keys();
+// REQUIRES: before any connection; an empty list clears them (tests).
+void set_cluster_keys(ClusterKeys keys);
+
+// Reads the key file: one key per line, trailing blanks (and the line's CR) dropped, blank lines
+// skipped; the first line is the key this process proves itself with. A file with bytes that are not
+// text (a raw binary key) is one key, its trailing newline and blanks dropped, as before key lists.
+// InvalidArgument naming the file (and the line) when it cannot be read, holds no key, or a key has
+// fewer than kMinKeyBytes bytes.
+StatusOr<ClusterKeys> load_cluster_keys(const std::string& path);
 constexpr size_t kMinKeyBytes = 16;
+
+// A short name for a key that logs may show (8 hex digits of HMAC-SHA256(key, "tandem-cluster-v1
+// fingerprint")): which key each process proves itself with, during a rotation, without the key.
+std::string key_fingerprint(const std::string& key);
 
 constexpr uint32_t kHandshakeMagic = 0x54434131;  // "TCA1"
 constexpr size_t kNonceBytes = 32;
@@ -63,16 +79,17 @@ std::string serialize_frame(const HandshakeFrame& frame);
 std::array<uint8_t, kMacBytes> handshake_mac(const std::string& key, bool server, std::span<const uint8_t> client_nonce,
                                              std::span<const uint8_t> server_nonce);
 
-// The two sides on a connected blocking socket the caller owns, each within timeout_ms. Ok once the
-// peer has proven `key`; otherwise Unavailable (the caller closes the socket, as after any lost
+// The two sides on a connected blocking socket the caller owns, each within timeout_ms. Each proves
+// keys.front() and checks the peer's proof against every key in `keys`. REQUIRES: keys not empty.
+// Ok once the peer has proven one of `keys`; otherwise Unavailable (the caller closes the socket, as after any lost
 // connection) and one `event=cluster_auth_failed plane=<plane> peer=<peer> side=... reason=...
 // suppressed=N` warning is logged (at most one a second per plane and side; N counts those left out).
-Status authenticate_dialer(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+Status authenticate_dialer(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
                            int timeout_ms = kHandshakeTimeoutMs);
-Status authenticate_acceptor(int fd, const std::string& key, const std::string& plane, const std::string& peer,
+Status authenticate_acceptor(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
                              int timeout_ms = kHandshakeTimeoutMs);
 
-// The hooks the planes call: the handshake with the process's key when it has one, else Ok at once.
+// The hooks the planes call: the handshake with the process's keys when it has some, else Ok at once.
 Status on_dialed(int fd, const std::string& plane, const std::string& peer);
 Status on_accepted(int fd, const std::string& plane, const std::string& peer);
 

@@ -24,7 +24,8 @@ class EtcdRegistration : public Registration {
       : core_(std::move(core)),
         reports_(std::move(reports)),
         endpoints_(std::move(endpoints)),
-        key_prefix_(cluster::key_prefix(core_->options.cluster_namespace)) {}
+        key_prefix_(cluster::key_prefix(core_->options.cluster_namespace)),
+        descriptor_client_(endpoints_, core_->options.etcd_credentials, 1000) {}
 
   // The lease is put in place once; its own thread re-grants it after an etcd outage, so the worker
   // stays "connected" (frontends that reach it keep it) whatever etcd does.
@@ -34,7 +35,8 @@ class EtcdRegistration : public Registration {
     std::map<std::string, std::string> keys;
     keys[key_prefix_ + "workers/" + role_name(options.role) + "/" + options.worker_id] = record().dump();
     if (core_->decodes()) keys[key_prefix_ + "kv/" + options.worker_id] = kv_descriptor().dump();
-    lease_ = std::make_unique<cluster::EtcdLease>(cluster::EtcdClient(endpoints_), options.lease_ttl_s, keys);
+    lease_ = std::make_unique<cluster::EtcdLease>(cluster::EtcdClient(endpoints_, options.etcd_credentials),
+                                                  options.lease_ttl_s, keys);
     return true;
   }
 
@@ -100,8 +102,7 @@ class EtcdRegistration : public Registration {
       if (it != kv_descriptors_.end()) d = it->second;
     }
     if (d.is_null()) {
-      cluster::EtcdClient client(endpoints_, 1000);
-      auto r = client.get(key_prefix_ + "kv/" + peer_id);
+      auto r = descriptor_client_.get(key_prefix_ + "kv/" + peer_id);
       // etcd down: the geometry check still guards the copy; do not fail the request for it.
       if (!r.ok()) return Status::Ok();
       if (r->kvs.empty()) return Status::NotFound("decode worker " + peer_id + " has no KV descriptor in etcd");
@@ -146,6 +147,9 @@ class EtcdRegistration : public Registration {
   const std::shared_ptr<Reports> reports_;
   const std::vector<net::Endpoint> endpoints_;
   const std::string key_prefix_;
+  // Reads peers' KV descriptors on the prefill path, so with a short timeout; one client for the
+  // worker's life, so that its etcd token is taken once, not per read.
+  cluster::EtcdClient descriptor_client_;
   std::unique_ptr<cluster::EtcdLease> lease_;  // run loop's thread only
   // mu_ guards the frontends and what they were told, and the KV descriptors read. Lock order:
   // mu_, then Reports' lock.

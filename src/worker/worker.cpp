@@ -161,6 +161,17 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   auto core = std::make_shared<Core>();
   core->options = std::move(options);
   core->engine = std::move(engine);
+  // First, before any port or thread: a NATS server that refuses this worker's credentials ends the
+  // start with an error naming the flag.
+  if (!core->options.prefill_queue.empty()) {
+    cluster::PrefillQueueOptions q;
+    q.url = core->options.prefill_queue;
+    q.cluster_namespace = core->options.cluster_namespace;
+    q.ack_wait_ms = core->options.prefill_queue_ack_wait_ms;
+    auto queue = cluster::PrefillQueue::connect(q);
+    if (!queue.ok()) throw Error("--prefill-queue: " + queue.status().message());
+    core->queue = std::move(*queue);
+  }
   std::weak_ptr<Impl> weak = impl_;
   core->engine->set_on_device_lost([weak](const Status& failure) {
     if (auto self = weak.lock()) self->on_device_lost(failure);
@@ -185,15 +196,6 @@ Worker::Worker(WorkerOptions options, std::unique_ptr<engine::Engine> engine) : 
   w.kv_events->start(w.registration);
   w.plane->attach(w.registration, w.prefill_server, w.kv_events);
 
-  if (!core->options.prefill_queue.empty()) {
-    cluster::PrefillQueueOptions q;
-    q.url = core->options.prefill_queue;
-    q.cluster_namespace = core->options.cluster_namespace;
-    q.ack_wait_ms = core->options.prefill_queue_ack_wait_ms;
-    auto queue = cluster::PrefillQueue::connect(q);
-    if (!queue.ok()) throw Error("--prefill-queue: " + queue.status().message());
-    core->queue = std::move(*queue);
-  }
 }
 
 Worker::~Worker() = default;

@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 
+#include "cluster/etcd.h"
 #include "engine/engine.h"
 #include "transfer/transfer.h"
 
@@ -33,6 +34,7 @@ struct WorkerOptions {
   std::vector<std::string> model_aliases;  // further names requests may use for it
   std::string frontend;          // host:port of the frontend's registry (embedded registry)
   std::string registry;          // "etcd://host:port[,...]": cluster mode; empty = the embedded registry
+  cluster::EtcdCredentials etcd_credentials;  // --etcd-user, --etcd-password-file (no user: none)
   std::string cluster_namespace = "default";  // --namespace: keys live under /tandem/<ns>/
   int lease_ttl_s = 10;          // --lease-ttl: a killed worker vanishes from etcd this long after
   std::string prefill_queue;     // "nats://...": remote prefills through the JetStream queue

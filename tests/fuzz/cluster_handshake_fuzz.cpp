@@ -35,8 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   (void)tandem::net::write_full(fds[1], data + 1, size - 1, "fuzz");
   shutdown(fds[1], SHUT_WR);
   const std::string key = "fuzzing key, sixteen bytes or more";
-  tandem::Status result = data[0] % 2 == 0 ? authenticate_acceptor(fds[0], key, "fuzz", "fuzz", 1000)
-                                           : authenticate_dialer(fds[0], key, "fuzz", "fuzz", 1000);
+  tandem::Status result = data[0] % 2 == 0 ? authenticate_acceptor(fds[0], {key}, "fuzz", "fuzz", 1000)
+                                           : authenticate_dialer(fds[0], {key}, "fuzz", "fuzz", 1000);
   // Passing needs an HMAC under the key over a fresh random nonce: a fuzzer input cannot forge one.
   if (result.ok()) __builtin_trap();
   close(fds[0]);

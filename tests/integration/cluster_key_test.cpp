@@ -2,7 +2,9 @@
 // (registration, requests, a remote prefill's KV push over TCP); a worker with another key, or none,
 // cannot register while the frontend keeps serving; a peer without the key on a worker's request or
 // KV transfer port is dropped, logged, never answered, and the worker keeps serving; a key file that is
-// missing or empty, and a non-loopback address without a key, are CLI errors naming the flag.
+// missing or empty, and a non-loopback address without a key, are CLI errors naming the flag. During a
+// key rotation (key files of several lines), processes a step apart serve together on every plane and
+// a process with neither key is refused.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -183,6 +185,45 @@ TEST_F(ClusterKey, EtcdModeFrontendDialsOnlyWorkersWithTheKey) {
   EXPECT_EQ(cluster.metric("tandem_workers"), 1) << cluster.metrics();
   // The worker with the other key refused the frontend's dial on its request port.
   EXPECT_NE(cluster.log("both-1").find("event=cluster_auth_failed plane=request"), std::string::npos) << cluster.log("both-1");
+}
+
+// The three rolling steps of docs/security.md ("Rotating the cluster key"), old key O to new key N:
+// {O} -> {O,N} -> {N,O} -> {N}. In each step, restarted and not yet restarted processes run together:
+// here the frontend and the decode worker have restarted (the step's new file) and the prefill worker
+// has not (the previous file). A long prompt's remote prefill crosses every plane both ways: the prefill
+// worker registers with the frontend (old dialer, new acceptor), the decode worker asks the prefill
+// worker (new dialer, old acceptor), the prefill worker pushes KV to the decode worker (old dialer, new
+// acceptor). A worker holding neither key is refused throughout.
+TEST_F(ClusterKey, RotationSteps_ProcessesAStepApartServeTogether_NeitherKeyIsRefused) {
+  const std::string old_key = shell("openssl rand -hex 32");
+  const std::string new_key = shell("openssl rand -hex 32");
+  const std::vector<std::string> steps = {write("step0.key", old_key + "\n"),
+                                          write("step1.key", old_key + "\n" + new_key + "\n"),
+                                          write("step2.key", new_key + "\n" + old_key + "\n"),
+                                          write("step3.key", new_key + "\n")};
+  std::string prompt;
+  for (int i = 0; i < 40; ++i) prompt += (i ? "," : "") + std::to_string(2000 + i);
+  for (size_t step = 1; step < steps.size(); ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    Cluster cluster({"--cluster-key-file", steps[step], "--max-local-prefill", "8"});
+    cluster.add_worker("prefill", {"--engine", "fake", "--kv-transfer", "tcp", "--cluster-key-file", steps[step - 1]});
+    cluster.add_worker("decode", {"--engine", "fake", "--kv-transfer", "tcp", "--cluster-key-file", steps[step]});
+    const int outsider = cluster.add_worker("both", {"--engine", "fake", "--cluster-key-file", other_key_});
+    ASSERT_TRUE(cluster.wait_for_workers(2)) << cluster.log("frontend") << cluster.log("prefill-0");
+    HttpResponse r = cluster.post("/v1/completions", R"({"prompt":[)" + prompt + R"(],"max_tokens":4})");
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(cluster.metric("tandem_remote_prefills_total"), 1) << cluster.log("frontend");
+    EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 0)
+        << cluster.log("decode-1") << cluster.log("prefill-0");
+    EXPECT_TRUE(eventually([&] { return cluster.log("both-2").find("event=cluster_auth_failed plane=registry") != std::string::npos; },
+                           20000))
+        << cluster.log("both-2");
+    EXPECT_EQ(cluster.metric("tandem_workers"), 2) << cluster.metrics();
+    EXPECT_TRUE(cluster.worker(outsider).running());
+    // The workers a step apart refused nothing (the frontend did: the outsider's registrations).
+    EXPECT_EQ(count(cluster.log("prefill-0") + cluster.log("decode-1"), "event=cluster_auth_failed"), 0u)
+        << cluster.log("prefill-0") << cluster.log("decode-1");
+  }
 }
 
 TEST_F(ClusterKey, MissingOrEmptyKeyFileIsACliErrorNamingTheFlag) {

@@ -286,7 +286,8 @@ bool EtcdServer::start() {
                      dir_ + "/etcd.log");
   for (int i = 0; i < 200; ++i) {
     HttpResponse r = http(client_port_, "POST", "/v3/kv/range", R"({"key":"AA=="})", {}, 1000);
-    if (r.status == 200) return true;
+    // 400 "user name is empty": up, with authentication on.
+    if (r.status == 200 || r.status == 400) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return false;
@@ -294,8 +295,15 @@ bool EtcdServer::start() {
 
 void EtcdServer::stop() { process_.kill_now(); }
 
+std::string EtcdServer::ctl(const std::string& args, int* status) {
+  return shell("ETCDCTL_API=3 " + find_program("etcdctl") + " --endpoints=" + endpoint() + " --command-timeout=5s" +
+                   (ctl_user_.empty() ? "" : " --user '" + ctl_user_ + "'") + " " + args + " 2>&1",
+               status);
+}
+
 std::map<std::string, std::string> EtcdServer::get_prefix(const std::string& prefix) {
   std::string out = shell("ETCDCTL_API=3 " + find_program("etcdctl") + " --endpoints=" + endpoint() +
+                          (ctl_user_.empty() ? "" : " --user '" + ctl_user_ + "'") +
                           " --command-timeout=2s get --prefix '" + prefix + "' 2>/dev/null");
   std::map<std::string, std::string> kvs;
   std::stringstream in(out);
@@ -307,6 +315,7 @@ std::map<std::string, std::string> EtcdServer::get_prefix(const std::string& pre
 bool EtcdServer::put(const std::string& key, const std::string& value) {
   int status = 0;
   std::string out = shell("ETCDCTL_API=3 " + find_program("etcdctl") + " --endpoints=" + endpoint() +
+                          (ctl_user_.empty() ? "" : " --user '" + ctl_user_ + "'") +
                           " --command-timeout=2s put '" + key + "' '" + value + "' 2>&1", &status);
   return status == 0 && out == "OK";
 }

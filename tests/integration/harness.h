@@ -73,8 +73,13 @@ class EtcdServer {
   // etcdctl (the reference client, not our code): `etcdctl get --prefix P` as key -> value.
   std::map<std::string, std::string> get_prefix(const std::string& prefix);
   bool put(const std::string& key, const std::string& value);
+  // `etcdctl ARGS` on this server (ARGS as shell words); its output with stderr, `status` its exit status.
+  std::string ctl(const std::string& args, int* status = nullptr);
+  // Once etcd's authentication is on: the "user:password" etcdctl logs in with ("" = none).
+  void set_ctl_user(const std::string& user_and_password) { ctl_user_ = user_and_password; }
 
  private:
+  std::string ctl_user_;
   std::string dir_;
   int client_port_ = 0;
   int peer_port_ = 0;

@@ -1,8 +1,10 @@
 // The NATS prefill queue over TLS with credentials (issue 20): a real nats-server started with a
 // certificate made by the openssl CLI in the test, requiring a token (then a user and password, then
 // client certificates). Frontend and workers reach it with tls://…?ca=… and remote prefills go through
-// the queue; the credentials never appear in a log; bad settings are CLI errors naming the flag.
-// Not covered: a server that refuses the credentials or cannot be trusted (see docs/security.md).
+// the queue; the credentials never appear in a log; bad settings are CLI errors naming the flag. A
+// server that refuses the credentials or cannot be trusted fails the start of a frontend or worker
+// with an error naming the flag (a worker used to hang in libnats, never registered); one that starts
+// refusing them later is connected to again once it accepts them, with local prefills meanwhile.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -25,6 +27,12 @@ bool eventually(const std::function<bool()>& condition, int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return condition();
+}
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
 }
 
 class NatsTls : public ::testing::Test {
@@ -51,6 +59,7 @@ class NatsTls : public ::testing::Test {
   }
   // nats-server with JetStream over TLS, plus `auth` (its authorization flags).
   void start_server(std::vector<std::string> auth) {
+    fs::remove(dir_ + "/nats.log");  // the readiness check below counts its line
     std::vector<std::string> argv = {find_program("nats-server"), "-js", "-a", "127.0.0.1", "-p", std::to_string(port_),
                                      "-sd", dir_ + "/store", "--tls", "--tlscert", dir_ + "/server.pem", "--tlskey",
                                      dir_ + "/server.key"};
@@ -115,6 +124,98 @@ TEST_F(NatsTls, BadSettingsAreCliErrorsNamingTheFlag) {
     EXPECT_NE(out.find(expect), std::string::npos) << out;
     EXPECT_EQ(out.find("hunter2"), std::string::npos) << out;
   }
+}
+
+TEST_F(NatsTls, RefusedCredentialsOrUntrustedServer_FailTheStartNamingTheFlag_NoHang) {
+  start_server({"--user", "tandem", "--pass", "pa55word"});
+  const std::string ca = "?ca=" + dir_ + "/ca.pem";
+  for (const auto& [queue, expect] : std::vector<std::pair<std::string, std::string>>{
+           {url("tandem:wrong-pw@", ca), "Authentication Violation"},
+           {url("", ca), "Authentication Violation"},
+           {url("tandem:pa55word@", ""), "SSL"}}) {  // no ca=: the server's certificate is not trusted
+    for (const std::string& command :
+         {"frontend --port 0 --prefill-queue '" + queue + "'",
+          "worker --engine fake --frontend 127.0.0.1:1 --prefill-queue '" + queue + "'"}) {
+      int status = 0;
+      const auto start = std::chrono::steady_clock::now();
+      const std::string out = shell("timeout -k 5 60 " + tandem_binary() + " " + command + " 2>&1", &status);
+      EXPECT_NE(status, 0) << command << ": " << out;
+      EXPECT_NE(status, 124) << command << ": still running after 60 s";
+      EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << command;
+      EXPECT_NE(out.find("--prefill-queue"), std::string::npos) << out;
+      EXPECT_NE(out.find("refused this client"), std::string::npos) << out;
+      EXPECT_NE(out.find(expect), std::string::npos) << out;
+      EXPECT_EQ(out.find("wrong-pw"), std::string::npos) << out;
+      EXPECT_EQ(out.find("pa55word"), std::string::npos) << out;
+    }
+  }
+}
+
+// NATS not up yet when the cluster starts: frontend and workers start, register and serve (prefilling
+// locally); once the server is up, remote prefills go through it. The frontend and workers used to wait
+// in libnats's connect until NATS came up (connect retries without a callback block).
+TEST_F(NatsTls, NatsDownAtStart_EveryoneStartsAndServes_TheQueueIsUsedOnceItIsUp) {
+  const std::string queue = url("tandem:pa55word@", "?ca=" + dir_ + "/ca.pem");
+  Cluster cluster({"--prefill-queue", queue, "--max-local-prefill", "16", "--max-prefill-queue", "100000"});
+  ASSERT_NE(cluster.http_port(), 0) << cluster.log("frontend");
+  cluster.add_worker("prefill", {"--engine", "fake", "--prefill-queue", queue});
+  cluster.add_worker("decode", {"--engine", "fake", "--prefill-queue", queue});
+  ASSERT_TRUE(cluster.wait_for_workers(2)) << cluster.log("frontend") << cluster.log("decode-1");
+  int seed = 0;
+  auto long_prompt = [&] {
+    return cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(64, seed++) + R"(],"max_tokens":4})");
+  };
+  EXPECT_EQ(long_prompt().status, 200);
+  start_server({"--user", "tandem", "--pass", "pa55word"});
+  EXPECT_TRUE(eventually([&] {
+    EXPECT_EQ(long_prompt().status, 200);
+    return count_of(cluster.log("prefill-0"), "event=prefill_pulled") > 0;
+  }, 30000)) << cluster.log("frontend") << cluster.log("decode-1") << cluster.log("prefill-0");
+}
+
+// The server's password changes under running processes: libnats closes their connections for good
+// after two refusals; each process connects again on its own once the server takes its password back.
+TEST_F(NatsTls, ServerThatRefusesLater_IsConnectedToAgainOnceItAcceptsTheCredentials) {
+  start_server({"--user", "tandem", "--pass", "pa55word"});
+  const std::string queue = url("tandem:pa55word@", "?ca=" + dir_ + "/ca.pem");
+  Cluster cluster({"--prefill-queue", queue, "--max-local-prefill", "16", "--max-prefill-queue", "100000"});
+  cluster.add_worker("prefill", {"--engine", "fake", "--prefill-queue", queue});
+  cluster.add_worker("decode", {"--engine", "fake", "--prefill-queue", queue});
+  ASSERT_TRUE(cluster.wait_for_workers(2));
+  auto long_prompt = [&](int seed) {
+    return cluster.post("/v1/completions", R"({"prompt":[)" + random_prompt_ids(64, seed) + R"(],"max_tokens":4})");
+  };
+  ASSERT_EQ(long_prompt(0).status, 200);
+  ASSERT_EQ(cluster.metric("tandem_remote_prefills_total"), 1);
+
+  server_.kill_now();
+  start_server({"--user", "tandem", "--pass", "another-password"});
+  // Requests keep being served (prefilled locally) while the server refuses; the processes that use
+  // the queue on their own (the frontend reads its depth, the prefill worker pulls) say why.
+  int seed = 1;
+  EXPECT_TRUE(eventually([&] {
+    EXPECT_EQ(long_prompt(seed++).status, 200);
+    return cluster.log("frontend").find("event=prefill_queue_refused") != std::string::npos &&
+           cluster.log("prefill-0").find("event=prefill_queue_refused") != std::string::npos;
+  }, 30000)) << cluster.log("frontend") << cluster.log("prefill-0");
+  EXPECT_NE(cluster.log("prefill-0").find("refused this client: Authentication Violation"), std::string::npos)
+      << cluster.log("prefill-0");
+  const size_t pulled_before = count_of(cluster.log("prefill-0"), "event=prefill_pulled");
+
+  server_.kill_now();
+  start_server({"--user", "tandem", "--pass", "pa55word"});
+  // Through the queue again: the decode worker publishes and the prefill worker pulls, each on a new
+  // connection (libnats closed the old ones for good).
+  EXPECT_TRUE(eventually([&] {
+    EXPECT_EQ(long_prompt(seed++).status, 200);
+    return count_of(cluster.log("prefill-0"), "event=prefill_pulled") > pulled_before;
+  }, 30000)) << cluster.log("frontend") << cluster.log("decode-1") << cluster.log("prefill-0");
+  EXPECT_TRUE(eventually([&] {
+    return cluster.log("prefill-0").find("event=prefill_queue_connected") != std::string::npos &&
+           cluster.log("frontend").find("event=prefill_queue_connected") != std::string::npos;
+  }, 10000)) << cluster.log("frontend") << cluster.log("prefill-0");
+  const std::string logs = cluster.log("frontend") + cluster.log("prefill-0") + cluster.log("decode-1");
+  EXPECT_EQ(logs.find("pa55word"), std::string::npos);
 }
 
 }  // namespace

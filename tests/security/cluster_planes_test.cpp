@@ -109,8 +109,8 @@ bool closed_by_peer(int fd, std::string* bytes) {
 
 class ClusterPlanes : public ::testing::Test {
  protected:
-  void SetUp() override { set_cluster_key(kKey); }
-  void TearDown() override { set_cluster_key(""); }
+  void SetUp() override { set_cluster_keys({kKey}); }
+  void TearDown() override { set_cluster_keys({}); }
 };
 
 TEST_F(ClusterPlanes, RequestPlaneServesPeersWithTheKey) {
@@ -142,7 +142,7 @@ TEST_F(ClusterPlanes, RequestPlaneRefusesAPeerWithAnotherKey) {
   EchoServer server;
   auto fd = net::dial(server.address(), 2000);
   ASSERT_TRUE(fd.ok());
-  EXPECT_FALSE(authenticate_dialer(*fd, kOtherKey, "test", server.address(), 2000).ok());
+  EXPECT_FALSE(authenticate_dialer(*fd, {kOtherKey}, "test", server.address(), 2000).ok());
   close(*fd);
   EXPECT_EQ(server.handled(), 0);
   EXPECT_TRUE(round_trip(server.address()));
@@ -153,7 +153,7 @@ TEST_F(ClusterPlanes, DialerRefusesAListenerWithAnotherKey) {
   auto listener = net::Listener::bind("127.0.0.1", 0).value();
   std::atomic<bool> acceptor_passed{true};
   listener->start([&](int fd, std::string peer) {
-    acceptor_passed = authenticate_acceptor(fd, kOtherKey, "test", peer, 2000).ok();
+    acceptor_passed = authenticate_acceptor(fd, {kOtherKey}, "test", peer, 2000).ok();
     close(fd);
   });
   auto dialed = rpc::Connection::dial("127.0.0.1:" + std::to_string(listener->port()), 2000);
@@ -167,12 +167,12 @@ TEST_F(ClusterPlanes, DialerRefusesAListenerWithAnotherKey) {
 
 TEST_F(ClusterPlanes, KeylessListenerRefusesAKeyedDialer) {
   // The key is process-wide: the listener is keyless for the whole test and the dialer's side runs by hand.
-  set_cluster_key("");
+  set_cluster_keys({});
   EchoServer server;  // reads the hello's first word as a frame length over the limit and closes
   EXPECT_GT(kHandshakeMagic, rpc::Connection::kMaxFrameBytes);
   auto fd = net::dial(server.address(), 2000);
   ASSERT_TRUE(fd.ok());
-  EXPECT_FALSE(authenticate_dialer(*fd, kKey, "test", server.address(), 2000).ok());
+  EXPECT_FALSE(authenticate_dialer(*fd, {kKey}, "test", server.address(), 2000).ok());
   close(*fd);
   EXPECT_EQ(server.handled(), 0);
 }
@@ -216,7 +216,7 @@ TEST_F(ClusterPlanes, KvTransferWritesOnlyForPeersWithTheKey) {
   dst->expect("other", {0});
   auto other = net::dial(transfer::parse_peer_address(dst->address()).tcp, 2000);
   ASSERT_TRUE(other.ok());
-  EXPECT_FALSE(authenticate_dialer(*other, kOtherKey, "test", "dst", 2000).ok());
+  EXPECT_FALSE(authenticate_dialer(*other, {kOtherKey}, "test", "dst", 2000).ok());
   close(*other);
   ASSERT_TRUE(dst_memory->read_block(0, 0, got).ok());
   EXPECT_NE(got[0], std::byte{0x5a});

@@ -1,0 +1,37 @@
+// The etcd credentials flags of the processes that take `--registry etcd://...` (`frontend`, `worker`):
+// --etcd-user NAME and --etcd-password-file FILE, for an etcd with authentication on. The password is
+// read from a file, never given on the command line (where the process list shows it); credentials in
+// the --registry URL are refused for the same reason.
+//
+// Ownership: the command owns its EtcdFlags (CLI11 writes into it while parsing).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+#include <vector>
+
+#include "cluster/etcd.h"
+
+namespace tandem::cli {
+
+struct EtcdFlags {
+  std::string user;
+  std::string password_file;
+};
+
+void add_etcd_flags(CLI::App* cmd, EtcdFlags* flags);
+
+// The credentials the flags give (none without --etcd-user). Throws tandem::Error naming the flag: one
+// of the two flags without the other, either without an etcd:// `registry`, a password file that
+// cannot be read or is empty, a `registry` URL with user:password@ in it.
+cluster::EtcdCredentials load_etcd_credentials(const EtcdFlags& flags, const std::string& registry);
+
+// At start: whether etcd lets these credentials read `prefix` (the namespace's keys). Throws
+// tandem::Error, naming the flags, when etcd refuses them: a wrong password fails the start rather
+// than leaving a process that never registers. When etcd does not answer, logs one warning and
+// returns: the process starts and registers once etcd is up, as without credentials.
+void check_etcd_access(const std::vector<net::Endpoint>& endpoints, const cluster::EtcdCredentials& credentials,
+                       const std::string& prefix);
+
+}  // namespace tandem::cli
