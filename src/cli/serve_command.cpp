@@ -36,6 +36,7 @@
 #include "common/socket.h"
 #include "frontend/auth.h"
 #include "security/cluster_auth.h"
+#include "security/tls_stream.h"
 #ifdef TANDEM_HAVE_CUDA
 #include "backend/cuda/cuda_backend.h"
 #endif
@@ -80,6 +81,7 @@ struct ServeOptions {
   std::string tool_call_parser;                // passed to the frontend
   bool enable_auto_tool_choice = false;        // vLLM's flag, accepted (see the frontend's)
   std::vector<std::string> frontend_args;
+  std::string tls_cert, tls_key, tls_ca;  // HTTPS on the API: passed to the frontend
   std::vector<std::string> api_keys;  // to the frontend through its environment, never its argv
   int max_pending_requests = 0;
   double request_timeout_s = 0;
@@ -167,6 +169,12 @@ pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>
   return pid;
 }
 
+bool port_open(const std::string& host, int port) {
+  auto fd = net::dial(host + ":" + std::to_string(port), 500);
+  if (fd.ok()) close(*fd);
+  return fd.ok();
+}
+
 bool http_ok(const std::string& host, int port, const std::string& path) {
   auto fd = net::dial(host + ":" + std::to_string(port), 500);
   if (!fd.ok()) return false;
@@ -249,19 +257,30 @@ Runner add_serve_command(CLI::App& app) {
   cmd->add_option("--router-mode", o->router_mode, "The frontend's --router-mode (default kv)");
   cmd->add_option("--migration-limit", o->migration_limit, "The frontend's --migration-limit (default 3)");
   cmd->add_option("--frontend-arg", o->frontend_args, "Extra flag passed to the frontend (repeatable), e.g. --frontend-arg=--max-connections=1000");
+  cmd->add_option("--tls-cert", o->tls_cert, "Serve HTTPS: PEM certificate chain of the HTTP API (with --tls-key; the frontend's flag)");
+  cmd->add_option("--tls-key", o->tls_key, "PEM private key of --tls-cert");
+  cmd->add_option("--tls-ca", o->tls_ca, "PEM CA certificates: HTTPS clients must present a certificate one of them signed");
   add_cluster_flags(cmd, &o->cluster);
   cmd->add_option("--worker-arg", o->worker_args, "Extra flag passed to every worker (repeatable), e.g. --worker-arg=--num-kv-blocks=512");
   return [o]() {
     // Before any thread starts (make-model uses OpenMP), so that every thread blocks the signals.
     std::atomic<bool> stopping{false};
     handle_termination_signals([&stopping](int) { stopping.store(true); });
-    // A bad key file is reported before anything starts (each child loads it again).
+    // A bad key or cluster TLS file is reported before anything starts (each child loads them again).
     if (!o->cluster.key_file.empty()) {
       auto keys = security::load_cluster_keys(o->cluster.key_file);
       if (!keys.ok()) throw Error(keys.status().message());
     }
+    if (!o->cluster.tls_cert.empty() || !o->cluster.tls_key.empty() || !o->cluster.tls_ca.empty()) {
+      auto tls = security::TlsContext::load({o->cluster.tls_cert, o->cluster.tls_key, o->cluster.tls_ca}, "--cluster-tls");
+      if (!tls.ok()) throw Error(tls.status().message());
+    }
     // Absolute, so that a child started in another directory finds the same file.
-    if (!o->cluster.key_file.empty()) o->cluster.key_file = fs::absolute(o->cluster.key_file).string();
+    for (std::string* file : {&o->cluster.key_file, &o->cluster.tls_cert, &o->cluster.tls_key, &o->cluster.tls_ca,
+                              &o->tls_cert, &o->tls_key, &o->tls_ca}) {
+      if (!file->empty()) *file = fs::absolute(*file).string();
+    }
+    const bool https = !o->tls_cert.empty() || !o->tls_key.empty() || !o->tls_ca.empty();
     const std::vector<std::string> cluster_args = cluster_flag_args(o->cluster);
     const bool demo = o->model.empty();
     fs::path model = demo ? demo_model(o->cache_dir) : fs::path(o->model);
@@ -355,6 +374,9 @@ Runner add_serve_command(CLI::App& app) {
       frontend.argv.insert(frontend.argv.end(), {"--request-timeout-s", seconds});
     }
     frontend.argv.insert(frontend.argv.end(), cluster_args.begin(), cluster_args.end());
+    if (!o->tls_cert.empty()) frontend.argv.insert(frontend.argv.end(), {"--tls-cert", o->tls_cert});
+    if (!o->tls_key.empty()) frontend.argv.insert(frontend.argv.end(), {"--tls-key", o->tls_key});
+    if (!o->tls_ca.empty()) frontend.argv.insert(frontend.argv.end(), {"--tls-ca", o->tls_ca});
     if (!o->router_mode.empty()) frontend.argv.insert(frontend.argv.end(), {"--router-mode", o->router_mode});
     if (o->migration_limit >= 0) frontend.argv.insert(frontend.argv.end(), {"--migration-limit", std::to_string(o->migration_limit)});
     for (const auto& a : o->frontend_args) frontend.argv.push_back(a);
@@ -444,11 +466,13 @@ Runner add_serve_command(CLI::App& app) {
       c.started = std::chrono::steady_clock::now();
     }
 
-    const std::string url = "http://" + (o->host == "0.0.0.0" ? std::string("127.0.0.1") : o->host) + ":" + std::to_string(o->port);
+    const std::string url = (https ? "https://" : "http://") + (o->host == "0.0.0.0" ? std::string("127.0.0.1") : o->host) + ":" + std::to_string(o->port);
     bool announced = false;
     int exit_code = 0;
     while (!stopping.load()) {
-      if (!announced && http_ok(o->host == "0.0.0.0" ? "127.0.0.1" : o->host, o->port, "/health")) {
+      // Over HTTPS the probe (plain HTTP) cannot ask /health: the port accepting is the sign instead.
+      const std::string probe_host = o->host == "0.0.0.0" ? "127.0.0.1" : o->host;
+      if (!announced && (https ? port_open(probe_host, o->port) : http_ok(probe_host, o->port, "/health"))) {
         announced = true;
         std::printf("\nTandem is serving %s at %s  (%d prefill + %d decode worker%s, %s)\n",
                     demo ? "the demo model (random weights: its text is gibberish; pass --model DIR for real weights)" : model.c_str(),

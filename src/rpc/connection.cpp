@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "common/socket.h"
-#include "security/cluster_auth.h"
+#include "security/cluster_channel.h"
 
 namespace tandem::rpc {
 
@@ -32,25 +32,29 @@ struct Connection::State {
   CloseHandler on_close;
 };
 
-Connection::Connection(int fd, std::string peer, const char* plane)
-    : fd_(fd), peer_(std::move(peer)), plane_(plane), state_(std::make_unique<State>()) {
+Connection::Connection(int fd, std::string peer, const char* plane, std::unique_ptr<net::ByteStream> stream)
+    : fd_(fd), peer_(std::move(peer)), plane_(plane), state_(std::make_unique<State>()), stream_(std::move(stream)) {
   state_->authenticated = plane_ == nullptr;
 }
 
-Connection::~Connection() { ::close(fd_); }
+Connection::~Connection() {
+  stream_.reset();  // borrows the socket
+  ::close(fd_);
+}
 
 StatusOr<std::shared_ptr<Connection>> Connection::dial(const std::string& address, int timeout_ms, const char* plane) {
   auto fd = net::dial(address, timeout_ms);
   if (!fd.ok()) return fd.status();
-  if (Status auth = security::on_dialed(*fd, plane, address); !auth.ok()) {
+  auto stream = security::secure_dialed(*fd, plane, address);
+  if (!stream.ok()) {
     ::close(*fd);
-    return auth;
+    return stream.status();
   }
-  return std::shared_ptr<Connection>(new Connection(*fd, address, nullptr));
+  return std::shared_ptr<Connection>(new Connection(*fd, address, nullptr, std::move(*stream)));
 }
 
 std::shared_ptr<Connection> Connection::adopt(int fd, std::string peer, const char* plane) {
-  return std::shared_ptr<Connection>(new Connection(fd, std::move(peer), plane));
+  return std::shared_ptr<Connection>(new Connection(fd, std::move(peer), plane, nullptr));
 }
 
 void Connection::start(MessageHandler on_message, CloseHandler on_close) {
@@ -102,9 +106,11 @@ bool Connection::is_open() const {
 void Connection::reader_loop() {
   Status status;
   if (plane_ != nullptr) {
-    status = security::on_accepted(fd_, plane_, peer_);
+    auto stream = security::secure_accepted(fd_, plane_, peer_);
+    status = stream.status();
     if (status.ok()) {
       std::lock_guard<std::mutex> lock(state_->mu);
+      stream_ = std::move(*stream);
       state_->authenticated = true;
     }
     state_->cv.notify_all();
@@ -113,7 +119,7 @@ void Connection::reader_loop() {
   pb::Envelope message;
   while (status.ok()) {
     uint32_t length = 0;
-    status = net::read_full(fd_, &length, 4, peer_);
+    status = stream_->read_full(&length, 4);
     if (!status.ok()) break;
     length = ntohl(length);
     if (length > kMaxFrameBytes) {
@@ -127,7 +133,7 @@ void Connection::reader_loop() {
       const size_t at = buffer.size();
       const size_t step = std::min<size_t>(length - at, size_t{1} << 20);
       buffer.resize(at + step);
-      status = net::read_full(fd_, buffer.data() + at, step, peer_);
+      status = stream_->read_full(buffer.data() + at, step);
     }
     if (!status.ok()) break;
     if (!message.ParseFromString(buffer)) {
@@ -180,7 +186,7 @@ void Connection::writer_loop() {
     joined.clear();
     for (auto& frame : batch) joined += frame;
     batch.clear();
-    Status status = net::write_full(fd_, joined.data(), joined.size(), peer_);
+    Status status = stream_->write_full(joined.data(), joined.size());
     {
       std::lock_guard<std::mutex> lock(state_->mu);
       state_->writing = false;

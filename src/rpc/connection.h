@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "common/byte_stream.h"
 #include "common/status.h"
 #include "rpc/messages.pb.h"
 
@@ -30,14 +31,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Runs once, on the reader thread, when the connection ends for any reason.
   using CloseHandler = std::function<void(const Status& reason)>;
 
-  // Connects to "host:port" within timeout_ms, then, when the process has a cluster key, proves it and
-  // checks the peer's (security/cluster_auth.h; `plane` names the port in its log line). Unavailable
-  // with the address and the reason on failure.
+  // Connects to "host:port" within timeout_ms, then secures the connection as the process is set up to:
+  // TLS with cluster certificates, the cluster key's challenge-response with a key
+  // (security/cluster_channel.h; `plane` names the port in its log line). Unavailable with the address
+  // and the reason on failure.
   static StatusOr<std::shared_ptr<Connection>> dial(const std::string& address, int timeout_ms,
                                                     const char* plane = "request");
-  // Takes ownership of an accepted socket. With a cluster key, the reader runs the acceptor's side of
-  // the handshake before it reads any message, and the writer sends nothing until it has passed; a
-  // peer that fails it is closed (the close handler runs) without a message handled or sent.
+  // Takes ownership of an accepted socket. The reader runs the acceptor's side of the TLS and key
+  // handshakes (when the process has them) before it reads any message, and the writer sends nothing
+  // until they have passed; a peer that fails is closed (the close handler runs) without a message
+  // handled or sent.
   static std::shared_ptr<Connection> adopt(int fd, std::string peer, const char* plane = "request");
 
   ~Connection();
@@ -68,14 +71,17 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   struct State;
-  Connection(int fd, std::string peer, const char* plane);
+  Connection(int fd, std::string peer, const char* plane, std::unique_ptr<net::ByteStream> stream);
   void reader_loop();
   void writer_loop();
 
   const int fd_;
   const std::string peer_;
-  const char* const plane_;  // nullptr: dialed (authenticated already, or no key); else the acceptor's plane
+  const char* const plane_;  // nullptr: dialed (secured already); else the acceptor's plane
   std::unique_ptr<State> state_;
+  // What the threads read and write through (plain or TLS over fd_). Dialed: set at once; accepted: set
+  // by the reader once the handshakes pass, before `authenticated` lets the writer use it.
+  std::unique_ptr<net::ByteStream> stream_;
 };
 
 }  // namespace tandem::rpc

@@ -6,9 +6,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
-#include <poll.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 
 #include <cerrno>
 #include <chrono>
@@ -18,7 +16,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "common/socket.h"
+#include "common/byte_stream.h"
 
 namespace tandem::security {
 namespace {
@@ -57,43 +55,35 @@ using Clock = std::chrono::steady_clock;
 
 // Reads exactly `size` bytes before `deadline`: a peer that connects and sends nothing (or a byte at a
 // time) holds the handshake no longer than its timeout.
-Status read_before(int fd, uint8_t* data, size_t size, Clock::time_point deadline) {
+Status read_before(net::ByteStream& stream, uint8_t* data, size_t size, Clock::time_point deadline) {
   const size_t wanted = size;
   while (size > 0) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) return Status::DeadlineExceeded("timed out");
-    pollfd p{fd, POLLIN, 0};
-    int rc = ::poll(&p, 1, static_cast<int>(left));
-    if (rc < 0 && errno == EINTR) continue;
-    if (rc < 0) return Status::Unavailable(std::string("poll: ") + std::strerror(errno));
-    if (rc == 0) return Status::DeadlineExceeded("timed out");
-    ssize_t n = ::recv(fd, data, size, 0);
+    auto n = stream.read_some(data, size, static_cast<int>(left));
+    if (!n.ok()) return n.status();
     // Aborted: the peer left without a byte, as a TCP health check (a kubelet's tcpSocket probe) does.
-    if (n == 0) return size == wanted ? Status::Aborted("closed by the peer before sending anything")
-                                      : Status::Unavailable("closed by the peer");
-    if (n < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return Status::Unavailable(std::string("lost: ") + std::strerror(errno));
-    }
-    data += n;
-    size -= static_cast<size_t>(n);
+    if (*n == 0) return size == wanted ? Status::Aborted("closed by the peer before sending anything")
+                                       : Status::Unavailable("closed by the peer");
+    data += *n;
+    size -= *n;
   }
   return Status::Ok();
 }
 
-StatusOr<HandshakeFrame> read_frame(int fd, FrameType expected, Clock::time_point deadline) {
+StatusOr<HandshakeFrame> read_frame(net::ByteStream& stream, FrameType expected, Clock::time_point deadline) {
   uint8_t bytes[kFrameHeaderBytes + kNonceBytes + kMacBytes];
-  TANDEM_RETURN_IF_ERROR(read_before(fd, bytes, kFrameHeaderBytes, deadline));
+  TANDEM_RETURN_IF_ERROR(read_before(stream, bytes, kFrameHeaderBytes, deadline));
   std::string error;
   auto body = parse_frame_header(std::span(bytes, kFrameHeaderBytes), expected, &error);
   if (!body) return Status::InvalidArgument(error);
-  TANDEM_RETURN_IF_ERROR(read_before(fd, bytes + kFrameHeaderBytes, *body, deadline));
+  TANDEM_RETURN_IF_ERROR(read_before(stream, bytes + kFrameHeaderBytes, *body, deadline));
   return parse_frame(std::span(bytes, kFrameHeaderBytes + *body), expected);
 }
 
-Status write_frame(int fd, const HandshakeFrame& frame, const std::string& peer) {
+Status write_frame(net::ByteStream& stream, const HandshakeFrame& frame) {
   const std::string bytes = serialize_frame(frame);
-  return net::write_full(fd, bytes.data(), bytes.size(), peer);
+  return stream.write_full(bytes.data(), bytes.size());
 }
 
 std::array<uint8_t, kNonceBytes> fresh_nonce() {
@@ -149,7 +139,9 @@ struct LogWindow {
 std::mutex log_mu;
 std::map<std::string, LogWindow> log_windows;  // GUARDED_BY(log_mu), by plane and side
 
-Status failed(const std::string& plane, const std::string& peer, const char* side, const Status& why) {
+}  // namespace
+
+Status report_auth_failure(const std::string& plane, const std::string& peer, const char* side, const Status& why) {
   if (why.code() == StatusCode::kAborted && std::strcmp(side, "acceptor") == 0) {
     // Connected and left without a byte: nothing was attempted, so no warning (probes do this).
     spdlog::debug("event=cluster_auth_empty_connection plane={} peer={}", plane, peer);
@@ -171,10 +163,9 @@ Status failed(const std::string& plane, const std::string& peer, const char* sid
     spdlog::warn("event=cluster_auth_failed plane={} peer={} side={} reason=\"{}\" suppressed={}", plane, peer, side,
                  why.message(), suppressed);
   }
-  return Status::Unavailable("cluster key handshake with " + peer + " (" + plane + ") failed: " + why.message());
+  return Status::Unavailable("cluster handshake with " + peer + " (" + plane + ") failed: " + why.message());
 }
 
-}  // namespace
 
 std::shared_ptr<const ClusterKeys> cluster_keys() {
   std::lock_guard<std::mutex> lock(key_mu);
@@ -298,58 +289,60 @@ std::array<uint8_t, kMacBytes> handshake_mac(const std::string& key, bool server
   return mac;
 }
 
-Status authenticate_dialer(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
-                           int timeout_ms) {
-  if (keys.empty()) return failed(plane, peer, "dialer", Status::Internal("no cluster key to prove"));
+Status authenticate_dialer(net::ByteStream& stream, const ClusterKeys& keys, const std::string& plane,
+                           const std::string& peer, int timeout_ms) {
+  if (keys.empty()) return report_auth_failure(plane, peer, "dialer", Status::Internal("no cluster key to prove"));
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   HandshakeFrame hello;
   hello.type = FrameType::kHello;
   hello.nonce = fresh_nonce();
-  if (Status sent = write_frame(fd, hello, peer); !sent.ok()) return failed(plane, peer, "dialer", sent);
-  auto challenge = read_frame(fd, FrameType::kChallenge, deadline);
-  if (!challenge.ok()) return failed(plane, peer, "dialer", challenge.status());
+  if (Status sent = write_frame(stream, hello); !sent.ok()) return report_auth_failure(plane, peer, "dialer", sent);
+  auto challenge = read_frame(stream, FrameType::kChallenge, deadline);
+  if (!challenge.ok()) return report_auth_failure(plane, peer, "dialer", challenge.status());
   if (!proves_any(keys, challenge->mac, /*server=*/true, hello.nonce, challenge->nonce)) {
-    return failed(plane, peer, "dialer", not_held(keys));
+    return report_auth_failure(plane, peer, "dialer", not_held(keys));
   }
   HandshakeFrame response;
   response.type = FrameType::kResponse;
   response.mac = handshake_mac(keys.front(), /*server=*/false, hello.nonce, challenge->nonce);
-  if (Status sent = write_frame(fd, response, peer); !sent.ok()) return failed(plane, peer, "dialer", sent);
+  if (Status sent = write_frame(stream, response); !sent.ok()) return report_auth_failure(plane, peer, "dialer", sent);
   return Status::Ok();
 }
 
-Status authenticate_acceptor(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
-                             int timeout_ms) {
-  if (keys.empty()) return failed(plane, peer, "acceptor", Status::Internal("no cluster key to prove"));
+Status authenticate_acceptor(net::ByteStream& stream, const ClusterKeys& keys, const std::string& plane,
+                             const std::string& peer, int timeout_ms) {
+  if (keys.empty()) return report_auth_failure(plane, peer, "acceptor", Status::Internal("no cluster key to prove"));
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  auto hello = read_frame(fd, FrameType::kHello, deadline);
-  if (!hello.ok()) return failed(plane, peer, "acceptor", hello.status());
+  auto hello = read_frame(stream, FrameType::kHello, deadline);
+  if (!hello.ok()) return report_auth_failure(plane, peer, "acceptor", hello.status());
   HandshakeFrame challenge;
   challenge.type = FrameType::kChallenge;
   challenge.nonce = fresh_nonce();
   challenge.mac = handshake_mac(keys.front(), /*server=*/true, hello->nonce, challenge.nonce);
-  if (Status sent = write_frame(fd, challenge, peer); !sent.ok()) return failed(plane, peer, "acceptor", sent);
-  auto response = read_frame(fd, FrameType::kResponse, deadline);
+  if (Status sent = write_frame(stream, challenge); !sent.ok()) return report_auth_failure(plane, peer, "acceptor", sent);
+  auto response = read_frame(stream, FrameType::kResponse, deadline);
   if (!response.ok()) {
     // Only a peer that left before its hello is a probe; one that leaves after the challenge failed.
     const Status why = response.status().code() == StatusCode::kAborted ? Status::Unavailable("closed by the peer")
                                                                          : response.status();
-    return failed(plane, peer, "acceptor", why);
+    return report_auth_failure(plane, peer, "acceptor", why);
   }
   if (!proves_any(keys, response->mac, /*server=*/false, hello->nonce, challenge.nonce)) {
-    return failed(plane, peer, "acceptor", not_held(keys));
+    return report_auth_failure(plane, peer, "acceptor", not_held(keys));
   }
   return Status::Ok();
 }
 
-Status on_dialed(int fd, const std::string& plane, const std::string& peer) {
-  auto keys = cluster_keys();
-  return keys ? authenticate_dialer(fd, *keys, plane, peer) : Status::Ok();
+Status authenticate_dialer(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
+                           int timeout_ms) {
+  net::PlainStream stream(fd, peer);
+  return authenticate_dialer(stream, keys, plane, peer, timeout_ms);
 }
 
-Status on_accepted(int fd, const std::string& plane, const std::string& peer) {
-  auto keys = cluster_keys();
-  return keys ? authenticate_acceptor(fd, *keys, plane, peer) : Status::Ok();
+Status authenticate_acceptor(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
+                             int timeout_ms) {
+  net::PlainStream stream(fd, peer);
+  return authenticate_acceptor(stream, keys, plane, peer, timeout_ms);
 }
 
 }  // namespace tandem::security

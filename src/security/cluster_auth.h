@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "common/byte_stream.h"
 #include "common/status.h"
 
 namespace tandem::security {
@@ -79,18 +80,24 @@ std::string serialize_frame(const HandshakeFrame& frame);
 std::array<uint8_t, kMacBytes> handshake_mac(const std::string& key, bool server, std::span<const uint8_t> client_nonce,
                                              std::span<const uint8_t> server_nonce);
 
-// The two sides on a connected blocking socket the caller owns, each within timeout_ms. Each proves
-// keys.front() and checks the peer's proof against every key in `keys`. REQUIRES: keys not empty.
-// Ok once the peer has proven one of `keys`; otherwise Unavailable (the caller closes the socket, as after any lost
-// connection) and one `event=cluster_auth_failed plane=<plane> peer=<peer> side=... reason=...
-// suppressed=N` warning is logged (at most one a second per plane and side; N counts those left out).
+// The two sides over a stream (plain or TLS, security/cluster_channel.h), each within timeout_ms. Each
+// proves keys.front() and checks the peer's proof against every key in `keys`. REQUIRES: keys not empty.
+// Ok once the peer has proven one of `keys`; otherwise Unavailable (the caller closes the socket, as
+// after any lost connection) and one `event=cluster_auth_failed plane=<plane> peer=<peer> side=...
+// reason=... suppressed=N` warning is logged (report_auth_failure).
+Status authenticate_dialer(net::ByteStream& stream, const ClusterKeys& keys, const std::string& plane,
+                           const std::string& peer, int timeout_ms = kHandshakeTimeoutMs);
+Status authenticate_acceptor(net::ByteStream& stream, const ClusterKeys& keys, const std::string& plane,
+                             const std::string& peer, int timeout_ms = kHandshakeTimeoutMs);
+// The same on a connected blocking socket the caller owns, without TLS (tests, fuzz targets).
 Status authenticate_dialer(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
                            int timeout_ms = kHandshakeTimeoutMs);
 Status authenticate_acceptor(int fd, const ClusterKeys& keys, const std::string& plane, const std::string& peer,
                              int timeout_ms = kHandshakeTimeoutMs);
 
-// The hooks the planes call: the handshake with the process's keys when it has some, else Ok at once.
-Status on_dialed(int fd, const std::string& plane, const std::string& peer);
-Status on_accepted(int fd, const std::string& plane, const std::string& peer);
+// Logs a peer refused by the cluster key or by TLS: one `event=cluster_auth_failed` warning, at most one
+// a second per plane and side (N counts those left out), none for an acceptor's peer that left without
+// a byte (`why` Aborted: a TCP health check). Returns the Unavailable status to hand on.
+Status report_auth_failure(const std::string& plane, const std::string& peer, const char* side, const Status& why);
 
 }  // namespace tandem::security

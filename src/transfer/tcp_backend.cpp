@@ -15,12 +15,12 @@
 //   nccl:    "TKN1" u32 | id_len u32 | num_blocks u32 | link_len u32 | timeout_ms u32 | id bytes | link id bytes |
 //            num_blocks x (layer i32 | block i32)          (two acks: claimed, then received)
 //   ack:     "TKA1" u32 | status_code u32 | msg_len u32 | msg bytes      (after each of the above)
-// With a cluster key, every connection starts with its handshake (security/cluster_auth.h).
+// Every connection is first secured as the process is set up (security/cluster_channel.h): TLS with
+// cluster certificates, then the cluster key's handshake with a key; the frames then travel inside.
 #include <arpa/inet.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,7 +34,8 @@
 
 #include "common/error.h"
 #include "common/socket.h"
-#include "security/cluster_auth.h"
+#include "common/byte_stream.h"
+#include "security/cluster_channel.h"
 #include "transfer/expectations.h"
 #include "transfer/transfer.h"
 #include "transfer/transport_choice.h"
@@ -54,14 +55,6 @@ constexpr uint32_t kMaxIdBytes = 1024;
 uint64_t hton64(uint64_t v) { return (static_cast<uint64_t>(htonl(v & 0xffffffffu)) << 32) | htonl(v >> 32); }
 uint64_t ntoh64(uint64_t v) { return hton64(v); }
 
-void set_timeouts(int fd, int timeout_ms) {
-  timeval tv{};
-  tv.tv_sec = timeout_ms / 1000;
-  tv.tv_usec = (timeout_ms % 1000) * 1000;
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-}
-
 // A control message in one buffer, so that it goes out in one write and wakes the receiver once: the
 // header words, the transfer id, then the payload words (all already in network order).
 std::vector<std::byte> control_message(std::span<const uint32_t> header, const std::string& transfer_id,
@@ -76,24 +69,44 @@ std::vector<std::byte> control_message(std::span<const uint32_t> header, const s
   return out;
 }
 
-Status send_ack(int fd, const std::string& peer, const Status& result) {
+Status send_ack(net::ByteStream& stream, const Status& result) {
   uint32_t ack[3] = {htonl(kAckMagic), htonl(static_cast<uint32_t>(result.code())),
                      htonl(static_cast<uint32_t>(result.message().size()))};
-  TANDEM_RETURN_IF_ERROR(net::write_full(fd, ack, sizeof(ack), peer));
-  return net::write_full(fd, result.message().data(), result.message().size(), peer);
+  TANDEM_RETURN_IF_ERROR(stream.write_full(ack, sizeof(ack)));
+  return stream.write_full(result.message().data(), result.message().size());
 }
 
 // Reads an ack into *verdict (the receiver's answer); the returned status is the connection's.
-Status read_ack(int fd, const std::string& peer, Status* verdict) {
+Status read_ack(net::ByteStream& stream, Status* verdict) {
   uint32_t ack[3];
-  TANDEM_RETURN_IF_ERROR(net::read_full(fd, ack, sizeof(ack), peer));
-  if (ntohl(ack[0]) != kAckMagic) return Status::Corruption("bad KV transfer ack from " + peer);
+  TANDEM_RETURN_IF_ERROR(stream.read_full(ack, sizeof(ack)));
+  if (ntohl(ack[0]) != kAckMagic) return Status::Corruption("bad KV transfer ack from " + stream.peer());
   std::string message(std::min<uint32_t>(ntohl(ack[2]), 4096), '\0');
-  TANDEM_RETURN_IF_ERROR(net::read_full(fd, message.data(), message.size(), peer));
+  TANDEM_RETURN_IF_ERROR(stream.read_full(message.data(), message.size()));
   auto code = static_cast<StatusCode>(ntohl(ack[1]));
   *verdict = code == StatusCode::kOk ? Status::Ok() : Status(code, message);
   return Status::Ok();
 }
+
+// A pusher's connection to a receiver: the socket and the stream (plain or TLS) over it, pooled between
+// pushes. Dropping it closes the socket.
+class Channel {
+ public:
+  Channel(int fd, std::unique_ptr<net::ByteStream> stream) : fd_(fd), stream_(std::move(stream)) {}
+  ~Channel() {
+    stream_.reset();  // borrows the socket
+    ::close(fd_);
+  }
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  int fd() const { return fd_; }
+  net::ByteStream& stream() { return *stream_; }
+
+ private:
+  const int fd_;
+  std::unique_ptr<net::ByteStream> stream_;
+};
+using ChannelPtr = std::unique_ptr<Channel>;
 
 // Receiver side state, used by the connection threads. The backend joins every connection thread
 // on shutdown: a thread left running past the backend (they were detached once) could drop the last
@@ -147,27 +160,30 @@ struct Receiver {
   void serve(int fd, const std::string& peer) {
     std::vector<std::byte> buffer(memory->block_bytes());
     std::vector<std::string> claimed;  // device-path claims of this connection, released if it drops
-    // With a cluster key, nothing is read from a peer (no frame, no block) before it has proven it.
-    const bool admitted = security::on_accepted(fd, "kv_transfer", peer).ok();
-    while (admitted) {
+    // Nothing is read from a peer (no frame, no block) before it has passed TLS and the cluster key, as
+    // far as the process uses them.
+    auto secured = security::secure_accepted(fd, "kv_transfer", peer);
+    while (secured.ok()) {
+      net::ByteStream& s = **secured;
       uint32_t magic;
-      if (!net::read_full(fd, &magic, sizeof(magic), peer).ok()) break;
+      if (!s.read_full(&magic, sizeof(magic)).ok()) break;
       magic = ntohl(magic);
       bool ok = false;
       if (magic == kPushMagic) {
-        ok = serve_push(fd, peer, buffer);
+        ok = serve_push(s, buffer);
       } else if (magic == kClaimMagic) {
-        ok = serve_claim(fd, peer, claimed);
+        ok = serve_claim(s, claimed);
       } else if (magic == kReleaseMagic) {
-        ok = serve_release(fd, peer, claimed);
+        ok = serve_release(s, claimed);
       } else if (magic == kNcclMagic) {
-        ok = serve_nccl(fd, peer);
+        ok = serve_nccl(s);
       } else {
         spdlog::warn("event=kv_transfer_bad_frame peer={}", peer);
       }
       if (!ok) break;
     }
     for (const auto& id : claimed) expectations.release(id);
+    if (secured.ok()) secured->reset();  // the stream borrows fd
     std::lock_guard<std::mutex> lock(mu);
     ::close(fd);
     auto self = connections.find(fd);
@@ -178,9 +194,9 @@ struct Receiver {
   }
 
   // One TKV1 frame after its magic; false when the connection is unusable.
-  bool serve_push(int fd, const std::string& peer, std::vector<std::byte>& buffer) {
+  bool serve_push(net::ByteStream& s, std::vector<std::byte>& buffer) {
     uint32_t header[4];
-    if (!net::read_full(fd, header, sizeof(header), peer).ok()) return false;
+    if (!s.read_full(header, sizeof(header)).ok()) return false;
     uint32_t id_len = ntohl(header[0]);
     uint32_t num_blocks = ntohl(header[1]);
     uint64_t block_bytes;
@@ -188,7 +204,7 @@ struct Receiver {
     block_bytes = ntoh64(block_bytes);
     if (id_len > kMaxIdBytes || block_bytes > (1u << 30)) return false;
     std::string id(id_len, '\0');
-    if (!net::read_full(fd, id.data(), id_len, peer).ok()) return false;
+    if (!s.read_full(id.data(), id_len).ok()) return false;
     // A geometry mismatch still drains the records so the connection stays usable.
     Status result = block_bytes == memory->block_bytes()
                         ? Status::Ok()
@@ -198,54 +214,54 @@ struct Receiver {
     // allocated: the header alone could otherwise make the receiver zero 1 GiB (tests/fuzz/kv_transfer_fuzz).
     for (uint32_t i = 0; i < num_blocks; ++i) {
       int32_t where[2];
-      if (!net::read_full(fd, where, sizeof(where), peer).ok()) return false;
+      if (!s.read_full(where, sizeof(where)).ok()) return false;
       if (!result.ok()) {
         for (uint64_t left = block_bytes; left > 0;) {
           const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buffer.size()));
-          if (n == 0 || !net::read_full(fd, buffer.data(), n, peer).ok()) return false;
+          if (n == 0 || !s.read_full(buffer.data(), n).ok()) return false;
           left -= n;
         }
         continue;
       }
-      if (!net::read_full(fd, buffer.data(), block_bytes, peer).ok()) return false;
+      if (!s.read_full(buffer.data(), block_bytes).ok()) return false;
       result = expectations.write(*memory, id, static_cast<int32_t>(ntohl(where[0])),
                                   static_cast<int32_t>(ntohl(where[1])), buffer);
     }
-    if (!send_ack(fd, peer, result).ok()) return false;
+    if (!send_ack(s, result).ok()) return false;
     spdlog::debug("event=kv_transfer_received transfer_id={} num_blocks={} status={}", id, num_blocks,
                   result.ok() ? "ok" : result.to_string());
     return true;
   }
 
-  bool serve_claim(int fd, const std::string& peer, std::vector<std::string>& claimed) {
+  bool serve_claim(net::ByteStream& s, std::vector<std::string>& claimed) {
     uint32_t header[2];
-    if (!net::read_full(fd, header, sizeof(header), peer).ok()) return false;
+    if (!s.read_full(header, sizeof(header)).ok()) return false;
     uint32_t id_len = ntohl(header[0]);
     uint32_t num_blocks = ntohl(header[1]);
     if (id_len > kMaxIdBytes || num_blocks > kMaxClaimBlocks) return false;
     std::string id(id_len, '\0');
     std::vector<int32_t> blocks(num_blocks);
-    if (!net::read_full(fd, id.data(), id_len, peer).ok() ||
-        !net::read_full(fd, blocks.data(), blocks.size() * sizeof(int32_t), peer).ok()) {
+    if (!s.read_full(id.data(), id_len).ok() ||
+        !s.read_full(blocks.data(), blocks.size() * sizeof(int32_t)).ok()) {
       return false;
     }
     for (auto& b : blocks) b = static_cast<int32_t>(ntohl(static_cast<uint32_t>(b)));
     Status result = expectations.claim(id, blocks);
     if (result.ok()) claimed.push_back(id);
-    return send_ack(fd, peer, result).ok();
+    return send_ack(s, result).ok();
   }
 
   // One TKN1 frame after its magic: claim, ack, join the link on first use, receive in order, release, ack.
-  bool serve_nccl(int fd, const std::string& peer) {
+  bool serve_nccl(net::ByteStream& s) {
     uint32_t header[4];
-    if (!net::read_full(fd, header, sizeof(header), peer).ok()) return false;
+    if (!s.read_full(header, sizeof(header)).ok()) return false;
     const uint32_t id_len = ntohl(header[0]), num_blocks = ntohl(header[1]), link_len = ntohl(header[2]);
     const int timeout_ms = static_cast<int>(std::min<uint32_t>(ntohl(header[3]), 3600u * 1000u));
     if (id_len > kMaxIdBytes || link_len > kMaxLinkIdBytes || num_blocks > kMaxClaimBlocks) return false;
     std::string id(id_len, '\0'), link_id(link_len, '\0');
     std::vector<int32_t> where(2ull * num_blocks);
-    if (!net::read_full(fd, id.data(), id_len, peer).ok() || !net::read_full(fd, link_id.data(), link_len, peer).ok() ||
-        !net::read_full(fd, where.data(), where.size() * sizeof(int32_t), peer).ok()) {
+    if (!s.read_full(id.data(), id_len).ok() || !s.read_full(link_id.data(), link_len).ok() ||
+        !s.read_full(where.data(), where.size() * sizeof(int32_t)).ok()) {
       return false;
     }
     std::vector<BlockRef> refs(num_blocks);
@@ -259,7 +275,7 @@ struct Receiver {
     blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
     Status claimed = memory->link_device().empty() ? Status::Unsupported("the receiver has no NCCL path")
                                                    : expectations.claim(id, blocks);
-    if (!send_ack(fd, peer, claimed).ok()) {
+    if (!send_ack(s, claimed).ok()) {
       if (claimed.ok()) expectations.release(id);
       return false;
     }
@@ -268,7 +284,7 @@ struct Receiver {
     expectations.release(id);
     spdlog::debug("event=kv_transfer_received transfer_id={} num_blocks={} transport=nccl status={}", id, num_blocks,
                   result.ok() ? "ok" : result.to_string());
-    return send_ack(fd, peer, result).ok();
+    return send_ack(s, result).ok();
   }
 
   Status receive_on_link(const std::string& link_id, std::span<const BlockRef> refs, int timeout_ms) {
@@ -295,19 +311,19 @@ struct Receiver {
     return received;
   }
 
-  bool serve_release(int fd, const std::string& peer, std::vector<std::string>& claimed) {
+  bool serve_release(net::ByteStream& s, std::vector<std::string>& claimed) {
     uint32_t id_len;
-    if (!net::read_full(fd, &id_len, sizeof(id_len), peer).ok()) return false;
+    if (!s.read_full(&id_len, sizeof(id_len)).ok()) return false;
     id_len = ntohl(id_len);
     if (id_len > kMaxIdBytes) return false;
     std::string id(id_len, '\0');
-    if (!net::read_full(fd, id.data(), id_len, peer).ok()) return false;
+    if (!s.read_full(id.data(), id_len).ok()) return false;
     auto it = std::find(claimed.begin(), claimed.end(), id);
     if (it != claimed.end()) {
       claimed.erase(it);
       expectations.release(id);
     }
-    return send_ack(fd, peer, Status::Ok()).ok();
+    return send_ack(s, Status::Ok()).ok();
   }
 };
 
@@ -343,9 +359,7 @@ class TcpBackend : public TransferBackend {
   ~TcpBackend() override {
     shutdown();
     std::lock_guard<std::mutex> lock(pool_mu_);
-    for (auto& [peer, idle] : pool_) {
-      for (const Idle& i : idle) ::close(i.fd);
-    }
+    pool_.clear();
   }
 
   std::string name() const override { return nccl_ && !device_path_ ? "nccl" : device_path_ ? "cuda_ipc" : "tcp"; }
@@ -375,17 +389,17 @@ class TcpBackend : public TransferBackend {
     // A pooled connection may have gone stale (the peer restarted): one retry on a fresh one.
     for (int attempt = 0;; ++attempt) {
       bool pooled = false;
-      auto fd = take_connection(peer, timeout_ms, &pooled);
-      if (!fd.ok()) return fd.status();
-      set_timeouts(*fd, std::max(1, timeout_ms));
-      auto stats = push_on(*fd, peer, transfer_id, copies);
+      auto channel = take_connection(peer, timeout_ms, &pooled);
+      if (!channel.ok()) return channel.status();
+      (*channel)->stream().set_timeout(std::max(1, timeout_ms));
+      auto stats = push_on((*channel)->stream(), peer, transfer_id, copies);
       if (stats.ok()) {
         stats->transport = "tcp";
-        give_back(peer, *fd);
+        give_back(peer, std::move(*channel));
         stats->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         return stats;
       }
-      ::close(*fd);
+      channel->reset();
       if (stats.status().code() != StatusCode::kUnavailable || !pooled || attempt > 0) {
         if (std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(timeout_ms)) {
           return Status::DeadlineExceeded("KV push to " + peer + " took over " + std::to_string(timeout_ms) + " ms");
@@ -435,17 +449,17 @@ class TcpBackend : public TransferBackend {
     auto claimed = send_claim(peer, claim, timeout_ms, &verdict);
     if (!claimed.ok()) return claimed.status();
     if (!verdict.ok()) return Status(verdict.code(), "KV claim at " + peer + " refused: " + verdict.message());
-    const int fd = *claimed;
+    ChannelPtr channel = std::move(*claimed);
     Status copied = memory_->copy_to_peer(target.device_handles, copies);
     // Release whatever the copy did: the receiver's forget() waits for it. Its ack is read by the
     // connection's next user (take_connection), not waited for here: the bytes are already in place.
     const uint32_t release_header[2] = {htonl(kReleaseMagic), htonl(static_cast<uint32_t>(transfer_id.size()))};
     const std::vector<std::byte> release = control_message(release_header, transfer_id);
-    Status released = net::write_full(fd, release.data(), release.size(), peer);
+    Status released = channel->stream().write_full(release.data(), release.size());
     if (released.ok()) {
-      give_back(peer, fd, /*ack_pending=*/true);
+      give_back(peer, std::move(channel), /*ack_pending=*/true);
     } else {
-      ::close(fd);  // the receiver releases the claim when the connection drops
+      channel.reset();  // the receiver releases the claim when the connection drops
     }
     if (copied.code() == StatusCode::kUnavailable) {
       *fall_back = true;
@@ -504,13 +518,13 @@ class TcpBackend : public TransferBackend {
       *fall_back = verdict.code() == StatusCode::kUnsupported;
       return Status(verdict.code(), "KV claim at " + peer + " refused: " + verdict.message());
     }
-    const int fd = *claimed;
+    ChannelPtr channel = std::move(*claimed);
     // The receiver now joins the link (first use) and waits for the blocks; a failure here leaves it to
     // its receive timeout, after which it releases the claim and answers.
     if (fresh) {
       auto opened = memory_->open_link(link->id, 0);
       if (!opened.ok()) {
-        ::close(fd);
+        channel.reset();
         *fall_back = true;
         return opened.status();
       }
@@ -518,11 +532,11 @@ class TcpBackend : public TransferBackend {
     }
     Status sent = link->link->send(sources, timeout_ms);
     if (!sent.ok()) link->link.reset();
-    Status acked = read_ack(fd, peer, &verdict);  // the second ack: the blocks arrived
+    Status acked = read_ack(channel->stream(), &verdict);  // the second ack: the blocks arrived
     if (acked.ok()) {
-      give_back(peer, fd);
+      give_back(peer, std::move(channel));
     } else {
-      ::close(fd);
+      channel.reset();
     }
     if (!sent.ok()) {
       *fall_back = true;
@@ -537,7 +551,7 @@ class TcpBackend : public TransferBackend {
     return stats;
   }
 
-  StatusOr<TransferStats> push_on(int fd, const std::string& peer, const std::string& transfer_id,
+  StatusOr<TransferStats> push_on(net::ByteStream& stream, const std::string& peer, const std::string& transfer_id,
                                   std::span<const BlockCopy> copies) {
     const size_t block_bytes = memory_->block_bytes();
     uint32_t header[5] = {htonl(kPushMagic), htonl(static_cast<uint32_t>(transfer_id.size())),
@@ -546,20 +560,20 @@ class TcpBackend : public TransferBackend {
     std::memcpy(&header[3], &bytes_be, 8);
     // [8 + block_bytes] per record, host: the record header and the block's bytes in one write.
     std::vector<std::byte> record(8 + block_bytes);
-    TANDEM_RETURN_IF_ERROR(net::write_full(fd, header, sizeof(header), peer));
-    TANDEM_RETURN_IF_ERROR(net::write_full(fd, transfer_id.data(), transfer_id.size(), peer));
+    TANDEM_RETURN_IF_ERROR(stream.write_full(header, sizeof(header)));
+    TANDEM_RETURN_IF_ERROR(stream.write_full(transfer_id.data(), transfer_id.size()));
     TransferStats stats;
     for (const BlockCopy& copy : copies) {
       TANDEM_RETURN_IF_ERROR(memory_->read_block(copy.layer, copy.src_block, std::span(record).subspan(8)));
       int32_t where[2] = {static_cast<int32_t>(htonl(static_cast<uint32_t>(copy.layer))),
                           static_cast<int32_t>(htonl(static_cast<uint32_t>(copy.dst_block)))};
       std::memcpy(record.data(), where, 8);
-      TANDEM_RETURN_IF_ERROR(net::write_full(fd, record.data(), record.size(), peer));
+      TANDEM_RETURN_IF_ERROR(stream.write_full(record.data(), record.size()));
       stats.num_bytes += static_cast<int64_t>(block_bytes);
       ++stats.num_blocks;
     }
     Status verdict;
-    TANDEM_RETURN_IF_ERROR(read_ack(fd, peer, &verdict));
+    TANDEM_RETURN_IF_ERROR(read_ack(stream, &verdict));
     if (!verdict.ok()) return Status(verdict.code(), "KV push to " + peer + " refused: " + verdict.message());
     return stats;
   }
@@ -568,60 +582,60 @@ class TcpBackend : public TransferBackend {
   // stale (the peer restarted) gets one retry on a fresh one. Returns the connection with *verdict set
   // to the receiver's answer; a refused claim's connection is already given back (the caller must not
   // use it). An error: no answer could be had, the connection is closed.
-  StatusOr<int> send_claim(const std::string& peer, const std::vector<std::byte>& claim, int timeout_ms, Status* verdict) {
+  StatusOr<ChannelPtr> send_claim(const std::string& peer, const std::vector<std::byte>& claim, int timeout_ms,
+                                  Status* verdict) {
     for (int attempt = 0;; ++attempt) {
       bool pooled = false;
       auto dialed = take_connection(peer, timeout_ms, &pooled);
       if (!dialed.ok()) return dialed.status();
-      const int fd = *dialed;
-      set_timeouts(fd, std::max(1, timeout_ms));
-      Status sent = net::write_full(fd, claim.data(), claim.size(), peer);
-      if (sent.ok()) sent = read_ack(fd, peer, verdict);
+      ChannelPtr channel = std::move(*dialed);
+      net::ByteStream& stream = channel->stream();
+      stream.set_timeout(std::max(1, timeout_ms));
+      Status sent = stream.write_full(claim.data(), claim.size());
+      if (sent.ok()) sent = read_ack(stream, verdict);
       if (sent.ok()) {
-        if (!verdict->ok()) give_back(peer, fd);
-        return fd;
+        if (!verdict->ok()) give_back(peer, std::move(channel));
+        return channel;
       }
-      ::close(fd);
+      channel.reset();
       if (!pooled || attempt > 0) return sent;
     }
   }
 
-  StatusOr<int> take_connection(const std::string& peer, int timeout_ms, bool* pooled) {
+  StatusOr<ChannelPtr> take_connection(const std::string& peer, int timeout_ms, bool* pooled) {
     while (true) {
       Idle idle;
       {
         std::lock_guard<std::mutex> lock(pool_mu_);
         auto& list = pool_[peer];
         if (list.empty()) break;
-        idle = list.back();
+        idle = std::move(list.back());
         list.pop_back();
       }
       if (idle.ack_pending) {
-        set_timeouts(idle.fd, std::max(1, timeout_ms));
+        idle.channel->stream().set_timeout(std::max(1, timeout_ms));
         Status verdict;
-        if (!read_ack(idle.fd, peer, &verdict).ok()) {
-          ::close(idle.fd);
-          continue;
-        }
+        if (!read_ack(idle.channel->stream(), &verdict).ok()) continue;  // dropping it closes it
       }
       *pooled = true;
-      return idle.fd;
+      return std::move(idle.channel);
     }
     *pooled = false;
     auto fd = net::dial(peer, timeout_ms);
-    if (!fd.ok()) return fd;
-    if (Status auth = security::on_dialed(*fd, "kv_transfer", peer); !auth.ok()) {
+    if (!fd.ok()) return fd.status();
+    auto stream = security::secure_dialed(*fd, "kv_transfer", peer);
+    if (!stream.ok()) {
       ::close(*fd);
-      return auth;
+      return stream.status();
     }
-    return fd;
+    return std::make_unique<Channel>(*fd, std::move(*stream));
   }
 
-  // ack_pending: a release was sent on fd and its ack not yet read.
-  void give_back(const std::string& peer, int fd, bool ack_pending = false) {
+  // ack_pending: a release was sent on the channel and its ack not yet read.
+  void give_back(const std::string& peer, ChannelPtr channel, bool ack_pending = false) {
     std::lock_guard<std::mutex> lock(pool_mu_);
     prune_closed_locked();
-    pool_[peer].push_back(Idle{fd, ack_pending});
+    pool_[peer].push_back(Idle{std::move(channel), ack_pending});
   }
 
   // Closes the idle connections whose peer has hung up and forgets peers left with none. A receiver
@@ -632,19 +646,16 @@ class TcpBackend : public TransferBackend {
   void prune_closed_locked() {
     std::vector<pollfd> fds;
     for (const auto& [peer, idle] : pool_) {
-      for (const Idle& i : idle) fds.push_back(pollfd{i.fd, POLLRDHUP, 0});
+      for (const Idle& i : idle) fds.push_back(pollfd{i.channel->fd(), POLLRDHUP, 0});
     }
     if (fds.empty() || ::poll(fds.data(), fds.size(), 0) <= 0) return;
     size_t k = 0;
     for (auto it = pool_.begin(); it != pool_.end();) {
       auto& idle = it->second;
       std::vector<Idle> kept;
-      for (const Idle& i : idle) {
-        if (fds[k++].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
-          ::close(i.fd);
-        } else {
-          kept.push_back(i);
-        }
+      for (Idle& i : idle) {
+        // A hung-up one is dropped, which closes it.
+        if (!(fds[k++].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) kept.push_back(std::move(i));
       }
       idle = std::move(kept);
       it = idle.empty() ? pool_.erase(it) : std::next(it);
@@ -668,7 +679,7 @@ class TcpBackend : public TransferBackend {
   std::map<std::string, std::shared_ptr<PeerLink>> links_;  // GUARDED_BY(links_mu_)
   std::mutex pool_mu_;
   struct Idle {
-    int fd = -1;
+    ChannelPtr channel;
     bool ack_pending = false;
   };
   std::map<std::string, std::vector<Idle>> pool_;  // GUARDED_BY(pool_mu_): idle connections per peer

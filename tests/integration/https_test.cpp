@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "harness.h"
+#include "testing/test_certificates.h"
 
 namespace tandem::testing {
 namespace {
@@ -33,34 +34,20 @@ bool eventually(const std::function<bool()>& condition, int timeout_ms) {
 
 class Https : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/tandem-https-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    // A CA, a server certificate for 127.0.0.1 signed by it, a client certificate signed by it, and a
-    // second CA with a client certificate of its own (not to be trusted).
-    const std::string d = dir_;
-    int status = 0;
-    shell("cd " + d + " && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext"
-          " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=tandem-test-ca -keyout ca.key -out ca.pem"
-          " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca -keyout other-ca.key -out other-ca.pem"
-          " && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr"
-          " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.pem"
-          " && openssl req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr"
-          " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem"
-          " && openssl req -newkey rsa:2048 -nodes -subj /CN=intruder -keyout intruder.key -out intruder.csr"
-          " && openssl x509 -req -in intruder.csr -CA other-ca.pem -CAkey other-ca.key -CAcreateserial -days 1 -out intruder.pem"
-          " 2>/dev/null",
-          &status);
-    ok_ = status == 0 && fs::exists(d + "/server.pem") && fs::exists(d + "/intruder.pem");
+  // A CA, a server certificate for 127.0.0.1 signed by it, a client certificate signed by it, and a
+  // second CA with a client certificate of its own (not to be trusted).
+  static void SetUpTestSuite() { certs_ = new TestCertificates(); }
+  static void TearDownTestSuite() {
+    delete certs_;
+    certs_ = nullptr;
   }
-  static void TearDownTestSuite() { fs::remove_all(dir_); }
   void SetUp() override {
-    ASSERT_TRUE(ok_) << "openssl could not make the test certificates";
+    ASSERT_TRUE(certs_->ok()) << "openssl could not make the test certificates";
     ASSERT_FALSE(find_program("curl").empty()) << "curl is needed (scripts/setup.sh installs it)";
   }
 
  public:
-  std::string file(const std::string& name) const { return dir_ + "/" + name; }
+  std::string file(const std::string& name) const { return certs_->file(name); }
   // curl's exit status and, on success, the HTTP status then the body ("200 {...}").
   std::string curl(const std::string& url, const std::string& options, int* rc) const {
     return shell("curl -s -N --max-time 20 -w ' %{http_code}' " + options + " '" + url + "'", rc);
@@ -68,11 +55,9 @@ class Https : public ::testing::Test {
   std::string https_args() const { return "--cacert " + file("ca.pem"); }
 
  protected:
-  static std::string dir_;
-  static bool ok_;
+  static TestCertificates* certs_;
 };
-std::string Https::dir_;
-bool Https::ok_ = false;
+TestCertificates* Https::certs_ = nullptr;
 
 // The frontend over HTTPS with one fake worker; waits for it to register (read over HTTPS).
 struct HttpsCluster {

@@ -1,0 +1,267 @@
+// Mutual TLS for the cluster planes over OpenSSL 3 (see tls_stream.h).
+#include "security/tls_stream.h"
+
+#include <fcntl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+
+namespace tandem::security {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The reason of OpenSSL's oldest queued error ("certificate verify failed", "wrong version number"),
+// else `fallback`; the queue is emptied, as it is per thread and would otherwise leak into the next call.
+std::string openssl_reason(const std::string& fallback) {
+  const unsigned long code = ERR_get_error();
+  ERR_clear_error();
+  if (code == 0) return fallback;
+  const char* reason = ERR_reason_error_string(code);
+  if (reason != nullptr) return reason;
+  char text[256];
+  ERR_error_string_n(code, text, sizeof(text));
+  return text;
+}
+
+// A socket BIO of our own: OpenSSL's writes with write(2), which raises SIGPIPE when the peer has gone;
+// send(2) with MSG_NOSIGNAL turns that into an error, as net::write_full does for plain TCP.
+int bio_write(BIO* bio, const char* data, int size) {
+  const int fd = static_cast<int>(reinterpret_cast<intptr_t>(BIO_get_data(bio)));
+  BIO_clear_retry_flags(bio);
+  const ssize_t n = ::send(fd, data, static_cast<size_t>(size), MSG_NOSIGNAL);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_write(bio);
+  return static_cast<int>(n);
+}
+
+int bio_read(BIO* bio, char* data, int size) {
+  const int fd = static_cast<int>(reinterpret_cast<intptr_t>(BIO_get_data(bio)));
+  BIO_clear_retry_flags(bio);
+  const ssize_t n = ::recv(fd, data, static_cast<size_t>(size), 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) BIO_set_retry_read(bio);
+  return static_cast<int>(n);
+}
+
+long bio_ctrl(BIO*, int command, long, void*) { return command == BIO_CTRL_FLUSH ? 1 : 0; }
+
+const BIO_METHOD* socket_method() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "tandem socket");
+    if (m == nullptr || BIO_meth_set_write(m, bio_write) != 1 || BIO_meth_set_read(m, bio_read) != 1 ||
+        BIO_meth_set_ctrl(m, bio_ctrl) != 1) {
+      throw std::runtime_error("TLS: OpenSSL could not make a BIO method");
+    }
+    return m;
+  }();
+  return method;
+}
+
+int milliseconds_left(Clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left > 0 ? static_cast<int>(left) : 0;
+}
+
+}  // namespace
+
+StatusOr<std::shared_ptr<const TlsContext>> TlsContext::load(const TlsFiles& files, const std::string& flag_prefix) {
+  const std::pair<std::string, std::string> named[] = {
+      {flag_prefix + "-cert", files.cert}, {flag_prefix + "-key", files.key}, {flag_prefix + "-ca", files.ca}};
+  for (const auto& [flag, file] : named) {
+    if (file.empty()) {
+      return Status::InvalidArgument(flag_prefix + "-cert, " + flag_prefix + "-key and " + flag_prefix +
+                                     "-ca go together (mutual TLS: every process presents a certificate and checks its "
+                                     "peer's against the CA); " + flag + " is missing");
+    }
+    if (!std::ifstream(file)) return Status::InvalidArgument(flag + " " + file + ": cannot read it: " + std::strerror(errno));
+  }
+  ERR_clear_error();
+  SSL_CTX* ctx = SSL_CTX_new(TLS_method());
+  if (ctx == nullptr) return Status::Internal("TLS: " + openssl_reason("SSL_CTX_new failed"));
+  auto context = std::shared_ptr<TlsContext>(new TlsContext(ctx));
+  auto bad = [&](const std::string& flag, const std::string& file, const std::string& what) {
+    return Status::InvalidArgument(flag + " " + file + ": " + openssl_reason(what));
+  };
+  if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
+    return bad(named[0].first, files.cert, "not a PEM certificate");
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    return bad(named[1].first, files.key, "not a PEM private key");
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    return bad(named[1].first, files.key, "does not match the certificate of " + named[0].first);
+  }
+  if (SSL_CTX_load_verify_locations(ctx, files.ca.c_str(), nullptr) != 1) {
+    return bad(named[2].first, files.ca, "no PEM CA certificate in it");
+  }
+  // Both ends are Tandem: TLS 1.3 only (no renegotiation, one handshake round trip); each side presents
+  // its certificate and requires the other's.
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  // Connections live long and are pooled: no tickets (bytes an idle pooled connection would hold unread)
+  // and no session cache.
+  SSL_CTX_set_num_tickets(ctx, 0);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  // Every message on these planes is length-framed, so a peer that closes without close_notify is an
+  // ordinary end of stream (the framing catches a truncation), as on plain TCP.
+  SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  return std::shared_ptr<const TlsContext>(std::move(context));
+}
+
+TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
+
+StatusOr<std::unique_ptr<TlsStream>> TlsStream::handshake(const TlsContext& context, int fd, std::string peer,
+                                                          bool server, int timeout_ms) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  if (server) {
+    // A peer that connects and leaves without a byte (a TCP health check) is not a failed handshake.
+    pollfd p{fd, POLLIN, 0};
+    int rc;
+    while ((rc = ::poll(&p, 1, milliseconds_left(deadline))) < 0 && errno == EINTR) {
+    }
+    if (rc == 0) return Status::DeadlineExceeded("TLS handshake timed out");
+    char byte;
+    ssize_t n;
+    while ((n = ::recv(fd, &byte, 1, MSG_PEEK)) < 0 && errno == EINTR) {
+    }
+    if (n == 0) return Status::Aborted("closed by the peer before sending anything");
+  }
+  const int flags = fcntl(fd, F_GETFL, 0);
+  fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  ERR_clear_error();
+  SSL* ssl = SSL_new(context.native());
+  BIO* bio = ssl == nullptr ? nullptr : BIO_new(socket_method());
+  if (bio == nullptr) {
+    SSL_free(ssl);
+    return Status::Internal("TLS: " + openssl_reason("SSL_new failed"));
+  }
+  BIO_set_data(bio, reinterpret_cast<void*>(static_cast<intptr_t>(fd)));
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl, bio, bio);  // the SSL owns the BIO from here
+  std::unique_ptr<TlsStream> stream(new TlsStream(ssl, fd, std::move(peer)));
+  while (true) {
+    const int rc = server ? SSL_accept(ssl) : SSL_connect(ssl);
+    if (rc == 1) break;
+    const int error = SSL_get_error(ssl, rc);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      const int left = milliseconds_left(deadline);
+      if (left == 0) return Status::DeadlineExceeded("TLS handshake timed out");
+      Status ready = stream->wait(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, left);
+      if (ready.code() == StatusCode::kDeadlineExceeded) return Status::DeadlineExceeded("TLS handshake timed out");
+      TANDEM_RETURN_IF_ERROR(ready);
+      continue;
+    }
+    // The certificate check's own verdict says more than the alert it caused ("unable to get local
+    // issuer certificate" rather than "certificate verify failed").
+    const long verify = SSL_get_verify_result(ssl);
+    std::string why = error == SSL_ERROR_SYSCALL && errno != 0 ? std::string(std::strerror(errno)) : std::string();
+    why = openssl_reason(why.empty() ? "closed by the peer" : why);
+    if (verify != X509_V_OK) why += " (" + std::string(X509_verify_cert_error_string(verify)) + ")";
+    return Status::Unavailable("TLS handshake: " + why);
+  }
+  return stream;
+}
+
+TlsStream::~TlsStream() { SSL_free(ssl_); }
+
+int TlsStream::wait_limit() const {
+  const int limit = timeout_ms_.load();
+  return limit > 0 ? limit : -1;
+}
+
+Status TlsStream::wait(short events, int timeout_ms) {
+  pollfd p{fd_, events, 0};
+  while (true) {
+    const int rc = ::poll(&p, 1, timeout_ms < 0 ? -1 : timeout_ms);
+    if (rc > 0) return Status::Ok();  // readable, writable, or hung up: the next OpenSSL call says which
+    if (rc == 0) return Status::DeadlineExceeded("timed out");
+    if (errno != EINTR) return Status::Unavailable(std::string("poll: ") + std::strerror(errno));
+  }
+}
+
+StatusOr<size_t> TlsStream::read_some(void* data, size_t size, int timeout_ms) {
+  while (true) {
+    size_t got = 0;
+    int error = SSL_ERROR_NONE;
+    std::string why;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      errno = 0;
+      if (SSL_read_ex(ssl_, data, size, &got) != 1) {
+        error = SSL_get_error(ssl_, 0);
+        if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
+          why = openssl_reason(errno != 0 ? std::strerror(errno) : "connection lost");
+        } else {
+          ERR_clear_error();
+        }
+      }
+    }
+    switch (error) {
+      case SSL_ERROR_NONE:
+        return got;
+      case SSL_ERROR_ZERO_RETURN:
+        return size_t{0};
+      case SSL_ERROR_WANT_READ:
+      case SSL_ERROR_WANT_WRITE:
+        TANDEM_RETURN_IF_ERROR(wait(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms));
+        continue;
+      default:
+        return Status::Unavailable("TLS: " + why);
+    }
+  }
+}
+
+Status TlsStream::read_full(void* data, size_t size) {
+  auto* at = static_cast<char*>(data);
+  while (size > 0) {
+    auto got = read_some(at, size, wait_limit());
+    if (!got.ok()) return Status::Unavailable("connection to " + peer_ + " lost: " + got.status().message());
+    if (*got == 0) return Status::Unavailable("connection to " + peer_ + " closed by peer");
+    at += *got;
+    size -= *got;
+  }
+  return Status::Ok();
+}
+
+Status TlsStream::write_full(const void* data, size_t size) {
+  const auto* at = static_cast<const char*>(data);
+  while (size > 0) {
+    size_t written = 0;
+    int error = SSL_ERROR_NONE;
+    std::string why;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      errno = 0;
+      if (SSL_write_ex(ssl_, at, size, &written) != 1) {
+        error = SSL_get_error(ssl_, 0);
+        if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
+          why = openssl_reason(errno != 0 ? std::strerror(errno) : "connection lost");
+        } else {
+          ERR_clear_error();
+        }
+      }
+    }
+    if (error == SSL_ERROR_NONE) {
+      at += written;
+      size -= written;
+      continue;
+    }
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
+      Status ready = wait(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, wait_limit());
+      if (!ready.ok()) return Status::Unavailable("connection to " + peer_ + " lost: " + ready.message());
+      continue;
+    }
+    return Status::Unavailable("connection to " + peer_ + " lost: TLS: " + why);
+  }
+  return Status::Ok();
+}
+
+}  // namespace tandem::security
