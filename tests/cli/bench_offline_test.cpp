@@ -163,17 +163,19 @@ void expect_ajv_accepts(const std::string& schema_path, const std::string& outpu
 
 // The offline bench under a schema (the GPU figure "decode step with and without schemas" runs this
 // command): every request's text is a valid document, and the batch still runs --output-len steps.
+// kSchema's shortest document is 91 bytes; the grammar guarantees an end within max_tokens when
+// max_tokens is at least that (it counts a byte a token), hence --output-len 100.
 TEST(BenchOffline, ThroughputUnderASchemaWritesValidDocuments) {
   if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
   const std::string schema = write_file("bench_schema.json", kSchema);
   const std::string outputs = ::testing::TempDir() + "/bench_outputs.jsonl";
-  auto f = run_bench("throughput --model random:tiny-qwen3 --num-prompts 6 --input-len 12 --output-len 90 --temperature 1 "
+  auto f = run_bench("throughput --model random:tiny-qwen3 --num-prompts 6 --input-len 12 --output-len 100 --temperature 1 "
                      "--guided-json " + schema + " --save-outputs " + outputs,
                      "tp_schema.json");
   ASSERT_EQ(f.count("documents_ended"), 1u);
   EXPECT_EQ(f["output_throughput"]["guided_json"], schema);
   // ignore_eos: a request whose document is complete draws EOS (all the grammar allows) to the end.
-  EXPECT_NEAR(f["output_throughput"]["value"].get<double>() * f["elapsed"]["value"].get<double>(), 6.0 * 90, 1e-6);
+  EXPECT_NEAR(f["output_throughput"]["value"].get<double>() * f["elapsed"]["value"].get<double>(), 6.0 * 100, 1e-6);
   EXPECT_GT(f["step_ms_median"]["value"].get<double>(), 0.0);
   const auto texts = saved_texts(outputs);
   ASSERT_EQ(texts.size(), 6u);
@@ -185,7 +187,7 @@ TEST(BenchOffline, LatencyUnderASchemaWritesValidDocuments) {
   if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
   const std::string schema = write_file("bench_schema_lat.json", kSchema);
   const std::string outputs = ::testing::TempDir() + "/bench_outputs_lat.jsonl";
-  auto f = run_bench("latency --model random:tiny-qwen3 --batch-size 3 --input-len 10 --output-len 80 --num-iters 2 "
+  auto f = run_bench("latency --model random:tiny-qwen3 --batch-size 3 --input-len 10 --output-len 100 --num-iters 2 "
                      "--num-iters-warmup 0 --guided-json " + schema + " --save-outputs " + outputs,
                      "lat_schema.json");
   EXPECT_NEAR(f["decode_tokens_per_s"]["value"].get<double>(), 3 * 1000.0 / f["decode_ms_per_token_median"]["value"].get<double>(), 1e-6);
