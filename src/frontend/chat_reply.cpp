@@ -22,16 +22,21 @@ ChatPiece ChatReplyParser::feed(std::string_view text, bool last) {
   if (last) {
     ToolParse rest = tools_.finish();
     parse.content += rest.content;
-    for (auto& c : rest.calls) parse.calls.push_back(std::move(c));
+    for (auto& d : rest.deltas) {
+      // finish() may continue the last call of feed(): one delta per call per piece.
+      if (!parse.deltas.empty() && parse.deltas.back().index == d.index && d.id.empty()) {
+        parse.deltas.back().arguments += d.arguments;
+      } else {
+        parse.deltas.push_back(std::move(d));
+      }
+    }
   }
   ChatPiece piece;
   piece.reasoning = std::move(split.reasoning);
   piece.content = std::move(parse.content);
-  piece.first_call_index = num_calls_;
-  for (auto& call : parse.calls) {
-    if (max_calls_ >= 0 && num_calls_ >= max_calls_) break;
-    piece.calls.push_back(std::move(call));
-    ++num_calls_;
+  for (auto& d : parse.deltas) {
+    if (max_calls_ >= 0 && d.index >= max_calls_) continue;  // calls past the limit are dropped whole
+    piece.calls.push_back(std::move(d));
   }
   return piece;
 }
@@ -43,14 +48,16 @@ std::vector<json> chat_piece_deltas(const ChatPiece& piece, bool reasoning, int 
     deltas.push_back(reasoning ? reasoning_delta(ReasoningSplit{piece.reasoning, piece.content}, num_new_tokens)
                                : stream_delta(/*chat=*/true, piece.content, num_new_tokens));
   }
-  for (size_t i = 0; i < piece.calls.size(); ++i) {
-    const ToolCall& call = piece.calls[i];
-    const int index = piece.first_call_index + static_cast<int>(i);
-    deltas.push_back({{"tool_calls", json::array({{{"index", index},
-                                                   {"id", call.id},
-                                                   {"type", "function"},
-                                                   {"function", {{"name", call.name}, {"arguments", ""}}}}})}});
-    deltas.push_back({{"tool_calls", json::array({{{"index", index}, {"function", {{"arguments", call.arguments}}}}})}});
+  for (const ToolCallDelta& call : piece.calls) {
+    if (!call.id.empty()) {
+      deltas.push_back({{"tool_calls", json::array({{{"index", call.index},
+                                                     {"id", call.id},
+                                                     {"type", "function"},
+                                                     {"function", {{"name", call.name}, {"arguments", ""}}}}})}});
+    }
+    if (!call.arguments.empty()) {
+      deltas.push_back({{"tool_calls", json::array({{{"index", call.index}, {"function", {{"arguments", call.arguments}}}}})}});
+    }
   }
   return deltas;
 }

@@ -21,8 +21,7 @@ namespace tandem::frontend {
 struct ChatPiece {
   std::string reasoning;
   std::string content;
-  std::vector<ToolCall> calls;
-  int first_call_index = 0;  // the index (in the reply) of calls[0]
+  std::vector<ToolCallDelta> calls;  // calls begun and argument fragments (tool_call_parser.h)
 };
 
 class ChatReplyParser {
@@ -37,13 +36,13 @@ class ChatReplyParser {
   ReasoningParser reasoning_;
   ToolCallParser tools_;
   int max_calls_;
-  int num_calls_ = 0;
 };
 
 // The stream deltas of one piece: its text (reasoning_content and/or content, as reasoning_delta or
-// stream_delta make it, per `reasoning`) unless it has none and calls came, then two per call, as
-// vLLM streams them: {index, id, type, function: {name, arguments: ""}}, then
-// {index, function: {arguments}}. Never empty: {} for a finish alone.
+// stream_delta make it, per `reasoning`) unless it has none and calls came, then per call delta, as
+// vLLM streams them: a call's header {index, id, type, function: {name, arguments: ""}} when it
+// begins, and {index, function: {arguments}} with each non-empty fragment of its arguments. Never
+// empty: {} for a finish alone.
 std::vector<nlohmann::json> chat_piece_deltas(const ChatPiece& piece, bool reasoning, int num_new_tokens);
 
 // A chat choice's finish_reason: "tool_calls" when it made calls and stopped or ran out of tokens

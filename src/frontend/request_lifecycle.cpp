@@ -353,7 +353,7 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     if (c.reasoning) *c.reasoning += piece.reasoning;
     has_text = !piece.reasoning.empty() || !piece.content.empty() || !piece.calls.empty();
     if (r.req.stream) deltas = chat_piece_deltas(piece, c.reasoning.has_value(), num_new);
-    c.tool_calls.insert(c.tool_calls.end(), piece.calls.begin(), piece.calls.end());
+    apply_tool_call_deltas(piece.calls, &c.tool_calls);
   } else {
     c.text += out.text();
     if (r.req.stream) deltas.push_back(stream_delta(r.req.chat, out.text(), num_new));

@@ -37,7 +37,77 @@ std::optional<ToolCall> read_call(std::string_view json_text) {
   return ToolCall{"", name->get<std::string>(), args == j.end() ? "{}" : args->dump()};
 }
 
+
+// The start of a call as the models are prompted to write it: {"name": "<name>", "arguments": {
+// ("parameters" too). kYes with the name and where the arguments' '{' is; kMore while `s` is a
+// beginning of one. Decided within the call's first kMaxHead bytes, so that the answer does not depend
+// on how the text was cut.
+enum class HeadMatch { kMore, kNo, kYes };
+constexpr size_t kMaxHead = 1024;
+
+HeadMatch match_call_head(std::string_view s, std::string* name, size_t* arguments_at) {
+  const bool truncated = s.size() > kMaxHead;
+  if (truncated) s = s.substr(0, kMaxHead);
+  const HeadMatch more = truncated ? HeadMatch::kNo : HeadMatch::kMore;
+  size_t i = 0;
+  auto skip_blanks = [&] {
+    while (i < s.size() && is_space(s[i])) ++i;
+  };
+  auto punct = [&](char c) {
+    skip_blanks();
+    if (i == s.size()) return more;
+    if (s[i] != c) return HeadMatch::kNo;
+    ++i;
+    return HeadMatch::kYes;
+  };
+  auto string = [&](std::string* out) {
+    skip_blanks();
+    if (i == s.size()) return more;
+    if (s[i] != '"') return HeadMatch::kNo;
+    size_t j = i + 1;
+    for (bool escaped = false; j < s.size(); ++j) {
+      if (escaped) {
+        escaped = false;
+      } else if (s[j] == '\\') {
+        escaped = true;
+      } else if (s[j] == '"') {
+        break;
+      }
+    }
+    if (j == s.size()) return more;
+    const auto literal = nlohmann::json::parse(s.substr(i, j + 1 - i), nullptr, /*allow_exceptions=*/false);
+    if (literal.is_discarded() || !literal.is_string()) return HeadMatch::kNo;
+    *out = literal.get<std::string>();
+    i = j + 1;
+    return HeadMatch::kYes;
+  };
+  std::string key;
+  HeadMatch m;
+  if ((m = punct('{')) != HeadMatch::kYes) return m;
+  if ((m = string(&key)) != HeadMatch::kYes) return m;
+  if (key != "name") return HeadMatch::kNo;
+  if ((m = punct(':')) != HeadMatch::kYes) return m;
+  if ((m = string(name)) != HeadMatch::kYes) return m;
+  if (name->empty()) return HeadMatch::kNo;
+  if ((m = punct(',')) != HeadMatch::kYes) return m;
+  if ((m = string(&key)) != HeadMatch::kYes) return m;
+  if (key != "arguments" && key != "parameters") return HeadMatch::kNo;
+  if ((m = punct(':')) != HeadMatch::kYes) return m;
+  skip_blanks();
+  if (i == s.size()) return more;
+  if (s[i] != '{') return HeadMatch::kNo;
+  *arguments_at = i;
+  return HeadMatch::kYes;
+}
+
 }  // namespace
+
+void apply_tool_call_deltas(const std::vector<ToolCallDelta>& deltas, std::vector<ToolCall>* calls) {
+  for (const ToolCallDelta& d : deltas) {
+    if (!d.id.empty()) calls->push_back(ToolCall{d.id, d.name, ""});
+    if (d.index >= 0 && d.index < static_cast<int>(calls->size())) (*calls)[d.index].arguments += d.arguments;
+  }
+}
 
 std::optional<ToolParserKind> parse_tool_parser_kind(const std::string& name) {
   if (name.empty()) return ToolParserKind::kNone;
@@ -78,42 +148,138 @@ void ToolCallParser::text(std::string_view s, ToolParse* out) {
   blank_.assign(s.substr(end));
 }
 
+ToolCallDelta& ToolCallParser::call_delta(ToolParse* out) {
+  const int index = num_calls_ - 1;
+  if (out->deltas.empty() || out->deltas.back().index != index) out->deltas.push_back(ToolCallDelta{index, "", "", ""});
+  return out->deltas.back();
+}
+
 void ToolCallParser::complete_call(std::string_view json_text, std::string_view raw, ToolParse* out) {
   if (auto call = read_call(json_text)) {
-    call->id = new_id_();
-    out->calls.push_back(std::move(*call));
     ++num_calls_;
+    ToolCallDelta& d = call_delta(out);
+    d.id = new_id_();
+    d.name = std::move(call->name);
+    d.arguments = std::move(call->arguments);
     blank_.clear();
     return;
   }
   text(raw, out);
 }
 
+bool ToolCallParser::read_call_head(ToolParse* out) {
+  std::string name;
+  size_t arguments_at = 0;
+  switch (match_call_head(buffer_, &name, &arguments_at)) {
+    case HeadMatch::kMore: return false;
+    case HeadMatch::kNo:
+      state_ = State::kCallWhole;
+      scanned_ = 0;
+      depth_ = 0;
+      in_string_ = escaped_ = false;
+      return true;
+    case HeadMatch::kYes: break;
+  }
+  // The header goes out now; from here on this is a call.
+  ++num_calls_;
+  ToolCallDelta& d = call_delta(out);
+  d.id = new_id_();
+  d.name = std::move(name);
+  blank_.clear();
+  buffer_.erase(0, arguments_at);
+  state_ = State::kCallArgs;
+  depth_ = 0;
+  in_string_ = escaped_ = false;
+  return true;
+}
+
+size_t ToolCallParser::stream_arguments(std::string_view s, ToolParse* out) {
+  std::string& fragment = call_delta(out).arguments;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const char c = s[i];
+    if (in_string_) {
+      fragment += c;
+      if (escaped_) {
+        escaped_ = false;
+      } else if (c == '\\') {
+        escaped_ = true;
+      } else if (c == '"') {
+        in_string_ = false;
+      }
+      continue;
+    }
+    if (is_space(c)) continue;
+    fragment += c;
+    if (c == '"') {
+      in_string_ = true;
+    } else if (c == '{' || c == '[') {
+      ++depth_;
+    } else if ((c == '}' || c == ']') && --depth_ <= 0) {
+      state_ = State::kCallTail;
+      return i + 1;
+    }
+  }
+  return s.size();
+}
+
 void ToolCallParser::feed_hermes(ToolParse* out) {
   while (!buffer_.empty()) {
-    if (state_ == State::kText) {
-      const size_t at = buffer_.find(kCallOpen);
-      if (at == std::string::npos) {
-        const size_t keep = partial_tag_suffix(buffer_, kCallOpen);
-        text(std::string_view(buffer_).substr(0, buffer_.size() - keep), out);
-        buffer_.erase(0, buffer_.size() - keep);
-        return;
+    switch (state_) {
+      case State::kText: {
+        const size_t at = buffer_.find(kCallOpen);
+        if (at == std::string::npos) {
+          const size_t keep = partial_tag_suffix(buffer_, kCallOpen);
+          text(std::string_view(buffer_).substr(0, buffer_.size() - keep), out);
+          buffer_.erase(0, buffer_.size() - keep);
+          return;
+        }
+        text(std::string_view(buffer_).substr(0, at), out);
+        buffer_.erase(0, at + kCallOpen.size());
+        state_ = State::kCallHead;
+        break;
       }
-      text(std::string_view(buffer_).substr(0, at), out);
-      buffer_.erase(0, at + kCallOpen.size());
-      state_ = State::kCall;
-    } else {
-      const size_t from = scanned_ >= kCallClose.size() ? scanned_ - kCallClose.size() + 1 : 0;
-      const size_t at = buffer_.find(kCallClose, from);
-      if (at == std::string::npos) {
-        scanned_ = buffer_.size();
-        return;  // the call goes on
+      case State::kCallHead:
+        if (!read_call_head(out)) return;
+        break;
+      case State::kCallWhole: {
+        const size_t from = scanned_ >= kCallClose.size() ? scanned_ - kCallClose.size() + 1 : 0;
+        const size_t at = buffer_.find(kCallClose, from);
+        if (at == std::string::npos) {
+          scanned_ = buffer_.size();
+          return;  // the call goes on
+        }
+        const std::string body = buffer_.substr(0, at);
+        complete_call(body, std::string(kCallOpen) + body + std::string(kCallClose), out);
+        buffer_.erase(0, at + kCallClose.size());
+        scanned_ = 0;
+        state_ = State::kText;
+        break;
       }
-      const std::string body = buffer_.substr(0, at);
-      complete_call(body, std::string(kCallOpen) + body + std::string(kCallClose), out);
-      buffer_.erase(0, at + kCallClose.size());
-      scanned_ = 0;
-      state_ = State::kText;
+      case State::kCallArgs: {
+        // The closing tag ends the call wherever it is; a piece's end that may begin it waits.
+        const size_t close = buffer_.find(kCallClose);
+        const size_t limit = close != std::string::npos ? close : buffer_.size() - partial_tag_suffix(buffer_, kCallClose);
+        const size_t taken = stream_arguments(std::string_view(buffer_).substr(0, limit), out);
+        buffer_.erase(0, taken);
+        if (state_ == State::kCallArgs && close == std::string::npos) return;
+        if (state_ == State::kCallArgs) {  // cut short by the closing tag
+          buffer_.erase(0, close - taken + kCallClose.size());
+          state_ = State::kText;
+        }
+        break;
+      }
+      case State::kCallTail: {
+        const size_t at = buffer_.find(kCallClose);
+        if (at == std::string::npos) {
+          buffer_.erase(0, buffer_.size() - partial_tag_suffix(buffer_, kCallClose));
+          return;
+        }
+        buffer_.erase(0, at + kCallClose.size());
+        state_ = State::kText;
+        break;
+      }
+      case State::kStart:
+      case State::kJson: return;  // llama3_json's states
     }
   }
 }
@@ -134,48 +300,79 @@ void ToolCallParser::feed_llama(ToolParse* out) {
       state_ = State::kText;
     }
   }
-  if (state_ == State::kText) {
-    out->content += buffer_;
-    buffer_.clear();
-    return;
-  }
   while (true) {
-    if (object_start_ == std::string::npos) {
-      size_t at = 0;
-      while (at < buffer_.size() && (is_space(buffer_[at]) || (num_calls_ > 0 && buffer_[at] == ';'))) ++at;
-      if (at == buffer_.size()) return;  // separators so far
-      if (buffer_[at] == '{') {
-        object_start_ = at;
-        scanned_ = at;
-        depth_ = 0;
-        in_string_ = escaped_ = false;
+    switch (state_) {
+      case State::kText:
+        out->content += buffer_;
+        buffer_.clear();
+        return;
+      case State::kJson: {
+        size_t at = 0;
+        while (at < buffer_.size() && (is_space(buffer_[at]) || (num_calls_ > 0 && buffer_[at] == ';'))) ++at;
+        if (at == buffer_.size()) return;  // separators so far
+        if (buffer_[at] != '{') {
+          // Not a call: from here on the reply is content (with its opening text if no call came before).
+          out->content += (num_calls_ == 0 ? blank_ : std::string()) + buffer_;
+          blank_.clear();
+          buffer_.clear();
+          state_ = State::kText;
+          return;
+        }
+        separator_ = buffer_.substr(0, at);
+        buffer_.erase(0, at);
+        state_ = State::kCallHead;
+        break;
       }
-    }
-    if (object_start_ != std::string::npos) {
-      const size_t end = scan_object();
-      if (end == std::string::npos) return;  // the object goes on
-      auto call = read_call(std::string_view(buffer_).substr(object_start_, end + 1 - object_start_));
-      object_start_ = std::string::npos;
-      if (call) {
-        call->id = new_id_();
-        out->calls.push_back(std::move(*call));
-        ++num_calls_;
-        blank_.clear();
+      case State::kCallHead:
+        if (!read_call_head(out)) return;
+        break;
+      case State::kCallWhole: {
+        const size_t end = scan_to_close();
+        if (end == std::string::npos) return;  // the object goes on
+        const std::string object = buffer_.substr(0, end + 1);
+        const int before = num_calls_;
+        ToolParse whole;
+        complete_call(object, "", &whole);
+        if (num_calls_ == before) {
+          // Not a call: from here on the reply is content (with its opening text if no call came before).
+          out->content += (num_calls_ == 0 ? blank_ : std::string()) + separator_ + buffer_;
+          blank_.clear();
+          buffer_.clear();
+          state_ = State::kText;
+          return;
+        }
+        out->deltas.push_back(std::move(whole.deltas.back()));
         buffer_.erase(0, end + 1);
-        continue;
+        state_ = State::kJson;
+        break;
       }
+      case State::kCallArgs: {
+        const size_t taken = stream_arguments(buffer_, out);
+        buffer_.erase(0, taken);
+        if (state_ == State::kCallArgs) return;
+        // Skip the rest of the call object: it was opened one level above the arguments.
+        scanned_ = 0;
+        depth_ = 1;
+        in_string_ = escaped_ = false;
+        break;
+      }
+      case State::kCallTail: {
+        const size_t end = scan_to_close();
+        if (end == std::string::npos) {
+          buffer_.clear();
+          scanned_ = 0;
+          return;
+        }
+        buffer_.erase(0, end + 1);
+        state_ = State::kJson;
+        break;
+      }
+      case State::kStart: return;
     }
-    // Not a call: from here on the reply is content (with its opening text if no call came before).
-    out->content += (num_calls_ == 0 ? blank_ : std::string()) + buffer_;
-    blank_.clear();
-    buffer_.clear();
-    state_ = State::kText;
-    return;
   }
 }
 
-// Only brackets and strings are tracked; whether the object is valid JSON is read_call's to say.
-size_t ToolCallParser::scan_object() {
+size_t ToolCallParser::scan_to_close() {
   for (; scanned_ < buffer_.size(); ++scanned_) {
     const char c = buffer_[scanned_];
     if (in_string_) {
@@ -191,7 +388,9 @@ size_t ToolCallParser::scan_object() {
     } else if (c == '{' || c == '[') {
       ++depth_;
     } else if ((c == '}' || c == ']') && --depth_ == 0) {
-      return scanned_++;
+      const size_t end = scanned_;
+      scanned_ = 0;
+      return end;
     }
   }
   return std::string::npos;
@@ -215,27 +414,39 @@ ToolParse ToolCallParser::feed(std::string_view piece) {
 ToolParse ToolCallParser::finish() {
   ToolParse out;
   if (kind_ == ToolParserKind::kHermes) {
-    if (state_ == State::kCall) {
-      // Cut off before its closing tag (max_tokens, a stop string): a call still if its JSON is whole.
-      const std::string body = buffer_;
-      complete_call(body, std::string(kCallOpen) + body, &out);
-    } else {
-      text(buffer_, &out);
-    }
-  } else if (state_ == State::kJson) {
-    size_t at = 0;
-    while (at < buffer_.size() && (is_space(buffer_[at]) || buffer_[at] == ';')) ++at;
-    if (num_calls_ == 0) {
-      out.content += blank_ + buffer_;  // an object that never closed: the reply as it came
-      blank_.clear();
-    } else if (at < buffer_.size()) {
-      out.content += buffer_;
+    switch (state_) {
+      case State::kCallHead:
+      case State::kCallWhole: {
+        // Cut off before its closing tag (max_tokens, a stop string): a call still if its JSON is whole.
+        const std::string body = buffer_;
+        complete_call(body, std::string(kCallOpen) + body, &out);
+        break;
+      }
+      case State::kCallArgs: stream_arguments(buffer_, &out); break;  // what a partial tag held back
+      case State::kCallTail: break;
+      default: text(buffer_, &out); break;
     }
   } else {
-    out.content += buffer_;  // kStart: blank, or a beginning of <|python_tag|> that never finished
+    switch (state_) {
+      case State::kJson:
+        if (num_calls_ == 0) {
+          out.content += blank_ + buffer_;  // e.g. <|python_tag|> and nothing after it
+          blank_.clear();
+        }
+        break;
+      case State::kCallHead:
+      case State::kCallWhole:
+        // An object that never closed: as it came (the reply's opening text too when it is the first).
+        out.content += (num_calls_ == 0 ? blank_ : std::string()) + separator_ + buffer_;
+        blank_.clear();
+        break;
+      case State::kCallArgs:
+      case State::kCallTail: break;
+      default: out.content += buffer_; break;  // kStart: blank, or a beginning of <|python_tag|>
+    }
   }
   buffer_.clear();
-  object_start_ = std::string::npos;
+  separator_.clear();
   scanned_ = 0;
   if (num_calls_ == 0) out.content += blank_;  // a reply without calls keeps every byte
   blank_.clear();
@@ -243,13 +454,15 @@ ToolParse ToolCallParser::finish() {
   return out;
 }
 
-ToolParse ToolCallParser::parse(ToolParserKind kind, std::string_view text, IdFn new_id) {
+ToolReply ToolCallParser::parse(ToolParserKind kind, std::string_view text, IdFn new_id) {
   ToolCallParser parser(kind, std::move(new_id));
   ToolParse out = parser.feed(text);
   ToolParse rest = parser.finish();
-  out.content += rest.content;
-  for (auto& c : rest.calls) out.calls.push_back(std::move(c));
-  return out;
+  ToolReply reply;
+  reply.content = out.content + rest.content;
+  apply_tool_call_deltas(out.deltas, &reply.calls);
+  apply_tool_call_deltas(rest.deltas, &reply.calls);
+  return reply;
 }
 
 }  // namespace tandem::frontend

@@ -6,13 +6,24 @@
 //                optionally after <|python_tag|>, several separated by ';'. A reply that does not start
 //                that way is all content.
 //
-// The contract, the same whole and streamed (a reply cut into any pieces gives the same calls and the
-// same content, which the tests check):
-// - A call is reported once it is complete (hermes: its closing tag, or the end of the reply; llama:
-//   its closing brace) and its JSON is valid: an object whose "name" is a non-empty string and whose
-//   arguments are an object. `arguments` is that object's compact JSON text, keys in the model's order.
-// - A call that is not valid (malformed JSON, no name, arguments not an object) is not an error: its
-//   text, tags included, is content.
+// Calls come out as deltas, as vLLM streams them: a call's first delta names it (id, name), the next
+// ones carry its arguments' text piece by piece as the model writes them.
+//
+// The contract, the same whole and streamed (a reply cut into any pieces gives the same deltas joined,
+// the same calls and the same content, which the tests check):
+// - A call that starts the way the models are prompted to write one, {"name": "<name>", "arguments":
+//   {   (or "parameters"; blanks anywhere between), is a call from the arguments' first brace on: its
+//   header goes out then, and its arguments stream as they come, blanks outside strings removed, up to
+//   their closing brace (or the end of the call or reply). What follows the arguments in the call is
+//   not shown. Once the header is out the call stays a call even if the model breaks its JSON later
+//   (the arguments are then what it wrote, which may not parse: OpenAI's arguments carry the same
+//   warning), because what was streamed cannot be taken back.
+// - Any other call (keys in another order, other keys first) is checked whole once complete (hermes:
+//   its closing tag, or the end of the reply; llama: its closing brace) and is a call, in one delta,
+//   when its JSON is an object whose "name" is a non-empty string and whose arguments are an object
+//   (their compact JSON text, keys in the model's order).
+// - A call that is neither (malformed JSON before its arguments, no name, arguments not an object)
+//   is not an error: its text, tags included, is content.
 // - Whitespace alone between or around calls is not content; any other text is.
 // - A piece that ends in what may be the start of a tag ("<tool_c") holds that part back.
 //
@@ -42,9 +53,27 @@ struct ToolCall {
 // A fresh tool call id (random; unique in practice).
 std::string new_tool_call_id();
 
+// A piece of a call, as a stream delta carries it: the call's first delta has its id and name; any
+// delta may carry the next fragment of its arguments (its first too).
+struct ToolCallDelta {
+  int index = 0;          // the call's place among the reply's calls (0, 1, ...)
+  std::string id;         // on the call's first delta only
+  std::string name;       // on the call's first delta only
+  std::string arguments;  // the next fragment of the arguments' text (may be empty)
+};
+
 struct ToolParse {
-  std::string content;          // text to show as content now
-  std::vector<ToolCall> calls;  // calls completed by this piece, in order
+  std::string content;                // text to show as content now
+  std::vector<ToolCallDelta> deltas;  // in order; at most one per call per piece
+};
+
+// The calls so far after `deltas`: a delta with an id starts a call, fragments are appended to theirs.
+void apply_tool_call_deltas(const std::vector<ToolCallDelta>& deltas, std::vector<ToolCall>* calls);
+
+// A whole reply read at once.
+struct ToolReply {
+  std::string content;
+  std::vector<ToolCall> calls;
 };
 
 class ToolCallParser {
@@ -60,10 +89,18 @@ class ToolCallParser {
   int num_calls() const { return num_calls_; }
 
   // The whole reply at once (feed, then finish).
-  static ToolParse parse(ToolParserKind kind, std::string_view text, IdFn new_id = new_tool_call_id);
+  static ToolReply parse(ToolParserKind kind, std::string_view text, IdFn new_id = new_tool_call_id);
 
  private:
-  enum class State { kStart, kText, kCall, kJson };
+  enum class State {
+    kStart,      // llama3_json: nothing but blanks read yet
+    kText,       // outside calls (llama3_json: the reply is content from here on)
+    kJson,       // llama3_json: between calls, before the next object
+    kCallHead,   // a call begun, its start not yet known to be {"name": ..., "arguments": {
+    kCallWhole,  // a call of another shape: read whole, then checked
+    kCallArgs,   // a call whose header is out: its arguments stream
+    kCallTail,   // the arguments closed: the rest of the call is skipped
+  };
 
   void feed_hermes(ToolParse* out);
   void feed_llama(ToolParse* out);
@@ -71,20 +108,28 @@ class ToolCallParser {
   void text(std::string_view s, ToolParse* out);
   // A call's JSON text: a call when valid, else `raw` (its whole text) becomes content.
   void complete_call(std::string_view json_text, std::string_view raw, ToolParse* out);
-  // llama3_json: scans the object that starts at buffer_[object_start_] on from where the last piece
-  // ended; the index of its closing brace, or npos while it is open.
-  size_t scan_object();
+  // buffer_ starts a call's object: decides kCallArgs (the header goes out) or kCallWhole, or waits.
+  // Returns false while it cannot tell yet.
+  bool read_call_head(ToolParse* out);
+  // Streams the arguments' text in `s` (blanks outside strings dropped) into the open call's delta;
+  // returns how much of `s` it took (less than all once the arguments' closing brace is read).
+  size_t stream_arguments(std::string_view s, ToolParse* out);
+  // The open call's delta in `out` (made on first use).
+  ToolCallDelta& call_delta(ToolParse* out);
+  // Scans buffer_ from scanned_ for the end of the bracket opened before depth_ (strings skipped);
+  // the index of the byte that closes it, or npos while it is open.
+  size_t scan_to_close();
 
   ToolParserKind kind_;
   IdFn new_id_;
   State state_;
-  std::string buffer_;  // text read but not yet consumed (a partial tag, a call in progress)
-  std::string blank_;   // whitespace outside calls, held
+  std::string buffer_;     // text read but not yet consumed (a partial tag, a call in progress)
+  std::string blank_;      // whitespace outside calls, held
+  std::string separator_;  // llama3_json: the blanks and ';' before the object in buffer_ (content if it is no call)
   int num_calls_ = 0;
   // Where earlier pieces left off, so that a long call costs linear time, not quadratic: hermes, how
   // much of buffer_ was searched for the closing tag; llama3_json, the open object's scan state.
   size_t scanned_ = 0;
-  size_t object_start_ = std::string::npos;
   int depth_ = 0;
   bool in_string_ = false;
   bool escaped_ = false;

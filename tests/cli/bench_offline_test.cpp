@@ -1,6 +1,7 @@
 // `tandem bench throughput|latency` drive the real binary: every request generates exactly
 // --output-len tokens (ignore_eos), and the figures in the JSON agree with each other and with the
-// workload they claim.
+// workload they claim; with --guided-json every saved text is a document valid against the schema
+// (checked here and by ajv).
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -10,6 +11,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <iostream>
+#include <set>
+#include <tuple>
+#include <string>
+#include <vector>
 
 #include "model/presets.h"
 
@@ -85,6 +91,127 @@ TEST(BenchOffline, PrefillHeadlineCountsModelFlops) {
   const double tflops = f["prefill_model_tflops_median"]["value"].get<double>();
   EXPECT_NEAR(tflops, flops / seconds / 1e12, 1e-6 * tflops);
   EXPECT_NEAR(f["prefill_model_tflops_median"]["ratio_to_limit"].get<double>(), tflops / 10, 1e-9);
+}
+
+// A schema with the shapes a model can get wrong: required keys, an enum, bounded integers, a string
+// with a pattern, an array with bounds, a nested object, no other keys.
+const char* kSchema = R"({"type": "object", "properties": {
+    "city": {"type": "string", "maxLength": 12},
+    "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+    "temp_c": {"type": "integer", "minimum": -60, "maximum": 60},
+    "sky": {"enum": ["clear", "cloudy", "rain"]},
+    "wind": {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
+    "station": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1}, "open": {"type": "boolean"}},
+                "required": ["id", "open"], "additionalProperties": false}},
+  "required": ["city", "zip", "temp_c", "sky", "wind", "station"], "additionalProperties": false})";
+
+std::string write_file(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+std::vector<std::string> saved_texts(const std::string& path) {
+  std::vector<std::string> texts;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) texts.push_back(nlohmann::json::parse(line).at("text").get<std::string>());
+  }
+  return texts;
+}
+
+// Our own reading of kSchema, key by key (ajv below is the independent one).
+void expect_valid_document(const std::string& text) {
+  const auto doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(doc.is_discarded()) << "not JSON: " << text;
+  ASSERT_TRUE(doc.is_object()) << text;
+  EXPECT_EQ(doc.size(), 6u) << text;
+  ASSERT_TRUE(doc.contains("city") && doc["city"].is_string()) << text;
+  ASSERT_TRUE(doc.contains("zip") && doc["zip"].is_string()) << text;
+  const std::string zip = doc["zip"];
+  EXPECT_TRUE(zip.size() == 5 && zip.find_first_not_of("0123456789") == std::string::npos) << text;
+  ASSERT_TRUE(doc.contains("temp_c") && doc["temp_c"].is_number_integer()) << text;
+  EXPECT_GE(doc["temp_c"].get<int>(), -60);
+  EXPECT_LE(doc["temp_c"].get<int>(), 60);
+  ASSERT_TRUE(doc.contains("sky") && doc["sky"].is_string()) << text;
+  EXPECT_TRUE((std::set<std::string>{"clear", "cloudy", "rain"}).count(doc["sky"].get<std::string>())) << text;
+  ASSERT_TRUE(doc.contains("wind") && doc["wind"].is_array()) << text;
+  EXPECT_GE(doc["wind"].size(), 1u);
+  EXPECT_LE(doc["wind"].size(), 3u);
+  for (const auto& w : doc["wind"]) EXPECT_TRUE(w.is_number()) << text;
+  ASSERT_TRUE(doc.contains("station") && doc["station"].is_object()) << text;
+  EXPECT_TRUE(doc["station"].contains("id") && doc["station"]["id"].is_number_integer() && doc["station"]["id"].get<int64_t>() >= 1) << text;
+  EXPECT_TRUE(doc["station"].contains("open") && doc["station"]["open"].is_boolean()) << text;
+}
+
+void expect_ajv_accepts(const std::string& schema_path, const std::string& outputs_path) {
+  const std::string npm_dir = std::getenv("TANDEM_NPM_DIR") ? std::getenv("TANDEM_NPM_DIR") : std::string(TANDEM_DATA_DIR) + "/npm";
+  if (!std::filesystem::exists(npm_dir + "/node_modules/ajv") || std::system("node --version > /dev/null 2>&1") != 0) {
+    std::cout << "no node or ajv (scripts/fetch_data.sh): the ajv check is skipped\n";
+    return;
+  }
+  const std::string cmd = "node " + std::string(TANDEM_SOURCE_DIR) + "/tests/cli/validate_saved_outputs.mjs " + npm_dir + " " +
+                          schema_path + " " + outputs_path + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[256];
+  while (size_t n = fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
+  const int status = pclose(pipe);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  EXPECT_NE(out.find("saved outputs valid"), std::string::npos) << out;
+}
+
+// The offline bench under a schema (the GPU figure "decode step with and without schemas" runs this
+// command): every request's text is a valid document, and the batch still runs --output-len steps.
+// kSchema's shortest document is 91 bytes; the grammar guarantees an end within max_tokens when
+// max_tokens is at least that (it counts a byte a token), hence --output-len 100.
+TEST(BenchOffline, ThroughputUnderASchemaWritesValidDocuments) {
+  if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  const std::string schema = write_file("bench_schema.json", kSchema);
+  const std::string outputs = ::testing::TempDir() + "/bench_outputs.jsonl";
+  auto f = run_bench("throughput --model random:tiny-qwen3 --num-prompts 6 --input-len 12 --output-len 100 --temperature 1 "
+                     "--guided-json " + schema + " --save-outputs " + outputs,
+                     "tp_schema.json");
+  ASSERT_EQ(f.count("documents_ended"), 1u);
+  EXPECT_EQ(f["output_throughput"]["guided_json"], schema);
+  // ignore_eos: a request whose document is complete draws EOS (all the grammar allows) to the end.
+  EXPECT_NEAR(f["output_throughput"]["value"].get<double>() * f["elapsed"]["value"].get<double>(), 6.0 * 100, 1e-6);
+  EXPECT_GT(f["step_ms_median"]["value"].get<double>(), 0.0);
+  const auto texts = saved_texts(outputs);
+  ASSERT_EQ(texts.size(), 6u);
+  for (const auto& text : texts) expect_valid_document(text);
+  expect_ajv_accepts(schema, outputs);
+}
+
+TEST(BenchOffline, LatencyUnderASchemaWritesValidDocuments) {
+  if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
+  const std::string schema = write_file("bench_schema_lat.json", kSchema);
+  const std::string outputs = ::testing::TempDir() + "/bench_outputs_lat.jsonl";
+  auto f = run_bench("latency --model random:tiny-qwen3 --batch-size 3 --input-len 10 --output-len 100 --num-iters 2 "
+                     "--num-iters-warmup 0 --guided-json " + schema + " --save-outputs " + outputs,
+                     "lat_schema.json");
+  EXPECT_NEAR(f["decode_tokens_per_s"]["value"].get<double>(), 3 * 1000.0 / f["decode_ms_per_token_median"]["value"].get<double>(), 1e-6);
+  const auto texts = saved_texts(outputs);
+  ASSERT_EQ(texts.size(), 6u);  // 2 iterations of 3
+  for (const auto& text : texts) expect_valid_document(text);
+  expect_ajv_accepts(schema, outputs);
+}
+
+TEST(BenchOffline, BadSchemasNameTheFlag) {
+  for (const auto& [name, text, needle] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"bad_format.json", R"({"type": "string", "format": "date"})", "'format'"},
+           {"not_json.json", "{oops", "not JSON"}}) {
+    const std::string path = write_file(name, text);
+    const std::string cmd = std::string(TANDEM_BINARY) + " bench throughput --model random:tiny-qwen3 --guided-json " + path + " 2>&1";
+    FILE* pipe = popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[256];
+    while (size_t n = fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
+    const int status = pclose(pipe);
+    EXPECT_NE(WEXITSTATUS(status), 0) << out;
+    EXPECT_NE(out.find("--guided-json"), std::string::npos) << out;
+    EXPECT_NE(out.find(needle), std::string::npos) << out;
+  }
 }
 
 TEST(BenchOffline, BadFlagsNameTheFlag) {

@@ -1,7 +1,8 @@
 // The tool-call parsers (hermes, llama3_json) and the chat reply parser that chains the reasoning
 // parser before them: every reply gives the same content and calls whole and cut into any pieces
-// (every cut in two, every cut in three for the short ones, byte by byte), malformed calls come back
-// as content, and the stream deltas have vLLM's shape.
+// (every cut in two, every cut in three for the short ones, byte by byte), a call's arguments stream
+// as they arrive and join to the whole reply's, malformed calls come back as content, and the stream
+// deltas have vLLM's shape.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -32,19 +33,32 @@ ToolCallParser::IdFn counter() {
   return [n] { return "call-" + std::to_string((*n)++); };
 }
 
-void add(Result* r, ToolParse p) {
-  r->content += p.content;
-  for (auto& c : p.calls) {
-    r->calls.emplace_back(c.name, c.arguments);
-    r->ids.push_back(c.id);
+// Checks the deltas' order (a call's header first, once, at the next index; fragments only for a
+// call already begun) and applies them.
+void add(std::vector<ToolCall>* calls, std::string* content, ToolParse p) {
+  *content += p.content;
+  for (const ToolCallDelta& d : p.deltas) {
+    if (!d.id.empty()) {
+      EXPECT_EQ(d.index, static_cast<int>(calls->size())) << "a new call takes the next index";
+      EXPECT_FALSE(d.name.empty());
+    } else {
+      EXPECT_LT(d.index, static_cast<int>(calls->size())) << "a fragment of a call not yet begun";
+      EXPECT_TRUE(d.name.empty());
+    }
+    apply_tool_call_deltas({d}, calls);
   }
 }
 
 Result run(ToolParserKind kind, const std::vector<std::string>& pieces) {
   ToolCallParser parser(kind, counter());
+  std::vector<ToolCall> calls;
   Result r;
-  for (const auto& p : pieces) add(&r, parser.feed(p));
-  add(&r, parser.finish());
+  for (const auto& p : pieces) add(&calls, &r.content, parser.feed(p));
+  add(&calls, &r.content, parser.finish());
+  for (const auto& c : calls) {
+    r.calls.emplace_back(c.name, c.arguments);
+    r.ids.push_back(c.id);
+  }
   return r;
 }
 
@@ -99,7 +113,8 @@ TEST(HermesToolParser, ArgumentsKeepTheModelsKeyOrderAndText) {
 
 TEST(HermesToolParser, MalformedCallsAreContent) {
   for (const std::string& text : {
-           std::string("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": }}\n</tool_call>"),  // not JSON
+           std::string("<tool_call>\n{\"name\": \"f\" \"arguments\": {\"a\": 1}}\n</tool_call>"),  // not JSON (no comma)
+           std::string("<tool_call>\n{\"id\": 1, \"name\": \"f\", \"arguments\": {\"a\": }}\n</tool_call>"),  // read whole: not JSON
            std::string("<tool_call>\n{\"arguments\": {}}\n</tool_call>"),                          // no name
            std::string("<tool_call>{\"name\": \"\", \"arguments\": {}}</tool_call>"),               // empty name
            std::string("<tool_call>{\"name\": \"f\", \"arguments\": \"{}\"}</tool_call>"),          // arguments a string
@@ -117,6 +132,63 @@ TEST(HermesToolParser, MalformedCallsAreContent) {
 TEST(HermesToolParser, ACallCutOffBeforeItsClosingTagCountsWhenWhole) {
   expect_all_cuttings(ToolParserKind::kHermes, "<tool_call>\n" + kWeather + "\n",
                       calls("", {{"get_weather", kWeatherArgs}}));
+  // Another key order is read whole: a call when its JSON is complete, content when it is not.
+  expect_all_cuttings(ToolParserKind::kHermes, R"(<tool_call>{"arguments": {"x": [1]}, "name": "f"})",
+                      calls("", {{"f", R"({"x":[1]})"}}));
+  expect_all_cuttings(ToolParserKind::kHermes, R"(<tool_call>{"arguments": {"x": [1]}, "name": "f")",
+                      calls(R"(<tool_call>{"arguments": {"x": [1]}, "name": "f")", {}));
+}
+
+// Once {"name": ..., "arguments": { is read the header is out, so the call stays a call whatever the
+// model writes next: its arguments are what it wrote (blanks outside strings removed), cut where the
+// call or the reply ends; what follows the arguments inside the call is not shown.
+TEST(HermesToolParser, ACallBrokenAfterItsHeaderStaysACall) {
+  expect_all_cuttings(ToolParserKind::kHermes, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": }}\n</tool_call>",
+                      calls("", {{"f", R"({"a":})"}}));
+  expect_all_cuttings(ToolParserKind::kHermes, R"(<tool_call>{"name": "f", "arguments": {"a": "x y", "b": [1,)",
+                      calls("", {{"f", R"({"a":"x y","b":[1,)"}}));
+  expect_all_cuttings(ToolParserKind::kHermes, R"(<tool_call>{"name": "f", "arguments": {"a": "</tool_call> after)",
+                      calls(" after", {{"f", R"({"a":")"}}));
+  expect_all_cuttings(ToolParserKind::kHermes, R"(<tool_call>{"name": "f", "arguments": {"a": 1}, "oops": ]]</tool_call>ok)",
+                      calls("ok", {{"f", R"({"a":1})"}}));
+}
+
+// The point of streaming: the header goes out when the arguments begin, and each piece of arguments
+// goes out with the piece of reply that brought it, before the call is complete.
+TEST(ToolParsers, ArgumentsStreamAsTheyArrive) {
+  for (const ToolParserKind kind : {ToolParserKind::kHermes, ToolParserKind::kLlama3Json}) {
+    const std::string open = kind == ToolParserKind::kHermes ? "<tool_call>\n" : "";
+    ToolCallParser parser(kind, counter());
+    ToolParse p = parser.feed(open + R"({"name": "get_weather", "argu)");
+    EXPECT_TRUE(p.deltas.empty()) << "no header before the arguments begin";
+    p = parser.feed(R"(ments": {"ci)");
+    ASSERT_EQ(p.deltas.size(), 1u) << tool_parser_name(kind);
+    EXPECT_EQ(p.deltas[0].id, "call-0");
+    EXPECT_EQ(p.deltas[0].name, "get_weather");
+    EXPECT_EQ(p.deltas[0].arguments, R"({"ci)");
+    p = parser.feed(R"(ty": "Par)");
+    ASSERT_EQ(p.deltas.size(), 1u);
+    EXPECT_EQ(p.deltas[0].index, 0);
+    EXPECT_TRUE(p.deltas[0].id.empty());
+    EXPECT_EQ(p.deltas[0].arguments, R"(ty":"Par)");
+    p = parser.feed("is\", \"unit\": \"celsius\"}}");
+    ASSERT_EQ(p.deltas.size(), 1u);
+    EXPECT_EQ(p.deltas[0].arguments, R"(is","unit":"celsius"})");
+    EXPECT_TRUE(p.content.empty());
+    p = parser.feed(kind == ToolParserKind::kHermes ? "\n</tool_call>" : "");
+    ToolParse rest = parser.finish();
+    EXPECT_TRUE(p.deltas.empty() && rest.deltas.empty());
+    EXPECT_EQ(p.content + rest.content, "");
+    EXPECT_EQ(parser.num_calls(), 1);
+  }
+  // A piece ending in what may begin </tool_call> holds that much back, inside the arguments too.
+  ToolCallParser parser(ToolParserKind::kHermes, counter());
+  ToolParse p = parser.feed(R"(<tool_call>{"name": "f", "arguments": {"a": "1 </tool)");
+  ASSERT_EQ(p.deltas.size(), 1u);
+  EXPECT_EQ(p.deltas[0].arguments, R"({"a":"1 )");
+  p = parser.feed(R"(s"}})");
+  ASSERT_EQ(p.deltas.size(), 1u);
+  EXPECT_EQ(p.deltas[0].arguments, R"(</tools"})");
 }
 
 TEST(HermesToolParser, TextWithoutCallsIsKeptByteForByte) {
@@ -140,9 +212,11 @@ TEST(Llama3JsonToolParser, TextAndMalformedJsonAreContent) {
   for (const std::string& text : {std::string("Hello {\"name\": \"f\"}"), std::string("{\"name\": 1, \"parameters\": {}}"),
                                  std::string("{\"name\": \"f\", \"parameters\": [1]}"), std::string("{not json}"),
                                  std::string("<|python_tag|>"), std::string("<|python_ta"), std::string(" <|pyt x"),
-                                 std::string("{\"name\": \"f\", \"parameters\": {\"a\": 1}"), std::string("\n\n")}) {
+                                 std::string("{\"parameters\": {\"a\": 1}"), std::string("\n\n")}) {
     expect_all_cuttings(ToolParserKind::kLlama3Json, text, calls(text, {}));
   }
+  // Its header out, a call whose object never closes is a call (its arguments were whole here).
+  expect_all_cuttings(ToolParserKind::kLlama3Json, R"({"name": "f", "parameters": {"a": 1})", calls("", {{"f", R"({"a":1})"}}));
   // Text after a call: the call, then the text as content.
   expect_all_cuttings(ToolParserKind::kLlama3Json, R"({"name": "f", "parameters": {}} and more)", calls(" and more", {{"f", "{}"}}));
 }
@@ -229,14 +303,16 @@ struct Chat {
 Chat run_chat(const std::vector<std::string>& pieces, int max_calls = -1) {
   ChatReplyParser parser(ReasoningFormat::kQwen3, false, ToolParserKind::kHermes, max_calls, counter());
   Chat out;
-  int next_index = 0;
   for (size_t i = 0; i < pieces.size(); ++i) {
     ChatPiece p = parser.feed(pieces[i], i + 1 == pieces.size());
     out.reasoning += p.reasoning;
     out.content += p.content;
-    EXPECT_EQ(p.first_call_index, next_index);
-    for (const auto& c : p.calls) out.names.push_back(c.name);
-    next_index += static_cast<int>(p.calls.size());
+    for (const auto& c : p.calls) {
+      if (!c.id.empty()) {
+        EXPECT_EQ(c.index, static_cast<int>(out.names.size()));
+        out.names.push_back(c.name);
+      }
+    }
   }
   return out;
 }
@@ -256,8 +332,7 @@ TEST(ChatReplyParser, ThinkBlockFirstThenCalls) {
 TEST(ChatReplyDeltas, HeaderThenArgumentsPerCallAsVllmStreamsThem) {
   ChatPiece piece;
   piece.content = "Checking.";
-  piece.first_call_index = 2;
-  piece.calls = {{"chatcmpl-tool-1", "get_weather", kWeatherArgs}};
+  piece.calls = {{2, "chatcmpl-tool-1", "get_weather", kWeatherArgs}};
   const auto deltas = chat_piece_deltas(piece, /*reasoning=*/false, 5);
   ASSERT_EQ(deltas.size(), 3u);
   EXPECT_EQ(deltas[0], json({{"content", "Checking."}}));
@@ -269,10 +344,18 @@ TEST(ChatReplyDeltas, HeaderThenArgumentsPerCallAsVllmStreamsThem) {
   EXPECT_EQ(chat_piece_deltas(piece, false, 5).size(), 2u);
   EXPECT_EQ(chat_piece_deltas(ChatPiece{}, false, 1), std::vector<json>{json({{"content", ""}})});
   EXPECT_EQ(chat_piece_deltas(ChatPiece{}, true, 0), std::vector<json>{json::object()});
-  EXPECT_EQ(chat_piece_deltas(ChatPiece{"r", "", {}, 0}, true, 1), std::vector<json>{json({{"reasoning_content", "r"}})});
-  EXPECT_EQ(chat_finish_reason(piece.calls, "stop"), "tool_calls");
-  EXPECT_EQ(chat_finish_reason(piece.calls, "length"), "tool_calls");
-  EXPECT_EQ(chat_finish_reason(piece.calls, "abort"), "abort");
+  EXPECT_EQ(chat_piece_deltas(ChatPiece{"r", "", {}}, true, 1), std::vector<json>{json({{"reasoning_content", "r"}})});
+  // A header alone (the arguments not begun in this piece), then fragments alone.
+  EXPECT_EQ(chat_piece_deltas(ChatPiece{"", "", {{0, "id-0", "f", ""}}}, false, 1),
+            std::vector<json>{json::parse(R"({"tool_calls":[{"index":0,"id":"id-0","type":"function","function":{"name":"f","arguments":""}}]})")});
+  EXPECT_EQ(chat_piece_deltas(ChatPiece{"", "", {{0, "", "", R"({"a)"}, {1, "id-1", "g", "{"}}}, false, 1),
+            (std::vector<json>{json::parse(R"({"tool_calls":[{"index":0,"function":{"arguments":"{\"a"}}]})"),
+                               json::parse(R"({"tool_calls":[{"index":1,"id":"id-1","type":"function","function":{"name":"g","arguments":""}}]})"),
+                               json::parse(R"({"tool_calls":[{"index":1,"function":{"arguments":"{"}}]})")}));
+  const std::vector<ToolCall> made = {{"id-0", "f", "{}"}};
+  EXPECT_EQ(chat_finish_reason(made, "stop"), "tool_calls");
+  EXPECT_EQ(chat_finish_reason(made, "length"), "tool_calls");
+  EXPECT_EQ(chat_finish_reason(made, "abort"), "abort");
   EXPECT_EQ(chat_finish_reason({}, "stop"), "stop");
 }
 

@@ -164,10 +164,10 @@ TEST(ToolCallConstraint, RequiredAndNamedChoicesConstrainTheReplyInTheParsersFor
   const std::string reply = required->call_prefix + R"({"name": "get_weather", "arguments": {"city": "Oslo"}})" +
                             required->call_suffix + required->separator + required->call_prefix +
                             R"({"name": "now", "arguments": {}})" + required->call_suffix;
-  const ToolParse parsed = ToolCallParser::parse(ToolParserKind::kHermes, reply);
+  const ToolReply parsed = ToolCallParser::parse(ToolParserKind::kHermes, reply);
   ASSERT_EQ(parsed.calls.size(), 2u);
   EXPECT_EQ(parsed.content, "");
-  const ToolParse llama = ToolCallParser::parse(
+  const ToolReply llama = ToolCallParser::parse(
       ToolParserKind::kLlama3Json, R"({"name": "get_weather", "parameters": {"city": "Oslo"}})" + named->separator +
                                        R"({"name": "get_weather", "parameters": {"city": "Rome"}})");
   EXPECT_EQ(llama.calls.size(), 2u);

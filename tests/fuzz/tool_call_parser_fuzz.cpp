@@ -4,18 +4,20 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "frontend/tool_call_parser.h"
 
 namespace {
 
+using tandem::frontend::ToolCall;
 using tandem::frontend::ToolCallParser;
 using tandem::frontend::ToolParse;
 using tandem::frontend::ToolParserKind;
 
-std::string flatten(const ToolParse& p) {
-  std::string out = p.content;
-  for (const auto& c : p.calls) out += "\x01" + c.name + "\x02" + c.arguments + "\x03" + c.id;
+std::string flatten(const std::string& content, const std::vector<ToolCall>& calls) {
+  std::string out = content;
+  for (const auto& c : calls) out += "\x01" + c.name + "\x02" + c.arguments + "\x03" + c.id;
   return out;
 }
 
@@ -27,17 +29,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const size_t step = 1 + data[1] % 16;  // piece length
   const std::string text(reinterpret_cast<const char*>(data) + 2, size - 2);
   auto ids = [] { return std::string("id"); };
-  const std::string whole = flatten(ToolCallParser::parse(kind, text, ids));
+  const auto reply = ToolCallParser::parse(kind, text, ids);
+  const std::string whole = flatten(reply.content, reply.calls);
   ToolCallParser parser(kind, ids);
-  ToolParse pieces;
+  std::string content;
+  std::vector<ToolCall> calls;
   for (size_t at = 0; at < text.size(); at += step) {
     ToolParse p = parser.feed(std::string_view(text).substr(at, step));
-    pieces.content += p.content;
-    for (auto& c : p.calls) pieces.calls.push_back(std::move(c));
+    content += p.content;
+    tandem::frontend::apply_tool_call_deltas(p.deltas, &calls);
   }
   ToolParse rest = parser.finish();
-  pieces.content += rest.content;
-  for (auto& c : rest.calls) pieces.calls.push_back(std::move(c));
-  if (flatten(pieces) != whole) __builtin_trap();
+  content += rest.content;
+  tandem::frontend::apply_tool_call_deltas(rest.deltas, &calls);
+  if (flatten(content, calls) != whole) __builtin_trap();
   return 0;
 }

@@ -43,21 +43,26 @@ const runner = client.beta.chat.completions.stream({ model, messages, tools, max
 const final = await runner.finalChatCompletion();
 check(final.choices[0].message, final.choices[0].finish_reason);
 
-// Streamed, read delta by delta: the first delta of a call names it, the later ones carry arguments.
+// Streamed, read delta by delta: the first delta of a call names it, the later ones carry arguments,
+// a few characters at a time as the model writes them.
 const stream = await client.chat.completions.create({ model, messages, tools, max_tokens: 200, stream: true });
 const calls = [];
 for await (const chunk of stream) {
   for (const tc of chunk.choices[0]?.delta?.tool_calls ?? []) {
     if (tc.id) {
       assert.equal(calls[tc.index], undefined);
-      calls[tc.index] = { id: tc.id, name: tc.function.name, arguments: tc.function.arguments ?? '' };
+      calls[tc.index] = { id: tc.id, name: tc.function.name, arguments: tc.function.arguments ?? '', fragments: 0 };
     } else {
       calls[tc.index].arguments += tc.function.arguments;
+      calls[tc.index].fragments += 1;
     }
   }
 }
 assert.deepEqual(calls.map((c) => c.name), ['get_weather', 'search']);
 assert.deepEqual(JSON.parse(calls[0].arguments), { city: 'Paris' });
+assert.equal(calls[0].arguments, chat.choices[0].message.tool_calls[0].function.arguments);
+assert.equal(calls[1].arguments, chat.choices[0].message.tool_calls[1].function.arguments);
+assert.ok(calls[0].fragments > 1, `the arguments came in ${calls[0].fragments} fragment(s)`);
 
 // The next turn sends the calls and the tools' results back.
 const next = await client.chat.completions.create({
