@@ -37,7 +37,7 @@ struct FrontendCommandOptions {
   double request_timeout_s = 0;
   ClusterFlags cluster;
   EtcdFlags etcd;
-  std::string router_mode = "kv";
+  std::string router_mode = frontend::router_mode_name(frontend::RouterOptions{}.mode);  // the struct's default: kv
 };
 
 int to_ms(double seconds) { return static_cast<int>(std::min(seconds * 1000.0, 2e9)); }

@@ -315,6 +315,8 @@ class EngineImpl final : public Engine {
       return bad("num_resumed_tokens must be in [0, prompt length)");
     }
     if (r.num_resumed_tokens > 0 && p.n != 1) return bad("a resumed request has n = 1");
+    if (r.choice_index < 0) return bad("choice_index must be >= 0");
+    if (r.choice_index > 0 && p.n != 1) return bad("a request that carries one choice of several (choice_index) has n = 1");
     if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) return bad("min_tokens must be in [0, max_tokens]");
     if (p.logprobs < -1 || p.logprobs > 20) return bad("logprobs must be in [0, 20]");
     if (p.n < 1 || p.n > max_seqs_) return bad("n must be in [1, max_seqs = " + std::to_string(max_seqs_) + "]");
@@ -486,7 +488,7 @@ class EngineImpl final : public Engine {
         job.row = r;
         job.choice = c;
         job.in = sample_input(c);
-        job.in.choice_index = c->index + i;
+        job.in.choice_index += i;  // the fork's draws: choices 0..n-1 from the leader's row
         job.in.allowed = step_masks_.mask(r);
         job.in.allowed_only_end = step_masks_.only_end(r);
         job.group_size = i == 0 ? num_draws : 0;
@@ -555,7 +557,7 @@ class EngineImpl final : public Engine {
     SampleInput in;
     in.params = &state.request.sampling;
     in.seed = state.seed;
-    in.choice_index = c->index;
+    in.choice_index = c->index + state.request.choice_index;  // a migrated choice of several keeps its draws
     // A migrated request's resumed tokens are output: its draws continue their positions.
     const size_t prompt_len = static_cast<size_t>(c->num_prompt_tokens - state.request.num_resumed_tokens);
     in.prompt_token_ids = {c->token_ids.data(), prompt_len};

@@ -122,6 +122,9 @@ class FakeEngine : public Engine {
     if (request.prompt_token_ids.empty()) return Status::InvalidArgument("prompt is empty");
     if (s.max_tokens < 1) return Status::InvalidArgument("max_tokens must be >= 1");
     if (s.n < 1) return Status::InvalidArgument("n must be >= 1");
+    if (request.choice_index < 0 || (request.choice_index > 0 && s.n != 1)) {
+      return Status::InvalidArgument("choice_index must be 0, or >= 0 with n = 1");
+    }
     for (int32_t t : request.prompt_token_ids) {
       if (t < 0 || t >= options_.vocab_size) return Status::InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary");
     }
@@ -219,7 +222,10 @@ class FakeEngine : public Engine {
       return options_.script[std::min(static_cast<size_t>(c.num_output + c.resumed), options_.script.size() - 1)];
     }
     uint64_t h = mix(seq.hash, static_cast<uint64_t>(c.last_token) + 7);
-    if (seq.request.sampling.temperature > 0) h = mix(h, static_cast<uint64_t>(c.index) * 31 + c.num_output + c.resumed);
+    // A sampled choice's tokens depend on its index among the request's choices (choice_index for one
+    // that migrated alone) and its output position, as the real sampler's draws do.
+    const uint64_t choice = static_cast<uint64_t>(c.index + seq.request.choice_index);
+    if (seq.request.sampling.temperature > 0) h = mix(h, choice * 31 + c.num_output + c.resumed);
     return static_cast<int32_t>(h % static_cast<uint64_t>(std::min(options_.vocab_size, 100000)));
   }
 

@@ -99,6 +99,10 @@ struct Request {
   // streamed. sampling.max_tokens and min_tokens count new tokens only.
   int num_resumed_tokens = 0;
   int64_t resumed_text_bytes = 0;
+  // One choice of an n > 1 request that migrated goes on alone (sampling.n = 1): its index among that
+  // request's choices, so that its seeded draws are that choice's, (seed, choice_index, position).
+  // Its outputs still say index 0. 0 for every other request.
+  int choice_index = 0;
   Clock::time_point arrival_time = Clock::now();
 };
 

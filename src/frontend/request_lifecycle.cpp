@@ -16,6 +16,10 @@ using nlohmann::json;
 
 double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
+// The worker-side id of choice `choice` of request `id` once it runs alone: ids of requests end in
+// hex digits, so none equals one of these.
+std::string split_leg_id(const std::string& id, int choice) { return id + "~c" + std::to_string(choice); }
+
 }  // namespace
 
 void respond_error(HttpExchange& ex, Metrics& metrics, const ApiError& error, const HttpHeaders& headers) {
@@ -273,24 +277,30 @@ std::optional<ApiError> RequestLifecycle::launch(Request& r, std::vector<int32_t
   directory_.note_prompt(decoder, prompt);
   directory_.assign(decoder, r.id);
   directory_.note_routed(decoder, r.id, prompt);
+  Leg leg;
+  leg.id = r.id;
+  leg.worker = decoder;
   if (d.remote) {
     r.remote = true;
-    r.prefill_slot = directory_.hold_prefill(prefill);
+    leg.prefill_slot = directory_.hold_prefill(prefill);
   }
-  r.worker = decoder;
+  r.legs = {std::move(leg)};
   r.generate = std::make_shared<rpc::pb::Envelope>(std::move(env));
   r.usage.prompt_tokens = prompt_len;
   r.choices.resize(req.sampling.n());
+  r.text_bytes.assign(req.sampling.n(), 0);
   r.last_activity = Clock::now();
   metrics_.add("vllm:prompt_tokens_total", "", prompt_len);
   return std::nullopt;
 }
 
 void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
-  auto it = active_.find(out.request_id());
-  if (it == active_.end()) return;
-  Request& r = it->second;
-  if (r.worker != worker || out.index() < 0 || out.index() >= static_cast<int>(r.choices.size())) return;
+  auto [found, leg] = find_leg(out.request_id());
+  if (found == nullptr || leg->worker != worker) return;  // ended, or from a worker it has left
+  Request& r = *found;
+  // A leg of one choice speaks of it as its index 0.
+  const int choice = leg->choice >= 0 ? (out.index() == 0 ? leg->choice : -1) : out.index();
+  if (choice < 0 || choice >= static_cast<int>(r.choices.size())) return;
   const auto now = Clock::now();
   r.last_activity = now;
   if (out.prefill().present()) {
@@ -307,13 +317,13 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
       spdlog::warn("event=prefill_fell_back request_id={} reason=\"{}\"", r.id, p.fallback_reason());
     }
   }
-  release_prefill(r);
+  release_prefill(*leg);
   if (out.finish_reason() == rpc::pb::FINISH_ERROR) {
     auto code = static_cast<StatusCode>(out.error_code());
     // Refused (draining, its device failed) or failed (a device fault) before producing anything:
     // another worker can serve it, and the client never sees the first attempt.
     if ((code == StatusCode::kUnavailable || code == StatusCode::kInternal) &&
-        (reroute(r, worker, "worker_error") || migrate(r, worker, "worker_error"))) {
+        (reroute(r, *leg, "worker_error") || migrate(r, *leg, "worker_error"))) {
       return;
     }
     return fail(r.id, ApiError::from_code(code, out.error_message().empty() ? "the worker failed" : out.error_message()),
@@ -321,15 +331,15 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
   }
   // The frontend's own aborts forget the request first: an abort that reaches a live request is the
   // worker's (its drain ran past its deadline). The stream moves on; the client never sees it.
-  if (out.finish_reason() == rpc::pb::FINISH_ABORT && migrate(r, worker, "worker_aborted")) return;
-  if (out.index() == 0) r.text_bytes += static_cast<int64_t>(out.text().size());
+  if (out.finish_reason() == rpc::pb::FINISH_ABORT && migrate(r, *leg, "worker_aborted")) return;
+  r.text_bytes[choice] += static_cast<int64_t>(out.text().size());
   const int num_new = out.token_ids_size();
   if (num_new > 0) {
     if (!r.seen_first) {
       r.seen_first = true;
       r.first_token = now;
       // Past the point of re-routing; kept while the stream may still migrate.
-      if (options_.migration_limit <= 0 || r.choices.size() != 1) r.generate.reset();
+      if (options_.migration_limit <= 0) r.generate.reset();
       metrics_.histogram("vllm:time_to_first_token_seconds", "", latency_buckets()).observe(seconds_between(r.arrival, now));
     } else {
       metrics_.histogram("vllm:inter_token_latency_seconds", "", latency_buckets())
@@ -343,12 +353,12 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
   r.usage.cached_prompt_tokens =
       std::max(r.usage.cached_prompt_tokens, std::min(out.num_cached_prompt_tokens(), r.usage.prompt_tokens));
   if (r.batch) r.batch->usage[r.batch_prompt] = r.usage;
-  ChoiceState& c = r.choices[out.index()];
+  ChoiceState& c = r.choices[choice];
   if (c.finished) return;
   std::vector<json> deltas;  // a stream's deltas of this output (chat with parsers: one or more)
   bool has_text = !out.text().empty();
   if (!r.parsers.empty()) {
-    ChatPiece piece = r.parsers[out.index()].feed(out.text(), out.finished());
+    ChatPiece piece = r.parsers[choice].feed(out.text(), out.finished());
     c.text += piece.content;
     if (c.reasoning) *c.reasoning += piece.reasoning;
     has_text = !piece.reasoning.empty() || !piece.content.empty() || !piece.calls.empty();
@@ -372,10 +382,11 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     c.stop_reason = out.stop_reason();
     reason = c.finish_reason.c_str();
     ++r.num_finished;
+    if (leg->choice >= 0) drop_leg(r, leg->id);  // a leg of one choice is done with it
   }
   if (r.req.stream && (num_new > 0 || has_text || out.finished())) {
     const std::vector<int32_t> ids(out.token_ids().begin(), out.token_ids().end());
-    const int index = r.batch ? batch_choice_index(r.batch_prompt, r.req.sampling.n(), out.index()) : out.index();
+    const int index = r.batch ? batch_choice_index(r.batch_prompt, r.req.sampling.n(), choice) : choice;
     const TokenUsage usage = r.batch ? sum_usage(r.batch->usage) : r.usage;
     // Logprobs and token ids ride on the first delta, the finish reason on the last.
     for (size_t k = 0; k < deltas.size(); ++k) {
@@ -389,16 +400,19 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
 
 void RequestLifecycle::on_worker_lost(WorkerKey worker, const std::string& name, const Status& reason,
                                       const std::vector<std::string>& requests) {
-  for (const auto& id : requests) {
-    auto it = active_.find(id);
-    if (it != active_.end() && (reroute(it->second, worker, "worker_lost") || migrate(it->second, worker, "worker_lost"))) {
-      continue;
-    }
-    fail(id, ApiError::unavailable("decode worker " + name + " lost: " + reason.message()), /*abort_worker=*/false);
+  for (const auto& leg_id : requests) {
+    auto [r, leg] = find_leg(leg_id);
+    if (r == nullptr || leg->worker != worker) continue;
+    if (reroute(*r, *leg, "worker_lost") || migrate(*r, *leg, "worker_lost")) continue;
+    // Its other legs (a split stream's choices on other workers) are aborted; this one is gone.
+    drop_leg(*r, leg_id);
+    fail(r->id, ApiError::unavailable("decode worker " + name + " lost: " + reason.message()), /*abort_worker=*/true);
   }
   // Remote prefills routed to it no longer count toward the queue; their decode workers fall back.
   for (auto& [id, r] : active_) {
-    if (r.prefill_slot == worker) release_prefill(r);
+    for (Leg& leg : r.legs) {
+      if (leg.prefill_slot == worker) release_prefill(leg);
+    }
   }
 }
 
@@ -423,11 +437,22 @@ void RequestLifecycle::expire_stalled(Clock::time_point now) {
   }
 }
 
-// Sends a request that `from` refused or lost before its first token to the worker the router picks
-// among the others, with a local prefill; once per request. False (nothing changed) when the request
-// already produced output, was re-routed before, or no other worker can take it.
-bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
-  if (r.rerouted || r.usage.completion_tokens > 0 || !r.generate) return false;
+std::pair<RequestLifecycle::Request*, RequestLifecycle::Leg*> RequestLifecycle::find_leg(const std::string& leg_id) {
+  auto owner = split_legs_.find(leg_id);
+  auto it = active_.find(owner == split_legs_.end() ? leg_id : owner->second);
+  if (it == active_.end()) return {nullptr, nullptr};
+  for (Leg& leg : it->second.legs) {
+    if (leg.id == leg_id) return {&it->second, &leg};
+  }
+  return {nullptr, nullptr};  // a leg that split or finished: what its old worker still sends is stale
+}
+
+// Sends a request that its worker refused or lost before its first token to the worker the router
+// picks among the others, with a local prefill; once per request. False (nothing changed) when the
+// request already produced output, was re-routed before, or no other worker can take it.
+bool RequestLifecycle::reroute(Request& r, Leg& leg, const char* why) {
+  if (r.rerouted || r.usage.completion_tokens > 0 || !r.generate || leg.id != r.id) return false;
+  const WorkerKey from = leg.worker;
   rpc::pb::Generate* g = r.generate->mutable_generate();
   const std::span<const int32_t> prompt(g->prompt_token_ids().data(), static_cast<size_t>(g->prompt_token_ids_size()));
   const RoutingPool pool = directory_.pool(r.response.model, prompt, from);
@@ -437,11 +462,11 @@ bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
   g->clear_remote_prefill_address();
   g->set_remote_prefill_queue(false);
   if (!directory_.send(target, *r.generate)) return false;
-  release_prefill(r);
+  release_prefill(leg);
   directory_.unassign(from, r.id);
   directory_.assign(target, r.id);
   directory_.note_routed(target, r.id, prompt);
-  r.worker = target;
+  leg.worker = target;
   r.remote = false;
   r.rerouted = true;
   const rpc::pb::Register* from_info = directory_.info(from);
@@ -451,65 +476,121 @@ bool RequestLifecycle::reroute(Request& r, WorkerKey from, const char* why) {
   return true;
 }
 
-// Moves a stream whose decode worker was lost, failed or gave it up after its first tokens to another
-// worker (docs/routing.md, migration): the prompt plus the tokens the client already has, which the
-// new worker continues as output (Generate.num_resumed_tokens), so the stream goes on with no error,
-// no repeated and no lost token. Up to --migration-limit times per request; one choice only (n = 1).
-// False (nothing changed) when it may not move or no other worker can take it.
-bool RequestLifecycle::migrate(Request& r, WorkerKey from, const char* why) {
+// Moves the choices of a leg whose decode worker was lost, failed or gave it up after the stream's
+// first tokens to other workers (docs/routing.md, migration): for each unfinished choice, the prompt
+// plus the tokens the client already has of it, which the new worker continues as output
+// (Generate.num_resumed_tokens), so the stream goes on with no error, no repeated and no lost token.
+// A request of one choice moves as it was; of several, each choice goes on alone (n = 1, its
+// Generate.choice_index keying its seeded draws), routed on its own, as a leg of its own. Up to
+// --migration-limit times per request (a move of several choices at once counts once). False, with
+// r.legs unchanged, when it may not move or another worker cannot take every choice: the legs sent
+// before the one that could not be are aborted.
+bool RequestLifecycle::migrate(Request& r, Leg& leg, const char* why) {
   // Before the first token reroute() is the rule (once); migration continues a stream under way.
-  if (r.migrations >= options_.migration_limit || !r.generate || r.choices.size() != 1 || r.choices[0].finished ||
-      r.choices[0].tokens.empty()) {
-    return false;
+  if (r.migrations >= options_.migration_limit || !r.generate || r.usage.completion_tokens == 0) return false;
+  const WorkerKey from = leg.worker;
+  std::vector<int> moving;  // the leg's unfinished choices
+  for (int i = 0; i < static_cast<int>(r.choices.size()); ++i) {
+    if ((leg.choice < 0 || leg.choice == i) && !r.choices[i].finished) moving.push_back(i);
   }
-  const std::vector<int32_t>& done = r.choices[0].tokens;
-  rpc::pb::Envelope env = *r.generate;
-  rpc::pb::Generate* g = env.mutable_generate();
-  rpc::pb::SamplingParams* sampling = g->mutable_sampling();
-  const int resumed = static_cast<int>(done.size());
-  if (sampling->max_tokens() - resumed < 1) return false;
-  sampling->set_max_tokens(sampling->max_tokens() - resumed);
-  sampling->set_min_tokens(std::max(0, sampling->min_tokens() - resumed));
-  g->mutable_prompt_token_ids()->Add(done.begin(), done.end());
-  g->set_num_resumed_tokens(resumed);
-  g->set_resumed_text_bytes(r.text_bytes);
-  g->clear_remote_prefill_address();
-  g->set_remote_prefill_queue(false);
-  const std::span<const int32_t> prompt(g->prompt_token_ids().data(), static_cast<size_t>(g->prompt_token_ids_size()));
-  const RoutingPool pool = directory_.pool(r.response.model, prompt, from);
-  // Its prefill may be remote again: the prompt and output so far are prefilled wherever the rule says.
-  Decision d = route(pool.candidates, static_cast<int>(prompt.size()), pool.prefill_queue, sampling->max_tokens() > 1,
-                     router_, next_draw());
-  if (d.decode < 0) return false;
-  if (d.remote && !pool.remote_prefill_up) d.remote = false;
-  const WorkerKey target = pool.keys[d.decode];
-  const WorkerKey prefill = d.remote ? pool.keys[d.prefill] : 0;
-  if (d.remote) {
-    directory_.address_remote_prefill(prefill, g);
-    g->set_remote_prefill_timeout_ms(options_.remote_prefill_timeout_ms);
+  if (moving.empty()) return false;
+  const bool alone = r.choices.size() > 1;
+  std::vector<Leg> moved;
+  std::vector<bool> remote;
+  auto undo = [&] {
+    for (const Leg& m : moved) {
+      rpc::pb::Envelope abort;
+      abort.mutable_abort()->set_request_id(m.id);
+      directory_.send(m.worker, abort);
+      directory_.unassign(m.worker, m.id);
+      if (m.prefill_slot != 0) directory_.release_prefill(m.prefill_slot);
+    }
+  };
+  for (const int choice : moving) {
+    const std::vector<int32_t>& done = r.choices[choice].tokens;
+    rpc::pb::Envelope env = *r.generate;
+    rpc::pb::Generate* g = env.mutable_generate();
+    rpc::pb::SamplingParams* sampling = g->mutable_sampling();
+    const int resumed = static_cast<int>(done.size());
+    if (sampling->max_tokens() - resumed < 1) {
+      undo();
+      return false;
+    }
+    Leg next;
+    next.id = alone ? split_leg_id(r.id, choice) : r.id;
+    next.choice = alone ? choice : -1;
+    g->set_request_id(next.id);
+    if (alone) {
+      sampling->set_n(1);
+      g->set_choice_index(choice);
+    }
+    sampling->set_max_tokens(sampling->max_tokens() - resumed);
+    sampling->set_min_tokens(std::max(0, sampling->min_tokens() - resumed));
+    g->mutable_prompt_token_ids()->Add(done.begin(), done.end());
+    g->set_num_resumed_tokens(resumed);
+    g->set_resumed_text_bytes(r.text_bytes[choice]);
+    g->clear_remote_prefill_address();
+    g->set_remote_prefill_queue(false);
+    const std::span<const int32_t> prompt(g->prompt_token_ids().data(), static_cast<size_t>(g->prompt_token_ids_size()));
+    const RoutingPool pool = directory_.pool(r.response.model, prompt, from);
+    // Its prefill may be remote again: the prompt and output so far are prefilled wherever the rule says.
+    Decision d = route(pool.candidates, static_cast<int>(prompt.size()), pool.prefill_queue, sampling->max_tokens() > 1,
+                       router_, next_draw());
+    if (d.decode < 0) {
+      undo();
+      return false;
+    }
+    if (d.remote && !pool.remote_prefill_up) d.remote = false;
+    next.worker = pool.keys[d.decode];
+    const WorkerKey prefill = d.remote ? pool.keys[d.prefill] : 0;
+    if (d.remote) {
+      directory_.address_remote_prefill(prefill, g);
+      g->set_remote_prefill_timeout_ms(options_.remote_prefill_timeout_ms);
+    }
+    if (!directory_.send(next.worker, env)) {
+      undo();
+      return false;
+    }
+    // Counted at once, so that the next choice's route sees this one as pending there.
+    directory_.assign(next.worker, next.id);
+    directory_.note_routed(next.worker, next.id, prompt);
+    if (d.remote) next.prefill_slot = directory_.hold_prefill(prefill);
+    moved.push_back(std::move(next));
+    remote.push_back(d.remote);
   }
-  if (!directory_.send(target, env)) return false;
-  release_prefill(r);
-  directory_.unassign(from, r.id);
-  directory_.assign(target, r.id);
-  directory_.note_routed(target, r.id, prompt);
-  if (d.remote) r.prefill_slot = directory_.hold_prefill(prefill);
-  r.worker = target;
-  r.remote = d.remote;
+  // Every choice went: the old leg gives way to the new ones.
+  const std::string from_id = leg.id;  // `leg` is erased below
+  drop_leg(r, from_id);
   ++r.migrations;
   r.last_activity = Clock::now();
   const rpc::pb::Register* from_info = directory_.info(from);
-  spdlog::warn("event=request_migrated request_id={} from={} to={} reason={} resumed_tokens={} migrations={} remote_prefill={}",
-               r.id, from_info ? from_info->worker_id() : "", directory_.info(target)->worker_id(), why, resumed,
-               r.migrations, d.remote);
+  for (size_t i = 0; i < moved.size(); ++i) {
+    const int choice = moving[i];
+    spdlog::warn("event=request_migrated request_id={} choice={} from={} to={} reason={} resumed_tokens={} migrations={} "
+                 "remote_prefill={}",
+                 r.id, choice, from_info ? from_info->worker_id() : "", directory_.info(moved[i].worker)->worker_id(), why,
+                 r.choices[choice].tokens.size(), r.migrations, remote[i]);
+    r.remote = r.remote || remote[i];
+    if (moved[i].id != r.id) split_legs_[moved[i].id] = r.id;
+    r.legs.push_back(std::move(moved[i]));
+  }
   metrics_.add("tandem_requests_migrated_total", labels({{"reason", why}}));
   return true;
 }
 
-void RequestLifecycle::release_prefill(Request& r) {
-  if (r.prefill_slot == 0) return;
-  directory_.release_prefill(r.prefill_slot);
-  r.prefill_slot = 0;
+void RequestLifecycle::drop_leg(Request& r, const std::string& leg_id) {
+  auto it = std::find_if(r.legs.begin(), r.legs.end(), [&](const Leg& l) { return l.id == leg_id; });
+  if (it == r.legs.end()) return;
+  release_prefill(*it);
+  directory_.unassign(it->worker, it->id);
+  if (it->id != r.id) split_legs_.erase(it->id);
+  r.legs.erase(it);
+}
+
+void RequestLifecycle::release_prefill(Leg& leg) {
+  if (leg.prefill_slot == 0) return;
+  directory_.release_prefill(leg.prefill_slot);
+  leg.prefill_slot = 0;
 }
 
 void RequestLifecycle::complete(Request& r) {
@@ -574,14 +655,17 @@ void RequestLifecycle::fail(const std::string& id, const ApiError& error, bool a
   }
 }
 
-// Forgets a request; tells its worker to stop it when it may still be running there.
+// Forgets a request; tells its workers to stop it when it may still be running there.
 void RequestLifecycle::finish(Request& r, bool abort_worker) {
-  release_prefill(r);
-  directory_.unassign(r.worker, r.id);
-  if (abort_worker) {
-    rpc::pb::Envelope env;
-    env.mutable_abort()->set_request_id(r.id);
-    directory_.send(r.worker, env);
+  for (Leg& leg : r.legs) {
+    release_prefill(leg);
+    directory_.unassign(leg.worker, leg.id);
+    if (leg.id != r.id) split_legs_.erase(leg.id);
+    if (abort_worker) {
+      rpc::pb::Envelope env;
+      env.mutable_abort()->set_request_id(leg.id);
+      directory_.send(leg.worker, env);
+    }
   }
   const std::string id = r.id;  // `r` lives in the map entry being erased
   active_.erase(id);

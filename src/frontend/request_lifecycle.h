@@ -16,6 +16,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "frontend/chat_reply.h"
@@ -76,15 +77,25 @@ class RequestLifecycle {
     bool failed = false;                // the client got an error; the other parts were aborted
   };
 
+  // One stream at a decode worker carrying some of a request's choices. A request starts as one leg
+  // under its own id that carries every choice (the worker's output index is the choice). When a
+  // stream of several choices migrates, each unfinished choice goes on alone (n = 1) as a leg of its
+  // own, under split_leg_id(); a stream of one choice keeps its one leg and its id.
+  struct Leg {
+    std::string id;              // the worker-side request id
+    WorkerKey worker = 0;        // its decode worker
+    int choice = -1;             // the one choice it carries (its output index 0); -1: every choice
+    WorkerKey prefill_slot = 0;  // held in the prefill queue until its first output (directory)
+  };
+
   struct Request {
     std::string id;           // the internal request id (unique among live requests)
     std::string x_request_id;
     GenerationRequest req;
     ResponseContext response;
     std::shared_ptr<HttpExchange> exchange;
-    WorkerKey worker = 0;        // the decode worker
-    WorkerKey prefill_slot = 0;  // held in the prefill queue until the first output (directory)
-    bool remote = false;
+    std::vector<Leg> legs;       // where its unfinished choices run; one until a migration splits it
+    bool remote = false;         // a prefill of it was sent to a prefill worker (logs)
     bool seen_first = false;
     TokenUsage usage;
     std::vector<ChoiceState> choices;
@@ -92,13 +103,13 @@ class RequestLifecycle {
     Clock::time_point arrival, first_token, last_token, last_activity;
     // What was sent to the decode worker, kept until its first token: a request that worker refuses
     // or loses before producing anything is sent once to another worker (reroute()). With
-    // --migration-limit > 0 and one choice it is kept to the end, for migrate().
+    // --migration-limit > 0 it is kept to the end, for migrate().
     std::shared_ptr<rpc::pb::Envelope> generate;
     bool rerouted = false;
     // Chat with --reasoning-parser, or with tools and --tool-call-parser: one per choice.
     std::vector<ChatReplyParser> parsers;
-    int migrations = 0;      // times it moved on after losing its decode worker mid-stream (migrate())
-    int64_t text_bytes = 0;  // bytes of choice 0's text received: what the client has
+    int migrations = 0;               // times it moved on after losing a decode worker mid-stream (migrate())
+    std::vector<int64_t> text_bytes;  // by choice: bytes of its text received, what the client has
     std::shared_ptr<Batch> batch;            // a part of a batched request; null for a single prompt
     int batch_prompt = 0;                    // the part's prompt index in the batch
   };
@@ -113,9 +124,16 @@ class RequestLifecycle {
   // Checks the prompt against the decode worker's model and fills in max_tokens when not given.
   std::optional<ApiError> fit_to_model(const rpc::pb::Register& worker, std::span<const int32_t> prompt,
                                        GenerationRequest* req) const;
-  bool reroute(Request& r, WorkerKey from, const char* why);
-  bool migrate(Request& r, WorkerKey from, const char* why);
-  void release_prefill(Request& r);
+  // The request and leg that a worker-side request id names; {nullptr, nullptr} when none is live.
+  std::pair<Request*, Leg*> find_leg(const std::string& leg_id);
+  // REQUIRES: `leg` is one of r.legs. Both may change the legs (`leg` is then gone) only when they
+  // return true.
+  bool reroute(Request& r, Leg& leg, const char* why);
+  bool migrate(Request& r, Leg& leg, const char* why);
+  // Forgets one of r.legs (its choice finished, or its worker is gone): its prefill slot and its count
+  // on its worker.
+  void drop_leg(Request& r, const std::string& leg_id);
+  void release_prefill(Leg& leg);
   void complete(Request& r);
   void fail(const std::string& id, const ApiError& error, bool abort_worker);
   void finish(Request& r, bool abort_worker);
@@ -129,6 +147,7 @@ class RequestLifecycle {
   Metrics& metrics_;
   const PromptCodec* codec_;
   std::map<std::string, Request> active_;
+  std::map<std::string, std::string> split_legs_;  // a split leg's id -> its request's id
   bool draining_ = false;
   uint64_t next_request_ = 1;
   uint64_t route_turn_ = 0;

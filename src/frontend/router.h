@@ -32,9 +32,7 @@ std::optional<RouterMode> parse_router_mode(const std::string& text);
 struct RouterOptions {
   int max_local_prefill = 1000;  // --max-local-prefill: uncached tokens above this go remote
   int max_prefill_queue = 2;     // --max-prefill-queue: remote only while fewer prefills are queued
-  // The value's default keeps the router as it was before issue 22 for code that builds options by
-  // hand (tests); the --router-mode flag defaults to kv.
-  RouterMode mode = RouterMode::kLeastLoaded;
+  RouterMode mode = RouterMode::kKv;  // --router-mode (the same default as the flag's)
   // --kv-overlap-score-weight: a block to prefill delays this request's first token by that block's
   // whole computation, a block of load only shares each step; 5 measured best on the CPU figures
   // (docs/routing.md), where 1 (Dynamo's default) gave up half the cache hits to balance.

@@ -44,6 +44,7 @@ void PrefillServer::on_remote_prefill(const rpc::pb::RemotePrefill& rp, const st
   request.prompt_token_ids.assign(rp.prompt_token_ids().begin(), rp.prompt_token_ids().end());
   request.sampling = from_proto(rp.sampling());
   request.num_resumed_tokens = rp.num_resumed_tokens();  // the first token's draw continues the positions
+  request.choice_index = rp.choice_index();               // ... of the choice it carries
   request.prefill_mode = engine::PrefillMode::kPrefillOnly;
   core_->counters.prefills_in_flight.fetch_add(1);
   std::weak_ptr<rpc::Connection> weak_reply = reply_to;

@@ -44,6 +44,7 @@ rpc::pb::Envelope remote_prefill_message(const Core& core, const engine::Request
   rp->mutable_sampling()->clear_stop();
   rp->mutable_sampling()->set_n(1);
   rp->set_num_resumed_tokens(request.num_resumed_tokens);
+  rp->set_choice_index(request.choice_index);
   rp->set_transfer_address(core.transfer->address());
   rp->mutable_dest_block_ids()->Add(reservation.block_ids.begin(), reservation.block_ids.end());
   rp->set_num_cached_tokens(reservation.num_cached_tokens);

@@ -96,6 +96,7 @@ void RequestPlane::on_generate(const rpc::pb::Generate& g, const std::shared_ptr
   request.sampling = from_proto(g.sampling());
   request.num_resumed_tokens = g.num_resumed_tokens();
   request.resumed_text_bytes = g.resumed_text_bytes();
+  request.choice_index = g.choice_index();
   outputs_->set_owner(g.request_id(), conn);
   if (!core_->decodes()) {
     outputs_->send_error(g.request_id(), Status::InvalidArgument("a prefill worker does not decode"), request.sampling.n);

@@ -1,7 +1,8 @@
 // The engine's hooks for issue 22 over a fake backend: a resumed request (a migrated stream: its
 // earlier output at the end of the prompt, Request::num_resumed_tokens) continues exactly as the
 // undisturbed request would, for seeded sampling with penalties and for the streamed text (stop
-// strings across the seam included); and its KV events, replayed, equal the prefix cache's contents.
+// strings across the seam included), and one choice of several resumed alone continues that
+// choice's draws; and its KV events, replayed, equal the prefix cache's contents.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -64,6 +65,50 @@ TEST(EngineResume, ASeededStreamResumedElsewhereContinuesItsDraws) {
   Request bad = sampled("bad", prompt, 4);
   bad.num_resumed_tokens = static_cast<int>(prompt.size());
   EXPECT_EQ(other->submit(bad, c.callback()).code(), StatusCode::kInvalidArgument);
+}
+
+// A migrated choice of several goes on alone (n = 1): with its choice_index its draws are that
+// choice's, so each choice of a seeded n = 3 request continues exactly; without it, choice 0's.
+TEST(EngineResume, OneChoiceOfSeveralResumedAloneContinuesItsOwnDraws) {
+  auto engine = make_engine(64);
+  const std::vector<int32_t> prompt = {5, 9, 13, 2, 7, 11};
+  Request whole = sampled("whole", prompt, 12);
+  whole.sampling.n = 3;
+  Collector collector;
+  ASSERT_TRUE(engine->submit(whole, collector.callback()).ok());
+  ASSERT_TRUE(collector.wait_finished(3));
+  std::vector<std::vector<int32_t>> choices;
+  for (int i = 0; i < 3; ++i) choices.push_back(collector.get("whole", i).tokens);
+  ASSERT_EQ(choices[1].size(), 12u);
+  ASSERT_NE(choices[1], choices[2]);  // the reference tells the choices apart
+
+  auto other = make_engine(64);
+  constexpr int k = 5;
+  for (int i = 0; i < 3; ++i) {
+    Request resumed = sampled("choice-" + std::to_string(i), prompt, 12 - k);
+    resumed.prompt_token_ids.insert(resumed.prompt_token_ids.end(), choices[i].begin(), choices[i].begin() + k);
+    resumed.num_resumed_tokens = k;
+    resumed.choice_index = i;
+    Collector c;
+    ASSERT_TRUE(other->submit(resumed, c.callback()).ok());
+    ASSERT_TRUE(c.wait_finished(1));
+    EXPECT_EQ(c.get(resumed.request_id).last.index, 0);  // the one choice it carries
+    EXPECT_EQ(c.get(resumed.request_id).tokens, std::vector<int32_t>(choices[i].begin() + k, choices[i].end()))
+        << "choice " << i;
+  }
+  // Choice 2's tokens drawn as choice 0's: not choice 2's continuation.
+  Request unkeyed = sampled("unkeyed", prompt, 12 - k);
+  unkeyed.prompt_token_ids.insert(unkeyed.prompt_token_ids.end(), choices[2].begin(), choices[2].begin() + k);
+  unkeyed.num_resumed_tokens = k;
+  Collector c;
+  ASSERT_TRUE(other->submit(unkeyed, c.callback()).ok());
+  ASSERT_TRUE(c.wait_finished(1));
+  EXPECT_NE(c.get("unkeyed").tokens, std::vector<int32_t>(choices[2].begin() + k, choices[2].end()));
+
+  Request several = sampled("several", prompt, 4);
+  several.sampling.n = 2;
+  several.choice_index = 1;
+  EXPECT_EQ(other->submit(several, c.callback()).code(), StatusCode::kInvalidArgument);
 }
 
 TEST(EngineResume, TextContinuesFromTheBytesTheClientHasAndStopStringsSpanTheSeam) {

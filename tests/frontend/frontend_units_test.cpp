@@ -131,13 +131,20 @@ Candidate prefiller(int outstanding) {
   return c;
 }
 
-TEST(Router, PicksLeastOutstandingDecodeWorkerThenLargestOverlap) {
+TEST(Router, LeastLoadedPicksLeastOutstandingDecodeWorkerThenLargestOverlap) {
+  RouterOptions least_loaded;
+  least_loaded.mode = RouterMode::kLeastLoaded;
   std::vector<Candidate> c = {decoder(3), decoder(1), decoder(1, 64)};
-  Decision d = route(c, 100, 0, true, RouterOptions{});
+  Decision d = route(c, 100, 0, true, least_loaded);
   EXPECT_EQ(d.decode, 2);
   EXPECT_EQ(d.uncached_tokens, 36);
   c[0].outstanding = 0;
-  EXPECT_EQ(route(c, 100, 0, true, RouterOptions{}).decode, 0);
+  EXPECT_EQ(route(c, 100, 0, true, least_loaded).decode, 0);
+}
+
+TEST(Router, OptionsDefaultToKvModeAsTheFlagDoes) {
+  EXPECT_EQ(RouterOptions{}.mode, RouterMode::kKv);
+  EXPECT_EQ(parse_router_mode("kv"), RouterOptions{}.mode);
 }
 
 TEST(Router, ConditionalDisaggregationAsDesignSection2) {

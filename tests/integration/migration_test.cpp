@@ -2,7 +2,9 @@
 // decode worker is killed (SIGKILL) mid-stream continues on another worker: the client sees no error
 // event, and the tokens and text equal those of an undisturbed run (greedy on the CPU model; greedy
 // and seeded sampling on fake-engine workers with a real tokenizer). Of 100 concurrent streams, with
-// one of their workers killed, none fails. tandem_requests_migrated_total counts the moves.
+// one of their workers killed, none fails. Requests of several choices (n = 2, and a list of prompts)
+// move choice by choice, streamed or not, and end with the undisturbed run's tokens and text.
+// tandem_requests_migrated_total counts the moves.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -11,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <regex>
 #include <thread>
 
@@ -61,6 +64,56 @@ std::string stream_body(const std::string& prompt_ids, int max_tokens, const std
          R"(,"stream":true,"return_token_ids":true,"ignore_eos":true,)" + sampling + "}";
 }
 
+// What a client got, choice by choice (by the response's choice index), streamed or not.
+struct Choices {
+  int status = 0;
+  std::map<int, std::vector<int>> token_ids;
+  std::map<int, std::string> text;
+  std::map<int, std::string> finish_reason;
+  int error_events = 0;
+  bool done = false;  // streamed: [DONE] came; not streamed: a 200 body with choices
+};
+
+Choices parse_choices(const HttpResponse& r, bool streamed) {
+  Choices s;
+  s.status = r.status;
+  auto add = [&s](const json& c) {
+    const int i = c.value("index", -1);
+    s.text[i] += c.value("text", "");
+    for (const auto& t : c.value("token_ids", json::array())) s.token_ids[i].push_back(t.get<int>());
+    if (c.contains("finish_reason") && c["finish_reason"].is_string()) s.finish_reason[i] = c["finish_reason"];
+  };
+  if (!streamed) {
+    const json j = json::parse(r.body, nullptr, false);
+    if (j.is_discarded() || j.contains("error")) {
+      s.error_events = 1;
+      return s;
+    }
+    for (const auto& c : j.value("choices", json::array())) add(c);
+    s.done = r.status == 200 && !s.text.empty();
+    return s;
+  }
+  for (const auto& e : sse_events(r.body)) {
+    if (e == "[DONE]") {
+      s.done = true;
+      continue;
+    }
+    const json j = json::parse(e, nullptr, false);
+    if (j.is_discarded() || j.contains("error")) {
+      ++s.error_events;
+      continue;
+    }
+    for (const auto& c : j.value("choices", json::array())) add(c);
+  }
+  return s;
+}
+
+// A completions body with `n` choices for one prompt (or each of a list: "[[...],[...]]").
+std::string choices_body(const std::string& prompt, int max_tokens, int n, bool stream, const std::string& sampling) {
+  return R"({"prompt":)" + prompt + R"(,"max_tokens":)" + std::to_string(max_tokens) + R"(,"n":)" + std::to_string(n) +
+         R"(,"stream":)" + (stream ? "true" : "false") + R"(,"return_token_ids":true,"ignore_eos":true,)" + sampling + "}";
+}
+
 // The decode worker of the frontend's nth routing decision (its event=route lines, in order).
 std::string routed_worker(Cluster& cluster, size_t nth) {
   const std::string log = cluster.log("frontend");
@@ -81,22 +134,29 @@ bool wait_for(const std::function<bool()>& condition, int timeout_ms) {
   return condition();
 }
 
-// Sends `body` as a stream (on a thread), waits until the frontend has counted `kill_after` generated
-// tokens beyond `tokens_before`, kills the decode worker the request was routed to, and returns what
-// the client got.
-Streamed stream_and_kill(Cluster& cluster, const std::string& body, size_t route_index, double tokens_before,
-                         double kill_after, std::string* killed) {
+// Sends `body` (on a thread), waits until the frontend has counted `kill_after` generated tokens
+// beyond `tokens_before`, kills the decode worker of the frontend's `route_index`th routing decision
+// (the request's, or one part's of a list of prompts), and returns the response.
+HttpResponse post_and_kill(Cluster& cluster, const std::string& body, size_t route_index, double tokens_before,
+                           double kill_after, std::string* killed) {
   HttpResponse response;
   std::thread client([&] { response = cluster.post("/v1/completions", body, 120000); });
   const bool streaming =
       wait_for([&] { return cluster.metric("vllm:generation_tokens_total") >= tokens_before + kill_after; }, 60000);
   EXPECT_TRUE(streaming) << "the stream never got going";
   *killed = routed_worker(cluster, route_index);
-  const int index = *killed == "both-0" ? 0 : *killed == "both-1" ? 1 : *killed == "both-2" ? 2 : -1;
+  static const std::regex name(R"(both-(\d+))");
+  std::smatch m;
+  const int index = std::regex_match(*killed, m, name) ? std::stoi(m[1]) : -1;
   EXPECT_GE(index, 0) << "no route line for the request: " << *killed;
   if (index >= 0) cluster.worker(index).kill_now();
   client.join();
-  return parse_stream(response);
+  return response;
+}
+
+Streamed stream_and_kill(Cluster& cluster, const std::string& body, size_t route_index, double tokens_before,
+                         double kill_after, std::string* killed) {
+  return parse_stream(post_and_kill(cluster, body, route_index, tokens_before, kill_after, killed));
 }
 
 // The real CPU model, greedy: the migrated stream's tokens are exactly the undisturbed run's.
@@ -150,6 +210,83 @@ TEST(Migration, TextAndSeededSamplingContinueAsIfNothingHappened) {
     EXPECT_EQ(migrated.text, reference.text) << sampling;
   }
   EXPECT_EQ(cluster.metric("tandem_requests_migrated_total"), 2);
+}
+
+// n = 2 on the real CPU model: every choice of the killed worker's request goes on elsewhere and ends
+// with exactly the undisturbed run's tokens, for seeded sampling (each choice's draws continue at its
+// own index and position) and for greedy, streamed and not.
+TEST(Migration, SeveralChoicesSurviveTheirDecodeWorkersSigkillWithTheSameTokens) {
+  Cluster cluster;
+  for (int i = 0; i < 5; ++i) cluster.add_worker("both", {"--model", "random:tiny-qwen3", "--num-kv-blocks", "256"});
+  ASSERT_TRUE(cluster.wait_for_workers(5));
+  struct Case {
+    std::string sampling;
+    bool stream;
+  };
+  const Case cases[] = {{R"("temperature":0.9,"seed":77)", true},
+                        {R"("temperature":0.9,"seed":78)", false},
+                        {R"("temperature":0)", true},
+                        {R"("temperature":0)", false}};
+  size_t routes = 0;
+  for (const Case& k : cases) {
+    const std::string what = k.sampling + (k.stream ? " streamed" : " not streamed");
+    const std::string body = choices_body("[" + random_prompt_ids(40, 12) + "]", 160, 2, k.stream, k.sampling);
+    const Choices reference = parse_choices(cluster.post("/v1/completions", body, 120000), k.stream);
+    ++routes;
+    ASSERT_EQ(reference.status, 200) << what;
+    ASSERT_EQ(reference.token_ids.size(), 2u) << what;
+    ASSERT_EQ(reference.token_ids.at(0).size(), 160u) << what;
+    ASSERT_EQ(reference.token_ids.at(1).size(), 160u) << what;
+    // Seeded: two different draws, so a choice continued with the other's randomness would show.
+    if (k.sampling.find("seed") != std::string::npos) {
+      ASSERT_NE(reference.token_ids.at(0), reference.token_ids.at(1)) << what;
+    }
+    std::string killed;
+    const double before = cluster.metric("vllm:generation_tokens_total");
+    const Choices migrated = parse_choices(post_and_kill(cluster, body, routes++, before, 60, &killed), k.stream);
+    EXPECT_EQ(migrated.status, 200) << what;
+    EXPECT_EQ(migrated.error_events, 0) << what;
+    EXPECT_TRUE(migrated.done) << what;
+    EXPECT_EQ(migrated.token_ids, reference.token_ids) << what;
+    EXPECT_EQ(migrated.text, reference.text) << what;
+    EXPECT_EQ(migrated.finish_reason, reference.finish_reason) << what;
+  }
+  EXPECT_EQ(cluster.metric("tandem_requests_migrated_total"), 4);
+  EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
+  EXPECT_NE(cluster.log("frontend").find("event=request_migrated request_id="), std::string::npos);
+  EXPECT_TRUE(cluster.wait_no_leaked_blocks());
+}
+
+// Fake-engine workers with the Qwen3 tokenizer: a list of prompts, each with two sampled choices,
+// streamed; the worker of one part is killed, and every choice's text and tokens come out as in an
+// undisturbed run.
+TEST(Migration, AListOfPromptsWithSeveralChoicesContinuesChoiceByChoice) {
+  if (!std::filesystem::exists(qwen3_tokenizer() + "/tokenizer.json")) GTEST_SKIP() << "no Qwen3 tokenizer";
+  Cluster cluster({"--tokenizer", qwen3_tokenizer()});
+  for (int i = 0; i < 3; ++i) {
+    cluster.add_worker("both", {"--engine", "fake", "--tokenizer", qwen3_tokenizer(), "--fake-step-ms", "10"});
+  }
+  ASSERT_TRUE(cluster.wait_for_workers(3));
+  const std::string prompts = "[[" + random_prompt_ids(30, 6) + "],[" + random_prompt_ids(30, 7) + "]]";
+  const std::string body = choices_body(prompts, 100, 2, true, R"("temperature":0.8,"seed":3)");
+  const Choices reference = parse_choices(cluster.post("/v1/completions", body), true);
+  ASSERT_EQ(reference.status, 200);
+  ASSERT_EQ(reference.token_ids.size(), 4u);  // two prompts x two choices
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(reference.token_ids.at(i).size(), 100u) << i;
+    ASSERT_FALSE(reference.text.at(i).empty()) << i;
+  }
+  ASSERT_NE(reference.token_ids.at(0), reference.token_ids.at(1));
+  std::string killed;
+  // Route lines 0 and 1 are the reference's parts; 2 is the first part of this one.
+  const Choices migrated =
+      parse_choices(post_and_kill(cluster, body, 2, cluster.metric("vllm:generation_tokens_total"), 80, &killed), true);
+  EXPECT_EQ(migrated.error_events, 0);
+  EXPECT_TRUE(migrated.done);
+  EXPECT_EQ(migrated.token_ids, reference.token_ids);
+  EXPECT_EQ(migrated.text, reference.text);
+  EXPECT_GE(cluster.metric("tandem_requests_migrated_total"), 1);
+  EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
 }
 
 // 100 concurrent streams over three workers; one worker is killed while they run: none fails.
