@@ -22,37 +22,46 @@ using nlohmann::json;
 
 // nlohmann's get<int>() converts a float or an out-of-range integer with a plain C++ cast, which is
 // undefined for a value such as 1e300; every number is checked against its target type first.
+[[noreturn]] void wrong_type(const json& v, const char* key, const std::string& source) {
+  fail(source, std::string("key '") + key + "' has the wrong type (" + v.type_name() + ")");
+}
+
+[[noreturn]] void out_of_range(const json& v, const char* key, const std::string& source) {
+  fail(source, std::string("key '") + key + "' is out of range (" + v.dump() + ")");
+}
+
 template <typename T>
 T convert(const json& v, const char* key, const std::string& source) {
-  auto wrong_type = [&]() { fail(source, std::string("key '") + key + "' has the wrong type (" + v.type_name() + ")"); };
-  auto out_of_range = [&]() { fail(source, std::string("key '") + key + "' is out of range (" + v.dump() + ")"); };
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
     if (v.is_number_unsigned()) {
-      if (v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())) out_of_range();
+      if (v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())) out_of_range(v, key, source);
       return static_cast<T>(v.get<uint64_t>());
     }
     if (v.is_number_integer()) {
       const int64_t x = v.get<int64_t>();
-      if (x < static_cast<int64_t>(std::numeric_limits<T>::min()) || x > static_cast<int64_t>(std::numeric_limits<T>::max())) out_of_range();
+      if (x < static_cast<int64_t>(std::numeric_limits<T>::min()) || x > static_cast<int64_t>(std::numeric_limits<T>::max())) {
+        out_of_range(v, key, source);
+      }
       return static_cast<T>(x);
     }
-    if (v.is_number_float()) {  // e.g. 4096.0, as some exporters write integers
-      const double d = v.get<double>();
-      if (!std::isfinite(d) || d != std::floor(d)) wrong_type();
-      if (d < static_cast<double>(std::numeric_limits<T>::min()) || d > static_cast<double>(std::numeric_limits<T>::max())) out_of_range();
-      return static_cast<T>(d);
-    }
-    wrong_type();
-  } else if constexpr (std::is_floating_point_v<T>) {
-    if (!v.is_number()) wrong_type();
+    if (!v.is_number_float()) wrong_type(v, key, source);
+    // e.g. 4096.0, as some exporters write integers
     const double d = v.get<double>();
-    if (!std::isfinite(d) || std::fabs(d) > static_cast<double>(std::numeric_limits<T>::max())) out_of_range();
+    if (!std::isfinite(d) || d != std::floor(d)) wrong_type(v, key, source);
+    if (d < static_cast<double>(std::numeric_limits<T>::min()) || d > static_cast<double>(std::numeric_limits<T>::max())) {
+      out_of_range(v, key, source);
+    }
+    return static_cast<T>(d);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) wrong_type(v, key, source);
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || std::fabs(d) > static_cast<double>(std::numeric_limits<T>::max())) out_of_range(v, key, source);
     return static_cast<T>(d);
   } else {
     try {
       return v.get<T>();
     } catch (const json::exception&) {
-      wrong_type();
+      wrong_type(v, key, source);
     }
   }
 }
