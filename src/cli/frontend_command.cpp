@@ -50,7 +50,7 @@ Runner add_frontend_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("frontend", "Serve the OpenAI-compatible API and route to workers");
   cmd->add_option("--host", f.http.host, "HTTP address")->capture_default_str();
   cmd->add_option("--port", o->port, "HTTP port (0 = any; see --ready-file)")->capture_default_str();
-  cmd->add_option("--registry", o->registry, "Worker registry: embedded, or etcd://host:port[,host:port...]")->capture_default_str();
+  cmd->add_option("--registry", o->registry, "Worker registry: embedded, or etcd://host:port[,host:port...] (etcds://: over TLS)")->capture_default_str();
   cmd->add_option("--namespace", f.cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
   add_etcd_flags(cmd, &o->etcd);
   cmd->add_option("--prefill-queue", f.prefill_queue, "nats://host:port: remote prefills go through the NATS JetStream queue (tls://[TOKEN@|USER:PASS@]host:port[?ca=F&cert=F&key=F&creds=F] over TLS; docs/security.md)");
@@ -133,7 +133,7 @@ Runner add_frontend_command(CLI::App& app) {
     o->options.etcd_credentials = load_etcd_credentials(o->etcd, o->registry);
     if (o->registry != "embedded") {
       auto endpoints = cluster::parse_etcd_url(o->registry);
-      if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message() + " (use embedded or etcd://host:port)");
+      if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message() + " (use embedded, etcd://host:port or etcds://host:port)");
       o->options.etcd = std::move(*endpoints);
       check_etcd_access(o->options.etcd, o->options.etcd_credentials, cluster::key_prefix(o->options.cluster_namespace));
     }

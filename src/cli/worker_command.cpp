@@ -79,7 +79,7 @@ Runner add_worker_command(CLI::App& app) {
   cmd->add_option("--served-model-name", o->served_model_name,
                   "Model names clients use, one or more (default: the directory's name); the first is the main one");
   cmd->add_option("--frontend", o->frontend, "host:port of the frontend's embedded registry");
-  cmd->add_option("--registry", o->registry, "etcd://host:port[,host:port...]: register in etcd instead (cluster mode)");
+  cmd->add_option("--registry", o->registry, "etcd://host:port[,host:port...]: register in etcd instead (cluster mode; etcds://: over TLS)");
   cmd->add_option("--namespace", o->cluster_namespace, "Cluster namespace: etcd keys under /tandem/<namespace>/")->capture_default_str();
   add_etcd_flags(cmd, &o->etcd);
   cmd->add_option("--lease-ttl", o->lease_ttl_s, "etcd lease TTL in seconds: a killed worker is dropped this long after")

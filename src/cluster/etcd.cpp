@@ -1,14 +1,14 @@
 // etcd v3 JSON gateway client, lease keeper and prefix watcher (see etcd.h).
 #include "cluster/etcd.h"
 
-#include <poll.h>
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <nlohmann/json.hpp>
+
+#include "common/byte_stream.h"
 
 namespace tandem::cluster {
 namespace {
@@ -55,6 +55,57 @@ struct Fd {
     if (fd >= 0) ::close(fd);
   }
 };
+
+// One connection to an etcd endpoint: the socket, and the stream over it (TLS for etcds://). The
+// stream goes before the socket closes (members are destroyed in reverse order).
+struct Connection {
+  Fd socket;
+  std::unique_ptr<net::ByteStream> stream;
+};
+
+int milliseconds_left(Clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  return left > 0 ? static_cast<int>(left) : 0;
+}
+
+// A certificate refused by TLS is a setting to fix, not an etcd that is down: InvalidArgument naming
+// the flag (so that callers stop rather than retry the next endpoint, and a process fails its start).
+// Other failures come back as Unavailable, naming `peer`.
+Status tls_failure(const std::string& peer, const Status& s) {
+  switch (security::tls_refusal(s)) {
+    case security::TlsRefusal::kPeerCertificate:
+      return Status::InvalidArgument(peer + ": etcd's certificate failed verification (" + s.message() +
+                                     "): give --etcd-ca the CA that signed it (and a certificate that names the host "
+                                     "given in --registry)");
+    case security::TlsRefusal::kOwnCertificate:
+      return Status::InvalidArgument(peer + ": etcd refused this process's client certificate (" + s.message() +
+                                     "): give --etcd-cert and --etcd-key, a certificate signed by a CA in etcd's "
+                                     "--trusted-ca-file");
+    case security::TlsRefusal::kNone:
+      break;
+  }
+  return Status::Unavailable(peer + ": " + s.message());
+}
+
+// Dials `ep` and, with a TLS context, does the handshake, checking etcd's certificate against the host
+// dialed.
+StatusOr<std::unique_ptr<Connection>> open_connection(const net::Endpoint& ep, const EtcdCredentials& credentials,
+                                                      int timeout_ms) {
+  const std::string peer = "etcd " + ep.to_string();
+  auto fd = net::dial(ep.to_string(), timeout_ms);
+  if (!fd.ok()) return fd.status();
+  auto connection = std::make_unique<Connection>();
+  connection->socket.fd = *fd;
+  if (credentials.tls == nullptr) {
+    connection->stream = std::make_unique<net::PlainStream>(*fd, peer);
+  } else {
+    auto tls = security::TlsStream::handshake(*credentials.tls, *fd, peer, /*server=*/false, timeout_ms, ep.host);
+    if (!tls.ok()) return tls_failure(peer, tls.status());
+    connection->stream = std::move(*tls);
+  }
+  connection->stream->set_timeout(timeout_ms);
+  return connection;
+}
 
 // `token`: etcd's auth token, sent as the gateway reads it (the Authorization header holds the bare
 // token, no "Bearer"); "" sends none.
@@ -120,9 +171,11 @@ bool token_refused(int grpc_code, const std::string& message) {
 
 }  // namespace
 
+bool etcd_url_uses_tls(const std::string& url) { return url.rfind("etcds://", 0) == 0; }
+
 StatusOr<std::vector<net::Endpoint>> parse_etcd_url(const std::string& url) {
-  const std::string scheme = "etcd://";
-  if (url.rfind(scheme, 0) != 0) return Status::InvalidArgument("'" + url + "' does not start with etcd://");
+  const std::string scheme = etcd_url_uses_tls(url) ? "etcds://" : "etcd://";
+  if (url.rfind(scheme, 0) != 0) return Status::InvalidArgument("'" + url + "' does not start with etcd:// or etcds://");
   std::vector<net::Endpoint> out;
   std::string rest = url.substr(scheme.size());
   size_t pos = 0;
@@ -202,28 +255,33 @@ EtcdClient::EtcdClient(std::vector<net::Endpoint> endpoints, EtcdCredentials cre
 
 StatusOr<std::string> EtcdClient::call_one(const net::Endpoint& ep, const std::string& path, const std::string& body,
                                            const std::string& token, int* grpc_code) {
-  auto fd = net::dial(ep.to_string(), timeout_ms_);
-  if (!fd.ok()) return fd.status();
-  Fd guard{*fd};
-  timeval tv{timeout_ms_ / 1000, (timeout_ms_ % 1000) * 1000};
-  setsockopt(guard.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(guard.fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
+  auto connection = open_connection(ep, credentials_, timeout_ms_);
+  if (!connection.ok()) return connection.status();
+  net::ByteStream& stream = *(*connection)->stream;
   const std::string peer = "etcd " + ep.to_string();
   std::string request = request_text(ep, path, body, token);
-  Status s = net::write_full(guard.fd, request.data(), request.size(), peer);
+  Status s = stream.write_full(request.data(), request.size());
   if (!s.ok()) return s;
   std::string raw;
   char buffer[16384];
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms_);
   while (true) {
-    ssize_t n = recv(guard.fd, buffer, sizeof(buffer), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      if (errno == EINTR && Clock::now() < deadline) continue;
-      return Status::Unavailable(peer + ": no answer within " + std::to_string(timeout_ms_) + " ms to " + path);
+    const int left = milliseconds_left(deadline);
+    if (left == 0) return Status::Unavailable(peer + ": no answer within " + std::to_string(timeout_ms_) + " ms to " + path);
+    auto n = stream.read_some(buffer, sizeof(buffer), left);
+    if (!n.ok()) {
+      if (n.status().code() == StatusCode::kDeadlineExceeded) {
+        return Status::Unavailable(peer + ": no answer within " + std::to_string(timeout_ms_) + " ms to " + path);
+      }
+      return tls_failure(peer, n.status());
     }
-    raw.append(buffer, static_cast<size_t>(n));
-    if (Clock::now() > deadline) return Status::Unavailable(peer + ": answer to " + path + " took too long");
+    if (*n == 0) break;  // "Connection: close": the answer ends with the stream
+    raw.append(buffer, *n);
+  }
+  if (raw.empty() && credentials_.tls == nullptr) {
+    // etcd's https port closes a plain HTTP request so; an etcd restarting might too, hence no error.
+    return Status::Unavailable(peer + ": closed without an answer (if etcd serves https, give --registry etcds://" +
+                               ep.to_string() + " and --etcd-ca)");
   }
   size_t body_start = 0;
   int status = 0;
@@ -310,7 +368,8 @@ Status EtcdClient::renew_token(const std::string& refused) {
   auto r = call_endpoints("/v3/auth/authenticate",
                           json{{"name", credentials_.user}, {"password", credentials_.password}}.dump(), "", &grpc_code);
   if (!r.ok()) {
-    if (r.status().code() == StatusCode::kUnavailable) return r.status();
+    // etcd down, or a TLS setting to fix: not a verdict on the user.
+    if (r.status().code() == StatusCode::kUnavailable || r.status().code() == StatusCode::kInvalidArgument) return r.status();
     if (r.status().message().find("authentication is not enabled") != std::string::npos) {
       // Calls go without a token; once etcd turns authentication on, its refusal brings us back here.
       if (!session_->auth_off) {
@@ -342,7 +401,9 @@ Status EtcdClient::check_access(const std::string& prefix) {
                           json{{"key", base64_encode(prefix)}, {"range_end", base64_encode(prefix_end(prefix))},
                                {"limit", 1}, {"keys_only", true}}.dump(),
                           *token, &grpc_code);
-  if (r.ok() || r.status().code() == StatusCode::kUnavailable) return r.ok() ? Status::Ok() : r.status();
+  if (r.ok() || r.status().code() == StatusCode::kUnavailable || r.status().code() == StatusCode::kInvalidArgument) {
+    return r.ok() ? Status::Ok() : r.status();
+  }
   if (token_refused(grpc_code, r.status().message()) && credentials_.user.empty()) {
     return Status::InvalidArgument("etcd has authentication on and wants a user: give --etcd-user and --etcd-password-file");
   }
@@ -420,29 +481,30 @@ Status EtcdClient::watch_prefix(const std::string& prefix, int64_t start_revisio
   if (!token.ok()) return token.status();
   const net::Endpoint ep = endpoints_[preferred_->load() % endpoints_.size()];
   const std::string peer = "etcd " + ep.to_string();
-  auto fd = net::dial(ep.to_string(), timeout_ms_);
-  if (!fd.ok()) {
+  auto connection = open_connection(ep, credentials_, timeout_ms_);
+  if (!connection.ok()) {
     preferred_->store((preferred_->load() + 1) % endpoints_.size());  // the next attempt tries another
-    return fd.status();
+    return connection.status();
   }
-  Fd guard{*fd};
+  net::ByteStream& stream = *(*connection)->stream;
   json create = {{"key", base64_encode(prefix)}, {"range_end", base64_encode(prefix_end(prefix))}};
   if (start_revision > 0) create["start_revision"] = std::to_string(start_revision);
   std::string request = request_text(ep, "/v3/watch", json{{"create_request", create}}.dump(), *token);
-  Status s = net::write_full(guard.fd, request.data(), request.size(), peer);
+  Status s = stream.write_full(request.data(), request.size());
   if (!s.ok()) return s;
   std::string raw, chunks, lines;
   bool have_head = false, chunked = false;
   char buffer[16384];
   while (!cancel.load()) {
-    pollfd p{guard.fd, POLLIN, 0};
-    int rc = poll(&p, 1, 200);
-    if (rc < 0 && errno != EINTR) return Status::Unavailable(peer + ": poll failed");
-    if (rc <= 0) continue;
-    ssize_t n = recv(guard.fd, buffer, sizeof(buffer), 0);
-    if (n <= 0) return Status::Unavailable(peer + ": the watch stream ended");
+    // Short waits, so that `cancel` is seen within 200 ms; over TLS the stream keeps a record that
+    // arrived in part for the next read.
+    auto read = stream.read_some(buffer, sizeof(buffer), 200);
+    if (!read.ok() && read.status().code() == StatusCode::kDeadlineExceeded) continue;
+    if (!read.ok()) return tls_failure(peer, read.status());
+    if (*read == 0) return Status::Unavailable(peer + ": the watch stream ended");
+    const size_t n = *read;
     if (!have_head) {
-      raw.append(buffer, static_cast<size_t>(n));
+      raw.append(buffer, n);
       size_t body_start = 0;
       int status = 0;
       if (!parse_head(raw, &body_start, &status, &chunked)) continue;
@@ -450,7 +512,7 @@ Status EtcdClient::watch_prefix(const std::string& prefix, int64_t start_revisio
       have_head = true;
       chunks = raw.substr(body_start);
     } else {
-      chunks.append(buffer, static_cast<size_t>(n));
+      chunks.append(buffer, n);
     }
     bool more = true;
     if (chunked) {

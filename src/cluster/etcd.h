@@ -6,7 +6,10 @@
 //   EtcdWatcher  reads a prefix (a snapshot at one revision), then watches it from the next revision;
 //                after any error it reconnects and starts again with a fresh snapshot.
 // With etcd's authentication on (--etcd-user, --etcd-password-file), the client takes a token from
-// /v3/auth/authenticate and sends it in the Authorization header of every call and watch.
+// /v3/auth/authenticate and sends it in the Authorization header of every call and watch. For
+// etcds:// every connection, watches included, is TLS (security/tls_stream.h): etcd's certificate is
+// checked against --etcd-ca (or the system's trust store) and the host dialed, and --etcd-cert/
+// --etcd-key are presented to an etcd started with --client-cert-auth.
 //
 // Ownership: EtcdClient is a value (endpoints, credentials and timeouts; copies share which endpoint
 // answered last, and the auth token); each call opens its own connection.
@@ -28,11 +31,15 @@
 
 #include "common/socket.h"
 #include "common/status.h"
+#include "security/tls_stream.h"
 
 namespace tandem::cluster {
 
-// "etcd://host:port[,host:port...]" -> endpoints. InvalidArgument naming the text otherwise.
+// "etcd://host:port[,host:port...]" or "etcds://..." (TLS) -> endpoints. InvalidArgument naming the
+// text otherwise.
 StatusOr<std::vector<net::Endpoint>> parse_etcd_url(const std::string& url);
+// True for "etcds://...": etcd is reached over TLS (EtcdCredentials::tls must be set).
+bool etcd_url_uses_tls(const std::string& url);
 
 std::string base64_encode(const std::string& bytes);
 // InvalidArgument on a character outside the standard alphabet.
@@ -58,11 +65,13 @@ struct WatchEvent {
 // The key just past every key that starts with `prefix` (etcd's range_end for a prefix read).
 std::string prefix_end(const std::string& prefix);
 
-// Who this process is to an etcd with authentication on (--etcd-user, --etcd-password-file). An empty
-// user: no authentication.
+// Who this process is to etcd, and how it reaches it. `user`, `password`: for an etcd with
+// authentication on (--etcd-user, --etcd-password-file); an empty user: no authentication. `tls`: for
+// etcds:// (--etcd-ca, --etcd-cert, --etcd-key, a TlsContext::load_client context); nullptr: plain HTTP.
 struct EtcdCredentials {
   std::string user;
   std::string password;
+  std::shared_ptr<const security::TlsContext> tls;
 };
 
 class EtcdClient {
@@ -76,7 +85,8 @@ class EtcdClient {
 
   // Takes a fresh token (Ok at once without credentials, and when etcd's authentication is off).
   // InvalidArgument naming the user when etcd refuses the user or password; Unavailable when no
-  // endpoint answers.
+  // endpoint answers. Every call is InvalidArgument, naming the flag, when TLS refuses a certificate:
+  // etcd's (--etcd-ca) or this process's (--etcd-cert, --etcd-key).
   Status authenticate();
   // What a process checks at start: that these credentials may read `prefix`. InvalidArgument, saying
   // what to fix, when etcd refuses (the password, a user missing where auth is on, a role without the

@@ -1,10 +1,12 @@
-// Mutual TLS for the cluster planes over OpenSSL 3 (see tls_stream.h).
+// Mutual TLS for the cluster planes, and TLS to outside servers, over OpenSSL 3 (see tls_stream.h).
 #include "security/tls_stream.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
 
@@ -21,9 +23,11 @@ using Clock = std::chrono::steady_clock;
 
 // The reason of OpenSSL's oldest queued error ("certificate verify failed", "wrong version number"),
 // else `fallback`; the queue is emptied, as it is per thread and would otherwise leak into the next call.
-std::string openssl_reason(const std::string& fallback) {
+// `error_code` (optional) gets that error's code, 0 when there was none.
+std::string openssl_reason(const std::string& fallback, unsigned long* error_code = nullptr) {
   const unsigned long code = ERR_get_error();
   ERR_clear_error();
+  if (error_code != nullptr) *error_code = code;
   if (code == 0) return fallback;
   const char* reason = ERR_reason_error_string(code);
   if (reason != nullptr) return reason;
@@ -62,6 +66,35 @@ const BIO_METHOD* socket_method() {
     return m;
   }();
   return method;
+}
+
+// The words tls_refusal() looks for: each refusal is reported with one of them, by this file only.
+constexpr char kPeerCertificateRefused[] = "the peer's certificate failed verification: ";
+constexpr char kOwnCertificateRefused[] = "the peer refused this side's certificate (or wanted one): ";
+
+// An alert from the peer saying that it refused the certificate this side sent, or that it wanted one
+// (TLS 1.3's certificate_required; TLS 1.2 servers send bad_certificate), RFC 8446 §6.2.
+bool own_certificate_refused(unsigned long code) {
+  if (code == 0 || ERR_GET_LIB(code) != ERR_LIB_SSL) return false;
+  switch (ERR_GET_REASON(code)) {
+    case SSL_R_SSLV3_ALERT_BAD_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_REVOKED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED:
+    case SSL_R_SSLV3_ALERT_CERTIFICATE_UNKNOWN:
+    case SSL_R_TLSV1_ALERT_UNKNOWN_CA:
+    case SSL_R_TLSV1_ALERT_ACCESS_DENIED:
+    case SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Whether `name` is an IP address (checked against the certificate's IP SANs rather than DNS names).
+bool is_ip_address(const std::string& name) {
+  unsigned char address[sizeof(in6_addr)];
+  return inet_pton(AF_INET, name.c_str(), address) == 1 || inet_pton(AF_INET6, name.c_str(), address) == 1;
 }
 
 int milliseconds_left(Clock::time_point deadline) {
@@ -116,10 +149,59 @@ StatusOr<std::shared_ptr<const TlsContext>> TlsContext::load(const TlsFiles& fil
   return std::shared_ptr<const TlsContext>(std::move(context));
 }
 
+StatusOr<std::shared_ptr<const TlsContext>> TlsContext::load_client(const TlsClientFiles& files,
+                                                                     const std::string& flag_prefix) {
+  const std::string ca_flag = flag_prefix + "-ca", cert_flag = flag_prefix + "-cert", key_flag = flag_prefix + "-key";
+  if (files.cert.empty() != files.key.empty()) {
+    return Status::InvalidArgument(cert_flag + " and " + key_flag + " go together (a client certificate and its private "
+                                   "key); " + (files.cert.empty() ? cert_flag : key_flag) + " is missing");
+  }
+  const std::pair<std::string, std::string> named[] = {{ca_flag, files.ca}, {cert_flag, files.cert}, {key_flag, files.key}};
+  for (const auto& [flag, file] : named) {
+    if (!file.empty() && !std::ifstream(file)) {
+      return Status::InvalidArgument(flag + " " + file + ": cannot read it: " + std::strerror(errno));
+    }
+  }
+  ERR_clear_error();
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (ctx == nullptr) return Status::Internal("TLS: " + openssl_reason("SSL_CTX_new failed"));
+  auto context = std::shared_ptr<TlsContext>(new TlsContext(ctx));
+  auto bad = [&](const std::string& flag, const std::string& file, const std::string& what) {
+    return Status::InvalidArgument(flag + " " + file + ": " + openssl_reason(what));
+  };
+  if (!files.cert.empty()) {
+    if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) return bad(cert_flag, files.cert, "not a PEM certificate");
+    if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      return bad(key_flag, files.key, "not a PEM private key");
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) return bad(key_flag, files.key, "does not match the certificate of " + cert_flag);
+  }
+  if (!files.ca.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx, files.ca.c_str(), nullptr) != 1) {
+      return bad(ca_flag, files.ca, "no PEM CA certificate in it");
+    }
+  } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+    return Status::InvalidArgument("TLS: the system's trust store could not be loaded (" +
+                                   openssl_reason("no default verify paths") + "); give " + ca_flag);
+  }
+  // Outside servers (etcd) speak TLS 1.2 as well as 1.3; nothing older.
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  return std::shared_ptr<const TlsContext>(std::move(context));
+}
+
 TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
 
+TlsRefusal tls_refusal(const Status& status) {
+  if (status.code() != StatusCode::kInvalidArgument) return TlsRefusal::kNone;
+  if (status.message().find(kPeerCertificateRefused) != std::string::npos) return TlsRefusal::kPeerCertificate;
+  if (status.message().find(kOwnCertificateRefused) != std::string::npos) return TlsRefusal::kOwnCertificate;
+  return TlsRefusal::kNone;
+}
+
 StatusOr<std::unique_ptr<TlsStream>> TlsStream::handshake(const TlsContext& context, int fd, std::string peer,
-                                                          bool server, int timeout_ms) {
+                                                          bool server, int timeout_ms, const std::string& server_name) {
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   if (server) {
     // A peer that connects and leaves without a byte (a TCP health check) is not a failed handshake.
@@ -146,7 +228,17 @@ StatusOr<std::unique_ptr<TlsStream>> TlsStream::handshake(const TlsContext& cont
   BIO_set_data(bio, reinterpret_cast<void*>(static_cast<intptr_t>(fd)));
   BIO_set_init(bio, 1);
   SSL_set_bio(ssl, bio, bio);  // the SSL owns the BIO from here
-  std::unique_ptr<TlsStream> stream(new TlsStream(ssl, fd, std::move(peer)));
+  std::unique_ptr<TlsStream> stream(new TlsStream(ssl, fd, std::move(peer), server));
+  if (!server && !server_name.empty()) {
+    // The certificate must name what was dialed: an IP address against its IP SANs, a host name against
+    // its DNS names (and sent as SNI, which RFC 6066 §3 allows for host names only).
+    const std::string name =
+        server_name.size() > 2 && server_name.front() == '[' ? server_name.substr(1, server_name.size() - 2) : server_name;
+    const bool named = is_ip_address(name)
+                           ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str()) == 1
+                           : SSL_set_tlsext_host_name(ssl, name.c_str()) == 1 && SSL_set1_host(ssl, name.c_str()) == 1;
+    if (!named) return Status::Internal("TLS: " + openssl_reason("cannot check the server's name '" + name + "'"));
+  }
   while (true) {
     const int rc = server ? SSL_accept(ssl) : SSL_connect(ssl);
     if (rc == 1) break;
@@ -163,7 +255,15 @@ StatusOr<std::unique_ptr<TlsStream>> TlsStream::handshake(const TlsContext& cont
     // issuer certificate" rather than "certificate verify failed").
     const long verify = SSL_get_verify_result(ssl);
     std::string why = error == SSL_ERROR_SYSCALL && errno != 0 ? std::string(std::strerror(errno)) : std::string();
-    why = openssl_reason(why.empty() ? "closed by the peer" : why);
+    unsigned long code = 0;
+    why = openssl_reason(why.empty() ? "closed by the peer" : why, &code);
+    if (!server && verify != X509_V_OK) {
+      return Status::InvalidArgument("TLS handshake: " + std::string(kPeerCertificateRefused) +
+                                     X509_verify_cert_error_string(verify) + " (" + why + ")");
+    }
+    if (!server && own_certificate_refused(code)) {
+      return Status::InvalidArgument("TLS handshake: " + std::string(kOwnCertificateRefused) + why);
+    }
     if (verify != X509_V_OK) why += " (" + std::string(X509_verify_cert_error_string(verify)) + ")";
     return Status::Unavailable("TLS handshake: " + why);
   }
@@ -192,13 +292,14 @@ StatusOr<size_t> TlsStream::read_some(void* data, size_t size, int timeout_ms) {
     size_t got = 0;
     int error = SSL_ERROR_NONE;
     std::string why;
+    unsigned long code = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       errno = 0;
       if (SSL_read_ex(ssl_, data, size, &got) != 1) {
         error = SSL_get_error(ssl_, 0);
         if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
-          why = openssl_reason(errno != 0 ? std::strerror(errno) : "connection lost");
+          why = openssl_reason(errno != 0 ? std::strerror(errno) : "connection lost", &code);
         } else {
           ERR_clear_error();
         }
@@ -214,6 +315,11 @@ StatusOr<size_t> TlsStream::read_some(void* data, size_t size, int timeout_ms) {
         TANDEM_RETURN_IF_ERROR(wait(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, timeout_ms));
         continue;
       default:
+        // TLS 1.3: a server judges the client's certificate after the client's handshake has finished,
+        // so its refusal arrives here, at the first read.
+        if (!server_ && own_certificate_refused(code)) {
+          return Status::InvalidArgument("TLS: " + std::string(kOwnCertificateRefused) + why);
+        }
         return Status::Unavailable("TLS: " + why);
     }
   }

@@ -11,6 +11,11 @@
 // Peers are checked against the CA only, not a host name: the planes dial addresses that workers
 // announce (pod IPs), and every certificate the cluster's CA signed is a member of the cluster.
 //
+// The same stream also serves as a client of an outside TLS server (etcd over https, --etcd-ca/
+// --etcd-cert/--etcd-key): TlsContext::load_client checks the server's certificate against a CA (or
+// the system's trust store) and against the host name or IP address dialed, TLS 1.2 or later, and
+// presents a client certificate only when given one.
+//
 // Ownership: a TlsContext is shared (std::shared_ptr) by every stream made from it; a TlsStream
 // borrows its socket like every ByteStream. Thread-safety: TlsContext is immutable once loaded; a
 // TlsStream as ByteStream says (one reader and one writer at once).
@@ -35,11 +40,33 @@ struct TlsFiles {
   std::string ca;    // PEM CA certificates that a peer's certificate must chain to
 };
 
+// What a client of an outside TLS server is given. Empty `ca`: the system's default trust store.
+// `cert` and `key` go together; both empty: no client certificate.
+struct TlsClientFiles {
+  std::string ca;
+  std::string cert;
+  std::string key;
+};
+
+// Why a TLS connection failed, for callers that tell the user which setting to fix.
+enum class TlsRefusal {
+  kNone,                   // not a certificate refusal (a network error, a protocol mismatch, ...)
+  kPeerCertificate,        // this side's check of the peer's certificate failed (CA, host name, expiry)
+  kOwnCertificate,         // the peer refused this side's certificate, or wanted one that was not sent
+};
+// Which refusal a failed handshake or read reported (they carry StatusCode::kInvalidArgument then).
+TlsRefusal tls_refusal(const Status& status);
+
 class TlsContext {
  public:
   // Loads the three files. InvalidArgument naming the flag (flag_prefix + "-cert", "-key", "-ca") and
   // the file when one is missing, unreadable, not PEM, or the key is not the certificate's.
   static StatusOr<std::shared_ptr<const TlsContext>> load(const TlsFiles& files, const std::string& flag_prefix);
+  // A client context for an outside server (see the top of this file). InvalidArgument naming the
+  // flag (flag_prefix + "-ca", "-cert", "-key") and the file when one is unreadable or not PEM, the key
+  // is not the certificate's, or only one of cert and key is given.
+  static StatusOr<std::shared_ptr<const TlsContext>> load_client(const TlsClientFiles& files,
+                                                                 const std::string& flag_prefix);
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
@@ -55,9 +82,13 @@ class TlsStream final : public net::ByteStream {
   // The TLS handshake on a connected socket within timeout_ms, as the server (the side that accepted)
   // or the client. The socket is non-blocking from here on. Unavailable saying why (OpenSSL's reason,
   // the certificate check's verdict); Aborted when the peer closed without sending a byte (a TCP
-  // health check), DeadlineExceeded when the handshake did not finish in time.
+  // health check), DeadlineExceeded when the handshake did not finish in time. On the client side, a
+  // certificate refused by either end is InvalidArgument (tls_refusal says which end), here or, in
+  // TLS 1.3 where the server judges the client's certificate after the client's handshake is done, at
+  // the first read. `server_name` (client side, may be empty): the host name or IP address the server's
+  // certificate must name; a host name is also sent as SNI.
   static StatusOr<std::unique_ptr<TlsStream>> handshake(const TlsContext& context, int fd, std::string peer, bool server,
-                                                        int timeout_ms);
+                                                        int timeout_ms, const std::string& server_name = "");
   ~TlsStream() override;
 
   Status read_full(void* data, size_t size) override;
@@ -66,13 +97,15 @@ class TlsStream final : public net::ByteStream {
   void set_timeout(int timeout_ms) override { timeout_ms_ = timeout_ms; }
 
  private:
-  TlsStream(ssl_st* ssl, int fd, std::string peer) : net::ByteStream(fd, std::move(peer)), ssl_(ssl) {}
+  TlsStream(ssl_st* ssl, int fd, std::string peer, bool server)
+      : net::ByteStream(fd, std::move(peer)), ssl_(ssl), server_(server) {}
   // Waits until the socket is ready for `events` (POLLIN/POLLOUT), at most timeout_ms (< 0: no limit).
   Status wait(short events, int timeout_ms);
   // set_timeout's limit for read_full/write_full's waits, -1 when there is none.
   int wait_limit() const;
 
   ssl_st* const ssl_;
+  const bool server_;
   std::mutex mu_;  // held around each OpenSSL call on ssl_, never while waiting
   std::atomic<int> timeout_ms_{0};
 };

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <unordered_map>
 
@@ -238,6 +239,20 @@ class TokenizerJsonSax {
   std::vector<std::string> pair_;
 };
 
+// A token id as tokenizer.json writes it: an integer in [0, 2^31 - 1). nlohmann's get<int32_t>() casts a
+// float or an out-of-range integer (1e300, 2^40) without a check, which is undefined behaviour; Hugging
+// Face reads ids as u32 and refuses both. The top value is left out so that `id + 1` (a vocabulary
+// size) cannot overflow. `field` names where the id sits, for the error.
+int32_t token_id(const nlohmann::json& v, const std::string& field) {
+  constexpr int64_t kMaxId = std::numeric_limits<int32_t>::max() - 1;
+  if (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(kMaxId)) return static_cast<int32_t>(v.get<uint64_t>());
+  if (v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() >= 0 && v.get<int64_t>() <= kMaxId) {
+    return static_cast<int32_t>(v.get<int64_t>());
+  }
+  throw Error("tokenizer.json: " + field + " must be a token id (an integer from 0 to " + std::to_string(kMaxId) +
+              "), got " + v.dump() + " (" + v.type_name() + ")");
+}
+
 }  // namespace
 
 struct Tokenizer::Impl {
@@ -316,7 +331,7 @@ void Tokenizer::Impl::parse_post_processor(const nlohmann::json& p) {
       const std::string name = piece["SpecialToken"].at("id").get<std::string>();
       const auto& ids = p.at("special_tokens").at(name).at("ids");
       auto& target = seen_sequence ? suffix_ids : prefix_ids;
-      for (const auto& id : ids) target.push_back(id.get<int32_t>());
+      for (const auto& id : ids) target.push_back(token_id(id, "post_processor.special_tokens." + name + ".ids"));
     }
   }
 }
@@ -430,9 +445,11 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(std::string_view tokenizer_json,
     if (decoder_type != "ByteLevel") throw Error("unsupported decoder '" + decoder_type + "' (supported: ByteLevel)");
 
     impl->vocab_size = impl->model->num_ids();
-    for (const auto& t : root.value("added_tokens", nlohmann::json::array())) {
+    const auto added_tokens = root.value("added_tokens", nlohmann::json::array());
+    for (size_t i = 0; i < added_tokens.size(); ++i) {
+      const auto& t = added_tokens.at(i);
       AddedToken token;
-      token.id = t.at("id").get<int32_t>();
+      token.id = token_id(t.at("id"), "added_tokens[" + std::to_string(i) + "].id");
       token.content = t.at("content").get<std::string>();
       token.lstrip = t.value("lstrip", false);
       token.rstrip = t.value("rstrip", false);

@@ -164,6 +164,10 @@ class EtcdRegistration : public Registration {
 std::shared_ptr<Registration> make_etcd_registration(std::shared_ptr<Core> core, std::shared_ptr<Reports> reports) {
   auto endpoints = cluster::parse_etcd_url(core->options.registry);
   if (!endpoints.ok()) throw Error("--registry: " + endpoints.status().message());
+  if (cluster::etcd_url_uses_tls(core->options.registry) != (core->options.etcd_credentials.tls != nullptr)) {
+    throw Error("--registry " + core->options.registry + ": etcds:// and a TLS context (--etcd-ca, --etcd-cert, "
+                "--etcd-key) go together");
+  }
   return std::make_shared<EtcdRegistration>(std::move(core), std::move(reports), std::move(*endpoints));
 }
 

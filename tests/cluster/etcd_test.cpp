@@ -171,7 +171,7 @@ class EtcdAuthClientTest : public EtcdClientTest {
     server_->set_ctl_user("root:rootpw");
   }
   EtcdClient client(const std::string& user, const std::string& password) const {
-    return EtcdClient(*parse_etcd_url(server_->url()), EtcdCredentials{user, password});
+    return EtcdClient(*parse_etcd_url(server_->url()), EtcdCredentials{user, password, nullptr});
   }
 };
 

@@ -28,6 +28,7 @@ for overlay in deploy/k8s/overlays/*/; do
   kubectl kustomize "$overlay" > "$out/$name.yaml" 2> "$out/$name.err" || { cat "$out/$name.err"; exit 1; }
   flags=()
   [ "$name" = gpu ] && flags+=(--gpu)
+  [ "$name" = secure ] && flags+=(--secure)
   node tests/deploy/validate_k8s.mjs "$npm_dir" "$out/$name.yaml" "${flags[@]}"
 done
 kubectl kustomize deploy/k8s/monitoring > "$out/monitoring.yaml"

@@ -148,5 +148,32 @@ TEST(UnsupportedTokenizerTest, ErrorsNameWhatIsUnsupported) {
   expect_error_naming(j, "byte_fallback");
 }
 
+// Ids are u32 in Hugging Face's tokenizers: a float, a negative number, one past int32 or a string in
+// tokenizer.json is refused with the field named (nlohmann's get<int32_t>() cast them unchecked,
+// undefined for 1e300).
+TEST(UnsupportedTokenizerTest, TokenIdsMustBeIntegersInRange) {
+  const std::vector<nlohmann::json> bad_ids = {1.5, 300.0, 1e300, -1, 4294967296LL, 2147483647LL, "300", nullptr};
+  for (const auto& bad : bad_ids) {
+    auto j = base_json();
+    j["added_tokens"][2]["id"] = bad;
+    expect_error_naming(j, "added_tokens[2].id");
+    j = base_json();
+    j["post_processor"] = {
+        {"type", "TemplateProcessing"},
+        {"single", nlohmann::json::array({{{"SpecialToken", {{"id", "<S>"}, {"type_id", 0}}}},
+                                          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+        {"special_tokens", {{"<S>", {{"id", "<S>"}, {"ids", nlohmann::json::array({304, bad})}, {"tokens", {"<S>", "<S>"}}}}}}};
+    expect_error_naming(j, "post_processor.special_tokens.<S>.ids");
+  }
+  // The same post-processor with good ids loads, and puts them in front.
+  auto j = base_json();
+  j["post_processor"] = {
+      {"type", "TemplateProcessing"},
+      {"single", nlohmann::json::array({{{"SpecialToken", {{"id", "<S>"}, {"type_id", 0}}}},
+                                        {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+      {"special_tokens", {{"<S>", {{"id", "<S>"}, {"ids", nlohmann::json::array({304})}, {"tokens", {"<S>"}}}}}}};
+  EXPECT_EQ(Tokenizer::from_json(j.dump(), "")->encode("a", true), (std::vector<int32_t>{304, 'a'}));
+}
+
 }  // namespace
 }  // namespace tandem::tokenizer
