@@ -16,7 +16,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <thread>
 
 #include "harness.h"
@@ -33,16 +32,6 @@ HttpResponse post_with_key(int port, const std::string& body, const std::string&
   std::vector<std::pair<std::string, std::string>> headers = {{"Content-Type", "application/json"}};
   if (!key.empty()) headers.emplace_back("Authorization", "Bearer " + key);
   return http(port, "POST", "/v1/completions", body, headers, timeout_ms);
-}
-
-// Polls `condition` every 20 ms until it holds or `timeout_ms` passes.
-bool eventually(const std::function<bool()>& condition, int timeout_ms = 5000) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return condition();
 }
 
 // A raw client connection, for what the harness's whole-request http() cannot do.
@@ -285,14 +274,10 @@ TEST(AdmissionServing, RequestTimeout_EndsTheStreamAndFreesBlocksEverywhere) {
 // `tandem serve` hands its keys to its frontend (through the environment), and the bench client sends
 // $OPENAI_API_KEY as its bearer token: the two work together.
 TEST(AdmissionServing, ServeWithKeys_BenchClientSendsOpenaiApiKey) {
-  char tmpl[] = "/tmp/tandem-admission-XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
-  const int port = free_port();
-  Process serve({tandem_binary(), "serve", "--engine", "fake", "--model", "random:tiny-qwen3", "--num-prefill-workers", "0",
-                 "--threads", "1", "--port", std::to_string(port), "--api-key", "sk-serve-1", "--api-key", "sk-serve-2"},
-                dir + "/serve.log");
-  ASSERT_TRUE(eventually([&] { return http(port, "GET", "/health", "", {}, 1000).status == 200; }, 60000))
-      << shell("cat " + dir + "/serve.log");
+  ServeProcess serve("admission", {"--engine", "fake", "--model", "random:tiny-qwen3", "--num-prefill-workers", "0", "--threads",
+                                   "1", "--api-key", "sk-serve-1", "--api-key", "sk-serve-2"});
+  const int port = serve.port();
+  ASSERT_TRUE(eventually([&] { return http(port, "GET", "/health", "", {}, 1000).status == 200; }, 60000)) << serve.log();
   EXPECT_EQ(http(port, "GET", "/v1/models").status, 401);
   EXPECT_EQ(http(port, "GET", "/v1/models", "", {{"Authorization", "Bearer sk-serve-2"}}).status, 200);
   // The keys are on no process's command line but the supervisor's own ("[f]": grep's own line
@@ -309,7 +294,6 @@ TEST(AdmissionServing, ServeWithKeys_BenchClientSendsOpenaiApiKey) {
   shell("OPENAI_API_KEY=wrong " + bench, &status);
   EXPECT_NE(status, 0);
   serve.terminate();
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -22,16 +22,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-template <typename F>
-bool eventually(F predicate, int timeout_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (predicate()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return predicate();
-}
-
 // Sends a streamed completion on a connection with a 4 KiB receive buffer and never reads it.
 int start_unread_stream(int port, int max_tokens) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
