@@ -247,16 +247,23 @@ size_t count_of(const std::string& text, const std::string& what) {
   return n;
 }
 
-std::string raw_peer_gets(int port, const std::string& bytes) {
+int connect_loopback(int port, int receive_buffer_bytes) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (receive_buffer_bytes > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer_bytes, sizeof(receive_buffer_bytes));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
-    return "connect failed";
+    return -1;
   }
+  return fd;
+}
+
+std::string raw_peer_gets(int port, const std::string& bytes) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return "connect failed";
   send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
   timeval tv{10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));

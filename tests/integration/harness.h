@@ -49,6 +49,10 @@ class Process {
   int exit_code_ = -1;
 };
 
+// A blocking TCP connection to 127.0.0.1:port, for what http() cannot do; -1 when refused. A
+// receive_buffer_bytes above 0 sets SO_RCVBUF before connecting (a small one makes the server's writes
+// block as soon as the test stops reading). The caller closes it.
+int connect_loopback(int port, int receive_buffer_bytes = 0);
 // What a peer that sends `bytes` on a fresh connection to 127.0.0.1:port gets back before the server
 // closes it: "connect failed", or the bytes, with "<not closed>" added when it did not close within 10 s.
 std::string raw_peer_gets(int port, const std::string& bytes);
