@@ -7,13 +7,17 @@
 //
 // A "sequence" replays the real tokenizer's tokens of a valid document, as a model writing it would.
 //
-//   build/bench/structured_bench [--tokenizer DIR] [--reps N]
+// The schemas are bench/schemas/*.json, the files the offline bench's --guided-json runs use.
+//
+//   build/bench/structured_bench [--tokenizer DIR] [--schemas DIR] [--reps N]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -38,49 +42,31 @@ double percentile(std::vector<double> v, double p) {
 
 struct Case {
   const char* name;
-  const char* schema;    // "" = json_object
-  const char* document;  // a valid reply
+  const char* schema_file;  // in bench/schemas (as `tandem bench --guided-json` uses them); "" = json_object
+  const char* document;     // a valid reply
 };
+
+// A schema file's text; exits naming the file when it cannot be read.
+std::string read_schema(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    std::fprintf(stderr, "structured_bench: cannot read %s (give the folder of the schemas with --schemas)\n", path.c_str());
+    std::exit(1);
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 const Case kCases[] = {
     {"person (7 props, nested, pattern, anyOf)",
-     R"({"type":"object","properties":{"name":{"type":"string","minLength":1,"maxLength":40},
-     "age":{"type":"integer","minimum":0,"maximum":150},"email":{"type":"string","pattern":"^[a-z.]{1,20}@[a-z]{1,12}\\.(com|org)$"},
-     "tags":{"type":"array","items":{"enum":["admin","staff","guest"]},"maxItems":3},
-     "address":{"type":"object","properties":{"street":{"type":"string"},"city":{"type":"string"},"zip":{"type":"string","pattern":"^[0-9]{5}$"}},
-     "required":["street","city","zip"],"additionalProperties":false},"active":{"type":"boolean"},
-     "nickname":{"anyOf":[{"type":"string","maxLength":20},{"type":"null"}]}},
-     "required":["name","age","address","active"],"additionalProperties":false})",
+     "person.json",
      R"({"name": "Maria Fernández", "age": 34, "email": "maria.fernandez@example.com", "tags": ["admin", "staff"], "address": {"street": "12 Rue de la Paix", "city": "Paris", "zip": "75002"}, "active": true, "nickname": null})"},
     {"order ($defs, array of objects, enum, const)",
-     R"({"$defs":{"item":{"type":"object","properties":{"sku":{"type":"string","pattern":"^[A-Z]{3}-[0-9]{3}$"},
-     "name":{"type":"string"},"qty":{"type":"integer","minimum":1,"maximum":999},"price":{"type":"number","minimum":0}},
-     "required":["sku","qty","price"],"additionalProperties":false}},"type":"object","properties":{
-     "id":{"type":"integer","minimum":1},"status":{"enum":["open","paid","shipped","cancelled"]},
-     "items":{"type":"array","items":{"$ref":"#/$defs/item"},"minItems":1,"maxItems":20},"currency":{"const":"EUR"},
-     "customer":{"type":"object","properties":{"id":{"type":"integer"},"name":{"type":"string"},"vip":{"type":"boolean"}},"required":["id","name"]},
-     "note":{"type":["string","null"]}},"required":["id","status","items","currency","customer"],"additionalProperties":false})",
+     "order.json",
      R"({"id": 100234, "status": "paid", "items": [{"sku": "ABC-123", "name": "Blue mug", "qty": 2, "price": 7.5}, {"sku": "XYZ-900", "name": "Tea, green, 100 g", "qty": 1, "price": 12.99}, {"sku": "KLM-007", "qty": 12, "price": 0.35}], "currency": "EUR", "customer": {"id": 77, "name": "Jan de Vries", "vip": false}, "note": "Leave at the door, please."})"},
     {"issue (28 props, 3 levels, arrays of objects, date patterns)",
-     R"({"type":"object","properties":{
-     "id":{"type":"integer","minimum":1},"number":{"type":"integer","minimum":1},"title":{"type":"string","maxLength":200},
-     "state":{"enum":["open","closed"]},"locked":{"type":"boolean"},"body":{"type":["string","null"]},
-     "user":{"type":"object","properties":{"login":{"type":"string"},"id":{"type":"integer"},"type":{"enum":["User","Bot","Organization"]},"site_admin":{"type":"boolean"}},"required":["login","id","type"],"additionalProperties":false},
-     "labels":{"type":"array","items":{"type":"object","properties":{"name":{"type":"string"},"color":{"type":"string","pattern":"^[0-9a-f]{6}$"},"default":{"type":"boolean"}},"required":["name","color"],"additionalProperties":false},"maxItems":10},
-     "assignees":{"type":"array","items":{"type":"string"},"maxItems":5},
-     "milestone":{"anyOf":[{"type":"null"},{"type":"object","properties":{"title":{"type":"string"},"due_on":{"type":"string","pattern":"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},"open_issues":{"type":"integer","minimum":0}},"required":["title"]}]},
-     "comments":{"type":"integer","minimum":0},"created_at":{"type":"string","pattern":"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"},
-     "updated_at":{"type":"string","pattern":"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"},
-     "closed_at":{"anyOf":[{"type":"null"},{"type":"string","pattern":"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"}]},
-     "author_association":{"enum":["OWNER","MEMBER","CONTRIBUTOR","NONE"]},
-     "reactions":{"type":"object","properties":{"total_count":{"type":"integer","minimum":0},"plus_one":{"type":"integer","minimum":0},"minus_one":{"type":"integer","minimum":0},"laugh":{"type":"integer","minimum":0},"heart":{"type":"integer","minimum":0},"rocket":{"type":"integer","minimum":0}},"required":["total_count"],"additionalProperties":false},
-     "priority":{"type":"integer","minimum":0,"maximum":4},"estimate_hours":{"type":"number","minimum":0},
-     "component":{"enum":["frontend","engine","backend","docs","infra"]},"regression":{"type":"boolean"},
-     "affected_versions":{"type":"array","items":{"type":"string","pattern":"^v[0-9]+\\.[0-9]+\\.[0-9]+$"},"maxItems":4},
-     "links":{"type":"array","items":{"type":"object","properties":{"kind":{"enum":["duplicate","blocks","relates"]},"issue":{"type":"integer"}},"required":["kind","issue"]}},
-     "summary":{"type":"string","maxLength":280},"needs_triage":{"type":"boolean"},"votes":{"type":"integer"},"os":{"enum":["linux","macos","windows"]},
-     "reproducible":{"type":"boolean"}},
-     "required":["id","number","title","state","user","labels","created_at","author_association","component"],"additionalProperties":false})",
+     "issue.json",
      R"({"id": 2048112, "number": 421, "title": "Decode step slows down with 64 sequences and long prompts", "state": "open", "locked": false, "body": "Steps to reproduce:\n1. Start the server\n2. Send 64 requests\n\nExpected: flat ITL.", "user": {"login": "octo-dev", "id": 5501, "type": "User", "site_admin": false}, "labels": [{"name": "bug", "color": "d73a4a", "default": true}, {"name": "performance", "color": "0e8a16"}], "assignees": ["alice", "bob"], "milestone": {"title": "v0.9", "due_on": "2026-12-15", "open_issues": 12}, "comments": 7, "created_at": "2026-11-30T08:15:00Z", "updated_at": "2026-12-01T17:42:10Z", "closed_at": null, "author_association": "CONTRIBUTOR", "reactions": {"total_count": 5, "plus_one": 4, "heart": 1}, "priority": 1, "estimate_hours": 6.5, "component": "engine", "regression": true, "affected_versions": ["v0.8.1", "v0.8.2"], "links": [{"kind": "relates", "issue": 398}], "summary": "ITL grows by 20% at 64 sequences.", "needs_triage": false, "votes": 12, "os": "linux", "reproducible": true})"},
     {"json_object (any object, depth 4)", "",
      R"({"query": "weather in Oslo", "results": [{"day": "Mon", "temp": -3.5, "sky": "snow"}, {"day": "Tue", "temp": 1, "sky": null}], "units": {"temp": "C"}, "ok": true})"},
@@ -90,9 +76,11 @@ const Case kCases[] = {
 
 int main(int argc, char** argv) {
   std::string tok_dir = std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3";
+  std::string schemas_dir = TANDEM_BENCH_SCHEMAS_DIR;
   int reps = 5;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--tokenizer")) tok_dir = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--schemas")) schemas_dir = argv[i + 1];
     else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
   }
   const int kVocab = 151936;
@@ -109,8 +97,9 @@ int main(int argc, char** argv) {
   std::printf("| schema | DFA states | compile (DFA) ms | compile + all masks ms | tokens | cold median us/token | cold p99 | cold mean | warm median us/token | warm p99 | 64-seq batch median us/step |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const Case& c : kCases) {
-    const std::string spec = std::string(c.schema).empty() ? std::string(R"({"json_object": true})")
-                                                           : std::string(R"({"json_schema": )") + c.schema + "}";
+    const std::string spec = std::string(c.schema_file).empty()
+                                 ? std::string(R"({"json_object": true})")
+                                 : R"({"json_schema": )" + read_schema(schemas_dir + "/" + c.schema_file) + "}";
     const std::vector<int32_t> tokens = tok->encode(c.document, /*add_special_tokens=*/false);
     std::vector<double> compile_ms, full_ms, cold, warm;
     int states = 0;

@@ -134,7 +134,12 @@ std::string new_tool_call_id() {
 }
 
 ToolCallParser::ToolCallParser(ToolParserKind kind, IdFn new_id)
-    : kind_(kind), new_id_(std::move(new_id)), state_(kind == ToolParserKind::kLlama3Json ? State::kStart : State::kText) {}
+    : kind_(kind), new_id_(std::move(new_id)), state_(kind == ToolParserKind::kLlama3Json ? State::kStart : State::kBetween) {
+  if (kind == ToolParserKind::kHermes) {
+    call_open_ = kCallOpen;
+    call_close_ = kCallClose;
+  }
+}
 
 void ToolCallParser::text(std::string_view s, ToolParse* out) {
   size_t end = s.size();
@@ -154,17 +159,25 @@ ToolCallDelta& ToolCallParser::call_delta(ToolParse* out) {
   return out->deltas.back();
 }
 
-void ToolCallParser::complete_call(std::string_view json_text, std::string_view raw, ToolParse* out) {
-  if (auto call = read_call(json_text)) {
-    ++num_calls_;
-    ToolCallDelta& d = call_delta(out);
-    d.id = new_id_();
-    d.name = std::move(call->name);
-    d.arguments = std::move(call->arguments);
-    blank_.clear();
-    return;
-  }
-  text(raw, out);
+bool ToolCallParser::complete_call(std::string_view json_text, ToolParse* out) {
+  auto call = read_call(json_text);
+  if (!call) return false;
+  ++num_calls_;
+  ToolCallDelta& d = call_delta(out);
+  d.id = new_id_();
+  d.name = std::move(call->name);
+  d.arguments = std::move(call->arguments);
+  blank_.clear();
+  return true;
+}
+
+void ToolCallParser::rest_is_content(std::string_view held_before, ToolParse* out) {
+  if (num_calls_ == 0) out->content += blank_;
+  out->content.append(held_before);
+  out->content += buffer_;
+  blank_.clear();
+  buffer_.clear();
+  state_ = State::kContent;
 }
 
 bool ToolCallParser::read_call_head(ToolParse* out) {
@@ -199,13 +212,7 @@ size_t ToolCallParser::stream_arguments(std::string_view s, ToolParse* out) {
     const char c = s[i];
     if (in_string_) {
       fragment += c;
-      if (escaped_) {
-        escaped_ = false;
-      } else if (c == '\\') {
-        escaped_ = true;
-      } else if (c == '"') {
-        in_string_ = false;
-      }
+      string_byte(c);
       continue;
     }
     if (is_space(c)) continue;
@@ -222,153 +229,146 @@ size_t ToolCallParser::stream_arguments(std::string_view s, ToolParse* out) {
   return s.size();
 }
 
-void ToolCallParser::feed_hermes(ToolParse* out) {
-  while (!buffer_.empty()) {
-    switch (state_) {
-      case State::kText: {
-        const size_t at = buffer_.find(kCallOpen);
-        if (at == std::string::npos) {
-          const size_t keep = partial_tag_suffix(buffer_, kCallOpen);
-          text(std::string_view(buffer_).substr(0, buffer_.size() - keep), out);
-          buffer_.erase(0, buffer_.size() - keep);
-          return;
-        }
-        text(std::string_view(buffer_).substr(0, at), out);
-        buffer_.erase(0, at + kCallOpen.size());
-        state_ = State::kCallHead;
-        break;
-      }
-      case State::kCallHead:
-        if (!read_call_head(out)) return;
-        break;
-      case State::kCallWhole: {
-        const size_t from = scanned_ >= kCallClose.size() ? scanned_ - kCallClose.size() + 1 : 0;
-        const size_t at = buffer_.find(kCallClose, from);
-        if (at == std::string::npos) {
-          scanned_ = buffer_.size();
-          return;  // the call goes on
-        }
-        const std::string body = buffer_.substr(0, at);
-        complete_call(body, std::string(kCallOpen) + body + std::string(kCallClose), out);
-        buffer_.erase(0, at + kCallClose.size());
-        scanned_ = 0;
-        state_ = State::kText;
-        break;
-      }
-      case State::kCallArgs: {
-        // The closing tag ends the call wherever it is; a piece's end that may begin it waits.
-        const size_t close = buffer_.find(kCallClose);
-        const size_t limit = close != std::string::npos ? close : buffer_.size() - partial_tag_suffix(buffer_, kCallClose);
-        const size_t taken = stream_arguments(std::string_view(buffer_).substr(0, limit), out);
-        buffer_.erase(0, taken);
-        if (state_ == State::kCallArgs && close == std::string::npos) return;
-        if (state_ == State::kCallArgs) {  // cut short by the closing tag
-          buffer_.erase(0, close - taken + kCallClose.size());
-          state_ = State::kText;
-        }
-        break;
-      }
-      case State::kCallTail: {
-        const size_t at = buffer_.find(kCallClose);
-        if (at == std::string::npos) {
-          buffer_.erase(0, buffer_.size() - partial_tag_suffix(buffer_, kCallClose));
-          return;
-        }
-        buffer_.erase(0, at + kCallClose.size());
-        state_ = State::kText;
-        break;
-      }
-      case State::kStart:
-      case State::kJson: return;  // llama3_json's states
-    }
+void ToolCallParser::read_reply_start() {
+  // The reply's first non-blank text decides: JSON (or <|python_tag|>) is calls, anything else content.
+  size_t first = 0;
+  while (first < buffer_.size() && is_space(buffer_[first])) ++first;
+  const std::string_view rest = std::string_view(buffer_).substr(first);
+  if (rest.empty() || (rest.size() < kPythonTag.size() && kPythonTag.substr(0, rest.size()) == rest)) return;
+  if (rest.substr(0, kPythonTag.size()) == kPythonTag || rest[0] == '{') {
+    const size_t skip = first + (rest[0] == '{' ? 0 : kPythonTag.size());
+    blank_ = buffer_.substr(0, skip);  // the reply's own text until the JSON: content if no call comes
+    buffer_.erase(0, skip);
+    state_ = State::kBetween;
+  } else {
+    state_ = State::kContent;
   }
 }
 
-void ToolCallParser::feed_llama(ToolParse* out) {
-  if (state_ == State::kStart) {
-    // The reply's first non-blank text decides: JSON (or <|python_tag|>) is calls, anything else content.
-    size_t first = 0;
-    while (first < buffer_.size() && is_space(buffer_[first])) ++first;
-    const std::string_view rest = std::string_view(buffer_).substr(first);
-    if (rest.empty() || (rest.size() < kPythonTag.size() && kPythonTag.substr(0, rest.size()) == rest)) return;
-    if (rest.substr(0, kPythonTag.size()) == kPythonTag || rest[0] == '{') {
-      const size_t skip = first + (rest[0] == '{' ? 0 : kPythonTag.size());
-      blank_ = buffer_.substr(0, skip);  // the reply's own text until the JSON: content if no call comes
-      buffer_.erase(0, skip);
-      state_ = State::kJson;
-    } else {
-      state_ = State::kText;
+bool ToolCallParser::read_between_calls(ToolParse* out) {
+  if (!call_open_.empty()) {
+    const size_t at = buffer_.find(call_open_);
+    if (at == std::string::npos) {
+      const size_t keep = partial_tag_suffix(buffer_, call_open_);
+      text(std::string_view(buffer_).substr(0, buffer_.size() - keep), out);
+      buffer_.erase(0, buffer_.size() - keep);
+      return false;
     }
+    text(std::string_view(buffer_).substr(0, at), out);
+    buffer_.erase(0, at + call_open_.size());
+    state_ = State::kCallHead;
+    return true;
   }
+  size_t at = 0;
+  while (at < buffer_.size() && (is_space(buffer_[at]) || (num_calls_ > 0 && buffer_[at] == ';'))) ++at;
+  if (at == buffer_.size()) return false;  // separators so far
+  if (buffer_[at] != '{') {
+    // Not a call: from here on the reply is content (with its opening text if no call came before).
+    rest_is_content("", out);
+    return false;
+  }
+  separator_ = buffer_.substr(0, at);
+  buffer_.erase(0, at);
+  state_ = State::kCallHead;
+  return true;
+}
+
+size_t ToolCallParser::find_call_end(size_t* after) {
+  if (call_close_.empty()) {
+    const size_t end = scan_to_close();
+    if (end == std::string::npos) return end;
+    *after = end + 1;
+    return end + 1;
+  }
+  const size_t from = scanned_ >= call_close_.size() ? scanned_ - call_close_.size() + 1 : 0;
+  const size_t at = buffer_.find(call_close_, from);
+  if (at == std::string::npos) {
+    scanned_ = buffer_.size();
+    return at;
+  }
+  scanned_ = 0;
+  *after = at + call_close_.size();
+  return at;
+}
+
+void ToolCallParser::feed_calls(ToolParse* out) {
   while (true) {
     switch (state_) {
-      case State::kText:
+      case State::kStart:
+        read_reply_start();
+        if (state_ == State::kStart) return;
+        break;
+      case State::kBetween:
+        if (!read_between_calls(out)) return;
+        break;
+      case State::kContent:
         out->content += buffer_;
         buffer_.clear();
         return;
-      case State::kJson: {
-        size_t at = 0;
-        while (at < buffer_.size() && (is_space(buffer_[at]) || (num_calls_ > 0 && buffer_[at] == ';'))) ++at;
-        if (at == buffer_.size()) return;  // separators so far
-        if (buffer_[at] != '{') {
-          // Not a call: from here on the reply is content (with its opening text if no call came before).
-          out->content += (num_calls_ == 0 ? blank_ : std::string()) + buffer_;
-          blank_.clear();
-          buffer_.clear();
-          state_ = State::kText;
-          return;
-        }
-        separator_ = buffer_.substr(0, at);
-        buffer_.erase(0, at);
-        state_ = State::kCallHead;
-        break;
-      }
       case State::kCallHead:
         if (!read_call_head(out)) return;
         break;
       case State::kCallWhole: {
-        const size_t end = scan_to_close();
-        if (end == std::string::npos) return;  // the object goes on
-        const std::string object = buffer_.substr(0, end + 1);
-        const int before = num_calls_;
-        ToolParse whole;
-        complete_call(object, "", &whole);
-        if (num_calls_ == before) {
-          // Not a call: from here on the reply is content (with its opening text if no call came before).
-          out->content += (num_calls_ == 0 ? blank_ : std::string()) + separator_ + buffer_;
-          blank_.clear();
-          buffer_.clear();
-          state_ = State::kText;
-          return;
+        size_t after = 0;
+        const size_t end = find_call_end(&after);
+        if (end == std::string::npos) return;  // the call goes on
+        const std::string body = buffer_.substr(0, end);
+        if (!complete_call(body, out)) {
+          if (call_close_.empty()) {
+            // Not a call: from here on the reply is content (with its opening text if no call came before).
+            rest_is_content(separator_, out);
+            return;
+          }
+          text(std::string(call_open_) + body + std::string(call_close_), out);
         }
-        out->deltas.push_back(std::move(whole.deltas.back()));
-        buffer_.erase(0, end + 1);
-        state_ = State::kJson;
+        buffer_.erase(0, after);
+        state_ = State::kBetween;
         break;
       }
       case State::kCallArgs: {
-        const size_t taken = stream_arguments(buffer_, out);
+        // A closing tag ends the call wherever it is; a piece's end that may begin it waits.
+        const bool tagged = !call_close_.empty();
+        const size_t close = tagged ? buffer_.find(call_close_) : std::string::npos;
+        const size_t limit = close != std::string::npos ? close
+                             : tagged                   ? buffer_.size() - partial_tag_suffix(buffer_, call_close_)
+                                                        : buffer_.size();
+        const size_t taken = stream_arguments(std::string_view(buffer_).substr(0, limit), out);
         buffer_.erase(0, taken);
-        if (state_ == State::kCallArgs) return;
-        // Skip the rest of the call object: it was opened one level above the arguments.
+        if (state_ == State::kCallArgs) {
+          if (close == std::string::npos) return;
+          buffer_.erase(0, close - taken + call_close_.size());  // cut short by the closing tag
+          state_ = State::kBetween;
+          break;
+        }
+        // Skip the rest of the call; a bare object was opened one level above the arguments.
         scanned_ = 0;
         depth_ = 1;
         in_string_ = escaped_ = false;
         break;
       }
       case State::kCallTail: {
-        const size_t end = scan_to_close();
-        if (end == std::string::npos) {
-          buffer_.clear();
-          scanned_ = 0;
+        size_t after = 0;
+        if (find_call_end(&after) == std::string::npos) {
+          // Keep only what may begin the closing tag: the rest of the call is not shown.
+          buffer_.erase(0, buffer_.size() - (call_close_.empty() ? 0 : partial_tag_suffix(buffer_, call_close_)));
+          scanned_ = buffer_.size();
           return;
         }
-        buffer_.erase(0, end + 1);
-        state_ = State::kJson;
+        buffer_.erase(0, after);
+        state_ = State::kBetween;
         break;
       }
-      case State::kStart: return;
     }
+  }
+}
+
+void ToolCallParser::string_byte(char c) {
+  if (escaped_) {
+    escaped_ = false;
+  } else if (c == '\\') {
+    escaped_ = true;
+  } else if (c == '"') {
+    in_string_ = false;
   }
 }
 
@@ -376,13 +376,7 @@ size_t ToolCallParser::scan_to_close() {
   for (; scanned_ < buffer_.size(); ++scanned_) {
     const char c = buffer_[scanned_];
     if (in_string_) {
-      if (escaped_) {
-        escaped_ = false;
-      } else if (c == '\\') {
-        escaped_ = true;
-      } else if (c == '"') {
-        in_string_ = false;
-      }
+      string_byte(c);
     } else if (c == '"') {
       in_string_ = true;
     } else if (c == '{' || c == '[') {
@@ -403,11 +397,7 @@ ToolParse ToolCallParser::feed(std::string_view piece) {
     return out;
   }
   buffer_.append(piece);
-  if (kind_ == ToolParserKind::kHermes) {
-    feed_hermes(&out);
-  } else {
-    feed_llama(&out);
-  }
+  feed_calls(&out);
   return out;
 }
 
@@ -416,19 +406,17 @@ ToolParse ToolCallParser::finish() {
   if (kind_ == ToolParserKind::kHermes) {
     switch (state_) {
       case State::kCallHead:
-      case State::kCallWhole: {
+      case State::kCallWhole:
         // Cut off before its closing tag (max_tokens, a stop string): a call still if its JSON is whole.
-        const std::string body = buffer_;
-        complete_call(body, std::string(kCallOpen) + body, &out);
+        if (!complete_call(buffer_, &out)) text(std::string(kCallOpen) + buffer_, &out);
         break;
-      }
       case State::kCallArgs: stream_arguments(buffer_, &out); break;  // what a partial tag held back
       case State::kCallTail: break;
       default: text(buffer_, &out); break;
     }
   } else {
     switch (state_) {
-      case State::kJson:
+      case State::kBetween:
         if (num_calls_ == 0) {
           out.content += blank_ + buffer_;  // e.g. <|python_tag|> and nothing after it
           blank_.clear();
@@ -437,12 +425,11 @@ ToolParse ToolCallParser::finish() {
       case State::kCallHead:
       case State::kCallWhole:
         // An object that never closed: as it came (the reply's opening text too when it is the first).
-        out.content += (num_calls_ == 0 ? blank_ : std::string()) + separator_ + buffer_;
-        blank_.clear();
+        rest_is_content(separator_, &out);
         break;
       case State::kCallArgs:
       case State::kCallTail: break;
-      default: out.content += buffer_; break;  // kStart: blank, or a beginning of <|python_tag|>
+      default: out.content += buffer_; break;  // kStart: blank, or a beginning of <|python_tag|>; kContent: empty
     }
   }
   buffer_.clear();
@@ -450,7 +437,7 @@ ToolParse ToolCallParser::finish() {
   scanned_ = 0;
   if (num_calls_ == 0) out.content += blank_;  // a reply without calls keeps every byte
   blank_.clear();
-  state_ = State::kText;
+  state_ = kind_ == ToolParserKind::kHermes ? State::kBetween : State::kContent;
   return out;
 }
 

@@ -92,22 +92,35 @@ class ToolCallParser {
   static ToolReply parse(ToolParserKind kind, std::string_view text, IdFn new_id = new_tool_call_id);
 
  private:
+  // One state machine serves both parsers; what differs is the text around calls: hermes's tags
+  // (call_open_, call_close_), or llama3_json's bare objects after an optional <|python_tag|>.
   enum class State {
     kStart,      // llama3_json: nothing but blanks read yet
-    kText,       // outside calls (llama3_json: the reply is content from here on)
-    kJson,       // llama3_json: between calls, before the next object
+    kBetween,    // outside calls: hermes, text that may hold the next <tool_call>; llama3_json, blanks
+                 // and ';' before the next object
+    kContent,    // llama3_json: the reply is content from here on
     kCallHead,   // a call begun, its start not yet known to be {"name": ..., "arguments": {
     kCallWhole,  // a call of another shape: read whole, then checked
     kCallArgs,   // a call whose header is out: its arguments stream
     kCallTail,   // the arguments closed: the rest of the call is skipped
   };
 
-  void feed_hermes(ToolParse* out);
-  void feed_llama(ToolParse* out);
+  // Consumes buffer_ as far as it can tell what it is, state by state.
+  void feed_calls(ToolParse* out);
+  // llama3_json's kStart: the reply's first non-blank text decides whether it holds calls.
+  void read_reply_start();
+  // kBetween: text up to the next call; false while it needs more.
+  bool read_between_calls(ToolParse* out);
   // Outside text: whitespace is held until non-blank text follows it (or dropped before a call).
   void text(std::string_view s, ToolParse* out);
-  // A call's JSON text: a call when valid, else `raw` (its whole text) becomes content.
-  void complete_call(std::string_view json_text, std::string_view raw, ToolParse* out);
+  // A call's JSON text: true when it is a valid call (its delta goes out), false when it is not.
+  bool complete_call(std::string_view json_text, ToolParse* out);
+  // llama3_json: from here on the reply is content: `held_before` and buffer_, after the reply's opening
+  // text when no call came before.
+  void rest_is_content(std::string_view held_before, ToolParse* out);
+  // Where the open call ends in buffer_: the length of its JSON text, npos while it goes on; `after`
+  // gets where the text after the call starts (past hermes's closing tag).
+  size_t find_call_end(size_t* after);
   // buffer_ starts a call's object: decides kCallArgs (the header goes out) or kCallWhole, or waits.
   // Returns false while it cannot tell yet.
   bool read_call_head(ToolParse* out);
@@ -116,6 +129,8 @@ class ToolCallParser {
   size_t stream_arguments(std::string_view s, ToolParse* out);
   // The open call's delta in `out` (made on first use).
   ToolCallDelta& call_delta(ToolParse* out);
+  // A byte inside a JSON string: follows its escapes, and its end (in_string_, escaped_).
+  void string_byte(char c);
   // Scans buffer_ from scanned_ for the end of the bracket opened before depth_ (strings skipped);
   // the index of the byte that closes it, or npos while it is open.
   size_t scan_to_close();
@@ -127,6 +142,9 @@ class ToolCallParser {
   std::string blank_;      // whitespace outside calls, held
   std::string separator_;  // llama3_json: the blanks and ';' before the object in buffer_ (content if it is no call)
   int num_calls_ = 0;
+  // The tags around each call (hermes); both empty for llama3_json, whose calls are bare objects.
+  std::string_view call_open_;
+  std::string_view call_close_;
   // Where earlier pieces left off, so that a long call costs linear time, not quadratic: hermes, how
   // much of buffer_ was searched for the closing tag; llama3_json, the open object's scan state.
   size_t scanned_ = 0;

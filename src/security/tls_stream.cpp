@@ -287,16 +287,17 @@ Status TlsStream::wait(short events, int timeout_ms) {
   }
 }
 
-StatusOr<size_t> TlsStream::read_some(void* data, size_t size, int timeout_ms) {
+template <typename Io>
+StatusOr<size_t> TlsStream::call_until_done(Io io, int timeout_ms) {
   while (true) {
-    size_t got = 0;
+    size_t moved = 0;
     int error = SSL_ERROR_NONE;
     std::string why;
     unsigned long code = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       errno = 0;
-      if (SSL_read_ex(ssl_, data, size, &got) != 1) {
+      if (io(ssl_, &moved) != 1) {
         error = SSL_get_error(ssl_, 0);
         if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
           why = openssl_reason(errno != 0 ? std::strerror(errno) : "connection lost", &code);
@@ -307,7 +308,7 @@ StatusOr<size_t> TlsStream::read_some(void* data, size_t size, int timeout_ms) {
     }
     switch (error) {
       case SSL_ERROR_NONE:
-        return got;
+        return moved;
       case SSL_ERROR_ZERO_RETURN:
         return size_t{0};
       case SSL_ERROR_WANT_READ:
@@ -325,6 +326,10 @@ StatusOr<size_t> TlsStream::read_some(void* data, size_t size, int timeout_ms) {
   }
 }
 
+StatusOr<size_t> TlsStream::read_some(void* data, size_t size, int timeout_ms) {
+  return call_until_done([&](ssl_st* ssl, size_t* got) { return SSL_read_ex(ssl, data, size, got); }, timeout_ms);
+}
+
 Status TlsStream::read_full(void* data, size_t size) {
   auto* at = static_cast<char*>(data);
   while (size > 0) {
@@ -340,32 +345,13 @@ Status TlsStream::read_full(void* data, size_t size) {
 Status TlsStream::write_full(const void* data, size_t size) {
   const auto* at = static_cast<const char*>(data);
   while (size > 0) {
-    size_t written = 0;
-    int error = SSL_ERROR_NONE;
-    std::string why;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      errno = 0;
-      if (SSL_write_ex(ssl_, at, size, &written) != 1) {
-        error = SSL_get_error(ssl_, 0);
-        if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) {
-          why = openssl_reason(errno != 0 ? std::strerror(errno) : "connection lost");
-        } else {
-          ERR_clear_error();
-        }
-      }
-    }
-    if (error == SSL_ERROR_NONE) {
-      at += written;
-      size -= written;
-      continue;
-    }
-    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) {
-      Status ready = wait(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, wait_limit());
-      if (!ready.ok()) return Status::Unavailable("connection to " + peer_ + " lost: " + ready.message());
-      continue;
-    }
-    return Status::Unavailable("connection to " + peer_ + " lost: TLS: " + why);
+    auto written =
+        call_until_done([&](ssl_st* ssl, size_t* n) { return SSL_write_ex(ssl, at, size, n); }, wait_limit());
+    if (!written.ok()) return Status::Unavailable("connection to " + peer_ + " lost: " + written.status().message());
+    // SSL_write_ex moves at least a byte when it succeeds: 0 is the peer's close_notify.
+    if (*written == 0) return Status::Unavailable("connection to " + peer_ + " lost: TLS: connection lost");
+    at += *written;
+    size -= *written;
   }
   return Status::Ok();
 }

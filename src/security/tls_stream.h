@@ -101,6 +101,12 @@ class TlsStream final : public net::ByteStream {
       : net::ByteStream(fd, std::move(peer)), ssl_(ssl), server_(server) {}
   // Waits until the socket is ready for `events` (POLLIN/POLLOUT), at most timeout_ms (< 0: no limit).
   Status wait(short events, int timeout_ms);
+  // Calls `io` (one SSL_read_ex or SSL_write_ex on the SSL object, under mu_) until it moves bytes:
+  // while OpenSSL wants the socket readable or writable, waits for that (each wait up to timeout_ms)
+  // outside the lock and calls again. The bytes moved, 0 on the peer's close_notify; Unavailable
+  // ("TLS: " + OpenSSL's reason) on an error, the wait's status when a wait fails.
+  template <typename Io>
+  StatusOr<size_t> call_until_done(Io io, int timeout_ms);
   // set_timeout's limit for read_full/write_full's waits, -1 when there is none.
   int wait_limit() const;
 

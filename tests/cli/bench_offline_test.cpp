@@ -144,57 +144,69 @@ void expect_valid_document(const std::string& text) {
   EXPECT_TRUE(doc["station"].contains("open") && doc["station"]["open"].is_boolean()) << text;
 }
 
+// Runs a shell command; its output with stderr, `status` its wait status.
+std::string run_capturing(const std::string& cmd, int* status) {
+  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
+  std::string out;
+  char buf[256];
+  while (size_t n = fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
+  *status = pclose(pipe);
+  return out;
+}
+
 void expect_ajv_accepts(const std::string& schema_path, const std::string& outputs_path) {
   const std::string npm_dir = std::getenv("TANDEM_NPM_DIR") ? std::getenv("TANDEM_NPM_DIR") : std::string(TANDEM_DATA_DIR) + "/npm";
   if (!std::filesystem::exists(npm_dir + "/node_modules/ajv") || std::system("node --version > /dev/null 2>&1") != 0) {
     std::cout << "no node or ajv (scripts/fetch_data.sh): the ajv check is skipped\n";
     return;
   }
-  const std::string cmd = "node " + std::string(TANDEM_SOURCE_DIR) + "/tests/cli/validate_saved_outputs.mjs " + npm_dir + " " +
-                          schema_path + " " + outputs_path + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[256];
-  while (size_t n = fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
-  const int status = pclose(pipe);
+  int status = 0;
+  const std::string out = run_capturing("node " + std::string(TANDEM_SOURCE_DIR) + "/tests/cli/validate_saved_outputs.mjs " +
+                                            npm_dir + " " + schema_path + " " + outputs_path,
+                                        &status);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
   EXPECT_NE(out.find("saved outputs valid"), std::string::npos) << out;
 }
 
+bool have_tokenizer() { return std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json"); }
+
 // The offline bench under a schema (the GPU figure "decode step with and without schemas" runs this
-// command): every request's text is a valid document, and the batch still runs --output-len steps.
+// command): `tandem bench ARGS --guided-json <kSchema> --save-outputs ...` saves `num_texts` texts,
+// each a valid document (our reading and ajv's); returns the figures for the caller's own checks.
 // kSchema's shortest document is 91 bytes; the grammar guarantees an end within max_tokens when
-// max_tokens is at least that (it counts a byte a token), hence --output-len 100.
+// max_tokens is at least that (it counts a byte a token), hence --output-len 100 in the callers.
+std::map<std::string, nlohmann::json> run_under_schema(const std::string& name, const std::string& args, size_t num_texts,
+                                                       std::string* schema) {
+  *schema = write_file("bench_schema_" + name + ".json", kSchema);
+  const std::string outputs = ::testing::TempDir() + "/bench_outputs_" + name + ".jsonl";
+  auto f = run_bench(args + " --guided-json " + *schema + " --save-outputs " + outputs, name + "_schema.json");
+  const auto texts = saved_texts(outputs);
+  EXPECT_EQ(texts.size(), num_texts);
+  for (const auto& text : texts) expect_valid_document(text);
+  expect_ajv_accepts(*schema, outputs);
+  return f;
+}
+
+// Every request's text is a valid document, and the batch still runs --output-len steps.
 TEST(BenchOffline, ThroughputUnderASchemaWritesValidDocuments) {
-  if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
-  const std::string schema = write_file("bench_schema.json", kSchema);
-  const std::string outputs = ::testing::TempDir() + "/bench_outputs.jsonl";
-  auto f = run_bench("throughput --model random:tiny-qwen3 --num-prompts 6 --input-len 12 --output-len 100 --temperature 1 "
-                     "--guided-json " + schema + " --save-outputs " + outputs,
-                     "tp_schema.json");
+  if (!have_tokenizer()) GTEST_SKIP() << "no tokenizer data";
+  std::string schema;
+  auto f = run_under_schema("tp", "throughput --model random:tiny-qwen3 --num-prompts 6 --input-len 12 --output-len 100 --temperature 1",
+                            6, &schema);
   ASSERT_EQ(f.count("documents_ended"), 1u);
   EXPECT_EQ(f["output_throughput"]["guided_json"], schema);
   // ignore_eos: a request whose document is complete draws EOS (all the grammar allows) to the end.
   EXPECT_NEAR(f["output_throughput"]["value"].get<double>() * f["elapsed"]["value"].get<double>(), 6.0 * 100, 1e-6);
   EXPECT_GT(f["step_ms_median"]["value"].get<double>(), 0.0);
-  const auto texts = saved_texts(outputs);
-  ASSERT_EQ(texts.size(), 6u);
-  for (const auto& text : texts) expect_valid_document(text);
-  expect_ajv_accepts(schema, outputs);
 }
 
 TEST(BenchOffline, LatencyUnderASchemaWritesValidDocuments) {
-  if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
-  const std::string schema = write_file("bench_schema_lat.json", kSchema);
-  const std::string outputs = ::testing::TempDir() + "/bench_outputs_lat.jsonl";
-  auto f = run_bench("latency --model random:tiny-qwen3 --batch-size 3 --input-len 10 --output-len 100 --num-iters 2 "
-                     "--num-iters-warmup 0 --guided-json " + schema + " --save-outputs " + outputs,
-                     "lat_schema.json");
+  if (!have_tokenizer()) GTEST_SKIP() << "no tokenizer data";
+  std::string schema;
+  auto f = run_under_schema("lat", "latency --model random:tiny-qwen3 --batch-size 3 --input-len 10 --output-len 100 --num-iters 2 "
+                                   "--num-iters-warmup 0",
+                            6, &schema);  // 2 iterations of 3
   EXPECT_NEAR(f["decode_tokens_per_s"]["value"].get<double>(), 3 * 1000.0 / f["decode_ms_per_token_median"]["value"].get<double>(), 1e-6);
-  const auto texts = saved_texts(outputs);
-  ASSERT_EQ(texts.size(), 6u);  // 2 iterations of 3
-  for (const auto& text : texts) expect_valid_document(text);
-  expect_ajv_accepts(schema, outputs);
 }
 
 TEST(BenchOffline, BadSchemasNameTheFlag) {
@@ -202,12 +214,9 @@ TEST(BenchOffline, BadSchemasNameTheFlag) {
            {"bad_format.json", R"({"type": "string", "format": "date"})", "'format'"},
            {"not_json.json", "{oops", "not JSON"}}) {
     const std::string path = write_file(name, text);
-    const std::string cmd = std::string(TANDEM_BINARY) + " bench throughput --model random:tiny-qwen3 --guided-json " + path + " 2>&1";
-    FILE* pipe = popen(cmd.c_str(), "r");
-    std::string out;
-    char buf[256];
-    while (size_t n = fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
-    const int status = pclose(pipe);
+    int status = 0;
+    const std::string out =
+        run_capturing(std::string(TANDEM_BINARY) + " bench throughput --model random:tiny-qwen3 --guided-json " + path, &status);
     EXPECT_NE(WEXITSTATUS(status), 0) << out;
     EXPECT_NE(out.find("--guided-json"), std::string::npos) << out;
     EXPECT_NE(out.find(needle), std::string::npos) << out;
@@ -215,12 +224,8 @@ TEST(BenchOffline, BadSchemasNameTheFlag) {
 }
 
 TEST(BenchOffline, BadFlagsNameTheFlag) {
-  const std::string cmd = std::string(TANDEM_BINARY) + " bench throughput --model random:tiny-qwen3 --input-len 0 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string out;
-  char buf[256];
-  while (size_t n = fread(buf, 1, sizeof(buf), pipe)) out.append(buf, n);
-  int status = pclose(pipe);
+  int status = 0;
+  const std::string out = run_capturing(std::string(TANDEM_BINARY) + " bench throughput --model random:tiny-qwen3 --input-len 0", &status);
   EXPECT_NE(WEXITSTATUS(status), 0);
   EXPECT_NE(out.find("--input-len"), std::string::npos) << out;
 }

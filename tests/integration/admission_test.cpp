@@ -6,8 +6,6 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,7 +14,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <thread>
 
 #include "harness.h"
@@ -35,30 +32,10 @@ HttpResponse post_with_key(int port, const std::string& body, const std::string&
   return http(port, "POST", "/v1/completions", body, headers, timeout_ms);
 }
 
-// Polls `condition` every 20 ms until it holds or `timeout_ms` passes.
-bool eventually(const std::function<bool()>& condition, int timeout_ms = 5000) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return condition();
-}
-
 // A raw client connection, for what the harness's whole-request http() cannot do.
 class RawConnection {
  public:
-  explicit RawConnection(int port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
-  }
+  explicit RawConnection(int port) : fd_(connect_loopback(port)) {}
   ~RawConnection() {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -285,14 +262,10 @@ TEST(AdmissionServing, RequestTimeout_EndsTheStreamAndFreesBlocksEverywhere) {
 // `tandem serve` hands its keys to its frontend (through the environment), and the bench client sends
 // $OPENAI_API_KEY as its bearer token: the two work together.
 TEST(AdmissionServing, ServeWithKeys_BenchClientSendsOpenaiApiKey) {
-  char tmpl[] = "/tmp/tandem-admission-XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
-  const int port = free_port();
-  Process serve({tandem_binary(), "serve", "--engine", "fake", "--model", "random:tiny-qwen3", "--num-prefill-workers", "0",
-                 "--threads", "1", "--port", std::to_string(port), "--api-key", "sk-serve-1", "--api-key", "sk-serve-2"},
-                dir + "/serve.log");
-  ASSERT_TRUE(eventually([&] { return http(port, "GET", "/health", "", {}, 1000).status == 200; }, 60000))
-      << shell("cat " + dir + "/serve.log");
+  ServeProcess serve("admission", {"--engine", "fake", "--model", "random:tiny-qwen3", "--num-prefill-workers", "0", "--threads",
+                                   "1", "--api-key", "sk-serve-1", "--api-key", "sk-serve-2"});
+  const int port = serve.port();
+  ASSERT_TRUE(eventually([&] { return http(port, "GET", "/health", "", {}, 1000).status == 200; }, 60000)) << serve.log();
   EXPECT_EQ(http(port, "GET", "/v1/models").status, 401);
   EXPECT_EQ(http(port, "GET", "/v1/models", "", {{"Authorization", "Bearer sk-serve-2"}}).status, 200);
   // The keys are on no process's command line but the supervisor's own ("[f]": grep's own line
@@ -309,7 +282,6 @@ TEST(AdmissionServing, ServeWithKeys_BenchClientSendsOpenaiApiKey) {
   shell("OPENAI_API_KEY=wrong " + bench, &status);
   EXPECT_NE(status, 0);
   serve.terminate();
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -224,18 +224,12 @@ TEST(Api, OfficialOpenAiNodeClientReadsTheNewFields) {
 
 // `serve` hands --served-model-name to its workers and --reasoning-parser to its frontend.
 TEST(Api, ServePassesServedModelNamesAndTheReasoningParser) {
-  char dir_template[] = "/tmp/tandem-api-serve-XXXXXX";
-  const std::string dir = mkdtemp(dir_template);
-  const int port = free_port();
+  ServeProcess serve("api-serve", {"--model", "random:tiny-qwen3", "--engine", "fake", "--num-prefill-workers", "0",
+                                   "--child-log-level", "warn", "--reasoning-parser", "deepseek_r1", "--served-model-name",
+                                   "Qwen/Qwen3-0.6B", "tiny"});
+  const int port = serve.port();
   ASSERT_GT(port, 0);
-  Process serve({tandem_binary(), "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port", std::to_string(port),
-                 "--num-prefill-workers", "0", "--child-log-level", "warn", "--reasoning-parser", "deepseek_r1",
-                 "--served-model-name", "Qwen/Qwen3-0.6B", "tiny"},
-                dir + "/serve.log");
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline && metric_value(http(port, "GET", "/metrics").body, "tandem_workers") < 1) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  ASSERT_TRUE(serve.wait_for_workers(1, 60000)) << serve.log();
   const json models = json::parse(http(port, "GET", "/v1/models").body);
   ASSERT_EQ(models["data"].size(), 2u) << models;
   EXPECT_EQ(models["data"][0]["id"], "Qwen/Qwen3-0.6B");
@@ -243,9 +237,9 @@ TEST(Api, ServePassesServedModelNamesAndTheReasoningParser) {
   HttpResponse r = http(port, "POST", "/v1/completions", R"({"model":"Qwen/Qwen3-0.6B","prompt":[1,2],"max_tokens":2})",
                         {{"Content-Type", "application/json"}});
   EXPECT_EQ(r.status, 200) << r.body;
-  EXPECT_NE(shell("ps -o args= --ppid " + std::to_string(serve.pid())).find("--reasoning-parser deepseek_r1"), std::string::npos);
+  EXPECT_NE(shell("ps -o args= --ppid " + std::to_string(serve.process().pid())).find("--reasoning-parser deepseek_r1"),
+            std::string::npos);
   serve.terminate();
-  std::filesystem::remove_all(dir);
 }
 
 TEST(Api, UnknownReasoningParserIsRefusedAtStart) {

@@ -7,15 +7,10 @@
 // a process with neither key is refused.
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <thread>
 
 #include "harness.h"
 #include "testing/dependencies.h"
@@ -23,32 +18,9 @@
 namespace tandem::testing {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
 const char* kCompletion = R"({"prompt":[1,2,3],"max_tokens":4})";
-
-bool eventually(const std::function<bool()>& condition, int timeout_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return condition();
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
 
 class ClusterKey : public ::testing::Test {
  protected:
@@ -67,55 +39,28 @@ class ClusterKey : public ::testing::Test {
   std::string dir_, key_, other_key_;
 };
 
-// A connection that speaks a plane's frames without the handshake: the worker must close it without
-// answering a byte.
-std::string keyless_peer_gets(int port, const std::string& frame) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "connect failed";
-  }
-  send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  std::string got;
-  char buffer[256];
-  ssize_t n;
-  while ((n = recv(fd, buffer, sizeof(buffer), 0)) > 0) got.append(buffer, static_cast<size_t>(n));
-  if (n < 0 && errno != ECONNRESET) got += "<not closed>";
-  close(fd);
-  return got;
-}
-
 TEST_F(ClusterKey, ServeWithAKeyServesThroughEveryPlane) {
-  const int port = free_port();
   // A prompt over --max-local-prefill goes to the prefill worker, whose KV reaches the decode worker
   // over the TCP transfer port: all three planes carry the request.
-  Process serve({tandem_binary(), "serve", "--engine", "fake", "--model", "random:tiny-qwen3", "--threads", "1",
-                 "--port", std::to_string(port), "--max-local-prefill", "8", "--kv-transfer", "tcp",
-                 "--cluster-key-file", key_},
-                dir_ + "/serve.log");
-  ASSERT_TRUE(eventually([&] { return http(port, "GET", "/health", "", {}, 1000).status == 200; }, 90000))
-      << read_file(dir_ + "/serve.log");
-  ASSERT_TRUE(eventually([&] { return metric_value(http(port, "GET", "/metrics").body, "tandem_workers") == 2; }, 90000))
-      << read_file(dir_ + "/serve.log");
+  ServeProcess serve("cluster-key-serve", {"--engine", "fake", "--model", "random:tiny-qwen3", "--threads", "1",
+                                           "--max-local-prefill", "8", "--kv-transfer", "tcp", "--cluster-key-file", key_});
+  const int port = serve.port();
+  ASSERT_TRUE(eventually([&] { return http(port, "GET", "/health", "", {}, 1000).status == 200; }, 90000, 50)) << serve.log();
+  ASSERT_TRUE(eventually([&] { return metric_value(http(port, "GET", "/metrics").body, "tandem_workers") == 2; }, 90000, 50))
+      << serve.log();
   std::string prompt;
   for (int i = 0; i < 40; ++i) prompt += (i ? "," : "") + std::to_string(1000 + i);
   HttpResponse r = http(port, "POST", "/v1/completions", R"({"prompt":[)" + prompt + R"(],"max_tokens":4})",
                         {{"Content-Type", "application/json"}});
   EXPECT_EQ(r.status, 200) << r.body;
   const std::string metrics = http(port, "GET", "/metrics").body;
-  EXPECT_EQ(metric_value(metrics, "tandem_remote_prefills_total"), 1) << read_file(dir_ + "/serve.log");
+  EXPECT_EQ(metric_value(metrics, "tandem_remote_prefills_total"), 1) << serve.log();
   EXPECT_EQ(metric_value(metrics, "tandem_remote_prefill_fallbacks_total"), 0);
   serve.terminate();
-  const std::string log = read_file(dir_ + "/serve.log");
-  EXPECT_EQ(count(log, "event=cluster_key_loaded"), 3u) << log;  // the frontend and both workers
-  EXPECT_EQ(count(log, "event=cluster_auth_failed"), 0u) << log;
-  EXPECT_EQ(count(log, "event=cluster_unauthenticated"), 0u) << log;
+  const std::string log = serve.log();
+  EXPECT_EQ(count_of(log, "event=cluster_key_loaded"), 3u) << log;  // the frontend and both workers
+  EXPECT_EQ(count_of(log, "event=cluster_auth_failed"), 0u) << log;
+  EXPECT_EQ(count_of(log, "event=cluster_unauthenticated"), 0u) << log;
 }
 
 TEST_F(ClusterKey, WorkerWithoutTheKeyCannotRegisterAndTheFrontendKeepsServing) {
@@ -127,11 +72,11 @@ TEST_F(ClusterKey, WorkerWithoutTheKeyCannotRegisterAndTheFrontendKeepsServing) 
   const int keyless = cluster.add_worker("both", {"--engine", "fake"});
   // Both keep trying; each attempt is refused and logged on the frontend's registry port (at most a
   // line a second), and the worker with the other key logs that the frontend does not hold its key.
-  EXPECT_TRUE(eventually([&] { return count(cluster.log("frontend"), "event=cluster_auth_failed plane=registry") >= 2; },
-                         30000))
+  EXPECT_TRUE(eventually([&] { return count_of(cluster.log("frontend"), "event=cluster_auth_failed plane=registry") >= 2; },
+                         30000, 50))
       << cluster.log("frontend");
   EXPECT_TRUE(eventually([&] { return cluster.log("both-1").find("does not hold this cluster key") != std::string::npos; },
-                         30000))
+                         30000, 50))
       << cluster.log("both-1");
   EXPECT_EQ(cluster.metric("tandem_workers"), 1) << cluster.metrics();
   EXPECT_EQ(cluster.post("/v1/completions", kCompletion).status, 200);
@@ -154,13 +99,13 @@ TEST_F(ClusterKey, KeylessPeerOnAWorkersPortsIsDroppedUnanswered) {
   // A request-plane frame (a length prefix and junk) and a KV push header ("TKV1"), without a handshake.
   const std::string rpc_frame = std::string("\0\0\0\x08", 4) + "12345678";
   const std::string kv_frame = std::string("TKV1\0\0\0\x01\0\0\0\x01", 12) + std::string(8, '\0') + "x";
-  EXPECT_EQ(keyless_peer_gets(rpc_port, rpc_frame), "");
-  EXPECT_EQ(keyless_peer_gets(transfer_port, kv_frame), "");
+  EXPECT_EQ(raw_peer_gets(rpc_port, rpc_frame), "");
+  EXPECT_EQ(raw_peer_gets(transfer_port, kv_frame), "");
   EXPECT_TRUE(eventually([&] {
     const std::string log = cluster.log("decode-0");
     return log.find("event=cluster_auth_failed plane=request") != std::string::npos &&
            log.find("event=cluster_auth_failed plane=kv_transfer") != std::string::npos;
-  }, 10000)) << cluster.log("decode-0");
+  }, 10000, 50)) << cluster.log("decode-0");
   EXPECT_EQ(cluster.post("/v1/completions", kCompletion).status, 200);
   EXPECT_TRUE(cluster.worker(0).running());
 }
@@ -180,7 +125,7 @@ TEST_F(ClusterKey, EtcdModeFrontendDialsOnlyWorkersWithTheKey) {
     const std::string log = cluster.log("frontend");
     return log.find("event=cluster_auth_failed plane=request") != std::string::npos &&
            log.find("side=dialer") != std::string::npos;
-  }, 20000)) << cluster.log("frontend");
+  }, 20000, 50)) << cluster.log("frontend");
   for (int i = 0; i < 4; ++i) EXPECT_EQ(cluster.post("/v1/completions", kCompletion).status, 200);
   EXPECT_EQ(cluster.metric("tandem_workers"), 1) << cluster.metrics();
   // The worker with the other key refused the frontend's dial on its request port.
@@ -216,12 +161,12 @@ TEST_F(ClusterKey, RotationSteps_ProcessesAStepApartServeTogether_NeitherKeyIsRe
     EXPECT_EQ(cluster.metric("tandem_remote_prefill_fallbacks_total"), 0)
         << cluster.log("decode-1") << cluster.log("prefill-0");
     EXPECT_TRUE(eventually([&] { return cluster.log("both-2").find("event=cluster_auth_failed plane=registry") != std::string::npos; },
-                           20000))
+                           20000, 50))
         << cluster.log("both-2");
     EXPECT_EQ(cluster.metric("tandem_workers"), 2) << cluster.metrics();
     EXPECT_TRUE(cluster.worker(outsider).running());
     // The workers a step apart refused nothing (the frontend did: the outsider's registrations).
-    EXPECT_EQ(count(cluster.log("prefill-0") + cluster.log("decode-1"), "event=cluster_auth_failed"), 0u)
+    EXPECT_EQ(count_of(cluster.log("prefill-0") + cluster.log("decode-1"), "event=cluster_auth_failed"), 0u)
         << cluster.log("prefill-0") << cluster.log("decode-1");
   }
 }
@@ -255,15 +200,15 @@ TEST_F(ClusterKey, WithoutAKeyClusterPortsStayOnLoopbackUnlessInsecure) {
   Cluster insecure({"--registry-host", "0.0.0.0", "--insecure-cluster"});
   ASSERT_NE(insecure.http_port(), 0) << insecure.log("frontend");
   const std::string log = insecure.log("frontend");
-  EXPECT_EQ(count(log, "event=cluster_unauthenticated"), 1u) << log;
+  EXPECT_EQ(count_of(log, "event=cluster_unauthenticated"), 1u) << log;
   EXPECT_NE(log.find("listen=\"--registry-host 0.0.0.0\""), std::string::npos) << log;
   // Without a key and on loopback (the default): served as before, with the one warning.
   Cluster plain;
   plain.add_worker("both", {"--engine", "fake"});
   ASSERT_TRUE(plain.wait_for_workers(1));
   EXPECT_EQ(plain.post("/v1/completions", kCompletion).status, 200);
-  EXPECT_EQ(count(plain.log("frontend"), "event=cluster_unauthenticated listen=loopback"), 1u);
-  EXPECT_EQ(count(plain.log("both-0"), "event=cluster_unauthenticated listen=loopback"), 1u);
+  EXPECT_EQ(count_of(plain.log("frontend"), "event=cluster_unauthenticated listen=loopback"), 1u);
+  EXPECT_EQ(count_of(plain.log("both-0"), "event=cluster_unauthenticated listen=loopback"), 1u);
 }
 
 }  // namespace

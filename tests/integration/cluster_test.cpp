@@ -31,17 +31,6 @@ int64_t ms_since(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
 
-// Polls `predicate` every 20 ms; false once `timeout_ms` passed.
-template <typename F>
-bool eventually(F predicate, int timeout_ms) {
-  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (predicate()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return predicate();
-}
-
 // A stream's outcome: tokens received, and whether it ended with an error event before [DONE].
 struct StreamResult {
   int status = 0;

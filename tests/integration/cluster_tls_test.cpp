@@ -7,70 +7,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <arpa/inet.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <chrono>
-#include <filesystem>
-#include <fstream>
-#include <functional>
-#include <sstream>
-#include <thread>
-
 #include "harness.h"
 #include "testing/test_certificates.h"
 
 namespace tandem::testing {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-bool eventually(const std::function<bool()>& condition, int timeout_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return condition();
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-size_t count(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
-
-// Bytes sent on a fresh connection; what came back before the worker closed it ("<not closed>" added
-// when it did not within 10 s).
-std::string junk_peer_gets(int port, const std::string& junk) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "connect failed";
-  }
-  send(fd, junk.data(), junk.size(), MSG_NOSIGNAL);
-  timeval tv{10, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  std::string got;
-  char buffer[256];
-  ssize_t n;
-  while ((n = recv(fd, buffer, sizeof(buffer), 0)) > 0) got.append(buffer, static_cast<size_t>(n));
-  if (n < 0 && errno != ECONNRESET) got += "<not closed>";
-  close(fd);
-  return got;
-}
 
 // Nothing, or one TLS alert record (content type 21): never a frame of the plane.
 bool nothing_but_an_alert(const std::string& got) {
@@ -100,22 +41,17 @@ class ClusterTlsServing : public ::testing::Test {
 TestCertificates* ClusterTlsServing::certs_ = nullptr;
 
 TEST_F(ClusterTlsServing, ServeHandsItsTlsFlagsOnAndARemotePrefillOverTlsDecodesAsGenerateDoes) {
-  char tmpl[] = "/tmp/tandem-cluster-tls-XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
-  const int port = free_port();
-  std::vector<std::string> argv = {tandem_binary(), "serve", "--model", "random:tiny-qwen3", "--threads", "1",
-                                   "--port", std::to_string(port), "--max-local-prefill", "16", "--kv-transfer", "tcp",
-                                   "--tls-cert", file("server.pem"), "--tls-key", file("server.key")};
-  argv = with(argv, tls_flags("member"));
-  Process serve(argv, dir + "/serve.log");
-  const std::string base = "curl -s --max-time 60 --cacert " + file("ca.pem") + " https://127.0.0.1:" + std::to_string(port);
-  ASSERT_TRUE(eventually([&] { return metric_value(shell(base + "/metrics"), "tandem_workers") == 2; }, 120000))
-      << read_file(dir + "/serve.log");
+  ServeProcess serve("cluster-tls", with({"--model", "random:tiny-qwen3", "--threads", "1", "--max-local-prefill", "16",
+                                          "--kv-transfer", "tcp", "--tls-cert", file("server.pem"), "--tls-key", file("server.key")},
+                                         tls_flags("member")));
+  const std::string base = "curl -s --max-time 60 --cacert " + file("ca.pem") + " https://127.0.0.1:" + std::to_string(serve.port());
+  ASSERT_TRUE(eventually([&] { return metric_value(shell(base + "/metrics"), "tandem_workers") == 2; }, 120000, 100))
+      << serve.log();
   const std::string ids = random_prompt_ids(60, 5);  // over --max-local-prefill: prefilled remotely
   const std::string body = R"({"prompt":[)" + ids + R"(],"max_tokens":10,"temperature":0,"return_token_ids":true})";
   const std::string reply = shell(base + "/v1/completions -H 'Content-Type: application/json' -d '" + body + "'");
   auto j = nlohmann::json::parse(reply, nullptr, false);
-  ASSERT_TRUE(!j.is_discarded() && j.contains("choices")) << reply << read_file(dir + "/serve.log");
+  ASSERT_TRUE(!j.is_discarded() && j.contains("choices")) << reply << serve.log();
   std::string served;
   for (int id : j["choices"][0]["token_ids"].get<std::vector<int>>()) served += (served.empty() ? "" : ",") + std::to_string(id);
   const std::string generated = shell(tandem_binary() + " generate --model random:tiny-qwen3 --threads 1 --prompt-ids " +
@@ -123,15 +59,14 @@ TEST_F(ClusterTlsServing, ServeHandsItsTlsFlagsOnAndARemotePrefillOverTlsDecodes
   EXPECT_NE(generated, "");
   EXPECT_EQ(served, generated);
   const std::string metrics = shell(base + "/metrics");
-  EXPECT_EQ(metric_value(metrics, "tandem_remote_prefills_total"), 1) << read_file(dir + "/serve.log");
+  EXPECT_EQ(metric_value(metrics, "tandem_remote_prefills_total"), 1) << serve.log();
   EXPECT_EQ(metric_value(metrics, "tandem_remote_prefill_fallbacks_total"), 0);
   EXPECT_GT(metric_value(metrics, "tandem_kv_transfer_bytes_total"), 0);
   serve.terminate();
-  const std::string log = read_file(dir + "/serve.log");
-  EXPECT_EQ(count(log, "event=cluster_tls_loaded"), 3u) << log;  // the frontend and both workers
-  EXPECT_EQ(count(log, "event=cluster_auth_failed"), 0u) << log;
-  EXPECT_EQ(count(log, "event=cluster_unauthenticated"), 0u) << log;
-  std::filesystem::remove_all(dir);
+  const std::string log = serve.log();
+  EXPECT_EQ(count_of(log, "event=cluster_tls_loaded"), 3u) << log;  // the frontend and both workers
+  EXPECT_EQ(count_of(log, "event=cluster_auth_failed"), 0u) << log;
+  EXPECT_EQ(count_of(log, "event=cluster_unauthenticated"), 0u) << log;
 }
 
 TEST_F(ClusterTlsServing, WorkersWithoutAMembersCertificateCannotRegister) {
@@ -141,8 +76,8 @@ TEST_F(ClusterTlsServing, WorkersWithoutAMembersCertificateCannotRegister) {
   ASSERT_TRUE(cluster.wait_for_workers(1)) << cluster.log("frontend") << cluster.log("both-0");
   const int intruder = cluster.add_worker("both", with({"--engine", "fake"}, tls_flags("intruder")));
   const int plain = cluster.add_worker("both", {"--engine", "fake"});
-  EXPECT_TRUE(eventually([&] { return count(cluster.log("frontend"), "event=cluster_auth_failed plane=registry") >= 2; },
-                         30000))
+  EXPECT_TRUE(eventually([&] { return count_of(cluster.log("frontend"), "event=cluster_auth_failed plane=registry") >= 2; },
+                         30000, 100))
       << cluster.log("frontend");
   EXPECT_NE(cluster.log("frontend").find("TLS handshake"), std::string::npos) << cluster.log("frontend");
   EXPECT_EQ(cluster.metric("tandem_workers"), 1) << cluster.metrics();
@@ -167,7 +102,7 @@ TEST_F(ClusterTlsServing, GarbageOnAWorkersTlsPortsIsDroppedUnanswered) {
   const std::string kv_frame = std::string("TKV1\0\0\0\x01\0\0\0\x01", 12) + std::string(8, '\0') + "x";
   for (int port : {rpc_port, transfer_port}) {
     for (const std::string& junk : {rpc_frame, kv_frame, garbage}) {
-      const std::string got = junk_peer_gets(port, junk);
+      const std::string got = raw_peer_gets(port, junk);
       EXPECT_TRUE(nothing_but_an_alert(got)) << port << ": " << got.size() << " bytes";
     }
   }
@@ -175,7 +110,7 @@ TEST_F(ClusterTlsServing, GarbageOnAWorkersTlsPortsIsDroppedUnanswered) {
     const std::string log = cluster.log("decode-0");
     return log.find("event=cluster_auth_failed plane=request") != std::string::npos &&
            log.find("event=cluster_auth_failed plane=kv_transfer") != std::string::npos;
-  }, 10000)) << cluster.log("decode-0");
+  }, 10000, 100)) << cluster.log("decode-0");
   EXPECT_EQ(cluster.post("/v1/completions", R"({"prompt":[1,2,3],"max_tokens":4})").status, 200);
   EXPECT_TRUE(cluster.worker(0).running());
 }

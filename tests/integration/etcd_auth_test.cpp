@@ -9,7 +9,6 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <thread>
 
 #include "harness.h"
@@ -20,15 +19,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-bool eventually(const std::function<bool()>& condition, int timeout_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return condition();
-}
 
 // JSON-special and URL-special characters: the password must reach etcd byte for byte. (No blank:
 // `etcdctl user passwd --interactive=false` reads one word.)
@@ -115,7 +105,7 @@ TEST_F(EtcdAuth, RightPassword_RegisterDiscoverServe_AndNewTokensOnceEtcdDropsTh
   cluster.add_worker("decode", {"--engine", "fake"});
   // Listed from the watch (which reads etcd again after the restart, with a new token), then dialed.
   ASSERT_TRUE(eventually([&] { return cluster.log("frontend").find("event=worker_registered worker_id=decode-2") != std::string::npos; },
-                         60000))
+                         60000, 100))
       << cluster.log("frontend") << cluster.log("decode-2");
   ASSERT_TRUE(cluster.wait_for_workers(2));
   EXPECT_EQ(cluster.post("/v1/completions", long_prompt(2)).status, 200);

@@ -4,11 +4,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <chrono>
-#include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <set>
-#include <thread>
 
 #include "harness.h"
 
@@ -28,20 +26,15 @@ class ForcedToolCalls : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
-    char dir_template[] = "/tmp/tandem-forced-tools-XXXXXX";
-    dir_ = mkdtemp(dir_template);
-    port_ = free_port();
+    serve_.emplace("forced-tools", std::vector<std::string>{"--model", "random:tiny-qwen3", "--threads", "1", "--served-model-name", "tiny",
+                                                            "--tool-call-parser", "hermes", "--child-log-level", "warn"});
+    port_ = serve_->port();
     ASSERT_GT(port_, 0);
-    serve_ = Process({tandem_binary(), "serve", "--model", "random:tiny-qwen3", "--port", std::to_string(port_), "--threads", "1",
-                      "--served-model-name", "tiny", "--tool-call-parser", "hermes", "--child-log-level", "warn"},
-                     dir_ + "/serve.log");
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (std::chrono::steady_clock::now() < deadline && metric_value(http(port_, "GET", "/metrics").body, "tandem_workers") < 2) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    ASSERT_GE(metric_value(http(port_, "GET", "/metrics").body, "tandem_workers"), 2) << shell("cat " + dir_ + "/serve.log");
+    ASSERT_TRUE(serve_->wait_for_workers(2, 120000)) << serve_->log();
   }
-  void TearDown() override { serve_.terminate(); }
+  void TearDown() override {
+    if (serve_) serve_->terminate();
+  }
 
   json chat(const json& tool_choice, int seed, bool parallel = true) {
     HttpResponse r = http(port_, "POST", "/v1/chat/completions",
@@ -77,9 +70,8 @@ class ForcedToolCalls : public ::testing::Test {
     }
   }
 
-  std::string dir_;
   int port_ = 0;
-  Process serve_;
+  std::optional<ServeProcess> serve_;
 };
 
 TEST_F(ForcedToolCalls, RequiredGivesCallsOfTheOfferedTools) {

@@ -11,8 +11,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <functional>
 #include <random>
 #include <thread>
 
@@ -66,11 +64,6 @@ std::string run_generate(const std::string& model, const std::string& ids, int m
   return shell(command);
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 std::string completion(const std::string& ids, int max_tokens) {
   return R"({"prompt":[)" + ids + R"(],"max_tokens":)" + std::to_string(max_tokens) +
          R"(,"temperature":0,"ignore_eos":true,"return_token_ids":true})";
@@ -112,7 +105,7 @@ TEST_P(GpuServing, CudaIpcOnOneGpu_DisaggregatedEqualsAggregatedAndGenerate) {
   cluster.add_worker("decode", {"--model", model, "--device", "cuda:0", "--gpu-memory-utilization", "0.2"});
   ASSERT_TRUE(cluster.wait_for_workers(2, 300000));
   expect_disaggregated_equals_aggregated(cluster, model, 2);
-  std::string prefill_log = read_file(cluster.log_dir() + "/prefill-0.log");
+  std::string prefill_log = cluster.log("prefill-0");
   EXPECT_NE(prefill_log.find("transport=cuda_ipc"), std::string::npos) << prefill_log;
   EXPECT_EQ(prefill_log.find("transport=tcp"), std::string::npos) << prefill_log;
   EXPECT_EQ(prefill_log.find("kv_transfer_fallback"), std::string::npos) << prefill_log;
@@ -125,7 +118,7 @@ TEST_P(GpuServing, IpcDisabled_KvGoesOverTcpAndTokensAreEqual) {
   cluster.add_worker("decode", {"--model", model, "--device", "cuda:0", "--gpu-memory-utilization", "0.2"});
   ASSERT_TRUE(cluster.wait_for_workers(2, 300000));
   expect_disaggregated_equals_aggregated(cluster, model, 2);
-  std::string prefill_log = read_file(cluster.log_dir() + "/prefill-0.log");
+  std::string prefill_log = cluster.log("prefill-0");
   EXPECT_NE(prefill_log.find("transport=tcp"), std::string::npos) << prefill_log;
   EXPECT_EQ(prefill_log.find("transport=cuda_ipc"), std::string::npos) << prefill_log;
 }
@@ -211,24 +204,13 @@ TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
   const int needed = c.device == "cuda" ? 2 : 1;
   if (gpus() < needed) GTEST_SKIP() << "needs " << needed << " CUDA device(s)";
   const std::string model = c.fixture ? fixture_path(c.model) : c.model;
-  char dir_template[] = "/tmp/tandem-gpu-serve-XXXXXX";
-  std::string dir = mkdtemp(dir_template);
-  const int port = free_port();
+  ServeProcess serve("gpu-serve", {"--model", model, "--device", c.device, "--gpu-memory-utilization", "0.5",
+                                   "--max-local-prefill", "64", "--child-log-level", "info"});
+  const int port = serve.port();
   ASSERT_GT(port, 0);
-  Process serve({tandem_binary(), "serve", "--model", model, "--port", std::to_string(port), "--device", c.device,
-                 "--gpu-memory-utilization", "0.5", "--max-local-prefill", "64", "--child-log-level", "info"},
-                dir + "/serve.log");
-  auto wait_until = [](const std::function<bool()>& f, int ms) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (f()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  };
   auto metrics = [&] { return http(port, "GET", "/metrics").body; };
-  ASSERT_TRUE(wait_until([&] { return metric_value(metrics(), "tandem_workers") >= 2; }, 300000)) << read_file(dir + "/serve.log");
-  std::string log = read_file(dir + "/serve.log");
+  ASSERT_TRUE(serve.wait_for_workers(2, 300000)) << serve.log();
+  std::string log = serve.log();
   EXPECT_NE(log.find("prefill-0 cuda:0 (TP1)"), std::string::npos) << log;
   EXPECT_NE(log.find(c.device == "cuda" ? "decode-0 cuda:1 (TP1)" : "decode-0 cuda:0 (TP1)"), std::string::npos) << log;
   // The fixtures hold 256 positions: 200 prompt + 16 generated tokens fit.
@@ -242,9 +224,8 @@ TEST_P(GpuServe, LaysOutWorkersAndServesGreedyTokensEqualToGenerate) {
   EXPECT_EQ(metric_value(m, "tandem_remote_prefills_total"), 2);
   EXPECT_EQ(metric_value(m, "tandem_remote_prefill_fallbacks_total"), 0);
   serve.terminate();
-  log = read_file(dir + "/serve.log");
+  log = serve.log();
   EXPECT_NE(log.find("transport=cuda_ipc"), std::string::npos) << log;
-  if (!std::getenv("TANDEM_KEEP_TEST_LOGS")) std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -23,6 +24,7 @@
 #include <thread>
 
 #include "common/socket.h"
+#include "testing/wait.h"
 
 namespace tandem::testing {
 
@@ -207,11 +209,71 @@ int Cluster::add_worker(const std::string& role, std::vector<std::string> args) 
   return static_cast<int>(workers_.size()) - 1;
 }
 
-std::string Cluster::log(const std::string& name) const {
-  std::ifstream in(log_dir_ + "/" + name + ".log");
+std::string Cluster::log(const std::string& name) const { return read_file(log_dir_ + "/" + name + ".log"); }
+
+ServeProcess::ServeProcess(const std::string& name, const std::vector<std::string>& args) {
+  std::string tmpl = "/tmp/tandem-" + name + "-XXXXXX";
+  dir_ = mkdtemp(tmpl.data());
+  port_ = free_port();
+  std::vector<std::string> argv = {tandem_binary(), "serve", "--port", std::to_string(port_)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  process_ = Process(argv, dir_ + "/serve.log");
+}
+
+ServeProcess::~ServeProcess() {
+  process_.kill_now();
+  if (!std::getenv("TANDEM_KEEP_TEST_LOGS")) fs::remove_all(dir_);
+}
+
+bool ServeProcess::wait_for_workers(int count, int timeout_ms) {
+  return eventually([&] { return metric_value(http(port_, "GET", "/metrics").body, "tandem_workers") >= count; },
+                    timeout_ms, 100);
+}
+
+bool eventually(const std::function<bool()>& condition, int timeout_ms, int poll_ms) {
+  return wait_until(condition, std::chrono::milliseconds(timeout_ms), std::chrono::milliseconds(poll_ms));
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+size_t count_of(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+int connect_loopback(int port, int receive_buffer_bytes) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (receive_buffer_bytes > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer_bytes, sizeof(receive_buffer_bytes));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string raw_peer_gets(int port, const std::string& bytes) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return "connect failed";
+  send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  timeval tv{10, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string got;
+  char buffer[256];
+  ssize_t n;
+  while ((n = recv(fd, buffer, sizeof(buffer), 0)) > 0) got.append(buffer, static_cast<size_t>(n));
+  if (n < 0 && errno != ECONNRESET) got += "<not closed>";
+  close(fd);
+  return got;
 }
 
 int free_port() {

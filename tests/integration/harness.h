@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -48,6 +49,13 @@ class Process {
   int exit_code_ = -1;
 };
 
+// A blocking TCP connection to 127.0.0.1:port, for what http() cannot do; -1 when refused. A
+// receive_buffer_bytes above 0 sets SO_RCVBUF before connecting (a small one makes the server's writes
+// block as soon as the test stops reading). The caller closes it.
+int connect_loopback(int port, int receive_buffer_bytes = 0);
+// What a peer that sends `bytes` on a fresh connection to 127.0.0.1:port gets back before the server
+// closes it: "connect failed", or the bytes, with "<not closed>" added when it did not close within 10 s.
+std::string raw_peer_gets(int port, const std::string& bytes);
 // An unused TCP port on 127.0.0.1 (bound, read, released: another process may take it, rarely).
 int free_port();
 // Runs a shell command; its stdout (trailing newlines trimmed). `status` gets the exit status.
@@ -57,6 +65,15 @@ std::string shell(const std::string& command, int* status = nullptr);
 std::string random_prompt_ids(int n, int seed);
 // The path of an executable found in PATH or /usr/bin, /usr/sbin; "" when absent.
 std::string find_program(const std::string& name);
+
+// wait_until (testing/wait.h) with the times in milliseconds, as these tests count them: polls
+// `condition` every `poll_ms` until it holds or `timeout_ms` has passed; its value at the deadline.
+// Pass a longer poll_ms where the condition is costly (it starts a process).
+bool eventually(const std::function<bool()>& condition, int timeout_ms = 5000, int poll_ms = 20);
+// A file's whole text ("" when it cannot be read).
+std::string read_file(const std::string& path);
+// How many times `what` occurs in `text` (a log line counted per process, say).
+size_t count_of(const std::string& text, const std::string& what);
 
 // A real etcd (Debian's etcd-server) on loopback with a temporary data directory. stop() kills it
 // and keeps the data, so start() brings the same cluster back on the same ports.
@@ -107,6 +124,31 @@ class NatsServer {
   int port_ = 0;
   int monitor_port_ = 0;
   bool ok_ = false;
+  Process process_;
+};
+
+// `tandem serve` on loopback with an ephemeral port, its output in serve.log of a temporary directory
+// that the destructor removes (kept with TANDEM_KEEP_TEST_LOGS); the destructor kills what still runs.
+class ServeProcess {
+ public:
+  // Starts `tandem serve --port <free port> ARGS`; `name` names the directory (/tmp/tandem-NAME-XXXXXX).
+  ServeProcess(const std::string& name, const std::vector<std::string>& args);
+  ~ServeProcess();
+  ServeProcess(const ServeProcess&) = delete;
+  ServeProcess& operator=(const ServeProcess&) = delete;
+  int port() const { return port_; }
+  const std::string& dir() const { return dir_; }
+  Process& process() { return process_; }
+  // Waits until the frontend's /metrics counts `count` workers (tandem_workers); false on timeout.
+  // The default is generous: under ASan `serve` on the demo model takes tens of seconds to start.
+  bool wait_for_workers(int count, int timeout_ms = 120000);
+  // serve.log so far: the supervisor's output and its children's.
+  std::string log() const { return read_file(dir_ + "/serve.log"); }
+  void terminate() { process_.terminate(); }  // SIGTERM: serve stops its children, then itself
+
+ private:
+  std::string dir_;
+  int port_ = 0;
   Process process_;
 };
 

@@ -10,9 +10,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
-#include <functional>
-#include <sstream>
 #include <thread>
 
 #include "harness.h"
@@ -22,15 +19,6 @@ namespace tandem::testing {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool eventually(const std::function<bool()>& condition, int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return condition();
-}
 
 class Https : public ::testing::Test {
  protected:
@@ -73,7 +61,7 @@ struct HttpsCluster {
     registered = eventually([&] {
       int rc = 0;
       return metric_value(shell("curl -s --max-time 5 " + curl_auth + " " + url, &rc), "tandem_workers") == 1;
-    }, 60000);
+    }, 60000, 100);
   }
   std::string url(const std::string& path) const { return "https://127.0.0.1:" + std::to_string(cluster.http_port()) + path; }
   bool registered = false;

@@ -23,7 +23,6 @@ namespace tandem::testing {
 namespace {
 
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
 std::string qwen3_tokenizer() { return std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3"; }
 
@@ -36,28 +35,6 @@ struct Streamed {
   int error_events = 0;
   bool done = false;
 };
-
-Streamed parse_stream(const HttpResponse& r) {
-  Streamed s;
-  s.status = r.status;
-  for (const auto& e : sse_events(r.body)) {
-    if (e == "[DONE]") {
-      s.done = true;
-      continue;
-    }
-    const json j = json::parse(e, nullptr, false);
-    if (j.is_discarded() || j.contains("error")) {
-      ++s.error_events;
-      continue;
-    }
-    for (const auto& c : j.value("choices", json::array())) {
-      s.text += c.value("text", "");
-      for (const auto& t : c.value("token_ids", json::array())) s.token_ids.push_back(t.get<int>());
-      if (c.contains("finish_reason") && c["finish_reason"].is_string()) s.finish_reason = c["finish_reason"];
-    }
-  }
-  return s;
-}
 
 std::string stream_body(const std::string& prompt_ids, int max_tokens, const std::string& sampling) {
   return R"({"prompt":[)" + prompt_ids + R"(],"max_tokens":)" + std::to_string(max_tokens) +
@@ -108,6 +85,25 @@ Choices parse_choices(const HttpResponse& r, bool streamed) {
   return s;
 }
 
+// A stream of one choice (index 0).
+Streamed parse_stream(const HttpResponse& r) {
+  Choices c = parse_choices(r, /*streamed=*/true);
+  return Streamed{c.status, std::move(c.token_ids[0]), std::move(c.text[0]), std::move(c.finish_reason[0]), c.error_events,
+                  c.done};
+}
+
+// What every migrated response must be: no error, ended as usual, with the undisturbed run's tokens,
+// text and finish reasons (Streamed or Choices).
+template <typename Response>
+void expect_as_undisturbed(const Response& migrated, const Response& reference, const std::string& what = "") {
+  EXPECT_EQ(migrated.status, 200) << what;
+  EXPECT_EQ(migrated.error_events, 0) << what;
+  EXPECT_TRUE(migrated.done) << what;
+  EXPECT_EQ(migrated.token_ids, reference.token_ids) << what;
+  EXPECT_EQ(migrated.text, reference.text) << what;
+  EXPECT_EQ(migrated.finish_reason, reference.finish_reason) << what;
+}
+
 // A completions body with `n` choices for one prompt (or each of a list: "[[...],[...]]").
 std::string choices_body(const std::string& prompt, int max_tokens, int n, bool stream, const std::string& sampling) {
   return R"({"prompt":)" + prompt + R"(,"max_tokens":)" + std::to_string(max_tokens) + R"(,"n":)" + std::to_string(n) +
@@ -125,15 +121,6 @@ std::string routed_worker(Cluster& cluster, size_t nth) {
   return "";
 }
 
-bool wait_for(const std::function<bool()>& condition, int timeout_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return condition();
-}
-
 // Sends `body` (on a thread), waits until the frontend has counted `kill_after` generated tokens
 // beyond `tokens_before`, kills the decode worker of the frontend's `route_index`th routing decision
 // (the request's, or one part's of a list of prompts), and returns the response.
@@ -142,7 +129,7 @@ HttpResponse post_and_kill(Cluster& cluster, const std::string& body, size_t rou
   HttpResponse response;
   std::thread client([&] { response = cluster.post("/v1/completions", body, 120000); });
   const bool streaming =
-      wait_for([&] { return cluster.metric("vllm:generation_tokens_total") >= tokens_before + kill_after; }, 60000);
+      eventually([&] { return cluster.metric("vllm:generation_tokens_total") >= tokens_before + kill_after; }, 60000, 5);
   EXPECT_TRUE(streaming) << "the stream never got going";
   *killed = routed_worker(cluster, route_index);
   static const std::regex name(R"(both-(\d+))");
@@ -173,12 +160,8 @@ TEST(Migration, GreedyStreamSurvivesItsDecodeWorkersSigkillWithTheSameTokens) {
   std::string killed;
   const double before = cluster.metric("vllm:generation_tokens_total");
   const Streamed migrated = stream_and_kill(cluster, body, 1, before, 30, &killed);
-  EXPECT_EQ(migrated.status, 200);
-  EXPECT_EQ(migrated.error_events, 0);
-  EXPECT_TRUE(migrated.done);
+  expect_as_undisturbed(migrated, reference);
   EXPECT_EQ(migrated.finish_reason, "length");
-  EXPECT_EQ(migrated.token_ids, reference.token_ids);
-  EXPECT_EQ(migrated.text, reference.text);
   EXPECT_EQ(cluster.metric("tandem_requests_migrated_total"), 1);
   EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
   EXPECT_NE(cluster.log("frontend").find("event=request_migrated"), std::string::npos);
@@ -204,10 +187,7 @@ TEST(Migration, TextAndSeededSamplingContinueAsIfNothingHappened) {
     std::string killed;
     const Streamed migrated =
         stream_and_kill(cluster, body, routes++, cluster.metric("vllm:generation_tokens_total"), 25, &killed);
-    EXPECT_EQ(migrated.error_events, 0) << sampling;
-    EXPECT_TRUE(migrated.done);
-    EXPECT_EQ(migrated.token_ids, reference.token_ids) << sampling;
-    EXPECT_EQ(migrated.text, reference.text) << sampling;
+    expect_as_undisturbed(migrated, reference, sampling);
   }
   EXPECT_EQ(cluster.metric("tandem_requests_migrated_total"), 2);
 }
@@ -243,12 +223,7 @@ TEST(Migration, SeveralChoicesSurviveTheirDecodeWorkersSigkillWithTheSameTokens)
     std::string killed;
     const double before = cluster.metric("vllm:generation_tokens_total");
     const Choices migrated = parse_choices(post_and_kill(cluster, body, routes++, before, 40, &killed), k.stream);
-    EXPECT_EQ(migrated.status, 200) << what;
-    EXPECT_EQ(migrated.error_events, 0) << what;
-    EXPECT_TRUE(migrated.done) << what;
-    EXPECT_EQ(migrated.token_ids, reference.token_ids) << what;
-    EXPECT_EQ(migrated.text, reference.text) << what;
-    EXPECT_EQ(migrated.finish_reason, reference.finish_reason) << what;
+    expect_as_undisturbed(migrated, reference, what);
   }
   EXPECT_EQ(cluster.metric("tandem_requests_migrated_total"), 2);
   EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
@@ -280,10 +255,7 @@ TEST(Migration, AListOfPromptsWithSeveralChoicesContinuesChoiceByChoice) {
   // Route lines 0 and 1 are the reference's parts; 2 is the first part of this one.
   const Choices migrated =
       parse_choices(post_and_kill(cluster, body, 2, cluster.metric("vllm:generation_tokens_total"), 80, &killed), true);
-  EXPECT_EQ(migrated.error_events, 0);
-  EXPECT_TRUE(migrated.done);
-  EXPECT_EQ(migrated.token_ids, reference.token_ids);
-  EXPECT_EQ(migrated.text, reference.text);
+  expect_as_undisturbed(migrated, reference);
   EXPECT_GE(cluster.metric("tandem_requests_migrated_total"), 1);
   EXPECT_EQ(cluster.metric("tandem_requests_failed_total"), 0);
 }
@@ -314,7 +286,7 @@ TEST(Migration, HundredStreamsWithOneDecodeWorkerKilledNoneFails) {
   const double before = cluster.metric("vllm:generation_tokens_total");
   run_all(got, [&] {
     // A third of the way in, every worker is streaming: kill one.
-    wait_for([&] { return cluster.metric("vllm:generation_tokens_total") >= before + kStreams * kTokens / 3; }, 60000);
+    eventually([&] { return cluster.metric("vllm:generation_tokens_total") >= before + kStreams * kTokens / 3; }, 60000, 5);
     cluster.worker(1).kill_now();
   });
   int failed = 0;

@@ -9,7 +9,6 @@
 
 #include <chrono>
 #include <filesystem>
-#include <functional>
 #include <thread>
 
 #include "harness.h"
@@ -19,21 +18,6 @@ namespace tandem::testing {
 namespace {
 
 namespace fs = std::filesystem;
-
-bool eventually(const std::function<bool()>& condition, int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return condition();
-}
-
-size_t count_of(const std::string& text, const std::string& what) {
-  size_t n = 0;
-  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-  return n;
-}
 
 class NatsTls : public ::testing::Test {
  protected:
@@ -65,7 +49,7 @@ class NatsTls : public ::testing::Test {
                                      dir_ + "/server.key"};
     argv.insert(argv.end(), auth.begin(), auth.end());
     server_ = Process(argv, dir_ + "/nats.log");
-    ASSERT_TRUE(eventually([&] { return shell("grep -c 'Server is ready' " + dir_ + "/nats.log") == "1"; }, 10000))
+    ASSERT_TRUE(eventually([&] { return shell("grep -c 'Server is ready' " + dir_ + "/nats.log") == "1"; }, 10000, 100))
         << shell("cat " + dir_ + "/nats.log");
   }
   std::string url(const std::string& credentials, const std::string& query) const {
@@ -170,7 +154,7 @@ TEST_F(NatsTls, NatsDownAtStart_EveryoneStartsAndServes_TheQueueIsUsedOnceItIsUp
   EXPECT_TRUE(eventually([&] {
     EXPECT_EQ(long_prompt().status, 200);
     return count_of(cluster.log("prefill-0"), "event=prefill_pulled") > 0;
-  }, 30000)) << cluster.log("frontend") << cluster.log("decode-1") << cluster.log("prefill-0");
+  }, 30000, 100)) << cluster.log("frontend") << cluster.log("decode-1") << cluster.log("prefill-0");
 }
 
 // The server's password changes under running processes: libnats closes their connections for good
@@ -197,7 +181,7 @@ TEST_F(NatsTls, ServerThatRefusesLater_IsConnectedToAgainOnceItAcceptsTheCredent
     EXPECT_EQ(long_prompt(seed++).status, 200);
     return cluster.log("frontend").find("event=prefill_queue_refused") != std::string::npos &&
            cluster.log("prefill-0").find("event=prefill_queue_refused") != std::string::npos;
-  }, 30000)) << cluster.log("frontend") << cluster.log("prefill-0");
+  }, 30000, 100)) << cluster.log("frontend") << cluster.log("prefill-0");
   EXPECT_NE(cluster.log("prefill-0").find("refused this client: Authentication Violation"), std::string::npos)
       << cluster.log("prefill-0");
   const size_t pulled_before = count_of(cluster.log("prefill-0"), "event=prefill_pulled");
@@ -209,11 +193,11 @@ TEST_F(NatsTls, ServerThatRefusesLater_IsConnectedToAgainOnceItAcceptsTheCredent
   EXPECT_TRUE(eventually([&] {
     EXPECT_EQ(long_prompt(seed++).status, 200);
     return count_of(cluster.log("prefill-0"), "event=prefill_pulled") > pulled_before;
-  }, 30000)) << cluster.log("frontend") << cluster.log("decode-1") << cluster.log("prefill-0");
+  }, 30000, 100)) << cluster.log("frontend") << cluster.log("decode-1") << cluster.log("prefill-0");
   EXPECT_TRUE(eventually([&] {
     return cluster.log("prefill-0").find("event=prefill_queue_connected") != std::string::npos &&
            cluster.log("frontend").find("event=prefill_queue_connected") != std::string::npos;
-  }, 10000)) << cluster.log("frontend") << cluster.log("prefill-0");
+  }, 10000, 100)) << cluster.log("frontend") << cluster.log("prefill-0");
   const std::string logs = cluster.log("frontend") + cluster.log("prefill-0") + cluster.log("decode-1");
   EXPECT_EQ(logs.find("pa55word"), std::string::npos);
 }

@@ -4,8 +4,6 @@
 // signals in a row) still tells its frontend it is leaving before its connection closes.
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -22,29 +20,10 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-template <typename F>
-bool eventually(F predicate, int timeout_ms) {
-  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (Clock::now() < deadline) {
-    if (predicate()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return predicate();
-}
-
 // Sends a streamed completion on a connection with a 4 KiB receive buffer and never reads it.
 int start_unread_stream(int port, int max_tokens) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  int rcvbuf = 4096;
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return -1;
-  }
+  const int fd = connect_loopback(port, /*receive_buffer_bytes=*/4096);
+  if (fd < 0) return -1;
   const std::string body = R"({"prompt":[1,2,3],"max_tokens":)" + std::to_string(max_tokens) +
                            R"(,"stream":true,"ignore_eos":true})";
   const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

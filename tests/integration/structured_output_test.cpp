@@ -5,10 +5,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <thread>
+#include <optional>
 
 #include "harness.h"
 
@@ -25,28 +24,22 @@ class StructuredServe : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!std::filesystem::exists(std::string(TANDEM_DATA_DIR) + "/tokenizers/qwen3/tokenizer.json")) GTEST_SKIP() << "no tokenizer data";
-    char dir_template[] = "/tmp/tandem-structured-XXXXXX";
-    dir_ = mkdtemp(dir_template);
-    port_ = free_port();
+    serve_.emplace("structured", std::vector<std::string>{"--model", "random:tiny-qwen3", "--threads", "1", "--max-local-prefill", "0",
+                                                          "--served-model-name", "tiny", "--child-log-level", "warn"});
+    port_ = serve_->port();
     ASSERT_GT(port_, 0);
-    serve_ = Process({tandem_binary(), "serve", "--model", "random:tiny-qwen3", "--port", std::to_string(port_), "--threads", "1",
-                      "--max-local-prefill", "0", "--served-model-name", "tiny", "--child-log-level", "warn"},
-                     dir_ + "/serve.log");
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    while (std::chrono::steady_clock::now() < deadline && metric_value(http(port_, "GET", "/metrics").body, "tandem_workers") < 2) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    ASSERT_GE(metric_value(http(port_, "GET", "/metrics").body, "tandem_workers"), 2) << shell("cat " + dir_ + "/serve.log");
+    ASSERT_TRUE(serve_->wait_for_workers(2, 120000)) << serve_->log();
   }
-  void TearDown() override { serve_.terminate(); }
+  void TearDown() override {
+    if (serve_) serve_->terminate();
+  }
 
   HttpResponse post(const std::string& path, const json& body) {
     return http(port_, "POST", path, body.dump(), {{"Content-Type", "application/json"}}, 240000);
   }
 
-  std::string dir_;
   int port_ = 0;
-  Process serve_;
+  std::optional<ServeProcess> serve_;
 };
 
 // Without node: the replies parse as JSON, hold their required keys, and the regex/choice forms hold.

@@ -225,17 +225,12 @@ TEST(ToolCalls, UnknownParserIsRefusedAtStartAndServePassesTheFlag) {
   EXPECT_NE(frontend.exit_code(), 0);
   EXPECT_NE(shell("cat " + dir + "/frontend.log").find("--tool-call-parser: unknown parser 'mistral'"), std::string::npos);
 
-  const int port = free_port();
+  ServeProcess serve("tools-serve", {"--model", "random:tiny-qwen3", "--engine", "fake", "--num-prefill-workers", "0",
+                                     "--child-log-level", "warn", "--tool-call-parser", "hermes", "--enable-auto-tool-choice"});
+  const int port = serve.port();
   ASSERT_GT(port, 0);
-  Process serve({tandem_binary(), "serve", "--model", "random:tiny-qwen3", "--engine", "fake", "--port", std::to_string(port),
-                 "--num-prefill-workers", "0", "--child-log-level", "warn", "--tool-call-parser", "hermes",
-                 "--enable-auto-tool-choice"},
-                dir + "/serve.log");
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline && metric_value(http(port, "GET", "/metrics").body, "tandem_workers") < 1) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  EXPECT_NE(shell("ps -o args= --ppid " + std::to_string(serve.pid())).find("--tool-call-parser hermes"), std::string::npos);
+  ASSERT_TRUE(serve.wait_for_workers(1, 60000)) << serve.log();
+  EXPECT_NE(shell("ps -o args= --ppid " + std::to_string(serve.process().pid())).find("--tool-call-parser hermes"), std::string::npos);
   json request = chat_request(true);
   request["max_tokens"] = 3;
   HttpResponse r = http(port, "POST", "/v1/chat/completions", request.dump(), {{"Content-Type", "application/json"}});
