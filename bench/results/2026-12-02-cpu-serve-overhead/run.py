@@ -7,7 +7,7 @@ For each repetition, alternating the two so that the shared machine's load hits 
 Both at the same shape (--num-prompts x --input-len/--output-len, greedy, ignore_eos, all sent at once).
 
 Reports output tok/s of each, their ratio, and CPU microseconds per output token of every process of the
-serve run (utime + stime from /proc, so a descheduled process costs nothing), with the busiest thread of
+serve run (CPU time from /proc/PID/task/*/schedstat, so a descheduled process costs nothing), with the busiest thread of
 the frontend (its I/O thread) and of the worker (its engine thread) on their own.
 
 An A/B compares builds in one run: each --variant NAME:TANDEM:BENCH (binaries copied aside from a build)
@@ -29,21 +29,29 @@ import tempfile
 import time
 import urllib.request
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid, tid=None):
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
 def thread_seconds(pid):
+    """CPU seconds of each thread, from schedstat (nanoseconds; /proc/PID/stat counts 10 ms ticks, too
+    coarse for a worker that spends ~1 us a token)."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            out[tid] = cpu_seconds(pid, tid)
+            out[tid] = int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0]) / 1e9
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def cpu_seconds(pid):
+    return sum(thread_seconds(pid).values())
+
+
+def thread_names(pid):
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[tid] = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
         except OSError:
             pass
     return out
@@ -51,6 +59,10 @@ def thread_seconds(pid):
 
 def busiest_delta(before, after):
     return max((after[t] - before.get(t, 0.0) for t in after), default=0.0)
+
+
+def named_delta(names, before, after, name):
+    return sum(after[t] - before.get(t, 0.0) for t in after if names.get(t) == name)
 
 
 def wait_for(predicate, what, timeout=60):
@@ -92,28 +104,38 @@ def run_serve(args, tmp, tandem, bench):
         return sum(float(v) for v in re.findall(r"^tandem_workers\{[^}]*\} ([0-9.]+)", text, re.M)) >= 1
     wait_for(workers, "the worker to register")
     result = os.path.join(tmp, "bench.json")
-    client = [tandem, "bench", "serve", "--base-url", f"http://127.0.0.1:{http}", "--model", "null",
-              "--tokenizer", args.tokenizer, "--dataset-name", "random", "--random-input-len", str(args.input_len),
-              "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
-              "--request-rate", "inf", "--ignore-eos", "--num-warmups", "1", "--progress", "none",
-              "--no-server-metrics", "--save-result", result]
+    base = [tandem, "bench", "serve", "--base-url", f"http://127.0.0.1:{http}", "--model", "null",
+            "--tokenizer", args.tokenizer, "--dataset-name", "random", "--random-input-len", str(args.input_len),
+            "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
+            "--request-rate", "inf", "--ignore-eos", "--progress", "none", "--no-server-metrics"]
+    client = base + ["--num-warmups", "1", "--save-result", result]
+    # A first pass of the same load, unmeasured: the worker's and the frontend's buffers grow to the
+    # full batch here, as they would have long before on a server that has been up for a while.
+    subprocess.run(base + ["--num-warmups", "0", "--seed", "7"], check=True, stdout=subprocess.DEVNULL)
     fe0, wk0, fe_t0, wk_t0 = cpu_seconds(fe.pid), cpu_seconds(wk.pid), thread_seconds(fe.pid), thread_seconds(wk.pid)
     r0 = os.times()
     subprocess.run(client, check=True, stdout=subprocess.DEVNULL)
     r1 = os.times()
     fe1, wk1, fe_t1, wk_t1 = cpu_seconds(fe.pid), cpu_seconds(wk.pid), thread_seconds(fe.pid), thread_seconds(wk.pid)
+    wk_names = thread_names(wk.pid)
     run = json.load(open(result))["runs"][0]
     tokens = run["total_output_tokens"]
-    fe.send_signal(signal.SIGTERM)
+    # The worker first (a second signal stops it without draining), then the frontend.
     wk.send_signal(signal.SIGTERM)
-    fe.wait(timeout=30)
+    time.sleep(0.2)
+    wk.send_signal(signal.SIGTERM)
     out = wk.communicate(timeout=30)[0]
+    fe.send_signal(signal.SIGTERM)
+    fe.wait(timeout=30)
     eng = [float(m) for m in re.findall(r"([0-9.]+) us per output token", out)]
     per = lambda s: s / tokens * 1e6
     return {
         "output_tok_s": run["output_throughput"], "failed": run["failed"], "tokens": tokens,
         "frontend_us_per_token": per(fe1 - fe0), "frontend_io_thread_us_per_token": per(busiest_delta(fe_t0, fe_t1)),
         "worker_us_per_token": per(wk1 - wk0), "worker_busiest_thread_us_per_token": per(busiest_delta(wk_t0, wk_t1)),
+        # Threads named by the code (pthread_setname_np); 0 in a build without the names.
+        "worker_engine_thread_us_per_token": per(named_delta(wk_names, wk_t0, wk_t1, "tandem-engine")),
+        "worker_outputs_thread_us_per_token": per(named_delta(wk_names, wk_t0, wk_t1, "tandem-outputs")),
         # Includes the warm-up request and the client's start (tokenizer load, prompt making): an upper bound.
         "client_us_per_token": per((r1.children_user + r1.children_system) - (r0.children_user + r0.children_system)),
         "engine_us_per_token": eng[-1] if eng else None,
@@ -127,7 +149,8 @@ def summarize(name, offline, serve, args):
                "offline_engine_us_per_token": med(offline, "engine_us_per_token"),
                "serve_tok_s": med(serve, "output_tok_s")}
     for k in ("frontend_us_per_token", "frontend_io_thread_us_per_token", "worker_us_per_token",
-              "worker_busiest_thread_us_per_token", "client_us_per_token", "engine_us_per_token"):
+              "worker_busiest_thread_us_per_token", "worker_engine_thread_us_per_token",
+              "worker_outputs_thread_us_per_token", "client_us_per_token", "engine_us_per_token"):
         summary["serve_" + k] = med(serve, k)
     summary["serve_over_offline"] = summary["serve_tok_s"] / summary["offline_tok_s"]
     summary["load_average"] = os.getloadavg()[0]
