@@ -163,7 +163,7 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
     ex->start_stream(200, "text/event-stream", headers);
     if (chat) {
       for (int i = 0; i < req.sampling.n(); ++i) {
-        ex->write(sse_event(stream_chunk(r.response, i, assistant_role_delta(), nullptr, nullptr, nullptr, r.usage)));
+        ex->write(stream_chunk_event(r.response, i, assistant_role_delta(), nullptr, nullptr, nullptr, r.usage));
       }
     }
   }
@@ -340,14 +340,20 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
       r.first_token = now;
       // Past the point of re-routing; kept while the stream may still migrate.
       if (options_.migration_limit <= 0) r.generate.reset();
-      metrics_.histogram("vllm:time_to_first_token_seconds", "", latency_buckets()).observe(seconds_between(r.arrival, now));
+      if (!time_to_first_token_) {
+        time_to_first_token_ = &metrics_.histogram("vllm:time_to_first_token_seconds", "", latency_buckets());
+      }
+      time_to_first_token_->observe(seconds_between(r.arrival, now));
     } else {
-      metrics_.histogram("vllm:inter_token_latency_seconds", "", latency_buckets())
-          .observe(seconds_between(r.last_token, now) / num_new);
+      if (!inter_token_latency_) {
+        inter_token_latency_ = &metrics_.histogram("vllm:inter_token_latency_seconds", "", latency_buckets());
+      }
+      inter_token_latency_->observe(seconds_between(r.last_token, now) / num_new);
     }
     r.last_token = now;
     r.usage.completion_tokens += num_new;
-    metrics_.add("vllm:generation_tokens_total", "", num_new);
+    if (!generation_tokens_) generation_tokens_ = &metrics_.counter("vllm:generation_tokens_total", "");
+    *generation_tokens_ += num_new;
   }
   // A migrated request's prompt holds its earlier output too: the cached part counts up to the prompt.
   r.usage.cached_prompt_tokens =
@@ -391,8 +397,8 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     // Logprobs and token ids ride on the first delta, the finish reason on the last.
     for (size_t k = 0; k < deltas.size(); ++k) {
       const bool first = k == 0, last = k + 1 == deltas.size();
-      r.exchange->write(sse_event(stream_chunk(r.response, index, deltas[k], first && has_lp ? &lp : nullptr,
-                                               last ? reason : nullptr, first ? &ids : nullptr, usage)));
+      r.exchange->write(stream_chunk_event(r.response, index, deltas[k], first && has_lp ? &lp : nullptr,
+                                           last ? reason : nullptr, first ? &ids : nullptr, usage));
     }
   }
   if (r.num_finished == static_cast<int>(r.choices.size())) complete(r);
