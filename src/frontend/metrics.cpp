@@ -70,10 +70,6 @@ void Metrics::add(const std::string& name, const std::string& label_set, double 
   families_[name].values[label_set] += delta;
 }
 
-double& Metrics::counter(const std::string& name, const std::string& label_set) {
-  return families_[name].values[label_set];
-}
-
 void Metrics::set(const std::string& name, const std::string& label_set, double value) {
   families_[name].values[label_set] = value;
 }

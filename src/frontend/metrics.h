@@ -30,9 +30,6 @@ class Metrics {
  public:
   // Counters and gauges by full series (name + label set).
   void add(const std::string& name, const std::string& label_set, double delta = 1);
-  // The value add() changes, for a caller that adds to it once per token. The reference (and
-  // histogram()'s) stays valid for the Metrics' life, except across clear(name).
-  double& counter(const std::string& name, const std::string& label_set);
   void set(const std::string& name, const std::string& label_set, double value);
   double get(const std::string& name, const std::string& label_set = "") const;
   Histogram& histogram(const std::string& name, const std::string& label_set, const std::vector<double>& bounds);

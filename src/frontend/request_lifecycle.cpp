@@ -340,20 +340,14 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
       r.first_token = now;
       // Past the point of re-routing; kept while the stream may still migrate.
       if (options_.migration_limit <= 0) r.generate.reset();
-      if (!time_to_first_token_) {
-        time_to_first_token_ = &metrics_.histogram("vllm:time_to_first_token_seconds", "", latency_buckets());
-      }
-      time_to_first_token_->observe(seconds_between(r.arrival, now));
+      metrics_.histogram("vllm:time_to_first_token_seconds", "", latency_buckets()).observe(seconds_between(r.arrival, now));
     } else {
-      if (!inter_token_latency_) {
-        inter_token_latency_ = &metrics_.histogram("vllm:inter_token_latency_seconds", "", latency_buckets());
-      }
-      inter_token_latency_->observe(seconds_between(r.last_token, now) / num_new);
+      metrics_.histogram("vllm:inter_token_latency_seconds", "", latency_buckets())
+          .observe(seconds_between(r.last_token, now) / num_new);
     }
     r.last_token = now;
     r.usage.completion_tokens += num_new;
-    if (!generation_tokens_) generation_tokens_ = &metrics_.counter("vllm:generation_tokens_total", "");
-    *generation_tokens_ += num_new;
+    metrics_.add("vllm:generation_tokens_total", "", num_new);
   }
   // A migrated request's prompt holds its earlier output too: the cached part counts up to the prompt.
   r.usage.cached_prompt_tokens =

@@ -145,11 +145,6 @@ class RequestLifecycle {
   const RouterOptions& router_;
   WorkerDirectory& directory_;
   Metrics& metrics_;
-  // The series on_output touches once per token, looked up on first use (a series shows in /metrics
-  // from its first value on) and kept: never cleared (render_serving_metrics clears per-worker gauges only).
-  Histogram* time_to_first_token_ = nullptr;
-  Histogram* inter_token_latency_ = nullptr;
-  double* generation_tokens_ = nullptr;
   const PromptCodec* codec_;
   std::map<std::string, Request> active_;
   std::map<std::string, std::string> split_legs_;  // a split leg's id -> its request's id
