@@ -3,6 +3,7 @@
 #include "engine/engine.h"
 
 #include <omp.h>
+#include <pthread.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -104,6 +105,8 @@ class EngineImpl final : public Engine {
     const int omp_threads = omp_get_max_threads();
     thread_ = std::thread([this, omp_threads] {
       omp_set_num_threads(omp_threads);
+      // Named for `top -H` and for per-thread CPU accounting (bench/results/2026-12-02-cpu-serve-overhead).
+      pthread_setname_np(pthread_self(), "tandem-engine");
       loop();
     });
   }

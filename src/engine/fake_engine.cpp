@@ -2,6 +2,8 @@
 // prefill_us_per_token per token) and emits one token for every running sequence.
 #include "engine/fake_engine.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -106,7 +108,11 @@ class FakeEngine : public Engine {
   FakeEngine(const FakeEngineOptions& options, std::shared_ptr<TextStreamFactory> text)
       : options_(options), text_(std::move(text)), backend_(options) {
     for (int b = options.num_blocks - 1; b >= 0; --b) free_.push_back(b);
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this] {
+      // Named as the real engine's thread is, for per-thread CPU accounting (bench/serve_cpu_cost.py).
+      pthread_setname_np(pthread_self(), "tandem-engine");
+      loop();
+    });
   }
   ~FakeEngine() override {
     {

@@ -33,8 +33,6 @@ void ModelRunner::prepare(const SchedulerOutput& step) {
               block_tables_.begin() + static_cast<ptrdiff_t>(i * max_blocks_per_seq_));
     if (s.needs_sample) logits_indices_.push_back(static_cast<int32_t>(token_ids_.size()) - 1);
   }
-  const size_t logits_size = logits_indices_.size() * static_cast<size_t>(vocab_size_);
-  if (logits_.size() < logits_size) logits_.resize(logits_size);
 }
 
 backend::ForwardBatch ModelRunner::batch() const {
@@ -43,7 +41,11 @@ backend::ForwardBatch ModelRunner::batch() const {
 }
 
 Status ModelRunner::execute() {
+  // Only the host sampler's steps need whole rows (256 of Qwen3's are 155 MB): grown here, not in
+  // prepare(), so that a worker whose steps are all drawn on the device never allocates, zeroes and
+  // copies them as its batch grows (issue 23: the growth was most of a CPU worker's first seconds).
   const size_t logits_size = logits_indices_.size() * static_cast<size_t>(vocab_size_);
+  if (logits_.size() < logits_size) logits_.resize(logits_size);
   return backend_->forward(batch(), std::span<float>(logits_.data(), logits_size));
 }
 

@@ -5,9 +5,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "common/block_hash.h"
-#include <vector>
 
 namespace tandem::frontend {
 
@@ -70,14 +72,33 @@ void EmbeddedDirectory::add_record(WorkerKey key, std::shared_ptr<rpc::Connectio
   w.last_seen = Clock::now();
 }
 
-// The connection's messages and its end go to the I/O thread, in order.
+// The connection's messages and its end go to the I/O thread, in order. Messages read in one burst
+// (an engine step's tokens) travel in one post: the reader appends to the connection's inbox, and only
+// a message that finds it empty posts the drain that hands the whole inbox to on_message.
 void EmbeddedDirectory::start_reading(WorkerKey key, const std::shared_ptr<rpc::Connection>& conn) {
+  struct Inbox {
+    std::mutex mu;
+    std::vector<rpc::pb::Envelope> messages;  // GUARDED_BY(mu): non-empty only while a drain is posted
+  };
   auto g = gate_;
+  auto inbox = std::make_shared<Inbox>();
   conn->start(
-      [this, g, key](rpc::pb::Envelope& env) {
-        auto message = std::make_shared<rpc::pb::Envelope>();
-        message->Swap(&env);
-        g->post([this, key, message] { on_message(key, *message); });
+      [this, g, key, inbox](rpc::pb::Envelope& env) {
+        bool post = false;
+        {
+          std::lock_guard<std::mutex> lock(inbox->mu);
+          post = inbox->messages.empty();
+          inbox->messages.emplace_back().Swap(&env);
+        }
+        if (!post) return;
+        g->post([this, key, inbox] {
+          std::vector<rpc::pb::Envelope> messages;
+          {
+            std::lock_guard<std::mutex> lock(inbox->mu);
+            messages.swap(inbox->messages);
+          }
+          for (rpc::pb::Envelope& message : messages) on_message(key, message);
+        });
       },
       [this, g, key](const Status& reason) { g->post([this, key, reason] { on_closed(key, reason); }); });
 }

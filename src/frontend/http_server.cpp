@@ -391,8 +391,8 @@ struct HttpServer::Impl {
           exchange->items.pop_front();
           if (item.kind == Item::kData) exchange->queued_bytes -= item.body.size();
           // Every write is bounded: a client that takes none of it holds the connection (and its
-          // request) no longer than send_timeout_ms.
-          tcp_layer(stream).expires_after(std::chrono::milliseconds(options.send_timeout_ms));
+          // request) no longer than send_timeout_ms. write_data arms its own deadline before each write.
+          if (item.kind != Item::kData) tcp_layer(stream).expires_after(std::chrono::milliseconds(options.send_timeout_ms));
           ec = {};  // the wake-up's operation_aborted is no write error
           switch (item.kind) {
             case Item::kWhole:
@@ -417,6 +417,13 @@ struct HttpServer::Impl {
               break;
             }
             case Item::kData:
+              // Chunks that queued while the previous write was on the wire (a burst of outputs read
+              // at once) leave in one write: one syscall and one deadline for all of them.
+              while (!exchange->items.empty() && exchange->items.front().kind == Item::kData) {
+                exchange->queued_bytes -= exchange->items.front().body.size();
+                item.body += exchange->items.front().body;
+                exchange->items.pop_front();
+              }
               co_await write_data(stream, item.body, ec, options.send_timeout_ms);
               break;
             case Item::kEnd:  // the close below ends the stream

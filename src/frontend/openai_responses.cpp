@@ -1,6 +1,8 @@
 // OpenAI response bodies, stream chunks and logprobs (see openai_responses.h).
 #include "frontend/openai_responses.h"
 
+#include "frontend/json_writer.h"
+
 namespace tandem::frontend {
 
 using nlohmann::json;
@@ -44,6 +46,57 @@ json stream_chunk(const ResponseContext& ctx, int index, const json& delta_or_te
                {"choices", json::array({choice})}};
   if (ctx.continuous_usage) body["usage"] = usage_json(usage);
   return body;
+}
+
+std::string stream_chunk_event(const ResponseContext& ctx, int index, const json& delta_or_text, const json* logprobs,
+                               const char* finish_reason, const std::vector<int32_t>* token_ids,
+                               const TokenUsage& usage) {
+  // Keys in the order dump() writes stream_chunk's (nlohmann's objects are sorted maps).
+  std::string out = "data: {\"choices\":[{";
+  if (ctx.chat) {
+    out += "\"delta\":";
+    append_json(&out, delta_or_text);
+    out += ',';
+  }
+  out += "\"finish_reason\":";
+  if (finish_reason) {
+    append_json_string(&out, finish_reason);
+  } else {
+    out += "null";
+  }
+  out += ",\"index\":";
+  append_json_int(&out, index);
+  out += ",\"logprobs\":";
+  if (logprobs) {
+    append_json(&out, *logprobs);
+  } else {
+    out += "null";
+  }
+  if (!ctx.chat) {
+    out += ",\"stop_reason\":null,\"text\":";
+    append_json(&out, delta_or_text);
+  }
+  if (token_ids && ctx.return_token_ids) {
+    out += ",\"token_ids\":[";
+    for (size_t i = 0; i < token_ids->size(); ++i) {
+      if (i > 0) out += ',';
+      append_json_int(&out, (*token_ids)[i]);
+    }
+    out += ']';
+  }
+  out += "}],\"created\":";
+  append_json_int(&out, ctx.created);
+  out += ",\"id\":";
+  append_json_string(&out, ctx.id);
+  out += ",\"model\":";
+  append_json_string(&out, ctx.model);
+  out += ctx.chat ? ",\"object\":\"chat.completion.chunk\"" : ",\"object\":\"text_completion\"";
+  if (ctx.continuous_usage) {
+    out += ",\"usage\":";
+    append_json(&out, usage_json(usage));
+  }
+  out += "}\n\n";
+  return out;
 }
 
 json assistant_role_delta() { return {{"role", "assistant"}, {"content", ""}}; }

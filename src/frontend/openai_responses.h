@@ -71,6 +71,11 @@ inline constexpr const char* kSseDone = "data: [DONE]\n\n";
 nlohmann::json stream_chunk(const ResponseContext& ctx, int index, const nlohmann::json& delta_or_text,
                             const nlohmann::json* logprobs, const char* finish_reason,
                             const std::vector<int32_t>* token_ids, const TokenUsage& usage);
+// sse_event(stream_chunk(...)) byte for byte, written without building the tree (once per token per
+// stream: bench/results/2026-12-02-cpu-serve-overhead/).
+std::string stream_chunk_event(const ResponseContext& ctx, int index, const nlohmann::json& delta_or_text,
+                               const nlohmann::json* logprobs, const char* finish_reason,
+                               const std::vector<int32_t>* token_ids, const TokenUsage& usage);
 // The chat stream's first delta of each choice.
 nlohmann::json assistant_role_delta();
 // The delta (chat) or text (completions) of one output: chat sends {} for an output with neither

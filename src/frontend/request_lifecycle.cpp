@@ -163,7 +163,7 @@ void RequestLifecycle::start(std::shared_ptr<HttpExchange> ex, bool chat) {
     ex->start_stream(200, "text/event-stream", headers);
     if (chat) {
       for (int i = 0; i < req.sampling.n(); ++i) {
-        ex->write(sse_event(stream_chunk(r.response, i, assistant_role_delta(), nullptr, nullptr, nullptr, r.usage)));
+        ex->write(stream_chunk_event(r.response, i, assistant_role_delta(), nullptr, nullptr, nullptr, r.usage));
       }
     }
   }
@@ -391,8 +391,8 @@ void RequestLifecycle::on_output(WorkerKey worker, const rpc::pb::Output& out) {
     // Logprobs and token ids ride on the first delta, the finish reason on the last.
     for (size_t k = 0; k < deltas.size(); ++k) {
       const bool first = k == 0, last = k + 1 == deltas.size();
-      r.exchange->write(sse_event(stream_chunk(r.response, index, deltas[k], first && has_lp ? &lp : nullptr,
-                                               last ? reason : nullptr, first ? &ids : nullptr, usage)));
+      r.exchange->write(stream_chunk_event(r.response, index, deltas[k], first && has_lp ? &lp : nullptr,
+                                           last ? reason : nullptr, first ? &ids : nullptr, usage));
     }
   }
   if (r.num_finished == static_cast<int>(r.choices.size())) complete(r);

@@ -1,5 +1,7 @@
-// Routing of outputs to the connection that asked (see outputs.h).
+// Routing of outputs to the connection that asked, through the sender thread (see outputs.h).
 #include "worker/outputs.h"
+
+#include <pthread.h>
 
 #include <atomic>
 
@@ -7,44 +9,67 @@
 
 namespace tandem::worker {
 
+Outputs::Outputs(std::shared_ptr<Core> core) : core_(std::move(core)) {
+  sender_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "tandem-outputs");
+    sender_loop();
+  });
+}
+
+Outputs::~Outputs() {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    stop_ = true;
+  }
+  queue_cv_.notify_all();
+  sender_.join();
+}
+
 void Outputs::set_owner(const std::string& request_id, const std::shared_ptr<rpc::Connection>& conn) {
   std::lock_guard<std::mutex> lock(mu_);
   owners_[request_id] = conn;
 }
 
-void Outputs::send(const std::string& request_id, const rpc::pb::Envelope& env, bool finished) {
-  std::shared_ptr<rpc::Connection> conn;
+void Outputs::enqueue(Queued item) {
+  bool wake = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = owners_.find(request_id);
-    if (it == owners_.end()) return;
-    conn = it->second.lock();
-    if (finished) owners_.erase(it);
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    // The sender looks at the queue again before it sleeps: only an empty queue needs a wake-up, so a
+    // step's outputs cost one notify, not one each.
+    wake = queue_.empty();
+    queue_.push_back(std::move(item));
   }
-  if (conn) conn->send(env);
+  if (wake) queue_cv_.notify_all();
+}
+
+void Outputs::send(const std::string& request_id, rpc::pb::Output output, bool finished) {
+  Queued item;
+  item.request_id = request_id;
+  item.output = std::move(output);
+  item.finished = finished;
+  enqueue(std::move(item));
 }
 
 namespace {
 
 // The last output of choice `index`, with nothing generated: how an error or an abort ends a choice.
-rpc::pb::Envelope final_output(const std::string& request_id, int index, rpc::pb::FinishReason reason) {
-  rpc::pb::Envelope env;
-  auto* out = env.mutable_output();
-  out->set_request_id(request_id);
-  out->set_index(index);
-  out->set_finished(true);
-  out->set_finish_reason(reason);
-  return env;
+rpc::pb::Output final_output(const std::string& request_id, int index, rpc::pb::FinishReason reason) {
+  rpc::pb::Output out;
+  out.set_request_id(request_id);
+  out.set_index(index);
+  out.set_finished(true);
+  out.set_finish_reason(reason);
+  return out;
 }
 
 }  // namespace
 
 void Outputs::send_error(const std::string& request_id, const Status& status, int n) {
   for (int i = 0; i < n; ++i) {
-    rpc::pb::Envelope env = final_output(request_id, i, rpc::pb::FINISH_ERROR);
-    env.mutable_output()->set_error_code(static_cast<int32_t>(status.code()));
-    env.mutable_output()->set_error_message(status.message());
-    send(request_id, env, i == n - 1);
+    rpc::pb::Output out = final_output(request_id, i, rpc::pb::FINISH_ERROR);
+    out.set_error_code(static_cast<int32_t>(status.code()));
+    out.set_error_message(status.message());
+    send(request_id, std::move(out), i == n - 1);
   }
 }
 
@@ -59,20 +84,63 @@ void Outputs::submit(engine::Request request, const rpc::pb::PrefillInfo& info,
   auto remaining = std::make_shared<std::atomic<int>>(n);
   auto first = std::make_shared<std::atomic<bool>>(true);
   auto self = shared_from_this();
+  // On the engine thread: queue the output as it is; the sender converts it.
   Status status = core_->engine->submit(std::move(request), [self, remaining, first, info,
                                                              first_logprobs](engine::RequestOutput out) {
-    rpc::pb::Envelope env;
-    to_proto(out, env.mutable_output());
+    Queued item;
     if (first->exchange(false)) {
-      if (info.present()) *env.mutable_output()->mutable_prefill() = info;
-      if (first_logprobs && env.output().logprobs_size() == 0 && env.output().token_ids_size() > 0) {
-        *env.mutable_output()->add_logprobs() = *first_logprobs;
-      }
+      if (info.present()) *item.output.mutable_prefill() = info;
+      if (first_logprobs && out.logprobs.empty() && !out.token_ids.empty()) *item.output.add_logprobs() = *first_logprobs;
     }
-    const bool last = out.finished && remaining->fetch_sub(1) == 1;
-    self->send(out.request_id, env, last);
+    item.finished = out.finished && remaining->fetch_sub(1) == 1;
+    item.engine_output = std::move(out);
+    self->enqueue(std::move(item));
   });
   if (!status.ok()) send_error(id, status, n);
+}
+
+void Outputs::sender_loop() {
+  std::vector<Queued> items;
+  std::vector<std::shared_ptr<rpc::Connection>> owner_of;  // [items.size()]
+  rpc::pb::Envelope env;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(queue_mu_);
+      sending_ = false;
+      queue_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and everything is sent
+      items.swap(queue_);
+      sending_ = true;
+    }
+    // Every owner of the round under one lock.
+    owner_of.assign(items.size(), nullptr);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < items.size(); ++i) {
+        auto it = owners_.find(items[i].engine_output ? items[i].engine_output->request_id : items[i].request_id);
+        if (it == owners_.end()) continue;
+        owner_of[i] = it->second.lock();
+        if (items[i].finished) owners_.erase(it);
+      }
+    }
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (!owner_of[i]) continue;
+      Queued& item = items[i];
+      rpc::pb::Output* out = env.mutable_output();
+      if (item.engine_output) {
+        // What rode on it first (prefill info, the first token's logprobs) stays; to_proto adds the rest.
+        out->Clear();
+        to_proto(*item.engine_output, out);
+        if (item.output.has_prefill()) out->mutable_prefill()->Swap(item.output.mutable_prefill());
+        if (out->logprobs_size() == 0 && item.output.logprobs_size() > 0) out->mutable_logprobs()->Swap(item.output.mutable_logprobs());
+      } else {
+        out->Swap(&item.output);
+      }
+      // The connection's writer joins what it finds queued into one write.
+      owner_of[i]->send(env);
+    }
+    items.clear();
+  }
 }
 
 std::vector<std::string> Outputs::owned_by(const std::shared_ptr<rpc::Connection>& conn) const {
@@ -86,6 +154,10 @@ std::vector<std::string> Outputs::owned_by(const std::shared_ptr<rpc::Connection
 }
 
 bool Outputs::empty() const {
+  {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    if (!queue_.empty() || sending_) return false;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   return owners_.empty();
 }

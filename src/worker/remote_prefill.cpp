@@ -196,11 +196,11 @@ void RemotePrefillClient::decode_from_kv(engine::Request request, const rpc::pb:
   // would hold that place through this engine's next step, which is long when this worker is busy
   // prefilling locally; on the two-GPU study that starved the prefill worker and sent more prompts
   // to local prefill, which made the steps longer still (docs/disaggregation.md).
-  rpc::pb::Envelope done;
-  done.mutable_output()->set_request_id(id);
-  done.mutable_output()->set_index(0);
-  *done.mutable_output()->mutable_prefill() = info;
-  outputs_->send(id, done, /*finished=*/false);
+  rpc::pb::Output done;
+  done.set_request_id(id);
+  done.set_index(0);
+  *done.mutable_prefill() = info;
+  outputs_->send(id, std::move(done), /*finished=*/false);
   outputs_->submit(std::move(request), rpc::pb::PrefillInfo{}, first_logprobs);
 }
 

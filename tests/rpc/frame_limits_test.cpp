@@ -10,8 +10,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "common/socket.h"
 #include "rpc/connection.h"
@@ -62,6 +64,68 @@ TEST(FrameLimits, FrameLargerThanOneStepStillArrivesWhole) {
   ASSERT_TRUE(connection->wait_closed(std::chrono::seconds(20)));
   writer.join();
   EXPECT_EQ(got.load(), 3u << 20);
+  close(fds[1]);
+}
+
+
+std::string framed(const pb::Envelope& envelope) {
+  std::string frame(4, '\0');
+  EXPECT_TRUE(envelope.AppendToString(&frame));
+  const uint32_t length = htonl(static_cast<uint32_t>(frame.size() - 4));
+  std::memcpy(frame.data(), &length, 4);
+  return frame;
+}
+
+// The reader takes whatever the socket has: many frames in one read, and frames cut anywhere across
+// reads (here one byte a write, then two frames whose boundary falls inside a length prefix), each
+// handled once, whole and in order.
+TEST(FrameLimits, FramesPackedInOneReadOrSplitAcrossReadsArriveInOrder) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  auto connection = Connection::adopt(fds[0], "test");
+  std::mutex mu;
+  std::vector<std::string> ids;
+  connection->start(
+      [&](pb::Envelope& m) {
+        std::lock_guard<std::mutex> lock(mu);
+        ids.push_back(m.output().request_id());
+      },
+      [](const Status&) {});
+  auto output = [](const std::string& id) {
+    pb::Envelope e;
+    e.mutable_output()->set_request_id(id);
+    e.mutable_output()->add_token_ids(7);
+    return framed(e);
+  };
+  std::vector<std::string> expected;
+  std::string burst;
+  for (int i = 0; i < 5000; ++i) {  // ~100 KB: more than one read takes, so some frame is cut
+    expected.push_back("burst-" + std::to_string(i));
+    burst += output(expected.back());
+  }
+  const std::string slow = output("byte-by-byte");
+  expected.push_back("byte-by-byte");
+  // Of different lengths, so that a length prefix left over from the first cannot pass for the second's.
+  const std::string pair = output("split-a") + output("split-b-with-a-longer-id");
+  expected.push_back("split-a");
+  expected.push_back("split-b-with-a-longer-id");
+  std::thread writer([&] {
+    (void)net::write_full(fds[1], burst.data(), burst.size(), "test");
+    for (char c : slow) {
+      (void)net::write_full(fds[1], &c, 1, "test");
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    // The cut falls two bytes into the second frame's length prefix.
+    const size_t cut = output("split-a").size() + 2;
+    (void)net::write_full(fds[1], pair.data(), cut, "test");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    (void)net::write_full(fds[1], pair.data() + cut, pair.size() - cut, "test");
+    shutdown(fds[1], SHUT_WR);
+  });
+  ASSERT_TRUE(connection->wait_closed(std::chrono::seconds(20)));
+  writer.join();
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(ids, expected);
   close(fds[1]);
 }
 
