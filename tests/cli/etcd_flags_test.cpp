@@ -51,7 +51,7 @@ TEST_F(EtcdFlagsTest, EtcdsUrlGivesATlsContext_EtcdUrlNone) {
 }
 
 TEST_F(EtcdFlagsTest, TlsFlagsNeedEtcdsUrl) {
-  for (const std::string& registry : {"etcd://127.0.0.1:2379", "embedded", ""}) {
+  for (const char* registry : {"etcd://127.0.0.1:2379", "embedded", ""}) {
     EXPECT_NE(error_of(with("ca.pem", "", ""), registry).find("--etcd-ca: only with --registry etcds://"), std::string::npos)
         << registry;
     EXPECT_NE(error_of(with("", "client.pem", "client.key"), registry).find("--etcd-cert: only with --registry etcds://"),
