@@ -27,31 +27,10 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 
-
-def thread_seconds(pid):
-    """CPU seconds of each thread of pid (schedstat's first field is nanoseconds on the CPU)."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out[tid] = int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0]) / 1e9
-        except (OSError, ValueError):
-            pass
-    return out
-
-
-def thread_names(pid):
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out[tid] = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-        except OSError:
-            pass
-    return out
+from proc_cpu import thread_names, thread_seconds, wait_for
 
 
 def children(pid):
@@ -72,18 +51,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, what, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"timed out waiting for {what}")
 
 
 def find_processes(serve_pid):
@@ -111,7 +78,7 @@ def run_once(args, tandem, tmp):
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
             n = sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("tandem_workers{"))
             return n >= args.num_workers
-        wait_for(workers, "the workers to register")
+        wait_for(workers, "the workers to register", timeout=120, poll_s=0.1)
         procs = find_processes(serve.pid)
         result = os.path.join(tmp, "bench.json")
         base = [tandem, "bench", "serve", "--base-url", f"http://127.0.0.1:{port}", "--tokenizer", args.tokenizer,

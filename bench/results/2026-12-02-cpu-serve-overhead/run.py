@@ -29,32 +29,12 @@ import tempfile
 import time
 import urllib.request
 
-
-
-def thread_seconds(pid):
-    """CPU seconds of each thread, from schedstat (nanoseconds; /proc/PID/stat counts 10 ms ticks, too
-    coarse for a worker that spends ~1 us a token)."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out[tid] = int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0]) / 1e9
-        except (OSError, ValueError):
-            pass
-    return out
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+from proc_cpu import thread_names, thread_seconds, wait_for  # noqa: E402  (bench/proc_cpu.py)
 
 
 def cpu_seconds(pid):
     return sum(thread_seconds(pid).values())
-
-
-def thread_names(pid):
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            out[tid] = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-        except OSError:
-            pass
-    return out
 
 
 def busiest_delta(before, after):
@@ -63,18 +43,6 @@ def busiest_delta(before, after):
 
 def named_delta(names, before, after, name):
     return sum(after[t] - before.get(t, 0.0) for t in after if names.get(t) == name)
-
-
-def wait_for(predicate, what, timeout=60):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    sys.exit(f"timed out waiting for {what}")
 
 
 def run_offline(args, bench):
@@ -93,7 +61,7 @@ def run_serve(args, tmp, tandem, bench):
         os.remove(ready)
     fe = subprocess.Popen([tandem, "--log-level", "warn", "frontend", "--port", "0", "--ready-file", ready,
                            "--tokenizer", args.tokenizer] + args.frontend_args)
-    wait_for(lambda: os.path.getsize(ready) > 0, "the frontend")
+    wait_for(lambda: os.path.getsize(ready) > 0, "the frontend", timeout=60, poll_s=0.05)
     ports = json.load(open(ready))
     http, reg = ports["http_port"], ports["registry_port"]
     wk = subprocess.Popen([bench, "worker", "--frontend", f"127.0.0.1:{reg}", "--tokenizer", args.tokenizer]
@@ -102,7 +70,7 @@ def run_serve(args, tmp, tandem, bench):
     def workers():
         text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=2).read().decode()
         return sum(float(v) for v in re.findall(r"^tandem_workers\{[^}]*\} ([0-9.]+)", text, re.M)) >= 1
-    wait_for(workers, "the worker to register")
+    wait_for(workers, "the worker to register", timeout=60, poll_s=0.05)
     result = os.path.join(tmp, "bench.json")
     base = [tandem, "bench", "serve", "--base-url", f"http://127.0.0.1:{http}", "--model", "null",
             "--tokenizer", args.tokenizer, "--dataset-name", "random", "--random-input-len", str(args.input_len),
