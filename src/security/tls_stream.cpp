@@ -102,6 +102,28 @@ int milliseconds_left(Clock::time_point deadline) {
   return left > 0 ? static_cast<int>(left) : 0;
 }
 
+// A file a flag named that OpenSSL would not take, with OpenSSL's reason.
+Status file_refused(const std::string& flag, const std::string& file, const std::string& what) {
+  return Status::InvalidArgument(flag + " " + file + ": " + openssl_reason(what));
+}
+
+// The certificate (chain) and private key this side presents; the key must match the certificate.
+Status use_certificate(SSL_CTX* ctx, const std::string& cert_flag, const std::string& cert, const std::string& key_flag,
+                       const std::string& key) {
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1) return file_refused(cert_flag, cert, "not a PEM certificate");
+  if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    return file_refused(key_flag, key, "not a PEM private key");
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) return file_refused(key_flag, key, "does not match the certificate of " + cert_flag);
+  return Status::Ok();
+}
+
+// The CA whose signature a peer's certificate must carry.
+Status trust_ca(SSL_CTX* ctx, const std::string& ca_flag, const std::string& ca) {
+  if (SSL_CTX_load_verify_locations(ctx, ca.c_str(), nullptr) != 1) return file_refused(ca_flag, ca, "no PEM CA certificate in it");
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<std::shared_ptr<const TlsContext>> TlsContext::load(const TlsFiles& files, const std::string& flag_prefix) {
@@ -119,21 +141,8 @@ StatusOr<std::shared_ptr<const TlsContext>> TlsContext::load(const TlsFiles& fil
   SSL_CTX* ctx = SSL_CTX_new(TLS_method());
   if (ctx == nullptr) return Status::Internal("TLS: " + openssl_reason("SSL_CTX_new failed"));
   auto context = std::shared_ptr<TlsContext>(new TlsContext(ctx));
-  auto bad = [&](const std::string& flag, const std::string& file, const std::string& what) {
-    return Status::InvalidArgument(flag + " " + file + ": " + openssl_reason(what));
-  };
-  if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
-    return bad(named[0].first, files.cert, "not a PEM certificate");
-  }
-  if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
-    return bad(named[1].first, files.key, "not a PEM private key");
-  }
-  if (SSL_CTX_check_private_key(ctx) != 1) {
-    return bad(named[1].first, files.key, "does not match the certificate of " + named[0].first);
-  }
-  if (SSL_CTX_load_verify_locations(ctx, files.ca.c_str(), nullptr) != 1) {
-    return bad(named[2].first, files.ca, "no PEM CA certificate in it");
-  }
+  TANDEM_RETURN_IF_ERROR(use_certificate(ctx, named[0].first, files.cert, named[1].first, files.key));
+  TANDEM_RETURN_IF_ERROR(trust_ca(ctx, named[2].first, files.ca));
   // Both ends are Tandem: TLS 1.3 only (no renegotiation, one handshake round trip); each side presents
   // its certificate and requires the other's.
   SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
@@ -166,20 +175,9 @@ StatusOr<std::shared_ptr<const TlsContext>> TlsContext::load_client(const TlsCli
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
   if (ctx == nullptr) return Status::Internal("TLS: " + openssl_reason("SSL_CTX_new failed"));
   auto context = std::shared_ptr<TlsContext>(new TlsContext(ctx));
-  auto bad = [&](const std::string& flag, const std::string& file, const std::string& what) {
-    return Status::InvalidArgument(flag + " " + file + ": " + openssl_reason(what));
-  };
-  if (!files.cert.empty()) {
-    if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) return bad(cert_flag, files.cert, "not a PEM certificate");
-    if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
-      return bad(key_flag, files.key, "not a PEM private key");
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) return bad(key_flag, files.key, "does not match the certificate of " + cert_flag);
-  }
+  if (!files.cert.empty()) TANDEM_RETURN_IF_ERROR(use_certificate(ctx, cert_flag, files.cert, key_flag, files.key));
   if (!files.ca.empty()) {
-    if (SSL_CTX_load_verify_locations(ctx, files.ca.c_str(), nullptr) != 1) {
-      return bad(ca_flag, files.ca, "no PEM CA certificate in it");
-    }
+    TANDEM_RETURN_IF_ERROR(trust_ca(ctx, ca_flag, files.ca));
   } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
     return Status::InvalidArgument("TLS: the system's trust store could not be loaded (" +
                                    openssl_reason("no default verify paths") + "); give " + ca_flag);
