@@ -3,37 +3,9 @@
 
 #include <charconv>
 
+#include "tokenizer/unicode.h"
+
 namespace tandem::frontend {
-
-namespace {
-
-// Length of the UTF-8 sequence at `s` (whose first byte is >= 0x80), or 0 if it is not a valid one by
-// RFC 3629: no overlong forms, no surrogates, nothing above U+10FFFF (what nlohmann's decoder accepts).
-size_t utf8_sequence_length(const unsigned char* s, size_t left) {
-  const unsigned char b = s[0];
-  size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;  // the range of the second byte
-  if (b >= 0xC2 && b <= 0xDF) {
-    n = 2;
-  } else if (b >= 0xE0 && b <= 0xEF) {
-    n = 3;
-    if (b == 0xE0) lo = 0xA0;
-    if (b == 0xED) hi = 0x9F;
-  } else if (b >= 0xF0 && b <= 0xF4) {
-    n = 4;
-    if (b == 0xF0) lo = 0x90;
-    if (b == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (left < n || s[1] < lo || s[1] > hi) return 0;
-  for (size_t i = 2; i < n; ++i) {
-    if ((s[i] & 0xC0) != 0x80) return 0;
-  }
-  return n;
-}
-
-}  // namespace
 
 void append_json_string(std::string* out, std::string_view text) {
   static constexpr char kHex[] = "0123456789abcdef";
@@ -52,7 +24,7 @@ void append_json_string(std::string* out, std::string_view text) {
     if (i == size) break;
     const unsigned char c = s[i];
     if (c >= 0x80) {
-      const size_t n = utf8_sequence_length(s + i, size - i);
+      const size_t n = tokenizer::utf8_sequence_length(text, i);
       if (n == 0) {
         out->resize(start);
         out->append(nlohmann::json(std::string(text)).dump());  // throws type_error 316, as dump() does

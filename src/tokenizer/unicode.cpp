@@ -45,6 +45,11 @@ size_t sequence_length(std::string_view bytes, size_t pos, size_t* maximal_subpa
 
 }  // namespace
 
+size_t utf8_sequence_length(std::string_view bytes, size_t pos) {
+  size_t subpart;
+  return sequence_length(bytes, pos, &subpart);
+}
+
 size_t valid_utf8_prefix(std::string_view bytes) {
   size_t pos = 0, subpart;
   while (pos < bytes.size()) {

@@ -16,6 +16,10 @@ namespace tandem::tokenizer {
 // holds back the rest until more arrive.
 size_t valid_utf8_prefix(std::string_view bytes);
 
+// Length of the well-formed UTF-8 sequence at bytes[pos] (1 for ASCII), 0 when it is ill-formed or cut
+// short (overlong forms, surrogates and code points above U+10FFFF are ill-formed).
+size_t utf8_sequence_length(std::string_view bytes, size_t pos);
+
 // True when the sequence at `bytes` is an incomplete but so far valid UTF-8 character (more bytes
 // could complete it). Used to tell "wait for more" from "invalid".
 bool is_incomplete_utf8_tail(std::string_view bytes);
